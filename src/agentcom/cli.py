@@ -1,0 +1,363 @@
+"""The ``agentcom`` command: ``serve``, ``token``, ``task``, ``agents`` and ``watch``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from agentcom import __version__
+from agentcom.client import AuthenticationError, OperatorClient, RequestFailed
+from agentcom.config import Settings, load_settings
+from agentcom.hub.auth import Role, hash_token, new_token
+from agentcom.store import tokens
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A problem reported as one line on stderr."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- serve ---------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(
+            args.config, host=args.host, port=args.port, db=args.db, log_level=args.log_level
+        )
+    except ValidationError as exc:
+        raise CliError(f"invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Our own modules log connections; the library's per-request lines are noise.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    return asyncio.run(_run_hub(settings))
+
+
+async def _run_hub(settings: Settings) -> int:
+    from agentcom.server.app import HubServer
+
+    server = HubServer(settings)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    print(f"agentcom {__version__} hub on ws://{settings.host}:{server.port}/ws", flush=True)
+    print(f"dashboard: http://{settings.host}:{server.port}/dashboard", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop()
+    return EXIT_OK
+
+
+# --- tokens --------------------------------------------------------------------------
+
+
+def _db_path(args: argparse.Namespace) -> str:
+    return str(args.db or os.environ.get("AGENTCOM_DB") or "agentcom.db")
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    if not 1 <= len(args.agent_id) <= 128:
+        raise CliError("AGENT_ID must be 1 to 128 characters")
+    token = new_token()
+    tokens.save_token(_db_path(args), args.agent_id, hash_token(token), args.role)
+    print(token)
+    return EXIT_OK
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    records = tokens.list_tokens(_db_path(args))
+    rows = [{"agent_id": r.agent_id, "role": r.role, "created_at": r.created_at} for r in records]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['agent_id']}\t{row['role']}\t{_time(row['created_at'])}")
+    return EXIT_OK
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    if not tokens.delete_token(_db_path(args), args.agent_id):
+        raise CliError(f"no token for {args.agent_id}", EXIT_FAILED)
+    print(f"revoked {args.agent_id}", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- operator commands ---------------------------------------------------------------
+
+
+def _time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _operator(
+    action: Callable[[OperatorClient, argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        if not args.token:
+            raise CliError("no token: pass --token or set AGENTCOM_TOKEN")
+
+        async def connected() -> int:
+            client = OperatorClient(args.hub, args.token)
+            try:
+                await client.connect()
+            except AuthenticationError:
+                raise CliError("the hub refused the token") from None
+            except (OSError, TimeoutError) as exc:
+                raise CliError(f"cannot reach the hub at {args.hub}: {exc}") from None
+            try:
+                return await action(client, args)
+            except RequestFailed as exc:
+                raise CliError(str(exc), EXIT_FAILED) from None
+            except ConnectionError as exc:
+                raise CliError(str(exc), EXIT_FAILED) from None
+            finally:
+                await client.close()
+
+        return asyncio.run(connected())
+
+    return run
+
+
+def _print_task(task: dict[str, Any]) -> None:
+    decision = task.get("routing_decision") or {}
+    execution = task.get("execution") or {}
+    print(f"task {task['task_id']}  {task['status']}  priority {task['priority']}")
+    print(f"  description: {task['description']}")
+    print(f"  assigned to: {task.get('assigned_to') or '-'} (generation {task['generation']})")
+    print(f"  retries: {task['retry_count']}/{task['max_retries']}  last error: {task.get('last_error') or '-'}")
+    if decision:
+        print(
+            "  routing: tier {effective_tier} -> {target_type}  endpoint {selected_endpoint}  "
+            "model {selected_model}  cost tier {estimated_cost_tier}".format(**decision)
+        )
+        if decision.get("fallback_used"):
+            print(f"  fallback: {decision.get('fallback_reason')}")
+        print(f"  reason: {decision.get('classification_reason')}")
+    if execution:
+        print(
+            "  execution: model {model_used}  tokens in {tokens_in} out {tokens_out}  "
+            "cost ${estimated_cost_usd}  claude-equivalent ${equivalent_claude_cost_usd}  "
+            "{execution_ms} ms".format(**execution)
+        )
+    print("  history:")
+    for entry in task.get("history", []):
+        print(f"    {_time(entry['at'])}  {entry['status']:<12} {entry.get('detail') or ''}")
+
+
+async def _task_submit(client: OperatorClient, args: argparse.Namespace) -> int:
+    try:
+        metadata = json.loads(args.metadata) if args.metadata else None
+    except ValueError:
+        raise CliError("--metadata must be a JSON object") from None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CliError("--metadata must be a JSON object")
+    task = await client.submit(
+        args.description,
+        priority=args.priority,
+        complexity_tier=args.complexity,
+        needed_capabilities=args.capability or None,
+        metadata=metadata,
+        max_retries=args.max_retries,
+        repo=args.repo,
+    )
+    if not args.wait:
+        print(json.dumps(task) if args.json else task["task_id"])
+        return EXIT_OK
+    if not args.json:
+        print(task["task_id"], file=sys.stderr)
+    final = await client.wait_task(task["task_id"])
+    if args.json:
+        print(json.dumps(final))
+    else:
+        _print_task(final)
+    return EXIT_OK if final["status"] == "completed" else EXIT_FAILED
+
+
+async def _task_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    fields = {"limit": args.limit}
+    if args.status:
+        fields["status"] = args.status
+    found = await client.request("task_list", **fields)
+    if args.json:
+        print(json.dumps(found))
+        return EXIT_OK
+    for task in found:
+        agent = task.get("assigned_to") or "-"
+        description = task["description"].replace("\n", " ")[:60]
+        print(f"{task['task_id']}  {task['status']:<11} {task['priority']:<7} {agent:<16} {description}")
+    return EXIT_OK
+
+
+async def _task_show(client: OperatorClient, args: argparse.Namespace) -> int:
+    task = await client.get_task(args.task_id)
+    if args.json:
+        print(json.dumps(task))
+    else:
+        _print_task(task)
+    return EXIT_OK
+
+
+def _task_change(request_type: str) -> Callable[[OperatorClient, argparse.Namespace], Awaitable[int]]:
+    async def change(client: OperatorClient, args: argparse.Namespace) -> int:
+        task = await client.request(request_type, task_id=args.task_id)
+        print(json.dumps(task) if args.json else f"{task['task_id']} {task['status']}")
+        return EXIT_OK
+
+    return change
+
+
+async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
+    agents = await client.request("agents_list")
+    if args.json:
+        print(json.dumps(agents))
+        return EXIT_OK
+    for agent in agents:
+        capabilities = ",".join(agent["capabilities"]) or "-"
+        print(f"{agent['agent_id']:<20} {agent['state']:<9} {agent.get('current_task') or '-':<34} {capabilities}")
+    return EXIT_OK
+
+
+async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
+    async for frame in client.watch(args.topic or None):
+        if args.json:
+            print(json.dumps(frame), flush=True)
+        elif frame.get("type") == "snapshot":
+            print(f"connected: {len(frame['agents'])} agents, queue depth {frame['queue']['depth']}", flush=True)
+        else:
+            print(_describe_event(frame), flush=True)
+    return EXIT_OK
+
+
+def _describe_event(frame: dict[str, Any]) -> str:
+    kind = frame.get("type")
+    stamp = _time(frame.get("timestamp"))
+    if kind == "task_event":
+        extra = ""
+        if frame.get("event") == "execution_progress":
+            event = frame.get("execution_event") or {}
+            extra = f" {event.get('event_type', '')} {str(event.get('text', ''))[:80]}"
+        return f"{stamp} {frame['event']:<18} task {frame['task_id']} agent {frame.get('agent_id') or '-'}{extra}"
+    if kind == "agent_event":
+        return f"{stamp} {frame['event']:<18} agent {frame['agent_id']}"
+    if kind == "events_dropped":
+        return f"{stamp} events dropped: {frame['count']}"
+    return f"{stamp} {kind} {json.dumps(frame)[:120]}"
+
+
+# --- argument parsing ----------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentcom", description="Coordinate AI-agent sidecars.")
+    parser.add_argument("--version", action="version", version=f"agentcom {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run a hub")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default 4000)")
+    serve.add_argument("--db", help="SQLite file (default ./agentcom.db)")
+    serve.add_argument("--config", help="TOML settings file")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.set_defaults(handler=_serve)
+
+    token = commands.add_parser("token", help="manage tokens (works on the database directly)")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser("create", help="create a token; prints it alone")
+    create.add_argument("agent_id", metavar="AGENT_ID")
+    create.add_argument("--role", choices=[role.value for role in Role], default="agent")
+    listing = token_commands.add_parser("list", help="list tokens (never the secrets)")
+    listing.add_argument("--json", action="store_true")
+    revoke = token_commands.add_parser("revoke", help="revoke an agent's token")
+    revoke.add_argument("agent_id", metavar="AGENT_ID")
+    for sub, handler in ((create, _token_create), (listing, _token_list), (revoke, _token_revoke)):
+        sub.add_argument("--db", help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)")
+        sub.set_defaults(handler=handler)
+
+    def operator_command(sub: argparse.ArgumentParser, action: Any, reads: bool = True) -> None:
+        sub.add_argument("--hub", default=os.environ.get("AGENTCOM_HUB", "http://127.0.0.1:4000"),
+                         help="hub URL (default $AGENTCOM_HUB or http://127.0.0.1:4000)")
+        sub.add_argument("--token", default=os.environ.get("AGENTCOM_TOKEN"),
+                         help="operator token (default $AGENTCOM_TOKEN)")
+        if reads:
+            sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.set_defaults(handler=_operator(action))
+
+    task = commands.add_parser("task", help="submit and inspect tasks")
+    task_commands = task.add_subparsers(dest="task_command", required=True, metavar="ACTION")
+    submit = task_commands.add_parser("submit", help="queue a task; prints its id")
+    submit.add_argument("description", metavar="DESCRIPTION")
+    submit.add_argument("--priority", choices=["urgent", "high", "normal", "low"])
+    submit.add_argument("--complexity", choices=["trivial", "standard", "complex"])
+    submit.add_argument("--capability", action="append", metavar="CAP")
+    submit.add_argument("--metadata", metavar="JSON")
+    submit.add_argument("--max-retries", type=int, metavar="N")
+    submit.add_argument("--repo", metavar="URL")
+    submit.add_argument("--wait", action="store_true", help="wait until completed or dead letter")
+    operator_command(submit, _task_submit)
+    task_list = task_commands.add_parser("list", help="list tasks")
+    task_list.add_argument("--status", choices=["queued", "assigned", "working", "completed",
+                                                "dead_letter", "cancelled"])  # fmt: skip
+    task_list.add_argument("--limit", type=int, default=100)
+    operator_command(task_list, _task_list)
+    show = task_commands.add_parser("show", help="a task with history, routing and execution")
+    show.add_argument("task_id", metavar="ID")
+    operator_command(show, _task_show)
+    retry = task_commands.add_parser("retry", help="requeue a dead-letter task")
+    retry.add_argument("task_id", metavar="ID")
+    operator_command(retry, _task_change("task_retry"))
+    cancel = task_commands.add_parser("cancel", help="cancel an unfinished task")
+    cancel.add_argument("task_id", metavar="ID")
+    operator_command(cancel, _task_change("task_cancel"))
+
+    agents = commands.add_parser("agents", help="connected agents with state and current task")
+    operator_command(agents, _agents)
+
+    watch = commands.add_parser("watch", help="stream events live")
+    watch.add_argument("--topic", action="append", choices=["tasks", "agents", "validation"])
+    operator_command(watch, _watch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors are one line on stderr and a non-zero exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except CliError as error:
+        print(f"agentcom: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""An asyncio client for sidecars and operators, on top of ``websockets``.
+
+:class:`AgentClient` speaks the agent protocol (identify, heartbeat, reconnect with
+exponential backoff); :class:`OperatorClient` speaks the operator protocol (requests
+matched to replies by ``request_id``) and can stream events from ``/ws/dashboard``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from agentcom.errors import AgentcomError
+
+__all__ = [
+    "AgentClient",
+    "AuthenticationError",
+    "OperatorClient",
+    "RequestFailed",
+    "websocket_url",
+]
+
+logger = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+
+
+class AuthenticationError(AgentcomError):
+    """The hub refused the token."""
+
+
+class RequestFailed(AgentcomError):
+    """The hub answered an operator request with an error.
+
+    Args:
+        code: the wire error code.
+        message: the hub's explanation, if any.
+    """
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+def websocket_url(hub: str, path: str) -> str:
+    """``http://host:port`` (or ``ws://``, ``https://``, ``wss://``) to the WebSocket URL of ``path``."""
+    parts = urlsplit(hub if "//" in hub else f"http://{hub}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _encode(frame: Mapping[str, Any] | BaseModel) -> str:
+    if isinstance(frame, BaseModel):
+        return frame.model_dump_json(by_alias=True)
+    return json.dumps(frame)
+
+
+class AgentClient:
+    """A sidecar's connection to the hub.
+
+    Args:
+        url: the hub's agent endpoint, e.g. ``ws://127.0.0.1:4000/ws``.
+        agent_id: this agent's id.
+        token: its token.
+        capabilities: what it can do (tasks may require some).
+        name: display name.
+        ollama_url: its local Ollama endpoint, if any.
+        heartbeat_s: interval of ``ping`` frames while connected (None: no heartbeat).
+        backoff_initial_s: first reconnect delay, doubled after each failure.
+        backoff_max_s: the delay never exceeds this.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        agent_id: str,
+        token: str,
+        *,
+        capabilities: list[str] | None = None,
+        name: str | None = None,
+        ollama_url: str | None = None,
+        heartbeat_s: float | None = 30.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.agent_id = agent_id
+        self.token = token
+        self.capabilities = capabilities or []
+        self.name = name
+        self.ollama_url = ollama_url
+        self.heartbeat_s = heartbeat_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.connection: ClientConnection | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def identify_frame(self) -> Frame:
+        """The ``identify`` this client sends."""
+        frame: Frame = {
+            "type": "identify",
+            "agent_id": self.agent_id,
+            "token": self.token,
+            "name": self.name or self.agent_id,
+            "status": "idle",
+            "capabilities": self.capabilities,
+            "client_type": "sidecar",
+            "protocol_version": 1,
+        }
+        if self.ollama_url:
+            frame["ollama_url"] = self.ollama_url
+        return frame
+
+    async def connect(self, timeout: float = 10.0) -> Frame:
+        """Open the socket and identify; returns ``identified`` or raises."""
+        self.connection = await connect(self.url, open_timeout=timeout, max_size=2**24)
+        await self.send(self.identify_frame())
+        reply = await self.receive(timeout)
+        if reply.get("type") != "identified":
+            await self.connection.close()
+            raise AuthenticationError(str(reply.get("error", reply)))
+        if self.heartbeat_s:
+            self._heartbeat = asyncio.create_task(self._beat(self.heartbeat_s))
+        return reply
+
+    async def _beat(self, interval: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self.send({"type": "ping"})
+        except (ConnectionClosed, RuntimeError):
+            return
+
+    async def send(self, frame: Mapping[str, Any] | BaseModel) -> None:
+        """Send one frame."""
+        if self.connection is None:
+            raise RuntimeError("not connected")
+        await self.connection.send(_encode(frame))
+
+    async def receive(self, timeout: float | None = None) -> Frame:
+        """The next frame from the hub (raises TimeoutError, ConnectionClosed)."""
+        if self.connection is None:
+            raise RuntimeError("not connected")
+        raw = await asyncio.wait_for(self.connection.recv(), timeout)
+        frame: Frame = json.loads(raw)
+        return frame
+
+    async def receive_type(self, frame_type: str, timeout: float = 10.0) -> Frame:
+        """The next frame of ``frame_type``; frames of other types before it are discarded."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.receive()
+                if frame.get("type") == frame_type:
+                    return frame
+
+    async def close(self) -> None:
+        """Close for good (no reconnect)."""
+        self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self.connection is not None:
+            await self.connection.close()
+
+    async def run(self, on_frame: Callable[[AgentClient, Frame], Awaitable[None]]) -> None:
+        """Stay connected until :meth:`close`, calling ``on_frame`` for every frame.
+
+        Reconnects after any drop, waiting ``backoff_initial_s`` doubled per failed
+        attempt up to ``backoff_max_s`` (with jitter); a refused token ends the loop.
+        """
+        delay = self.backoff_initial_s
+        while not self._closing:
+            try:
+                await self.connect()
+                delay = self.backoff_initial_s
+                assert self.connection is not None
+                async for raw in self.connection:
+                    await on_frame(self, json.loads(raw))
+            except AuthenticationError:
+                raise
+            except (ConnectionClosed, OSError, TimeoutError) as exc:
+                logger.info("connection to %s lost (%s); retrying in %.1f s", self.url, exc, delay)
+            finally:
+                if self._heartbeat is not None:
+                    self._heartbeat.cancel()
+            if self._closing:
+                break
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.backoff_max_s)
+
+
+class OperatorClient:
+    """An operator's connection: typed requests, replies matched by ``request_id``.
+
+    Args:
+        hub: the hub's base URL, e.g. ``http://127.0.0.1:4000``.
+        token: an admin or viewer token.
+    """
+
+    def __init__(self, hub: str, token: str) -> None:
+        self.hub = hub
+        self.token = token
+        self.role: str | None = None
+        self._connection: ClientConnection | None = None
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> OperatorClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Open ``/ws/operator`` and authenticate."""
+        url = websocket_url(self.hub, "/ws/operator")
+        self._connection = await connect(url, open_timeout=timeout, max_size=2**26)
+        await self._connection.send(json.dumps({"type": "auth", "token": self.token}))
+        try:
+            reply = json.loads(await asyncio.wait_for(self._connection.recv(), timeout))
+        except ConnectionClosed:
+            raise AuthenticationError("invalid_token") from None
+        if reply.get("type") != "auth_ok":
+            await self._connection.close()
+            raise AuthenticationError(str(reply.get("error", "invalid_token")))
+        self.role = reply["role"]
+        self._reader = asyncio.create_task(self._read_replies())
+
+    async def _read_replies(self) -> None:
+        assert self._connection is not None
+        error: BaseException = ConnectionError("connection to the hub closed")
+        try:
+            async for raw in self._connection:
+                reply = json.loads(raw)
+                waiter = self._pending.pop(str(reply.get("request_id")), None)
+                if waiter is None or waiter.done():
+                    continue
+                if reply.get("type") == "result":
+                    waiter.set_result(reply.get("data"))
+                else:
+                    waiter.set_exception(
+                        RequestFailed(str(reply.get("error")), reply.get("message"))
+                    )
+        except ConnectionClosed as exc:
+            error = ConnectionError(f"connection to the hub closed ({exc})")
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._pending.clear()
+
+    async def request(self, request_type: str, **fields: Any) -> Any:
+        """Send one request and return its ``data``; raises :class:`RequestFailed`."""
+        if self._connection is None:
+            raise RuntimeError("not connected")
+        request_id = str(next(self._ids))
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = waiter
+        frame = {"type": request_type, "request_id": request_id, **fields}
+        await self._connection.send(json.dumps(frame))
+        return await waiter
+
+    async def submit(self, description: str, **fields: Any) -> dict[str, Any]:
+        """Queue a task; returns it."""
+        task = {"description": description, **{k: v for k, v in fields.items() if v is not None}}
+        result: dict[str, Any] = await self.request("task_submit", task=task)
+        return result
+
+    async def get_task(self, task_id: str) -> dict[str, Any]:
+        """One task."""
+        result: dict[str, Any] = await self.request("task_get", task_id=task_id)
+        return result
+
+    async def wait_task(self, task_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """The task once it is completed, dead letter or cancelled."""
+        fields: dict[str, Any] = {"task_id": task_id}
+        if timeout_s is not None:
+            fields["timeout_s"] = timeout_s
+        result: dict[str, Any] = await self.request("task_wait", **fields)
+        return result
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._connection is not None:
+            await self._connection.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def watch(self, topics: list[str] | None = None) -> AsyncIterator[Frame]:
+        """Frames from ``/ws/dashboard``: the snapshot first, then every event."""
+        url = websocket_url(self.hub, "/ws/dashboard")
+        async with connect(url, max_size=2**26) as connection:
+            subscribe: Frame = {"type": "subscribe", "token": self.token}
+            if topics:
+                subscribe["topics"] = topics
+            await connection.send(json.dumps(subscribe))
+            async for raw in connection:
+                frame: Frame = json.loads(raw)
+                if frame.get("type") == "error":
+                    raise AuthenticationError(str(frame.get("error")))
+                yield frame

@@ -1,0 +1,91 @@
+"""One settings model, read from flags, ``AGENTCOM_*`` variables and an optional TOML file.
+
+Precedence, highest first: command-line flags, environment, the TOML file named by
+``AGENTCOM_CONFIG`` (or ``--config``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Every tunable of the hub, with its default and its behaviour at the limit."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTCOM_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(4000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    db: Path = Field(Path("agentcom.db"), description="SQLite database file.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    max_frame_bytes: int = Field(
+        1_048_576, ge=1024, description="Larger inbound frames close the connection with 1009."
+    )
+    identify_timeout_s: float = Field(
+        30.0, gt=0, description="A connection that has not identified by then is closed (1008)."
+    )
+    idle_timeout_s: float = Field(
+        60.0, gt=0, description="An agent silent for this long is disconnected (1001)."
+    )
+    accept_timeout_s: float = Field(
+        60.0, gt=0, description="An assigned task not accepted within this goes back to the queue."
+    )
+    reclaim_after_s: float = Field(
+        300.0, gt=0, description="An assigned or working task with no progress for this is reclaimed."
+    )
+    disconnect_grace_s: float = Field(
+        60.0, ge=0, description="How long a disconnected agent keeps its task before it is requeued."
+    )
+    sweep_interval_s: float = Field(30.0, gt=0, description="Period of the timeout sweep.")
+    default_max_retries: int = Field(3, ge=0, le=100, description="Retries before dead letter.")
+    history_cap: int = Field(50, ge=2, description="Transitions kept per task (oldest dropped).")
+    subscriber_queue: int = Field(
+        1000, ge=1, description="Events buffered per subscriber; beyond it the oldest are dropped."
+    )
+    offline_message_cap: int = Field(100, ge=0, description="Messages kept per offline agent.")
+    claude_model: str = Field("claude-sonnet-4.5", description="Model id for complex tasks.")
+    ollama_default_model: str | None = Field(
+        None, description="Model to name when an endpoint's model list is not known yet."
+    )
+    progress_rate: float = Field(50.0, gt=0, description="task_progress frames/s per agent.")
+    progress_burst: int = Field(200, ge=1, description="task_progress burst per agent.")
+    request_rate: float = Field(20.0, gt=0, description="Other frames/s per agent.")
+    request_burst: int = Field(100, ge=1, description="Other frames burst per agent.")
+    commit_batch_max: int = Field(
+        2000, ge=1, description="Most changes written in one transaction (one fsync)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("AGENTCOM_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Settings from flags (``overrides`` that are not None), environment and TOML file."""
+    if config_file:
+        os.environ["AGENTCOM_CONFIG"] = config_file
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})

@@ -1,0 +1,1 @@
+"""The dashboard page, served by the hub at ``/dashboard``."""

@@ -1,0 +1,533 @@
+"""The hub's domain: agents, tasks, scheduling and routing, with no sockets and no SQL.
+
+Every public method changes state synchronously, stages durable changes in the store
+and queues what must be sent (pushes to agents, events for subscribers) in the
+outbox. The caller takes the outbox, commits the store, and only then sends: so
+nothing is announced before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentcom.config import Settings
+from agentcom.errors import HubError
+from agentcom.hub.agents import AgentRecord, Presence
+from agentcom.hub.clock import Clock
+from agentcom.hub.endpoints import EndpointRegistry
+from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
+from agentcom.hub.routing import Router
+from agentcom.protocol import agent as frames
+from agentcom.protocol.common import Outbound, TargetType, TaskStatus
+from agentcom.protocol.outbound import (
+    AgentJoined,
+    AgentLeft,
+    MessagePush,
+    MessageSent,
+    StatusChanged,
+    TaskAck,
+    TaskAssign,
+    TaskCancelled,
+    TaskContinue,
+    TaskReassign,
+)
+from agentcom.protocol.task import ExecutionMetadata, Task, TaskSubmission
+from agentcom.store.base import Store, TaskFilter
+
+__all__ = ["Hub", "Outbox"]
+
+logger = logging.getLogger(__name__)
+
+_EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What to send once the staged changes are committed."""
+
+    pushes: list[tuple[str, Outbound]] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    finished: list[Task] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.pushes or self.events or self.finished)
+
+
+class Hub:
+    """Agents, tasks, scheduling and routing.
+
+    Args:
+        store: durable state.
+        clock: time source for every timestamp and timeout.
+        settings: timeouts, caps and routing defaults.
+    """
+
+    def __init__(self, store: Store, clock: Clock, settings: Settings) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        self.presence = Presence()
+        self.endpoints = EndpointRegistry()
+        self.router = Router(self.endpoints, settings.claude_model, settings.ollama_default_model)
+        self.queue = TaskQueue(
+            store,
+            clock,
+            self._task_event,
+            history_cap=settings.history_cap,
+            default_max_retries=settings.default_max_retries,
+        )
+        self._outbox = Outbox()
+        self._offline_messages: dict[str, deque[MessagePush]] = {}
+        self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
+        self.started_at = clock.now_ms()
+        self.progress_dropped = 0
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def take_outbox(self) -> Outbox:
+        """Everything queued for sending since the last call."""
+        outbox, self._outbox = self._outbox, Outbox()
+        return outbox
+
+    def _push(self, agent_id: str, frame: Outbound) -> None:
+        self._outbox.pushes.append((agent_id, frame))
+
+    def _publish(self, topic: str, event: dict[str, Any]) -> None:
+        self._outbox.events.append((topic, event))
+
+    def _task_event(self, name: str, task: Task, extra: dict[str, Any]) -> None:
+        event = {
+            "type": "task_event",
+            "event": name,
+            "task_id": task.task_id,
+            "agent_id": task.assigned_to,
+            "timestamp": self.clock.now_ms(),
+            "status": task.status.value,
+            "priority": task.priority.value,
+            "generation": task.generation,
+        }
+        event.update(extra)
+        self._publish("tasks", event)
+        if task.status in TERMINAL:
+            self._outbox.finished.append(task)
+        logger.info("task %s %s (agent %s)", task.task_id, name, task.assigned_to)
+
+    def _agent_event(self, name: str, agent: AgentRecord) -> None:
+        self._publish(
+            "agents",
+            {
+                "type": "agent_event",
+                "event": name,
+                "agent_id": agent.agent_id,
+                "timestamp": self.clock.now_ms(),
+                "agent": agent.snapshot(),
+            },
+        )
+
+    def resolve_waiters(self, finished: list[Task]) -> None:
+        """Wake operators waiting for these tasks to finish (call after commit)."""
+        for task in finished:
+            for waiter in self._waiters.pop(task.task_id, ()):
+                if not waiter.done():
+                    waiter.set_result(task)
+
+    def wait_until_finished(self, task_id: str) -> asyncio.Future[Task]:
+        """A future resolved with the task once it is completed, dead letter or cancelled."""
+        waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+        task = self.queue.get(task_id)
+        if task is None:
+            stored = self.store.get_task(task_id)
+            if stored is None:
+                raise HubError("not_found", f"no task {task_id}", task_id)
+            waiter.set_result(stored)
+            return waiter
+        self._waiters.setdefault(task_id, []).append(waiter)
+        return waiter
+
+    # --- startup --------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Reload unfinished tasks; assigned ones wait for their agent's grace period."""
+        tasks = self.store.load_unfinished_tasks()
+        self.queue.restore(tasks)
+        now = self.clock.now_ms()
+        for task in tasks:
+            if task.status in ACTIVE and task.assigned_to is not None:
+                agent = self.presence.record(task.assigned_to)
+                agent.current_task = task.task_id
+                agent.task_accepted = task.status is TaskStatus.working
+                agent.disconnected_at = now
+        return len(tasks)
+
+    # --- agent presence -------------------------------------------------------------
+
+    def identify(self, frame: frames.Identify) -> AgentRecord:
+        """An agent identified (its token already checked)."""
+        now = self.clock.now_ms()
+        agent = self.presence.record(frame.agent_id)
+        agent.name = frame.name
+        agent.status = frame.status
+        agent.capabilities = frozenset(frame.capabilities or ())
+        agent.connected = True
+        agent.connected_at = now
+        agent.last_seen = now
+        agent.disconnected_at = None
+        if frame.ollama_url:
+            agent.ollama_url = frame.ollama_url
+            self.endpoints.register_for_agent(agent.agent_id, frame.ollama_url)
+        self.presence.refresh(agent)
+        self._broadcast(agent.agent_id, AgentJoined(agent=agent.info()))
+        self._agent_event("agent_connected", agent)
+        for message in self._offline_messages.pop(agent.agent_id, ()):
+            self._push(agent.agent_id, message)
+        self.schedule()
+        return agent
+
+    def disconnect(self, agent_id: str) -> None:
+        """An agent's connection ended; its task is held for the grace period."""
+        agent = self.presence.get(agent_id)
+        if agent is None or not agent.connected:
+            return
+        agent.connected = False
+        agent.disconnected_at = self.clock.now_ms()
+        self.presence.refresh(agent)
+        self._broadcast(agent_id, AgentLeft(agent_id=agent_id))
+        self._agent_event("agent_disconnected", agent)
+
+    def seen(self, agent_id: str) -> None:
+        """Any frame from the agent: it is alive."""
+        agent = self.presence.agents[agent_id]
+        agent.last_seen = self.clock.now_ms()
+
+    def _broadcast(self, sender: str, frame: Outbound) -> None:
+        for agent in self.presence.connected():
+            if agent.agent_id != sender:
+                self._push(agent.agent_id, frame)
+
+    def set_status(self, agent_id: str, status: str) -> None:
+        """The agent's free-text status."""
+        agent = self.presence.agents[agent_id]
+        agent.status = status
+        self._broadcast(agent_id, StatusChanged(agent=agent.info()))
+        self._agent_event("agent_status", agent)
+
+    def report_resources(self, agent_id: str, frame: frames.ResourceReport) -> None:
+        """Store the host's load for routing."""
+        agent = self.presence.agents[agent_id]
+        agent.resources = frame.model_dump(exclude={"type"})
+        agent.resources["received_at"] = self.clock.now_ms()
+
+    def report_ollama(self, agent_id: str, url: str) -> None:
+        """Register the agent's local Ollama endpoint."""
+        agent = self.presence.agents[agent_id]
+        agent.ollama_url = url
+        self.endpoints.register_for_agent(agent_id, url)
+        self._agent_event("agent_endpoint", agent)
+
+    def send_message(self, agent_id: str, frame: frames.Message) -> MessageSent:
+        """Deliver a direct or broadcast message; keep direct ones for offline agents."""
+        message = MessagePush(
+            id=secrets.token_hex(12),
+            sender=agent_id,
+            to=frame.to,
+            payload=frame.payload,
+            message_type=frame.message_type,
+            reply_to=frame.reply_to,
+            timestamp=self.clock.now_ms(),
+        )
+        if frame.to is None:
+            self._broadcast(agent_id, message)
+        else:
+            recipient = self.presence.get(frame.to)
+            if recipient is not None and recipient.connected:
+                self._push(frame.to, message)
+            elif self.settings.offline_message_cap:
+                inbox = self._offline_messages.setdefault(
+                    frame.to, deque(maxlen=self.settings.offline_message_cap)
+                )
+                inbox.append(message)
+        return MessageSent(id=message.id)
+
+    # --- task frames from agents ----------------------------------------------------
+
+    def _owned_task(self, agent_id: str, task_id: str) -> Task:
+        task = self.queue.get(task_id)
+        if task is None or task.assigned_to != agent_id or task.status not in ACTIVE:
+            raise HubError("not_assigned", f"task {task_id} is not assigned to you", task_id)
+        return task
+
+    def _settling_task(self, agent_id: str, task_id: str, generation: int, prefix: str) -> Task:
+        """The task a completion or failure names, fenced by owner, generation and state."""
+        task = self.queue.get(task_id) or self.store.get_task(task_id)
+        if task is None:
+            raise HubError(f"{prefix}: not_found", f"no task {task_id}", task_id)
+        if task.assigned_to != agent_id:
+            raise HubError("not_assigned", f"task {task_id} is not assigned to you", task_id)
+        if task.generation != generation:
+            raise HubError(f"{prefix}: stale_generation", None, task_id)
+        if task.status not in ACTIVE:
+            raise HubError(f"{prefix}: invalid_state", f"task is {task.status.value}", task_id)
+        return task
+
+    def task_accepted(self, agent_id: str, task_id: str) -> TaskAck:
+        """The agent started an assigned task."""
+        task = self._owned_task(agent_id, task_id)
+        self.queue.accept(task)
+        agent = self.presence.agents[agent_id]
+        agent.task_accepted = True
+        return TaskAck(task_id=task_id, status="accepted", generation=task.generation)
+
+    def task_progress(self, agent_id: str, frame: frames.TaskProgress) -> None:
+        """Progress: delays reclaim and is published, never persisted."""
+        task = self._owned_task(agent_id, frame.task_id)
+        self.queue.touch(task, frame.progress)
+        now = self.clock.now_ms()
+        base = {"type": "task_event", "task_id": task.task_id, "agent_id": agent_id,
+                "timestamp": now}  # fmt: skip
+        self._publish("tasks", {**base, "event": "task_progress", "progress": frame.progress})
+        if frame.execution_event is not None:
+            self._publish(
+                "tasks",
+                {**base, "event": "execution_progress", "execution_event": frame.execution_event},
+            )
+            event = frame.execution_event
+            if event.get("event_type") == "error" or event.get("type") == "error":
+                # Real sidecars carry a failed execution's reason only here.
+                detail = event.get("text") or event.get("error") or event.get("message")
+                if isinstance(detail, str) and detail:
+                    task.last_error = detail[:2000]
+
+    def task_complete(self, agent_id: str, frame: frames.TaskComplete) -> TaskAck:
+        """A completion, or a failure reported as ``result.status == "failed"``."""
+        task = self._settling_task(agent_id, frame.task_id, frame.generation, "task_complete_failed")
+        result = frame.result
+        if result is not None:
+            task.result = result.model_dump(mode="json", exclude_unset=True)
+            execution = {name: getattr(result, name) for name in _EXECUTION_FIELDS}
+            task.execution = ExecutionMetadata(**execution)
+        task.tokens_used = frame.tokens_used if frame.tokens_used is not None else (
+            result.tokens_used if result is not None else None
+        )
+        task.verification_report = frame.verification_report
+        if result is not None and result.status == "failed":
+            error = result.error or task.last_error or "execution failed"
+            outcome = self._fail(task, error)
+            return TaskAck(task_id=task.task_id, status=outcome, generation=task.generation)
+        self.queue.complete(task)
+        self._release(agent_id)
+        return TaskAck(task_id=task.task_id, status="complete", generation=task.generation)
+
+    def task_failed(self, agent_id: str, frame: frames.TaskFailed) -> TaskAck:
+        """An explicit failure: retry or dead letter."""
+        task = self._settling_task(agent_id, frame.task_id, frame.generation, "task_fail_failed")
+        outcome = self._fail(task, frame.error or frame.reason or "failed")
+        return TaskAck(task_id=task.task_id, status=outcome, generation=task.generation)
+
+    def _fail(self, task: Task, error: str) -> Any:
+        agent_id = task.assigned_to
+        outcome = self.queue.fail(task, error)
+        if agent_id is not None:
+            self._release(agent_id)
+        else:
+            self.schedule()
+        return outcome
+
+    def task_rejected(self, agent_id: str, frame: frames.TaskRejected) -> TaskAck:
+        """The agent declined: the task goes back to the queue at once."""
+        task = self._owned_task(agent_id, frame.task_id)
+        self.queue.requeue(task, f"rejected by {agent_id}: {frame.reason or 'no reason'}")
+        self._release(agent_id, schedule=False)
+        self._schedule_excluding(agent_id)
+        return TaskAck(task_id=task.task_id, status="requeued", generation=task.generation)
+
+    def task_recovering(self, agent_id: str, task_id: str) -> TaskContinue | TaskReassign:
+        """After a sidecar restart: continue a task whose execution may live on, else reassign."""
+        task = self.queue.get(task_id)
+        if task is None or task.assigned_to != agent_id or task.status not in ACTIVE:
+            return TaskReassign(task_id=task_id)
+        decision = task.routing_decision
+        if decision is not None and decision.target_type is TargetType.wake:
+            return TaskContinue(task_id=task_id, generation=task.generation)
+        self.queue.requeue(task, f"{agent_id} restarted while running it")
+        self._release(agent_id)
+        return TaskReassign(task_id=task_id)
+
+    def _release(self, agent_id: str, schedule: bool = True) -> None:
+        agent = self.presence.get(agent_id)
+        if agent is None:
+            return
+        agent.current_task = None
+        agent.task_accepted = False
+        self.presence.refresh(agent)
+        if schedule:
+            self.schedule()
+
+    # --- operator actions -----------------------------------------------------------
+
+    def submit(self, submission: TaskSubmission) -> Task:
+        """Queue a new task and try to place it."""
+        task = self.queue.submit(submission)
+        self.schedule()
+        return task
+
+    def find_task(self, task_id: str) -> Task:
+        """A task in any state; raises ``not_found``."""
+        task = self.queue.get(task_id) or self.store.get_task(task_id)
+        if task is None:
+            raise HubError("not_found", f"no task {task_id}", task_id)
+        return task
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel an unfinished task; its agent is freed."""
+        task = self.queue.get(task_id)
+        if task is None:
+            self.find_task(task_id)
+            raise HubError("invalid_state", "task is already finished", task_id)
+        holder = task.assigned_to if task.status in ACTIVE else None
+        self.queue.cancel(task)
+        if holder is not None:
+            self._push(holder, TaskCancelled(task_id=task_id))
+            self._release(holder)
+        return task
+
+    def retry(self, task_id: str) -> Task:
+        """Move a dead-letter task back to the queue."""
+        task = self.find_task(task_id)
+        if task.status is not TaskStatus.dead_letter:
+            raise HubError("invalid_state", f"task is {task.status.value}, not dead_letter", task_id)
+        self.queue.retry_dead_letter(task)
+        self.schedule()
+        return task
+
+    def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
+        """Tasks by filter, from the store (the caller commits first)."""
+        return self.store.list_tasks(task_filter)
+
+    def agents_snapshot(self) -> list[dict[str, Any]]:
+        """Every known agent with its state."""
+        return [agent.snapshot() for agent in self.presence.agents.values()]
+
+    def stats(self) -> dict[str, Any]:
+        """Queue counts and execution totals."""
+        stats = self.store.task_stats()
+        stats["queue_depth"] = self.queue.queued_count()
+        stats["agents_connected"] = len(self.presence.connected())
+        stats["progress_dropped"] = self.progress_dropped
+        return stats
+
+    def snapshot(self, recent: int = 50) -> dict[str, Any]:
+        """What a dashboard starts from (the caller commits first)."""
+        stats = self.stats()
+        return {
+            "timestamp": self.clock.now_ms(),
+            "agents": self.agents_snapshot(),
+            "queue": {
+                "depth": stats["queue_depth"],
+                "by_status": stats["by_status"],
+                "queued_by_priority": stats["queued_by_priority"],
+            },
+            "recent_tasks": [
+                task.model_dump(mode="json") for task in self.store.list_tasks(TaskFilter(limit=recent))
+            ],
+            "costs": {
+                "totals": stats["totals"],
+                "by_model": stats["by_model"],
+                "by_agent": stats["by_agent"],
+            },
+        }
+
+    # --- scheduling -----------------------------------------------------------------
+
+    def schedule(self) -> int:
+        """Give queued tasks to idle agents; returns how many were assigned."""
+        assigned = 0
+        if not self.queue.queued_count():
+            return 0
+        for agent in self.presence.idle_agents():
+            task = self.queue.next_for(agent.capabilities)
+            if task is not None:
+                self._assign(task, agent)
+                assigned += 1
+                if not self.queue.queued_count():
+                    break
+        return assigned
+
+    def _schedule_excluding(self, agent_id: str) -> None:
+        """Schedule while keeping one agent (which just declined work) out of it."""
+        agent = self.presence.agents.get(agent_id)
+        if agent is None or not agent.connected:
+            self.schedule()
+            return
+        agent.connected = False
+        self.presence.refresh(agent)
+        try:
+            self.schedule()
+        finally:
+            agent.connected = True
+            self.presence.refresh(agent)
+
+    def _assign(self, task: Task, agent: AgentRecord) -> None:
+        complexity, decision = self.router.decide(task, agent)
+        self.queue.assign(task, agent.agent_id, complexity, decision)
+        agent.current_task = task.task_id
+        agent.task_accepted = False
+        self.presence.refresh(agent)
+        self._push(agent.agent_id, self.assignment_frame(task))
+
+    @staticmethod
+    def assignment_frame(task: Task) -> TaskAssign:
+        """The ``task_assign`` push for a task's current assignment."""
+        return TaskAssign(
+            task_id=task.task_id,
+            description=task.description,
+            metadata=task.metadata,
+            generation=task.generation,
+            assigned_at=task.assigned_at or task.updated_at,
+            repo=task.repo,
+            branch=task.branch,
+            file_hints=task.file_hints,
+            success_criteria=task.success_criteria,
+            verification_steps=task.verification_steps,
+            complexity=task.complexity,
+            routing_decision=task.routing_decision,
+            skip_verification=task.skip_verification,
+            verification_timeout_ms=task.verification_timeout_ms,
+            max_verification_retries=0,
+        )
+
+    # --- periodic sweep -------------------------------------------------------------
+
+    def sweep(self) -> list[str]:
+        """Apply every timeout; returns the agents whose connections must be closed."""
+        settings = self.settings
+        now = self.clock.now_ms()
+        overdue = self.queue.overdue(
+            int(settings.accept_timeout_s * 1000), int(settings.reclaim_after_s * 1000)
+        )
+        for task, reason in overdue:
+            holder = task.assigned_to
+            self.queue.requeue(task, reason, event="task_reclaimed")
+            if holder is not None:
+                self._release(holder, schedule=False)
+        grace_ms = int(settings.disconnect_grace_s * 1000)
+        for agent in list(self.presence.agents.values()):
+            if agent.connected or agent.current_task is None or agent.disconnected_at is None:
+                continue
+            if now - agent.disconnected_at >= grace_ms:
+                task = self.queue.get(agent.current_task)
+                if task is not None and task.assigned_to == agent.agent_id:
+                    self.queue.requeue(task, f"{agent.agent_id} did not come back in time")
+                self._release(agent.agent_id, schedule=False)
+        idle_ms = int(settings.idle_timeout_s * 1000)
+        silent = [
+            agent.agent_id
+            for agent in self.presence.connected()
+            if now - agent.last_seen >= idle_ms
+        ]
+        self.schedule()
+        return silent

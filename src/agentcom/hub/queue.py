@@ -1,0 +1,249 @@
+"""The task state machine and the queue order (PROTOCOL.md section 2).
+
+Unfinished tasks live in memory; every change is staged to the store at once and
+made durable by the caller's next commit. Finished tasks are dropped from memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from agentcom.errors import HubError
+from agentcom.hub.clock import Clock
+from agentcom.protocol.common import PRIORITY_RANK, Priority, TaskStatus
+from agentcom.protocol.outbound import Complexity, RoutingDecision
+from agentcom.protocol.task import HistoryEntry, Task, TaskSubmission
+from agentcom.store.base import Store
+
+__all__ = ["ACTIVE", "TERMINAL", "EventSink", "TaskQueue", "new_task_id"]
+
+TERMINAL = frozenset({TaskStatus.completed, TaskStatus.dead_letter, TaskStatus.cancelled})
+ACTIVE = frozenset({TaskStatus.assigned, TaskStatus.working})
+
+# (event name, task, extra fields) -> None
+EventSink = Callable[[str, Task, dict[str, Any]], None]
+
+
+def new_task_id() -> str:
+    """A random, unguessable task id (128 bits)."""
+    return secrets.token_hex(16)
+
+
+class TaskQueue:
+    """Owns unfinished tasks, their order and every transition.
+
+    Args:
+        store: where each change is staged.
+        clock: time source for timestamps.
+        emit: receives one event per transition (name, task, extra fields).
+        history_cap: transitions kept per task; older ones are dropped.
+        default_max_retries: used when a submission names none.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        emit: EventSink,
+        history_cap: int = 50,
+        default_max_retries: int = 3,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._emit = emit
+        self._history_cap = history_cap
+        self._default_max_retries = default_max_retries
+        self.tasks: dict[str, Task] = {}
+        # Queued task ids by priority, then by needed capabilities, in arrival order, so
+        # finding work for an agent costs one look per capability group, not per task.
+        self._queued: dict[Priority, dict[frozenset[str], OrderedDict[str, int]]] = {
+            priority: {} for priority in PRIORITY_RANK
+        }
+        self._arrival = itertools.count()
+
+    # --- loading and lookup ----------------------------------------------------------
+
+    def restore(self, tasks: list[Task]) -> None:
+        """Load unfinished tasks read from the store after a restart."""
+        for task in tasks:
+            self.tasks[task.task_id] = task
+            if task.status is TaskStatus.queued:
+                self._enqueue(task)
+
+    def get(self, task_id: str) -> Task | None:
+        """An unfinished task, or None."""
+        return self.tasks.get(task_id)
+
+    def queued_count(self) -> int:
+        """Tasks waiting for an agent."""
+        return sum(len(group) for groups in self._queued.values() for group in groups.values())
+
+    def next_for(self, capabilities: frozenset[str]) -> Task | None:
+        """The highest-priority, oldest queued task an agent with ``capabilities`` can run."""
+        for groups in self._queued.values():
+            best: tuple[int, str] | None = None
+            for needed, group in groups.items():
+                if group and needed <= capabilities:
+                    task_id, arrival = next(iter(group.items()))
+                    if best is None or arrival < best[0]:
+                        best = (arrival, task_id)
+            if best is not None:
+                return self.tasks[best[1]]
+        return None
+
+    # --- transitions -----------------------------------------------------------------
+
+    def _record(self, task: Task, status: TaskStatus, detail: str | None) -> None:
+        now = self._clock.now_ms()
+        task.status = status
+        task.updated_at = now
+        task.history.append(HistoryEntry(status=status.value, at=now, detail=detail))
+        if len(task.history) > self._history_cap:
+            del task.history[: len(task.history) - self._history_cap]
+        self._store.stage_task(task)
+        if status in TERMINAL:
+            self.tasks.pop(task.task_id, None)
+
+    def _enqueue(self, task: Task) -> None:
+        needed = frozenset(task.needed_capabilities)
+        group = self._queued[task.priority].setdefault(needed, OrderedDict())
+        group[task.task_id] = next(self._arrival)
+
+    def _dequeue(self, task: Task) -> None:
+        group = self._queued[task.priority].get(frozenset(task.needed_capabilities))
+        if group is not None:
+            group.pop(task.task_id, None)
+
+    def submit(self, submission: TaskSubmission) -> Task:
+        """Create a queued task."""
+        now = self._clock.now_ms()
+        max_retries = submission.max_retries
+        task = Task(
+            task_id=new_task_id(),
+            status=TaskStatus.queued,
+            priority=submission.priority,
+            description=submission.description,
+            metadata=submission.metadata,
+            needed_capabilities=submission.needed_capabilities,
+            complexity_tier=submission.complexity_tier,
+            max_retries=self._default_max_retries if max_retries is None else max_retries,
+            repo=submission.repo,
+            branch=submission.branch,
+            file_hints=submission.file_hints,
+            success_criteria=submission.success_criteria,
+            verification_steps=submission.verification_steps,
+            skip_verification=submission.skip_verification,
+            verification_timeout_ms=submission.verification_timeout_ms,
+            created_at=now,
+            updated_at=now,
+        )
+        self.tasks[task.task_id] = task
+        self._record(task, TaskStatus.queued, "submitted")
+        self._enqueue(task)
+        self._emit("task_submitted", task, {})
+        return task
+
+    def assign(
+        self,
+        task: Task,
+        agent_id: str,
+        complexity: Complexity,
+        decision: RoutingDecision,
+    ) -> None:
+        """Give a queued task to an agent with a new generation."""
+        self._dequeue(task)
+        task.generation += 1
+        task.assigned_to = agent_id
+        task.assigned_at = self._clock.now_ms()
+        task.last_progress_at = task.assigned_at
+        task.progress = None
+        task.complexity = complexity
+        task.routing_decision = decision
+        self._record(task, TaskStatus.assigned, f"to {agent_id} (generation {task.generation})")
+        self._emit("task_assigned", task, {"generation": task.generation})
+
+    def accept(self, task: Task) -> None:
+        """The agent started the task."""
+        if task.status is not TaskStatus.assigned:
+            if task.status is TaskStatus.working:
+                return  # a repeated accept changes nothing
+            raise HubError("invalid_state", f"task is {task.status.value}", task.task_id)
+        task.last_progress_at = self._clock.now_ms()
+        self._record(task, TaskStatus.working, None)
+        self._emit("task_accepted", task, {})
+
+    def touch(self, task: Task, progress: int | None) -> None:
+        """Note progress (not a transition, not persisted: it only delays reclaim)."""
+        task.last_progress_at = self._clock.now_ms()
+        if progress is not None:
+            task.progress = progress
+
+    def complete(self, task: Task) -> None:
+        """The task finished; the caller has set result and execution metadata."""
+        self._record(task, TaskStatus.completed, None)
+        self._emit("task_completed", task, {"execution": _dump(task.execution)})
+
+    def fail(self, task: Task, error: str | None) -> str:
+        """The attempt failed: retry (``"retried"``) or dead letter (``"dead_letter"``)."""
+        task.last_error = error
+        self._emit("task_failed", task, {"error": error})
+        if task.retry_count < task.max_retries:
+            task.retry_count += 1
+            self._back_to_queue(task, f"retry {task.retry_count}/{task.max_retries}: {error}")
+            self._emit("task_retried", task, {"retry_count": task.retry_count})
+            return "retried"
+        task.assigned_to = None
+        self._record(task, TaskStatus.dead_letter, error)
+        self._emit("task_dead_letter", task, {"error": error})
+        return "dead_letter"
+
+    def requeue(self, task: Task, reason: str, event: str = "task_requeued") -> None:
+        """Put an assigned or working task back in the queue without counting a retry."""
+        self._back_to_queue(task, reason)
+        self._emit(event, task, {"reason": reason})
+
+    def _back_to_queue(self, task: Task, detail: str) -> None:
+        task.assigned_to = None
+        task.assigned_at = None
+        task.progress = None
+        self._record(task, TaskStatus.queued, detail)
+        self._enqueue(task)
+
+    def cancel(self, task: Task) -> None:
+        """Cancel a queued, assigned or working task."""
+        self._dequeue(task)
+        self._record(task, TaskStatus.cancelled, "cancelled by an operator")
+        self._emit("task_cancelled", task, {})
+
+    def retry_dead_letter(self, task: Task) -> None:
+        """Move a dead-letter task back to the queue with its retry count reset."""
+        task.retry_count = 0
+        task.last_error = None
+        self.tasks[task.task_id] = task
+        self._record(task, TaskStatus.queued, "retried by an operator")
+        self._enqueue(task)
+        self._emit("task_requeued", task, {"reason": "operator_retry"})
+
+    # --- timeouts --------------------------------------------------------------------
+
+    def overdue(self, accept_timeout_ms: int, reclaim_after_ms: int) -> list[tuple[Task, str]]:
+        """Assigned tasks not accepted in time, and tasks with no progress for too long."""
+        now = self._clock.now_ms()
+        found = []
+        for task in self.tasks.values():
+            if task.status is TaskStatus.assigned and task.assigned_at is not None:
+                if now - task.assigned_at >= accept_timeout_ms:
+                    found.append((task, "acceptance_timeout"))
+                    continue
+            if task.status in ACTIVE and task.last_progress_at is not None:
+                if now - task.last_progress_at >= reclaim_after_ms:
+                    found.append((task, "no_progress"))
+        return found
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json") if model is not None else None

@@ -1,0 +1,176 @@
+"""The operator protocol on ``/ws/operator`` and the dashboard protocol on ``/ws/dashboard``.
+
+Operator connections start with ``auth``; every later frame is a request carrying a
+``request_id`` that its single reply (``result`` or ``error``) repeats.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from agentcom.protocol.common import Inbound, Outbound, Priority, TaskId, TaskStatus
+from agentcom.protocol.task import TaskSubmission
+
+__all__ = [
+    "DASHBOARD_FRAME",
+    "DASHBOARD_FRAME_TYPES",
+    "OPERATOR_FRAME",
+    "OPERATOR_FRAME_TYPES",
+    "AgentsList",
+    "Auth",
+    "AuthOk",
+    "DashboardFrame",
+    "EventsDropped",
+    "OperatorError",
+    "OperatorFrame",
+    "OperatorResult",
+    "Snapshot",
+    "Stats",
+    "Subscribe",
+    "TaskCancel",
+    "TaskGet",
+    "TaskList",
+    "TaskRetry",
+    "TaskSubmit",
+    "TaskWait",
+    "TopicName",
+]
+
+RequestId = Annotated[str, Field(min_length=1, max_length=64)]
+TopicName = Literal["tasks", "agents", "validation"]
+
+
+class Auth(Inbound):
+    """First frame of an operator connection."""
+
+    type: Literal["auth"]
+    token: Annotated[str, Field(max_length=256)]
+
+
+class _Request(Inbound):
+    request_id: RequestId
+
+
+class TaskSubmit(_Request):
+    """Queue a task (admin)."""
+
+    type: Literal["task_submit"]
+    task: TaskSubmission
+
+
+class TaskGet(_Request):
+    """One task with history, routing decision and execution metadata."""
+
+    type: Literal["task_get"]
+    task_id: TaskId
+
+
+class TaskList(_Request):
+    """Tasks, most recently updated first."""
+
+    type: Literal["task_list"]
+    status: TaskStatus | None = None
+    priority: Priority | None = None
+    agent: Annotated[str, Field(max_length=128)] | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class TaskCancel(_Request):
+    """Cancel an unfinished task (admin)."""
+
+    type: Literal["task_cancel"]
+    task_id: TaskId
+
+
+class TaskRetry(_Request):
+    """Move a dead-letter task back to the queue (admin)."""
+
+    type: Literal["task_retry"]
+    task_id: TaskId
+
+
+class TaskWait(_Request):
+    """Reply once the task is completed, dead letter or cancelled (or after ``timeout_s``)."""
+
+    type: Literal["task_wait"]
+    task_id: TaskId
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+
+
+class AgentsList(_Request):
+    """Known agents with state and current task."""
+
+    type: Literal["agents_list"]
+
+
+class Stats(_Request):
+    """Queue counts and execution totals."""
+
+    type: Literal["stats"]
+
+
+OperatorFrame = Annotated[
+    Auth | TaskSubmit | TaskGet | TaskList | TaskCancel | TaskRetry | TaskWait | AgentsList | Stats,
+    Field(discriminator="type"),
+]
+OPERATOR_FRAME: TypeAdapter[OperatorFrame] = TypeAdapter(OperatorFrame)
+OPERATOR_FRAME_TYPES = ("auth", "task_submit", "task_get", "task_list", "task_cancel",
+                        "task_retry", "task_wait", "agents_list", "stats")  # fmt: skip
+
+
+class AuthOk(Outbound):
+    """Reply to a valid ``auth``."""
+
+    type: Literal["auth_ok"] = "auth_ok"
+    agent_id: str
+    role: str
+
+
+class OperatorResult(Outbound):
+    """Successful reply to a request."""
+
+    type: Literal["result"] = "result"
+    request_id: str
+    data: Any
+
+
+class OperatorError(Outbound):
+    """Failed reply to a request."""
+
+    type: Literal["error"] = "error"
+    request_id: str | None
+    error: str
+    message: str | None = None
+
+
+class Subscribe(Inbound):
+    """First frame of a dashboard connection."""
+
+    type: Literal["subscribe"]
+    token: Annotated[str, Field(max_length=256)]
+    topics: Annotated[list[TopicName], Field(max_length=3)] | None = None
+
+
+DashboardFrame = Annotated[Subscribe, Field(discriminator="type")]
+DASHBOARD_FRAME: TypeAdapter[DashboardFrame] = TypeAdapter(DashboardFrame)
+DASHBOARD_FRAME_TYPES = ("subscribe",)
+
+
+class Snapshot(Outbound):
+    """The state a dashboard starts from."""
+
+    type: Literal["snapshot"] = "snapshot"
+    timestamp: int
+    agents: list[dict[str, Any]]
+    queue: dict[str, Any]
+    recent_tasks: list[dict[str, Any]]
+    costs: dict[str, Any]
+
+
+class EventsDropped(Outbound):
+    """The subscriber fell behind and lost this many events."""
+
+    type: Literal["events_dropped"] = "events_dropped"
+    count: int

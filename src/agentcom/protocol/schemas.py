@@ -1,0 +1,52 @@
+"""JSON Schema of every frame, generated from the models (served at ``/api/schemas``)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+
+from agentcom.protocol import outbound
+from agentcom.protocol.agent import AGENT_FRAME
+from agentcom.protocol.operator import (
+    DASHBOARD_FRAME,
+    OPERATOR_FRAME,
+    AuthOk,
+    EventsDropped,
+    OperatorError,
+    OperatorResult,
+    Snapshot,
+)
+from agentcom.protocol.task import Task
+
+__all__ = ["all_schemas"]
+
+
+def _outbound_models() -> list[type[BaseModel]]:
+    found = []
+    for name in outbound.__dict__:
+        value = getattr(outbound, name)
+        if isinstance(value, type) and issubclass(value, outbound.Outbound):
+            if value is not outbound.Outbound and "type" in value.model_fields:
+                found.append(value)
+    return found
+
+
+@functools.cache
+def all_schemas() -> dict[str, Any]:
+    """Schemas grouped by connection and direction."""
+    hub_to_agent = {
+        model.__name__: model.model_json_schema(by_alias=True)
+        for model in _outbound_models()
+    }
+    operator_replies = [AuthOk, OperatorResult, OperatorError]
+    return {
+        "agent_to_hub": AGENT_FRAME.json_schema(),
+        "hub_to_agent": hub_to_agent,
+        "operator_to_hub": OPERATOR_FRAME.json_schema(),
+        "hub_to_operator": {m.__name__: m.model_json_schema() for m in operator_replies},
+        "dashboard_to_hub": DASHBOARD_FRAME.json_schema(),
+        "hub_to_dashboard": {m.__name__: m.model_json_schema() for m in (Snapshot, EventsDropped)},
+        "task": Task.model_json_schema(),
+    }

@@ -1,0 +1,92 @@
+"""The task object of PROTOCOL.md section 2, and what an operator submits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentcom.protocol.common import Priority, TaskStatus, Tier
+from agentcom.protocol.outbound import Complexity, RoutingDecision
+
+__all__ = ["ExecutionMetadata", "HistoryEntry", "Task", "TaskSubmission"]
+
+
+class ExecutionMetadata(BaseModel):
+    """Typed execution figures reported by ``task_complete``."""
+
+    model_used: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    estimated_cost_usd: float | None = None
+    equivalent_claude_cost_usd: float | None = None
+    execution_ms: float | None = None
+
+
+class HistoryEntry(BaseModel):
+    """One transition of a task."""
+
+    status: str
+    at: int
+    detail: str | None = None
+
+
+Line = Annotated[str, Field(max_length=2_000)]
+
+
+class TaskSubmission(BaseModel):
+    """What an operator submits; everything but the description has a default."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    description: Annotated[str, Field(min_length=1, max_length=10_000)]
+    priority: Priority = Priority.normal
+    complexity_tier: Tier | None = None
+    needed_capabilities: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
+    metadata: dict[str, Any] = {}
+    max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
+    repo: Annotated[str, Field(max_length=512)] | None = None
+    branch: Annotated[str, Field(max_length=256)] | None = None
+    file_hints: Annotated[list[Line], Field(max_length=200)] = []
+    success_criteria: Annotated[list[Line], Field(max_length=100)] = []
+    verification_steps: Annotated[list[Line], Field(max_length=100)] = []
+    skip_verification: bool = False
+    verification_timeout_ms: Annotated[int, Field(ge=0)] | None = None
+
+
+class Task(BaseModel):
+    """A task as stored, returned by the API and carried in events."""
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    task_id: str
+    status: TaskStatus
+    priority: Priority
+    description: str
+    metadata: dict[str, Any] = {}
+    needed_capabilities: list[str] = []
+    complexity: Complexity | None = None
+    complexity_tier: Tier | None = None
+    routing_decision: RoutingDecision | None = None
+    assigned_to: str | None = None
+    assigned_at: int | None = None
+    generation: int = 0
+    retry_count: int = 0
+    max_retries: int = 3
+    last_error: str | None = None
+    result: dict[str, Any] | None = None
+    execution: ExecutionMetadata | None = None
+    tokens_used: int | None = None
+    verification_report: dict[str, Any] | None = None
+    repo: str | None = None
+    branch: str | None = None
+    file_hints: list[str] = []
+    success_criteria: list[str] = []
+    verification_steps: list[str] = []
+    skip_verification: bool = False
+    verification_timeout_ms: int | None = None
+    progress: int | None = None
+    last_progress_at: int | None = None
+    history: list[HistoryEntry] = []
+    created_at: int
+    updated_at: int

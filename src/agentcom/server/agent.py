@@ -1,0 +1,273 @@
+"""One agent connection on ``/ws``: identify gate, rate limits, violations, dispatch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+
+from agentcom.errors import HubError
+from agentcom.hub.auth import Role
+from agentcom.hub.limits import BucketSpec, RateLimiter
+from agentcom.protocol import agent as frames
+from agentcom.protocol.errors import FrameDecoder, FrameRejected
+from agentcom.protocol.outbound import (
+    AgentList,
+    ChannelList,
+    ErrorReply,
+    Identified,
+    OllamaReportAck,
+    Pong,
+    RateLimited,
+    RateLimitWarning,
+    StatusUpdated,
+    ValidationFailed,
+)
+
+if TYPE_CHECKING:
+    from agentcom.protocol.common import Outbound
+    from agentcom.server.app import HubServer
+
+__all__ = ["AgentSession"]
+
+logger = logging.getLogger(__name__)
+
+DECODER = FrameDecoder(frames.AGENT_FRAME, frames.AGENT_FRAME_TYPES)
+
+# Frames that settle a task are never rate limited: real sidecars ignore rate_limited.
+_UNLIMITED = frozenset(
+    {"identify", "task_accepted", "task_complete", "task_failed", "task_rejected",
+     "task_recovering"}
+)  # fmt: skip
+
+
+class AgentSession:
+    """Handles the frames of one agent connection until it closes."""
+
+    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.connection = connection
+        self.agent_id: str | None = None
+        settings = server.settings
+        self.limiter = RateLimiter(
+            {
+                "progress": BucketSpec(settings.progress_burst, settings.progress_rate),
+                "request": BucketSpec(settings.request_burst, settings.request_rate),
+            },
+            server.clock,
+        )
+        self.failures = server.violations.new_window()
+        self._handlers: dict[str, Callable[[Any], Any]] = {
+            "ping": self.on_ping,
+            "status": self.on_status,
+            "list_agents": self.on_list_agents,
+            "message": self.on_message,
+            "task_accepted": self.on_task_accepted,
+            "task_progress": self.on_task_progress,
+            "task_complete": self.on_task_complete,
+            "task_failed": self.on_task_failed,
+            "task_rejected": self.on_task_rejected,
+            "task_recovering": self.on_task_recovering,
+            "resource_report": self.on_resource_report,
+            "ollama_report": self.on_ollama_report,
+            "wake_result": self.on_wake_result,
+            "channel_subscribe": self.on_channel_frame,
+            "channel_unsubscribe": self.on_channel_frame,
+            "channel_publish": self.on_channel_frame,
+            "channel_history": self.on_channel_frame,
+            "list_channels": self.on_list_channels,
+        }
+
+    async def run(self) -> None:
+        """Read frames until the connection closes; then mark the agent gone."""
+        try:
+            async for raw in self.connection:
+                self.server.frames_received += 1
+                await self.handle(raw)
+        finally:
+            if self.agent_id is not None and self.server.agent_connections.get(
+                self.agent_id
+            ) is self.connection:
+                del self.server.agent_connections[self.agent_id]
+                self.hub.disconnect(self.agent_id)
+                logger.info("agent %s disconnected", self.agent_id)
+                await self.server.settle()
+
+    async def handle(self, raw: str | bytes) -> None:
+        """Decode, gate, rate-limit and dispatch one frame."""
+        try:
+            frame = DECODER.decode(raw)
+        except FrameRejected as rejected:
+            await self.reject(rejected.reply)
+            return
+        if self.agent_id is None:
+            if isinstance(frame, frames.Identify):
+                await self.on_identify(frame)
+            else:
+                await self.reply(ErrorReply(error="not_identified"))
+            return
+        if isinstance(frame, frames.Identify):
+            if frame.agent_id != self.agent_id:
+                await self.reply(ErrorReply(error="token_agent_mismatch"))
+                return
+            await self.reply(Identified(agent_id=self.agent_id))
+            return
+        self.hub.seen(self.agent_id)
+        if frame.type not in _UNLIMITED and not await self.within_rate(frame.type):
+            return
+        try:
+            await self._handlers[frame.type](frame)
+        except HubError as error:
+            self.hub.take_outbox()  # a refused frame changes nothing and announces nothing
+            await self.reply(ErrorReply(error=error.code, task_id=error.task_id, message=error.message))
+
+    async def within_rate(self, frame_type: str) -> bool:
+        """Spend a rate-limit token; False (after telling the agent) when none is left."""
+        tier = "progress" if frame_type == "task_progress" else "request"
+        verdict = self.limiter.check(tier)
+        if verdict == "ok":
+            return True
+        bucket = self.limiter.bucket(tier)
+        if verdict == "warn":
+            await self.reply(
+                RateLimitWarning(tier=tier, remaining=bucket.remaining, capacity=bucket.capacity)
+            )
+            return True
+        if tier == "progress":
+            self.hub.progress_dropped += 1  # coalesced: the next progress frame supersedes it
+            return False
+        await self.reply(RateLimited(tier=tier, retry_after_ms=bucket.retry_after_ms()))
+        return False
+
+    async def reply(self, frame: Outbound) -> None:
+        """Send a frame to this agent."""
+        await self.server.send(self.connection, frame)
+
+    async def reject(self, reply: ErrorReply | ValidationFailed) -> None:
+        """Answer a bad frame, count the violation, and close after too many."""
+        await self.reply(reply)
+        await self.count_violation(reply)
+
+    async def count_violation(self, reply: ErrorReply | ValidationFailed) -> None:
+        """Record a violation; publish it; close with 1008 past the limit."""
+        server = self.server
+        event = {
+            "type": "validation_event",
+            "agent_id": self.agent_id,
+            "remote": _remote(self.connection),
+            "timestamp": server.clock.now_ms(),
+            "reply": reply.model_dump(mode="json", exclude_none=True),
+        }
+        server.pubsub.publish("validation", event)
+        if server.violations.record_failure(self.failures):
+            if self.agent_id is not None:
+                cooldown = server.violations.punish(self.agent_id)
+                logger.warning(
+                    "agent %s closed for violations; cooldown %d s", self.agent_id, cooldown // 1000
+                )
+            await self.connection.close(1008, "too many validation errors")
+
+    # --- identify -------------------------------------------------------------------
+
+    async def on_identify(self, frame: frames.Identify) -> None:
+        """Check the token, the cooldown, replace an older connection, become present."""
+        server = self.server
+        identity = server.auth.role_of(frame.token)
+        if identity is None:
+            await self.reply(ErrorReply(error="invalid_token"))
+            await self.count_violation(ErrorReply(error="invalid_token"))
+            return
+        token_agent, role = identity
+        if token_agent != frame.agent_id or role is not Role.agent:
+            await self.reply(ErrorReply(error="token_agent_mismatch"))
+            await self.count_violation(ErrorReply(error="token_agent_mismatch"))
+            return
+        remaining_ms = server.violations.cooldown_remaining_ms(frame.agent_id)
+        if remaining_ms > 0:
+            seconds = -(-remaining_ms // 1000)
+            await self.connection.close(1008, f"cooldown: retry in {seconds} s")
+            return
+        previous = server.agent_connections.get(frame.agent_id)
+        self.agent_id = frame.agent_id
+        server.agent_connections[frame.agent_id] = self.connection
+        if previous is not None and previous is not self.connection:
+            await previous.close(4001, "replaced")
+        self.hub.identify(frame)
+        logger.info("agent %s identified from %s", frame.agent_id, _remote(self.connection))
+        await server.settle(self.connection, Identified(agent_id=frame.agent_id))
+
+    # --- handlers -------------------------------------------------------------------
+
+    async def on_ping(self, frame: frames.Ping) -> None:
+        await self.reply(Pong(timestamp=self.server.clock.now_ms()))
+
+    async def on_status(self, frame: frames.StatusUpdate) -> None:
+        assert self.agent_id is not None
+        self.hub.set_status(self.agent_id, frame.status)
+        await self.server.settle(self.connection, StatusUpdated())
+
+    async def on_list_agents(self, frame: frames.ListAgents) -> None:
+        agents = [agent.info() for agent in self.hub.presence.connected()]
+        await self.reply(AgentList(agents=agents))
+
+    async def on_message(self, frame: frames.Message) -> None:
+        assert self.agent_id is not None
+        await self.server.settle(self.connection, self.hub.send_message(self.agent_id, frame))
+
+    async def on_task_accepted(self, frame: frames.TaskAccepted) -> None:
+        assert self.agent_id is not None
+        ack = self.hub.task_accepted(self.agent_id, frame.task_id)
+        await self.server.settle(self.connection, ack)
+
+    async def on_task_progress(self, frame: frames.TaskProgress) -> None:
+        assert self.agent_id is not None
+        self.hub.task_progress(self.agent_id, frame)
+        await self.server.settle()
+
+    async def on_task_complete(self, frame: frames.TaskComplete) -> None:
+        assert self.agent_id is not None
+        ack = self.hub.task_complete(self.agent_id, frame)
+        await self.server.settle(self.connection, ack)
+
+    async def on_task_failed(self, frame: frames.TaskFailed) -> None:
+        assert self.agent_id is not None
+        ack = self.hub.task_failed(self.agent_id, frame)
+        await self.server.settle(self.connection, ack)
+
+    async def on_task_rejected(self, frame: frames.TaskRejected) -> None:
+        assert self.agent_id is not None
+        ack = self.hub.task_rejected(self.agent_id, frame)
+        await self.server.settle(self.connection, ack)
+
+    async def on_task_recovering(self, frame: frames.TaskRecovering) -> None:
+        assert self.agent_id is not None
+        answer = self.hub.task_recovering(self.agent_id, frame.task_id)
+        await self.server.settle(self.connection, answer)
+
+    async def on_resource_report(self, frame: frames.ResourceReport) -> None:
+        assert self.agent_id is not None
+        self.hub.report_resources(self.agent_id, frame)
+
+    async def on_ollama_report(self, frame: frames.OllamaReport) -> None:
+        assert self.agent_id is not None
+        self.hub.report_ollama(self.agent_id, frame.ollama_url)
+        await self.server.settle(self.connection, OllamaReportAck())
+
+    async def on_wake_result(self, frame: frames.WakeResult) -> None:
+        logger.info("agent %s wake result for %s: %s", self.agent_id, frame.task_id, frame.status)
+
+
+    async def on_channel_frame(self, frame: frames.ChannelSubscribe) -> None:
+        # No channel exists until operators can create them.
+        await self.reply(ErrorReply(error="channel_not_found", message=f"no channel {frame.channel}"))
+
+    async def on_list_channels(self, frame: frames.ListChannels) -> None:
+        await self.reply(ChannelList(channels=[]))
+
+
+def _remote(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return f"{address[0]}:{address[1]}" if address else "unknown"

@@ -1,0 +1,185 @@
+"""The hub process: the websockets server, its connections, and the sweep loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+from websockets.asyncio.connection import broadcast
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from agentcom import __version__
+from agentcom.config import Settings
+from agentcom.errors import StoreError
+from agentcom.hub.auth import Authenticator
+from agentcom.hub.clock import Clock, SystemClock
+from agentcom.hub.hub import Hub
+from agentcom.hub.limits import ViolationTracker
+from agentcom.protocol.common import Outbound
+from agentcom.protocol.outbound import ErrorReply
+from agentcom.pubsub.memory import MemoryPubSub
+from agentcom.server.agent import AgentSession
+from agentcom.server.http import HttpRoutes
+from agentcom.server.viewer import DashboardSession, OperatorSession
+from agentcom.store.sqlite import SqliteStore
+
+__all__ = ["HubServer"]
+
+logger = logging.getLogger(__name__)
+
+CLOSE_REPLACED = 4001
+CLOSE_RESTART = 1012
+
+
+class HubServer:
+    """One hub: store, domain, pubsub and the WebSocket/HTTP server around them.
+
+    Args:
+        settings: configuration.
+        clock: time source (a manual clock in tests).
+        run_sweeps: run the periodic timeout sweep (tests drive :meth:`sweep` themselves).
+    """
+
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, run_sweeps: bool = True
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = SqliteStore(settings.db, batch_max=settings.commit_batch_max)
+        self.hub = Hub(self.store, self.clock, settings)
+        self.auth = Authenticator(self.store)
+        self.pubsub = MemoryPubSub(settings.subscriber_queue)
+        self.violations = ViolationTracker(self.clock)
+        self.agent_connections: dict[str, ServerConnection] = {}
+        self.frames_received = 0
+        self._run_sweeps = run_sweeps
+        self._server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        """Restore state from the store and start listening."""
+        restored = self.hub.restore()
+        logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
+        http = HttpRoutes(self)
+        self._server = await serve(
+            self._route_connection,
+            self.settings.host,
+            self.settings.port,
+            process_request=http.process_request,
+            max_size=self.settings.max_frame_bytes,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=5,
+            server_header=f"agentcom/{__version__}",
+        )
+        if self._run_sweeps:
+            self._sweeper = asyncio.create_task(self._sweep_forever())
+        logger.info("agentcom hub listening on ws://%s:%d/ws", self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, ask sidecars to reconnect (1012), flush the store."""
+        self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close(close_connections=False)
+            closing = [
+                connection.close(CLOSE_RESTART, "hub restarting")
+                for connection in list(self._server.connections)
+            ]
+            await asyncio.gather(*closing, return_exceptions=True)
+            await self._server.wait_closed()
+        try:
+            await self.store.commit()
+        except StoreError:
+            logger.exception("final commit failed")
+        self.store.close()
+        logger.info("agentcom hub stopped")
+
+    # --- settling: commit, then reply, then push and publish -------------------------
+
+    async def settle(
+        self, connection: ServerConnection | None = None, reply: Outbound | None = None
+    ) -> bool:
+        """Make staged changes durable, then send ``reply`` and everything they caused.
+
+        Returns False (after telling ``connection``) when the store could not commit.
+        """
+        outbox = self.hub.take_outbox()
+        try:
+            await self.store.commit()
+        except StoreError as exc:
+            if connection is not None:
+                await self.send(connection, _store_error(str(exc)))
+            return False
+        if reply is not None and connection is not None:
+            await self.send(connection, reply)
+        if outbox:
+            encoded: dict[int, str] = {}
+            for agent_id, frame in outbox.pushes:
+                target = self.agent_connections.get(agent_id)
+                if target is None:
+                    continue
+                text = encoded.get(id(frame))
+                if text is None:
+                    text = encoded[id(frame)] = frame.model_dump_json(by_alias=True)
+                broadcast([target], text)
+            for topic, event in outbox.events:
+                self.pubsub.publish(topic, event)
+            self.hub.resolve_waiters(outbox.finished)
+        return True
+
+    async def send(self, connection: ServerConnection, frame: Outbound) -> None:
+        """Send one frame; a connection that closed meanwhile is ignored."""
+        try:
+            await connection.send(frame.model_dump_json(by_alias=True))
+        except ConnectionClosed:
+            pass
+
+    # --- sweep ----------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Apply every timeout now, and close agents that went silent."""
+        silent = self.hub.sweep()
+        await self.settle()
+        for agent_id in silent:
+            connection = self.agent_connections.get(agent_id)
+            if connection is not None:
+                logger.info("agent %s silent for too long; closing", agent_id)
+                await connection.close(1001, "idle timeout")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # the sweep must survive anything one pass hits
+                logger.exception("sweep failed")
+
+    async def _route_connection(self, connection: ServerConnection) -> None:
+        """Run the session for the connection's path; a closed socket ends it quietly."""
+        path = urlsplit(connection.request.path if connection.request else "/ws").path
+        session_types = {"/ws": AgentSession, "/ws/dashboard": DashboardSession,
+                         "/ws/operator": OperatorSession}  # fmt: skip
+        session_type = session_types.get(path.rstrip("/") or "/")
+        if session_type is None or self._stopping:
+            await connection.close(1008 if session_type is None else CLOSE_RESTART)
+            return
+        try:
+            await session_type(self, connection).run()
+        except ConnectionClosed:
+            pass
+
+
+def _store_error(detail: str) -> Outbound:
+    return ErrorReply(error="store_unavailable", message=detail)

@@ -1,0 +1,162 @@
+"""Read-only HTTP routes, answered from the websockets handshake hook ``process_request``."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from agentcom import __version__
+from agentcom.hub.auth import Role
+from agentcom.protocol.common import Priority, TaskStatus
+from agentcom.protocol.schemas import all_schemas
+from agentcom.store.base import TaskFilter
+
+if TYPE_CHECKING:
+    from agentcom.server.app import HubServer
+
+__all__ = ["WEBSOCKET_PATHS", "HttpRoutes"]
+
+WEBSOCKET_PATHS = frozenset({"/ws", "/ws/dashboard", "/ws/operator"})
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed"}  # fmt: skip
+
+
+def _response(status: int, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status, _REASONS.get(status, "Error"), headers, body)
+
+
+def _json(status: int, data: Any) -> Response:
+    return _response(status, json.dumps(data).encode(), "application/json")
+
+
+class HttpRoutes:
+    """``/health``, ``/metrics``, ``/dashboard`` and ``/api/*`` (bearer token)."""
+
+    def __init__(self, server: HubServer) -> None:
+        self.server = server
+
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Let WebSocket upgrades through; answer every other request here."""
+        parts = urlsplit(request.path)
+        path = parts.path.rstrip("/") or "/"
+        if path in WEBSOCKET_PATHS and "upgrade" in request.headers.get("Connection", "").lower():
+            return None
+        if path in WEBSOCKET_PATHS:
+            return _json(400, {"error": "websocket_required"})
+        if path == "/health":
+            return _json(200, self.health())
+        if path == "/metrics":
+            return _response(200, self.metrics().encode(), "text/plain; version=0.0.4")
+        if path in ("/", "/dashboard"):
+            page = resources.files("agentcom.dashboard").joinpath("index.html").read_bytes()
+            return _response(200, page, "text/html; charset=utf-8")
+        if path.startswith("/api/"):
+            if not self._authorized(request):
+                return _json(401, {"error": "unauthorized"})
+            return await self.api(path, parse_qs(parts.query))
+        return _json(404, {"error": "not_found"})
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        identity = self.server.auth.role_of(token.strip())
+        return identity is not None and identity[1] in (Role.admin, Role.viewer)
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and headline figures (no authentication)."""
+        hub = self.server.hub
+        now = self.server.clock.now_ms()
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round((now - hub.started_at) / 1000, 3),
+            "agents_connected": len(hub.presence.connected()),
+            "queue_depth": hub.queue.queued_count(),
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text exposition."""
+        server = self.server
+        hub = server.hub
+        lines = [
+            "# TYPE agentcom_agents_connected gauge",
+            f"agentcom_agents_connected {len(hub.presence.connected())}",
+            "# TYPE agentcom_queue_depth gauge",
+            f"agentcom_queue_depth {hub.queue.queued_count()}",
+            "# TYPE agentcom_tasks_active gauge",
+            f"agentcom_tasks_active {len(hub.queue.tasks) - hub.queue.queued_count()}",
+            "# TYPE agentcom_frames_received_total counter",
+            f"agentcom_frames_received_total {server.frames_received}",
+            "# TYPE agentcom_progress_dropped_total counter",
+            f"agentcom_progress_dropped_total {hub.progress_dropped}",
+            "# TYPE agentcom_store_commits_total counter",
+            f"agentcom_store_commits_total {server.store.commits}",
+            "# TYPE agentcom_subscribers gauge",
+            f"agentcom_subscribers {server.pubsub.subscriber_count()}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def api(self, path: str, query: dict[str, list[str]]) -> Response:
+        """The ``/api/*`` routes."""
+        hub = self.server.hub
+        await self.server.store.commit()
+        if path == "/api/tasks":
+            try:
+                task_filter = _task_filter(query)
+            except ValueError as exc:
+                return _json(400, {"error": "bad_request", "message": str(exc)})
+            return _json(200, [t.model_dump(mode="json") for t in hub.list_tasks(task_filter)])
+        if path == "/api/tasks/dead-letter":
+            dead = hub.list_tasks(TaskFilter(status=TaskStatus.dead_letter.value, limit=1000))
+            return _json(200, [task.model_dump(mode="json") for task in dead])
+        if path == "/api/tasks/stats":
+            return _json(200, hub.stats())
+        if path.startswith("/api/tasks/"):
+            task = hub.queue.get(path.removeprefix("/api/tasks/")) or hub.store.get_task(
+                path.removeprefix("/api/tasks/")
+            )
+            if task is None:
+                return _json(404, {"error": "not_found"})
+            return _json(200, task.model_dump(mode="json"))
+        if path == "/api/agents":
+            return _json(200, hub.agents_snapshot())
+        if path == "/api/endpoints":
+            return _json(200, hub.endpoints.snapshot())
+        if path == "/api/schemas":
+            return _json(200, all_schemas())
+        return _json(404, {"error": "not_found"})
+
+
+def _task_filter(query: dict[str, list[str]]) -> TaskFilter:
+    def one(name: str) -> str | None:
+        values = query.get(name)
+        return values[-1] if values else None
+
+    status, priority, limit = one("status"), one("priority"), one("limit")
+    if status is not None:
+        TaskStatus(status)
+    if priority is not None:
+        Priority(priority)
+    count = int(limit) if limit is not None else 100
+    if not 1 <= count <= 1000:
+        raise ValueError("limit must be between 1 and 1000")
+    return TaskFilter(status=status, priority=priority, agent=one("agent"), limit=count)

@@ -1,0 +1,203 @@
+"""Operator connections: ``/ws/dashboard`` (snapshot then live events) and ``/ws/operator``
+(requests and replies)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+
+from agentcom.errors import HubError
+from agentcom.hub.auth import Role
+from agentcom.protocol import operator as ops
+from agentcom.protocol.errors import FrameDecoder, FrameRejected
+from agentcom.protocol.outbound import ErrorReply
+from agentcom.store.base import TaskFilter
+
+if TYPE_CHECKING:
+    from agentcom.server.app import HubServer
+
+__all__ = ["DashboardSession", "OperatorSession"]
+
+logger = logging.getLogger(__name__)
+
+DASHBOARD_DECODER = FrameDecoder(ops.DASHBOARD_FRAME, ops.DASHBOARD_FRAME_TYPES)
+OPERATOR_DECODER = FrameDecoder(ops.OPERATOR_FRAME, ops.OPERATOR_FRAME_TYPES)
+
+_OPERATOR_ROLES = (Role.admin, Role.viewer)
+_MAX_REQUESTS_IN_FLIGHT = 32
+
+
+async def _first_frame(server: HubServer, connection: ServerConnection) -> str | bytes | None:
+    try:
+        async with asyncio.timeout(server.settings.identify_timeout_s):
+            return await connection.recv()
+    except TimeoutError:
+        await connection.close(1008, "no authentication in time")
+        return None
+
+
+class DashboardSession:
+    """A viewer: one ``subscribe``, a snapshot, then events until it goes away."""
+
+    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+        self.server = server
+        self.connection = connection
+
+    async def run(self) -> None:
+        """Authenticate, send the snapshot, stream events; drops are reported."""
+        server = self.server
+        raw = await _first_frame(server, self.connection)
+        if raw is None:
+            return
+        try:
+            frame = DASHBOARD_DECODER.decode(raw)
+        except FrameRejected as rejected:
+            await server.send(self.connection, rejected.reply)
+            await self.connection.close(1008, "expected subscribe")
+            return
+        identity = server.auth.role_of(frame.token)
+        if identity is None or identity[1] not in _OPERATOR_ROLES:
+            await server.send(self.connection, ErrorReply(error="invalid_token"))
+            await self.connection.close(1008, "invalid token")
+            return
+        subscription = server.pubsub.subscribe(frame.topics)
+        try:
+            await server.store.commit()
+            await server.send(self.connection, ops.Snapshot(**server.hub.snapshot()))
+            reader = asyncio.create_task(self._drain_incoming())
+            try:
+                await self._stream(subscription, reader)
+            finally:
+                reader.cancel()
+        finally:
+            server.pubsub.unsubscribe(subscription)
+
+    async def _drain_incoming(self) -> None:
+        async for _ in self.connection:
+            pass  # viewers only listen; reading keeps the close handshake working
+
+    async def _stream(self, subscription: Any, reader: asyncio.Task[None]) -> None:
+        while not reader.done():
+            getter = asyncio.ensure_future(subscription.next_batch())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                return
+            batch, dropped = getter.result()
+            if dropped:
+                await self.server.send(self.connection, ops.EventsDropped(count=dropped))
+            for encoded in batch:
+                await self.connection.send(encoded)
+
+
+class OperatorSession:
+    """An operator (CLI or page): ``auth``, then requests answered by ``request_id``."""
+
+    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.connection = connection
+        self.role: Role | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Authenticate, then serve requests concurrently (bounded)."""
+        raw = await _first_frame(self.server, self.connection)
+        if raw is None or not await self._authenticate(raw):
+            return
+        try:
+            async for raw in self.connection:
+                if len(self._in_flight) >= _MAX_REQUESTS_IN_FLIGHT:
+                    await self._send(ops.OperatorError(request_id=None, error="too_many_requests"))
+                    continue
+                request = asyncio.create_task(self._serve(raw))
+                self._in_flight.add(request)
+                request.add_done_callback(self._in_flight.discard)
+        finally:
+            for request in list(self._in_flight):
+                request.cancel()
+
+    async def _send(self, frame: Any) -> None:
+        await self.server.send(self.connection, frame)
+
+    async def _authenticate(self, raw: str | bytes) -> bool:
+        try:
+            frame = OPERATOR_DECODER.decode(raw)
+        except FrameRejected as rejected:
+            await self._send(rejected.reply)
+            await self.connection.close(1008, "expected auth")
+            return False
+        identity = None
+        if isinstance(frame, ops.Auth):
+            identity = self.server.auth.role_of(frame.token)
+        if identity is None or identity[1] not in _OPERATOR_ROLES:
+            await self._send(ops.OperatorError(request_id=None, error="invalid_token"))
+            await self.connection.close(1008, "invalid token")
+            return False
+        self.role = identity[1]
+        await self._send(ops.AuthOk(agent_id=identity[0], role=identity[1].value))
+        return True
+
+    async def _serve(self, raw: str | bytes) -> None:
+        try:
+            request = OPERATOR_DECODER.decode(raw)
+        except FrameRejected as rejected:
+            await self._send(rejected.reply)
+            return
+        if isinstance(request, ops.Auth):
+            await self._send(ops.OperatorError(request_id=None, error="already_authenticated"))
+            return
+        try:
+            data = await self._perform(request)
+        except HubError as error:
+            self.hub.take_outbox()
+            await self._send(
+                ops.OperatorError(
+                    request_id=request.request_id, error=error.code, message=error.message
+                )
+            )
+            return
+        await self._send(ops.OperatorResult(request_id=request.request_id, data=data))
+
+    async def _perform(self, request: Any) -> Any:
+        """Carry out one request; mutations need the admin role and are durable first."""
+        hub = self.hub
+        if isinstance(request, ops.TaskSubmit | ops.TaskCancel | ops.TaskRetry):
+            if self.role is not Role.admin:
+                raise HubError("forbidden", "this action needs an admin token")
+            if isinstance(request, ops.TaskSubmit):
+                task = hub.submit(request.task)
+            elif isinstance(request, ops.TaskCancel):
+                task = hub.cancel(request.task_id)
+            else:
+                task = hub.retry(request.task_id)
+            if not await self.server.settle():
+                raise HubError("store_unavailable", "the change could not be stored")
+            return task.model_dump(mode="json")
+        if isinstance(request, ops.TaskGet):
+            return hub.find_task(request.task_id).model_dump(mode="json")
+        if isinstance(request, ops.TaskWait):
+            waiter = hub.wait_until_finished(request.task_id)
+            try:
+                task = await asyncio.wait_for(waiter, request.timeout_s)
+            except TimeoutError:
+                raise HubError("timeout", "the task did not finish in time", request.task_id) from None
+            return task.model_dump(mode="json")
+        if isinstance(request, ops.TaskList):
+            await self.server.store.commit()
+            task_filter = TaskFilter(
+                status=request.status.value if request.status else None,
+                priority=request.priority.value if request.priority else None,
+                agent=request.agent,
+                limit=request.limit,
+            )
+            return [task.model_dump(mode="json") for task in hub.list_tasks(task_filter)]
+        if isinstance(request, ops.AgentsList):
+            return hub.agents_snapshot()
+        if isinstance(request, ops.Stats):
+            await self.server.store.commit()
+            return hub.stats()
+        raise HubError("unsupported", f"unsupported request {request.type}")

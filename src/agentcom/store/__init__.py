@@ -1,0 +1,6 @@
+"""Durability behind one small interface (see :class:`agentcom.store.base.Store`)."""
+
+from agentcom.store.base import Store, TaskFilter, TokenRecord
+from agentcom.store.sqlite import SqliteStore
+
+__all__ = ["SqliteStore", "Store", "TaskFilter", "TokenRecord"]

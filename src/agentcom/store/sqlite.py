@@ -1,0 +1,266 @@
+"""SQLite store: WAL mode, one writer thread, group commit.
+
+Changes are staged in memory (the latest state of each task wins) and written by a
+single writer thread; every waiter of :meth:`SqliteStore.commit` that arrives while a
+transaction is being written shares the next transaction, so a burst of changes costs
+one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from agentcom.errors import StoreError
+from agentcom.protocol.task import Task
+from agentcom.store.base import TaskFilter, TokenRecord
+
+__all__ = ["SqliteStore", "open_database"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    assigned_to TEXT,
+    generation INTEGER NOT NULL,
+    model_used TEXT,
+    tokens_in INTEGER,
+    tokens_out INTEGER,
+    estimated_cost_usd REAL,
+    equivalent_claude_cost_usd REAL,
+    execution_ms REAL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_update ON tasks (updated_at);
+CREATE TABLE IF NOT EXISTS tokens (
+    agent_id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"""
+
+_TERMINAL = ("completed", "dead_letter", "cancelled")
+
+_UPSERT_TASK = """
+INSERT INTO tasks (task_id, status, priority, assigned_to, generation, model_used, tokens_in,
+    tokens_out, estimated_cost_usd, equivalent_claude_cost_usd, execution_ms, created_at,
+    updated_at, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (task_id) DO UPDATE SET
+    status = excluded.status, priority = excluded.priority, assigned_to = excluded.assigned_to,
+    generation = excluded.generation, model_used = excluded.model_used,
+    tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out,
+    estimated_cost_usd = excluded.estimated_cost_usd,
+    equivalent_claude_cost_usd = excluded.equivalent_claude_cost_usd,
+    execution_ms = excluded.execution_ms, updated_at = excluded.updated_at, body = excluded.body
+"""
+
+
+def open_database(path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open (creating if needed) the database in WAL mode with the schema in place."""
+    connection = sqlite3.connect(
+        str(path), timeout=10.0, isolation_level=None, check_same_thread=check_same_thread
+    )
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=10000")
+    connection.executescript(_SCHEMA)
+    return connection
+
+
+def _task_row(task: Task) -> tuple[Any, ...]:
+    execution = task.execution
+    return (
+        task.task_id,
+        task.status.value,
+        task.priority.value,
+        task.assigned_to,
+        task.generation,
+        execution.model_used if execution else None,
+        execution.tokens_in if execution else None,
+        execution.tokens_out if execution else None,
+        execution.estimated_cost_usd if execution else None,
+        execution.equivalent_claude_cost_usd if execution else None,
+        execution.execution_ms if execution else None,
+        task.created_at,
+        task.updated_at,
+        task.model_dump_json(),
+    )
+
+
+class SqliteStore:
+    """The embedded default store.
+
+    Args:
+        path: database file; created with its schema when missing.
+        batch_max: most staged changes written in one transaction.
+    """
+
+    def __init__(self, path: Path | str, batch_max: int = 2000) -> None:
+        self.path = Path(path)
+        self._batch_max = batch_max
+        self._reader = open_database(self.path)
+        self._writer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._writer_local = threading.local()
+        self._staged: dict[str, tuple[Any, ...]] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._writing = False
+        self.commits = 0  # transactions written, for metrics
+
+    # --- writes -----------------------------------------------------------------------
+
+    def stage_task(self, task: Task) -> None:
+        """Queue ``task``'s current state for the next commit (last state wins)."""
+        self._staged[task.task_id] = _task_row(task)
+
+    async def commit(self) -> None:
+        """Return once everything staged before the call is durable; raises StoreError."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        if not self._writing:
+            self._writing = True
+            loop.create_task(self._write_pending(loop))
+        await waiter
+
+    async def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while self._waiters:
+                rows = list(self._staged.values())
+                self._staged.clear()
+                waiters, self._waiters = self._waiters, []
+                try:
+                    if rows:
+                        await loop.run_in_executor(self._writer_executor, self._write_rows, rows)
+                        self.commits += 1
+                except (sqlite3.Error, OSError) as exc:
+                    logger.error("database write failed: %s", exc)
+                    for row in rows:  # keep them for the next attempt, newer states first
+                        self._staged.setdefault(row[0], row)
+                    error = StoreError(f"database write failed: {exc}")
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                    continue
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._writing = False
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._writer_local, "connection", None)
+        if connection is None:
+            connection = open_database(self.path)
+            self._writer_local.connection = connection
+        return connection
+
+    def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        connection = self._writer_connection()
+        for start in range(0, len(rows), self._batch_max):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.executemany(_UPSERT_TASK, rows[start : start + self._batch_max])
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+    # --- reads ------------------------------------------------------------------------
+
+    def load_unfinished_tasks(self) -> list[Task]:
+        """Every task not in a terminal state, oldest first."""
+        rows = self._reader.execute(
+            "SELECT body FROM tasks WHERE status NOT IN (?, ?, ?) ORDER BY created_at",
+            _TERMINAL,
+        ).fetchall()
+        return [Task.model_validate_json(body) for (body,) in rows]
+
+    def get_task(self, task_id: str) -> Task | None:
+        """One task, or None."""
+        row = self._reader.execute("SELECT body FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return Task.model_validate_json(row[0]) if row else None
+
+    def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
+        """Tasks matching the filter, most recently updated first."""
+        clauses, params = [], []
+        for column, value in (
+            ("status", task_filter.status),
+            ("priority", task_filter.priority),
+            ("assigned_to", task_filter.agent),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT body FROM tasks {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?"
+        rows = self._reader.execute(query, (*params, task_filter.limit)).fetchall()
+        return [Task.model_validate_json(body) for (body,) in rows]
+
+    def task_stats(self) -> dict[str, Any]:
+        """Counts by status and priority, and execution totals per model and per agent."""
+        by_status = dict(
+            self._reader.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+        )
+        by_priority = dict(
+            self._reader.execute(
+                "SELECT priority, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY priority"
+            ).fetchall()
+        )
+        totals_sql = """
+            SELECT {key}, COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0),
+                   COALESCE(SUM(estimated_cost_usd), 0), COALESCE(SUM(equivalent_claude_cost_usd), 0),
+                   COALESCE(SUM(execution_ms), 0)
+            FROM tasks WHERE status = 'completed' {group}
+        """
+        names = ("tasks", "tokens_in", "tokens_out", "estimated_cost_usd",
+                 "equivalent_claude_cost_usd", "execution_ms")  # fmt: skip
+
+        def rows(key: str, group: str) -> list[tuple[Any, ...]]:
+            return self._reader.execute(totals_sql.format(key=key, group=group)).fetchall()
+
+        total = rows("'all'", "")[0]
+        return {
+            "by_status": by_status,
+            "queued_by_priority": by_priority,
+            "totals": dict(zip(names, total[1:], strict=True)),
+            "by_model": {
+                row[0] or "unknown": dict(zip(names, row[1:], strict=True))
+                for row in rows("model_used", "GROUP BY model_used")
+            },
+            "by_agent": {
+                row[0] or "unknown": dict(zip(names, row[1:], strict=True))
+                for row in rows("assigned_to", "GROUP BY assigned_to")
+            },
+        }
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token with this hash, or None."""
+        row = self._reader.execute(
+            "SELECT agent_id, role, token_hash, created_at FROM tokens WHERE token_hash = ?",
+            (token_hash,),
+        ).fetchone()
+        return TokenRecord(*row) if row else None
+
+    def close(self) -> None:
+        """Wait for the writer, then release both connections."""
+        def close_writer() -> None:
+            connection = getattr(self._writer_local, "connection", None)
+            if connection is not None:
+                connection.close()
+
+        self._writer_executor.submit(close_writer).result()
+        self._writer_executor.shutdown(wait=True)
+        self._reader.close()
