@@ -1,0 +1,90 @@
+"""Fixtures: a real hub on a free loopback port, a real SQLite file, a manual clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from agentcom.client import AgentClient, OperatorClient
+from agentcom.config import Settings
+from agentcom.hub.auth import hash_token, new_token
+from agentcom.hub.clock import ManualClock
+from agentcom.server.app import HubServer
+from agentcom.store.tokens import save_token
+
+TokenMaker = Callable[..., str]
+AgentMaker = Callable[..., Awaitable[AgentClient]]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for a test hub: loopback, a free port, a database in tmp_path."""
+    return Settings(host="127.0.0.1", port=0, db=tmp_path / "hub.db", log_level="DEBUG")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The hub's clock; tests move it with ``advance``."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def hub(settings: Settings, clock: ManualClock) -> AsyncIterator[HubServer]:
+    """A running hub whose sweeps the test triggers itself."""
+    server = HubServer(settings, clock=clock, run_sweeps=False)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def make_token(settings: Settings) -> TokenMaker:
+    """Create a token straight in the database, as ``agentcom token create`` does."""
+
+    def make(agent_id: str, role: str = "agent") -> str:
+        token = new_token()
+        save_token(settings.db, agent_id, hash_token(token), role)
+        return token
+
+    return make
+
+
+@pytest.fixture
+def ws_url(hub: HubServer) -> str:
+    """The hub's agent endpoint."""
+    return f"ws://127.0.0.1:{hub.port}/ws"
+
+
+@pytest.fixture
+def http_url(hub: HubServer) -> str:
+    """The hub's base URL."""
+    return f"http://127.0.0.1:{hub.port}"
+
+
+@pytest.fixture
+async def make_agent(ws_url: str, make_token: TokenMaker) -> AsyncIterator[AgentMaker]:
+    """Connect and identify agents; all are closed at the end of the test."""
+    clients: list[AgentClient] = []
+
+    async def make(agent_id: str = "agent-1", **options: object) -> AgentClient:
+        client = AgentClient(ws_url, agent_id, make_token(agent_id), heartbeat_s=None, **options)  # type: ignore[arg-type]
+        await client.connect()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def operator(http_url: str, make_token: TokenMaker) -> AsyncIterator[OperatorClient]:
+    """An admin operator connection."""
+    client = OperatorClient(http_url, make_token("ops", "admin"))
+    await client.connect()
+    yield client
+    await client.close()
