@@ -109,7 +109,7 @@ def _token_revoke(args: argparse.Namespace) -> int:
 # --- operator commands ---------------------------------------------------------------
 
 
-def _time(ms: int | None) -> str:
+def _time(ms: Any) -> str:
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")

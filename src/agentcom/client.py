@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
@@ -217,7 +217,7 @@ class OperatorClient:
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> OperatorClient:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 

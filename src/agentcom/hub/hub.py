@@ -519,9 +519,9 @@ class Hub:
             if agent.connected or agent.current_task is None or agent.disconnected_at is None:
                 continue
             if now - agent.disconnected_at >= grace_ms:
-                task = self.queue.get(agent.current_task)
-                if task is not None and task.assigned_to == agent.agent_id:
-                    self.queue.requeue(task, f"{agent.agent_id} did not come back in time")
+                held = self.queue.get(agent.current_task)
+                if held is not None and held.assigned_to == agent.agent_id:
+                    self.queue.requeue(held, f"{agent.agent_id} did not come back in time")
                 self._release(agent.agent_id, schedule=False)
         idle_ms = int(settings.idle_timeout_s * 1000)
         silent = [

@@ -235,13 +235,15 @@ class TaskQueue:
         now = self._clock.now_ms()
         found = []
         for task in self.tasks.values():
-            if task.status is TaskStatus.assigned and task.assigned_at is not None:
-                if now - task.assigned_at >= accept_timeout_ms:
-                    found.append((task, "acceptance_timeout"))
-                    continue
-            if task.status in ACTIVE and task.last_progress_at is not None:
-                if now - task.last_progress_at >= reclaim_after_ms:
-                    found.append((task, "no_progress"))
+            assigned_at, progressed_at = task.assigned_at, task.last_progress_at
+            if task.status is TaskStatus.assigned and assigned_at is not None and (
+                now - assigned_at >= accept_timeout_ms
+            ):
+                found.append((task, "acceptance_timeout"))
+            elif task.status in ACTIVE and progressed_at is not None and (
+                now - progressed_at >= reclaim_after_ms
+            ):
+                found.append((task, "no_progress"))
         return found
 
 

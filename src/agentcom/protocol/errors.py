@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -26,7 +26,10 @@ class FrameRejected(Exception):
         self.reply = reply
 
 
-def _error_code(pydantic_type: str) -> str:
+ErrorCode = Literal["required", "wrong_type", "too_long", "unknown_message_type", "out_of_range"]
+
+
+def _error_code(pydantic_type: str) -> ErrorCode:
     if pydantic_type == "missing":
         return "required"
     if pydantic_type in ("string_too_long", "too_long"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,8 @@ class AgentSession:
     async def run(self) -> None:
         """Read frames until the connection closes; then mark the agent gone."""
         try:
+            if not await self._identify_in_time():
+                return
             async for raw in self.connection:
                 self.server.frames_received += 1
                 await self.handle(raw)
@@ -95,6 +98,19 @@ class AgentSession:
                 self.hub.disconnect(self.agent_id)
                 logger.info("agent %s disconnected", self.agent_id)
                 await self.server.settle()
+
+    async def _identify_in_time(self) -> bool:
+        """Handle frames until the agent identifies; close (1008) a connection that does not."""
+        try:
+            async with asyncio.timeout(self.server.settings.identify_timeout_s):
+                while self.agent_id is None:
+                    raw = await self.connection.recv()
+                    self.server.frames_received += 1
+                    await self.handle(raw)
+        except TimeoutError:
+            await self.connection.close(1008, "identify timeout")
+            return False
+        return True
 
     async def handle(self, raw: str | bytes) -> None:
         """Decode, gate, rate-limit and dispatch one frame."""

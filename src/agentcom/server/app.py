@@ -169,8 +169,11 @@ class HubServer:
     async def _route_connection(self, connection: ServerConnection) -> None:
         """Run the session for the connection's path; a closed socket ends it quietly."""
         path = urlsplit(connection.request.path if connection.request else "/ws").path
-        session_types = {"/ws": AgentSession, "/ws/dashboard": DashboardSession,
-                         "/ws/operator": OperatorSession}  # fmt: skip
+        session_types: dict[str, type[AgentSession | DashboardSession | OperatorSession]] = {
+            "/ws": AgentSession,
+            "/ws/dashboard": DashboardSession,
+            "/ws/operator": OperatorSession,
+        }
         session_type = session_types.get(path.rstrip("/") or "/")
         if session_type is None or self._stopping:
             await connection.close(1008 if session_type is None else CLOSE_RESTART)

@@ -117,6 +117,7 @@ class SqliteStore:
         self._staged: dict[str, tuple[Any, ...]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._writing = False
+        self._writer_task: asyncio.Task[None] | None = None
         self.commits = 0  # transactions written, for metrics
 
     # --- writes -----------------------------------------------------------------------
@@ -127,12 +128,14 @@ class SqliteStore:
 
     async def commit(self) -> None:
         """Return once everything staged before the call is durable; raises StoreError."""
+        if not self._staged and not self._writing:
+            return  # nothing staged and nothing in flight: already durable
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         if not self._writing:
             self._writing = True
-            loop.create_task(self._write_pending(loop))
+            self._writer_task = loop.create_task(self._write_pending(loop))
         await waiter
 
     async def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
