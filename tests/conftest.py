@@ -21,7 +21,9 @@ AgentMaker = Callable[..., Awaitable[AgentClient]]
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for a test hub: loopback, a free port, a database in tmp_path."""
-    return Settings(host="127.0.0.1", port=0, db=tmp_path / "hub.db", log_level="DEBUG")
+    return Settings(
+        host="127.0.0.1", port=0, db=tmp_path / "hub.db", log_level="DEBUG", fallback_wait_s=0
+    )
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from websockets.exceptions import ConnectionClosed
 
 from agentcom import __version__
 from agentcom.client import AuthenticationError, OperatorClient, RequestFailed
@@ -136,6 +137,8 @@ def _operator(
                 raise CliError(str(exc), EXIT_FAILED) from None
             except ConnectionError as exc:
                 raise CliError(str(exc), EXIT_FAILED) from None
+            except ConnectionClosed as exc:  # e.g. the hub restarted under `watch`
+                raise CliError(f"connection to the hub closed ({exc})", EXIT_FAILED) from None
             finally:
                 await client.close()
 
@@ -171,12 +174,7 @@ def _print_task(task: dict[str, Any]) -> None:
 
 
 async def _task_submit(client: OperatorClient, args: argparse.Namespace) -> int:
-    try:
-        metadata = json.loads(args.metadata) if args.metadata else None
-    except ValueError:
-        raise CliError("--metadata must be a JSON object") from None
-    if metadata is not None and not isinstance(metadata, dict):
-        raise CliError("--metadata must be a JSON object")
+    metadata = _metadata(args.metadata)
     task = await client.submit(
         args.description,
         priority=args.priority,
@@ -232,6 +230,89 @@ def _task_change(request_type: str) -> Callable[[OperatorClient, argparse.Namesp
     return change
 
 
+def _metadata(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        metadata = json.loads(text)
+    except ValueError:
+        raise CliError("--metadata must be a JSON object") from None
+    if not isinstance(metadata, dict):
+        raise CliError("--metadata must be a JSON object")
+    return metadata
+
+
+async def _task_route(client: OperatorClient, args: argparse.Namespace) -> int:
+    task = {"description": args.description, "complexity_tier": args.complexity,
+            "file_hints": args.file_hint, "verification_steps": args.verification_step,
+            "metadata": _metadata(args.metadata), "repo": args.repo}  # fmt: skip
+    preview = await client.request(
+        "task_route", task={key: value for key, value in task.items() if value is not None}
+    )
+    if args.json:
+        print(json.dumps(preview))
+        return EXIT_OK
+    decision = preview["routing_decision"]
+    print(f"tier {decision['effective_tier']} -> {decision['target_type']}"
+          f"  endpoint {decision['selected_endpoint'] or '-'}"
+          f"  model {decision['selected_model'] or '-'}"
+          f"  cost tier {decision['estimated_cost_tier']}")  # fmt: skip
+    if decision["fallback_used"]:
+        print(f"fallback: {decision['fallback_reason']}")
+    print(f"reason: {decision['classification_reason']}")
+    print(f"viable endpoints: {preview['viable_endpoints']}")
+    if preview["would_wait"]:
+        print(f"note: {preview['would_wait']}")
+    return EXIT_OK
+
+
+async def _endpoints_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    endpoints = await client.request("endpoints_list")
+    if args.json:
+        print(json.dumps(endpoints))
+        return EXIT_OK
+    for endpoint in endpoints:
+        health = {True: "healthy", False: "unhealthy", None: "unchecked"}[endpoint["healthy"]]
+        models = ",".join(endpoint["models"]) or "-"
+        print(f"{endpoint['endpoint_id']:<24} {endpoint['url']:<32} {health:<10} {models}")
+    return EXIT_OK
+
+
+async def _endpoint_add(client: OperatorClient, args: argparse.Namespace) -> int:
+    fields = {"url": args.url}
+    if args.name:
+        fields["name"] = args.name
+    endpoint = await client.request("endpoint_add", **fields)
+    print(json.dumps(endpoint) if args.json else endpoint["endpoint_id"])
+    return EXIT_OK
+
+
+async def _endpoint_remove(client: OperatorClient, args: argparse.Namespace) -> int:
+    endpoint = await client.request("endpoint_remove", endpoint_id=args.endpoint_id)
+    print(json.dumps(endpoint) if args.json else f"removed {endpoint['endpoint_id']}")
+    return EXIT_OK
+
+
+async def _channel_create(client: OperatorClient, args: argparse.Namespace) -> int:
+    fields = {"name": args.name}
+    if args.description:
+        fields["description"] = args.description
+    channel = await client.request("channel_create", **fields)
+    print(json.dumps(channel) if args.json else channel["name"])
+    return EXIT_OK
+
+
+async def _channel_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    channels = await client.request("channels_list")
+    if args.json:
+        print(json.dumps(channels))
+        return EXIT_OK
+    for channel in channels:
+        print(f"{channel['name']:<24} {channel['subscribers']:>4} subscribers  "
+              f"seq {channel['last_seq']:<6} {channel.get('description') or ''}")  # fmt: skip
+    return EXIT_OK
+
+
 async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
     agents = await client.request("agents_list")
     if args.json:
@@ -273,8 +354,15 @@ def _describe_event(frame: dict[str, Any]) -> str:
 # --- argument parsing ----------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line, like every other error (subparsers inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentcom", description="Coordinate AI-agent sidecars.")
+    parser = _Parser(prog="agentcom", description="Coordinate AI-agent sidecars.")
     parser.add_argument("--version", action="version", version=f"agentcom {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -335,8 +423,37 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("task_id", metavar="ID")
     operator_command(cancel, _task_change("task_cancel"))
 
+    route = task_commands.add_parser("route", help="show the routing decision, queue nothing")
+    route.add_argument("description", metavar="DESCRIPTION")
+    route.add_argument("--complexity", choices=["trivial", "standard", "complex"])
+    route.add_argument("--file-hint", action="append", metavar="PATH")
+    route.add_argument("--verification-step", action="append", metavar="STEP")
+    route.add_argument("--metadata", metavar="JSON")
+    route.add_argument("--repo", metavar="URL")
+    operator_command(route, _task_route)
+
     agents = commands.add_parser("agents", help="connected agents with state and current task")
     operator_command(agents, _agents)
+
+    endpoints = commands.add_parser("endpoints", help="Ollama endpoints (list, add, remove)")
+    operator_command(endpoints, _endpoints_list)
+    endpoint_commands = endpoints.add_subparsers(dest="endpoint_command", metavar="ACTION")
+    add = endpoint_commands.add_parser("add", help="register an endpoint")
+    add.add_argument("url", metavar="URL")
+    add.add_argument("--name", metavar="N", help="its id (default: derived from the URL)")
+    operator_command(add, _endpoint_add)
+    remove = endpoint_commands.add_parser("remove", help="forget an endpoint")
+    remove.add_argument("endpoint_id", metavar="ID")
+    operator_command(remove, _endpoint_remove)
+
+    channel = commands.add_parser("channel", help="channels agents publish to")
+    channel_commands = channel.add_subparsers(dest="channel_command", required=True, metavar="ACTION")
+    channel_create = channel_commands.add_parser("create", help="create a channel")
+    channel_create.add_argument("name", metavar="NAME")
+    channel_create.add_argument("--description")
+    operator_command(channel_create, _channel_create)
+    channel_list = channel_commands.add_parser("list", help="list channels")
+    operator_command(channel_list, _channel_list)
 
     watch = commands.add_parser("watch", help="stream events live")
     watch.add_argument("--topic", action="append", choices=["tasks", "agents", "validation"])

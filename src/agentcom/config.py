@@ -55,11 +55,28 @@ class Settings(BaseSettings):
     subscriber_queue: int = Field(
         1000, ge=1, description="Events buffered per subscriber; beyond it the oldest are dropped."
     )
-    offline_message_cap: int = Field(100, ge=0, description="Messages kept per offline agent.")
-    claude_model: str = Field("claude-sonnet-4.5", description="Model id for complex tasks.")
-    ollama_default_model: str | None = Field(
-        None, description="Model to name when an endpoint's model list is not known yet."
+    offline_message_cap: int = Field(
+        100, ge=0, description="Direct messages kept per offline agent (oldest dropped)."
     )
+    offline_message_ttl_s: float = Field(
+        3600.0, gt=0, description="Kept messages older than this are not delivered."
+    )
+    channel_history_cap: int = Field(
+        500, ge=1, description="Messages kept per channel, in memory and in the database."
+    )
+    fallback_wait_s: float = Field(
+        5.0, ge=0, description="How long a task waits for a viable target before escalating."
+    )
+    endpoint_check_interval_s: float = Field(
+        30.0, gt=0, description="Period of Ollama endpoint health checks."
+    )
+    endpoint_check_timeout_s: float = Field(
+        5.0, gt=0, description="A health check slower than this counts as a failure."
+    )
+    endpoint_unhealthy_after: int = Field(
+        3, ge=1, description="Consecutive failed checks that mark an endpoint unhealthy."
+    )
+    claude_model: str = Field("claude-sonnet-4.5", description="Model id for complex tasks.")
     progress_rate: float = Field(50.0, gt=0, description="task_progress frames/s per agent.")
     progress_burst: int = Field(200, ge=1, description="task_progress burst per agent.")
     request_rate: float = Field(20.0, gt=0, description="Other frames/s per agent.")

@@ -19,9 +19,10 @@ from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
-from agentcom.hub.endpoints import EndpointRegistry
+from agentcom.hub.endpoints import EndpointRegistry, normalize_url
+from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
-from agentcom.hub.routing import Router
+from agentcom.hub.routing import NoViableTarget, Router
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Outbound, TargetType, TaskStatus
 from agentcom.protocol.outbound import (
@@ -53,9 +54,13 @@ class Outbox:
     pushes: list[tuple[str, Outbound]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     finished: list[Task] = field(default_factory=list)
+    check_endpoints: list[str] = field(default_factory=list)
+    wake_at_ms: int | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.pushes or self.events or self.finished)
+        return bool(
+            self.pushes or self.events or self.finished or self.check_endpoints or self.wake_at_ms
+        )
 
 
 class Hub:
@@ -72,8 +77,8 @@ class Hub:
         self.clock = clock
         self.settings = settings
         self.presence = Presence()
-        self.endpoints = EndpointRegistry()
-        self.router = Router(self.endpoints, settings.claude_model, settings.ollama_default_model)
+        self.endpoints = EndpointRegistry(settings.endpoint_unhealthy_after)
+        self.router = Router(self.endpoints, self._resources_of, settings.claude_model)
         self.queue = TaskQueue(
             store,
             clock,
@@ -82,7 +87,7 @@ class Hub:
             default_max_retries=settings.default_max_retries,
         )
         self._outbox = Outbox()
-        self._offline_messages: dict[str, deque[MessagePush]] = {}
+        self.messaging = Messaging(self.presence, store, clock, settings, self._push)
         self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
@@ -153,6 +158,8 @@ class Hub:
 
     def restore(self) -> int:
         """Reload unfinished tasks; assigned ones wait for their agent's grace period."""
+        self.endpoints.restore(self.store.load_endpoints())
+        self.messaging.restore()
         tasks = self.store.load_unfinished_tasks()
         self.queue.restore(tasks)
         now = self.clock.now_ms()
@@ -178,13 +185,14 @@ class Hub:
         agent.last_seen = now
         agent.disconnected_at = None
         if frame.ollama_url:
-            agent.ollama_url = frame.ollama_url
-            self.endpoints.register_for_agent(agent.agent_id, frame.ollama_url)
+            try:
+                self.report_ollama(agent.agent_id, frame.ollama_url)
+            except HubError:
+                logger.warning("agent %s reported an invalid ollama_url", agent.agent_id)
         self.presence.refresh(agent)
         self._broadcast(agent.agent_id, AgentJoined(agent=agent.info()))
         self._agent_event("agent_connected", agent)
-        for message in self._offline_messages.pop(agent.agent_id, ()):
-            self._push(agent.agent_id, message)
+        self.messaging.deliver_inbox(agent.agent_id)
         self.schedule()
         return agent
 
@@ -223,35 +231,62 @@ class Hub:
         agent.resources["received_at"] = self.clock.now_ms()
 
     def report_ollama(self, agent_id: str, url: str) -> None:
-        """Register the agent's local Ollama endpoint."""
+        """Register the agent's local Ollama endpoint as ``<agent_id>-local``."""
+        try:
+            endpoint, changed = self.endpoints.register_for_agent(agent_id, url)
+        except ValueError as exc:
+            raise HubError("invalid_url", str(exc)) from None
         agent = self.presence.agents[agent_id]
-        agent.ollama_url = url
-        self.endpoints.register_for_agent(agent_id, url)
-        self._agent_event("agent_endpoint", agent)
+        agent.ollama_url = endpoint.url
+        if changed:
+            self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "agent", agent_id)
+            self._outbox.check_endpoints.append(endpoint.endpoint_id)
+            self._agent_event("agent_endpoint", agent)
 
-    def send_message(self, agent_id: str, frame: frames.Message) -> MessageSent:
-        """Deliver a direct or broadcast message; keep direct ones for offline agents."""
-        message = MessagePush(
-            id=secrets.token_hex(12),
-            sender=agent_id,
-            to=frame.to,
-            payload=frame.payload,
-            message_type=frame.message_type,
-            reply_to=frame.reply_to,
-            timestamp=self.clock.now_ms(),
+    def _resources_of(self, agent_id: str) -> dict[str, Any] | None:
+        agent = self.presence.get(agent_id)
+        return agent.resources if agent is not None else None
+
+    # --- endpoints ------------------------------------------------------------------
+
+    def add_endpoint(self, url: str, name: str | None) -> dict[str, Any]:
+        """An operator registers an Ollama endpoint."""
+        try:
+            endpoint, created = self.endpoints.add(url, name)
+        except ValueError as exc:
+            raise HubError("invalid_url", str(exc)) from None
+        if created:
+            self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "operator", None)
+            self._outbox.check_endpoints.append(endpoint.endpoint_id)
+        return endpoint.snapshot()
+
+    def remove_endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        """Forget an endpoint."""
+        endpoint = self.endpoints.remove(endpoint_id)
+        self.store.stage_endpoint_removal(endpoint_id)
+        return endpoint.snapshot()
+
+    def apply_endpoint_check(
+        self, endpoint_id: str, models: list[str] | None, loaded: list[str], error: str | None
+    ) -> None:
+        """Record one health check; a change is published, and a newly healthy endpoint
+        releases tasks that were waiting for one."""
+        changed = self.endpoints.record_check(
+            endpoint_id, self.clock.now_ms(), models, loaded, error
         )
-        if frame.to is None:
-            self._broadcast(agent_id, message)
-        else:
-            recipient = self.presence.get(frame.to)
-            if recipient is not None and recipient.connected:
-                self._push(frame.to, message)
-            elif self.settings.offline_message_cap:
-                inbox = self._offline_messages.setdefault(
-                    frame.to, deque(maxlen=self.settings.offline_message_cap)
-                )
-                inbox.append(message)
-        return MessageSent(id=message.id)
+        endpoint = self.endpoints.get(endpoint_id)
+        if not changed or endpoint is None:
+            return
+        state = "endpoint_healthy" if endpoint.healthy else "endpoint_unhealthy"
+        logger.info("endpoint %s is now %s", endpoint_id, "healthy" if endpoint.healthy else "unhealthy")
+        self._publish(
+            "agents",
+            {"type": "endpoint_event", "event": state, "endpoint_id": endpoint_id,
+             "timestamp": self.clock.now_ms(), "endpoint": endpoint.snapshot()},  # fmt: skip
+        )
+        if endpoint.viable and self.queue.release_held(None):
+            self.schedule()
+
 
     # --- task frames from agents ----------------------------------------------------
 
@@ -376,11 +411,45 @@ class Hub:
         return task
 
     def find_task(self, task_id: str) -> Task:
-        """A task in any state; raises ``not_found``."""
+        """A task in any state; raises ``not_found``. A queued task says why it waits."""
         task = self.queue.get(task_id) or self.store.get_task(task_id)
         if task is None:
             raise HubError("not_found", f"no task {task_id}", task_id)
+        if task.status is TaskStatus.queued and task.task_id not in self.queue.held:
+            task.waiting_reason = self._why_waiting(task)
         return task
+
+    def _why_waiting(self, task: Task) -> str:
+        connected = self.presence.connected()
+        if not connected:
+            return "no agent is connected"
+        needed = frozenset(task.needed_capabilities)
+        capable = [agent for agent in connected if needed <= agent.capabilities]
+        if not capable:
+            return f"no connected agent has the capabilities {sorted(needed)}"
+        return f"all {len(capable)} capable agents are busy"
+
+    def route_preview(self, submission: TaskSubmission) -> dict[str, Any]:
+        """The decision the hub would make for this task now, without queueing it."""
+        now = self.clock.now_ms()
+        task = Task(task_id="preview", status=TaskStatus.queued, priority=submission.priority,
+                    created_at=now, updated_at=now,
+                    **submission.model_dump(exclude={"priority", "max_retries"}))  # fmt: skip
+        try:
+            complexity, decision, _ = self.router.decide(task, None, allow_fallback=False)
+            waits = None
+        except NoViableTarget as no_target:
+            complexity, decision, _ = self.router.decide(task, None, allow_fallback=True)
+            waits = (
+                f"{no_target.reason}: would wait {self.settings.fallback_wait_s:g} s for a "
+                f"{no_target.tier.value} target, then fall back"
+            )
+        return {
+            "complexity": complexity.model_dump(mode="json"),
+            "routing_decision": decision.model_dump(mode="json"),
+            "viable_endpoints": len(self.endpoints.viable()),
+            "would_wait": waits,
+        }
 
     def cancel(self, task_id: str) -> Task:
         """Cancel an unfinished task; its agent is freed."""
@@ -449,12 +518,12 @@ class Hub:
         if not self.queue.queued_count():
             return 0
         for agent in self.presence.idle_agents():
-            task = self.queue.next_for(agent.capabilities)
-            if task is not None:
-                self._assign(task, agent)
-                assigned += 1
-                if not self.queue.queued_count():
+            while (task := self.queue.next_for(agent.capabilities)) is not None:
+                if self._assign(task, agent):
+                    assigned += 1
                     break
+            if not self.queue.queued_count():
+                break
         return assigned
 
     def _schedule_excluding(self, agent_id: str) -> None:
@@ -471,13 +540,33 @@ class Hub:
             agent.connected = True
             self.presence.refresh(agent)
 
-    def _assign(self, task: Task, agent: AgentRecord) -> None:
-        complexity, decision = self.router.decide(task, agent)
+    def _assign(self, task: Task, agent: AgentRecord) -> bool:
+        """Route and assign; False when the task must wait for a target (it is held)."""
+        allow_fallback = (
+            task.task_id in self.queue.may_fall_back or self.settings.fallback_wait_s == 0
+        )
+        try:
+            complexity, decision, choice = self.router.decide(task, agent, allow_fallback)
+        except NoViableTarget as no_target:
+            until = self.clock.now_ms() + int(self.settings.fallback_wait_s * 1000)
+            reason = f"{no_target.reason}: waiting for a {no_target.tier.value} target, then falling back"
+            self.queue.hold(task, until, reason)
+            wake = self._outbox.wake_at_ms
+            self._outbox.wake_at_ms = until if wake is None else min(wake, until)
+            return False
+        if choice is not None and task.repo:
+            choice.endpoint.recent_repos.append(task.repo)
         self.queue.assign(task, agent.agent_id, complexity, decision)
         agent.current_task = task.task_id
         agent.task_accepted = False
         self.presence.refresh(agent)
         self._push(agent.agent_id, self.assignment_frame(task))
+        return True
+
+    def release_due_holds(self) -> None:
+        """Tasks whose wait for a target ran out go back to the queue, free to fall back."""
+        if self.queue.release_held(self.clock.now_ms()):
+            self.schedule()
 
     @staticmethod
     def assignment_frame(task: Task) -> TaskAssign:
@@ -506,6 +595,7 @@ class Hub:
         """Apply every timeout; returns the agents whose connections must be closed."""
         settings = self.settings
         now = self.clock.now_ms()
+        self.queue.release_held(now)
         overdue = self.queue.overdue(
             int(settings.accept_timeout_s * 1000), int(settings.reclaim_after_s * 1000)
         )

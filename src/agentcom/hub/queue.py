@@ -64,6 +64,10 @@ class TaskQueue:
             priority: {} for priority in PRIORITY_RANK
         }
         self._arrival = itertools.count()
+        # Tasks waiting for a routing target: task id -> (until_ms, arrival number).
+        self.held: dict[str, tuple[int, int]] = {}
+        # Tasks whose wait ran out: the router may now fall back to another tier.
+        self.may_fall_back: set[str] = set()
 
     # --- loading and lookup ----------------------------------------------------------
 
@@ -108,15 +112,46 @@ class TaskQueue:
         if status in TERMINAL:
             self.tasks.pop(task.task_id, None)
 
-    def _enqueue(self, task: Task) -> None:
+    def _enqueue(self, task: Task, arrival: int | None = None) -> None:
         needed = frozenset(task.needed_capabilities)
         group = self._queued[task.priority].setdefault(needed, OrderedDict())
-        group[task.task_id] = next(self._arrival)
+        # A released task keeps its arrival number (which orders it against other groups)
+        # but joins the end of its group: reordering the group would cost O(n) per task.
+        group[task.task_id] = next(self._arrival) if arrival is None else arrival
 
-    def _dequeue(self, task: Task) -> None:
+    def _dequeue(self, task: Task) -> int | None:
+        self.held.pop(task.task_id, None)
+        self.may_fall_back.discard(task.task_id)
         group = self._queued[task.priority].get(frozenset(task.needed_capabilities))
-        if group is not None:
-            group.pop(task.task_id, None)
+        return group.pop(task.task_id, None) if group is not None else None
+
+    def hold(self, task: Task, until_ms: int, reason: str) -> None:
+        """Keep a queued task out of scheduling until ``until_ms`` (no target for it yet)."""
+        arrival = self._dequeue(task)
+        self.held[task.task_id] = (until_ms, next(self._arrival) if arrival is None else arrival)
+        task.waiting_reason = reason
+
+    def release_held(self, now_ms: int | None) -> list[Task]:
+        """Put held tasks back in the queue: those due at ``now_ms``, or all when None.
+
+        A task released because its wait ran out may fall back to another tier.
+        """
+        released = []
+        for task_id, (until_ms, arrival) in sorted(self.held.items(), key=lambda i: i[1][1]):
+            if now_ms is not None and until_ms > now_ms:
+                continue
+            del self.held[task_id]
+            task = self.tasks[task_id]
+            if now_ms is not None:
+                self.may_fall_back.add(task_id)
+            task.waiting_reason = None
+            self._enqueue(task, arrival)
+            released.append(task)
+        return released
+
+    def next_hold_deadline(self) -> int | None:
+        """When the earliest held task is due, if any is held."""
+        return min((until for until, _ in self.held.values()), default=None)
 
     def submit(self, submission: TaskSubmission) -> Task:
         """Create a queued task."""
@@ -156,6 +191,7 @@ class TaskQueue:
     ) -> None:
         """Give a queued task to an agent with a new generation."""
         self._dequeue(task)
+        task.waiting_reason = None
         task.generation += 1
         task.assigned_to = agent_id
         task.assigned_at = self._clock.now_ms()

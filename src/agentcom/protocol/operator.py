@@ -21,6 +21,11 @@ __all__ = [
     "AgentsList",
     "Auth",
     "AuthOk",
+    "ChannelCreate",
+    "ChannelsList",
+    "EndpointAdd",
+    "EndpointRemove",
+    "EndpointsList",
     "DashboardFrame",
     "EventsDropped",
     "OperatorError",
@@ -33,6 +38,7 @@ __all__ = [
     "TaskGet",
     "TaskList",
     "TaskRetry",
+    "TaskRoute",
     "TaskSubmit",
     "TaskWait",
     "TopicName",
@@ -111,13 +117,71 @@ class Stats(_Request):
     type: Literal["stats"]
 
 
+class TaskRoute(_Request):
+    """The routing decision the hub would make for a task now (nothing is queued)."""
+
+    type: Literal["task_route"]
+    task: TaskSubmission
+
+
+class EndpointsList(_Request):
+    """Registered Ollama endpoints with health and models."""
+
+    type: Literal["endpoints_list"]
+
+
+class EndpointAdd(_Request):
+    """Register an Ollama endpoint (admin)."""
+
+    type: Literal["endpoint_add"]
+    url: Annotated[str, Field(min_length=1, max_length=512)]
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] | None = None
+
+
+class EndpointRemove(_Request):
+    """Forget an Ollama endpoint (admin)."""
+
+    type: Literal["endpoint_remove"]
+    endpoint_id: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ChannelCreate(_Request):
+    """Create a channel (admin)."""
+
+    type: Literal["channel_create"]
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: Annotated[str, Field(max_length=2_000)] | None = None
+
+
+class ChannelsList(_Request):
+    """Every channel."""
+
+    type: Literal["channels_list"]
+
+
 OperatorFrame = Annotated[
-    Auth | TaskSubmit | TaskGet | TaskList | TaskCancel | TaskRetry | TaskWait | AgentsList | Stats,
+    Auth
+    | TaskSubmit
+    | TaskGet
+    | TaskList
+    | TaskCancel
+    | TaskRetry
+    | TaskWait
+    | TaskRoute
+    | AgentsList
+    | Stats
+    | EndpointsList
+    | EndpointAdd
+    | EndpointRemove
+    | ChannelCreate
+    | ChannelsList,
     Field(discriminator="type"),
 ]
 OPERATOR_FRAME: TypeAdapter[OperatorFrame] = TypeAdapter(OperatorFrame)
 OPERATOR_FRAME_TYPES = ("auth", "task_submit", "task_get", "task_list", "task_cancel",
-                        "task_retry", "task_wait", "agents_list", "stats")  # fmt: skip
+                        "task_retry", "task_wait", "task_route", "agents_list", "stats",
+                        "endpoints_list", "endpoint_add", "endpoint_remove", "channel_create",
+                        "channels_list")  # fmt: skip
 
 
 class AuthOk(Outbound):

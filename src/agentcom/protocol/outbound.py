@@ -246,3 +246,56 @@ class RateLimited(Outbound):
     type: Literal["rate_limited"] = "rate_limited"
     tier: str
     retry_after_ms: int
+
+
+class ChannelSubscribed(Outbound):
+    """Reply to ``channel_subscribe``."""
+
+    type: Literal["channel_subscribed"] = "channel_subscribed"
+    channel: str
+
+
+class ChannelUnsubscribed(Outbound):
+    """Reply to ``channel_unsubscribe``."""
+
+    type: Literal["channel_unsubscribed"] = "channel_unsubscribed"
+    channel: str
+
+
+class ChannelPublished(Outbound):
+    """Reply to ``channel_publish``: the message's sequence number and id."""
+
+    type: Literal["channel_published"] = "channel_published"
+    channel: str
+    seq: int
+    id: str
+
+
+class ChannelMessagePush(Outbound):
+    """A channel message delivered to a subscriber."""
+
+    type: Literal["channel_message"] = "channel_message"
+    channel: str
+    seq: int
+    id: str
+    sender: str = Field(serialization_alias="from")
+    payload: dict[str, Any]
+    message_type: str | None
+    reply_to: str | None
+    timestamp: int
+
+
+class ChannelHistoryReply(Outbound):
+    """Reply to ``channel_history``, oldest message first."""
+
+    type: Literal["channel_history"] = "channel_history"
+    channel: str
+    messages: list[dict[str, Any]]
+
+
+class ChannelAgentJoined(Outbound):
+    """Push to a channel's subscribers: another agent subscribed."""
+
+    type: Literal["channel_agent_joined"] = "channel_agent_joined"
+    channel: str
+    agent_id: str

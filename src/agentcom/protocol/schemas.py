@@ -42,7 +42,7 @@ def _outbound_models() -> list[type[BaseModel]]:
 def all_schemas() -> dict[str, Any]:
     """Schemas grouped by connection and direction."""
     hub_to_agent = {
-        model.__name__: model.model_json_schema(by_alias=True)
+        model.__name__: model.model_json_schema(by_alias=True, mode="serialization")
         for model in _outbound_models()
     }
     operator_replies: list[type[BaseModel]] = [AuthOk, OperatorResult, OperatorError]

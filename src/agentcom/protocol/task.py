@@ -86,6 +86,7 @@ class Task(BaseModel):
     skip_verification: bool = False
     verification_timeout_ms: int | None = None
     progress: int | None = None
+    waiting_reason: str | None = None
     last_progress_at: int | None = None
     history: list[HistoryEntry] = []
     created_at: int

@@ -16,7 +16,6 @@ from agentcom.protocol import agent as frames
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import (
     AgentList,
-    ChannelList,
     ErrorReply,
     Identified,
     OllamaReportAck,
@@ -75,10 +74,10 @@ class AgentSession:
             "resource_report": self.on_resource_report,
             "ollama_report": self.on_ollama_report,
             "wake_result": self.on_wake_result,
-            "channel_subscribe": self.on_channel_frame,
-            "channel_unsubscribe": self.on_channel_frame,
-            "channel_publish": self.on_channel_frame,
-            "channel_history": self.on_channel_frame,
+            "channel_subscribe": self.on_channel_subscribe,
+            "channel_unsubscribe": self.on_channel_unsubscribe,
+            "channel_publish": self.on_channel_publish,
+            "channel_history": self.on_channel_history,
             "list_channels": self.on_list_channels,
         }
 
@@ -231,7 +230,7 @@ class AgentSession:
 
     async def on_message(self, frame: frames.Message) -> None:
         assert self.agent_id is not None
-        await self.server.settle(self.connection, self.hub.send_message(self.agent_id, frame))
+        await self.server.settle(self.connection, self.hub.messaging.send(self.agent_id, frame))
 
     async def on_task_accepted(self, frame: frames.TaskAccepted) -> None:
         assert self.agent_id is not None
@@ -276,12 +275,26 @@ class AgentSession:
         logger.info("agent %s wake result for %s: %s", self.agent_id, frame.task_id, frame.status)
 
 
-    async def on_channel_frame(self, frame: frames.ChannelSubscribe) -> None:
-        # No channel exists until operators can create them.
-        await self.reply(ErrorReply(error="channel_not_found", message=f"no channel {frame.channel}"))
+    async def on_channel_subscribe(self, frame: frames.ChannelSubscribe) -> None:
+        assert self.agent_id is not None
+        reply = self.hub.messaging.subscribe(self.agent_id, frame.channel)
+        await self.server.settle(self.connection, reply)
+
+    async def on_channel_unsubscribe(self, frame: frames.ChannelUnsubscribe) -> None:
+        assert self.agent_id is not None
+        reply = self.hub.messaging.unsubscribe(self.agent_id, frame.channel)
+        await self.server.settle(self.connection, reply)
+
+    async def on_channel_publish(self, frame: frames.ChannelPublish) -> None:
+        assert self.agent_id is not None
+        reply = self.hub.messaging.publish(self.agent_id, frame)
+        await self.server.settle(self.connection, reply)
+
+    async def on_channel_history(self, frame: frames.ChannelHistory) -> None:
+        await self.reply(self.hub.messaging.history(frame))
 
     async def on_list_channels(self, frame: frames.ListChannels) -> None:
-        await self.reply(ChannelList(channels=[]))
+        await self.reply(self.hub.messaging.list_channels())
 
 
 def _remote(connection: ServerConnection) -> str:

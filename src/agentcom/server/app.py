@@ -21,6 +21,7 @@ from agentcom.protocol.common import Outbound
 from agentcom.protocol.outbound import ErrorReply
 from agentcom.pubsub.memory import MemoryPubSub
 from agentcom.server.agent import AgentSession
+from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.store.sqlite import SqliteStore
@@ -57,6 +58,12 @@ class HubServer:
         self._run_sweeps = run_sweeps
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.prober = EndpointProber(
+            self, settings.endpoint_check_interval_s, settings.endpoint_check_timeout_s
+        )
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_at_ms: int | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     @property
@@ -84,6 +91,7 @@ class HubServer:
         )
         if self._run_sweeps:
             self._sweeper = asyncio.create_task(self._sweep_forever())
+            self.prober.start()
         logger.info("agentcom hub listening on ws://%s:%d/ws", self.settings.host, self.port)
 
     async def stop(self) -> None:
@@ -91,6 +99,9 @@ class HubServer:
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        await self.prober.stop()
         if self._server is not None:
             self._server.close(close_connections=False)
             closing = [
@@ -137,7 +148,35 @@ class HubServer:
             for topic, event in outbox.events:
                 self.pubsub.publish(topic, event)
             self.hub.resolve_waiters(outbox.finished)
+            for endpoint_id in outbox.check_endpoints:
+                self.prober.check_soon(endpoint_id)
+            if outbox.wake_at_ms is not None:
+                self._wake_at(outbox.wake_at_ms)
         return True
+
+    def _wake_at(self, at_ms: int) -> None:
+        """Release held tasks when their wait for a routing target ends."""
+        if self._stopping or (self._wake_at_ms is not None and self._wake_at_ms <= at_ms):
+            return
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        self._wake_at_ms = at_ms
+        delay = max(0.0, (at_ms - self.clock.now_ms()) / 1000)
+        self._wake_handle = asyncio.get_running_loop().call_later(delay, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_handle = None
+        self._wake_at_ms = None
+        task = asyncio.create_task(self._release_holds())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release_holds(self) -> None:
+        self.hub.release_due_holds()
+        deadline = self.hub.queue.next_hold_deadline()
+        await self.settle()
+        if deadline is not None:
+            self._wake_at(deadline)
 
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame; a connection that closed meanwhile is ignored."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from agentcom.errors import HubError
 from agentcom.hub.auth import Role
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
-from agentcom.protocol.outbound import ErrorReply
+from agentcom.protocol.outbound import ErrorReply, ValidationFailed
 from agentcom.store.base import TaskFilter
 
 if TYPE_CHECKING:
@@ -93,6 +94,25 @@ class DashboardSession:
                 await self.connection.send(encoded)
 
 
+def _rejection(raw: str | bytes, reply: ErrorReply | ValidationFailed) -> Any:
+    """The reply to an invalid request, repeating its ``request_id`` when it has a usable one.
+
+    Without the id the sender cannot match the reply and would wait for ever.
+    """
+    try:
+        request_id = json.loads(raw).get("request_id")
+    except (ValueError, AttributeError):
+        request_id = None
+    if not isinstance(request_id, str) or not 1 <= len(request_id) <= 64:
+        return reply
+    message: str | None
+    if isinstance(reply, ValidationFailed):
+        message = "; ".join(f"{entry.field}: {entry.detail}" for entry in reply.errors)
+    else:
+        message = reply.message
+    return ops.OperatorError(request_id=request_id, error=reply.error, message=message)
+
+
 class OperatorSession:
     """An operator (CLI or page): ``auth``, then requests answered by ``request_id``."""
 
@@ -145,7 +165,7 @@ class OperatorSession:
         try:
             request = OPERATOR_DECODER.decode(raw)
         except FrameRejected as rejected:
-            await self._send(rejected.reply)
+            await self._send(_rejection(raw, rejected.reply))
             return
         if isinstance(request, ops.Auth):
             await self._send(ops.OperatorError(request_id=None, error="already_authenticated"))
@@ -164,19 +184,31 @@ class OperatorSession:
 
     async def _perform(self, request: Any) -> Any:
         """Carry out one request; mutations need the admin role and are durable first."""
-        hub = self.hub
-        if isinstance(request, ops.TaskSubmit | ops.TaskCancel | ops.TaskRetry):
+        if isinstance(request, _MUTATIONS):
             if self.role is not Role.admin:
                 raise HubError("forbidden", "this action needs an admin token")
-            if isinstance(request, ops.TaskSubmit):
-                task = hub.submit(request.task)
-            elif isinstance(request, ops.TaskCancel):
-                task = hub.cancel(request.task_id)
-            else:
-                task = hub.retry(request.task_id)
+            data = self._mutate(request)
             if not await self.server.settle():
                 raise HubError("store_unavailable", "the change could not be stored")
-            return task.model_dump(mode="json")
+            return data
+        return await self._read(request)
+
+    def _mutate(self, request: Any) -> Any:
+        hub = self.hub
+        if isinstance(request, ops.TaskSubmit):
+            return hub.submit(request.task).model_dump(mode="json")
+        if isinstance(request, ops.TaskCancel):
+            return hub.cancel(request.task_id).model_dump(mode="json")
+        if isinstance(request, ops.TaskRetry):
+            return hub.retry(request.task_id).model_dump(mode="json")
+        if isinstance(request, ops.EndpointAdd):
+            return hub.add_endpoint(request.url, request.name)
+        if isinstance(request, ops.EndpointRemove):
+            return hub.remove_endpoint(request.endpoint_id)
+        return hub.messaging.create_channel(request.name, request.description)
+
+    async def _read(self, request: Any) -> Any:
+        hub = self.hub
         if isinstance(request, ops.TaskGet):
             return hub.find_task(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.TaskWait):
@@ -186,6 +218,8 @@ class OperatorSession:
             except TimeoutError:
                 raise HubError("timeout", "the task did not finish in time", request.task_id) from None
             return task.model_dump(mode="json")
+        if isinstance(request, ops.TaskRoute):
+            return hub.route_preview(request.task)
         if isinstance(request, ops.TaskList):
             await self.server.store.commit()
             task_filter = TaskFilter(
@@ -200,4 +234,14 @@ class OperatorSession:
         if isinstance(request, ops.Stats):
             await self.server.store.commit()
             return hub.stats()
+        if isinstance(request, ops.EndpointsList):
+            return hub.endpoints.snapshot()
+        if isinstance(request, ops.ChannelsList):
+            return hub.messaging.list_channels().channels
         raise HubError("unsupported", f"unsupported request {request.type}")
+
+
+_MUTATIONS = (
+    ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.EndpointAdd, ops.EndpointRemove,
+    ops.ChannelCreate,
+)  # fmt: skip

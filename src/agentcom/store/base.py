@@ -36,6 +36,29 @@ class Store(Protocol):
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit."""
 
+    def stage_endpoint(self, endpoint_id: str, url: str, source: str, agent_id: str | None) -> None:
+        """Queue a registered endpoint for the next commit."""
+
+    def stage_endpoint_removal(self, endpoint_id: str) -> None:
+        """Queue the removal of an endpoint for the next commit."""
+
+    def load_endpoints(self) -> list[tuple[str, str, str, str | None]]:
+        """Registered endpoints as ``(endpoint_id, url, source, agent_id)``."""
+
+    def stage_channel(self, name: str, description: str | None, created_at: int, seq: int) -> None:
+        """Queue a channel's definition and sequence number for the next commit."""
+
+    def stage_subscription(self, channel: str, agent_id: str, subscribed: bool) -> None:
+        """Queue a subscription change for the next commit."""
+
+    def stage_channel_message(self, body: dict[str, Any], history_cap: int) -> None:
+        """Queue a channel message, and the trimming of history beyond ``history_cap``."""
+
+    def load_channels(
+        self,
+    ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
+        """Channels, subscriptions and stored history, oldest message first."""
+
     async def commit(self) -> None:
         """Return once everything staged before the call is durable; raises StoreError."""
 

@@ -9,9 +9,11 @@ one fsync.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,30 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_update ON tasks (updated_at);
+CREATE TABLE IF NOT EXISTS endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    source TEXT NOT NULL,
+    agent_id TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channels (
+    name TEXT PRIMARY KEY,
+    description TEXT,
+    created_at INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channel_subscriptions (
+    channel TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    PRIMARY KEY (channel, agent_id)
+);
+CREATE TABLE IF NOT EXISTS channel_messages (
+    channel TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (channel, seq)
+);
 CREATE TABLE IF NOT EXISTS tokens (
     agent_id TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL UNIQUE,
@@ -66,6 +92,26 @@ ON CONFLICT (task_id) DO UPDATE SET
     equivalent_claude_cost_usd = excluded.equivalent_claude_cost_usd,
     execution_ms = excluded.execution_ms, updated_at = excluded.updated_at, body = excluded.body
 """
+
+
+_UPSERT_ENDPOINT = """
+INSERT INTO endpoints (endpoint_id, url, source, agent_id, created_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (endpoint_id) DO UPDATE SET
+    url = excluded.url, source = excluded.source, agent_id = excluded.agent_id
+"""
+_DELETE_ENDPOINT = "DELETE FROM endpoints WHERE endpoint_id = ?"
+
+_UPSERT_CHANNEL = """
+INSERT INTO channels (name, description, created_at, seq) VALUES (?, ?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET description = excluded.description, seq = excluded.seq
+"""
+_SUBSCRIBE = "INSERT OR IGNORE INTO channel_subscriptions (channel, agent_id) VALUES (?, ?)"
+_UNSUBSCRIBE = "DELETE FROM channel_subscriptions WHERE channel = ? AND agent_id = ?"
+_INSERT_MESSAGE = "INSERT OR REPLACE INTO channel_messages (channel, seq, body) VALUES (?, ?, ?)"
+_TRIM_MESSAGES = "DELETE FROM channel_messages WHERE channel = ? AND seq <= ?"
+
+# A staged change: the statement and its parameters, keyed so the latest state wins.
+Change = tuple[str, tuple[Any, ...]]
 
 
 def open_database(path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -114,7 +160,9 @@ class SqliteStore:
         self._reader = open_database(self.path)
         self._writer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._writer_local = threading.local()
-        self._staged: dict[str, tuple[Any, ...]] = {}
+        self._staged: dict[tuple[str, str], Change] = {}
+        # Tasks staged or being written: reads must see them before the database does.
+        self._unwritten: dict[str, Task] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._writing = False
         self._writer_task: asyncio.Task[None] | None = None
@@ -124,7 +172,54 @@ class SqliteStore:
 
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit (last state wins)."""
-        self._staged[task.task_id] = _task_row(task)
+        self._staged["task", task.task_id] = (_UPSERT_TASK, _task_row(task))
+        self._unwritten[task.task_id] = task
+
+    def stage_endpoint(self, endpoint_id: str, url: str, source: str, agent_id: str | None) -> None:
+        """Queue a registered endpoint for the next commit."""
+        row = (endpoint_id, url, source, agent_id, time.time_ns() // 1_000_000)
+        self._staged["endpoint", endpoint_id] = (_UPSERT_ENDPOINT, row)
+
+    def stage_endpoint_removal(self, endpoint_id: str) -> None:
+        """Queue the removal of an endpoint for the next commit."""
+        self._staged["endpoint", endpoint_id] = (_DELETE_ENDPOINT, (endpoint_id,))
+
+    def stage_channel(self, name: str, description: str | None, created_at: int, seq: int) -> None:
+        """Queue a channel's definition and sequence number for the next commit."""
+        self._staged["channel", name] = (_UPSERT_CHANNEL, (name, description, created_at, seq))
+
+    def stage_subscription(self, channel: str, agent_id: str, subscribed: bool) -> None:
+        """Queue a subscription change for the next commit."""
+        statement = _SUBSCRIBE if subscribed else _UNSUBSCRIBE
+        self._staged["subscription", f"{channel}\0{agent_id}"] = (statement, (channel, agent_id))
+
+    def stage_channel_message(self, body: dict[str, Any], history_cap: int) -> None:
+        """Queue a channel message, and the trimming of history beyond ``history_cap``."""
+        channel, seq = body["channel"], body["seq"]
+        self._staged["message", f"{channel}\0{seq}"] = (
+            _INSERT_MESSAGE,
+            (channel, seq, json.dumps(body)),
+        )
+        self._staged["trim", channel] = (_TRIM_MESSAGES, (channel, seq - history_cap))
+
+    def load_channels(
+        self,
+    ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
+        """Channels, subscriptions and stored history, oldest message first."""
+        channels = self._reader.execute(
+            "SELECT name, description, created_at, seq FROM channels ORDER BY name"
+        ).fetchall()
+        subscriptions = self._reader.execute(
+            "SELECT channel, agent_id FROM channel_subscriptions"
+        ).fetchall()
+        messages = self._reader.execute(
+            "SELECT body FROM channel_messages ORDER BY channel, seq"
+        ).fetchall()
+        return (
+            [tuple(row) for row in channels],
+            [tuple(row) for row in subscriptions],
+            [json.loads(body) for (body,) in messages],
+        )
 
     async def commit(self) -> None:
         """Return once everything staged before the call is durable; raises StoreError."""
@@ -141,7 +236,7 @@ class SqliteStore:
     async def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             while self._waiters:
-                rows = list(self._staged.values())
+                rows = list(self._staged.items())
                 self._staged.clear()
                 waiters, self._waiters = self._waiters, []
                 try:
@@ -150,13 +245,16 @@ class SqliteStore:
                         self.commits += 1
                 except (sqlite3.Error, OSError) as exc:
                     logger.error("database write failed: %s", exc)
-                    for row in rows:  # keep them for the next attempt, newer states first
-                        self._staged.setdefault(row[0], row)
+                    for key, change in rows:  # keep them for the next attempt; newer ones win
+                        self._staged.setdefault(key, change)
                     error = StoreError(f"database write failed: {exc}")
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_exception(error)
                     continue
+                for (kind, key), _ in rows:
+                    if kind == "task" and ("task", key) not in self._staged:
+                        self._unwritten.pop(key, None)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
@@ -170,16 +268,21 @@ class SqliteStore:
             self._writer_local.connection = connection
         return connection
 
-    def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write_rows(self, changes: list[tuple[tuple[str, str], Change]]) -> None:
+        """Write every change in one transaction (one fsync), grouped by statement."""
+        by_statement: dict[str, list[tuple[Any, ...]]] = {}
+        for _, (statement, params) in changes:
+            by_statement.setdefault(statement, []).append(params)
         connection = self._writer_connection()
-        for start in range(0, len(rows), self._batch_max):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.executemany(_UPSERT_TASK, rows[start : start + self._batch_max])
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement, rows in by_statement.items():
+                for start in range(0, len(rows), self._batch_max):
+                    connection.executemany(statement, rows[start : start + self._batch_max])
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
 
     # --- reads ------------------------------------------------------------------------
 
@@ -192,7 +295,10 @@ class SqliteStore:
         return [Task.model_validate_json(body) for (body,) in rows]
 
     def get_task(self, task_id: str) -> Task | None:
-        """One task, or None."""
+        """One task, or None (including changes not written yet)."""
+        unwritten = self._unwritten.get(task_id)
+        if unwritten is not None:
+            return unwritten
         row = self._reader.execute("SELECT body FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return Task.model_validate_json(row[0]) if row else None
 
@@ -248,6 +354,13 @@ class SqliteStore:
                 for row in rows("assigned_to", "GROUP BY assigned_to")
             },
         }
+
+    def load_endpoints(self) -> list[tuple[str, str, str, str | None]]:
+        """Registered endpoints as ``(endpoint_id, url, source, agent_id)``."""
+        rows = self._reader.execute(
+            "SELECT endpoint_id, url, source, agent_id FROM endpoints ORDER BY created_at"
+        ).fetchall()
+        return [tuple(row) for row in rows]
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token with this hash, or None."""

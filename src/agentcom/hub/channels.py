@@ -1,0 +1,155 @@
+"""Channels: named topics agents subscribe to, with numbered, capped history."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentcom.errors import HubError
+
+__all__ = ["Channel", "ChannelMessage", "ChannelRegistry"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelMessage:
+    """One message published on a channel."""
+
+    channel: str
+    seq: int
+    id: str
+    sender: str
+    payload: dict[str, Any]
+    message_type: str | None
+    reply_to: str | None
+    timestamp: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The wire and storage form."""
+        return {
+            "channel": self.channel,
+            "seq": self.seq,
+            "id": self.id,
+            "from": self.sender,
+            "payload": self.payload,
+            "message_type": self.message_type,
+            "reply_to": self.reply_to,
+            "timestamp": self.timestamp,
+        }
+
+
+@dataclass(slots=True)
+class Channel:
+    """A channel, its subscribers and its recent history."""
+
+    name: str
+    description: str | None
+    created_at: int
+    history_cap: int
+    seq: int = 0
+    subscribers: set[str] = field(default_factory=set)
+    history: deque[ChannelMessage] = field(default_factory=deque)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``list_channels`` entry."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "created_at": self.created_at,
+            "subscribers": len(self.subscribers),
+            "last_seq": self.seq,
+        }
+
+
+class ChannelRegistry:
+    """Every channel by name.
+
+    Args:
+        history_cap: messages kept per channel; older ones are dropped.
+    """
+
+    def __init__(self, history_cap: int = 500) -> None:
+        self.channels: dict[str, Channel] = {}
+        self._history_cap = history_cap
+
+    def create(self, name: str, description: str | None, now_ms: int) -> Channel:
+        """A new channel; raises ``invalid_name`` or ``already_exists``."""
+        if not _NAME.match(name):
+            raise HubError("invalid_name", "channel names are 1-64 of A-Z a-z 0-9 _ . : -")
+        if name in self.channels:
+            raise HubError("already_exists", f"channel {name} exists")
+        channel = Channel(name, description, now_ms, self._history_cap)
+        channel.history = deque(maxlen=self._history_cap)
+        self.channels[name] = channel
+        return channel
+
+    def get(self, name: str) -> Channel:
+        """A channel; raises ``channel_not_found``."""
+        channel = self.channels.get(name)
+        if channel is None:
+            raise HubError("channel_not_found", f"no channel {name}")
+        return channel
+
+    def publish(
+        self,
+        name: str,
+        sender: str,
+        payload: dict[str, Any],
+        message_type: str | None,
+        reply_to: str | None,
+        now_ms: int,
+    ) -> ChannelMessage:
+        """Append a message with the channel's next sequence number."""
+        channel = self.get(name)
+        channel.seq += 1
+        message = ChannelMessage(
+            channel=name,
+            seq=channel.seq,
+            id=secrets.token_hex(12),
+            sender=sender,
+            payload=payload,
+            message_type=message_type,
+            reply_to=reply_to,
+            timestamp=now_ms,
+        )
+        channel.history.append(message)
+        return message
+
+    def history(self, name: str, limit: int, since: int | None) -> list[ChannelMessage]:
+        """Up to ``limit`` most recent messages, only those after ``since`` when given."""
+        messages = [m for m in self.get(name).history if since is None or m.seq > since]
+        return messages[-limit:]
+
+    def subscriptions_of(self, agent_id: str) -> list[Channel]:
+        """Channels the agent is subscribed to."""
+        return [c for c in self.channels.values() if agent_id in c.subscribers]
+
+    def restore(
+        self,
+        channels: list[tuple[str, str | None, int, int]],
+        subscriptions: list[tuple[str, str]],
+        messages: list[dict[str, Any]],
+    ) -> None:
+        """Load channels, subscriptions and history read from the store."""
+        for name, description, created_at, seq in channels:
+            channel = Channel(name, description, created_at, self._history_cap, seq=seq)
+            channel.history = deque(maxlen=self._history_cap)
+            self.channels[name] = channel
+        for name, agent_id in subscriptions:
+            if name in self.channels:
+                self.channels[name].subscribers.add(agent_id)
+        for body in messages:
+            owner = self.channels.get(body["channel"])
+            if owner is not None:
+                owner.history.append(
+                    ChannelMessage(
+                        channel=body["channel"], seq=body["seq"], id=body["id"],
+                        sender=body["from"], payload=body["payload"],
+                        message_type=body.get("message_type"), reply_to=body.get("reply_to"),
+                        timestamp=body["timestamp"],
+                    )  # fmt: skip
+                )

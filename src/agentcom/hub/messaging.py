@@ -1,0 +1,159 @@
+"""Messages between agents and channels: delivery, offline inboxes, durable history."""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from agentcom.config import Settings
+from agentcom.hub.agents import Presence
+from agentcom.hub.channels import ChannelRegistry
+from agentcom.hub.clock import Clock
+from agentcom.protocol import agent as frames
+from agentcom.protocol.common import Outbound
+from agentcom.protocol.outbound import (
+    ChannelAgentJoined,
+    ChannelHistoryReply,
+    ChannelList,
+    ChannelMessagePush,
+    ChannelPublished,
+    ChannelSubscribed,
+    ChannelUnsubscribed,
+    MessagePush,
+    MessageSent,
+)
+from agentcom.store.base import Store
+
+__all__ = ["Messaging"]
+
+Push = Callable[[str, Outbound], None]
+
+
+class Messaging:
+    """Direct and broadcast messages, offline inboxes, and channels.
+
+    Args:
+        presence: who is connected.
+        store: where channels, subscriptions and history are staged.
+        clock: time source.
+        settings: inbox cap and TTL, channel history cap.
+        push: queues a frame for one agent (sent after the next commit).
+    """
+
+    def __init__(
+        self, presence: Presence, store: Store, clock: Clock, settings: Settings, push: Push
+    ) -> None:
+        self._presence = presence
+        self._store = store
+        self._clock = clock
+        self._settings = settings
+        self._push = push
+        self.channels = ChannelRegistry(settings.channel_history_cap)
+        self._inboxes: dict[str, deque[MessagePush]] = {}
+
+    def restore(self) -> None:
+        """Load channels, subscriptions and history from the store."""
+        self.channels.restore(*self._store.load_channels())
+
+    def _others(self, sender: str) -> list[str]:
+        return [a.agent_id for a in self._presence.connected() if a.agent_id != sender]
+
+    # --- messages -------------------------------------------------------------------
+
+    def send(self, sender: str, frame: frames.Message) -> MessageSent:
+        """Deliver a direct or broadcast message; keep direct ones for an offline recipient."""
+        message = MessagePush(
+            id=secrets.token_hex(12),
+            sender=sender,
+            to=frame.to,
+            payload=frame.payload,
+            message_type=frame.message_type,
+            reply_to=frame.reply_to,
+            timestamp=self._clock.now_ms(),
+        )
+        if frame.to is None:
+            for agent_id in self._others(sender):
+                self._push(agent_id, message)
+        else:
+            recipient = self._presence.get(frame.to)
+            if recipient is not None and recipient.connected:
+                self._push(frame.to, message)
+            elif self._settings.offline_message_cap:
+                inbox = self._inboxes.setdefault(
+                    frame.to, deque(maxlen=self._settings.offline_message_cap)
+                )
+                inbox.append(message)
+        return MessageSent(id=message.id)
+
+    def deliver_inbox(self, agent_id: str) -> int:
+        """Push an agent's kept messages that have not expired; returns how many."""
+        inbox = self._inboxes.pop(agent_id, None)
+        if not inbox:
+            return 0
+        oldest = self._clock.now_ms() - int(self._settings.offline_message_ttl_s * 1000)
+        fresh = [message for message in inbox if message.timestamp >= oldest]
+        for message in fresh:
+            self._push(agent_id, message)
+        return len(fresh)
+
+    # --- channels -------------------------------------------------------------------
+
+    def create_channel(self, name: str, description: str | None) -> dict[str, Any]:
+        """A new channel (operators create them)."""
+        channel = self.channels.create(name, description, self._clock.now_ms())
+        self._store.stage_channel(channel.name, description, channel.created_at, channel.seq)
+        return channel.summary()
+
+    def list_channels(self) -> ChannelList:
+        """Every channel."""
+        return ChannelList(channels=[c.summary() for c in self.channels.channels.values()])
+
+    def subscribe(self, agent_id: str, name: str) -> ChannelSubscribed:
+        """Subscribe; other connected subscribers hear of it."""
+        channel = self.channels.get(name)
+        if agent_id not in channel.subscribers:
+            channel.subscribers.add(agent_id)
+            self._store.stage_subscription(name, agent_id, subscribed=True)
+            joined = ChannelAgentJoined(channel=name, agent_id=agent_id)
+            for subscriber in channel.subscribers:
+                member = self._presence.get(subscriber)
+                if subscriber != agent_id and member is not None and member.connected:
+                    self._push(subscriber, joined)
+        return ChannelSubscribed(channel=name)
+
+    def unsubscribe(self, agent_id: str, name: str) -> ChannelUnsubscribed:
+        """Unsubscribe (idempotent)."""
+        channel = self.channels.get(name)
+        if agent_id in channel.subscribers:
+            channel.subscribers.discard(agent_id)
+            self._store.stage_subscription(name, agent_id, subscribed=False)
+        return ChannelUnsubscribed(channel=name)
+
+    def publish(self, agent_id: str, frame: frames.ChannelPublish) -> ChannelPublished:
+        """Number, store and deliver a message to every other connected subscriber."""
+        message = self.channels.publish(
+            frame.channel, agent_id, frame.payload, frame.message_type, frame.reply_to,
+            self._clock.now_ms(),
+        )  # fmt: skip
+        channel = self.channels.channels[frame.channel]
+        self._store.stage_channel(channel.name, channel.description, channel.created_at, channel.seq)
+        self._store.stage_channel_message(message.as_dict(), self._settings.channel_history_cap)
+        push = ChannelMessagePush(
+            channel=message.channel, seq=message.seq, id=message.id, sender=agent_id,
+            payload=message.payload, message_type=message.message_type,
+            reply_to=message.reply_to, timestamp=message.timestamp,
+        )  # fmt: skip
+        for subscriber in channel.subscribers:
+            member = self._presence.get(subscriber)
+            if subscriber != agent_id and member is not None and member.connected:
+                self._push(subscriber, push)
+        return ChannelPublished(channel=message.channel, seq=message.seq, id=message.id)
+
+    def history(self, frame: frames.ChannelHistory) -> ChannelHistoryReply:
+        """Recent messages of a channel (``limit`` default 50, after ``since`` when given)."""
+        messages = self.channels.history(frame.channel, frame.limit or 50, frame.since)
+        return ChannelHistoryReply(
+            channel=frame.channel, messages=[message.as_dict() for message in messages]
+        )
