@@ -252,9 +252,9 @@ class SqliteStore:
                         if not waiter.done():
                             waiter.set_exception(error)
                     continue
-                for (kind, key), _ in rows:
-                    if kind == "task" and ("task", key) not in self._staged:
-                        self._unwritten.pop(key, None)
+                for (kind, name), _ in rows:
+                    if kind == "task" and ("task", name) not in self._staged:
+                        self._unwritten.pop(name, None)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
