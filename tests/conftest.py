@@ -22,7 +22,12 @@ AgentMaker = Callable[..., Awaitable[AgentClient]]
 def settings(tmp_path: Path) -> Settings:
     """Settings for a test hub: loopback, a free port, a database in tmp_path."""
     return Settings(
-        host="127.0.0.1", port=0, db=tmp_path / "hub.db", log_level="DEBUG", fallback_wait_s=0
+        host="127.0.0.1",
+        port=0,
+        db=tmp_path / "hub.db",
+        log_level="DEBUG",
+        fallback_wait_s=0,  # no Ollama here: standard tasks fall back at once
+        auth_failures_before_delay=1000,  # tests of the slow-down set their own
     )
 
 

@@ -41,7 +41,8 @@ class CliError(Exception):
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(
-            args.config, host=args.host, port=args.port, db=args.db, log_level=args.log_level
+            args.config, host=args.host, port=args.port, db=args.db, log_level=args.log_level,
+            certfile=args.certfile, keyfile=args.keyfile,
         )
     except ValidationError as exc:
         raise CliError(f"invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
@@ -62,8 +63,8 @@ async def _run_hub(settings: Settings) -> int:
         await server.start()
     except OSError as exc:
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-    print(f"agentcom {__version__} hub on ws://{settings.host}:{server.port}/ws", flush=True)
-    print(f"dashboard: http://{settings.host}:{server.port}/dashboard", flush=True)
+    print(f"agentcom {__version__} hub on {server.url('/ws')}", flush=True)
+    print(f"dashboard: {server.url('/dashboard', websocket=False)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -372,6 +373,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="SQLite file (default ./agentcom.db)")
     serve.add_argument("--config", help="TOML settings file")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
+    serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.set_defaults(handler=_serve)
 
     token = commands.add_parser("token", help="manage tokens (works on the database directly)")

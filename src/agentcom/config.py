@@ -81,6 +81,23 @@ class Settings(BaseSettings):
     progress_burst: int = Field(200, ge=1, description="task_progress burst per agent.")
     request_rate: float = Field(20.0, gt=0, description="Other frames/s per agent.")
     request_burst: int = Field(100, ge=1, description="Other frames burst per agent.")
+    max_connections_per_address: int = Field(
+        1024, ge=1, description="Open connections one IP address may hold (beyond: HTTP 429)."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed on /ws/dashboard and /ws/operator besides the "
+        "hub's own (beyond: HTTP 403); '*' allows any.",
+    )
+    auth_failures_before_delay: int = Field(
+        5, ge=1, description="Bad tokens from one address per minute before its replies slow "
+        "down (doubling, up to 5 s)."
+    )
+    handshake_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that has not completed its handshake is dropped."
+    )
+    certfile: Path | None = Field(None, description="TLS certificate (PEM): serve wss:// and https://.")
+    keyfile: Path | None = Field(None, description="TLS private key (PEM) for certfile.")
     commit_batch_max: int = Field(
         2000, ge=1, description="Most changes written in one transaction (one fsync)."
     )

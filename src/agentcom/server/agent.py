@@ -192,6 +192,7 @@ class AgentSession:
         server = self.server
         identity = server.auth.role_of(frame.token)
         if identity is None:
+            await server.guard.slow_down_after_failure(self.connection)
             await self.reply(ErrorReply(error="invalid_token"))
             await self.count_violation(ErrorReply(error="invalid_token"))
             return

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from urllib.parse import urlsplit
 
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from agentcom import __version__
 from agentcom.config import Settings
@@ -21,6 +23,7 @@ from agentcom.protocol.common import Outbound
 from agentcom.protocol.outbound import ErrorReply
 from agentcom.pubsub.memory import MemoryPubSub
 from agentcom.server.agent import AgentSession
+from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
 from agentcom.server.viewer import DashboardSession, OperatorSession
@@ -53,6 +56,12 @@ class HubServer:
         self.auth = Authenticator(self.store)
         self.pubsub = MemoryPubSub(settings.subscriber_queue)
         self.violations = ViolationTracker(self.clock)
+        self.guard = Guard(
+            self.clock,
+            settings.max_connections_per_address,
+            settings.allowed_origins,
+            auth_failures_before_delay=settings.auth_failures_before_delay,
+        )
         self.agent_connections: dict[str, ServerConnection] = {}
         self.frames_received = 0
         self._run_sweeps = run_sweeps
@@ -78,11 +87,20 @@ class HubServer:
         restored = self.hub.restore()
         logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
         http = HttpRoutes(self)
+
+        async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+            refusal = self.guard.admit(connection, request)
+            if refusal is not None:
+                return refusal
+            return await http.process_request(connection, request)
+
         self._server = await serve(
             self._route_connection,
             self.settings.host,
             self.settings.port,
-            process_request=http.process_request,
+            process_request=process_request,
+            ssl=self._tls_context(),
+            open_timeout=self.settings.handshake_timeout_s,
             max_size=self.settings.max_frame_bytes,
             ping_interval=20,
             ping_timeout=20,
@@ -92,7 +110,28 @@ class HubServer:
         if self._run_sweeps:
             self._sweeper = asyncio.create_task(self._sweep_forever())
             self.prober.start()
-        logger.info("agentcom hub listening on ws://%s:%d/ws", self.settings.host, self.port)
+        logger.info("agentcom hub listening on %s", self.url("/ws"))
+
+    @property
+    def tls(self) -> bool:
+        """Whether the hub serves wss:// and https://."""
+        return self.settings.certfile is not None
+
+    def url(self, path: str, websocket: bool = True) -> str:
+        """The URL of ``path`` on this hub."""
+        scheme = ("wss" if websocket else "https") if self.tls else ("ws" if websocket else "http")
+        host = self.settings.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.certfile is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.settings.certfile, self.settings.keyfile)
+        return context
 
     async def stop(self) -> None:
         """Stop accepting, ask sidecars to reconnect (1012), flush the store."""
@@ -217,10 +256,13 @@ class HubServer:
         if session_type is None or self._stopping:
             await connection.close(1008 if session_type is None else CLOSE_RESTART)
             return
+        self.guard.opened(connection)
         try:
             await session_type(self, connection).run()
         except ConnectionClosed:
             pass
+        finally:
+            self.guard.closed(connection)
 
 
 def _store_error(detail: str) -> Outbound:

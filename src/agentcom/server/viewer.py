@@ -61,6 +61,7 @@ class DashboardSession:
             return
         identity = server.auth.role_of(frame.token)
         if identity is None or identity[1] not in _OPERATOR_ROLES:
+            await server.guard.slow_down_after_failure(self.connection)
             await server.send(self.connection, ErrorReply(error="invalid_token"))
             await self.connection.close(1008, "invalid token")
             return
@@ -154,6 +155,7 @@ class OperatorSession:
         if isinstance(frame, ops.Auth):
             identity = self.server.auth.role_of(frame.token)
         if identity is None or identity[1] not in _OPERATOR_ROLES:
+            await self.server.guard.slow_down_after_failure(self.connection)
             await self._send(ops.OperatorError(request_id=None, error="invalid_token"))
             await self.connection.close(1008, "invalid token")
             return False
