@@ -64,6 +64,7 @@ class HubServer:
         )
         self.agent_connections: dict[str, ServerConnection] = {}
         self.frames_received = 0
+        self.store_failing = False  # the last commit failed: new work is refused
         self._run_sweeps = run_sweeps
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -169,9 +170,15 @@ class HubServer:
         try:
             await self.store.commit()
         except StoreError as exc:
+            if not self.store_failing:
+                logger.error("store failing; refusing new work until it recovers: %s", exc)
+            self.store_failing = True
             if connection is not None:
                 await self.send(connection, _store_error(str(exc)))
             return False
+        if self.store_failing:
+            logger.warning("store recovered")
+            self.store_failing = False
         if reply is not None and connection is not None:
             await self.send(connection, reply)
         if outbox:
@@ -225,6 +232,13 @@ class HubServer:
             pass
 
     # --- sweep ----------------------------------------------------------------------
+
+    async def ensure_store_writable(self) -> None:
+        """Before new work: when the last commit failed, try again; raise if it still fails."""
+        if self.store_failing:
+            await self.settle()
+            if self.store_failing:
+                raise StoreError("the database cannot be written; try again later")
 
     async def sweep(self) -> None:
         """Apply every timeout now, and close agents that went silent."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 
-from agentcom.errors import HubError
+from agentcom.errors import HubError, StoreError
 from agentcom.hub.auth import Role
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
@@ -189,6 +189,10 @@ class OperatorSession:
         if isinstance(request, _MUTATIONS):
             if self.role is not Role.admin:
                 raise HubError("forbidden", "this action needs an admin token")
+            try:
+                await self.server.ensure_store_writable()
+            except StoreError as exc:
+                raise HubError("store_unavailable", str(exc)) from None
             data = self._mutate(request)
             if not await self.server.settle():
                 raise HubError("store_unavailable", "the change could not be stored")
