@@ -27,6 +27,8 @@ def normalize_url(url: str) -> str:
     parts = urlsplit(candidate if "//" in candidate else f"http://{candidate}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
+    if not all(ch.isalnum() or ch in "-._~%:" for ch in parts.hostname):
+        raise ValueError(f"not a valid host name: {parts.hostname!r}")  # e.g. spaces
     port = parts.port  # raises ValueError for a bad port
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port or 11434}"

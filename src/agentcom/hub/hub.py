@@ -23,6 +23,7 @@ from agentcom.hub.endpoints import EndpointRegistry, normalize_url
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
+from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Outbound, TargetType, TaskStatus
 from agentcom.protocol.outbound import (
@@ -91,6 +92,7 @@ class Hub:
         self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
+        self.execution_tails = ExecutionTails()
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -229,6 +231,7 @@ class Hub:
         agent = self.presence.agents[agent_id]
         agent.resources = frame.model_dump(exclude={"type"})
         agent.resources["received_at"] = self.clock.now_ms()
+        self._agent_event("agent_resources", agent)
 
     def report_ollama(self, agent_id: str, url: str) -> None:
         """Register the agent's local Ollama endpoint as ``<agent_id>-local``."""
@@ -271,20 +274,24 @@ class Hub:
     ) -> None:
         """Record one health check; a change is published, and a newly healthy endpoint
         releases tasks that were waiting for one."""
+        known = self.endpoints.get(endpoint_id)
+        was_viable = known is not None and known.viable
         changed = self.endpoints.record_check(
             endpoint_id, self.clock.now_ms(), models, loaded, error
         )
         endpoint = self.endpoints.get(endpoint_id)
-        if not changed or endpoint is None:
+        if endpoint is None:
             return
-        state = "endpoint_healthy" if endpoint.healthy else "endpoint_unhealthy"
-        logger.info("endpoint %s is now %s", endpoint_id, "healthy" if endpoint.healthy else "unhealthy")
-        self._publish(
-            "agents",
-            {"type": "endpoint_event", "event": state, "endpoint_id": endpoint_id,
-             "timestamp": self.clock.now_ms(), "endpoint": endpoint.snapshot()},  # fmt: skip
-        )
-        if endpoint.viable and self.queue.release_held(None):
+        if changed:
+            state = "endpoint_healthy" if endpoint.healthy else "endpoint_unhealthy"
+            logger.info("endpoint %s is now %s", endpoint_id, "healthy" if endpoint.healthy else "unhealthy")
+            self._publish(
+                "agents",
+                {"type": "endpoint_event", "event": state, "endpoint_id": endpoint_id,
+                 "timestamp": self.clock.now_ms(), "endpoint": endpoint.snapshot()},  # fmt: skip
+            )
+        # Viable again (healthy, or a model appeared on a healthy endpoint): release waiters.
+        if endpoint.viable and not was_viable and self.queue.release_held(None):
             self.schedule()
 
 
@@ -326,10 +333,10 @@ class Hub:
                 "timestamp": now}  # fmt: skip
         self._publish("tasks", {**base, "event": "task_progress", "progress": frame.progress})
         if frame.execution_event is not None:
-            self._publish(
-                "tasks",
-                {**base, "event": "execution_progress", "execution_event": frame.execution_event},
-            )
+            progress_event = {**base, "event": "execution_progress",
+                              "execution_event": frame.execution_event}  # fmt: skip
+            self._publish("tasks", progress_event)
+            self.execution_tails.add(task.task_id, progress_event)
             event = frame.execution_event
             if event.get("event_type") == "error" or event.get("type") == "error":
                 # Real sidecars carry a failed execution's reason only here.
@@ -507,6 +514,17 @@ class Hub:
                 "totals": stats["totals"],
                 "by_model": stats["by_model"],
                 "by_agent": stats["by_agent"],
+            },
+            # Held tasks may be older than every recent one; their progress lives in memory.
+            "active_tasks": [
+                task.model_dump(mode="json")
+                for task in self.queue.tasks.values()
+                if task.status in ACTIVE
+            ],
+            "execution_tails": self.execution_tails.snapshot(),
+            "timeouts": {
+                "accept_timeout_ms": int(self.settings.accept_timeout_s * 1000),
+                "reclaim_after_ms": int(self.settings.reclaim_after_s * 1000),
             },
         }
 

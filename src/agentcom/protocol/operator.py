@@ -231,6 +231,9 @@ class Snapshot(Outbound):
     queue: dict[str, Any]
     recent_tasks: list[dict[str, Any]]
     costs: dict[str, Any]
+    active_tasks: list[dict[str, Any]] = []  # every assigned or working task
+    execution_tails: dict[str, list[dict[str, Any]]] = {}  # task id -> its last execution events
+    timeouts: dict[str, int] = {}  # accept_timeout_ms, reclaim_after_ms
 
 
 class EventsDropped(Outbound):

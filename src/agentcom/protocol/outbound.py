@@ -161,10 +161,13 @@ class MessageSent(Outbound):
 class MessagePush(Outbound):
     """A message delivered to an agent."""
 
+    # The alias also applies to validation, so that /api/schemas documents "from" as sent.
+    model_config = Outbound.model_config | {"populate_by_name": True}
+
     type: Literal["message"] = "message"
     id: str
     # "from" is a Python keyword, hence the alias.
-    sender: str = Field(serialization_alias="from")
+    sender: str = Field(validation_alias="from", serialization_alias="from")
     to: str | None
     payload: dict[str, Any]
     message_type: str | None
@@ -274,11 +277,13 @@ class ChannelPublished(Outbound):
 class ChannelMessagePush(Outbound):
     """A channel message delivered to a subscriber."""
 
+    model_config = Outbound.model_config | {"populate_by_name": True}
+
     type: Literal["channel_message"] = "channel_message"
     channel: str
     seq: int
     id: str
-    sender: str = Field(serialization_alias="from")
+    sender: str = Field(validation_alias="from", serialization_alias="from")
     payload: dict[str, Any]
     message_type: str | None
     reply_to: str | None

@@ -169,15 +169,17 @@ class AgentSession:
     async def count_violation(self, reply: ErrorReply | ValidationFailed) -> None:
         """Record a violation; publish it; close with 1008 past the limit."""
         server = self.server
+        closing = server.violations.record_failure(self.failures)
         event = {
             "type": "validation_event",
             "agent_id": self.agent_id,
             "remote": _remote(self.connection),
             "timestamp": server.clock.now_ms(),
             "reply": reply.model_dump(mode="json", exclude_none=True),
+            "closed": closing,  # this violation closes the connection (1008)
         }
         server.pubsub.publish("validation", event)
-        if server.violations.record_failure(self.failures):
+        if closing:
             if self.agent_id is not None:
                 cooldown = server.violations.punish(self.agent_id)
                 logger.warning(
@@ -266,6 +268,7 @@ class AgentSession:
     async def on_resource_report(self, frame: frames.ResourceReport) -> None:
         assert self.agent_id is not None
         self.hub.report_resources(self.agent_id, frame)
+        await self.server.settle()  # publishes the new figures to dashboards
 
     async def on_ollama_report(self, frame: frames.OllamaReport) -> None:
         assert self.agent_id is not None

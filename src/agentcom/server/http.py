@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,7 +21,7 @@ from agentcom.store.base import TaskFilter
 if TYPE_CHECKING:
     from agentcom.server.app import HubServer
 
-__all__ = ["WEBSOCKET_PATHS", "HttpRoutes"]
+__all__ = ["DASHBOARD_FILES", "WEBSOCKET_PATHS", "HttpRoutes", "dashboard_file"]
 
 WEBSOCKET_PATHS = frozenset({"/ws", "/ws/dashboard", "/ws/operator"})
 
@@ -44,6 +45,43 @@ def _json(status: int, data: Any) -> Response:
     return _response(status, json.dumps(data).encode(), "application/json")
 
 
+# The only files served under /dashboard/, with their types: nothing else in the package is.
+DASHBOARD_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+    **{
+        f"{module}.js": "text/javascript; charset=utf-8"
+        for module in ("app", "connection", "state", "scheduler", "agents", "queue", "costs",
+                       "output", "tasks", "detail", "chart", "alerts", "dom", "format")
+    },
+}  # fmt: skip
+_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def dashboard_file(name: str, host: str | None) -> Response:
+    """One file of the dashboard page (404 unless allow-listed), with a strict CSP.
+
+    The policy allows scripts, styles and images from the hub only, and WebSocket
+    connections only back to the host the page was loaded from.
+    """
+    content_type = DASHBOARD_FILES.get(name)
+    if content_type is None:
+        return _json(404, {"error": "not_found"})
+    body = resources.files("agentcom.dashboard").joinpath(name).read_bytes()
+    sockets = f" ws://{host} wss://{host}" if host and _HOST.match(host) else ""
+    policy = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"connect-src 'self'{sockets}; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    response = _response(200, body, content_type)
+    response.headers["Content-Security-Policy"] = policy
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
 class HttpRoutes:
     """``/health``, ``/metrics``, ``/dashboard`` and ``/api/*`` (bearer token)."""
 
@@ -65,8 +103,9 @@ class HttpRoutes:
         if path == "/metrics":
             return _response(200, self.metrics().encode(), "text/plain; version=0.0.4")
         if path in ("/", "/dashboard"):
-            page = resources.files("agentcom.dashboard").joinpath("index.html").read_bytes()
-            return _response(200, page, "text/html; charset=utf-8")
+            return dashboard_file("index.html", request.headers.get("Host"))
+        if path.startswith("/dashboard/"):
+            return dashboard_file(path.removeprefix("/dashboard/"), request.headers.get("Host"))
         if path.startswith("/api/"):
             if not self._authorized(request):
                 return _json(401, {"error": "unauthorized"})

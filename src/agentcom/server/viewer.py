@@ -95,16 +95,24 @@ class DashboardSession:
                 await self.connection.send(encoded)
 
 
-def _rejection(raw: str | bytes, reply: ErrorReply | ValidationFailed) -> Any:
-    """The reply to an invalid request, repeating its ``request_id`` when it has a usable one.
+def _request_id(raw: str | bytes) -> str | None:
+    """The ``request_id`` of a raw request that could not be served, if it has a usable one.
 
-    Without the id the sender cannot match the reply and would wait for ever.
+    Error replies repeat it: without it the sender cannot match the reply and waits for ever.
     """
     try:
         request_id = json.loads(raw).get("request_id")
     except (ValueError, AttributeError):
-        request_id = None
+        return None
     if not isinstance(request_id, str) or not 1 <= len(request_id) <= 64:
+        return None
+    return request_id
+
+
+def _rejection(raw: str | bytes, reply: ErrorReply | ValidationFailed) -> Any:
+    """The reply to an invalid request, repeating its ``request_id`` when it has one."""
+    request_id = _request_id(raw)
+    if request_id is None:
         return reply
     message: str | None
     if isinstance(reply, ValidationFailed):
@@ -132,7 +140,9 @@ class OperatorSession:
         try:
             async for raw in self.connection:
                 if len(self._in_flight) >= _MAX_REQUESTS_IN_FLIGHT:
-                    await self._send(ops.OperatorError(request_id=None, error="too_many_requests"))
+                    await self._send(
+                        ops.OperatorError(request_id=_request_id(raw), error="too_many_requests")
+                    )
                     continue
                 request = asyncio.create_task(self._serve(raw))
                 self._in_flight.add(request)

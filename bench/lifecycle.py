@@ -1,0 +1,773 @@
+"""End-to-end lifecycle benchmark: a real hub, real sidecars, real sockets, SQLite.
+
+Usage (from the repository root, with the project's virtualenv)::
+
+    python bench/lifecycle.py --agents 50 --tasks 20000
+    python bench/lifecycle.py --agents 5 --tasks 500 --json
+    python bench/lifecycle.py --agents 50 --tasks 20000 --rate 400      # paced submits
+    python bench/lifecycle.py --agents 50 --tasks 5000 --profile-hub /tmp/hub.prof
+
+What it does:
+
+1. creates a temporary directory with a SQLite database, one agent token per simulated
+   sidecar and one admin token (written straight to the database, as
+   ``agentcom token create`` does);
+2. starts the hub as a subprocess (``python -m agentcom.cli serve --port 0``) and reads
+   its ``agentcom <version> hub on ws://HOST:PORT/ws`` line; with ``--profile-hub`` the
+   hub runs instead under cProfile in a subprocess of this script (``--serve-profiled``);
+3. starts the sidecars in another subprocess of this script (``--sidecars``): one
+   :class:`~agentcom.client.AgentClient` per agent which answers every ``task_assign``
+   with ``task_accepted``, one ``task_progress`` carrying an ``execution_event`` and a
+   ``task_complete`` with the generation and full execution metadata;
+4. subscribes to ``/ws/dashboard`` (topic ``tasks``) and submits the no-op tasks through
+   the operator protocol, ``--window`` requests in flight on each of ``--operators``
+   connections (the hub serves at most 32 at once per connection), optionally paced at
+   ``--rate`` tasks/s;
+5. prints throughput, submit->assign and submit->complete latency (p50/p99), events
+   received and dropped, the hub's peak RSS (``VmHWM``), CPU time per process, store
+   commits, and what the sidecars saw; ``--json`` prints one JSON object instead.
+
+Latencies are measured on this process's monotonic clock from the moment a submit
+request is handed to the operator connection (before the hub has seen it) to the
+moment the ``task_assigned`` / ``task_completed`` event is read from the dashboard
+socket. Without ``--rate`` every task is submitted as fast as the hub accepts them, so
+those latencies are dominated by queueing behind the backlog: they measure how long
+the burst takes to drain, not the hub's per-task cost. Use ``--rate`` below the
+saturated throughput for latency at a given load.
+
+Every process the benchmark starts is stopped when it ends, fails or is interrupted
+(SIGINT/SIGTERM); on Linux the children also get SIGTERM if this process dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentcom import __version__
+from agentcom.client import AgentClient, OperatorClient
+from agentcom.hub.auth import hash_token, new_token
+from agentcom.store.tokens import save_token
+
+LISTENING = re.compile(r"hub on ws://(?P<host>[^\s:]+):(?P<port>\d+)/ws")
+HUB_OPERATOR_CAP = 32  # requests the hub serves at once per operator connection
+NO_OP_TASK: dict[str, Any] = {"complexity_tier": "trivial", "metadata": {"shell_command": "true"}}
+
+
+# --- small helpers -------------------------------------------------------------------
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary(values: list[float]) -> dict[str, float | int | None]:
+    """Count, p50, p99 and max of latencies in seconds, reported in milliseconds."""
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 2)
+
+    return {"n": len(values), "p50_ms": ms(percentile(values, 50)),
+            "p99_ms": ms(percentile(values, 99)), "max_ms": ms(max(values, default=None))}  # fmt: skip
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a dict (empty when unreadable)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
+
+
+def memory_mib(pid: int, key: str) -> float | None:
+    """A ``VmHWM``/``VmRSS`` figure of a live process in MiB."""
+    value = proc_status(pid).get(key)
+    return round(int(value.split()[0]) / 1024, 1) if value else None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time a process has used so far."""
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time of a process's event-loop (main) thread and of all its other threads."""
+    split = {"loop_thread": 0.0, "other_threads": 0.0}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            seconds = cpu_seconds_of(task / "stat")
+            if seconds is not None:
+                split["loop_thread" if task.name == str(pid) else "other_threads"] += seconds
+    return split
+
+
+def cpu_seconds_of(stat_path: Path) -> float | None:
+    """User plus system CPU time recorded in a ``/proc/.../stat`` file."""
+    try:
+        stat = stat_path.read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time every process on the machine has used (all cores, from ``/proc/stat``)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def source_revision() -> str | None:
+    """The git revision of the agentcom sources being measured, ``+dirty`` when edited."""
+    import agentcom
+
+    package = Path(agentcom.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def die_with_parent() -> None:
+    """In a forked child before exec: get SIGTERM when the benchmark dies (Linux only)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def hub_metrics(base_url: str) -> dict[str, float]:
+    """The hub's ``/metrics`` counters (empty on failure)."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name and not name.startswith("#"):
+            with contextlib.suppress(ValueError):
+                found[name] = float(value)
+    return found
+
+
+# --- sidecars (a subprocess: --sidecars) -----------------------------------------------
+
+
+@dataclass
+class SidecarTally:
+    """What the simulated sidecars received."""
+
+    frames: Counter[str] = field(default_factory=Counter)
+    acks: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    connects: int = 0
+
+
+class BenchSidecar(AgentClient):
+    """An :class:`AgentClient` that reports each successful (re)connection."""
+
+    def __init__(self, *args: Any, tally: SidecarTally, on_connected: asyncio.Event, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.tally = tally
+        self.connected_once = on_connected
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        reply = await super().connect(timeout)
+        self.tally.connects += 1
+        self.connected_once.set()
+        return reply
+
+
+async def run_no_op_task(client: AgentClient, frame: dict[str, Any]) -> None:
+    """Answer a ``task_assign`` as a sidecar whose execution succeeds at once."""
+    started = time.perf_counter()
+    task_id = frame["task_id"]
+    await client.send({"type": "task_accepted", "task_id": task_id})
+    event = {"event_type": "stdout", "text": "ok", "timestamp": time.time_ns() // 1_000_000}
+    await client.send({"type": "task_progress", "task_id": task_id, "execution_event": event})
+    result = {
+        "status": "success",
+        "output": "ok",
+        "model_used": "bench-no-op",
+        "tokens_in": 12,
+        "tokens_out": 3,
+        "estimated_cost_usd": 0.0,
+        "equivalent_claude_cost_usd": 0.000081,
+        "execution_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+    await client.send({"type": "task_complete", "task_id": task_id,
+                       "generation": frame["generation"], "result": result})  # fmt: skip
+
+
+async def run_sidecars(spec_path: Path) -> int:
+    """Connect every agent of the spec, work until stdin closes or SIGTERM, print a tally."""
+    spec = json.loads(spec_path.read_text())
+    tally = SidecarTally()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    def wait_for_stdin_eof() -> None:
+        sys.stdin.buffer.read()
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=wait_for_stdin_eof, daemon=True).start()
+
+    async def on_frame(client: AgentClient, frame: dict[str, Any]) -> None:
+        kind = str(frame.get("type"))
+        tally.frames[kind] += 1
+        if kind == "task_assign":
+            await run_no_op_task(client, frame)
+        elif kind == "task_ack":
+            tally.acks[str(frame.get("status"))] += 1
+        elif kind == "error":
+            tally.errors[str(frame.get("error"))] += 1
+
+    clients, connected = [], []
+    for agent_id, token in spec["agents"]:
+        ready = asyncio.Event()
+        clients.append(BenchSidecar(spec["url"], agent_id, token, heartbeat_s=15.0,
+                                    backoff_initial_s=0.2, backoff_max_s=2.0,
+                                    tally=tally, on_connected=ready))  # fmt: skip
+        connected.append(ready)
+    runners = [asyncio.create_task(client.run(on_frame)) for client in clients]
+    try:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(ready.wait() for ready in connected))
+    except TimeoutError:
+        print("failed: not every sidecar connected within 60 s", flush=True)
+        stop.set()
+    else:
+        print(f"ready {len(clients)}", flush=True)
+    await stop.wait()
+    await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+    outcomes = await asyncio.gather(*runners, return_exceptions=True)
+    failures = [repr(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
+    report = {"frames": dict(tally.frames), "acks": dict(tally.acks),
+              "errors": dict(tally.errors), "connects": tally.connects, "failures": failures[:5]}  # fmt: skip
+    print("summary " + json.dumps(report), flush=True)
+    return 0
+
+
+# --- profiled hub (a subprocess: --serve-profiled) -------------------------------------
+
+
+async def serve_until_stopped(db: Path, host: str, profile_out: Path) -> None:
+    """Run a hub under cProfile until SIGTERM/SIGINT, then write the profile."""
+    import cProfile
+
+    from agentcom.config import Settings
+    from agentcom.server.app import HubServer
+
+    server = HubServer(Settings(host=host, port=0, db=db, log_level="WARNING"))
+    await server.start()
+    print(f"agentcom {__version__} hub on ws://{host}:{server.port}/ws", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        await stop.wait()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(profile_out))
+    await server.stop()
+
+
+# --- the driver ------------------------------------------------------------------------
+
+
+@dataclass
+class Observations:
+    """Timestamps (``time.perf_counter``) of each task's milestones, by task id."""
+
+    sent: dict[str, float] = field(default_factory=dict)
+    replied: dict[str, float] = field(default_factory=dict)
+    assigned: dict[str, float] = field(default_factory=dict)
+    completed: dict[str, float] = field(default_factory=dict)
+    events: Counter[str] = field(default_factory=Counter)
+    dropped: int = 0
+    submit_errors: Counter[str] = field(default_factory=Counter)
+    first_sent: float | None = None
+    last_replied: float | None = None
+
+
+class Processes:
+    """The children the benchmark started; :meth:`stop_all` ends every one of them."""
+
+    def __init__(self) -> None:
+        self.hub: asyncio.subprocess.Process | None = None
+        self.sidecars: asyncio.subprocess.Process | None = None
+
+    async def spawn(self, args: list[str], log: Path, stdin: bool = False) -> asyncio.subprocess.Process:
+        """Start a child with stdout piped and stderr in ``log``."""
+        with log.open("wb") as stderr:
+            return await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, preexec_fn=die_with_parent,
+            )  # fmt: skip
+
+    async def stop_sidecars(self) -> dict[str, Any]:
+        """Close the sidecars' stdin (their stop signal) and read their tally."""
+        process, self.sidecars = self.sidecars, None
+        if process is None:
+            return {}
+        tally: dict[str, Any] = {}
+        if process.stdin is not None:
+            process.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(15):
+                assert process.stdout is not None
+                async for line in process.stdout:
+                    if line.startswith(b"summary "):
+                        tally = json.loads(line[len(b"summary ") :])
+        await stop_process(process, grace_s=5)
+        return tally
+
+    async def stop_all(self) -> None:
+        """Stop the sidecars, then the hub (SIGTERM, then SIGKILL after a grace period)."""
+        await self.stop_sidecars()
+        process, self.hub = self.hub, None
+        if process is not None:
+            await stop_process(process, grace_s=60)
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace_s: float) -> None:
+    """SIGTERM, wait up to ``grace_s``, then SIGKILL."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+async def read_marker(process: asyncio.subprocess.Process, name: str, pattern: re.Pattern[str],
+                      timeout_s: float, log: Path) -> re.Match[str]:  # fmt: skip
+    """The first stdout line of ``process`` matching ``pattern``; raises with the log's tail."""
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for raw in process.stdout:
+                found = pattern.search(raw.decode(errors="replace"))
+                if found:
+                    return found
+    except TimeoutError:
+        pass
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise RuntimeError(f"the {name} did not start within {timeout_s} s; stderr tail:\n{tail}")
+
+
+async def wait_for_idle_agents(operator: OperatorClient, count: int, timeout_s: float = 30) -> None:
+    """Until the hub lists ``count`` idle agents."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            agents = await operator.request("agents_list")
+            if sum(1 for agent in agents if agent["state"] == "idle") >= count:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def watch_tasks(operator: OperatorClient, seen: Observations, expected: int,
+                      subscribed: asyncio.Event, done: asyncio.Event) -> None:  # fmt: skip
+    """Record assignment and completion times from the dashboard stream."""
+    async for frame in operator.watch(["tasks"]):
+        now = time.perf_counter()
+        kind = frame.get("type")
+        if kind == "snapshot":
+            subscribed.set()
+        elif kind == "events_dropped":
+            seen.dropped += int(frame["count"])
+        elif kind == "task_event":
+            name = frame["event"]
+            seen.events[name] += 1
+            if name == "task_assigned":
+                seen.assigned.setdefault(frame["task_id"], now)
+            elif name == "task_completed":
+                seen.completed.setdefault(frame["task_id"], now)
+                if len(seen.completed) >= expected:
+                    done.set()
+
+
+async def submit_tasks(operator: OperatorClient, seen: Observations, indices: Any,
+                       total: int, window: int, rate: float | None, start: float) -> None:  # fmt: skip
+    """Submit from the shared index iterator, ``window`` requests in flight."""
+    async def worker() -> None:
+        for index in indices:
+            if rate:
+                await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
+            sent = time.perf_counter()
+            if seen.first_sent is None:
+                seen.first_sent = sent
+            try:
+                task = await operator.submit(f"bench no-op {index + 1}/{total}", **NO_OP_TASK)
+            except Exception as exc:  # counted and reported; the run goes on
+                seen.submit_errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+                continue
+            replied = time.perf_counter()
+            seen.sent[task["task_id"]] = sent
+            seen.replied[task["task_id"]] = replied
+            seen.last_replied = replied
+
+    await asyncio.gather(*(worker() for _ in range(window)))
+
+
+async def report_progress(seen: Observations, total: int, quiet: bool) -> None:
+    """A status line on stderr every two seconds."""
+    while not quiet:
+        await asyncio.sleep(2)
+        print(f"  submitted {len(seen.replied)}/{total}  assigned {len(seen.assigned)}  "
+              f"completed {len(seen.completed)}  dropped events {seen.dropped}",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
+async def watchdog(operator: OperatorClient, seen: Observations, total: int,
+                   done: asyncio.Event, confirmed: list[float]) -> None:  # fmt: skip
+    """When events were dropped, completions may never be seen: ask the hub instead."""
+    while not done.is_set():
+        await asyncio.sleep(1)
+        if seen.dropped and len(seen.replied) + sum(seen.submit_errors.values()) >= total:
+            stats = await operator.request("stats")
+            if stats["by_status"].get("completed", 0) >= len(seen.replied):
+                confirmed.append(time.perf_counter())
+                done.set()
+
+
+async def wait_until_done(seen: Observations, done: asyncio.Event, timeout_s: float,
+                          stall_s: float) -> None:  # fmt: skip
+    """Until every completion is seen; gives up after ``timeout_s``, or ``stall_s`` without news."""
+    deadline = time.perf_counter() + timeout_s
+    last_news, last_counts = time.perf_counter(), (-1, -1, -1)
+    while not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 1)
+        now = time.perf_counter()
+        counts = (len(seen.assigned), len(seen.completed), seen.dropped)
+        if counts != last_counts:
+            last_news, last_counts = now, counts
+        if now >= deadline or now - last_news >= stall_s:
+            reason = "timed out" if now >= deadline else f"no progress for {stall_s:.0f} s"
+            print(f"{reason}: {len(seen.completed)} of {len(seen.replied)} tasks completed; "
+                  "giving up", file=sys.stderr)  # fmt: skip
+            return
+
+
+def make_tokens(db: Path, agents: int) -> tuple[list[tuple[str, str]], str]:
+    """One agent token per sidecar and one admin token, written to ``db``."""
+    pairs = []
+    for number in range(agents):
+        agent_id, token = f"bench-agent-{number:03d}", new_token()
+        save_token(db, agent_id, hash_token(token), "agent")
+        pairs.append((agent_id, token))
+    admin = new_token()
+    save_token(db, "bench-admin", hash_token(admin), "admin")
+    return pairs, admin
+
+
+async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Set up, run, measure and tear down; returns the figures."""
+    workdir = Path(tempfile.mkdtemp(prefix="agentcom-bench-", dir=args.workdir))
+    db = workdir / "hub.db"
+    processes = Processes()
+    script = str(Path(__file__).resolve())
+    try:
+        agents, admin = make_tokens(db, args.agents)
+        if args.profile_hub:
+            command = [sys.executable, script, "--serve-profiled", "--db", str(db),
+                       "--profile-out", str(Path(args.profile_hub).resolve())]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", "agentcom.cli", "serve", "--host", "127.0.0.1",
+                       "--port", "0", "--db", str(db), "--log-level", "WARNING"]  # fmt: skip
+        processes.hub = await processes.spawn(command, workdir / "hub.log")
+        listening = await read_marker(processes.hub, "hub", LISTENING, 30, workdir / "hub.log")
+        hub_url = f"http://{listening['host']}:{listening['port']}"
+        ws_url = f"ws://{listening['host']}:{listening['port']}/ws"
+
+        spec = workdir / "sidecars.json"
+        spec.write_text(json.dumps({"url": ws_url, "agents": agents}))
+        processes.sidecars = await processes.spawn(
+            [sys.executable, script, "--sidecars", "--spec", str(spec)],
+            workdir / "sidecars.log", stdin=True,
+        )
+        await read_marker(processes.sidecars, "sidecars", re.compile(r"^ready"), 90, workdir / "sidecars.log")
+        figures = await drive(args, hub_url, admin, processes)
+        figures["sidecars"] = await processes.stop_sidecars()
+        figures["workdir"] = str(workdir)
+        return figures
+    finally:
+        await processes.stop_all()
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def drive(args: argparse.Namespace, hub_url: str, admin: str,
+                processes: Processes) -> dict[str, Any]:  # fmt: skip
+    """Submit and observe the tasks; collect every figure while the hub still runs."""
+    assert processes.hub is not None and processes.sidecars is not None
+    hub_pid, sidecars_pid = processes.hub.pid, processes.sidecars.pid
+    seen = Observations()
+    subscribed, done = asyncio.Event(), asyncio.Event()
+    confirmed: list[float] = []
+    operators = [OperatorClient(hub_url, admin) for _ in range(args.operators)]
+    background: list[asyncio.Task[None]] = []
+    try:
+        for operator in operators:
+            await operator.connect()
+        await wait_for_idle_agents(operators[0], args.agents)
+        background.append(asyncio.create_task(
+            watch_tasks(operators[0], seen, args.tasks, subscribed, done)))  # fmt: skip
+        async with asyncio.timeout(30):
+            await subscribed.wait()
+        cpu_before = {"hub": cpu_seconds(hub_pid), "sidecars": cpu_seconds(sidecars_pid),
+                      "driver": time.process_time(), "machine": machine_busy_seconds()}  # fmt: skip
+        threads_before = thread_cpu_seconds(hub_pid)
+        start = time.perf_counter()
+        indices = iter(range(args.tasks))
+        background.append(asyncio.create_task(report_progress(seen, args.tasks, args.quiet)))
+        background.append(asyncio.create_task(watchdog(operators[0], seen, args.tasks, done, confirmed)))
+        submitters = [
+            submit_tasks(operator, seen, indices, args.tasks, args.window, args.rate, start)
+            for operator in operators
+        ]  # fmt: skip
+        await asyncio.gather(*submitters)
+        await wait_until_done(seen, done, args.timeout, args.stall_timeout)
+        finished = time.perf_counter()
+        cpu_after = {"hub": cpu_seconds(hub_pid), "sidecars": cpu_seconds(sidecars_pid),
+                     "driver": time.process_time(), "machine": machine_busy_seconds()}  # fmt: skip
+        threads_after = thread_cpu_seconds(hub_pid)
+        stats = await operators[0].request("stats")
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.gather(*(operator.close() for operator in operators), return_exceptions=True)
+    metrics = await asyncio.to_thread(hub_metrics, hub_url)
+    for name in threads_before:
+        cpu_before[f"hub_{name}"] = threads_before[name]
+        cpu_after[f"hub_{name}"] = threads_after[name]
+    return summarize(args, seen, stats, metrics, cpu_before, cpu_after, start, finished,
+                     confirmed, hub_pid)  # fmt: skip
+
+
+def summarize(args: argparse.Namespace, seen: Observations, stats: dict[str, Any],
+              metrics: dict[str, float], cpu_before: dict[str, float | None],
+              cpu_after: dict[str, float | None], start: float, finished: float,
+              confirmed: list[float], hub_pid: int) -> dict[str, Any]:  # fmt: skip
+    """Turn the observations into the reported figures."""
+    first = seen.first_sent or start
+    last_completion = max(seen.completed.values(), default=finished)
+    end = confirmed[0] if confirmed and len(seen.completed) < len(seen.replied) else last_completion
+    wall_s = max(end - first, 1e-9)
+    completed = int(stats["by_status"].get("completed", 0))
+    to_assign = [seen.assigned[t] - sent for t, sent in seen.sent.items() if t in seen.assigned]
+    to_complete = [seen.completed[t] - sent for t, sent in seen.sent.items() if t in seen.completed]
+    round_trip = [seen.replied[t] - sent for t, sent in seen.sent.items()]
+    cpu = {}
+    for name, before in cpu_before.items():
+        after = cpu_after.get(name)
+        if before is not None and after is not None:
+            cpu[name] = {"seconds": round(after - before, 2),
+                         "percent_of_one_core": round(100 * (after - before) / wall_s, 1)}  # fmt: skip
+    machine = cpu.pop("machine", None)
+    ours = sum(cpu[name]["seconds"] for name in ("hub", "sidecars", "driver") if name in cpu)
+    other_load = None
+    if machine is not None:
+        other_load = round(100 * max(0.0, machine["seconds"] - ours) / wall_s, 1)
+    commits = metrics.get("agentcom_store_commits_total")
+    return {
+        "agentcom_version": __version__,
+        "source_revision": source_revision(),
+        "agents": args.agents,
+        "tasks": args.tasks,
+        "operators": args.operators,
+        "window_per_operator": args.window,
+        "rate_limit_per_s": args.rate,
+        "cpus": os.cpu_count(),
+        "elapsed_s": round(wall_s, 3),
+        "submit_phase_s": round((seen.last_replied or first) - first, 3),
+        "completed": completed,
+        "tasks_per_s": round(completed / wall_s, 1),
+        "submits_per_s": round(len(seen.replied) / max((seen.last_replied or first) - first, 1e-9), 1),
+        "latency_basis": "from submit request sent (driver clock) to dashboard event received",
+        "submit_to_assign": latency_summary(to_assign),
+        "submit_to_complete": latency_summary(to_complete),
+        "submit_round_trip": latency_summary(round_trip),
+        "events_received": dict(seen.events),
+        "events_dropped": seen.dropped,
+        "completion_confirmed_by_stats": bool(confirmed) and len(seen.completed) < len(seen.replied),
+        "submit_errors": dict(seen.submit_errors),
+        "progress_coalesced_by_hub": stats.get("progress_dropped"),
+        "hub_pid": hub_pid,
+        "hub_peak_rss_mib": memory_mib(hub_pid, "VmHWM"),
+        "hub_rss_end_mib": memory_mib(hub_pid, "VmRSS"),
+        "cpu": cpu,
+        "other_processes_cpu_percent": other_load,
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+        "store_commits": commits,
+        "tasks_per_commit": round(completed / commits, 2) if commits else None,
+        "frames_received_by_hub": metrics.get("agentcom_frames_received_total"),
+    }
+
+
+def print_text(figures: dict[str, Any]) -> None:
+    """The human-readable report."""
+    def latency(name: str) -> str:
+        data = figures[name]
+        return f"p50 {data['p50_ms']} ms  p99 {data['p99_ms']} ms  max {data['max_ms']} ms  (n={data['n']})"
+
+    rate = figures["rate_limit_per_s"] or "unlimited"
+    print(f"agentcom {figures['agentcom_version']} ({figures['source_revision']}) lifecycle bench "
+          f"on {figures['cpus']} CPUs: "
+          f"N={figures['agents']} agents, M={figures['tasks']} tasks, "
+          f"{figures['operators']}x{figures['window_per_operator']} submits in flight, rate {rate}")
+    print(f"  elapsed (first submit -> last completion) {figures['elapsed_s']} s; "
+          f"submit phase {figures['submit_phase_s']} s ({figures['submits_per_s']} submits/s)")
+    print(f"  throughput          {figures['tasks_per_s']} tasks/s ({figures['completed']} completed)")
+    print(f"  submit -> assign    {latency('submit_to_assign')}")
+    print(f"  submit -> complete  {latency('submit_to_complete')}")
+    print(f"  submit round trip   {latency('submit_round_trip')}")
+    print(f"  latency basis: {figures['latency_basis']}")
+    events = sum(figures["events_received"].values())
+    print(f"  dashboard events    {events} received, {figures['events_dropped']} dropped"
+          + ("; completion confirmed by stats" if figures["completion_confirmed_by_stats"] else ""))
+    print(f"  hub peak RSS        {figures['hub_peak_rss_mib']} MiB (VmHWM; VmRSS at end "
+          f"{figures['hub_rss_end_mib']} MiB)")
+    cpu = "  ".join(f"{name} {c['seconds']} s ({c['percent_of_one_core']}%)"
+                    for name, c in figures["cpu"].items())  # fmt: skip
+    print(f"  CPU during run      {cpu}")
+    other = figures["other_processes_cpu_percent"]
+    print(f"  other processes     {other}% of one core during the run; load average at end "
+          f"{figures['load_average_at_end']}")
+    if other is not None and other > 20:
+        print("  WARNING: the machine was busy with other work; these figures are noisy")
+    print(f"  store commits       {figures['store_commits']} ({figures['tasks_per_commit']} tasks per "
+          f"commit); hub frames received {figures['frames_received_by_hub']}; progress coalesced "
+          f"{figures['progress_coalesced_by_hub']}")
+    sidecars = figures.get("sidecars") or {}
+    print(f"  sidecars            acks {sidecars.get('acks')}  errors {sidecars.get('errors')}  "
+          f"connects {sidecars.get('connects')}")
+    if figures["submit_errors"]:
+        print(f"  submit errors       {figures['submit_errors']}")
+
+
+def print_profile(path: str, limit: int) -> None:
+    """The profiled hub's top functions by own time and by cumulative time."""
+    import pstats
+
+    for order in ("tottime", "cumulative"):
+        print(f"\n--- hub profile ({path}), top {limit} by {order} ---")
+        pstats.Stats(path, stream=sys.stdout).strip_dirs().sort_stats(order).print_stats(limit)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--agents", type=int, default=50, help="simulated sidecars (N)")
+    parser.add_argument("--tasks", type=int, default=20000, help="tasks to submit (M)")
+    parser.add_argument("--operators", type=int, default=1, help="operator connections submitting")
+    parser.add_argument("--window", type=int, default=HUB_OPERATOR_CAP,
+                        help=f"submits in flight per connection (at most {HUB_OPERATOR_CAP})")
+    parser.add_argument("--rate", type=float, help="pace submits at this many tasks/s")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for completions")
+    parser.add_argument("--stall-timeout", type=float, default=60,
+                        help="give up after this many seconds without a new assignment or completion")
+    parser.add_argument("--workdir", help="parent of the temporary directory (default: system tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--profile-hub", metavar="PATH", help="run the hub under cProfile, save to PATH")
+    parser.add_argument("--profile-top", type=int, default=30, help="functions shown per profile table")
+    parser.add_argument("--sidecars", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-profiled", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 1 <= args.window <= HUB_OPERATOR_CAP:
+        parser.error(f"--window must be 1 to {HUB_OPERATOR_CAP}: the hub serves at most "
+                     f"{HUB_OPERATOR_CAP} requests at once per connection and refuses more")  # fmt: skip
+    if args.agents < 1 or args.tasks < 1 or args.operators < 1:
+        parser.error("--agents, --tasks and --operators must be at least 1")
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark, cancelled cleanly (children stopped) on SIGTERM as on SIGINT."""
+    current = asyncio.current_task()
+    assert current is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
+    return await run_benchmark(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.sidecars:
+        return asyncio.run(run_sidecars(Path(args.spec)))
+    if args.serve_profiled:
+        asyncio.run(serve_until_stopped(Path(args.db), "127.0.0.1", Path(args.profile_out)))
+        return 0
+    try:
+        figures = asyncio.run(main_async(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; every started process was stopped", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print_text(figures)
+    if args.profile_hub:
+        if args.json:
+            with open(f"{args.profile_hub}.txt", "w") as out, contextlib.redirect_stdout(out):
+                print_profile(args.profile_hub, args.profile_top)
+        else:
+            print_profile(args.profile_hub, args.profile_top)
+    return 0 if figures["completed"] >= args.tasks else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

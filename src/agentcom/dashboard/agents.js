@@ -1,0 +1,108 @@
+// One card per agent: state, current task, capabilities, heartbeat, host load, Ollama.
+
+import { byId, h, reconcileChildren, setAttr, setText } from "./dom.js";
+import { ago, clockTime, percent, shortId, usage } from "./format.js";
+
+const STATE_ORDER = { working: 0, assigned: 1, idle: 2, offline: 3 };
+
+/** Draws the agents panel, reusing each agent's card between frames. */
+export class AgentCards {
+  /**
+   * @param {import("./state.js").DashboardState} state
+   * @param {(taskId: string) => void} openTask opens a task's detail
+   */
+  constructor(state, openTask) {
+    this.state = state;
+    this.openTask = openTask;
+    this.container = byId("agent-cards");
+    this.summary = byId("agents-summary");
+    this.cards = new Map();
+  }
+
+  draw() {
+    const agents = [...this.state.agents.values()].sort(
+      (a, b) => (STATE_ORDER[a.state] ?? 4) - (STATE_ORDER[b.state] ?? 4)
+        || a.agent_id.localeCompare(b.agent_id),
+    );
+    const online = agents.filter((agent) => agent.state !== "offline").length;
+    setText(this.summary, `${online} online, ${agents.length} known`);
+    const now = this.state.now();
+    const wanted = agents.map((agent) => this.card(agent, now));
+    if (!agents.length) {
+      wanted.push(this.empty || (this.empty = h("p", { class: "empty", text: "No agent has connected yet." })));
+    }
+    for (const id of [...this.cards.keys()]) {
+      if (!this.state.agents.has(id)) this.cards.delete(id);
+    }
+    reconcileChildren(this.container, wanted);
+  }
+
+  card(agent, now) {
+    let card = this.cards.get(agent.agent_id);
+    if (!card) {
+      card = this.createCard(agent.agent_id);
+      this.cards.set(agent.agent_id, card);
+    }
+    const { fields } = card;
+    card.element.className = `card agent-card state-${agent.state}`;
+    setText(fields.name, agent.name && agent.name !== agent.agent_id
+      ? `${agent.name} (${agent.agent_id})` : agent.agent_id);
+    setText(fields.state, agent.state);
+    setText(fields.status, agent.status ? `reports: ${agent.status}` : "");
+    setText(fields.task, agent.current_task ? shortId(agent.current_task) : "none");
+    setAttr(fields.task, "disabled", !agent.current_task);
+    setAttr(fields.task, "aria-label", agent.current_task
+      ? `Open task ${agent.current_task} held by ${agent.agent_id}` : "No current task");
+    fields.task.dataset.taskId = agent.current_task || "";
+    const capabilities = (agent.capabilities || []).join(" ");
+    if (fields.capabilities.dataset.value !== capabilities) {
+      fields.capabilities.dataset.value = capabilities;
+      fields.capabilities.replaceChildren(
+        ...(agent.capabilities || []).map((name) => h("span", { class: "chip", text: name })),
+      );
+      if (!capabilities) fields.capabilities.textContent = "none";
+    }
+    setText(fields.heartbeat, ago(agent.last_seen, now));
+    setAttr(fields.heartbeat, "title", clockTime(agent.last_seen));
+    const resources = agent.resources || {};
+    setText(fields.cpu, percent(resources.cpu_percent));
+    setText(fields.ram, usage(resources.ram_used_bytes, resources.ram_total_bytes));
+    setText(fields.vram, usage(resources.vram_used_bytes, resources.vram_total_bytes));
+    setText(fields.ollama, agent.ollama_url || "none");
+    return card.element;
+  }
+
+  createCard(agentId) {
+    const field = (tag = "dd", props = {}) => h(tag, props);
+    const fields = {
+      name: h("h3"),
+      state: h("span", { class: "badge" }),
+      status: h("p", { class: "agent-status" }),
+      task: h("button", { type: "button", class: "link" }),
+      capabilities: h("dd", { class: "chips" }),
+      heartbeat: field(),
+      cpu: field(),
+      ram: field(),
+      vram: field(),
+      ollama: field("dd", { class: "mono" }),
+    };
+    fields.task.addEventListener("click", () => {
+      if (fields.task.dataset.taskId) this.openTask(fields.task.dataset.taskId);
+    });
+    const element = h(
+      "article",
+      { class: "card agent-card", "aria-label": `Agent ${agentId}`, dataset: { agentId } },
+      h("header", { class: "card-head" }, fields.name, fields.state),
+      fields.status,
+      h("dl", { class: "facts" },
+        h("dt", { text: "Current task" }), h("dd", {}, fields.task),
+        h("dt", { text: "Capabilities" }), fields.capabilities,
+        h("dt", { text: "Last heartbeat" }), fields.heartbeat,
+        h("dt", { text: "CPU" }), fields.cpu,
+        h("dt", { text: "RAM" }), fields.ram,
+        h("dt", { text: "VRAM" }), fields.vram,
+        h("dt", { text: "Ollama" }), fields.ollama),
+    );
+    return { element, fields };
+  }
+}

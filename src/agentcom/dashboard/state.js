@@ -1,0 +1,432 @@
+// What the page knows, built from the snapshot and kept current by events. Applying a frame
+// only changes plain data and names the parts of the page that must be redrawn; drawing
+// happens at most once per animation frame (render.js).
+
+/** Tasks kept in memory; beyond it the oldest finished ones are forgotten. */
+export const MAX_TASKS = 1000;
+/** Lines of execution output kept (all tasks together); older lines are dropped. */
+export const MAX_LOG_LINES = 2000;
+/** Finished attempts remembered for the failure-rate alert. */
+export const OUTCOME_WINDOW = 10;
+/** Minutes of queue history drawn by the chart. */
+export const HISTORY_MINUTES = 60;
+/** Validation drops remembered for the alert banner. */
+export const MAX_VALIDATION_DROPS = 20;
+
+export const TASK_STATUSES = ["queued", "assigned", "working", "completed", "dead_letter", "cancelled"];
+export const PRIORITIES = ["urgent", "high", "normal", "low"];
+const ACTIVE = new Set(["assigned", "working"]);
+const UNFINISHED = new Set(["queued", "assigned", "working"]);
+// Events that change a task's status (progress events do not).
+const TRANSITIONS = new Set([
+  "task_submitted", "task_assigned", "task_accepted", "task_completed", "task_failed",
+  "task_retried", "task_dead_letter", "task_requeued", "task_reclaimed", "task_cancelled",
+]);
+// Fields of a task that never change after submission: safe to take from any copy.
+const STATIC_FIELDS = [
+  "description", "metadata", "needed_capabilities", "created_at", "max_retries",
+  "complexity_tier", "repo", "branch",
+];
+
+/** Is a task in a state where it still holds (or waits for) an agent? */
+export function isUnfinished(task) {
+  return UNFINISHED.has(task.status);
+}
+
+/** Queue depth and completions per minute, for the chart and the "queue growing" alert. */
+class MinuteSeries {
+  constructor() {
+    this.minutes = new Map(); // minute number -> {depth, completions}
+  }
+
+  bucket(timestamp) {
+    const minute = Math.floor(timestamp / 60_000);
+    let bucket = this.minutes.get(minute);
+    if (!bucket) {
+      bucket = { depth: null, completions: 0 };
+      this.minutes.set(minute, bucket);
+      const oldest = minute - HISTORY_MINUTES * 2;
+      for (const key of this.minutes.keys()) if (key < oldest) this.minutes.delete(key);
+    }
+    return bucket;
+  }
+
+  recordDepth(timestamp, depth) {
+    this.bucket(timestamp).depth = depth;
+  }
+
+  recordCompletion(timestamp) {
+    this.bucket(timestamp).completions += 1;
+  }
+
+  /** The last `HISTORY_MINUTES` minutes up to `now`, depth carried forward where unsampled. */
+  window(now) {
+    const last = Math.floor(now / 60_000);
+    const first = last - HISTORY_MINUTES + 1;
+    let depth = null;
+    for (const [minute, bucket] of this.minutes) {
+      if (minute < first && bucket.depth !== null) depth = bucket.depth;
+    }
+    const points = [];
+    for (let minute = first; minute <= last; minute += 1) {
+      const bucket = this.minutes.get(minute);
+      if (bucket && bucket.depth !== null) depth = bucket.depth;
+      points.push({ minute, depth, completions: bucket ? bucket.completions : 0 });
+    }
+    return points;
+  }
+}
+
+/** Everything the page shows, and which parts changed since the last drawing. */
+export class DashboardState {
+  constructor() {
+    this.agents = new Map();
+    this.tasks = new Map();
+    this.queue = { depth: 0, by_status: {}, queued_by_priority: {} };
+    this.costs = { totals: {}, by_model: {}, by_agent: {} };
+    this.timeouts = { accept_timeout_ms: 60_000, reclaim_after_ms: 300_000 };
+    this.log = [];
+    this.logSeq = 0; // every line gets the next number; views draw lines past their last
+    this.logGeneration = 0; // bumped when lines are replaced, not appended: views redraw
+    this.outcomes = []; // true = completed, false = failed, oldest first
+    this.validationDrops = [];
+    this.history = new MinuteSeries();
+    this.growth = null; // {since, fromDepth}: when the queue last stopped shrinking
+    this.dropped = 0;
+    this.snapshots = 0;
+    this.clockOffset = 0; // hub time minus browser time
+    this.dirty = new Set();
+    this.wantStats = false; // counts or costs changed: ask the hub for fresh figures
+    this.wantList = false; // events were lost: re-read the latest tasks
+    this.unknownTasks = new Set(); // tasks seen in events whose details we lack
+  }
+
+  /** The hub's current time, estimated from the snapshot and events. */
+  now() {
+    return Date.now() + this.clockOffset;
+  }
+
+  observeTime(timestamp) {
+    if (typeof timestamp === "number" && timestamp > this.now()) {
+      this.clockOffset = timestamp - Date.now();
+    }
+  }
+
+  mark(...parts) {
+    for (const part of parts) this.dirty.add(part);
+  }
+
+  /** Apply one frame from /ws/dashboard. */
+  apply(frame) {
+    switch (frame.type) {
+      case "snapshot":
+        this.applySnapshot(frame);
+        break;
+      case "task_event":
+        this.applyTaskEvent(frame);
+        break;
+      case "agent_event":
+        this.applyAgentEvent(frame);
+        break;
+      case "validation_event":
+        this.applyValidationEvent(frame);
+        break;
+      case "events_dropped":
+        this.dropped += frame.count;
+        this.wantStats = true;
+        this.wantList = true;
+        this.mark("status");
+        break;
+      default:
+        break; // newer hubs may send more; ignoring them keeps the page working
+    }
+  }
+
+  applySnapshot(snapshot) {
+    this.clockOffset = snapshot.timestamp - Date.now();
+    this.snapshots += 1;
+    this.agents = new Map(snapshot.agents.map((agent) => [agent.agent_id, { ...agent }]));
+    if (snapshot.timeouts && Object.keys(snapshot.timeouts).length) {
+      this.timeouts = { ...this.timeouts, ...snapshot.timeouts };
+    }
+    this.applyCounts(snapshot.queue.depth, snapshot.queue.by_status, snapshot.queue.queued_by_priority);
+    this.costs = snapshot.costs;
+    const firstSnapshot = this.snapshots === 1;
+    for (const task of snapshot.recent_tasks) this.mergeTask(task, true);
+    for (const task of snapshot.active_tasks || []) this.mergeTask(task, true);
+    if (firstSnapshot) this.seedFromRecent(snapshot.recent_tasks);
+    this.applyTails(snapshot.execution_tails || {});
+    // Tasks held as unfinished that the snapshot does not mention may have moved on while
+    // the page was away: look them up again.
+    const mentioned = new Set(snapshot.recent_tasks.concat(snapshot.active_tasks || [])
+      .map((task) => task.task_id));
+    for (const task of this.tasks.values()) {
+      if (isUnfinished(task) && !mentioned.has(task.task_id)) this.unknownTasks.add(task.task_id);
+    }
+    this.mark("agents", "queue", "costs", "tasks", "alerts", "status", "chart");
+  }
+
+  seedFromRecent(tasks) {
+    const now = this.now();
+    const finished = tasks
+      .filter((task) => task.status === "completed" || task.status === "dead_letter")
+      .sort((a, b) => a.updated_at - b.updated_at);
+    for (const task of finished) {
+      this.recordOutcome(task.status === "completed");
+      if (task.status === "completed" && now - task.updated_at < HISTORY_MINUTES * 60_000) {
+        this.history.recordCompletion(task.updated_at);
+      }
+    }
+  }
+
+  applyTails(tails) {
+    const replaced = new Set(Object.keys(tails));
+    if (!replaced.size) return;
+    const kept = this.log.filter((line) => !replaced.has(line.task_id));
+    const fresh = [];
+    for (const events of Object.values(tails)) {
+      for (const event of events) fresh.push(this.logLine(event));
+    }
+    this.log = kept.concat(fresh).sort((a, b) => a.timestamp - b.timestamp || a.seq - b.seq);
+    if (this.log.length > MAX_LOG_LINES) this.log.splice(0, this.log.length - MAX_LOG_LINES);
+    // Sorting broke the order of sequence numbers: renumber so later lines stay "after".
+    for (const line of this.log) line.seq = ++this.logSeq;
+    this.logGeneration += 1;
+    this.mark("log");
+  }
+
+  /** Fresh queue counts (from the snapshot or a `stats` reply). */
+  applyCounts(depth, byStatus, byPriority) {
+    const now = this.now();
+    const previous = this.queue.depth;
+    this.queue = { depth, by_status: byStatus || {}, queued_by_priority: byPriority || {} };
+    this.history.recordDepth(now, depth);
+    if (this.growth === null || depth < previous || depth === 0) {
+      this.growth = { since: now, fromDepth: depth };
+    }
+    this.mark("queue", "chart", "alerts");
+  }
+
+  /** A `stats` reply from the operator channel. */
+  applyStats(stats) {
+    this.applyCounts(stats.queue_depth, stats.by_status, stats.queued_by_priority);
+    this.costs = { totals: stats.totals, by_model: stats.by_model, by_agent: stats.by_agent };
+    this.mark("costs");
+  }
+
+  /** Merge a full task object (snapshot, task_get, task_list, an action's reply). */
+  mergeTask(incoming, fromSnapshot = false) {
+    const known = this.tasks.get(incoming.task_id);
+    if (!known) {
+      this.tasks.set(incoming.task_id, { ...incoming, complete: true });
+    } else if (incoming.updated_at >= (known.updated_at || 0) || fromSnapshot) {
+      Object.assign(known, incoming, { complete: true });
+    } else {
+      for (const field of STATIC_FIELDS) known[field] = incoming[field];
+      known.complete = true;
+    }
+    this.unknownTasks.delete(incoming.task_id);
+    this.trimTasks();
+    this.mark("tasks");
+  }
+
+  trimTasks() {
+    if (this.tasks.size <= MAX_TASKS + MAX_TASKS / 10) return;
+    const finished = [...this.tasks.values()]
+      .filter((task) => !isUnfinished(task))
+      .sort((a, b) => (a.status === "dead_letter") - (b.status === "dead_letter")
+        || a.updated_at - b.updated_at);
+    for (const task of finished.slice(0, this.tasks.size - MAX_TASKS)) {
+      this.tasks.delete(task.task_id);
+    }
+  }
+
+  taskFor(event) {
+    let task = this.tasks.get(event.task_id);
+    if (!task) {
+      task = {
+        task_id: event.task_id, status: event.status || "queued", priority: event.priority || "normal",
+        description: "", assigned_to: null, generation: event.generation || 0, retry_count: 0,
+        created_at: event.timestamp, updated_at: event.timestamp, complete: false,
+      };
+      this.tasks.set(event.task_id, task);
+      this.unknownTasks.add(event.task_id);
+      if (this.unknownTasks.size > MAX_TASKS) {
+        // Too many to look up one by one: re-read the latest tasks instead.
+        this.unknownTasks.clear();
+        this.wantList = true;
+      }
+      this.trimTasks();
+    }
+    return task;
+  }
+
+  applyTaskEvent(event) {
+    this.observeTime(event.timestamp);
+    const task = this.taskFor(event);
+    const name = event.event;
+    this.touchAgent(event.agent_id, event.timestamp);
+    if (name === "execution_progress") {
+      task.last_progress_at = event.timestamp;
+      this.appendLog(event);
+      this.mark("alerts");
+      return;
+    }
+    if (name === "task_progress") {
+      task.last_progress_at = event.timestamp;
+      if (typeof event.progress === "number") task.progress = event.progress;
+      this.mark("tasks", "alerts");
+      return;
+    }
+    if (!TRANSITIONS.has(name)) return;
+    this.applyTransition(task, event);
+    task.revision = (task.revision || 0) + 1; // an open detail view re-reads the task
+    this.wantStats = true;
+    this.mark("tasks", "agents", "alerts");
+  }
+
+  applyTransition(task, event) {
+    const name = event.event;
+    if (event.status) task.status = event.status;
+    if (event.priority) task.priority = event.priority;
+    if (typeof event.generation === "number") task.generation = event.generation;
+    task.updated_at = Math.max(task.updated_at || 0, event.timestamp);
+    if (name === "task_assigned" || name === "task_accepted") {
+      task.assigned_to = event.agent_id;
+      task.last_progress_at = event.timestamp;
+      if (name === "task_assigned") task.assigned_at = event.timestamp;
+      this.holdTask(event.agent_id, task.task_id, name === "task_accepted");
+    } else if (name === "task_completed") {
+      if (event.execution) task.execution = event.execution;
+      this.recordOutcome(true);
+      this.history.recordCompletion(event.timestamp);
+      this.releaseTask(task.task_id);
+      this.mark("chart");
+    } else if (name === "task_failed") {
+      if (event.error) task.last_error = event.error;
+      this.recordOutcome(false);
+      this.releaseTask(task.task_id);
+    } else if (name === "task_retried") {
+      if (typeof event.retry_count === "number") task.retry_count = event.retry_count;
+    } else if (name === "task_requeued" && event.reason === "operator_retry") {
+      task.retry_count = 0;
+      task.last_error = null;
+    }
+    if (!ACTIVE.has(task.status)) {
+      if (task.status !== "completed") task.assigned_to = null; // as the hub records it
+      this.releaseTask(task.task_id);
+    }
+  }
+
+  holdTask(agentId, taskId, accepted) {
+    const agent = agentId ? this.agents.get(agentId) : null;
+    if (!agent) return;
+    agent.current_task = taskId;
+    if (agent.state !== "offline") agent.state = accepted ? "working" : "assigned";
+  }
+
+  releaseTask(taskId) {
+    for (const agent of this.agents.values()) {
+      if (agent.current_task !== taskId) continue;
+      agent.current_task = null;
+      if (agent.state !== "offline") agent.state = "idle";
+      this.mark("agents");
+    }
+  }
+
+  touchAgent(agentId, timestamp) {
+    const agent = agentId ? this.agents.get(agentId) : null;
+    if (agent && typeof timestamp === "number" && timestamp > (agent.last_seen || 0)) {
+      agent.last_seen = timestamp;
+      this.mark("agents");
+    }
+  }
+
+  recordOutcome(succeeded) {
+    this.outcomes.push(succeeded);
+    if (this.outcomes.length > OUTCOME_WINDOW) this.outcomes.shift();
+  }
+
+  applyAgentEvent(event) {
+    this.observeTime(event.timestamp);
+    const previous = this.agents.get(event.agent_id);
+    const agent = { ...event.agent };
+    if (previous && (previous.last_seen || 0) > (agent.last_seen || 0)) {
+      agent.last_seen = previous.last_seen;
+    }
+    if (event.event !== "agent_disconnected") agent.last_seen = Math.max(agent.last_seen || 0, event.timestamp);
+    this.agents.set(event.agent_id, agent);
+    this.mark("agents", "alerts", "tasks");
+  }
+
+  applyValidationEvent(event) {
+    this.observeTime(event.timestamp);
+    if (!event.closed) return;
+    this.validationDrops.push({
+      key: `${event.timestamp}:${event.agent_id || event.remote}`,
+      agent_id: event.agent_id,
+      remote: event.remote,
+      timestamp: event.timestamp,
+      error: event.reply ? event.reply.error : null,
+    });
+    if (this.validationDrops.length > MAX_VALIDATION_DROPS) this.validationDrops.shift();
+    this.mark("alerts");
+  }
+
+  /** One log line from an `execution_progress` event. */
+  logLine(event) {
+    const execution = event.execution_event || {};
+    const kind = String(execution.event_type || execution.type || "status");
+    let text;
+    if (kind === "token") {
+      const tokens = execution.tokens_so_far ?? execution.tokens ?? "?";
+      text = `tokens: ${tokens}${execution.model ? ` · ${execution.model}` : ""}`;
+    } else if (kind === "tool_call") {
+      text = `tool: ${execution.text ?? execution.tool ?? execution.name ?? ""}`;
+    } else {
+      text = String(execution.text ?? execution.message ?? execution.error ?? "");
+    }
+    this.logSeq += 1;
+    return {
+      seq: this.logSeq, task_id: event.task_id, agent_id: event.agent_id,
+      timestamp: event.timestamp, kind, text,
+    };
+  }
+
+  appendLog(event) {
+    const line = this.logLine(event);
+    const last = this.log.length ? this.log[this.log.length - 1] : null;
+    if (line.kind === "token" && last && last.kind === "token" && last.task_id === line.task_id) {
+      // A token count supersedes the previous one: one line per run of counts, updated in
+      // place (views refresh their last line on every draw).
+      last.text = line.text;
+      last.timestamp = line.timestamp;
+    } else {
+      this.log.push(line);
+      if (this.log.length > MAX_LOG_LINES) this.log.splice(0, this.log.length - MAX_LOG_LINES);
+    }
+    this.mark("log");
+  }
+
+  /** Tasks matching the table's filters, most recently updated first. */
+  filteredTasks(filters, limit) {
+    const text = filters.text.trim().toLowerCase();
+    const matching = [];
+    for (const task of this.tasks.values()) {
+      if (filters.status && task.status !== filters.status) continue;
+      if (filters.priority && task.priority !== filters.priority) continue;
+      if (filters.agent && task.assigned_to !== filters.agent) continue;
+      if (text && !`${task.task_id} ${task.description || ""} ${task.last_error || ""}`
+        .toLowerCase().includes(text)) continue;
+      matching.push(task);
+    }
+    matching.sort((a, b) => (b.updated_at || 0) - (a.updated_at || 0));
+    return { total: matching.length, shown: matching.slice(0, limit) };
+  }
+
+  deadLetters() {
+    return [...this.tasks.values()]
+      .filter((task) => task.status === "dead_letter")
+      .sort((a, b) => b.updated_at - a.updated_at);
+  }
+}

@@ -1,0 +1,373 @@
+"""The real ``agentcom`` command in subprocesses: a hub on a free port, and CLI calls.
+
+Not a test module; test modules import it. Every process started here is stopped by
+whoever started it: :class:`HubProcess` and :class:`CliProcess` are context managers
+that send SIGTERM on exit and SIGKILL when that is not enough.
+
+Waiting is done by reading pipes with a timeout (a reader thread per pipe feeds a
+queue), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import IO, NamedTuple
+
+from agentcom.hub.auth import hash_token, new_token
+from agentcom.store.tokens import save_token
+
+__all__ = [
+    "CLI",
+    "HUB_TEST_ENV",
+    "CliProcess",
+    "CliResult",
+    "HubProcess",
+    "LineReader",
+    "clean_env",
+    "closed_port",
+    "run_cli",
+    "run_cli_async",
+    "running_hub",
+]
+
+CLI = [sys.executable, "-m", "agentcom.cli"]
+"""How to run the command in whatever virtualenv runs the tests."""
+
+LISTENING = re.compile(r"^agentcom \S+ hub on ws://(?P<host>\S+):(?P<port>\d+)/ws$")
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+CLI_TIMEOUT_S = 30.0
+
+HUB_TEST_ENV = {"AGENTCOM_FALLBACK_WAIT_S": "0"}
+"""Set for every hub started here: no Ollama runs in tests, so standard tasks fall back at once."""
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment without ``AGENTCOM_*`` variables, plus ``extra``.
+
+    The developer's own ``AGENTCOM_HUB`` / ``AGENTCOM_TOKEN`` / ``AGENTCOM_DB`` must never
+    leak into a test.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AGENTCOM_")}
+    env.update(extra or {})
+    return env
+
+
+class LineReader:
+    """The lines of a text pipe, read by a daemon thread so callers can wait with a timeout.
+
+    Args:
+        stream: the pipe; the thread ends when it reaches end of file.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._seen: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        try:
+            with stream:
+                for line in stream:
+                    self._lines.put(line.rstrip("\n"))
+        except (OSError, ValueError):  # the pipe broke under us: treat it as the end
+            pass
+        finally:
+            self._lines.put(None)
+
+    def join(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Wait for the thread (it ends, closing the pipe, once the writer has exited)."""
+        self._thread.join(timeout)
+
+    def next_line(self, timeout: float) -> str:
+        """The next line; raises TimeoutError after ``timeout`` s, EOFError at end of stream."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no line within {timeout} s (so far: {self._seen!r})") from None
+        if line is None:
+            self._lines.put(None)  # every later call sees the end too
+            raise EOFError(f"stream ended (lines: {self._seen!r})")
+        self._seen.append(line)
+        return line
+
+    async def next_line_async(self, timeout: float) -> str:
+        """:meth:`next_line` without blocking the event loop."""
+        return await asyncio.to_thread(self.next_line, timeout)
+
+    def rest(self, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+        """Every remaining line up to end of file (call once the process has exited)."""
+        lines = []
+        while True:
+            try:
+                lines.append(self.next_line(timeout))
+            except EOFError:
+                return lines
+
+
+def _stop(process: subprocess.Popen[str], timeout: float) -> int:
+    """SIGTERM, then SIGKILL if the process is still there after ``timeout`` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+class HubProcess:
+    """``agentcom serve`` on a free loopback port, with its database in ``directory``.
+
+    Args:
+        directory: a temporary directory for the database and the hub's log.
+        db: the SQLite file (default ``directory / "hub.db"``); pass the same file to a
+            second instance to restart a hub on the same state.
+        env: extra environment variables (``AGENTCOM_DISCONNECT_GRACE_S`` ...), on top of
+            :data:`HUB_TEST_ENV`.
+    """
+
+    def __init__(
+        self, directory: Path, db: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.directory = directory
+        self.db = db or directory / "hub.db"
+        # Tasks without a reachable Ollama endpoint fall back at once unless a test says so.
+        self.env = clean_env({**HUB_TEST_ENV, **(env or {})})
+        self.process: subprocess.Popen[str] | None = None
+        self.port: int | None = None
+        self.log_path: Path | None = None
+        self.stdout: LineReader | None = None
+
+    def __enter__(self) -> HubProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def http_url(self) -> str:
+        """Base URL for operator commands (``--hub``)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The agent endpoint."""
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> HubProcess:
+        """Start the hub and return once it printed its listening line.
+
+        Raises RuntimeError (with the hub's log) when it exits or stays silent.
+        """
+        handle, log_name = tempfile.mkstemp(prefix="hub-", suffix=".log", dir=self.directory)
+        self.log_path = Path(log_name)
+        command = [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(self.db)]
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=handle,  # a file: a chatty log can never fill a pipe and stall the hub
+                text=True,
+                env=self.env,
+                cwd=self.directory,
+            )
+        finally:
+            os.close(handle)
+        assert self.process.stdout is not None
+        self.stdout = LineReader(self.process.stdout)
+        try:
+            self.port = self._await_port(timeout)
+        except (TimeoutError, EOFError) as exc:
+            self.kill()
+            raise RuntimeError(f"the hub did not start: {exc}\n{self.log()}") from None
+        return self
+
+    def _await_port(self, timeout: float) -> int:
+        assert self.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.stdout.next_line(max(0.0, deadline - time.monotonic()))
+            match = LISTENING.match(line)
+            if match:
+                return int(match["port"])
+
+    def log(self) -> str:
+        """What the hub wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM and wait; SIGKILL after ``timeout`` s. Returns the exit code."""
+        if self.process is None:
+            return None
+        code = _stop(self.process, timeout)
+        self._join_readers()
+        return code
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash: no cleanup at all) and reap. Returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._join_readers()
+        return self.process.returncode
+
+    def _join_readers(self) -> None:
+        if self.stdout is not None:
+            self.stdout.join()
+
+    def make_token(self, agent_id: str, role: str = "agent") -> str:
+        """A token written straight to the database, as ``agentcom token create`` does."""
+        token = new_token()
+        save_token(self.db, agent_id, hash_token(token), role)
+        return token
+
+    def operator_args(self, token: str) -> list[str]:
+        """``--hub URL --token T`` for an operator command against this hub."""
+        return ["--hub", self.http_url, "--token", token]
+
+
+@contextmanager
+def running_hub(
+    directory: Path, db: Path | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[HubProcess]:
+    """A started :class:`HubProcess`, always stopped at the end (the pytest fixture body)."""
+    hub = HubProcess(directory, db=db, env=env)
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+class CliResult(NamedTuple):
+    """What one run of the command produced."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
+) -> CliResult:
+    """Run ``agentcom ARGS`` to completion; the process is killed if it outlives ``timeout``."""
+    completed = subprocess.run(
+        [*CLI, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=clean_env(env),
+        timeout=timeout,
+        check=False,
+    )
+    return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+async def run_cli_async(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
+) -> CliResult:
+    """:func:`run_cli` in a thread, so the test's own clients keep running meanwhile."""
+    return await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout)
+
+
+class CliProcess:
+    """A long-running command (``agentcom watch``) whose stdout is read line by line.
+
+    Args:
+        args: the command's arguments.
+        env: extra environment variables.
+    """
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.args = args
+        # Tasks without a reachable Ollama endpoint fall back at once unless a test says so.
+        self.env = clean_env(env)
+        self.process: subprocess.Popen[str] | None = None
+        self.stdout: LineReader | None = None
+        self.stderr: LineReader | None = None
+
+    def __enter__(self) -> CliProcess:
+        self.process = subprocess.Popen(
+            [*CLI, *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self.stdout = LineReader(self.process.stdout)
+        self.stderr = LineReader(self.process.stderr)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def next_line(self, timeout: float = 10.0) -> str:
+        """The next line on stdout (TimeoutError, EOFError)."""
+        assert self.stdout is not None
+        return await self.stdout.next_line_async(timeout)
+
+    async def finish(self, timeout: float = CLI_TIMEOUT_S) -> CliResult:
+        """Wait for the command to exit by itself; its exit code and the output not yet read.
+
+        Raises subprocess.TimeoutExpired when it is still running after ``timeout`` s.
+        """
+        process, stdout, stderr = self.process, self.stdout, self.stderr
+        assert process is not None and stdout is not None and stderr is not None
+
+        def collect() -> CliResult:
+            code = process.wait(timeout)
+            out = "".join(f"{line}\n" for line in stdout.rest())
+            err = "".join(f"{line}\n" for line in stderr.rest())
+            return CliResult(code, out, err)
+
+        return await asyncio.to_thread(collect)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM, then SIGKILL; returns the exit code."""
+        if self.process is None:
+            return None
+        code = _stop(self.process, timeout)
+        for reader in (self.stdout, self.stderr):
+            if reader is not None:
+                reader.join()
+        return code
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

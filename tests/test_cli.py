@@ -1,0 +1,554 @@
+"""The ``agentcom`` command as an operator runs it: subprocesses against a live hub process.
+
+Sidecars are simulated in the test process with :class:`AgentClient`; every CLI call is a
+real ``python -m agentcom.cli`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hubprocess import CliProcess, CliResult, HubProcess, closed_port, run_cli_async, running_hub
+from websockets.exceptions import ConnectionClosed
+
+from agentcom.client import AgentClient, AuthenticationError
+from agentcom.hub.auth import hash_token
+
+SidecarMaker = Callable[..., Awaitable[AgentClient]]
+
+TASK_ID = re.compile(r"^[A-Za-z0-9_-]{16,}$")  # random, unguessable; the format is not ours to pin
+METADATA = {
+    "status": "success",
+    "output": "done",
+    "model_used": "qwen2.5-coder:7b",
+    "tokens_in": 120,
+    "tokens_out": 48,
+    "estimated_cost_usd": 0,
+    "equivalent_claude_cost_usd": 0.00108,
+    "execution_ms": 1534,
+}
+
+
+# --- fixtures and helpers -------------------------------------------------------------
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubProcess]:
+    """``agentcom serve`` on a free port with a database in tmp_path."""
+    with running_hub(tmp_path) as process:
+        yield process
+
+
+@pytest.fixture
+def admin(hub: HubProcess) -> list[str]:
+    """``--hub URL --token T`` with an admin token."""
+    return hub.operator_args(hub.make_token("ops", "admin"))
+
+
+@pytest.fixture
+async def sidecars(hub: HubProcess) -> AsyncIterator[SidecarMaker]:
+    """Connect simulated sidecars to the hub; all are closed at the end of the test."""
+    clients: list[AgentClient] = []
+
+    async def connect(
+        agent_id: str = "worker-1", capabilities: list[str] | None = None
+    ) -> AgentClient:
+        client = AgentClient(
+            hub.ws_url,
+            agent_id,
+            hub.make_token(agent_id),
+            capabilities=capabilities,
+            heartbeat_s=None,
+        )
+        await client.connect()
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        await client.close()
+
+
+async def cli(*args: str) -> CliResult:
+    """Run the command; fail the test if it takes longer than a CLI call ever should."""
+    return await run_cli_async(*args, timeout=20)
+
+
+def succeeded(result: CliResult) -> str:
+    """The stdout of a successful run."""
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def one_line_error(result: CliResult) -> str:
+    """The single stderr line of a failed run (nothing on stdout, no traceback)."""
+    assert result.returncode != 0, result
+    assert result.stdout == "", result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+async def submit(admin: list[str], description: str, *options: str) -> str:
+    """Submit with ``task submit``; the task id it printed."""
+    task_id = succeeded(await cli("task", "submit", description, *options, *admin)).strip()
+    assert TASK_ID.match(task_id), task_id
+    return task_id
+
+
+async def show(admin: list[str], task_id: str) -> dict[str, Any]:
+    """The task, from ``task show --json``."""
+    task: dict[str, Any] = json.loads(
+        succeeded(await cli("task", "show", task_id, "--json", *admin))
+    )
+    return task
+
+
+async def accept(agent: AgentClient) -> dict[str, Any]:
+    """Take the next assignment and accept it; the ``task_assign`` frame."""
+    assign = await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": assign["task_id"]})
+    ack = await agent.receive_type("task_ack")
+    assert ack["status"] == "accepted"
+    return assign
+
+
+async def complete(agent: AgentClient, assign: dict[str, Any]) -> None:
+    """Complete an accepted task with execution metadata."""
+    await agent.send(
+        {
+            "type": "task_complete",
+            "task_id": assign["task_id"],
+            "generation": assign["generation"],
+            "result": METADATA,
+        }
+    )
+    ack = await agent.receive_type("task_ack")
+    assert ack["status"] == "complete"
+
+
+async def fail(agent: AgentClient, expected: str = "dead_letter") -> dict[str, Any]:
+    """Take the next assignment and fail it; the ``task_assign`` frame."""
+    assign = await agent.receive_type("task_assign")
+    await agent.send(
+        {
+            "type": "task_failed",
+            "task_id": assign["task_id"],
+            "generation": assign["generation"],
+            "reason": "compiler exploded",
+        }
+    )
+    ack = await agent.receive_type("task_ack")
+    assert ack["status"] == expected
+    return assign
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+
+async def test_token_create_prints_only_the_token_and_the_running_hub_accepts_it(
+    hub: HubProcess,
+) -> None:
+    # given a running hub, when a token is created for a new agent
+    result = await cli("token", "create", "late-joiner", "--db", str(hub.db))
+
+    # then stdout is the token alone
+    token = succeeded(result)
+    assert result.stderr == ""
+    assert token.endswith("\n") and token.count("\n") == 1
+    token = token.strip()
+    assert token and not any(character.isspace() for character in token)
+
+    # and the hub accepts it without a restart
+    agent = AgentClient(hub.ws_url, "late-joiner", token, heartbeat_s=None)
+    try:
+        identified = await agent.connect()
+        assert identified == {"type": "identified", "agent_id": "late-joiner"}
+    finally:
+        await agent.close()
+
+
+async def test_token_list_shows_agents_and_roles_but_never_secrets(hub: HubProcess) -> None:
+    db = ["--db", str(hub.db)]
+    created = {}
+    for agent_id, role in (("worker-1", "agent"), ("watcher", "viewer"), ("ops", "admin")):
+        created[agent_id] = succeeded(
+            await cli("token", "create", agent_id, "--role", role, *db)
+        ).strip()
+    secrets = [*created.values(), *(hash_token(token) for token in created.values())]
+
+    text = await cli("token", "list", *db)
+    as_json = await cli("token", "list", "--json", *db)
+
+    lines = succeeded(text).splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [
+        ["ops", "admin"], ["watcher", "viewer"], ["worker-1", "agent"],
+    ]  # fmt: skip
+    rows = json.loads(succeeded(as_json))
+    assert {row["agent_id"]: row["role"] for row in rows} == {
+        "worker-1": "agent", "watcher": "viewer", "ops": "admin",
+    }  # fmt: skip
+    for row in rows:
+        assert not {key for key in row if "token" in key or "hash" in key}
+    for output in (text.stdout, text.stderr, as_json.stdout, as_json.stderr):
+        for secret in secrets:
+            assert secret not in output
+
+
+async def test_revoked_token_is_refused_at_identify(hub: HubProcess) -> None:
+    db = ["--db", str(hub.db)]
+    token = succeeded(await cli("token", "create", "leaver", *db)).strip()
+    agent = AgentClient(hub.ws_url, "leaver", token, heartbeat_s=None)
+    await agent.connect()
+    await agent.close()
+
+    succeeded(await cli("token", "revoke", "leaver", *db))
+
+    again = AgentClient(hub.ws_url, "leaver", token, heartbeat_s=None)
+    try:
+        with pytest.raises(AuthenticationError, match="invalid_token"):
+            await again.connect()
+    finally:
+        await again.close()
+    assert "leaver" in one_line_error(await cli("token", "revoke", "leaver", *db))
+
+
+# --- task submit ----------------------------------------------------------------------
+
+
+async def test_task_submit_prints_the_task_id(hub: HubProcess, admin: list[str]) -> None:
+    result = await cli("task", "submit", "summarise the changelog", *admin)
+
+    output = succeeded(result)
+    assert output.count("\n") == 1
+    task_id = output.strip()
+    assert TASK_ID.match(task_id)
+    task = await show(admin, task_id)
+    assert task["task_id"] == task_id
+    assert task["status"] == "queued"
+    assert task["description"] == "summarise the changelog"
+
+
+async def test_submit_options_reach_the_task(hub: HubProcess, admin: list[str]) -> None:
+    metadata = {"ticket": 42, "labels": ["ci", "flaky"], "owner": {"team": "infra"}}
+    task_id = await submit(
+        admin, "fix the flaky integration test",
+        "--priority", "high", "--complexity", "complex",
+        "--capability", "gpu", "--capability", "linux",
+        "--metadata", json.dumps(metadata), "--max-retries", "5",
+        "--repo", "https://example.com/acme/app.git",
+    )  # fmt: skip
+
+    task = await show(admin, task_id)
+    assert task["priority"] == "high"
+    assert task["complexity_tier"] == "complex"
+    assert task["needed_capabilities"] == ["gpu", "linux"]
+    assert task["metadata"] == metadata
+    assert task["max_retries"] == 5
+    assert task["repo"] == "https://example.com/acme/app.git"
+    assert task["status"] == "queued"  # no agent has both capabilities
+
+
+async def test_submit_wait_returns_once_a_sidecar_completes_the_task(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given a sidecar, when a task is submitted with --wait
+    agent = await sidecars("worker-1")
+    with CliProcess("task", "submit", "print the date", "--complexity", "complex", "--wait",
+                    *admin) as waiting:  # fmt: skip
+        # then the command is still waiting while the sidecar works
+        assign = await accept(agent)
+        assert waiting.process is not None and waiting.process.poll() is None
+        await complete(agent, assign)
+
+        result = await waiting.finish(timeout=20)
+
+    # and it exits 0 printing the completed task
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == assign["task_id"]  # the id, for a later `task show`
+    first = result.stdout.splitlines()[0]
+    assert first.split() == ["task", assign["task_id"], "completed", "priority", "normal"]
+    assert "tokens in 120 out 48" in result.stdout
+
+
+async def test_submit_wait_exits_1_when_the_task_ends_in_dead_letter(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    agent = await sidecars("worker-1")
+    with CliProcess("task", "submit", "doomed", "--max-retries", "0", "--wait", "--json",
+                    *admin) as waiting:  # fmt: skip
+        assign = await fail(agent, expected="dead_letter")
+        result = await waiting.finish(timeout=20)
+
+    assert result.returncode == 1, result
+    assert result.stderr == ""
+    task = json.loads(result.stdout)
+    assert task["task_id"] == assign["task_id"]
+    assert task["status"] == "dead_letter"
+    assert task["last_error"] == "compiler exploded"
+
+
+async def test_json_output_is_valid_json_and_only_json(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    agent = await sidecars("worker-1")
+    submitted = await cli("task", "submit", "json please", "--json", *admin)
+    task = json.loads(succeeded(submitted))
+    assert task["description"] == "json please"
+    await agent.receive_type("task_assign")
+    queued = json.loads(succeeded(await cli("task", "submit", "second", "--json", *admin)))
+
+    commands = [
+        ("task", "show", task["task_id"], "--json", *admin),
+        ("task", "list", "--json", *admin),
+        ("task", "list", "--status", "assigned", "--json", *admin),
+        ("agents", "--json", *admin),
+        ("task", "cancel", queued["task_id"], "--json", *admin),
+        ("token", "list", "--json", "--db", str(hub.db)),
+    ]
+    results = await asyncio.gather(*(cli(*command) for command in commands))
+    for command, result in zip(commands, results, strict=True):
+        assert result.stderr == "", command
+        json.loads(succeeded(result))  # the whole of stdout is one JSON document
+    shown, listed, assigned, agents, cancelled, tokens = (json.loads(r.stdout) for r in results)
+    assert shown["status"] == "assigned"
+    assert {entry["task_id"] for entry in listed} == {task["task_id"], queued["task_id"]}
+    assert [entry["task_id"] for entry in assigned] == [task["task_id"]]
+    assert agents[0]["agent_id"] == "worker-1"
+    assert cancelled["status"] == "cancelled"
+    assert {row["agent_id"] for row in tokens} == {"ops", "worker-1"}
+
+
+# --- task list, show, retry, cancel ---------------------------------------------------
+
+
+async def test_task_list_shows_tasks_and_filters_by_status(
+    hub: HubProcess, admin: list[str]
+) -> None:
+    kept = await submit(admin, "keep me")
+    dropped = await submit(admin, "drop me", "--priority", "low")
+    succeeded(await cli("task", "cancel", dropped, *admin))
+
+    everything = succeeded(await cli("task", "list", *admin)).splitlines()
+    queued = succeeded(await cli("task", "list", "--status", "queued", *admin)).splitlines()
+    cancelled = succeeded(await cli("task", "list", "--status", "cancelled", *admin)).splitlines()
+
+    assert sorted(line.split()[:3] for line in everything) == sorted(
+        [[kept, "queued", "normal"], [dropped, "cancelled", "low"]]
+    )
+    assert [line.split()[0] for line in queued] == [kept]
+    assert [line.split()[0] for line in cancelled] == [dropped]
+    assert "drop me" in cancelled[0]
+
+
+async def test_task_show_prints_history_routing_decision_and_execution(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    agent = await sidecars("worker-1")
+    task_id = await submit(admin, "migrate the billing schema", "--complexity", "complex")
+    await complete(agent, await accept(agent))
+
+    lines = succeeded(await cli("task", "show", task_id, *admin)).splitlines()
+
+    assert lines[0].split() == ["task", task_id, "completed", "priority", "normal"]
+    text = "\n".join(lines)
+    assert "assigned to: worker-1 (generation 1)" in text
+    assert "routing: tier complex -> claude" in text
+    assert "model claude-sonnet-4.5" in text
+    assert "cost tier api" in text
+    assert "execution: model qwen2.5-coder:7b  tokens in 120 out 48" in text
+    assert "1534" in text
+    history = lines[lines.index("  history:") + 1 :]
+    assert [line.split()[2] for line in history] == ["queued", "assigned", "working", "completed"]
+
+
+async def test_task_retry_moves_a_dead_letter_task_back_to_the_queue(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given a dead-letter task, and the only sidecar busy with another task
+    agent = await sidecars("worker-1")
+    dead = await submit(admin, "fails once", "--max-retries", "0")
+    await fail(agent)
+    await submit(admin, "keeps the sidecar busy")
+    await agent.receive_type("task_assign")
+    assert (await show(admin, dead))["status"] == "dead_letter"
+
+    # when an operator retries it
+    result = await cli("task", "retry", dead, *admin)
+
+    # then it is queued again with its retry count reset
+    assert succeeded(result).split() == [dead, "queued"]
+    task = await show(admin, dead)
+    assert task["status"] == "queued"
+    assert task["retry_count"] == 0
+    assert task["history"][-1]["status"] == "queued"
+    # and retrying a task that is not dead letter is refused in one line
+    assert "invalid_state" in one_line_error(await cli("task", "retry", dead, *admin))
+
+
+async def test_task_cancel_cancels_an_unfinished_task(hub: HubProcess, admin: list[str]) -> None:
+    task_id = await submit(admin, "never mind")
+
+    assert succeeded(await cli("task", "cancel", task_id, *admin)).split() == [task_id, "cancelled"]
+
+    assert (await show(admin, task_id))["status"] == "cancelled"
+    assert "invalid_state" in one_line_error(await cli("task", "cancel", task_id, *admin))
+
+
+# --- agents and watch -----------------------------------------------------------------
+
+
+async def test_agents_lists_the_connected_agent_with_state_and_current_task(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    agent = await sidecars("worker-1", capabilities=["gpu", "linux"])
+    task_id = await submit(admin, "render the report")
+    assign = await agent.receive_type("task_assign")
+
+    lines = succeeded(await cli("agents", *admin)).splitlines()
+    assert [line.split() for line in lines] == [["worker-1", "assigned", task_id, "gpu,linux"]]
+
+    await agent.send({"type": "task_accepted", "task_id": assign["task_id"]})
+    await agent.receive_type("task_ack")
+    agents = json.loads(succeeded(await cli("agents", "--json", *admin)))
+    assert [(a["agent_id"], a["state"], a["current_task"]) for a in agents] == [
+        ("worker-1", "working", task_id)
+    ]
+
+
+async def test_watch_json_prints_one_event_per_line(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    agent = await sidecars("worker-1")
+    with CliProcess("watch", "--json", *admin) as watch:
+        snapshot = json.loads(await watch.next_line())
+        assert snapshot["type"] == "snapshot"
+        assert [a["agent_id"] for a in snapshot["agents"]] == ["worker-1"]
+
+        task_id = await submit(admin, "watch me")
+        await complete(agent, await accept(agent))
+
+        events: list[dict[str, Any]] = []
+        while not events or events[-1].get("event") != "task_completed":
+            event = json.loads(await watch.next_line())
+            assert isinstance(event, dict) and "type" in event
+            events.append(event)
+
+    task_events = [e["event"] for e in events if e["type"] == "task_event"]
+    assert task_events == ["task_submitted", "task_assigned", "task_accepted", "task_completed"]
+    assert {e["task_id"] for e in events if e["type"] == "task_event"} == {task_id}
+    assert events[-1]["execution"]["tokens_in"] == 120
+
+
+# --- roles and errors -----------------------------------------------------------------
+
+
+async def test_viewer_can_read_but_not_submit(hub: HubProcess, admin: list[str]) -> None:
+    viewer = hub.operator_args(hub.make_token("auditor", "viewer"))
+    task_id = await submit(admin, "look but do not touch")
+
+    assert task_id in succeeded(await cli("task", "list", *viewer))
+    assert task_id in succeeded(await cli("task", "show", task_id, *viewer))
+    assert json.loads(succeeded(await cli("agents", "--json", *viewer))) == []
+
+    refused = one_line_error(await cli("task", "submit", "sneaky", *viewer))
+    assert refused.startswith("agentcom: ")
+    assert "forbidden" in refused
+    assert "forbidden" in one_line_error(await cli("task", "cancel", task_id, *viewer))
+    assert (await show(admin, task_id))["status"] == "queued"
+
+
+async def test_unreachable_hub_is_one_line_without_traceback() -> None:
+    result = await cli("task", "list", "--hub", f"http://127.0.0.1:{closed_port()}", "--token", "x")
+
+    assert "cannot reach the hub" in one_line_error(result)
+
+
+async def test_bad_token_is_one_line(hub: HubProcess) -> None:
+    result = await cli("task", "list", *hub.operator_args("ac_not-a-real-token"))
+
+    assert "refused the token" in one_line_error(result)
+
+
+async def test_agent_token_is_not_an_operator_token(hub: HubProcess) -> None:
+    result = await cli("agents", *hub.operator_args(hub.make_token("worker-1")))
+
+    assert "refused the token" in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["task", "submit", "x", "--metadata", "not json"], "--metadata must be a JSON object"),
+        (["task", "submit", "x", "--metadata", "[1, 2]"], "--metadata must be a JSON object"),
+        (["task", "submit", "x", "--priority", "someday"], "invalid choice: 'someday'"),
+        (["task", "submit", "x", "--max-retries", "many"], "invalid int value"),
+        (["task", "submit", "x", "--max-retries", "-1"], "max_retries"),
+        (["task", "list", "--status", "lost"], "invalid choice: 'lost'"),
+        (["task", "show", "0123456789abcdef01234567"], "not_found"),
+        (["task", "frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+    ids=[
+        "metadata-not-json",
+        "metadata-not-object",
+        "unknown-priority",
+        "retries-not-int",
+        "retries-negative",
+        "unknown-status",
+        "unknown-task",
+        "unknown-action",
+    ],
+)
+async def test_bad_argument_is_one_line(
+    hub: HubProcess, admin: list[str], arguments: list[str], expected: str
+) -> None:
+    result = await cli(*arguments, *admin)
+
+    assert expected in one_line_error(result)
+    assert (await cli("task", "list", "--json", *admin)).stdout.strip() == "[]"
+
+
+async def test_missing_token_is_one_line(hub: HubProcess) -> None:
+    result = await cli("task", "list", "--hub", hub.http_url)
+
+    assert "no token" in one_line_error(result)
+
+
+# --- serve ----------------------------------------------------------------------------
+
+
+async def test_serve_stops_cleanly_on_sigterm_and_sidecars_see_1012(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given a connected sidecar and a running `watch`
+    agent = await sidecars("worker-1")
+    with CliProcess("watch", "--json", *admin) as watch:
+        assert json.loads(await watch.next_line())["type"] == "snapshot"
+
+        # when the hub gets SIGTERM
+        assert hub.process is not None
+        hub.process.send_signal(signal.SIGTERM)
+
+        # then the sidecar is told to reconnect (1012)
+        with pytest.raises(ConnectionClosed) as closed:
+            await agent.receive(timeout=10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1012
+        # and the hub exits 0 without a traceback
+        assert await asyncio.to_thread(hub.process.wait, 10) == 0
+        assert "Traceback" not in hub.log()
+        assert "agentcom hub stopped" in hub.log()
+        # and `watch` ends with one line, not a traceback
+        ended = await watch.finish(timeout=10)
+    assert ended.returncode != 0
+    assert "connection to the hub closed" in one_line_error(ended)
