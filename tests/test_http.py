@@ -1,4 +1,4 @@
-"""The read-only HTTP routes of PROTOCOL.md section 5, fetched with the stdlib over a real socket."""
+"""The read-only HTTP routes of PROTOCOL.md section 5, fetched with the stdlib over real sockets."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ import json
 import re
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import AgentMaker, TokenMaker
 
 from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
+from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
 from agentcom.server.app import HubServer
 
-from conftest import AgentMaker, TokenMaker
-
+SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|NaN|[+-]Inf)")
 API_ROUTES = [
     "/api/tasks",
     "/api/tasks/0123456789abcdef0123456789abcdef",
@@ -100,6 +102,43 @@ async def test_health_needs_no_token_and_reports_headline_figures(
     assert (health["agents_connected"], health["queue_depth"]) == (1, 1)
 
 
+@pytest.fixture
+async def waiting_hub(settings: Settings, clock: ManualClock) -> AsyncIterator[HubServer]:
+    """A hub that waits 5 s for an Ollama endpoint before a standard task falls back."""
+    server = HubServer(settings.model_copy(update={"fallback_wait_s": 5.0}), clock=clock,
+                       run_sweeps=False)  # fmt: skip
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_task_waiting_for_a_routing_target_counts_as_queued(
+    waiting_hub: HubServer, make_token: TokenMaker
+) -> None:
+    # given an idle agent and a standard task held back because no Ollama endpoint exists
+    base = f"http://127.0.0.1:{waiting_hub.port}"
+    agent = AgentClient(f"ws://127.0.0.1:{waiting_hub.port}/ws", "worker", make_token("worker"),
+                        heartbeat_s=None)  # fmt: skip
+    await agent.connect()
+    try:
+        async with OperatorClient(base, make_token("ops", "admin")) as operator:
+            task = await operator.submit("Make the thing work", complexity_tier="standard")
+            assert (await operator.get_task(task["task_id"]))["status"] == "queued"
+
+            # when the headline figures are fetched during the wait before the fallback
+            health = (await fetch(f"{base}/health")).json()
+            metrics = (await fetch(f"{base}/metrics")).body.decode()
+    finally:
+        await agent.close()
+
+    # then the task is counted as queued, not as active
+    assert health["queue_depth"] == 1
+    assert "agentcom_queue_depth 1\n" in metrics
+    assert "agentcom_tasks_active 0\n" in metrics
+
+
 async def test_metrics_are_prometheus_text(
     hub: HubServer, http_url: str, operator: OperatorClient
 ) -> None:
@@ -120,7 +159,7 @@ async def test_metrics_are_prometheus_text(
     for line in lines:
         if line.startswith("#") or not line:
             continue
-        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|NaN|[+-]Inf)", line)
+        match = SAMPLE.fullmatch(line)
         assert match, line
         samples[match.group(1)] = float(match.group(3))
     assert set(samples) <= typed
@@ -345,7 +384,8 @@ async def test_agents_route_lists_agents_with_their_state(
     assert reply.status == 200
     agents = {agent["agent_id"]: agent for agent in reply.json()}
     assert set(agents) == {"busy", "idle"}
-    assert (agents["busy"]["state"], agents["busy"]["current_task"]) == ("assigned", task["task_id"])
+    busy_view = agents["busy"]
+    assert (busy_view["state"], busy_view["current_task"]) == ("assigned", task["task_id"])
     assert agents["busy"]["capabilities"] == ["gpu"]
     assert (agents["idle"]["state"], agents["idle"]["current_task"]) == ("idle", None)
 
@@ -378,8 +418,8 @@ async def test_schemas_route_describes_every_frame(
     schemas = reply.json()
     assert {"agent_to_hub", "hub_to_agent", "task"} <= set(schemas)
     inbound = json.dumps(schemas["agent_to_hub"])
-    for frame_type in ("identify", "task_accepted", "task_progress", "task_complete",
-                       "task_failed", "task_rejected", "task_recovering", "resource_report"):  # fmt: skip
+    for frame_type in ("identify", "task_accepted", "task_progress", "task_complete", "task_failed",
+                       "task_rejected", "task_recovering", "resource_report"):  # fmt: skip
         assert f'"{frame_type}"' in inbound, frame_type
     assert "TaskAssign" in schemas["hub_to_agent"]
     assert "routing_decision" in schemas["hub_to_agent"]["TaskAssign"]["properties"]

@@ -1,4 +1,4 @@
-"""Topic fan-out: bounded subscriber queues, drop accounting, encode once (DESIGN.md, PROTOCOL.md 4).
+"""Topic fan-out: bounded subscriber queues, drop accounting, one encoding per event.
 
 The first tests drive MemoryPubSub directly; the last one runs a real dashboard
 connection on /ws/dashboard against a hub with a small subscriber queue.
@@ -9,27 +9,23 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TokenMaker
 from websockets.asyncio.client import connect
 
 from agentcom.config import Settings
 from agentcom.pubsub.memory import MemoryPubSub
 from agentcom.server.app import HubServer
 
-from conftest import TokenMaker
-
 SUBSCRIBER_QUEUE = 4
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """A test hub whose viewers keep only a few events while they are not reading."""
-    return Settings(
-        host="127.0.0.1", port=0, db=tmp_path / "hub.db", subscriber_queue=SUBSCRIBER_QUEUE
-    )
+def settings(settings: Settings) -> Settings:
+    """The test hub's settings, with viewers keeping only a few events while not reading."""
+    return settings.model_copy(update={"subscriber_queue": SUBSCRIBER_QUEUE})
 
 
 def decoded(batch: list[str]) -> list[dict[str, Any]]:

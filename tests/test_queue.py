@@ -7,6 +7,7 @@ events it would publish (section 3). Every timeout is driven by the ManualClock.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,17 +66,12 @@ def domain(make_domain: DomainMaker) -> Hub:
 
 def identify(hub: Hub, agent_id: str, capabilities: list[str] | None = None) -> None:
     """The agent identifies (its token already checked by the edge)."""
-    hub.identify(
-        frames.Identify.model_validate(
-            {"type": "identify", "agent_id": agent_id, "token": "checked-by-the-edge",
+    frame = {"type": "identify", "agent_id": agent_id, "token": "checked-by-the-edge",
              "status": "idle", "capabilities": capabilities or []}  # fmt: skip
-        )
-    )
+    hub.identify(frames.Identify.model_validate(frame))
 
 
-def submit(
-    hub: Hub, description: str, priority: Priority = Priority.normal, **fields: Any
-) -> Task:
+def submit(hub: Hub, description: str, priority: Priority = Priority.normal, **fields: Any) -> Task:
     """Submit a task; an explicit tier keeps routing out of the way of these tests."""
     fields.setdefault("complexity_tier", Tier.complex)
     return hub.submit(TaskSubmission(description=description, priority=priority, **fields))
@@ -384,7 +380,8 @@ async def test_failures_are_retried_up_to_max_retries_then_dead_lettered(domain:
     # when every attempt fails
     for attempt in range(3):
         assert assign is not None
-        outcomes.append(fail(domain, "worker", task.task_id, assign.generation, f"boom {attempt}").status)
+        ack = fail(domain, "worker", task.task_id, assign.generation, f"boom {attempt}")
+        outcomes.append(ack.status)
         outbox = domain.take_outbox()
         names.extend(event_names(outbox, task.task_id))
         assign = next(iter(assignments(outbox, "worker")), None)
@@ -455,7 +452,8 @@ async def test_cancelled_queued_task_is_never_assigned(domain: Hub) -> None:
     assert [event["status"] for event in task_events(outbox, task.task_id)] == ["cancelled"]
     assert assignments(domain.take_outbox()) == []
     await domain.store.commit()
-    assert domain.store.get_task(task.task_id).status is TaskStatus.cancelled  # type: ignore[union-attr]
+    stored = domain.store.get_task(task.task_id)
+    assert stored is not None and stored.status is TaskStatus.cancelled
     with pytest.raises(HubError) as again:
         domain.cancel(task.task_id)
     assert again.value.code == "invalid_state"
@@ -646,15 +644,13 @@ def test_task_ids_are_random_128_bit_hex_and_never_sequential(domain: Hub) -> No
     # and nothing about them follows submission order
     values = [int(task_id, 16) for task_id in ids]
     assert values != sorted(values)
-    assert len({b - a for a, b in zip(values, values[1:], strict=False)}) > 1
+    assert len({b - a for a, b in itertools.pairwise(values)}) > 1
     # every hex position varies: no shared prefix, suffix or counter
     for position in range(32):
         assert len({task_id[position] for task_id in ids}) >= 8, position
 
 
-def test_every_transition_publishes_its_protocol_event(
-    domain: Hub, clock: ManualClock
-) -> None:
+def test_every_transition_publishes_its_protocol_event(domain: Hub, clock: ManualClock) -> None:
     # given an agent
     identify(domain, "worker")
     domain.take_outbox()
@@ -678,8 +674,9 @@ def test_every_transition_publishes_its_protocol_event(
     tid = submitted[0].task_id
     assert step(lambda: accept(domain, "worker", tid)) == ["task_accepted"]
     assert step(lambda: progress(domain, "worker", tid, progress=5)) == ["task_progress"]
-    assert step(lambda: progress(domain, "worker", tid, execution_event={
-        "event_type": "stdout", "text": "hi"})) == ["task_progress", "execution_progress"]  # fmt: skip
+    stdout = {"event_type": "stdout", "text": "hi"}
+    assert step(lambda: progress(domain, "worker", tid, execution_event=stdout)) == [
+        "task_progress", "execution_progress"]  # fmt: skip
     assert step(lambda: complete(domain, "worker", tid, 1, result={
         "status": "success", "model_used": "m", "tokens_in": 3})) == ["task_completed"]  # fmt: skip
     completed = seen[-1]
@@ -692,8 +689,12 @@ def test_every_transition_publishes_its_protocol_event(
     domain.take_outbox()
     assert step(lambda: fail(domain, "worker", other, 1)) == [
         "task_failed", "task_retried", "task_assigned"]  # fmt: skip
-    assert step(lambda: (clock.advance(ACCEPT_TIMEOUT_MS), domain.sweep())) == [
-        "task_reclaimed", "task_assigned"]  # fmt: skip
+
+    def acceptance_times_out() -> None:
+        clock.advance(ACCEPT_TIMEOUT_MS)
+        domain.sweep()
+
+    assert step(acceptance_times_out) == ["task_reclaimed", "task_assigned"]
     identify(domain, "spare")
     domain.take_outbox()
     assert step(lambda: domain.task_rejected("worker", frames.TaskRejected.model_validate(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TokenMaker
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
@@ -26,8 +27,6 @@ from agentcom.protocol.task import Task, TaskSubmission
 from agentcom.server.app import HubServer
 from agentcom.store.sqlite import SqliteStore
 from agentcom.store.tokens import delete_token, list_tokens, save_token
-
-from conftest import TokenMaker
 
 GRACE_MS = 60_000
 
@@ -244,31 +243,33 @@ async def test_restart_restores_queued_assigned_and_completed_tasks_exactly(
     # (the hub stopped while the agent was still connected)
 
     # when a new hub starts on the same file
-    async with running_hub(settings, clock) as server:
-        async with operator_client(server, admin_token) as operator:
-            after = [await operator.get_task(task_id) for task_id in ids]
-            # then every task is back exactly as it was
-            assert [stored_state(task) for task in after] == [stored_state(task) for task in before]
-            assert [task["status"] for task in after] == ["completed", "working", "queued"]
+    async with (
+        running_hub(settings, clock) as server,
+        operator_client(server, admin_token) as operator,
+    ):
+        after = [await operator.get_task(task_id) for task_id in ids]
+        # then every task is back exactly as it was
+        assert [stored_state(task) for task in after] == [stored_state(task) for task in before]
+        assert [task["status"] for task in after] == ["completed", "working", "queued"]
 
-            # when the agent reconnects within its grace period
-            clock.advance(GRACE_MS // 2)
-            again = agent_client(server, "worker", agent_token)
-            await again.connect()
-            try:
-                await server.sweep()
-                # then it still holds its task, so it is not offered the queued one
-                agents = await operator.request("agents_list")
-                assert [(a["agent_id"], a["state"], a["current_task"]) for a in agents] == [
+        # when the agent reconnects within its grace period
+        clock.advance(GRACE_MS // 2)
+        again = agent_client(server, "worker", agent_token)
+        await again.connect()
+        try:
+            await server.sweep()
+            # then it still holds its task, so it is not offered the queued one
+            agents = await operator.request("agents_list")
+            assert [(a["agent_id"], a["state"], a["current_task"]) for a in agents] == [
                     ("worker", "working", held["task_id"])]  # fmt: skip
-                # and it can complete that task with its generation
-                await again.send({"type": "task_complete", "task_id": held["task_id"],
+            # and it can complete that task with its generation
+            await again.send({"type": "task_complete", "task_id": held["task_id"],
                                   "generation": held_assign["generation"]})  # fmt: skip
-                assert (await again.receive_type("task_ack"))["status"] == "complete"
-                next_assign = await again.receive_type("task_assign")
-                assert next_assign["task_id"] == queued["task_id"]
-            finally:
-                await again.close()
+            assert (await again.receive_type("task_ack"))["status"] == "complete"
+            next_assign = await again.receive_type("task_assign")
+            assert next_assign["task_id"] == queued["task_id"]
+        finally:
+            await again.close()
 
 
 async def test_restored_task_is_requeued_when_its_agent_does_not_come_back(
@@ -287,24 +288,26 @@ async def test_restored_task_is_requeued_when_its_agent_does_not_come_back(
         await agent.receive_type("task_ack")
 
     # when a new hub starts and the agent stays away past its grace period
-    async with running_hub(settings, clock) as server:
-        async with operator_client(server, admin_token) as operator:
-            clock.advance(GRACE_MS - 1)
-            await server.sweep()
-            assert (await operator.get_task(held["task_id"]))["assigned_to"] == "worker"
-            clock.advance(1)
-            await server.sweep()
+    async with (
+        running_hub(settings, clock) as server,
+        operator_client(server, admin_token) as operator,
+    ):
+        clock.advance(GRACE_MS - 1)
+        await server.sweep()
+        assert (await operator.get_task(held["task_id"]))["assigned_to"] == "worker"
+        clock.advance(1)
+        await server.sweep()
 
-            # then the task is queued again, and the next agent gets a new generation
-            requeued = await operator.get_task(held["task_id"])
-            assert (requeued["status"], requeued["assigned_to"]) == ("queued", None)
-            other = agent_client(server, "other", make_token("other"))
-            await other.connect()
-            try:
-                assign = await other.receive_type("task_assign")
-                assert assign["generation"] == first["generation"] + 1
-            finally:
-                await other.close()
+        # then the task is queued again, and the next agent gets a new generation
+        requeued = await operator.get_task(held["task_id"])
+        assert (requeued["status"], requeued["assigned_to"]) == ("queued", None)
+        other = agent_client(server, "other", make_token("other"))
+        await other.connect()
+        try:
+            assign = await other.receive_type("task_assign")
+            assert assign["generation"] == first["generation"] + 1
+        finally:
+            await other.close()
 
 
 async def test_restart_keeps_first_in_first_out_order_within_a_priority(
@@ -313,9 +316,11 @@ async def test_restart_keeps_first_in_first_out_order_within_a_priority(
     admin_token = make_token("ops", "admin")
 
     # given many queued tasks of one priority, submitted within the same millisecond
-    async with running_hub(settings, clock) as server:
-        async with operator_client(server, admin_token) as operator:
-            submitted = [
+    async with (
+        running_hub(settings, clock) as server,
+        operator_client(server, admin_token) as operator,
+    ):
+        submitted = [
                 (await operator.submit(f"task {n}", complexity_tier="complex",
                                        needed_capabilities=["gpu"]))["task_id"]
                 for n in range(12)
@@ -387,10 +392,7 @@ async def test_execution_metadata_is_stored_in_typed_columns(db: Path, domain: H
     columns = ("model_used", "tokens_in", "tokens_out", "estimated_cost_usd",
                "equivalent_claude_cost_usd", "execution_ms")  # fmt: skip
     select = ", ".join(f"{column}, typeof({column})" for column in columns)
-    rows = {
-        task_id: row
-        for task_id, *row in read_rows(db, f"SELECT task_id, {select} FROM tasks")
-    }
+    rows = {task_id: row for task_id, *row in read_rows(db, f"SELECT task_id, {select} FROM tasks")}
     assert rows[full] == ["qwen2.5-coder:7b", "text", 120, "integer", 48, "integer",
                           0.0, "real", 0.00108, "real", 1534.0, "real"]  # fmt: skip
     assert rows[partial] == ["m", "text"] + [None, "null"] * 5
@@ -470,4 +472,4 @@ def test_raw_tokens_never_reach_the_database_file(db: Path, store: SqliteStore) 
     files = b"".join(path.read_bytes() for path in db.parent.glob(db.name + "*"))
     assert all(hash_token(token).encode() in files for token in raw)
     assert not any(token.encode() in files for token in raw)
-    assert all(record.token_hash != token for record, token in zip(list_tokens(db), raw, strict=True))
+    assert {record.token_hash for record in list_tokens(db)}.isdisjoint(raw)

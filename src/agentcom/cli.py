@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -79,6 +80,22 @@ async def _run_hub(settings: Settings) -> int:
 
 def _db_path(args: argparse.Namespace) -> str:
     return str(args.db or os.environ.get("AGENTCOM_DB") or "agentcom.db")
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _on_database(handler: Handler) -> Handler:
+    """Report a database that cannot be opened or written as one line, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except sqlite3.Error as exc:
+            message = f"cannot use the database {_db_path(args)}: {exc}"
+            raise CliError(message, EXIT_FAILED) from None
+
+    return run
 
 
 def _token_create(args: argparse.Namespace) -> int:
@@ -388,7 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("agent_id", metavar="AGENT_ID")
     for sub, handler in ((create, _token_create), (listing, _token_list), (revoke, _token_revoke)):
         sub.add_argument("--db", help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)")
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=_on_database(handler))
 
     def operator_command(sub: argparse.ArgumentParser, action: Any, reads: bool = True) -> None:
         sub.add_argument("--hub", default=os.environ.get("AGENTCOM_HUB", "http://127.0.0.1:4000"),

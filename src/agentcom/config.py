@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     certfile: Path | None = Field(None, description="TLS certificate (PEM): serve wss:// and https://.")
     keyfile: Path | None = Field(None, description="TLS private key (PEM) for certfile.")
     commit_batch_max: int = Field(
-        2000, ge=1, description="Most changes written in one transaction (one fsync)."
+        2000, ge=1, description="Rows per INSERT batch; a commit writes everything staged in "
+        "one transaction (one fsync) in batches of this size."
     )
 
     @classmethod

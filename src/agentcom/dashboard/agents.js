@@ -48,7 +48,9 @@ export class AgentCards {
     setText(fields.name, agent.name && agent.name !== agent.agent_id
       ? `${agent.name} (${agent.agent_id})` : agent.agent_id);
     setText(fields.state, agent.state);
-    setText(fields.status, agent.status ? `reports: ${agent.status}` : "");
+    // Sidecars say "idle" when they connect, even mid-task: only other words tell something.
+    const reported = agent.status && agent.status !== "idle" && agent.status !== agent.state;
+    setText(fields.status, reported ? `reports: ${agent.status}` : "");
     setText(fields.task, agent.current_task ? shortId(agent.current_task) : "none");
     setAttr(fields.task, "disabled", !agent.current_task);
     setAttr(fields.task, "aria-label", agent.current_task

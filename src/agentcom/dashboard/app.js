@@ -100,6 +100,9 @@ class Dashboard {
         },
         minIntervalMs: 250,
       },
+      detail: { draw: () => this.detail.draw() },
+      alerts: { draw: () => this.drawAlerts(), minIntervalMs: 250 },
+      // Last: following the tail measures the log, which forces a layout of the frame.
       log: {
         draw: () => {
           this.drawLogFilter();
@@ -107,8 +110,6 @@ class Dashboard {
           this.detail.draw();
         },
       },
-      detail: { draw: () => this.detail.draw() },
-      alerts: { draw: () => this.drawAlerts(), minIntervalMs: 250 },
     }, this.state.dirty);
 
     // Relative times ("12 s ago") and time-based alerts move without any event.

@@ -44,11 +44,13 @@ export function drawQueueChart(svg, points) {
     });
   });
   let path = "";
+  let latest = null;
   points.forEach((point, index) => {
     if (point.depth === null) return;
     const x = (PAD.left + (index + 0.5) * slot).toFixed(1);
     const y = (bottom - (point.depth / maxDepth) * plotHeight).toFixed(1);
     path += `${path ? "L" : "M"}${x},${y}`;
+    latest = { x, y };
   });
   const axisText = (x, y, text, anchor, cls) =>
     h("svg:text", { x, y, "text-anchor": anchor, class: `axis ${cls || ""}`, text });
@@ -57,6 +59,7 @@ export function drawQueueChart(svg, points) {
     ...grid,
     ...bars,
     path ? h("svg:path", { class: "depth-line", d: path }) : null,
+    latest ? h("svg:circle", { class: "depth-now", cx: latest.x, cy: latest.y, r: 3 }) : null,
     axisText(PAD.left - 4, PAD.top + 8, maxDepth, "end", "depth-axis"),
     axisText(PAD.left - 4, bottom, 0, "end", "depth-axis"),
     axisText(WIDTH - PAD.right + 4, PAD.top + 8, maxDone, "start", "done-axis"),

@@ -48,12 +48,17 @@ export function duration(ms) {
   return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
 }
 
-/** How long ago `then` was, seen from `now` (both hub milliseconds). */
+/** How long ago `then` was, seen from `now` (both hub milliseconds), to a sensible unit. */
 export function ago(then, now) {
   if (typeof then !== "number" || then <= 0) return "never";
-  const elapsed = Math.max(0, now - then);
-  if (elapsed < 2000) return "just now";
-  return `${duration(elapsed).replace(/ \d+ ms$/, "")} ago`;
+  const seconds = Math.floor(Math.max(0, now - then) / 1000);
+  if (seconds < 2) return "just now";
+  if (seconds < 60) return `${seconds} s ago`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return `${hours} h ${minutes % 60} min ago`;
+  return `${Math.floor(hours / 24)} days ago`;
 }
 
 /** A hub timestamp as local date and time. */
@@ -62,10 +67,15 @@ export function clockTime(ms) {
   return new Date(ms).toLocaleString();
 }
 
+// One formatter for every log line: building one per call is slow at a thousand lines a second.
+const timeOfDayFormat = new Intl.DateTimeFormat(undefined, {
+  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+});
+
 /** A hub timestamp as local time of day, to the second. */
 export function timeOfDay(ms) {
   if (typeof ms !== "number" || ms <= 0) return "–";
-  return new Date(ms).toLocaleTimeString(undefined, { hour12: false });
+  return timeOfDayFormat.format(ms);
 }
 
 /** The first characters of a task id: enough to tell tasks apart on screen. */

@@ -7,6 +7,10 @@ import { shortId, timeOfDay } from "./format.js";
 export const MAX_VISIBLE_LINES = 1000;
 /** Characters of one line drawn; the rest is cut (the task's result keeps the full output). */
 const MAX_LINE_CHARS = 4000;
+// Short names for the execution event types, so the text column lines up.
+const KIND_LABELS = {
+  stdout: "out", stderr: "err", status: "status", error: "error", token: "tokens", tool_call: "tool",
+};
 // Colour and cursor escapes that shell output often carries; they mean nothing here.
 const ANSI_ESCAPE = /\u001b\[[0-9;?]*[A-Za-z]/g;
 
@@ -67,7 +71,7 @@ export class LogView {
       { class: `line kind-${line.kind}` },
       h("span", { class: "ts", text: timeOfDay(line.timestamp) }),
       this.taskId ? null : h("span", { class: "task", text: shortId(line.task_id) }),
-      h("span", { class: "kind", text: line.kind }),
+      h("span", { class: "kind", text: KIND_LABELS[line.kind] || line.kind.slice(0, 6) }),
       h("span", { class: "text", text: lineText(line) }),
     );
   }

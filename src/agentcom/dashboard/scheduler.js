@@ -15,14 +15,16 @@ export class FrameScheduler {
   constructor(parts, dirty) {
     this.parts = parts;
     this.dirty = dirty;
+    this.order = Object.keys(parts);
     this.lastDrawn = new Map();
     this.frameRequested = false;
     this.timer = null;
     this.flush = this.flush.bind(this);
   }
 
-  /** Ask for a frame if anything is dirty. */
+  /** Ask for a frame if anything is dirty (parts nobody draws are forgotten). */
   request() {
+    for (const name of this.dirty) if (!(name in this.parts)) this.dirty.delete(name);
     if (this.frameRequested || !this.dirty.size) return;
     this.frameRequested = true;
     requestAnimationFrame(this.flush);
@@ -32,12 +34,12 @@ export class FrameScheduler {
     this.frameRequested = false;
     const now = performance.now();
     let soonest = Infinity;
-    for (const name of [...this.dirty]) {
+    // Parts are drawn in the order they were given, whatever order they were marked in, so
+    // a part that must measure the page (the log scrolls to its tail) can come last and
+    // measure once, after every other change of the frame.
+    for (const name of this.order) {
+      if (!this.dirty.has(name)) continue;
       const part = this.parts[name];
-      if (!part) {
-        this.dirty.delete(name);
-        continue;
-      }
       const wait = (this.lastDrawn.get(name) ?? -Infinity) + (part.minIntervalMs || 0) - now;
       if (wait > 0) {
         soonest = Math.min(soonest, wait);

@@ -380,9 +380,9 @@ export class DashboardState {
     let text;
     if (kind === "token") {
       const tokens = execution.tokens_so_far ?? execution.tokens ?? "?";
-      text = `tokens: ${tokens}${execution.model ? ` · ${execution.model}` : ""}`;
+      text = `${tokens} so far${execution.model ? ` · ${execution.model}` : ""}`;
     } else if (kind === "tool_call") {
-      text = `tool: ${execution.text ?? execution.tool ?? execution.name ?? ""}`;
+      text = String(execution.text ?? execution.tool ?? execution.name ?? "");
     } else {
       text = String(execution.text ?? execution.message ?? execution.error ?? "");
     }

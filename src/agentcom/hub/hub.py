@@ -284,7 +284,7 @@ class Hub:
             return
         if changed:
             state = "endpoint_healthy" if endpoint.healthy else "endpoint_unhealthy"
-            logger.info("endpoint %s is now %s", endpoint_id, "healthy" if endpoint.healthy else "unhealthy")
+            logger.info("endpoint %s is now %s", endpoint_id, state.removeprefix("endpoint_"))
             self._publish(
                 "agents",
                 {"type": "endpoint_event", "event": state, "endpoint_id": endpoint_id,
@@ -423,7 +423,8 @@ class Hub:
         if task is None:
             raise HubError("not_found", f"no task {task_id}", task_id)
         if task.status is TaskStatus.queued and task.task_id not in self.queue.held:
-            task.waiting_reason = self._why_waiting(task)
+            # A copy: the reason describes this moment and is not part of the stored task.
+            task = task.model_copy(update={"waiting_reason": self._why_waiting(task)})
         return task
 
     def _why_waiting(self, task: Task) -> str:

@@ -83,8 +83,9 @@ class TaskQueue:
         return self.tasks.get(task_id)
 
     def queued_count(self) -> int:
-        """Tasks waiting for an agent."""
-        return sum(len(group) for groups in self._queued.values() for group in groups.values())
+        """Tasks waiting for an agent, including those held until a routing target appears."""
+        queued = sum(len(group) for groups in self._queued.values() for group in groups.values())
+        return queued + len(self.held)
 
     def next_for(self, capabilities: frozenset[str]) -> Task | None:
         """The highest-priority, oldest queued task an agent with ``capabilities`` can run."""
@@ -226,21 +227,23 @@ class TaskQueue:
     def fail(self, task: Task, error: str | None) -> str:
         """The attempt failed: retry (``"retried"``) or dead letter (``"dead_letter"``)."""
         task.last_error = error
+        holder = task.assigned_to  # events name the agent that lost the task
         self._emit("task_failed", task, {"error": error})
         if task.retry_count < task.max_retries:
             task.retry_count += 1
             self._back_to_queue(task, f"retry {task.retry_count}/{task.max_retries}: {error}")
-            self._emit("task_retried", task, {"retry_count": task.retry_count})
+            self._emit("task_retried", task, {"retry_count": task.retry_count, "agent_id": holder})
             return "retried"
         task.assigned_to = None
         self._record(task, TaskStatus.dead_letter, error)
-        self._emit("task_dead_letter", task, {"error": error})
+        self._emit("task_dead_letter", task, {"error": error, "agent_id": holder})
         return "dead_letter"
 
     def requeue(self, task: Task, reason: str, event: str = "task_requeued") -> None:
         """Put an assigned or working task back in the queue without counting a retry."""
+        holder = task.assigned_to
         self._back_to_queue(task, reason)
-        self._emit(event, task, {"reason": reason})
+        self._emit(event, task, {"reason": reason, "agent_id": holder})
 
     def _back_to_queue(self, task: Task, detail: str) -> None:
         task.assigned_to = None

@@ -16,6 +16,9 @@ T = TypeVar("T")
 
 _SECRET_FIELDS = frozenset({"token"})
 _MAX_ECHOED_VALUE = 200
+# An unknown ``type`` is echoed cut to this length: the reply (and the validation event
+# sent to every dashboard) must not grow with whatever a peer sends.
+_MAX_ECHOED_TYPE = 64
 
 
 class FrameRejected(Exception):
@@ -88,7 +91,7 @@ class FrameDecoder(Generic[T]):
             entry = FieldError(field="type", error="wrong_type", detail="'type' must be a string")
             return ValidationFailed(message_type=None, errors=[entry])
         field_errors = [self._field_error(error, message_type) for error in errors[:20]]
-        return ValidationFailed(message_type=message_type, errors=field_errors)
+        return ValidationFailed(message_type=message_type[:_MAX_ECHOED_TYPE], errors=field_errors)
 
     def _field_error(self, error: ErrorDetails, message_type: str) -> FieldError:
         code = _error_code(error["type"])
@@ -96,7 +99,7 @@ class FrameDecoder(Generic[T]):
             return FieldError(
                 field="type",
                 error=code,
-                detail=f"unknown message type {message_type[:64]!r}",
+                detail=f"unknown message type {message_type[:_MAX_ECHOED_TYPE]!r}",
                 known_types=self._known_types,
             )
         location = [str(part) for part in error["loc"][1:]]

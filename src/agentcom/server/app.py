@@ -135,7 +135,10 @@ class HubServer:
         return context
 
     async def stop(self) -> None:
-        """Stop accepting, ask sidecars to reconnect (1012), flush the store."""
+        """Stop accepting, ask sidecars to reconnect (1012), flush the store (once: later calls
+        return at once)."""
+        if self._stopping:
+            return
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
