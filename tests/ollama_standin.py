@@ -204,7 +204,7 @@ class OllamaStandin:
     async def wait_for_requests(
         self, count: int, path: str | None = "/api/tags", timeout: float = 5.0
     ) -> int:
-        """Wait until at least ``count`` requests (to ``path``) have arrived; raises TimeoutError."""
+        """Wait until ``count`` requests (to ``path``) have arrived; raises TimeoutError."""
         return await asyncio.to_thread(self._wait_for, count, path, timeout)
 
 

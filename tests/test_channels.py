@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AgentMaker, TokenMaker
 
 from agentcom.client import AgentClient, OperatorClient, RequestFailed
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
 from agentcom.server.app import HubServer
-
-from conftest import AgentMaker, TokenMaker
 
 HISTORY_CAP = 5
 INBOX_CAP = 3
@@ -119,11 +118,13 @@ async def ask(agent: AgentClient, frame: Frame, reply_type: str) -> Frame:
             if reply["type"] == "error":
                 raise AssertionError(f"{frame['type']} refused: {reply}")
             if reply["type"] == reply_type:
-                return reply
+                return dict(reply)
 
 
 async def subscribe(agent: AgentClient, channel: str) -> None:
-    reply = await ask(agent, {"type": "channel_subscribe", "channel": channel}, "channel_subscribed")
+    reply = await ask(
+        agent, {"type": "channel_subscribe", "channel": channel}, "channel_subscribed"
+    )
     assert reply == {"type": "channel_subscribed", "channel": channel}
 
 
@@ -148,7 +149,9 @@ def create_channel(hub: HubServer, operator: OperatorClient) -> ChannelMaker:
     """Create a channel as an operator."""
 
     async def create(name: str, description: str | None = None) -> Frame:
-        fields = {"name": name} if description is None else {"name": name, "description": description}
+        fields = (
+            {"name": name} if description is None else {"name": name, "description": description}
+        )
         channel: Frame = await operator.request("channel_create", **fields)
         return channel
 
@@ -213,7 +216,9 @@ async def test_subscribers_hear_of_new_subscribers_but_not_of_themselves(
 ) -> None:
     await create_channel("team")
     first, second, outsider = (
-        await make_agent("first"), await make_agent("second"), await make_agent("outsider")
+        await make_agent("first"),
+        await make_agent("second"),
+        await make_agent("outsider"),
     )
     await subscribe(first, "team")
     await subscribe(second, "team")
@@ -232,7 +237,9 @@ async def test_published_messages_are_numbered_and_reach_the_other_subscribers(
     await create_channel("team")
     await create_channel("other")
     sender, listener, outsider = (
-        await make_agent("sender"), await make_agent("listener"), await make_agent("outsider")
+        await make_agent("sender"),
+        await make_agent("listener"),
+        await make_agent("outsider"),
     )
     await subscribe(sender, "team")
     await subscribe(listener, "team")
@@ -353,8 +360,9 @@ async def test_channels_subscriptions_and_capped_history_survive_a_restart(
 
 
 async def test_direct_message_to_an_offline_agent_is_delivered_when_it_identifies(
-    hub: HubServer, make_agent: AgentMaker
+    hub: HubServer, make_agent: AgentMaker, make_token: TokenMaker
 ) -> None:
+    make_token("sleeper")  # a real agent, not connected yet
     sender = await make_agent("sender")
     sent = await ask(
         sender,
@@ -377,8 +385,10 @@ async def test_direct_message_to_an_offline_agent_is_delivered_when_it_identifie
 
 
 async def test_offline_inbox_is_capped_and_expires(
-    hub: HubServer, make_agent: AgentMaker, clock: ManualClock
+    hub: HubServer, make_agent: AgentMaker, make_token: TokenMaker, clock: ManualClock
 ) -> None:
+    make_token("capped")
+    make_token("late")
     sender = await make_agent("sender")
     for n in range(1, INBOX_CAP + 2):
         await ask(sender, {"type": "message", "to": "capped", "payload": {"n": n}}, "message_sent")
@@ -411,3 +421,13 @@ async def test_messages_are_direct_or_broadcast_to_all_others(
     assert (await carol.receive_type("message"))["payload"] == {"just": "you"}
     await quiet(alice, "message")
     await quiet(bob, "message")
+
+
+async def test_message_to_a_made_up_agent_is_refused_and_kept_nowhere(
+    hub: HubServer, make_agent: AgentMaker
+) -> None:
+    sender = await make_agent("sender")
+    await sender.send({"type": "message", "to": "nobody-at-all", "payload": {}})
+    error = await sender.receive_type("error")
+    assert error["error"] == "unknown_recipient"
+    assert "nobody-at-all" not in hub.hub.messaging._inboxes

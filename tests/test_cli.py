@@ -24,6 +24,7 @@ from agentcom.hub.auth import hash_token
 SidecarMaker = Callable[..., Awaitable[AgentClient]]
 
 TASK_ID = re.compile(r"^[A-Za-z0-9_-]{16,}$")  # random, unguessable; the format is not ours to pin
+NEVER_QUEUED = "refused before it reaches the queue"
 METADATA = {
     "status": "success",
     "output": "done",
@@ -50,6 +51,19 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
 def admin(hub: HubProcess) -> list[str]:
     """``--hub URL --token T`` with an admin token."""
     return hub.operator_args(hub.make_token("ops", "admin"))
+
+
+@pytest.fixture(scope="module")
+def quiet_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """One hub for the tests that no sidecar takes part in (refusals, reads): faster."""
+    with running_hub(tmp_path_factory.mktemp("quiet-hub")) as process:
+        yield process
+
+
+@pytest.fixture
+def quiet_admin(quiet_hub: HubProcess) -> list[str]:
+    """An admin's ``--hub URL --token T`` for :func:`quiet_hub`."""
+    return quiet_hub.operator_args(quiet_hub.make_token("ops", "admin"))
 
 
 @pytest.fixture
@@ -179,11 +193,13 @@ async def test_token_create_prints_only_the_token_and_the_running_hub_accepts_it
 
 async def test_token_list_shows_agents_and_roles_but_never_secrets(hub: HubProcess) -> None:
     db = ["--db", str(hub.db)]
-    created = {}
-    for agent_id, role in (("worker-1", "agent"), ("watcher", "viewer"), ("ops", "admin")):
-        created[agent_id] = succeeded(
-            await cli("token", "create", agent_id, "--role", role, *db)
-        ).strip()
+    roles = {"worker-1": "agent", "watcher": "viewer", "ops": "admin"}
+    results = await asyncio.gather(
+        *(cli("token", "create", agent_id, "--role", role, *db) for agent_id, role in roles.items())
+    )
+    created = {
+        agent_id: succeeded(result).strip() for agent_id, result in zip(roles, results, strict=True)
+    }
     secrets = [*created.values(), *(hash_token(token) for token in created.values())]
 
     text = await cli("token", "list", *db)
@@ -202,6 +218,18 @@ async def test_token_list_shows_agents_and_roles_but_never_secrets(hub: HubProce
     for output in (text.stdout, text.stderr, as_json.stdout, as_json.stderr):
         for secret in secrets:
             assert secret not in output
+
+
+async def test_unusable_database_is_one_line(tmp_path: Path) -> None:
+    db = ["--db", str(tmp_path / "no-such-directory" / "hub.db")]
+
+    results = await asyncio.gather(
+        cli("token", "create", "worker-1", *db), cli("token", "list", *db),
+        cli("token", "revoke", "worker-1", *db),
+    )  # fmt: skip
+
+    for result in results:
+        assert "cannot use the database" in one_line_error(result)
 
 
 async def test_revoked_token_is_refused_at_identify(hub: HubProcess) -> None:
@@ -453,18 +481,28 @@ async def test_watch_json_prints_one_event_per_line(
 # --- roles and errors -----------------------------------------------------------------
 
 
-async def test_viewer_can_read_but_not_submit(hub: HubProcess, admin: list[str]) -> None:
-    viewer = hub.operator_args(hub.make_token("auditor", "viewer"))
+async def test_viewer_can_read_but_not_submit(
+    quiet_hub: HubProcess, quiet_admin: list[str]
+) -> None:
+    admin = quiet_admin
+    viewer = quiet_hub.operator_args(quiet_hub.make_token("auditor", "viewer"))
     task_id = await submit(admin, "look but do not touch")
 
-    assert task_id in succeeded(await cli("task", "list", *viewer))
-    assert task_id in succeeded(await cli("task", "show", task_id, *viewer))
-    assert json.loads(succeeded(await cli("agents", "--json", *viewer))) == []
+    listed, shown, agents, submitted, cancelled = await asyncio.gather(
+        cli("task", "list", *viewer),
+        cli("task", "show", task_id, *viewer),
+        cli("agents", "--json", *viewer),
+        cli("task", "submit", "sneaky", *viewer),
+        cli("task", "cancel", task_id, *viewer),
+    )
 
-    refused = one_line_error(await cli("task", "submit", "sneaky", *viewer))
+    assert task_id in succeeded(listed)
+    assert task_id in succeeded(shown)
+    assert json.loads(succeeded(agents)) == []
+    refused = one_line_error(submitted)
     assert refused.startswith("agentcom: ")
     assert "forbidden" in refused
-    assert "forbidden" in one_line_error(await cli("task", "cancel", task_id, *viewer))
+    assert "forbidden" in one_line_error(cancelled)
     assert (await show(admin, task_id))["status"] == "queued"
 
 
@@ -474,14 +512,14 @@ async def test_unreachable_hub_is_one_line_without_traceback() -> None:
     assert "cannot reach the hub" in one_line_error(result)
 
 
-async def test_bad_token_is_one_line(hub: HubProcess) -> None:
-    result = await cli("task", "list", *hub.operator_args("ac_not-a-real-token"))
+async def test_bad_token_is_one_line(quiet_hub: HubProcess) -> None:
+    result = await cli("task", "list", *quiet_hub.operator_args("ac_not-a-real-token"))
 
     assert "refused the token" in one_line_error(result)
 
 
-async def test_agent_token_is_not_an_operator_token(hub: HubProcess) -> None:
-    result = await cli("agents", *hub.operator_args(hub.make_token("worker-1")))
+async def test_agent_token_is_not_an_operator_token(quiet_hub: HubProcess) -> None:
+    result = await cli("agents", *quiet_hub.operator_args(quiet_hub.make_token("worker-1")))
 
     assert "refused the token" in one_line_error(result)
 
@@ -489,11 +527,17 @@ async def test_agent_token_is_not_an_operator_token(hub: HubProcess) -> None:
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        (["task", "submit", "x", "--metadata", "not json"], "--metadata must be a JSON object"),
-        (["task", "submit", "x", "--metadata", "[1, 2]"], "--metadata must be a JSON object"),
-        (["task", "submit", "x", "--priority", "someday"], "invalid choice: 'someday'"),
-        (["task", "submit", "x", "--max-retries", "many"], "invalid int value"),
-        (["task", "submit", "x", "--max-retries", "-1"], "max_retries"),
+        (
+            ["task", "submit", NEVER_QUEUED, "--metadata", "not json"],
+            "--metadata must be a JSON object",
+        ),
+        (
+            ["task", "submit", NEVER_QUEUED, "--metadata", "[1, 2]"],
+            "--metadata must be a JSON object",
+        ),
+        (["task", "submit", NEVER_QUEUED, "--priority", "someday"], "invalid choice: 'someday'"),
+        (["task", "submit", NEVER_QUEUED, "--max-retries", "many"], "invalid int value"),
+        (["task", "submit", NEVER_QUEUED, "--max-retries", "-1"], "max_retries"),
         (["task", "list", "--status", "lost"], "invalid choice: 'lost'"),
         (["task", "show", "0123456789abcdef01234567"], "not_found"),
         (["task", "frobnicate"], "invalid choice: 'frobnicate'"),
@@ -510,16 +554,17 @@ async def test_agent_token_is_not_an_operator_token(hub: HubProcess) -> None:
     ],
 )
 async def test_bad_argument_is_one_line(
-    hub: HubProcess, admin: list[str], arguments: list[str], expected: str
+    quiet_admin: list[str], arguments: list[str], expected: str
 ) -> None:
-    result = await cli(*arguments, *admin)
+    result = await cli(*arguments, *quiet_admin)
 
     assert expected in one_line_error(result)
-    assert (await cli("task", "list", "--json", *admin)).stdout.strip() == "[]"
+    tasks = json.loads(succeeded(await cli("task", "list", "--json", *quiet_admin)))
+    assert NEVER_QUEUED not in {task["description"] for task in tasks}
 
 
-async def test_missing_token_is_one_line(hub: HubProcess) -> None:
-    result = await cli("task", "list", "--hub", hub.http_url)
+async def test_missing_token_is_one_line(quiet_hub: HubProcess) -> None:
+    result = await cli("task", "list", "--hub", quiet_hub.http_url)
 
     assert "no token" in one_line_error(result)
 

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agentcom.client import OperatorClient
-
 from hubprocess import CliResult, HubProcess, run_cli_async, running_hub
 from ollama_standin import OllamaStandin, make_ollama, ollama  # noqa: F401
+
+from agentcom.client import OperatorClient
 
 MODELS = ["qwen2.5-coder:7b", "llama3.2:3b"]
 
@@ -139,4 +138,7 @@ async def test_channel_create_and_list(hub: HubProcess, admin: list[str]) -> Non
     assert sorted(lines) == ["alerts", "builds"]
     assert lines["builds"] == ["builds", "0", "subscribers", "seq", "0", "CI", "results"]
     channels = json.loads(succeeded(await cli("channel", "list", "--json", *admin)))
-    assert {c["name"]: c["description"] for c in channels} == {"alerts": None, "builds": "CI results"}
+    assert {c["name"]: c["description"] for c in channels} == {
+        "alerts": None,
+        "builds": "CI results",
+    }

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AgentMaker
+from ollama_standin import OllamaMaker, OllamaStandin, make_ollama, ollama  # noqa: F401
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
 from agentcom.server.app import HubServer
-
-from conftest import AgentMaker
-from ollama_standin import OllamaMaker, OllamaStandin, make_ollama, ollama  # noqa: F401
 
 WAIT_MS = 5_000
 NO_ENDPOINTS = "no_healthy_ollama_endpoints"
@@ -89,12 +88,26 @@ async def add_endpoint(
 async def report_load(agent: AgentClient, ratio: float) -> None:
     """A resource report with CPU, RAM and VRAM all at ``ratio``; processed when this returns."""
     await agent.send(
-        {"type": "resource_report", "cpu_percent": ratio * 100,
-         "ram_used_bytes": int(ratio * 64e9), "ram_total_bytes": int(64e9),
-         "vram_used_bytes": int(ratio * 24e9), "vram_total_bytes": int(24e9),
-         "timestamp": 1_700_000_000_000, "agent_id": agent.agent_id}  # fmt: skip
+        {
+            "type": "resource_report",
+            "cpu_percent": ratio * 100,
+            "ram_used_bytes": int(ratio * 64e9),
+            "ram_total_bytes": int(64e9),
+            "vram_used_bytes": int(ratio * 24e9),
+            "vram_total_bytes": int(24e9),
+            "timestamp": 1_700_000_000_000,
+            "agent_id": agent.agent_id,
+        }
     )
     await frames_until_pong(agent)  # resource_report has no reply: the pong orders it
+
+
+async def route(operator: OperatorClient, description: str, **task: Any) -> dict[str, Any]:
+    """The hub's dry-run routing (``task_route``) of a task."""
+    preview: dict[str, Any] = await operator.request(
+        "task_route", task={"description": description, **task}
+    )
+    return preview
 
 
 # --- waiting and falling back ------------------------------------------------------------
@@ -127,7 +140,9 @@ async def test_standard_task_waits_for_an_endpoint_then_falls_back_to_claude(
     assert decision["selected_endpoint"] is None
     assert decision["estimated_cost_tier"] == "api"
     assert "escalated standard -> complex" in decision["classification_reason"]
-    assert assign["complexity"]["effective_tier"] == "standard"  # what the task is, not where it ran
+    assert (
+        assign["complexity"]["effective_tier"] == "standard"
+    )  # what the task is, not where it ran
 
     stored = await operator.get_task(task["task_id"])
     assert stored["status"] == "assigned"
@@ -253,9 +268,10 @@ async def test_complex_tasks_never_wait(
         assert decision["effective_tier"] == "complex"
         assert decision["fallback_used"] is False
         assert decision["fallback_reason"] is None
-    assert "inferred: complex" in assigns[inferred["task_id"]]["routing_decision"][
-        "classification_reason"
-    ]
+    assert (
+        "inferred: complex"
+        in assigns[inferred["task_id"]]["routing_decision"]["classification_reason"]
+    )
 
 
 async def test_a_queued_task_says_why_it_waits(
@@ -271,7 +287,9 @@ async def test_a_queued_task_says_why_it_waits(
     gpu = await make_agent("gpu-box", capabilities=["gpu"])
     assert (await gpu.receive_type("task_assign"))["task_id"] == task["task_id"]
     assert (await operator.get_task(task["task_id"]))["waiting_reason"] is None
-    second = await operator.submit("render more", complexity_tier="complex", needed_capabilities=["gpu"])
+    second = await operator.submit(
+        "render more", complexity_tier="complex", needed_capabilities=["gpu"]
+    )
     assert (await operator.get_task(second["task_id"]))["waiting_reason"] == (
         "all 1 capable agents are busy"
     )
@@ -290,8 +308,7 @@ async def test_task_route_is_a_dry_run(
     agent = await make_agent()
     before = await operator.request("stats")
 
-    preview = await operator.request("task_route", task={"description": STANDARD,
-                                                         "complexity_tier": "standard"})  # fmt: skip
+    preview = await route(operator, STANDARD, complexity_tier="standard")
     decision = preview["routing_decision"]
     assert decision["target_type"] == "claude"
     assert decision["fallback_used"] is True
@@ -301,18 +318,15 @@ async def test_task_route_is_a_dry_run(
     assert "5 s" in preview["would_wait"]
     assert preview["complexity"]["effective_tier"] == "standard"
 
-    complex_preview = await operator.request(
-        "task_route",
-        task={"description": "refactor the module", "file_hints": [f"src/m{n}.py" for n in range(5)]},
-    )
+    hints = [f"src/m{n}.py" for n in range(5)]
+    complex_preview = await route(operator, "refactor the module", file_hints=hints)
     assert complex_preview["routing_decision"]["target_type"] == "claude"
     assert complex_preview["routing_decision"]["fallback_used"] is False
     assert complex_preview["would_wait"] is None
     assert "5 file hints" in complex_preview["routing_decision"]["classification_reason"]
 
     await add_endpoint(operator, agent_events, ollama, "local", models=MODELS)
-    preview = await operator.request("task_route", task={"description": STANDARD,
-                                                         "complexity_tier": "standard"})  # fmt: skip
+    preview = await route(operator, STANDARD, complexity_tier="standard")
     assert preview["routing_decision"]["target_type"] == "ollama"
     assert preview["routing_decision"]["selected_endpoint"] == ollama.host_port
     assert preview["viable_endpoints"] == 1
@@ -358,8 +372,7 @@ async def test_the_least_loaded_hosts_endpoint_is_chosen(
     # the latest report counts
     await report_load(busy, 0.05)
     await report_load(calm, 0.95)
-    preview = await operator.request("task_route", task={"description": STANDARD,
-                                                         "complexity_tier": "standard"})  # fmt: skip
+    preview = await route(operator, STANDARD, complexity_tier="standard")
     assert preview["routing_decision"]["selected_endpoint"] == busy_ollama.host_port
 
 
@@ -379,9 +392,10 @@ async def test_a_warm_model_is_preferred(
     decision = (await agent.receive_type("task_assign"))["routing_decision"]
     assert decision["selected_endpoint"] == warm.host_port
     assert decision["selected_model"] == "llama3.2:3b"  # the loaded one, not the first listed
-    assert "endpoint aa-warm (2 candidates, unknown load, warm model)" in decision[
-        "classification_reason"
-    ]
+    assert (
+        "endpoint aa-warm (2 candidates, unknown load, warm model)"
+        in decision["classification_reason"]
+    )
 
 
 async def test_metadata_model_is_honoured_when_an_endpoint_has_it(

@@ -375,9 +375,10 @@ async def test_broadcast_reaches_every_other_agent_but_not_the_sender(
 
 
 async def test_message_to_an_offline_agent_is_delivered_when_it_identifies(
-    hub: HubServer, make_agent: AgentMaker
+    hub: HubServer, make_agent: AgentMaker, make_token: TokenMaker
 ) -> None:
-    # given an agent that is not connected
+    # given an agent that holds a token but is not connected
+    make_token("later")
     alice = await make_agent("alice")
 
     # when a message is sent to it

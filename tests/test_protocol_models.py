@@ -166,6 +166,15 @@ def test_unknown_type_is_refused_and_lists_the_known_types(bad_type: str) -> Non
     assert entry["known_types"] == list(AGENT_FRAME_TYPES)
 
 
+def test_long_unknown_type_is_not_echoed_in_full() -> None:
+    # the reply is also published to every dashboard: it must not grow with the input
+    reply = reject({"type": "x" * 100_000})
+    entry = only_error(reply)
+    assert entry["error"] == "unknown_message_type"
+    assert reply["message_type"] == "x" * len(reply["message_type"])
+    assert len(json.dumps(reply)) < 2_000
+
+
 # --- missing fields and wrong types ---------------------------------------------------
 
 REQUIRED_FIELDS = [

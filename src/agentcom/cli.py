@@ -153,6 +153,8 @@ def _operator(
                 return await action(client, args)
             except RequestFailed as exc:
                 raise CliError(str(exc), EXIT_FAILED) from None
+            except BrokenPipeError:
+                raise  # stdout closed early (e.g. piped to head): not the hub's fault
             except ConnectionError as exc:
                 raise CliError(str(exc), EXIT_FAILED) from None
             except ConnectionClosed as exc:  # e.g. the hub restarted under `watch`
@@ -493,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # The reader went away; point stdout at /dev/null so the exit flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from agentcom.errors import AgentcomError
 
@@ -189,7 +189,9 @@ class AgentClient:
                     await on_frame(self, json.loads(raw))
             except AuthenticationError:
                 raise
-            except (ConnectionClosed, OSError, TimeoutError) as exc:
+            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as exc:
+                # InvalidHandshake: the hub refused the upgrade (429 at its connection
+                # limit, 503 while restarting ...): back off and try again.
                 logger.info("connection to %s lost (%s); retrying in %.1f s", self.url, exc, delay)
             finally:
                 if self._heartbeat is not None:

@@ -178,6 +178,7 @@ export class TaskDetail {
       ` · created ${clockTime(task.created_at)} · updated ${clockTime(task.updated_at)}`);
     const parts = [
       summary,
+      task.waiting_reason ? h("p", { class: "waiting", text: `Waiting: ${task.waiting_reason}` }) : null,
       buttons.length ? h("div", { class: "detail-actions" }, ...buttons) : null,
       section("Description", h("pre", { class: "description-text", text: task.description || "" })),
       section("Routing decision", routing(task)),

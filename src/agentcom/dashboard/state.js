@@ -22,6 +22,11 @@ const TRANSITIONS = new Set([
   "task_submitted", "task_assigned", "task_accepted", "task_completed", "task_failed",
   "task_retried", "task_dead_letter", "task_requeued", "task_reclaimed", "task_cancelled",
 ]);
+// Events caused by a frame of the agent they name: proof that it is alive. (Requeue, reclaim,
+// retry and dead-letter events name the agent that lost the task, which may be long gone.)
+const AGENT_FRAMES = new Set([
+  "task_accepted", "task_progress", "execution_progress", "task_completed", "task_failed",
+]);
 // Fields of a task that never change after submission: safe to take from any copy.
 const STATIC_FIELDS = [
   "description", "metadata", "needed_capabilities", "created_at", "max_retries",
@@ -265,7 +270,7 @@ export class DashboardState {
     this.observeTime(event.timestamp);
     const task = this.taskFor(event);
     const name = event.event;
-    this.touchAgent(event.agent_id, event.timestamp);
+    if (AGENT_FRAMES.has(name)) this.touchAgent(event.agent_id, event.timestamp);
     if (name === "execution_progress") {
       task.last_progress_at = event.timestamp;
       this.appendLog(event);

@@ -9,6 +9,7 @@ are offered to the router.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,17 @@ def normalize_url(url: str) -> str:
     port = parts.port  # raises ValueError for a bad port
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port or 11434}"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(slots=True)
@@ -96,12 +108,21 @@ class EndpointRegistry:
         """One endpoint, or None."""
         return self.endpoints.get(endpoint_id)
 
-    def register_for_agent(self, agent_id: str, url: str) -> tuple[Endpoint, bool]:
+    def register_for_agent(
+        self, agent_id: str, url: str, agent_host: str | None = None
+    ) -> tuple[Endpoint, bool]:
         """Register ``<agent_id>-local``; returns it and whether it is new or changed.
 
+        A loopback URL reported by an agent on another host names that host, as seen from
+        the hub (``agent_host``): the hub checks it, and other agents may be routed to it.
         A known URL keeps its health and model list (a sidecar re-identifying).
         """
         normalized = normalize_url(url)
+        if agent_host is not None and _is_loopback(urlsplit(normalized).hostname):
+            if not _is_loopback(agent_host):
+                parts = urlsplit(normalized)
+                host = f"[{agent_host}]" if ":" in agent_host else agent_host
+                normalized = f"{parts.scheme}://{host}:{parts.port}"
         endpoint_id = f"{agent_id}-local"
         known = self.endpoints.get(endpoint_id)
         if known is not None and known.url == normalized:
@@ -117,6 +138,8 @@ class EndpointRegistry:
             if endpoint.url == normalized and endpoint.source == "operator":
                 return endpoint, False
         endpoint_id = name or "ep-" + hashlib.sha256(normalized.encode()).hexdigest()[:8]
+        if endpoint_id.endswith("-local"):
+            raise HubError("invalid_name", "names ending in -local are kept for agents' endpoints")
         if endpoint_id in self.endpoints:
             raise HubError("already_exists", f"an endpoint named {endpoint_id} exists")
         endpoint = Endpoint(endpoint_id=endpoint_id, url=normalized, source="operator")

@@ -89,6 +89,7 @@ class Hub:
         )
         self._outbox = Outbox()
         self.messaging = Messaging(self.presence, store, clock, settings, self._push)
+        self._attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
         self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
@@ -175,8 +176,8 @@ class Hub:
 
     # --- agent presence -------------------------------------------------------------
 
-    def identify(self, frame: frames.Identify) -> AgentRecord:
-        """An agent identified (its token already checked)."""
+    def identify(self, frame: frames.Identify, remote_host: str | None = None) -> AgentRecord:
+        """An agent identified (its token already checked) from ``remote_host``."""
         now = self.clock.now_ms()
         agent = self.presence.record(frame.agent_id)
         agent.name = frame.name
@@ -188,7 +189,7 @@ class Hub:
         agent.disconnected_at = None
         if frame.ollama_url:
             try:
-                self.report_ollama(agent.agent_id, frame.ollama_url)
+                self.report_ollama(agent.agent_id, frame.ollama_url, remote_host)
             except HubError:
                 logger.warning("agent %s reported an invalid ollama_url", agent.agent_id)
         self.presence.refresh(agent)
@@ -233,18 +234,19 @@ class Hub:
         agent.resources["received_at"] = self.clock.now_ms()
         self._agent_event("agent_resources", agent)
 
-    def report_ollama(self, agent_id: str, url: str) -> None:
+    def report_ollama(self, agent_id: str, url: str, remote_host: str | None = None) -> None:
         """Register the agent's local Ollama endpoint as ``<agent_id>-local``."""
         try:
-            endpoint, changed = self.endpoints.register_for_agent(agent_id, url)
+            endpoint, changed = self.endpoints.register_for_agent(agent_id, url, remote_host)
         except ValueError as exc:
             raise HubError("invalid_url", str(exc)) from None
         agent = self.presence.agents[agent_id]
         agent.ollama_url = endpoint.url
         if changed:
             self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "agent", agent_id)
-            self._outbox.check_endpoints.append(endpoint.endpoint_id)
             self._agent_event("agent_endpoint", agent)
+        if changed or endpoint.healthy is None:
+            self._outbox.check_endpoints.append(endpoint.endpoint_id)
 
     def _resources_of(self, agent_id: str) -> dict[str, Any] | None:
         agent = self.presence.get(agent_id)
@@ -308,10 +310,10 @@ class Hub:
         task = self.queue.get(task_id) or self.store.get_task(task_id)
         if task is None:
             raise HubError(f"{prefix}: not_found", f"no task {task_id}", task_id)
+        if task.generation != generation:  # fencing first: a late frame of an old attempt
+            raise HubError(f"{prefix}: stale_generation", None, task_id)
         if task.assigned_to != agent_id:
             raise HubError("not_assigned", f"task {task_id} is not assigned to you", task_id)
-        if task.generation != generation:
-            raise HubError(f"{prefix}: stale_generation", None, task_id)
         if task.status not in ACTIVE:
             raise HubError(f"{prefix}: invalid_state", f"task is {task.status.value}", task_id)
         return task
@@ -342,11 +344,14 @@ class Hub:
                 # Real sidecars carry a failed execution's reason only here.
                 detail = event.get("text") or event.get("error") or event.get("message")
                 if isinstance(detail, str) and detail:
-                    task.last_error = detail[:2000]
+                    # Real sidecars put a failed execution's reason only here; it belongs
+                    # to this attempt alone.
+                    self._attempt_errors[task.task_id] = detail[:2000]
 
     def task_complete(self, agent_id: str, frame: frames.TaskComplete) -> TaskAck:
         """A completion, or a failure reported as ``result.status == "failed"``."""
         task = self._settling_task(agent_id, frame.task_id, frame.generation, "task_complete_failed")
+        generation = task.generation  # the ack names this attempt even if the task moves on
         result = frame.result
         if result is not None:
             task.result = result.model_dump(mode="json", exclude_unset=True)
@@ -357,20 +362,23 @@ class Hub:
         )
         task.verification_report = frame.verification_report
         if result is not None and result.status == "failed":
-            error = result.error or task.last_error or "execution failed"
+            error = result.error or self._attempt_errors.get(task.task_id) or "execution failed"
             outcome = self._fail(task, error)
-            return TaskAck(task_id=task.task_id, status=outcome, generation=task.generation)
+            return TaskAck(task_id=task.task_id, status=outcome, generation=generation)
         self.queue.complete(task)
+        self._attempt_errors.pop(task.task_id, None)
         self._release(agent_id)
-        return TaskAck(task_id=task.task_id, status="complete", generation=task.generation)
+        return TaskAck(task_id=task.task_id, status="complete", generation=generation)
 
     def task_failed(self, agent_id: str, frame: frames.TaskFailed) -> TaskAck:
         """An explicit failure: retry or dead letter."""
         task = self._settling_task(agent_id, frame.task_id, frame.generation, "task_fail_failed")
+        generation = task.generation
         outcome = self._fail(task, frame.error or frame.reason or "failed")
-        return TaskAck(task_id=task.task_id, status=outcome, generation=task.generation)
+        return TaskAck(task_id=task.task_id, status=outcome, generation=generation)
 
     def _fail(self, task: Task, error: str) -> Any:
+        self._attempt_errors.pop(task.task_id, None)
         agent_id = task.assigned_to
         outcome = self.queue.fail(task, error)
         if agent_id is not None:
@@ -382,10 +390,11 @@ class Hub:
     def task_rejected(self, agent_id: str, frame: frames.TaskRejected) -> TaskAck:
         """The agent declined: the task goes back to the queue at once."""
         task = self._owned_task(agent_id, frame.task_id)
+        generation = task.generation
         self.queue.requeue(task, f"rejected by {agent_id}: {frame.reason or 'no reason'}")
         self._release(agent_id, schedule=False)
         self._schedule_excluding(agent_id)
-        return TaskAck(task_id=task.task_id, status="requeued", generation=task.generation)
+        return TaskAck(task_id=task.task_id, status="requeued", generation=generation)
 
     def task_recovering(self, agent_id: str, task_id: str) -> TaskContinue | TaskReassign:
         """After a sidecar restart: continue a task whose execution may live on, else reassign."""
@@ -448,7 +457,7 @@ class Hub:
             waits = None
         except NoViableTarget as no_target:
             complexity, decision, _ = self.router.decide(task, None, allow_fallback=True)
-            waits = (
+            waits = None if self.settings.fallback_wait_s == 0 else (
                 f"{no_target.reason}: would wait {self.settings.fallback_wait_s:g} s for a "
                 f"{no_target.tier.value} target, then fall back"
             )
@@ -559,6 +568,14 @@ class Hub:
             agent.connected = True
             self.presence.refresh(agent)
 
+    def forget_waiter(self, task_id: str, waiter: asyncio.Future[Task]) -> None:
+        """Drop a waiter that gave up (its request timed out)."""
+        waiters = self._waiters.get(task_id)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[task_id]
+
     def _assign(self, task: Task, agent: AgentRecord) -> bool:
         """Route and assign; False when the task must wait for a target (it is held)."""
         allow_fallback = (
@@ -575,6 +592,7 @@ class Hub:
             return False
         if choice is not None and task.repo:
             choice.endpoint.recent_repos.append(task.repo)
+        self._attempt_errors.pop(task.task_id, None)
         self.queue.assign(task, agent.agent_id, complexity, decision)
         agent.current_task = task.task_id
         agent.task_accepted = False

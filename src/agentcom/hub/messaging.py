@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentcom.config import Settings
+from agentcom.errors import HubError
 from agentcom.hub.agents import Presence
 from agentcom.hub.channels import ChannelRegistry
 from agentcom.hub.clock import Clock
@@ -78,6 +79,9 @@ class Messaging:
                 self._push(agent_id, message)
         else:
             recipient = self._presence.get(frame.to)
+            if recipient is None and not self._store.has_token(frame.to):
+                # Only real agents get an inbox: made-up ids must not grow memory.
+                raise HubError("unknown_recipient", f"no agent {frame.to}")
             if recipient is not None and recipient.connected:
                 self._push(frame.to, message)
             elif self._settings.offline_message_cap:

@@ -231,9 +231,10 @@ class Snapshot(Outbound):
     queue: dict[str, Any]
     recent_tasks: list[dict[str, Any]]
     costs: dict[str, Any]
-    active_tasks: list[dict[str, Any]] = []  # every assigned or working task
-    execution_tails: dict[str, list[dict[str, Any]]] = {}  # task id -> its last execution events
-    timeouts: dict[str, int] = {}  # accept_timeout_ms, reclaim_after_ms
+    active_tasks: list[dict[str, Any]] = Field(default_factory=list)  # assigned or working
+    # Task id to its last execution events, so output shows before the next one arrives.
+    execution_tails: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    timeouts: dict[str, int] = Field(default_factory=dict)  # accept_timeout_ms, reclaim_after_ms
 
 
 class EventsDropped(Outbound):

@@ -60,6 +60,7 @@ class AgentSession:
             server.clock,
         )
         self.failures = server.violations.new_window()
+        self.closed_for_violations = False
         self._handlers: dict[str, Callable[[Any], Any]] = {
             "ping": self.on_ping,
             "status": self.on_status,
@@ -113,6 +114,8 @@ class AgentSession:
 
     async def handle(self, raw: str | bytes) -> None:
         """Decode, gate, rate-limit and dispatch one frame."""
+        if self.closed_for_violations:
+            return  # frames already buffered when the connection was condemned are ignored
         try:
             frame = DECODER.decode(raw)
         except FrameRejected as rejected:
@@ -125,10 +128,7 @@ class AgentSession:
                 await self.reply(ErrorReply(error="not_identified"))
             return
         if isinstance(frame, frames.Identify):
-            if frame.agent_id != self.agent_id:
-                await self.reply(ErrorReply(error="token_agent_mismatch"))
-                return
-            await self.reply(Identified(agent_id=self.agent_id))
+            await self.on_repeated_identify(frame)
             return
         self.hub.seen(self.agent_id)
         if frame.type not in _UNLIMITED and not await self.within_rate(frame.type):
@@ -180,6 +180,7 @@ class AgentSession:
         }
         server.pubsub.publish("validation", event)
         if closing:
+            self.closed_for_violations = True
             if self.agent_id is not None:
                 cooldown = server.violations.punish(self.agent_id)
                 logger.warning(
@@ -213,9 +214,20 @@ class AgentSession:
         server.agent_connections[frame.agent_id] = self.connection
         if previous is not None and previous is not self.connection:
             await previous.close(4001, "replaced")
-        self.hub.identify(frame)
+        self.hub.identify(frame, _remote_host(self.connection))
         logger.info("agent %s identified from %s", frame.agent_id, _remote(self.connection))
         await server.settle(self.connection, Identified(agent_id=frame.agent_id))
+
+    async def on_repeated_identify(self, frame: frames.Identify) -> None:
+        """An identify on an identified connection: checked like the first, changes nothing."""
+        identity = self.server.auth.role_of(frame.token)
+        if identity is None:
+            await self.server.guard.slow_down_after_failure(self.connection)
+            await self.reject(ErrorReply(error="invalid_token"))
+        elif identity != (self.agent_id, Role.agent) or frame.agent_id != self.agent_id:
+            await self.reject(ErrorReply(error="token_agent_mismatch"))
+        else:
+            await self.reply(Identified(agent_id=frame.agent_id))
 
     # --- handlers -------------------------------------------------------------------
 
@@ -272,7 +284,7 @@ class AgentSession:
 
     async def on_ollama_report(self, frame: frames.OllamaReport) -> None:
         assert self.agent_id is not None
-        self.hub.report_ollama(self.agent_id, frame.ollama_url)
+        self.hub.report_ollama(self.agent_id, frame.ollama_url, _remote_host(self.connection))
         await self.server.settle(self.connection, OllamaReportAck())
 
     async def on_wake_result(self, frame: frames.WakeResult) -> None:
@@ -299,6 +311,11 @@ class AgentSession:
 
     async def on_list_channels(self, frame: frames.ListChannels) -> None:
         await self.reply(self.hub.messaging.list_channels())
+
+
+def _remote_host(connection: ServerConnection) -> str | None:
+    address = connection.remote_address
+    return str(address[0]) if address else None
 
 
 def _remote(connection: ServerConnection) -> str:

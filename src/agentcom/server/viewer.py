@@ -230,8 +230,9 @@ class OperatorSession:
         if isinstance(request, ops.TaskWait):
             waiter = hub.wait_until_finished(request.task_id)
             try:
-                task = await asyncio.wait_for(waiter, request.timeout_s)
+                task = await asyncio.wait_for(asyncio.shield(waiter), request.timeout_s)
             except TimeoutError:
+                hub.forget_waiter(request.task_id, waiter)
                 raise HubError("timeout", "the task did not finish in time", request.task_id) from None
             return task.model_dump(mode="json")
         if isinstance(request, ops.TaskRoute):

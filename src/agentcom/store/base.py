@@ -74,6 +74,9 @@ class Store(Protocol):
     def task_stats(self) -> dict[str, Any]:
         """Counts by status and priority, and execution totals per model and agent."""
 
+    def has_token(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` holds a token (is a real agent)."""
+
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token with this hash, or None."""
 

@@ -362,6 +362,11 @@ class SqliteStore:
         ).fetchall()
         return [tuple(row) for row in rows]
 
+    def has_token(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` holds a token (is a real agent)."""
+        row = self._reader.execute("SELECT 1 FROM tokens WHERE agent_id = ?", (agent_id,)).fetchone()
+        return row is not None
+
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token with this hash, or None."""
         row = self._reader.execute(

@@ -1,0 +1,475 @@
+"""The dashboard page in a real browser (Debian's chromium driven by Playwright) against a
+live hub with simulated sidecars."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import AgentMaker, TokenMaker
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    async_playwright,
+    expect,
+)
+
+from agentcom.client import OperatorClient
+from agentcom.config import Settings
+from agentcom.hub.clock import ManualClock
+from agentcom.hub.tails import ExecutionTails
+from agentcom.server.app import HubServer
+from agentcom.server.http import DASHBOARD_FILES
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+GIB = 1024**3
+METADATA = {
+    "status": "success",
+    "output": "all green",
+    "model_used": "qwen2.5-coder:7b",
+    "tokens_in": 120,
+    "tokens_out": 48,
+    "estimated_cost_usd": 0,
+    "equivalent_claude_cost_usd": 0.00108,
+    "execution_ms": 1534,
+}
+
+PageOpener = Callable[[str], Awaitable[Page]]
+
+
+@dataclass
+class PageProblems:
+    """Script errors and security-policy refusals seen by any page of a test."""
+
+    messages: list[str] = field(default_factory=list)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.messages.append(message.text)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian chromium (Playwright's own browser download cannot work here)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (.ci/run installs it)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def open_dashboard(browser: Browser, http_url: str) -> AsyncIterator[PageOpener]:
+    """Open the page with a token in the URL fragment and wait until it is live.
+
+    At the end, no page may have hit a script error or a Content-Security-Policy refusal.
+    """
+    contexts: list[BrowserContext] = []
+    problems = PageProblems()
+
+    async def open_page(token: str) -> Page:
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        page = await context.new_page()
+        page.on("pageerror", lambda error: problems.messages.append(str(error)))
+        page.on("console", problems.on_console)
+        await page.goto(f"{http_url}/dashboard#token={token}")
+        await expect(page.locator("#connection")).to_have_text("Live")
+        return page
+
+    yield open_page
+    for context in contexts:
+        await context.close()
+    assert problems.messages == []
+
+
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), error.read()
+
+
+async def _dead_letter_task(operator: OperatorClient, agent_maker: AgentMaker, text: str) -> str:
+    """A task that failed with no retries left; its agent has gone away."""
+    agent = await agent_maker("flaky-worker")
+    task = await operator.submit(text, max_retries=0, complexity_tier="complex")
+    assign = await agent.receive_type("task_assign")
+    failure = {
+        "type": "task_failed",
+        "task_id": task["task_id"],
+        "generation": assign["generation"],
+        "reason": "verification failed: 3 tests red",
+    }
+    await agent.send(failure)
+    ack = await agent.receive_type("task_ack")
+    assert ack["status"] == "dead_letter"
+    await agent.close()  # with no idle agent, a retried task stays queued
+    task_id: str = task["task_id"]
+    return task_id
+
+
+async def test_page_files_are_served_with_a_strict_policy(hub: HubServer, http_url: str) -> None:
+    # when every allow-listed file is fetched
+    for name, content_type in DASHBOARD_FILES.items():
+        status, headers, body = await asyncio.to_thread(_get, f"{http_url}/dashboard/{name}")
+
+        # then it comes with its type and a policy allowing only the hub itself
+        assert status == 200, name
+        assert headers["Content-Type"] == content_type
+        assert body
+        policy = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy
+        assert "script-src 'self'" in policy
+        host = f"127.0.0.1:{hub.port}"
+        assert f"connect-src 'self' ws://{host} wss://{host}" in policy
+    # and nothing outside the allow-list is served, however it is spelled
+    for name in (
+        "__init__.py",
+        "../server/http.py",
+        "%2e%2e/config.py",
+        "app.js.map",
+        "missing.js",
+    ):
+        status, _, _ = await asyncio.to_thread(_get, f"{http_url}/dashboard/{name}")
+        assert status == 404, name
+
+
+async def test_a_pasted_token_is_checked_then_kept_for_the_tab(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    browser: Browser,
+    http_url: str,
+) -> None:
+    # given a sidecar, and the page opened without a token
+    await make_agent("worker-1")
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{http_url}/dashboard")
+        token_field = page.get_by_label("Hub token")
+
+        # when a wrong token is pasted, the page says so and asks again
+        await token_field.fill("ac_not_a_token")
+        await page.get_by_role("button", name="Connect").click()
+        await expect(page.locator("#token-error")).to_contain_text("refused")
+        await expect(token_field).to_be_visible()
+
+        # when the right one is pasted, the board goes live
+        await token_field.fill(make_token("ops", "admin"))
+        await page.get_by_role("button", name="Connect").click()
+        await expect(page.locator("#connection")).to_have_text("Live")
+        await expect(page.get_by_role("article", name="Agent worker-1")).to_be_visible()
+
+        # and a reload of the tab does not ask again
+        await page.reload()
+        await expect(page.locator("#connection")).to_have_text("Live")
+        await expect(token_field).to_be_hidden()
+    finally:
+        await context.close()
+
+
+async def test_snapshot_renders_the_connected_agents(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+    tmp_path: Path,
+) -> None:
+    # given two sidecars, one with a local Ollama that reports its host's load
+    gpu_box = await make_agent(
+        "gpu-box", capabilities=["python", "gpu"], ollama_url="http://127.0.0.1:11434"
+    )
+    await make_agent("laptop", capabilities=["python"])
+    report = {
+        "type": "resource_report",
+        "cpu_percent": 42.0,
+        "ram_used_bytes": 2 * GIB,
+        "ram_total_bytes": 8 * GIB,
+        "vram_used_bytes": None,
+    }
+    await gpu_box.send(report)
+
+    # when an operator opens the page
+    page = await open_dashboard(make_token("ops", "admin"))
+
+    # then each agent has a card with its state, capabilities, load and endpoint
+    card = page.get_by_role("article", name="Agent gpu-box")
+    await expect(card).to_contain_text("idle")
+    await expect(card.locator(".chip")).to_have_text(["gpu", "python"])
+    await expect(card).to_contain_text("42%")
+    await expect(card).to_contain_text("2.0 GiB / 8.0 GiB (25%)")
+    await expect(card).to_contain_text("http://127.0.0.1:11434")
+    await expect(page.get_by_role("article", name="Agent laptop")).to_contain_text("idle")
+    await expect(page.locator("#agents-summary")).to_have_text("2 online, 2 known")
+    # the token left the address bar once read
+    assert "token" not in page.url
+
+    screenshot = tmp_path / "dashboard.png"
+    await page.screenshot(path=screenshot, full_page=True)
+    image = screenshot.read_bytes()
+    assert image.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(image) > 10_000
+
+
+async def test_execution_output_appears_in_the_live_log_within_a_second(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a task a sidecar is working on, and the page open
+    agent = await make_agent("worker-1")
+    task = await operator.submit("run the test suite", complexity_tier="complex")
+    await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": task["task_id"]})
+    await agent.receive_type("task_ack")
+    page = await open_dashboard(make_token("ops", "admin"))
+    card = page.get_by_role("article", name="Agent worker-1")
+    await expect(card).to_contain_text("working")
+
+    def progress(execution_event: dict[str, object]) -> dict[str, object]:
+        return {
+            "type": "task_progress",
+            "task_id": task["task_id"],
+            "execution_event": execution_event,
+        }
+
+    # when the sidecar streams execution events
+    await agent.send(progress({"event_type": "stdout", "text": "collected 42 items"}))
+
+    # then the text is in the live output within one second
+    log = page.get_by_role("log", name="Execution output", exact=True)
+    await expect(log).to_contain_text("collected 42 items", timeout=1_000)
+
+    # and error output and token counts stand out
+    await agent.send(progress({"event_type": "stderr", "text": "1 warning"}))
+    await agent.send(progress({"event_type": "token", "tokens_so_far": 128, "model": "qwen2.5"}))
+    await expect(log.locator(".kind-stderr")).to_contain_text("1 warning", timeout=1_000)
+    await expect(log.locator(".kind-token")).to_contain_text("128 so far", timeout=1_000)
+
+
+async def test_cost_totals_change_after_a_completion_with_metadata(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a task in progress and the page showing no cost yet
+    agent = await make_agent("worker-1")
+    task = await operator.submit("summarise the changelog", complexity_tier="complex")
+    assign = await agent.receive_type("task_assign")
+    page = await open_dashboard(make_token("ops", "admin"))
+    await expect(page.locator("#cost-tasks")).to_have_text("0")
+
+    # when the sidecar completes it with execution metadata
+    completion = {
+        "type": "task_complete",
+        "task_id": task["task_id"],
+        "generation": assign["generation"],
+        "result": METADATA,
+    }
+    await agent.send(completion)
+    await agent.receive_type("task_ack")
+
+    # then totals and both breakdowns show it, with what local execution saved
+    await expect(page.locator("#cost-tasks")).to_have_text("1")
+    await expect(page.locator("#cost-tokens")).to_have_text("120 in / 48 out")
+    await expect(page.locator("#cost-claude")).to_have_text("$0.00108")
+    await expect(page.locator("#cost-saved")).to_have_text("$0.00108")
+    await expect(page.locator("#cost-by-model tbody tr")).to_contain_text("qwen2.5-coder:7b")
+    await expect(page.locator("#cost-by-agent tbody tr")).to_contain_text("worker-1")
+    await expect(page.locator("#status-completed")).to_have_text("1")
+
+
+async def test_retry_moves_a_dead_letter_task_back_to_the_queue(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a dead-letter task on the page of an admin
+    task_id = await _dead_letter_task(operator, make_agent, "migrate the billing schema")
+    page = await open_dashboard(make_token("ops", "admin"))
+    dead_letters = page.locator("#dead-letters")
+    await expect(dead_letters).to_contain_text("migrate the billing schema")
+    await expect(dead_letters).to_contain_text("verification failed: 3 tests red")
+    await expect(page.get_by_role("article", name="Agent flaky-worker")).to_contain_text("offline")
+
+    # when the operator presses Retry
+    await page.get_by_role("button", name=f"Retry task {task_id}").click()
+
+    # then the task leaves the dead letter and is queued again, on the page and in the hub
+    await expect(dead_letters).to_contain_text("Nothing in the dead letter.")
+    row = page.locator(f'#task-rows tr[data-task-id="{task_id}"]')
+    await expect(row.locator(".badge").first).to_have_text("queued")
+    await expect(page.locator("#status-queued")).to_have_text("1")
+    stored = await operator.get_task(task_id)
+    assert stored["status"] == "queued"
+    assert stored["retry_count"] == 0
+
+
+async def test_a_viewer_token_sees_everything_but_no_action_buttons(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a dead-letter task and a queued one
+    dead_id = await _dead_letter_task(operator, make_agent, "rotate the signing keys")
+    queued = await operator.submit("build the GPU image", needed_capabilities=["gpu"])
+
+    # when a viewer opens the page
+    page = await open_dashboard(make_token("watcher", "viewer"))
+
+    # then it shows the tasks but offers no action
+    await expect(page.locator("#role")).to_have_text("viewer (read only)")
+    await expect(page.locator("#dead-letters")).to_contain_text("rotate the signing keys")
+    queued_row = page.locator(f'#task-rows tr[data-task-id="{queued["task_id"]}"]')
+    await expect(queued_row).to_contain_text("build the GPU image")
+    actions = page.get_by_role("button", name=re.compile(r"^(Retry|Cancel|Confirm|Submit)"))
+    await expect(actions).to_have_count(0)
+    await expect(page.locator("#submit-form")).to_be_hidden()
+
+    # and neither does a task's detail
+    await page.get_by_role("button", name=f"Open task {dead_id}").first.click()
+    detail = page.get_by_role("dialog")
+    await expect(detail).to_contain_text("verification failed: 3 tests red")
+    await expect(detail.get_by_role("button", name=re.compile(r"^(Retry|Cancel)"))).to_have_count(0)
+
+
+async def test_page_recovers_after_the_hub_restarts(
+    hub: HubServer,
+    settings: Settings,
+    clock: ManualClock,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given the page live with one agent
+    await make_agent("before-restart")
+    page = await open_dashboard(make_token("ops", "admin"))
+    await expect(page.get_by_role("article", name="Agent before-restart")).to_be_visible()
+    port = hub.port
+
+    # when the hub stops, the page says it is reconnecting
+    await hub.stop()
+    await expect(page.locator("#connection")).to_contain_text("reconnecting")
+
+    # and when a new hub comes up on the same database and port
+    restarted = HubServer(settings.model_copy(update={"port": port}), clock=clock, run_sweeps=False)
+    await restarted.start()
+    try:
+        await make_agent("after-restart")
+
+        # then the page re-syncs from a fresh snapshot by itself
+        await expect(page.locator("#connection")).to_have_text("Live")
+        after = page.get_by_role("article", name="Agent after-restart")
+        await expect(after).to_contain_text("idle")
+        await expect(page.get_by_role("article", name="Agent before-restart")).to_have_count(0)
+
+        # and its actions work again
+        await page.get_by_label("Description").fill("rebuild the search index")
+        await page.get_by_role("button", name="Submit task").click()
+        await expect(page.locator("#submit-result")).to_contain_text("Queued task")
+        await expect(page.locator("#task-rows")).to_contain_text("rebuild the search index")
+    finally:
+        await restarted.stop()
+
+
+async def test_output_sent_before_the_page_opened_comes_with_the_snapshot(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a task that already printed something
+    agent = await make_agent("worker-1")
+    task = await operator.submit("compile the docs", complexity_tier="complex")
+    await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": task["task_id"]})
+    await agent.receive_type("task_ack")
+    event = {"event_type": "stdout", "text": "building 12 pages"}
+    await agent.send(
+        {"type": "task_progress", "task_id": task["task_id"], "execution_event": event}
+    )
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")  # the hub has handled the progress frame
+
+    # when the page opens afterwards
+    page = await open_dashboard(make_token("ops", "admin"))
+
+    # then the earlier output is there, in the page log and in the task's detail
+    log = page.get_by_role("log", name="Execution output", exact=True)
+    await expect(log).to_contain_text("building 12 pages")
+    await page.get_by_role("button", name=f"Open task {task['task_id']}").first.click()
+    detail = page.get_by_role("dialog")
+    await expect(detail.get_by_role("log")).to_contain_text("building 12 pages")
+    await expect(detail).to_contain_text("claude-sonnet-4.5")  # the routing decision
+
+
+async def test_alerts_flag_no_agents_and_a_sidecar_dropped_for_violations(
+    hub: HubServer, make_agent: AgentMaker, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given the page open with no agent online
+    page = await open_dashboard(make_token("ops", "admin"))
+    alerts = page.locator("#alerts")
+    await expect(alerts).to_contain_text("No agents online")
+
+    # when a sidecar connects, that alert clears
+    agent = await make_agent("noisy")
+    await expect(alerts).not_to_contain_text("No agents online")
+
+    # and when it keeps sending invalid frames until the hub closes it
+    for _ in range(10):
+        await agent.send({"type": "no_such_frame"})
+
+    # then the banner says which sidecar was dropped and why
+    dropped = alerts.get_by_role("alert").filter(has_text="noisy")
+    await expect(dropped).to_contain_text("repeated protocol violations")
+    await expect(alerts).to_contain_text("No agents online")
+    await dropped.get_by_role("button", name="Dismiss this alert").click()
+    await expect(dropped).to_have_count(0)
+
+
+def test_execution_tails_stay_bounded() -> None:
+    # given tails for at most two tasks of three events, texts cut at ten characters
+    tails = ExecutionTails(max_tasks=2, max_events=3, max_text=10)
+
+    # when four events arrive for one task and then one each for two others
+    for number in range(4):
+        tails.add("a", {"task_id": "a", "execution_event": {"text": f"line {number}"}})
+    huge = {"text": "x" * 100, "nested": {"dropped": True}, "tokens_so_far": 7}
+    tails.add("b", {"task_id": "b", "execution_event": huge})
+    tails.add("c", {"task_id": "c", "execution_event": {"text": "last"}})
+
+    # then the least recently active task went, and what is kept is bounded
+    kept = tails.snapshot()
+    assert list(kept) == ["b", "c"]
+    assert kept["b"][0]["execution_event"] == {"text": "x" * 10, "tokens_so_far": 7}
+    tails.add("b", {"task_id": "b", "execution_event": {"text": "again"}})
+    tails.add("d", {"task_id": "d", "execution_event": {"text": "new"}})
+    assert list(tails.snapshot()) == ["b", "d"]
