@@ -35,6 +35,12 @@ those latencies are dominated by queueing behind the backlog: they measure how l
 the burst takes to drain, not the hub's per-task cost. Use ``--rate`` below the
 saturated throughput for latency at a given load.
 
+Besides those figures it reports the hub's CPU time per task and split between its
+event-loop thread and its other threads (the SQLite writer), the source revision
+measured, and how much CPU other processes used during the run: on a shared machine
+that last figure says how far to trust the others. ``AGENTCOM_*`` variables in the
+environment reach the hub (e.g. ``AGENTCOM_SUBSCRIBER_QUEUE=10000``).
+
 Every process the benchmark starts is stopped when it ends, fails or is interrupted
 (SIGINT/SIGTERM); on Linux the children also get SIGTERM if this process dies.
 """
@@ -86,11 +92,16 @@ def percentile(values: list[float], pct: float) -> float | None:
 
 def latency_summary(values: list[float]) -> dict[str, float | int | None]:
     """Count, p50, p99 and max of latencies in seconds, reported in milliseconds."""
+
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000, 2)
 
-    return {"n": len(values), "p50_ms": ms(percentile(values, 50)),
-            "p99_ms": ms(percentile(values, 99)), "max_ms": ms(max(values, default=None))}  # fmt: skip
+    return {
+        "n": len(values),
+        "p50_ms": ms(percentile(values, 50)),
+        "p99_ms": ms(percentile(values, 99)),
+        "max_ms": ms(max(values, default=None)),
+    }
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -99,13 +110,25 @@ def proc_status(pid: int) -> dict[str, str]:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return {}
-    return {key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
+    return {
+        key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())
+    }
 
 
 def memory_mib(pid: int, key: str) -> float | None:
     """A ``VmHWM``/``VmRSS`` figure of a live process in MiB."""
     value = proc_status(pid).get(key)
     return round(int(value.split()[0]) / 1024, 1) if value else None
+
+
+def cpu_seconds_of(stat_path: Path) -> float | None:
+    """User plus system CPU time recorded in a ``/proc/.../stat`` file."""
+    try:
+        stat = stat_path.read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -124,16 +147,6 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return split
 
 
-def cpu_seconds_of(stat_path: Path) -> float | None:
-    """User plus system CPU time recorded in a ``/proc/.../stat`` file."""
-    try:
-        stat = stat_path.read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy_seconds() -> float | None:
     """CPU time every process on the machine has used (all cores, from ``/proc/stat``)."""
     try:
@@ -150,10 +163,20 @@ def source_revision() -> str | None:
 
     package = Path(agentcom.__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(package), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
@@ -232,8 +255,14 @@ async def run_no_op_task(client: AgentClient, frame: dict[str, Any]) -> None:
         "equivalent_claude_cost_usd": 0.000081,
         "execution_ms": round((time.perf_counter() - started) * 1000, 3),
     }
-    await client.send({"type": "task_complete", "task_id": task_id,
-                       "generation": frame["generation"], "result": result})  # fmt: skip
+    await client.send(
+        {
+            "type": "task_complete",
+            "task_id": task_id,
+            "generation": frame["generation"],
+            "result": result,
+        }
+    )
 
 
 async def run_sidecars(spec_path: Path) -> int:
@@ -264,9 +293,18 @@ async def run_sidecars(spec_path: Path) -> int:
     clients, connected = [], []
     for agent_id, token in spec["agents"]:
         ready = asyncio.Event()
-        clients.append(BenchSidecar(spec["url"], agent_id, token, heartbeat_s=15.0,
-                                    backoff_initial_s=0.2, backoff_max_s=2.0,
-                                    tally=tally, on_connected=ready))  # fmt: skip
+        clients.append(
+            BenchSidecar(
+                spec["url"],
+                agent_id,
+                token,
+                heartbeat_s=15.0,
+                backoff_initial_s=0.2,
+                backoff_max_s=2.0,
+                tally=tally,
+                on_connected=ready,
+            )
+        )
         connected.append(ready)
     runners = [asyncio.create_task(client.run(on_frame)) for client in clients]
     try:
@@ -281,8 +319,13 @@ async def run_sidecars(spec_path: Path) -> int:
     await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
     outcomes = await asyncio.gather(*runners, return_exceptions=True)
     failures = [repr(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
-    report = {"frames": dict(tally.frames), "acks": dict(tally.acks),
-              "errors": dict(tally.errors), "connects": tally.connects, "failures": failures[:5]}  # fmt: skip
+    report = {
+        "frames": dict(tally.frames),
+        "acks": dict(tally.acks),
+        "errors": dict(tally.errors),
+        "connects": tally.connects,
+        "failures": failures[:5],
+    }
     print("summary " + json.dumps(report), flush=True)
     return 0
 
@@ -294,10 +337,10 @@ async def serve_until_stopped(db: Path, host: str, profile_out: Path) -> None:
     """Run a hub under cProfile until SIGTERM/SIGINT, then write the profile."""
     import cProfile
 
-    from agentcom.config import Settings
+    from agentcom.config import load_settings
     from agentcom.server.app import HubServer
 
-    server = HubServer(Settings(host=host, port=0, db=db, log_level="WARNING"))
+    server = HubServer(load_settings(host=host, port=0, db=db, log_level="WARNING"))
     await server.start()
     print(f"agentcom {__version__} hub on ws://{host}:{server.port}/ws", flush=True)
     stop = asyncio.Event()
@@ -330,6 +373,11 @@ class Observations:
     submit_errors: Counter[str] = field(default_factory=Counter)
     first_sent: float | None = None
     last_replied: float | None = None
+    expected: int = 0  # completions to wait for: M, then the submits that succeeded
+
+    def all_completed(self) -> bool:
+        """Every expected task was seen completed."""
+        return len(self.completed) >= self.expected
 
 
 class Processes:
@@ -338,14 +386,30 @@ class Processes:
     def __init__(self) -> None:
         self.hub: asyncio.subprocess.Process | None = None
         self.sidecars: asyncio.subprocess.Process | None = None
+        self._drains: list[asyncio.Task[None]] = []
 
-    async def spawn(self, args: list[str], log: Path, stdin: bool = False) -> asyncio.subprocess.Process:
+    def drain_stdout(self, process: asyncio.subprocess.Process) -> None:
+        """Read and discard the rest of a child's stdout, so a full pipe never blocks it."""
+
+        async def drain() -> None:
+            assert process.stdout is not None
+            while await process.stdout.read(65536):
+                pass
+
+        self._drains.append(asyncio.create_task(drain()))
+
+    async def spawn(
+        self, args: list[str], log: Path, stdin: bool = False
+    ) -> asyncio.subprocess.Process:
         """Start a child with stdout piped and stderr in ``log``."""
         with log.open("wb") as stderr:
             return await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, preexec_fn=die_with_parent,
-            )  # fmt: skip
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                preexec_fn=die_with_parent,
+            )
 
     async def stop_sidecars(self) -> dict[str, Any]:
         """Close the sidecars' stdin (their stop signal) and read their tally."""
@@ -370,6 +434,9 @@ class Processes:
         process, self.hub = self.hub, None
         if process is not None:
             await stop_process(process, grace_s=60)
+        for drain in self._drains:
+            drain.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
 
 
 async def stop_process(process: asyncio.subprocess.Process, grace_s: float) -> None:
@@ -385,8 +452,13 @@ async def stop_process(process: asyncio.subprocess.Process, grace_s: float) -> N
             await process.wait()
 
 
-async def read_marker(process: asyncio.subprocess.Process, name: str, pattern: re.Pattern[str],
-                      timeout_s: float, log: Path) -> re.Match[str]:  # fmt: skip
+async def read_marker(
+    process: asyncio.subprocess.Process,
+    name: str,
+    pattern: re.Pattern[str],
+    timeout_s: float,
+    log: Path,
+) -> re.Match[str]:
     """The first stdout line of ``process`` matching ``pattern``; raises with the log's tail."""
     assert process.stdout is not None
     try:
@@ -411,8 +483,9 @@ async def wait_for_idle_agents(operator: OperatorClient, count: int, timeout_s: 
             await asyncio.sleep(0.1)
 
 
-async def watch_tasks(operator: OperatorClient, seen: Observations, expected: int,
-                      subscribed: asyncio.Event, done: asyncio.Event) -> None:  # fmt: skip
+async def watch_tasks(
+    operator: OperatorClient, seen: Observations, subscribed: asyncio.Event, done: asyncio.Event
+) -> None:
     """Record assignment and completion times from the dashboard stream."""
     async for frame in operator.watch(["tasks"]):
         now = time.perf_counter()
@@ -428,13 +501,21 @@ async def watch_tasks(operator: OperatorClient, seen: Observations, expected: in
                 seen.assigned.setdefault(frame["task_id"], now)
             elif name == "task_completed":
                 seen.completed.setdefault(frame["task_id"], now)
-                if len(seen.completed) >= expected:
+                if seen.all_completed():
                     done.set()
 
 
-async def submit_tasks(operator: OperatorClient, seen: Observations, indices: Any,
-                       total: int, window: int, rate: float | None, start: float) -> None:  # fmt: skip
+async def submit_tasks(
+    operator: OperatorClient,
+    seen: Observations,
+    indices: Any,
+    total: int,
+    window: int,
+    rate: float | None,
+    start: float,
+) -> None:
     """Submit from the shared index iterator, ``window`` requests in flight."""
+
     async def worker() -> None:
         for index in indices:
             if rate:
@@ -459,25 +540,34 @@ async def report_progress(seen: Observations, total: int, quiet: bool) -> None:
     """A status line on stderr every two seconds."""
     while not quiet:
         await asyncio.sleep(2)
-        print(f"  submitted {len(seen.replied)}/{total}  assigned {len(seen.assigned)}  "
-              f"completed {len(seen.completed)}  dropped events {seen.dropped}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"  submitted {len(seen.replied)}/{total}  assigned {len(seen.assigned)}  "
+            f"completed {len(seen.completed)}  dropped events {seen.dropped}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-async def watchdog(operator: OperatorClient, seen: Observations, total: int,
-                   done: asyncio.Event, confirmed: list[float]) -> None:  # fmt: skip
+async def watchdog(
+    operator: OperatorClient,
+    seen: Observations,
+    total: int,
+    done: asyncio.Event,
+    confirmed: list[float],
+) -> None:
     """When events were dropped, completions may never be seen: ask the hub instead."""
     while not done.is_set():
         await asyncio.sleep(1)
         if seen.dropped and len(seen.replied) + sum(seen.submit_errors.values()) >= total:
             stats = await operator.request("stats")
-            if stats["by_status"].get("completed", 0) >= len(seen.replied):
+            if stats["by_status"].get("completed", 0) >= seen.expected:
                 confirmed.append(time.perf_counter())
                 done.set()
 
 
-async def wait_until_done(seen: Observations, done: asyncio.Event, timeout_s: float,
-                          stall_s: float) -> None:  # fmt: skip
+async def wait_until_done(
+    seen: Observations, done: asyncio.Event, timeout_s: float, stall_s: float
+) -> None:
     """Until every completion is seen; gives up after ``timeout_s``, or ``stall_s`` without news."""
     deadline = time.perf_counter() + timeout_s
     last_news, last_counts = time.perf_counter(), (-1, -1, -1)
@@ -490,8 +580,11 @@ async def wait_until_done(seen: Observations, done: asyncio.Event, timeout_s: fl
             last_news, last_counts = now, counts
         if now >= deadline or now - last_news >= stall_s:
             reason = "timed out" if now >= deadline else f"no progress for {stall_s:.0f} s"
-            print(f"{reason}: {len(seen.completed)} of {len(seen.replied)} tasks completed; "
-                  "giving up", file=sys.stderr)  # fmt: skip
+            print(
+                f"{reason}: {len(seen.completed)} of {len(seen.replied)} tasks completed; "
+                "giving up",
+                file=sys.stderr,
+            )
             return
 
 
@@ -516,13 +609,33 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     try:
         agents, admin = make_tokens(db, args.agents)
         if args.profile_hub:
-            command = [sys.executable, script, "--serve-profiled", "--db", str(db),
-                       "--profile-out", str(Path(args.profile_hub).resolve())]  # fmt: skip
+            command = [
+                sys.executable,
+                script,
+                "--serve-profiled",
+                "--db",
+                str(db),
+                "--profile-out",
+                str(Path(args.profile_hub).resolve()),
+            ]
         else:
-            command = [sys.executable, "-m", "agentcom.cli", "serve", "--host", "127.0.0.1",
-                       "--port", "0", "--db", str(db), "--log-level", "WARNING"]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "agentcom.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--db",
+                str(db),
+                "--log-level",
+                "WARNING",
+            ]
         processes.hub = await processes.spawn(command, workdir / "hub.log")
         listening = await read_marker(processes.hub, "hub", LISTENING, 30, workdir / "hub.log")
+        processes.drain_stdout(processes.hub)
         hub_url = f"http://{listening['host']}:{listening['port']}"
         ws_url = f"ws://{listening['host']}:{listening['port']}/ws"
 
@@ -530,9 +643,12 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         spec.write_text(json.dumps({"url": ws_url, "agents": agents}))
         processes.sidecars = await processes.spawn(
             [sys.executable, script, "--sidecars", "--spec", str(spec)],
-            workdir / "sidecars.log", stdin=True,
+            workdir / "sidecars.log",
+            stdin=True,
         )
-        await read_marker(processes.sidecars, "sidecars", re.compile(r"^ready"), 90, workdir / "sidecars.log")
+        await read_marker(
+            processes.sidecars, "sidecars", re.compile(r"^ready"), 90, workdir / "sidecars.log"
+        )
         figures = await drive(args, hub_url, admin, processes)
         figures["sidecars"] = await processes.stop_sidecars()
         figures["workdir"] = str(workdir)
@@ -545,12 +661,13 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def drive(args: argparse.Namespace, hub_url: str, admin: str,
-                processes: Processes) -> dict[str, Any]:  # fmt: skip
+async def drive(
+    args: argparse.Namespace, hub_url: str, admin: str, processes: Processes
+) -> dict[str, Any]:
     """Submit and observe the tasks; collect every figure while the hub still runs."""
     assert processes.hub is not None and processes.sidecars is not None
     hub_pid, sidecars_pid = processes.hub.pid, processes.sidecars.pid
-    seen = Observations()
+    seen = Observations(expected=args.tasks)
     subscribed, done = asyncio.Event(), asyncio.Event()
     confirmed: list[float] = []
     operators = [OperatorClient(hub_url, admin) for _ in range(args.operators)]
@@ -559,26 +676,38 @@ async def drive(args: argparse.Namespace, hub_url: str, admin: str,
         for operator in operators:
             await operator.connect()
         await wait_for_idle_agents(operators[0], args.agents)
-        background.append(asyncio.create_task(
-            watch_tasks(operators[0], seen, args.tasks, subscribed, done)))  # fmt: skip
+        background.append(asyncio.create_task(watch_tasks(operators[0], seen, subscribed, done)))
         async with asyncio.timeout(30):
             await subscribed.wait()
-        cpu_before = {"hub": cpu_seconds(hub_pid), "sidecars": cpu_seconds(sidecars_pid),
-                      "driver": time.process_time(), "machine": machine_busy_seconds()}  # fmt: skip
+        cpu_before = {
+            "hub": cpu_seconds(hub_pid),
+            "sidecars": cpu_seconds(sidecars_pid),
+            "driver": time.process_time(),
+            "machine": machine_busy_seconds(),
+        }
         threads_before = thread_cpu_seconds(hub_pid)
         start = time.perf_counter()
         indices = iter(range(args.tasks))
         background.append(asyncio.create_task(report_progress(seen, args.tasks, args.quiet)))
-        background.append(asyncio.create_task(watchdog(operators[0], seen, args.tasks, done, confirmed)))
+        background.append(
+            asyncio.create_task(watchdog(operators[0], seen, args.tasks, done, confirmed))
+        )
         submitters = [
             submit_tasks(operator, seen, indices, args.tasks, args.window, args.rate, start)
             for operator in operators
-        ]  # fmt: skip
+        ]
         await asyncio.gather(*submitters)
+        seen.expected = len(seen.replied)
+        if seen.all_completed():
+            done.set()
         await wait_until_done(seen, done, args.timeout, args.stall_timeout)
         finished = time.perf_counter()
-        cpu_after = {"hub": cpu_seconds(hub_pid), "sidecars": cpu_seconds(sidecars_pid),
-                     "driver": time.process_time(), "machine": machine_busy_seconds()}  # fmt: skip
+        cpu_after = {
+            "hub": cpu_seconds(hub_pid),
+            "sidecars": cpu_seconds(sidecars_pid),
+            "driver": time.process_time(),
+            "machine": machine_busy_seconds(),
+        }
         threads_after = thread_cpu_seconds(hub_pid)
         stats = await operators[0].request("stats")
     finally:
@@ -590,14 +719,23 @@ async def drive(args: argparse.Namespace, hub_url: str, admin: str,
     for name in threads_before:
         cpu_before[f"hub_{name}"] = threads_before[name]
         cpu_after[f"hub_{name}"] = threads_after[name]
-    return summarize(args, seen, stats, metrics, cpu_before, cpu_after, start, finished,
-                     confirmed, hub_pid)  # fmt: skip
+    return summarize(
+        args, seen, stats, metrics, cpu_before, cpu_after, start, finished, confirmed, hub_pid
+    )
 
 
-def summarize(args: argparse.Namespace, seen: Observations, stats: dict[str, Any],
-              metrics: dict[str, float], cpu_before: dict[str, float | None],
-              cpu_after: dict[str, float | None], start: float, finished: float,
-              confirmed: list[float], hub_pid: int) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    args: argparse.Namespace,
+    seen: Observations,
+    stats: dict[str, Any],
+    metrics: dict[str, float],
+    cpu_before: dict[str, float | None],
+    cpu_after: dict[str, float | None],
+    start: float,
+    finished: float,
+    confirmed: list[float],
+    hub_pid: int,
+) -> dict[str, Any]:
     """Turn the observations into the reported figures."""
     first = seen.first_sent or start
     last_completion = max(seen.completed.values(), default=finished)
@@ -611,8 +749,10 @@ def summarize(args: argparse.Namespace, seen: Observations, stats: dict[str, Any
     for name, before in cpu_before.items():
         after = cpu_after.get(name)
         if before is not None and after is not None:
-            cpu[name] = {"seconds": round(after - before, 2),
-                         "percent_of_one_core": round(100 * (after - before) / wall_s, 1)}  # fmt: skip
+            cpu[name] = {
+                "seconds": round(after - before, 2),
+                "percent_of_one_core": round(100 * (after - before) / wall_s, 1),
+            }
     machine = cpu.pop("machine", None)
     ours = sum(cpu[name]["seconds"] for name in ("hub", "sidecars", "driver") if name in cpu)
     other_load = None
@@ -632,14 +772,17 @@ def summarize(args: argparse.Namespace, seen: Observations, stats: dict[str, Any
         "submit_phase_s": round((seen.last_replied or first) - first, 3),
         "completed": completed,
         "tasks_per_s": round(completed / wall_s, 1),
-        "submits_per_s": round(len(seen.replied) / max((seen.last_replied or first) - first, 1e-9), 1),
+        "submits_per_s": round(
+            len(seen.replied) / max((seen.last_replied or first) - first, 1e-9), 1
+        ),
         "latency_basis": "from submit request sent (driver clock) to dashboard event received",
         "submit_to_assign": latency_summary(to_assign),
         "submit_to_complete": latency_summary(to_complete),
         "submit_round_trip": latency_summary(round_trip),
         "events_received": dict(seen.events),
         "events_dropped": seen.dropped,
-        "completion_confirmed_by_stats": bool(confirmed) and len(seen.completed) < len(seen.replied),
+        "completion_confirmed_by_stats": bool(confirmed)
+        and len(seen.completed) < len(seen.replied),
         "submit_errors": dict(seen.submit_errors),
         "progress_coalesced_by_hub": stats.get("progress_dropped"),
         "hub_pid": hub_pid,
@@ -650,47 +793,74 @@ def summarize(args: argparse.Namespace, seen: Observations, stats: dict[str, Any
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
         "store_commits": commits,
         "tasks_per_commit": round(completed / commits, 2) if commits else None,
+        "hub_cpu_ms_per_task": round(1000 * cpu["hub"]["seconds"] / completed, 3)
+        if completed and "hub" in cpu
+        else None,
         "frames_received_by_hub": metrics.get("agentcom_frames_received_total"),
     }
 
 
 def print_text(figures: dict[str, Any]) -> None:
     """The human-readable report."""
+
     def latency(name: str) -> str:
         data = figures[name]
-        return f"p50 {data['p50_ms']} ms  p99 {data['p99_ms']} ms  max {data['max_ms']} ms  (n={data['n']})"
+        return (
+            f"p50 {data['p50_ms']} ms  p99 {data['p99_ms']} ms  max {data['max_ms']} ms  "
+            f"(n={data['n']})"
+        )
 
     rate = figures["rate_limit_per_s"] or "unlimited"
-    print(f"agentcom {figures['agentcom_version']} ({figures['source_revision']}) lifecycle bench "
-          f"on {figures['cpus']} CPUs: "
-          f"N={figures['agents']} agents, M={figures['tasks']} tasks, "
-          f"{figures['operators']}x{figures['window_per_operator']} submits in flight, rate {rate}")
-    print(f"  elapsed (first submit -> last completion) {figures['elapsed_s']} s; "
-          f"submit phase {figures['submit_phase_s']} s ({figures['submits_per_s']} submits/s)")
-    print(f"  throughput          {figures['tasks_per_s']} tasks/s ({figures['completed']} completed)")
+    print(
+        f"agentcom {figures['agentcom_version']} ({figures['source_revision']}) lifecycle bench "
+        f"on {figures['cpus']} CPUs: "
+        f"N={figures['agents']} agents, M={figures['tasks']} tasks, "
+        f"{figures['operators']}x{figures['window_per_operator']} submits in flight, rate {rate}"
+    )
+    print(
+        f"  elapsed (first submit -> last completion) {figures['elapsed_s']} s; "
+        f"submit phase {figures['submit_phase_s']} s ({figures['submits_per_s']} submits/s)"
+    )
+    print(
+        f"  throughput          {figures['tasks_per_s']} tasks/s ({figures['completed']} completed)"
+    )
     print(f"  submit -> assign    {latency('submit_to_assign')}")
     print(f"  submit -> complete  {latency('submit_to_complete')}")
     print(f"  submit round trip   {latency('submit_round_trip')}")
     print(f"  latency basis: {figures['latency_basis']}")
     events = sum(figures["events_received"].values())
-    print(f"  dashboard events    {events} received, {figures['events_dropped']} dropped"
-          + ("; completion confirmed by stats" if figures["completion_confirmed_by_stats"] else ""))
-    print(f"  hub peak RSS        {figures['hub_peak_rss_mib']} MiB (VmHWM; VmRSS at end "
-          f"{figures['hub_rss_end_mib']} MiB)")
-    cpu = "  ".join(f"{name} {c['seconds']} s ({c['percent_of_one_core']}%)"
-                    for name, c in figures["cpu"].items())  # fmt: skip
+    print(
+        f"  dashboard events    {events} received, {figures['events_dropped']} dropped"
+        + ("; completion confirmed by stats" if figures["completion_confirmed_by_stats"] else "")
+    )
+    print(
+        f"  hub peak RSS        {figures['hub_peak_rss_mib']} MiB (VmHWM; VmRSS at end "
+        f"{figures['hub_rss_end_mib']} MiB)"
+    )
+    cpu = "  ".join(
+        f"{name} {c['seconds']} s ({c['percent_of_one_core']}%)"
+        for name, c in figures["cpu"].items()
+    )
     print(f"  CPU during run      {cpu}")
+    print(f"  hub CPU per task    {figures['hub_cpu_ms_per_task']} ms")
     other = figures["other_processes_cpu_percent"]
-    print(f"  other processes     {other}% of one core during the run; load average at end "
-          f"{figures['load_average_at_end']}")
+    print(
+        f"  other processes     {other}% of one core during the run; load average at end "
+        f"{figures['load_average_at_end']}"
+    )
     if other is not None and other > 20:
         print("  WARNING: the machine was busy with other work; these figures are noisy")
-    print(f"  store commits       {figures['store_commits']} ({figures['tasks_per_commit']} tasks per "
-          f"commit); hub frames received {figures['frames_received_by_hub']}; progress coalesced "
-          f"{figures['progress_coalesced_by_hub']}")
+    print(
+        f"  store commits       {figures['store_commits']} "
+        f"({figures['tasks_per_commit']} tasks per commit); hub frames received "
+        f"{figures['frames_received_by_hub']}; progress coalesced "
+        f"{figures['progress_coalesced_by_hub']}"
+    )
     sidecars = figures.get("sidecars") or {}
-    print(f"  sidecars            acks {sidecars.get('acks')}  errors {sidecars.get('errors')}  "
-          f"connects {sidecars.get('connects')}")
+    print(
+        f"  sidecars            acks {sidecars.get('acks')}  errors {sidecars.get('errors')}  "
+        f"connects {sidecars.get('connects')}"
+    )
     if figures["submit_errors"]:
         print(f"  submit errors       {figures['submit_errors']}")
 
@@ -705,22 +875,40 @@ def print_profile(path: str, limit: int) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; the hidden options select the subprocess modes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--agents", type=int, default=50, help="simulated sidecars (N)")
     parser.add_argument("--tasks", type=int, default=20000, help="tasks to submit (M)")
     parser.add_argument("--operators", type=int, default=1, help="operator connections submitting")
-    parser.add_argument("--window", type=int, default=HUB_OPERATOR_CAP,
-                        help=f"submits in flight per connection (at most {HUB_OPERATOR_CAP})")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=HUB_OPERATOR_CAP,
+        help=f"submits in flight per connection (at most {HUB_OPERATOR_CAP})",
+    )
     parser.add_argument("--rate", type=float, help="pace submits at this many tasks/s")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for completions")
-    parser.add_argument("--stall-timeout", type=float, default=60,
-                        help="give up after this many seconds without a new assignment or completion")
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds to wait for completions"
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60,
+        help="give up after this many seconds without a new assignment or completion",
+    )
     parser.add_argument("--workdir", help="parent of the temporary directory (default: system tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    parser.add_argument("--profile-hub", metavar="PATH", help="run the hub under cProfile, save to PATH")
-    parser.add_argument("--profile-top", type=int, default=30, help="functions shown per profile table")
+    parser.add_argument(
+        "--profile-hub",
+        metavar="PATH",
+        help="run the hub under cProfile and save the profile to PATH (tables: printed, or "
+        "with --json written to PATH.txt)",
+    )
+    parser.add_argument(
+        "--profile-top", type=int, default=30, help="functions shown per profile table"
+    )
     parser.add_argument("--sidecars", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--serve-profiled", action="store_true", help=argparse.SUPPRESS)
@@ -728,8 +916,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.window <= HUB_OPERATOR_CAP:
-        parser.error(f"--window must be 1 to {HUB_OPERATOR_CAP}: the hub serves at most "
-                     f"{HUB_OPERATOR_CAP} requests at once per connection and refuses more")  # fmt: skip
+        parser.error(
+            f"--window must be 1 to {HUB_OPERATOR_CAP}: the hub serves at most "
+            f"{HUB_OPERATOR_CAP} requests at once per connection and refuses more"
+        )
     if args.agents < 1 or args.tasks < 1 or args.operators < 1:
         parser.error("--agents, --tasks and --operators must be at least 1")
     return args
@@ -744,6 +934,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or one of its subprocess modes); 0 when every task completed."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.sidecars:
@@ -756,6 +947,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; every started process was stopped", file=sys.stderr)
         return 130
+    except RuntimeError as error:  # a child that did not start: its stderr tail is in the message
+        print(f"lifecycle bench: {error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

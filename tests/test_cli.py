@@ -367,9 +367,14 @@ async def test_task_list_shows_tasks_and_filters_by_status(
     dropped = await submit(admin, "drop me", "--priority", "low")
     succeeded(await cli("task", "cancel", dropped, *admin))
 
-    everything = succeeded(await cli("task", "list", *admin)).splitlines()
-    queued = succeeded(await cli("task", "list", "--status", "queued", *admin)).splitlines()
-    cancelled = succeeded(await cli("task", "list", "--status", "cancelled", *admin)).splitlines()
+    everything, queued, cancelled = (
+        succeeded(result).splitlines()
+        for result in await asyncio.gather(
+            cli("task", "list", *admin),
+            cli("task", "list", "--status", "queued", *admin),
+            cli("task", "list", "--status", "cancelled", *admin),
+        )
+    )
 
     assert sorted(line.split()[:3] for line in everything) == sorted(
         [[kept, "queued", "normal"], [dropped, "cancelled", "low"]]

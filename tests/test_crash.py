@@ -156,11 +156,15 @@ async def test_every_acknowledged_state_survives_sigkill(
     admin = crashed.tokens["ops"]
 
     # then every acknowledged state is there
-    queued = await task_show(hub, admin, crashed.queued)
+    queued, completed, assigned, working = await asyncio.gather(
+        *(
+            task_show(hub, admin, task_id)
+            for task_id in (crashed.queued, crashed.completed, crashed.assigned, crashed.working)
+        )
+    )
     assert queued["status"] == "queued"
     assert queued["assigned_to"] is None
 
-    completed = await task_show(hub, admin, crashed.completed)
     assert completed["status"] == "completed"
     assert completed["assigned_to"] == "finisher"
     assert completed["execution"] == EXECUTION
@@ -168,11 +172,9 @@ async def test_every_acknowledged_state_survives_sigkill(
         "queued", "assigned", "completed",
     ]  # fmt: skip
 
-    assigned = await task_show(hub, admin, crashed.assigned)
     assert (assigned["status"], assigned["assigned_to"], assigned["generation"]) == (
         "assigned", "holder", 1,
     )  # fmt: skip
-    working = await task_show(hub, admin, crashed.working)
     assert (working["status"], working["assigned_to"], working["generation"]) == (
         "working", "worker", 1,
     )  # fmt: skip
