@@ -17,7 +17,7 @@ from agentcom.protocol.outbound import Complexity, InferredComplexity
 __all__ = ["Inference", "classify", "infer_complexity"]
 
 _COMPLEX_WORDS = (
-    "refactor", "architect", "architecture", "migration", "migrate", "redesign", "security",
+    "refactor", "architect", "migration", "migrate", "redesign", "security",
     "overhaul", "rewrite", "concurrency", "race condition", "distributed", "authentication",
     "authorization", "encryption", "performance", "scalab", "deadlock", "schema change",
     "multi-step", "end-to-end", "protocol", "vulnerability",
@@ -43,6 +43,7 @@ class Inference:
 
 
 def _matches(text: str, words: tuple[str, ...]) -> list[str]:
+    """The words (or word stems: "architect" also matches "architecture") found in text."""
     found = []
     for word in words:
         if re.search(rf"\b{re.escape(word)}", text):
