@@ -473,3 +473,57 @@ def test_execution_tails_stay_bounded() -> None:
     tails.add("b", {"task_id": "b", "execution_event": {"text": "again"}})
     tails.add("d", {"task_id": "d", "execution_event": {"text": "new"}})
     assert list(tails.snapshot()) == ["b", "d"]
+
+
+async def test_alerts_flag_a_growing_queue_a_stuck_task_and_a_high_failure_rate(
+    hub: HubServer, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given the page's own alert rules, evaluated in the browser at a chosen time
+    page = await open_dashboard(make_token("ops", "admin"))
+    evaluate = """async (state) => {
+        const { currentAlerts } = await import("/dashboard/alerts.js");
+        const now = state.now;
+        const alerts = currentAlerts({
+            ...state, now: () => now, agents: new Map(state.agents),
+            tasks: new Map(state.tasks.map((task) => [task.task_id, task])),
+        }, new Set());
+        return alerts.map((alert) => alert.key);
+    }"""
+    minute = 60_000
+    now = 100 * minute
+    calm = {
+        "now": now,
+        "snapshots": 1,
+        "agents": [["a1", {"agent_id": "a1", "state": "working"}]],
+        "queue": {"depth": 3},
+        "growth": {"since": now - 4 * minute, "fromDepth": 1},
+        "timeouts": {"reclaim_after_ms": 10 * minute},
+        "tasks": [
+            {
+                "task_id": "t1",
+                "status": "working",
+                "assigned_to": "a1",
+                "last_progress_at": now - 4 * minute,
+            },
+        ],
+        "outcomes": [True, False, True, False],
+        "validationDrops": [],
+    }
+
+    # when nothing has lasted long enough, and half (not more) of the attempts failed
+    # then nothing is flagged
+    assert await page.evaluate(evaluate, calm) == []
+
+    # when the queue has grown for five minutes, the task has been silent for half the
+    # reclaim time, and three of the last four attempts failed
+    alarming = {
+        **calm,
+        "growth": {"since": now - 5 * minute, "fromDepth": 1},
+        "tasks": [{**calm["tasks"][0], "last_progress_at": now - 5 * minute}],
+        "outcomes": [True, False, False, False],
+    }
+
+    # then each of them is flagged
+    assert await page.evaluate(evaluate, alarming) == [
+        "queue-growing", "stuck-t1", "failure-rate",
+    ]  # fmt: skip
