@@ -15,6 +15,18 @@ from agentcom.server.app import HubServer
 from agentcom.store.tokens import save_token
 
 TokenMaker = Callable[..., str]
+
+METADATA = {
+    "status": "success",
+    "output": "done",
+    "model_used": "qwen2.5-coder:7b",
+    "tokens_in": 120,
+    "tokens_out": 48,
+    "estimated_cost_usd": 0,
+    "equivalent_claude_cost_usd": 0.00108,
+    "execution_ms": 1534,
+}
+"""A ``task_complete`` result with every execution metadata field of a local-model run."""
 AgentMaker = Callable[..., Awaitable[AgentClient]]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import METADATA
 from hubprocess import CliProcess, CliResult, HubProcess, closed_port, run_cli_async, running_hub
 from websockets.exceptions import ConnectionClosed
 
@@ -25,16 +26,6 @@ SidecarMaker = Callable[..., Awaitable[AgentClient]]
 
 TASK_ID = re.compile(r"^[A-Za-z0-9_-]{16,}$")  # random, unguessable; the format is not ours to pin
 NEVER_QUEUED = "refused before it reaches the queue"
-METADATA = {
-    "status": "success",
-    "output": "done",
-    "model_used": "qwen2.5-coder:7b",
-    "tokens_in": 120,
-    "tokens_out": 48,
-    "estimated_cost_usd": 0,
-    "equivalent_claude_cost_usd": 0.00108,
-    "execution_ms": 1534,
-}
 
 
 # --- fixtures and helpers -------------------------------------------------------------

@@ -16,20 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import METADATA
 from hubprocess import HubProcess, run_cli_async
 
 from agentcom.client import AgentClient, OperatorClient
 
-METADATA = {
-    "status": "success",
-    "output": "done",
-    "model_used": "qwen2.5-coder:7b",
-    "tokens_in": 120,
-    "tokens_out": 48,
-    "estimated_cost_usd": 0,
-    "equivalent_claude_cost_usd": 0.00108,
-    "execution_ms": 1534,
-}
 EXECUTION = {
     "model_used": "qwen2.5-coder:7b", "tokens_in": 120, "tokens_out": 48,
     "estimated_cost_usd": 0.0, "equivalent_claude_cost_usd": 0.00108, "execution_ms": 1534.0,

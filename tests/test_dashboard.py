@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import AgentMaker, TokenMaker
+from conftest import METADATA, AgentMaker, TokenMaker
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -35,16 +35,6 @@ LAUNCH_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 GIB = 1024**3
-METADATA = {
-    "status": "success",
-    "output": "all green",
-    "model_used": "qwen2.5-coder:7b",
-    "tokens_in": 120,
-    "tokens_out": 48,
-    "estimated_cost_usd": 0,
-    "equivalent_claude_cost_usd": 0.00108,
-    "execution_ms": 1534,
-}
 
 PageOpener = Callable[[str], Awaitable[Page]]
 

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from conftest import METADATA, AgentMaker
+
 from agentcom.client import OperatorClient
 from agentcom.server.app import HubServer
-
-from conftest import AgentMaker
-
-METADATA = {
-    "status": "success",
-    "output": "done",
-    "model_used": "qwen2.5-coder:7b",
-    "tokens_in": 120,
-    "tokens_out": 48,
-    "estimated_cost_usd": 0,
-    "equivalent_claude_cost_usd": 0.00108,
-    "execution_ms": 1534,
-}
 
 
 async def test_task_runs_end_to_end_with_routing_and_execution_metadata(
@@ -63,7 +52,12 @@ async def test_task_runs_end_to_end_with_routing_and_execution_metadata(
         {"type": "task_complete", "task_id": task["task_id"], "generation": 1, "result": METADATA}
     )
     ack = await agent.receive_type("task_ack")
-    assert ack == {"type": "task_ack", "task_id": task["task_id"], "status": "complete", "generation": 1}
+    assert ack == {
+        "type": "task_ack",
+        "task_id": task["task_id"],
+        "status": "complete",
+        "generation": 1,
+    }
 
     seen = []
     async with asyncio.timeout(5):
@@ -102,8 +96,12 @@ async def test_failure_retries_then_dead_letters_and_operator_retry_requeues(
     for expected in ("retried", "dead_letter"):
         assign = await agent.receive_type("task_assign")
         await agent.send(
-            {"type": "task_failed", "task_id": task["task_id"], "generation": assign["generation"],
-             "reason": "boom"}  # fmt: skip
+            {
+                "type": "task_failed",
+                "task_id": task["task_id"],
+                "generation": assign["generation"],
+                "reason": "boom",
+            }
         )
         ack = await agent.receive_type("task_ack")
         assert ack["status"] == expected
@@ -126,12 +124,19 @@ async def test_completion_reporting_failure_is_treated_as_failure(
     task = await operator.submit("will fail", max_retries=0)
     assign = await agent.receive_type("task_assign")
     await agent.send(
-        {"type": "task_progress", "task_id": task["task_id"],
-         "execution_event": {"event_type": "error", "text": "model not found"}}  # fmt: skip
+        {
+            "type": "task_progress",
+            "task_id": task["task_id"],
+            "execution_event": {"event_type": "error", "text": "model not found"},
+        }
     )
     await agent.send(
-        {"type": "task_complete", "task_id": task["task_id"], "generation": assign["generation"],
-         "result": {"status": "failed", "output": "", "verification_status": "execution_failed"}}  # fmt: skip
+        {
+            "type": "task_complete",
+            "task_id": task["task_id"],
+            "generation": assign["generation"],
+            "result": {"status": "failed", "output": "", "verification_status": "execution_failed"},
+        }
     )
     ack = await agent.receive_type("task_ack")
     assert ack["status"] == "dead_letter"
@@ -186,7 +191,9 @@ async def test_recovering_sidecar_executed_task_is_reassigned(
     await agent.connection.close()  # the sidecar restarts
 
     again = await make_agent("restarter")
-    await again.send({"type": "task_recovering", "task_id": task["task_id"], "last_status": "working"})
+    await again.send(
+        {"type": "task_recovering", "task_id": task["task_id"], "last_status": "working"}
+    )
     answer = await again.receive_type("task_reassign")
     assert answer["task_id"] == task["task_id"]
     # the requeued task comes straight back with a new generation
