@@ -4,7 +4,8 @@ slowing down addresses that keep presenting bad tokens."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict, deque
+import json
+from collections import OrderedDict, deque
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -16,13 +17,20 @@ from agentcom.hub.clock import Clock
 __all__ = ["Guard"]
 
 _BROWSER_PATHS = frozenset({"/ws/dashboard", "/ws/operator"})
+_FAILURE_WINDOW_MS = 60_000
 
 
 def _refusal(status: int, reason: str, message: str) -> Response:
-    body = ('{"error": "%s"}' % message).encode()
+    body = json.dumps({"error": message}).encode()
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                        ("Connection", "close")])  # fmt: skip
     return Response(status, reason, headers, body)
+
+
+def _single_header(headers: Headers, name: str) -> str | None:
+    """The value of a header sent once; None when it is absent or repeated."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else None
 
 
 def _address(connection: ServerConnection) -> str:
@@ -43,6 +51,10 @@ class Guard:
         auth_failures_before_delay: bad tokens from one address within a minute before its
             replies are delayed.
         max_auth_delay_s: the longest such delay.
+        max_tracked_addresses: addresses whose recent bad tokens are remembered; beyond it
+            the one that failed least recently is forgotten, so a peer rotating addresses
+            cannot grow the table without end. An address is also forgotten once its last
+            failure is a minute old.
     """
 
     def __init__(
@@ -52,54 +64,76 @@ class Guard:
         allowed_origins: list[str],
         auth_failures_before_delay: int = 5,
         max_auth_delay_s: float = 5.0,
+        max_tracked_addresses: int = 10_000,
     ) -> None:
         self._clock = clock
         self._max_connections = max_connections_per_address
         self._allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self._failures_before_delay = auth_failures_before_delay
         self._max_auth_delay_s = max_auth_delay_s
-        self._open: dict[str, int] = defaultdict(int)
-        self._auth_failures: dict[str, deque[int]] = {}
+        self._max_tracked_addresses = max_tracked_addresses
+        self._open: dict[str, int] = {}
+        self._auth_failures: OrderedDict[str, deque[int]] = OrderedDict()
 
     def admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """None to let the handshake go on, or the refusal to send."""
         address = _address(connection)
-        if self._open[address] >= self._max_connections:
+        if self._open.get(address, 0) >= self._max_connections:
             return _refusal(429, "Too Many Requests", "too_many_connections")
         path = urlsplit(request.path).path.rstrip("/")
-        origin = request.headers.get("Origin")
-        if path in _BROWSER_PATHS and origin is not None and not self._origin_allowed(
-            origin, request.headers.get("Host")
-        ):
+        if path in _BROWSER_PATHS and not self._origin_allowed(request.headers):
             return _refusal(403, "Forbidden", "origin_not_allowed")
         return None
 
-    def _origin_allowed(self, origin: str, host: str | None) -> bool:
-        normalized = origin.rstrip("/").lower()
+    def _origin_allowed(self, headers: Headers) -> bool:
+        origins = headers.get_all("Origin")
+        if not origins:
+            return True  # not a browser
+        if len(origins) > 1:
+            return False  # no browser sends two: nothing to trust
+        normalized = origins[0].rstrip("/").lower()
         if normalized in self._allowed_origins or "*" in self._allowed_origins:
             return True
-        origin_host = urlsplit(normalized).netloc
-        return host is not None and origin_host == host.lower()
+        host = _single_header(headers, "Host")
+        return host is not None and urlsplit(normalized).netloc == host.lower()
 
     def opened(self, connection: ServerConnection) -> None:
         """Count an accepted connection."""
-        self._open[_address(connection)] += 1
+        address = _address(connection)
+        self._open[address] = self._open.get(address, 0) + 1
 
     def closed(self, connection: ServerConnection) -> None:
         """Forget a finished connection."""
         address = _address(connection)
-        self._open[address] -= 1
-        if self._open[address] <= 0:
-            del self._open[address]
+        remaining = self._open.get(address, 0) - 1
+        if remaining > 0:
+            self._open[address] = remaining
+        else:
+            self._open.pop(address, None)
 
     async def slow_down_after_failure(self, connection: ServerConnection) -> None:
         """Record a bad token from this address; delay when it keeps happening."""
         address = _address(connection)
         now = self._clock.now_ms()
-        failures = self._auth_failures.setdefault(address, deque(maxlen=64))
+        failures = self._auth_failures.pop(address, None) or deque(maxlen=64)
         failures.append(now)
-        while failures and now - failures[0] > 60_000:
+        while failures and now - failures[0] > _FAILURE_WINDOW_MS:
             failures.popleft()
+        self._auth_failures[address] = failures  # now the most recently failing address
+        self._forget_old_failures(now)
         excess = len(failures) - self._failures_before_delay
         if excess > 0:
             await asyncio.sleep(min(self._max_auth_delay_s, 0.1 * 2 ** min(excess, 10)))
+
+    def _forget_old_failures(self, now: int) -> None:
+        """Drop addresses with no failure in the window, and the oldest beyond the cap."""
+        while self._auth_failures:
+            address, failures = next(iter(self._auth_failures.items()))
+            expired = now - failures[-1] > _FAILURE_WINDOW_MS
+            if not expired and len(self._auth_failures) <= self._max_tracked_addresses:
+                return
+            del self._auth_failures[address]
+
+    def tracked_addresses(self) -> int:
+        """How many addresses have bad tokens on record (bounded)."""
+        return len(self._auth_failures)

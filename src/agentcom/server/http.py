@@ -41,6 +41,12 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
     return Response(status, _REASONS.get(status, "Error"), headers, body)
 
 
+def _single_header(request: Request, name: str) -> str | None:
+    """A header sent exactly once; a repeated one counts as absent."""
+    values = request.headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
 def _json(status: int, data: Any) -> Response:
     return _response(status, json.dumps(data).encode(), "application/json")
 
@@ -94,7 +100,8 @@ class HttpRoutes:
         """Let WebSocket upgrades through; answer every other request here."""
         parts = urlsplit(request.path)
         path = parts.path.rstrip("/") or "/"
-        if path in WEBSOCKET_PATHS and "upgrade" in request.headers.get("Connection", "").lower():
+        upgrade = any("upgrade" in value.lower() for value in request.headers.get_all("Connection"))
+        if path in WEBSOCKET_PATHS and upgrade:
             return None
         if path in WEBSOCKET_PATHS:
             return _json(400, {"error": "websocket_required"})
@@ -102,18 +109,20 @@ class HttpRoutes:
             return _json(200, self.health())
         if path == "/metrics":
             return _response(200, self.metrics().encode(), "text/plain; version=0.0.4")
+        host = _single_header(request, "Host")
         if path in ("/", "/dashboard"):
-            return dashboard_file("index.html", request.headers.get("Host"))
+            return dashboard_file("index.html", host)
         if path.startswith("/dashboard/"):
-            return dashboard_file(path.removeprefix("/dashboard/"), request.headers.get("Host"))
+            return dashboard_file(path.removeprefix("/dashboard/"), host)
         if path.startswith("/api/"):
             if not self._authorized(request):
+                await self.server.guard.slow_down_after_failure(connection)
                 return _json(401, {"error": "unauthorized"})
             return await self.api(path, parse_qs(parts.query))
         return _json(404, {"error": "not_found"})
 
     def _authorized(self, request: Request) -> bool:
-        header = request.headers.get("Authorization", "")
+        header = _single_header(request, "Authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
