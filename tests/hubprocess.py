@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +47,7 @@ __all__ = [
 CLI = [sys.executable, "-m", "agentcom.cli"]
 """How to run the command in whatever virtualenv runs the tests."""
 
-LISTENING = re.compile(r"^agentcom \S+ hub on ws://(?P<host>\S+):(?P<port>\d+)/ws$")
+LISTENING = re.compile(r"^agentcom \S+ hub on (?P<scheme>wss?)://(?P<host>\S+):(?P<port>\d+)/ws$")
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 CLI_TIMEOUT_S = 30.0
@@ -141,13 +141,21 @@ class HubProcess:
             second instance to restart a hub on the same state.
         env: extra environment variables (``AGENTCOM_DISCONNECT_GRACE_S`` ...), on top of
             :data:`HUB_TEST_ENV`.
+        serve_args: more ``agentcom serve`` flags (``--certfile C --keyfile K`` serves TLS:
+            the URLs below then say ``wss://`` and ``https://``).
     """
 
     def __init__(
-        self, directory: Path, db: Path | None = None, env: Mapping[str, str] | None = None
+        self,
+        directory: Path,
+        db: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        serve_args: Sequence[str] = (),
     ) -> None:
         self.directory = directory
         self.db = db or directory / "hub.db"
+        self.serve_args = list(serve_args)
+        self.scheme = "ws"  # what the hub announced: "wss" when it serves TLS
         # Tasks without a reachable Ollama endpoint fall back at once unless a test says so.
         self.env = clean_env({**HUB_TEST_ENV, **(env or {})})
         self.process: subprocess.Popen[str] | None = None
@@ -169,12 +177,12 @@ class HubProcess:
     @property
     def http_url(self) -> str:
         """Base URL for operator commands (``--hub``)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.scheme == 'wss' else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
         """The agent endpoint."""
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{self.scheme}://127.0.0.1:{self.port}/ws"
 
     def start(self, timeout: float = START_TIMEOUT_S) -> HubProcess:
         """Start the hub and return once it printed its listening line.
@@ -184,6 +192,7 @@ class HubProcess:
         handle, log_name = tempfile.mkstemp(prefix="hub-", suffix=".log", dir=self.directory)
         self.log_path = Path(log_name)
         command = [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(self.db)]
+        command += self.serve_args
         try:
             self.process = subprocess.Popen(
                 command,
@@ -212,6 +221,7 @@ class HubProcess:
             line = self.stdout.next_line(max(0.0, deadline - time.monotonic()))
             match = LISTENING.match(line)
             if match:
+                self.scheme = match["scheme"]
                 return int(match["port"])
 
     def log(self) -> str:

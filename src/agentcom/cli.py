@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sqlite3
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -141,8 +142,10 @@ def _operator(
         if not args.token:
             raise CliError("no token: pass --token or set AGENTCOM_TOKEN")
 
+        context = _trusting(args.cafile)
+
         async def connected() -> int:
-            client = OperatorClient(args.hub, args.token)
+            client = OperatorClient(args.hub, args.token, ssl=context)
             try:
                 await client.connect()
             except AuthenticationError:
@@ -165,6 +168,16 @@ def _operator(
         return asyncio.run(connected())
 
     return run
+
+
+def _trusting(cafile: str | None) -> ssl.SSLContext | None:
+    """A TLS context that trusts the certificates in ``cafile`` (None: the system's)."""
+    if not cafile:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot use the CA file {cafile}: {exc}") from None
 
 
 def _print_task(task: dict[str, Any]) -> None:
@@ -414,6 +427,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="hub URL (default $AGENTCOM_HUB or http://127.0.0.1:4000)")
         sub.add_argument("--token", default=os.environ.get("AGENTCOM_TOKEN"),
                          help="operator token (default $AGENTCOM_TOKEN)")
+        sub.add_argument(
+            "--cafile",
+            default=os.environ.get("AGENTCOM_CAFILE"),
+            help="PEM certificates to trust for an https:// hub, e.g. its own self-signed one "
+            "(default $AGENTCOM_CAFILE, else the system's)",
+        )
         if reads:
             sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(handler=_operator(action))

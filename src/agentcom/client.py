@@ -13,6 +13,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from ssl import SSLContext
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from agentcom.errors import AgentcomError
+from agentcom.wirelog import library_logger
 
 __all__ = [
     "AgentClient",
@@ -54,10 +56,20 @@ class RequestFailed(AgentcomError):
 
 
 def websocket_url(hub: str, path: str) -> str:
-    """``http://host:port`` (or ``ws://``, ``https://``, ``wss://``) to the WebSocket URL of ``path``."""
+    """The WebSocket URL of ``path`` on ``hub`` (``http://``, ``https://``, ``ws://``, ``wss://``)."""
     parts = urlsplit(hub if "//" in hub else f"http://{hub}")
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _options(url: str, context: SSLContext | None) -> dict[str, Any]:
+    """More ``connect`` keywords: a logger that never prints frames or headers (the token
+    is in them), and the TLS context for ``wss://`` URLs (websockets refuses one for
+    ``ws://``)."""
+    options: dict[str, Any] = {"logger": library_logger("websockets.client")}
+    if context is not None and url.startswith("wss:"):
+        options["ssl"] = context
+    return options
 
 
 def _encode(frame: Mapping[str, Any] | BaseModel) -> str:
@@ -79,6 +91,8 @@ class AgentClient:
         heartbeat_s: interval of ``ping`` frames while connected (None: no heartbeat).
         backoff_initial_s: first reconnect delay, doubled after each failure.
         backoff_max_s: the delay never exceeds this.
+        ssl: the TLS context for a ``wss://`` URL, e.g. one that trusts the hub's own CA
+            (None: the system's trusted certificates).
     """
 
     def __init__(
@@ -93,6 +107,7 @@ class AgentClient:
         heartbeat_s: float | None = 30.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.url = url
         self.agent_id = agent_id
@@ -103,6 +118,7 @@ class AgentClient:
         self.heartbeat_s = heartbeat_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.ssl = ssl
         self.connection: ClientConnection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
@@ -125,7 +141,9 @@ class AgentClient:
 
     async def connect(self, timeout: float = 10.0) -> Frame:
         """Open the socket and identify; returns ``identified`` or raises."""
-        self.connection = await connect(self.url, open_timeout=timeout, max_size=2**24)
+        self.connection = await connect(
+            self.url, open_timeout=timeout, max_size=2**24, **_options(self.url, self.ssl)
+        )
         await self.send(self.identify_frame())
         reply = await self.receive(timeout)
         if reply.get("type") != "identified":
@@ -208,11 +226,14 @@ class OperatorClient:
     Args:
         hub: the hub's base URL, e.g. ``http://127.0.0.1:4000``.
         token: an admin or viewer token.
+        ssl: the TLS context for an ``https://`` or ``wss://`` hub, e.g. one that trusts the
+            hub's own CA (None: the system's trusted certificates).
     """
 
-    def __init__(self, hub: str, token: str) -> None:
+    def __init__(self, hub: str, token: str, *, ssl: SSLContext | None = None) -> None:
         self.hub = hub
         self.token = token
+        self.ssl = ssl
         self.role: str | None = None
         self._connection: ClientConnection | None = None
         self._pending: dict[str, asyncio.Future[Any]] = {}
@@ -229,7 +250,9 @@ class OperatorClient:
     async def connect(self, timeout: float = 10.0) -> None:
         """Open ``/ws/operator`` and authenticate."""
         url = websocket_url(self.hub, "/ws/operator")
-        self._connection = await connect(url, open_timeout=timeout, max_size=2**26)
+        self._connection = await connect(
+            url, open_timeout=timeout, max_size=2**26, **_options(url, self.ssl)
+        )
         await self._connection.send(json.dumps({"type": "auth", "token": self.token}))
         try:
             reply = json.loads(await asyncio.wait_for(self._connection.recv(), timeout))
@@ -303,7 +326,7 @@ class OperatorClient:
     async def watch(self, topics: list[str] | None = None) -> AsyncIterator[Frame]:
         """Frames from ``/ws/dashboard``: the snapshot first, then every event."""
         url = websocket_url(self.hub, "/ws/dashboard")
-        async with connect(url, max_size=2**26) as connection:
+        async with connect(url, max_size=2**26, **_options(url, self.ssl)) as connection:
             subscribe: Frame = {"type": "subscribe", "token": self.token}
             if topics:
                 subscribe["topics"] = topics

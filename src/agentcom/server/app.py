@@ -27,6 +27,7 @@ from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
 from agentcom.server.viewer import DashboardSession, OperatorSession
+from agentcom.wirelog import library_logger
 from agentcom.store.sqlite import SqliteStore
 
 __all__ = ["HubServer"]
@@ -107,6 +108,7 @@ class HubServer:
             ping_timeout=20,
             close_timeout=5,
             server_header=f"agentcom/{__version__}",
+            logger=library_logger("websockets.server"),  # its DEBUG lines print tokens
         )
         if self._run_sweeps:
             self._sweeper = asyncio.create_task(self._sweep_forever())
