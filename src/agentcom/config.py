@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     subscriber_queue: int = Field(
         1000, ge=1, description="Events buffered per subscriber; beyond it the oldest are dropped."
     )
+    subscriber_queue_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of events buffered per subscriber, counting the batch being sent; "
+        "beyond it the oldest are dropped (the newest event is always kept).",
+    )
     offline_message_cap: int = Field(
         100, ge=0, description="Direct messages kept per offline agent (oldest dropped)."
     )

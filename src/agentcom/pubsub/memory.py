@@ -1,7 +1,9 @@
 """In-process pubsub: each event is encoded once, then offered to every subscriber.
 
-A subscriber has a bounded queue; when it is full the oldest event is dropped and
-counted, so publishing never waits for a slow subscriber.
+A subscriber has a queue bounded in events and in bytes; when either bound is reached
+the oldest events are dropped and counted, so publishing never waits for a slow
+subscriber and a slow subscriber never holds more than its bounds, whatever the size of
+the events (an execution event may be as large as an inbound frame).
 """
 
 from __future__ import annotations
@@ -23,31 +25,46 @@ class Subscription:
     Args:
         topics: the topics it receives.
         max_queue: events kept while the subscriber is not reading; older ones are dropped.
+        max_bytes: size of the events kept, counting the last batch handed out (which its
+            reader is still sending) until it asks for the next one; beyond it the oldest
+            queued events are dropped. The newest event is always kept.
     """
 
-    def __init__(self, topics: Iterable[str], max_queue: int) -> None:
+    def __init__(self, topics: Iterable[str], max_queue: int, max_bytes: int) -> None:
         self.topics = frozenset(topics)
         self._queue: deque[str] = deque()
         self._max_queue = max_queue
+        self._max_bytes = max_bytes
+        self._queued_bytes = 0
+        self._batch_bytes = 0
         self._ready = asyncio.Event()
         self._dropped = 0
         self.closed = False
 
     def offer(self, encoded: str) -> None:
-        """Queue one event without waiting; drops the oldest when full."""
-        if len(self._queue) >= self._max_queue:
-            self._queue.popleft()
-            self._dropped += 1
+        """Queue one event without waiting; drops the oldest while over a bound."""
         self._queue.append(encoded)
+        self._queued_bytes += len(encoded)  # ASCII JSON: one byte per character
+        while len(self._queue) > 1 and (
+            len(self._queue) > self._max_queue
+            or self._queued_bytes + self._batch_bytes > self._max_bytes
+        ):
+            self._queued_bytes -= len(self._queue.popleft())
+            self._dropped += 1
         self._ready.set()
 
     async def next_batch(self) -> tuple[list[str], int]:
-        """Wait for events; returns them all and how many were dropped since the last call."""
+        """Wait for events; returns them all and how many were dropped since the last call.
+
+        Calling it again means the previous batch was sent: its bytes stop counting.
+        """
+        self._batch_bytes = 0
         while not self._queue and not self.closed:
             self._ready.clear()
             await self._ready.wait()
         batch = list(self._queue)
         self._queue.clear()
+        self._batch_bytes, self._queued_bytes = self._queued_bytes, 0
         dropped, self._dropped = self._dropped, 0
         return batch, dropped
 
@@ -58,15 +75,21 @@ class Subscription:
 
 
 class MemoryPubSub:
-    """Topics within one hub process."""
+    """Topics within one hub process.
 
-    def __init__(self, max_queue: int = 1000) -> None:
+    Args:
+        max_queue: events kept per subscriber that is not reading.
+        max_bytes: bytes of events kept per subscriber that is not reading.
+    """
+
+    def __init__(self, max_queue: int = 1000, max_bytes: int = 4 * 1024 * 1024) -> None:
         self._max_queue = max_queue
+        self._max_bytes = max_bytes
         self._subscribers: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
 
     def subscribe(self, topics: Iterable[str] | None = None) -> Subscription:
         """A new subscription to ``topics`` (all topics when None)."""
-        subscription = Subscription(topics or TOPICS, self._max_queue)
+        subscription = Subscription(topics or TOPICS, self._max_queue, self._max_bytes)
         for topic in subscription.topics:
             self._subscribers.setdefault(topic, set()).add(subscription)
         return subscription

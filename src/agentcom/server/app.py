@@ -55,7 +55,7 @@ class HubServer:
         self.store = SqliteStore(settings.db, batch_max=settings.commit_batch_max)
         self.hub = Hub(self.store, self.clock, settings)
         self.auth = Authenticator(self.store)
-        self.pubsub = MemoryPubSub(settings.subscriber_queue)
+        self.pubsub = MemoryPubSub(settings.subscriber_queue, settings.subscriber_queue_bytes)
         self.violations = ViolationTracker(self.clock)
         self.guard = Guard(
             self.clock,
