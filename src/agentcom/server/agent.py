@@ -25,6 +25,7 @@ from agentcom.protocol.outbound import (
     StatusUpdated,
     ValidationFailed,
 )
+from agentcom.server.inbound import text_of
 
 if TYPE_CHECKING:
     from agentcom.protocol.common import Outbound
@@ -116,8 +117,11 @@ class AgentSession:
         """Decode, gate, rate-limit and dispatch one frame."""
         if self.closed_for_violations:
             return  # frames already buffered when the connection was condemned are ignored
+        text = await text_of(self.connection, raw)
+        if text is None:
+            return
         try:
-            frame = DECODER.decode(raw)
+            frame = DECODER.decode(text)
         except FrameRejected as rejected:
             await self.reject(rejected.reply)
             return

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import from_json
 from websockets.asyncio.server import ServerConnection
 
 from agentcom.errors import HubError, StoreError
@@ -15,6 +15,7 @@ from agentcom.hub.auth import Role
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
+from agentcom.server.inbound import text_of
 from agentcom.store.base import TaskFilter
 
 if TYPE_CHECKING:
@@ -31,13 +32,16 @@ _OPERATOR_ROLES = (Role.admin, Role.viewer)
 _MAX_REQUESTS_IN_FLIGHT = 32
 
 
-async def _first_frame(server: HubServer, connection: ServerConnection) -> str | bytes | None:
+async def _first_frame(server: HubServer, connection: ServerConnection) -> str | None:
+    """The first message, or None once the connection is closed for not sending one in time
+    or for sending a binary one."""
     try:
         async with asyncio.timeout(server.settings.identify_timeout_s):
-            return await connection.recv()
+            raw = await connection.recv()
     except TimeoutError:
         await connection.close(1008, "no authentication in time")
         return None
+    return await text_of(connection, raw)
 
 
 class DashboardSession:
@@ -101,7 +105,9 @@ def _request_id(raw: str | bytes) -> str | None:
     Error replies repeat it: without it the sender cannot match the reply and waits for ever.
     """
     try:
-        request_id = json.loads(raw).get("request_id")
+        # The decoder's own parser: what it refuses (nesting too deep, lone surrogates)
+        # has no request_id the reply could repeat.
+        request_id = from_json(raw).get("request_id")
     except (ValueError, AttributeError):
         return None
     if not isinstance(request_id, str) or not 1 <= len(request_id) <= 64:
@@ -138,7 +144,10 @@ class OperatorSession:
         if raw is None or not await self._authenticate(raw):
             return
         try:
-            async for raw in self.connection:
+            async for message in self.connection:
+                raw = await text_of(self.connection, message)
+                if raw is None:
+                    break
                 if len(self._in_flight) >= _MAX_REQUESTS_IN_FLIGHT:
                     await self._send(
                         ops.OperatorError(request_id=_request_id(raw), error="too_many_requests")
@@ -233,7 +242,9 @@ class OperatorSession:
                 task = await asyncio.wait_for(asyncio.shield(waiter), request.timeout_s)
             except TimeoutError:
                 hub.forget_waiter(request.task_id, waiter)
-                raise HubError("timeout", "the task did not finish in time", request.task_id) from None
+                raise HubError(
+                    "timeout", "the task did not finish in time", request.task_id
+                ) from None
             return task.model_dump(mode="json")
         if isinstance(request, ops.TaskRoute):
             return hub.route_preview(request.task)

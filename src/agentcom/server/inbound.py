@@ -1,0 +1,24 @@
+"""What every entrance accepts before decoding: text messages only.
+
+The protocol's frames are UTF-8 JSON in WebSocket text messages. ``websockets`` already
+closes a text message that is not valid UTF-8 (1007) or larger than ``max_frame_bytes``
+(1009); a binary message is refused here, with the close code WebSocket defines for data
+of a type the endpoint does not accept.
+"""
+
+from __future__ import annotations
+
+from websockets.asyncio.server import ServerConnection
+
+__all__ = ["CLOSE_UNSUPPORTED_DATA", "text_of"]
+
+CLOSE_UNSUPPORTED_DATA = 1003
+
+
+async def text_of(connection: ServerConnection, message: str | bytes) -> str | None:
+    """The text of a message; None for a binary one, after closing ``connection`` with 1003
+    (the caller stops reading)."""
+    if isinstance(message, str):
+        return message
+    await connection.close(CLOSE_UNSUPPORTED_DATA, "binary messages are not accepted")
+    return None
