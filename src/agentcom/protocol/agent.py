@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, TypeAdapter, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, TypeAdapter, model_validator
 
 from agentcom.protocol.common import (
     AgentId,
     ChannelName,
     Inbound,
+    JsonObject,
     LongText,
     ShortText,
     TaskId,
     Url,
+    only_finite_numbers,
 )
 
 __all__ = [
@@ -47,27 +47,6 @@ __all__ = [
 Count = Annotated[int, Field(ge=0, le=2**53)]
 Money = Annotated[float, Field(ge=0, le=1e9)]
 Number = Annotated[float, Field(ge=0, le=2**63)]
-
-
-def _only_finite_numbers(value: Any) -> Any:
-    """Refuse NaN and infinities anywhere inside a free-form value.
-
-    JSON has no such numbers, yet the parser reads ``NaN``, ``Infinity`` and ``1e400``;
-    kept, they would be re-published to subscribers as text that is not JSON.
-    """
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise PydanticCustomError("finite_number", "Input should be a finite number")
-        if isinstance(item, dict):
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return value
-
-
-JsonObject = Annotated[dict[str, Any], AfterValidator(_only_finite_numbers)]
 
 
 class Identify(Inbound):
@@ -186,7 +165,7 @@ class ExecutionResult(Inbound):
 
     @model_validator(mode="after")
     def _free_form_numbers_are_finite(self) -> ExecutionResult:
-        _only_finite_numbers([self.output, self.model_extra])
+        only_finite_numbers([self.output, self.model_extra])
         return self
 
 

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "PRIORITY_RANK",
     "AgentId",
     "ChannelName",
     "CostTier",
     "Inbound",
+    "JsonObject",
     "LongText",
     "Outbound",
     "Priority",
     "ShortText",
-    "TaskId",
     "TargetType",
+    "TaskId",
     "TaskStatus",
     "Tier",
-    "PRIORITY_RANK",
+    "only_finite_numbers",
 ]
 
 AgentId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -29,6 +33,29 @@ ShortText = Annotated[str, Field(max_length=256)]
 LongText = Annotated[str, Field(max_length=2_000)]
 ChannelName = Annotated[str, Field(min_length=1, max_length=64)]
 Url = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+def only_finite_numbers(value: Any) -> Any:
+    """Refuse NaN and infinities anywhere inside a free-form value.
+
+    JSON has no such numbers, yet the parser reads ``NaN``, ``Infinity`` and ``1e400``;
+    kept, they would be re-published to subscribers as text that is not JSON (or quietly
+    turned into ``null``).
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(only_finite_numbers)]
+"""A free-form JSON object whose numbers are all finite."""
 
 
 class Inbound(BaseModel):

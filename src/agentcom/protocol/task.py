@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentcom.protocol.common import Priority, TaskStatus, Tier
+from agentcom.protocol.common import JsonObject, Priority, TaskStatus, Tier
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 
 __all__ = ["ExecutionMetadata", "HistoryEntry", "Task", "TaskSubmission"]
@@ -42,8 +42,10 @@ class TaskSubmission(BaseModel):
     description: Annotated[str, Field(min_length=1, max_length=10_000)]
     priority: Priority = Priority.normal
     complexity_tier: Tier | None = None
-    needed_capabilities: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
-    metadata: dict[str, Any] = {}
+    needed_capabilities: Annotated[
+        list[Annotated[str, Field(max_length=256)]], Field(max_length=64)
+    ] = []
+    metadata: JsonObject = {}
     max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
     repo: Annotated[str, Field(max_length=512)] | None = None
     branch: Annotated[str, Field(max_length=256)] | None = None
@@ -51,7 +53,8 @@ class TaskSubmission(BaseModel):
     success_criteria: Annotated[list[Line], Field(max_length=100)] = []
     verification_steps: Annotated[list[Line], Field(max_length=100)] = []
     skip_verification: bool = False
-    verification_timeout_ms: Annotated[int, Field(ge=0)] | None = None
+    # At most 2^53: sidecars read it as a JavaScript number.
+    verification_timeout_ms: Annotated[int, Field(ge=0, le=2**53)] | None = None
 
 
 class Task(BaseModel):
