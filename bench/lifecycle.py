@@ -52,190 +52,41 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    HUB_OPERATOR_CAP,
+    Children,
+    SidecarTally,
+    cpu_seconds,
+    hub_metrics,
+    latency_summary,
+    machine_busy_seconds,
+    make_tokens,
+    memory_mib,
+    run_sidecars,
+    run_until_signalled,
+    source_revision,
+    thread_cpu_seconds,
+    wait_for_idle_agents,
+)
+
 from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
-from agentcom.hub.auth import hash_token, new_token
-from agentcom.store.tokens import save_token
 
-LISTENING = re.compile(r"hub on ws://(?P<host>[^\s:]+):(?P<port>\d+)/ws")
-HUB_OPERATOR_CAP = 32  # requests the hub serves at once per operator connection
 NO_OP_TASK: dict[str, Any] = {"complexity_tier": "trivial", "metadata": {"shell_command": "true"}}
 
 
-# --- small helpers -------------------------------------------------------------------
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile of ``values`` (None when empty)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def latency_summary(values: list[float]) -> dict[str, float | int | None]:
-    """Count, p50, p99 and max of latencies in seconds, reported in milliseconds."""
-
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 2)
-
-    return {
-        "n": len(values),
-        "p50_ms": ms(percentile(values, 50)),
-        "p99_ms": ms(percentile(values, 99)),
-        "max_ms": ms(max(values, default=None)),
-    }
-
-
-def proc_status(pid: int) -> dict[str, str]:
-    """``/proc/<pid>/status`` as a dict (empty when unreadable)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    return {
-        key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())
-    }
-
-
-def memory_mib(pid: int, key: str) -> float | None:
-    """A ``VmHWM``/``VmRSS`` figure of a live process in MiB."""
-    value = proc_status(pid).get(key)
-    return round(int(value.split()[0]) / 1024, 1) if value else None
-
-
-def cpu_seconds_of(stat_path: Path) -> float | None:
-    """User plus system CPU time recorded in a ``/proc/.../stat`` file."""
-    try:
-        stat = stat_path.read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time a process has used so far."""
-    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
-
-
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU time of a process's event-loop (main) thread and of all its other threads."""
-    split = {"loop_thread": 0.0, "other_threads": 0.0}
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            seconds = cpu_seconds_of(task / "stat")
-            if seconds is not None:
-                split["loop_thread" if task.name == str(pid) else "other_threads"] += seconds
-    return split
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU time every process on the machine has used (all cores, from ``/proc/stat``)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def source_revision() -> str | None:
-    """The git revision of the agentcom sources being measured, ``+dirty`` when edited."""
-    import agentcom
-
-    package = Path(agentcom.__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(package), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(package), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
-def die_with_parent() -> None:
-    """In a forked child before exec: get SIGTERM when the benchmark dies (Linux only)."""
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def hub_metrics(base_url: str) -> dict[str, float]:
-    """The hub's ``/metrics`` counters (empty on failure)."""
-    try:
-        with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name and not name.startswith("#"):
-            with contextlib.suppress(ValueError):
-                found[name] = float(value)
-    return found
-
-
 # --- sidecars (a subprocess: --sidecars) -----------------------------------------------
-
-
-@dataclass
-class SidecarTally:
-    """What the simulated sidecars received."""
-
-    frames: Counter[str] = field(default_factory=Counter)
-    acks: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    connects: int = 0
-
-
-class BenchSidecar(AgentClient):
-    """An :class:`AgentClient` that reports each successful (re)connection."""
-
-    def __init__(self, *args: Any, tally: SidecarTally, on_connected: asyncio.Event, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.tally = tally
-        self.connected_once = on_connected
-
-    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
-        reply = await super().connect(timeout)
-        self.tally.connects += 1
-        self.connected_once.set()
-        return reply
 
 
 async def run_no_op_task(client: AgentClient, frame: dict[str, Any]) -> None:
@@ -265,69 +116,10 @@ async def run_no_op_task(client: AgentClient, frame: dict[str, Any]) -> None:
     )
 
 
-async def run_sidecars(spec_path: Path) -> int:
-    """Connect every agent of the spec, work until stdin closes or SIGTERM, print a tally."""
-    spec = json.loads(spec_path.read_text())
-    tally = SidecarTally()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    def wait_for_stdin_eof() -> None:
-        sys.stdin.buffer.read()
-        loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=wait_for_stdin_eof, daemon=True).start()
-
-    async def on_frame(client: AgentClient, frame: dict[str, Any]) -> None:
-        kind = str(frame.get("type"))
-        tally.frames[kind] += 1
-        if kind == "task_assign":
-            await run_no_op_task(client, frame)
-        elif kind == "task_ack":
-            tally.acks[str(frame.get("status"))] += 1
-        elif kind == "error":
-            tally.errors[str(frame.get("error"))] += 1
-
-    clients, connected = [], []
-    for agent_id, token in spec["agents"]:
-        ready = asyncio.Event()
-        clients.append(
-            BenchSidecar(
-                spec["url"],
-                agent_id,
-                token,
-                heartbeat_s=15.0,
-                backoff_initial_s=0.2,
-                backoff_max_s=2.0,
-                tally=tally,
-                on_connected=ready,
-            )
-        )
-        connected.append(ready)
-    runners = [asyncio.create_task(client.run(on_frame)) for client in clients]
-    try:
-        async with asyncio.timeout(60):
-            await asyncio.gather(*(ready.wait() for ready in connected))
-    except TimeoutError:
-        print("failed: not every sidecar connected within 60 s", flush=True)
-        stop.set()
-    else:
-        print(f"ready {len(clients)}", flush=True)
-    await stop.wait()
-    await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
-    outcomes = await asyncio.gather(*runners, return_exceptions=True)
-    failures = [repr(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
-    report = {
-        "frames": dict(tally.frames),
-        "acks": dict(tally.acks),
-        "errors": dict(tally.errors),
-        "connects": tally.connects,
-        "failures": failures[:5],
-    }
-    print("summary " + json.dumps(report), flush=True)
-    return 0
+async def answer_with_no_op(client: AgentClient, frame: dict[str, Any]) -> None:
+    """The lifecycle sidecar: every ``task_assign`` succeeds at once."""
+    if frame.get("type") == "task_assign":
+        await run_no_op_task(client, frame)
 
 
 # --- profiled hub (a subprocess: --serve-profiled) -------------------------------------
@@ -378,109 +170,6 @@ class Observations:
     def all_completed(self) -> bool:
         """Every expected task was seen completed."""
         return len(self.completed) >= self.expected
-
-
-class Processes:
-    """The children the benchmark started; :meth:`stop_all` ends every one of them."""
-
-    def __init__(self) -> None:
-        self.hub: asyncio.subprocess.Process | None = None
-        self.sidecars: asyncio.subprocess.Process | None = None
-        self._drains: list[asyncio.Task[None]] = []
-
-    def drain_stdout(self, process: asyncio.subprocess.Process) -> None:
-        """Read and discard the rest of a child's stdout, so a full pipe never blocks it."""
-
-        async def drain() -> None:
-            assert process.stdout is not None
-            while await process.stdout.read(65536):
-                pass
-
-        self._drains.append(asyncio.create_task(drain()))
-
-    async def spawn(
-        self, args: list[str], log: Path, stdin: bool = False
-    ) -> asyncio.subprocess.Process:
-        """Start a child with stdout piped and stderr in ``log``."""
-        with log.open("wb") as stderr:
-            return await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                preexec_fn=die_with_parent,
-            )
-
-    async def stop_sidecars(self) -> dict[str, Any]:
-        """Close the sidecars' stdin (their stop signal) and read their tally."""
-        process, self.sidecars = self.sidecars, None
-        if process is None:
-            return {}
-        tally: dict[str, Any] = {}
-        if process.stdin is not None:
-            process.stdin.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(15):
-                assert process.stdout is not None
-                async for line in process.stdout:
-                    if line.startswith(b"summary "):
-                        tally = json.loads(line[len(b"summary ") :])
-        await stop_process(process, grace_s=5)
-        return tally
-
-    async def stop_all(self) -> None:
-        """Stop the sidecars, then the hub (SIGTERM, then SIGKILL after a grace period)."""
-        await self.stop_sidecars()
-        process, self.hub = self.hub, None
-        if process is not None:
-            await stop_process(process, grace_s=60)
-        for drain in self._drains:
-            drain.cancel()
-        await asyncio.gather(*self._drains, return_exceptions=True)
-
-
-async def stop_process(process: asyncio.subprocess.Process, grace_s: float) -> None:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), grace_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-
-
-async def read_marker(
-    process: asyncio.subprocess.Process,
-    name: str,
-    pattern: re.Pattern[str],
-    timeout_s: float,
-    log: Path,
-) -> re.Match[str]:
-    """The first stdout line of ``process`` matching ``pattern``; raises with the log's tail."""
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for raw in process.stdout:
-                found = pattern.search(raw.decode(errors="replace"))
-                if found:
-                    return found
-    except TimeoutError:
-        pass
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise RuntimeError(f"the {name} did not start within {timeout_s} s; stderr tail:\n{tail}")
-
-
-async def wait_for_idle_agents(operator: OperatorClient, count: int, timeout_s: float = 30) -> None:
-    """Until the hub lists ``count`` idle agents."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            agents = await operator.request("agents_list")
-            if sum(1 for agent in agents if agent["state"] == "idle") >= count:
-                return
-            await asyncio.sleep(0.1)
 
 
 async def watch_tasks(
@@ -588,23 +277,11 @@ async def wait_until_done(
             return
 
 
-def make_tokens(db: Path, agents: int) -> tuple[list[tuple[str, str]], str]:
-    """One agent token per sidecar and one admin token, written to ``db``."""
-    pairs = []
-    for number in range(agents):
-        agent_id, token = f"bench-agent-{number:03d}", new_token()
-        save_token(db, agent_id, hash_token(token), "agent")
-        pairs.append((agent_id, token))
-    admin = new_token()
-    save_token(db, "bench-admin", hash_token(admin), "admin")
-    return pairs, admin
-
-
 async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Set up, run, measure and tear down; returns the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="agentcom-bench-", dir=args.workdir))
     db = workdir / "hub.db"
-    processes = Processes()
+    children = Children()
     script = str(Path(__file__).resolve())
     try:
         agents, admin = make_tokens(db, args.agents)
@@ -633,28 +310,21 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "--log-level",
                 "WARNING",
             ]
-        processes.hub = await processes.spawn(command, workdir / "hub.log")
-        listening = await read_marker(processes.hub, "hub", LISTENING, 30, workdir / "hub.log")
-        processes.drain_stdout(processes.hub)
-        hub_url = f"http://{listening['host']}:{listening['port']}"
-        ws_url = f"ws://{listening['host']}:{listening['port']}/ws"
-
+        hub = await children.start_hub(command, workdir / "hub.log")
         spec = workdir / "sidecars.json"
-        spec.write_text(json.dumps({"url": ws_url, "agents": agents}))
-        processes.sidecars = await processes.spawn(
+        spec.write_text(json.dumps({"url": hub.ws_url, "agents": agents}))
+        sidecars = await children.start_worker(
+            "sidecars",
             [sys.executable, script, "--sidecars", "--spec", str(spec)],
             workdir / "sidecars.log",
-            stdin=True,
         )
-        await read_marker(
-            processes.sidecars, "sidecars", re.compile(r"^ready"), 90, workdir / "sidecars.log"
-        )
-        figures = await drive(args, hub_url, admin, processes)
-        figures["sidecars"] = await processes.stop_sidecars()
+        await sidecars.wait_ready(90)
+        figures = await drive(args, hub.http_url, admin, hub.process.pid, sidecars.process.pid)
+        figures["sidecars"] = await sidecars.finish()
         figures["workdir"] = str(workdir)
         return figures
     finally:
-        await processes.stop_all()
+        await children.stop_all()
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
@@ -662,11 +332,9 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def drive(
-    args: argparse.Namespace, hub_url: str, admin: str, processes: Processes
+    args: argparse.Namespace, hub_url: str, admin: str, hub_pid: int, sidecars_pid: int
 ) -> dict[str, Any]:
     """Submit and observe the tasks; collect every figure while the hub still runs."""
-    assert processes.hub is not None and processes.sidecars is not None
-    hub_pid, sidecars_pid = processes.hub.pid, processes.sidecars.pid
     seen = Observations(expected=args.tasks)
     subscribed, done = asyncio.Event(), asyncio.Event()
     confirmed: list[float] = []
@@ -927,10 +595,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     """The benchmark, cancelled cleanly (children stopped) on SIGTERM as on SIGINT."""
-    current = asyncio.current_task()
-    assert current is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
-    return await run_benchmark(args)
+    return await run_until_signalled(run_benchmark(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -938,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.sidecars:
-        return asyncio.run(run_sidecars(Path(args.spec)))
+        return asyncio.run(run_sidecars(Path(args.spec), answer_with_no_op, SidecarTally()))
     if args.serve_profiled:
         asyncio.run(serve_until_stopped(Path(args.db), "127.0.0.1", Path(args.profile_out)))
         return 0
