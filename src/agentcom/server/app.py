@@ -27,8 +27,8 @@ from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
 from agentcom.server.viewer import DashboardSession, OperatorSession
-from agentcom.wirelog import library_logger
 from agentcom.store.sqlite import SqliteStore
+from agentcom.wirelog import library_logger
 
 __all__ = ["HubServer"]
 
