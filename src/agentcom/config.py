@@ -109,6 +109,18 @@ class Settings(BaseSettings):
     handshake_timeout_s: float = Field(
         10.0, gt=0, description="A connection that has not completed its handshake is dropped."
     )
+    keepalive_interval_s: float = Field(
+        20.0, ge=0, description="Period of the WebSocket pings the hub sends on every "
+        "connection; 0 sends none."
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, ge=0, description="A connection whose pong does not arrive within this after a "
+        "ping is closed (1011); 0 waits for ever."
+    )
+    close_timeout_s: float = Field(
+        5.0, gt=0, description="How long the hub waits for a peer to answer its closing "
+        "handshake before it drops the TCP connection."
+    )
     certfile: Path | None = Field(None, description="TLS certificate (PEM): serve wss:// and https://.")
     keyfile: Path | None = Field(None, description="TLS private key (PEM) for certfile.")
     commit_batch_max: int = Field(

@@ -213,14 +213,20 @@ class AgentSession:
             seconds = -(-remaining_ms // 1000)
             await self.connection.close(1008, f"cooldown: retry in {seconds} s")
             return
-        previous = server.agent_connections.get(frame.agent_id)
         self.agent_id = frame.agent_id
+        # ``identified`` goes first: once the agent is present, any other connection's
+        # settle may push to it (agent_joined, task_assign) while this one still waits
+        # for its commit, and a client takes any other first reply for a refusal.
+        await self.reply(Identified(agent_id=frame.agent_id))
+        previous = server.agent_connections.get(frame.agent_id)
         server.agent_connections[frame.agent_id] = self.connection
         if previous is not None and previous is not self.connection:
-            await previous.close(4001, "replaced")
+            # Not awaited: an old connection that went dark never answers its closing
+            # handshake, and nothing may keep this one waiting for that.
+            server.close_in_background(previous, 4001, "replaced")
         self.hub.identify(frame, _remote_host(self.connection))
         logger.info("agent %s identified from %s", frame.agent_id, _remote(self.connection))
-        await server.settle(self.connection, Identified(agent_id=frame.agent_id))
+        await server.settle()
 
     async def on_repeated_identify(self, frame: frames.Identify) -> None:
         """An identify on an identified connection: checked like the first, changes nothing."""

@@ -104,9 +104,9 @@ class HubServer:
             ssl=self._tls_context(),
             open_timeout=self.settings.handshake_timeout_s,
             max_size=self.settings.max_frame_bytes,
-            ping_interval=20,
-            ping_timeout=20,
-            close_timeout=5,
+            ping_interval=self.settings.keepalive_interval_s or None,
+            ping_timeout=self.settings.keepalive_timeout_s or None,
+            close_timeout=self.settings.close_timeout_s,
             server_header=f"agentcom/{__version__}",
             logger=library_logger("websockets.server"),  # its DEBUG lines print tokens
         )
@@ -246,14 +246,37 @@ class HubServer:
                 raise StoreError("the database cannot be written; try again later")
 
     async def sweep(self) -> None:
-        """Apply every timeout now, and close agents that went silent."""
-        silent = self.hub.sweep()
-        await self.settle()
-        for agent_id in silent:
-            connection = self.agent_connections.get(agent_id)
+        """Apply every timeout now, and drop agents that went silent.
+
+        A silent agent is offline from this sweep on (its grace period starts now); its
+        connection is closed in the background, because a peer that went dark never
+        answers the closing handshake and the sweep must not wait for it.
+        """
+        for agent_id in self.hub.sweep():
+            connection = self.agent_connections.pop(agent_id, None)
+            self.hub.disconnect(agent_id)
             if connection is not None:
                 logger.info("agent %s silent for too long; closing", agent_id)
-                await connection.close(1001, "idle timeout")
+                self.close_in_background(connection, 1001, "idle timeout")
+        await self.settle()
+
+    def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """Start closing ``connection`` without waiting for its peer.
+
+        The closing handshake gets ``close_timeout_s``; then the TCP connection is dropped.
+        """
+        closing = asyncio.create_task(self._close(connection, code, reason))
+        self._background.add(closing)
+        closing.add_done_callback(self._background.discard)
+
+    async def _close(self, connection: ServerConnection, code: int, reason: str) -> None:
+        try:
+            # websockets bounds the handshake itself, but not a write to a peer that
+            # stopped reading: this bounds both.
+            async with asyncio.timeout(self.settings.close_timeout_s):
+                await connection.close(code, reason)
+        except TimeoutError:
+            connection.transport.abort()
 
     async def _sweep_forever(self) -> None:
         while True:
