@@ -141,6 +141,8 @@ class HubProcess:
             second instance to restart a hub on the same state.
         env: extra environment variables (``AGENTCOM_DISCONNECT_GRACE_S`` ...), on top of
             :data:`HUB_TEST_ENV`.
+        port: the port to listen on; 0 (the default) picks a free one. Pass the port of a
+            hub that was killed to restart it where its clients reconnect.
         serve_args: more ``agentcom serve`` flags (``--certfile C --keyfile K`` serves TLS:
             the URLs below then say ``wss://`` and ``https://``).
     """
@@ -150,10 +152,12 @@ class HubProcess:
         directory: Path,
         db: Path | None = None,
         env: Mapping[str, str] | None = None,
+        port: int = 0,
         serve_args: Sequence[str] = (),
     ) -> None:
         self.directory = directory
         self.db = db or directory / "hub.db"
+        self.requested_port = port
         self.serve_args = list(serve_args)
         self.scheme = "ws"  # what the hub announced: "wss" when it serves TLS
         # Tasks without a reachable Ollama endpoint fall back at once unless a test says so.
@@ -191,7 +195,8 @@ class HubProcess:
         """
         handle, log_name = tempfile.mkstemp(prefix="hub-", suffix=".log", dir=self.directory)
         self.log_path = Path(log_name)
-        command = [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(self.db)]
+        port = str(self.requested_port)
+        command = [*CLI, "serve", "--host", "127.0.0.1", "--port", port, "--db", str(self.db)]
         command += self.serve_args
         try:
             self.process = subprocess.Popen(
