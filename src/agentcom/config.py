@@ -127,6 +127,14 @@ class Settings(BaseSettings):
         2000, ge=1, description="Rows per INSERT batch; a commit writes everything staged in "
         "one transaction (one fsync) in batches of this size."
     )
+    db_busy_timeout_s: float = Field(
+        10.0, gt=0, description="How long a database write waits for a lock held by another "
+        "process before it fails: the request is refused with store_unavailable."
+    )
+    store_retry_interval_s: float = Field(
+        1.0, gt=0, description="While the database cannot be written, the hub tries a small "
+        "probe write this often; the first that succeeds ends the refusal of new work."
+    )
 
     @classmethod
     def settings_customise_sources(

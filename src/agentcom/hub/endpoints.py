@@ -160,6 +160,23 @@ class EndpointRegistry:
                 endpoint_id=endpoint_id, url=url, source=source, agent_id=agent_id
             )
 
+    def reload(self, rows: list[tuple[str, str, str, str | None]]) -> None:
+        """Match the registry to the stored endpoints, after the store refused a change.
+
+        Endpoints stored as they are known keep their health; the others are forgotten,
+        or added back with their health to be learned again.
+        """
+        stored = {row[0]: row for row in rows}
+        for endpoint_id in [e for e in self.endpoints if e not in stored]:
+            del self.endpoints[endpoint_id]
+        for endpoint_id, url, source, agent_id in rows:
+            known = self.endpoints.get(endpoint_id)
+            as_stored = (url, source, agent_id)
+            if known is None or (known.url, known.source, known.agent_id) != as_stored:
+                self.endpoints[endpoint_id] = Endpoint(
+                    endpoint_id=endpoint_id, url=url, source=source, agent_id=agent_id
+                )
+
     def record_check(
         self,
         endpoint_id: str,

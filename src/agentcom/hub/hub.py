@@ -39,7 +39,7 @@ from agentcom.protocol.outbound import (
     TaskReassign,
 )
 from agentcom.protocol.task import ExecutionMetadata, Task, TaskSubmission
-from agentcom.store.base import Store, TaskFilter
+from agentcom.store.base import ChangeKey, Store, TaskFilter
 
 __all__ = ["Hub", "Outbox"]
 
@@ -173,6 +173,36 @@ class Hub:
                 agent.task_accepted = task.status is TaskStatus.working
                 agent.disconnected_at = now
         return len(tasks)
+
+    def forget_refused(self, refused: list[ChangeKey]) -> None:
+        """Undo changes the store refused: reload what they touched as it is stored.
+
+        A refused task is back in its stored state (or gone, if it was never stored), and
+        agents are bound to the tasks the database says they hold; endpoints and channels
+        are reloaded when one of theirs was refused.
+        """
+        kinds = {kind for kind, _ in refused}
+        for task_id in dict.fromkeys(name for kind, name in refused if kind == "task"):
+            self._reload_task(task_id)
+        if "endpoint" in kinds:
+            self.endpoints.reload(self.store.load_endpoints())
+        if kinds & {"channel", "subscription", "message", "trim"}:
+            self.messaging.reload()
+
+    def _reload_task(self, task_id: str) -> None:
+        current = self.queue.get(task_id)
+        if current is not None and current.assigned_to is not None:
+            holder = self.presence.get(current.assigned_to)
+            if holder is not None and holder.current_task == task_id:
+                holder.current_task = None
+                holder.task_accepted = False
+                self.presence.refresh(holder)
+        stored = self.queue.reload(task_id, self.store.get_task(task_id))
+        if stored is not None and stored.status in ACTIVE and stored.assigned_to is not None:
+            agent = self.presence.record(stored.assigned_to)
+            agent.current_task = task_id
+            agent.task_accepted = stored.status is TaskStatus.working
+            self.presence.refresh(agent)
 
     # --- agent presence -------------------------------------------------------------
 

@@ -58,6 +58,11 @@ class Messaging:
         """Load channels, subscriptions and history from the store."""
         self.channels.restore(*self._store.load_channels())
 
+    def reload(self) -> None:
+        """Forget channel state in memory and load it again, after the store refused a change."""
+        self.channels = ChannelRegistry(self._settings.channel_history_cap)
+        self.restore()
+
     def _others(self, sender: str) -> list[str]:
         return [a.agent_id for a in self._presence.connected() if a.agent_id != sender]
 

@@ -78,6 +78,23 @@ class TaskQueue:
             if task.status is TaskStatus.queued:
                 self._enqueue(task)
 
+    def reload(self, task_id: str, stored: Task | None) -> Task | None:
+        """Replace a task's state in memory by ``stored``, its state in the database.
+
+        For a change the store refused: a task that was never stored is forgotten, and a
+        stored one is back where it was (queued tasks join the end of their group).
+        Returns the task now in memory, or None when it is unknown or finished.
+        """
+        current = self.tasks.pop(task_id, None)
+        if current is not None:
+            self._dequeue(current)
+        if stored is None or stored.status in TERMINAL:
+            return None
+        self.tasks[task_id] = stored
+        if stored.status is TaskStatus.queued:
+            self._enqueue(stored)
+        return stored
+
     def get(self, task_id: str) -> Task | None:
         """An unfinished task, or None."""
         return self.tasks.get(task_id)

@@ -26,7 +26,9 @@ from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
+from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
+from agentcom.store.base import ChangeKey
 from agentcom.store.sqlite import SqliteStore
 from agentcom.wirelog import library_logger
 
@@ -52,8 +54,16 @@ class HubServer:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store = SqliteStore(settings.db, batch_max=settings.commit_batch_max)
+        self.store = SqliteStore(
+            settings.db,
+            batch_max=settings.commit_batch_max,
+            busy_timeout_s=settings.db_busy_timeout_s,
+        )
         self.hub = Hub(self.store, self.clock, settings)
+        self.store.on_refused = self._forget_refused
+        self.store_watch = StoreWatch(
+            self.store, settings.store_retry_interval_s, self._resume_after_store_recovery
+        )
         self.auth = Authenticator(self.store)
         self.pubsub = MemoryPubSub(settings.subscriber_queue, settings.subscriber_queue_bytes)
         self.violations = ViolationTracker(self.clock)
@@ -65,7 +75,6 @@ class HubServer:
         )
         self.agent_connections: dict[str, ServerConnection] = {}
         self.frames_received = 0
-        self.store_failing = False  # the last commit failed: new work is refused
         self._run_sweeps = run_sweeps
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -147,6 +156,7 @@ class HubServer:
         if self._wake_handle is not None:
             self._wake_handle.cancel()
         await self.prober.stop()
+        await self.store_watch.stop()
         if self._server is not None:
             self._server.close(close_connections=False)
             closing = [
@@ -172,18 +182,18 @@ class HubServer:
         Returns False (after telling ``connection``) when the store could not commit.
         """
         outbox = self.hub.take_outbox()
+        written = self.store.commits
         try:
             await self.store.commit()
         except StoreError as exc:
-            if not self.store_failing:
-                logger.error("store failing; refusing new work until it recovers: %s", exc)
-            self.store_failing = True
+            # The store discarded the changes and the hub reloaded what they touched
+            # (_forget_refused): the outbox announces what never happened, so it goes too.
+            self.store_watch.failed(exc)
             if connection is not None:
                 await self.send(connection, _store_error(str(exc)))
             return False
-        if self.store_failing:
-            logger.warning("store recovered")
-            self.store_failing = False
+        if self.store.commits != written:  # a real write went through, not an empty commit
+            self.store_watch.written()
         if reply is not None and connection is not None:
             await self.send(connection, reply)
         if outbox:
@@ -239,11 +249,24 @@ class HubServer:
     # --- sweep ----------------------------------------------------------------------
 
     async def ensure_store_writable(self) -> None:
-        """Before new work: when the last commit failed, try again; raise if it still fails."""
-        if self.store_failing:
-            await self.settle()
-            if self.store_failing:
-                raise StoreError("the database cannot be written; try again later")
+        """Before new work: while the store is failing, probe it; raise StoreError if the
+        probe fails too."""
+        try:
+            await self.store_watch.ensure_writable()
+        except StoreError:
+            raise StoreError("the database cannot be written; try again later") from None
+
+    def _forget_refused(self, refused: list[ChangeKey]) -> None:
+        """The store discarded changes it could not write: reload what they touched."""
+        try:
+            self.hub.forget_refused(refused)
+        except Exception:  # the database cannot even be read: nothing better to do here
+            logger.exception("could not reload %d refused changes", len(refused))
+
+    async def _resume_after_store_recovery(self) -> None:
+        """Offer queued work again: tasks whose assignment was refused are queued."""
+        self.hub.schedule()
+        await self.settle()
 
     async def sweep(self) -> None:
         """Apply every timeout now, and drop agents that went silent.
@@ -259,6 +282,11 @@ class HubServer:
                 logger.info("agent %s silent for too long; closing", agent_id)
                 self.close_in_background(connection, 1001, "idle timeout")
         await self.settle()
+    @property
+    def store_failing(self) -> bool:
+        """The last write failed and no write has succeeded since: new work is refused."""
+        return self.store_watch.failing
+
 
     def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
         """Start closing ``connection`` without waiting for its peer.

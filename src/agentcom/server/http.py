@@ -130,11 +130,17 @@ class HttpRoutes:
         return identity is not None and identity[1] in (Role.admin, Role.viewer)
 
     def health(self) -> dict[str, Any]:
-        """Liveness and headline figures (no authentication)."""
+        """Liveness and headline figures (no authentication).
+
+        ``status`` is ``degraded`` while the database cannot be written (``store`` says
+        ``failing``): the hub answers, but refuses new work.
+        """
         hub = self.server.hub
         now = self.server.clock.now_ms()
+        failing = self.server.store_failing
         return {
-            "status": "ok",
+            "status": "degraded" if failing else "ok",
+            "store": "failing" if failing else "ok",
             "version": __version__,
             "uptime_s": round((now - hub.started_at) / 1000, 3),
             "agents_connected": len(hub.presence.connected()),
@@ -158,6 +164,8 @@ class HttpRoutes:
             f"agentcom_progress_dropped_total {hub.progress_dropped}",
             "# TYPE agentcom_store_commits_total counter",
             f"agentcom_store_commits_total {server.store.commits}",
+            "# TYPE agentcom_store_failing gauge",
+            f"agentcom_store_failing {int(server.store_failing)}",
             "# TYPE agentcom_subscribers gauge",
             f"agentcom_subscribers {server.pubsub.subscriber_count()}",
         ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agentcom.protocol.task import Task
 
-__all__ = ["Store", "TaskFilter", "TokenRecord"]
+__all__ = ["ChangeKey", "Store", "TaskFilter", "TokenRecord"]
+
+ChangeKey = tuple[str, str]
+"""What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
+``("channel", name)``, ``("subscription", ...)``, ``("message", ...)`` or ``("trim", channel)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +36,13 @@ class TaskFilter:
 
 
 class Store(Protocol):
-    """Durable state. Writes are staged, then made durable together by :meth:`commit`."""
+    """Durable state. Writes are staged, then made durable together by :meth:`commit`.
+
+    A commit that fails discards what it carried and everything staged since, and calls
+    :attr:`on_refused` with their keys before raising: nothing refused is written later.
+    """
+
+    on_refused: Callable[[list[ChangeKey]], None] | None
 
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit."""
@@ -61,6 +72,9 @@ class Store(Protocol):
 
     async def commit(self) -> None:
         """Return once everything staged before the call is durable; raises StoreError."""
+
+    async def check_writable(self) -> None:
+        """Write and commit a probe; raises StoreError when the database refuses it."""
 
     def load_unfinished_tasks(self) -> list[Task]:
         """Every task not in a terminal state, oldest first."""

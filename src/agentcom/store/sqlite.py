@@ -4,6 +4,11 @@ Changes are staged in memory (the latest state of each task wins) and written by
 single writer thread; every waiter of :meth:`SqliteStore.commit` that arrives while a
 transaction is being written shares the next transaction, so a burst of changes costs
 one fsync.
+
+A transaction that fails (the database is locked past the busy timeout, the disk is
+full ...) is refused, not postponed: its changes and every change staged after them are
+discarded, every waiter gets :class:`StoreError`, and :attr:`SqliteStore.on_refused`
+learns what was discarded so the hub can reload it as stored.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from agentcom.errors import StoreError
 from agentcom.protocol.task import Task
-from agentcom.store.base import TaskFilter, TokenRecord
+from agentcom.store.base import ChangeKey, TaskFilter, TokenRecord
 
 __all__ = ["SqliteStore", "open_database"]
 
@@ -75,6 +81,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     role TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS write_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    written_at INTEGER NOT NULL
+);
 """
 
 _TERMINAL = ("completed", "dead_letter", "cancelled")
@@ -110,18 +120,26 @@ _UNSUBSCRIBE = "DELETE FROM channel_subscriptions WHERE channel = ? AND agent_id
 _INSERT_MESSAGE = "INSERT OR REPLACE INTO channel_messages (channel, seq, body) VALUES (?, ?, ?)"
 _TRIM_MESSAGES = "DELETE FROM channel_messages WHERE channel = ? AND seq <= ?"
 
+_WRITE_PROBE = "INSERT OR REPLACE INTO write_probe (id, written_at) VALUES (1, ?)"
+
 # A staged change: the statement and its parameters, keyed so the latest state wins.
 Change = tuple[str, tuple[Any, ...]]
 
 
-def open_database(path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """Open (creating if needed) the database in WAL mode with the schema in place."""
+def open_database(
+    path: Path | str, *, check_same_thread: bool = True, busy_timeout_s: float = 10.0
+) -> sqlite3.Connection:
+    """Open (creating if needed) the database in WAL mode with the schema in place.
+
+    A statement that finds the database locked by another connection retries for
+    ``busy_timeout_s``, then fails with ``sqlite3.OperationalError``.
+    """
     connection = sqlite3.connect(
-        str(path), timeout=10.0, isolation_level=None, check_same_thread=check_same_thread
+        str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=check_same_thread
     )
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
-    connection.execute("PRAGMA busy_timeout=10000")
+    connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
     connection.executescript(_SCHEMA)
     return connection
 
@@ -152,12 +170,17 @@ class SqliteStore:
     Args:
         path: database file; created with its schema when missing.
         batch_max: most staged changes written in one transaction.
+        busy_timeout_s: how long a write waits for a lock held by another process before
+            it fails (and is refused).
     """
 
-    def __init__(self, path: Path | str, batch_max: int = 2000) -> None:
+    def __init__(
+        self, path: Path | str, batch_max: int = 2000, busy_timeout_s: float = 10.0
+    ) -> None:
         self.path = Path(path)
         self._batch_max = batch_max
-        self._reader = open_database(self.path)
+        self._busy_timeout_s = busy_timeout_s
+        self._reader = open_database(self.path, busy_timeout_s=busy_timeout_s)
         self._writer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._writer_local = threading.local()
         self._staged: dict[tuple[str, str], Change] = {}
@@ -167,6 +190,9 @@ class SqliteStore:
         self._writing = False
         self._writer_task: asyncio.Task[None] | None = None
         self.commits = 0  # transactions written, for metrics
+        # Told the keys of the changes a failed transaction discarded, before any waiter
+        # hears of the failure.
+        self.on_refused: Callable[[list[ChangeKey]], None] | None = None
 
     # --- writes -----------------------------------------------------------------------
 
@@ -244,13 +270,7 @@ class SqliteStore:
                         await loop.run_in_executor(self._writer_executor, self._write_rows, rows)
                         self.commits += 1
                 except (sqlite3.Error, OSError) as exc:
-                    logger.error("database write failed: %s", exc)
-                    for key, change in rows:  # keep them for the next attempt; newer ones win
-                        self._staged.setdefault(key, change)
-                    error = StoreError(f"database write failed: {exc}")
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(error)
+                    self._refuse([key for key, _ in rows], waiters, exc)
                     continue
                 for (kind, name), _ in rows:
                     if kind == "task" and ("task", name) not in self._staged:
@@ -261,10 +281,55 @@ class SqliteStore:
         finally:
             self._writing = False
 
+    def _refuse(
+        self, keys: list[ChangeKey], waiters: list[asyncio.Future[None]], exc: Exception
+    ) -> None:
+        """Discard a failed transaction and everything staged since; fail all waiters.
+
+        Changes staged while the failed transaction was being written may depend on it,
+        so they go too: afterwards the store holds nothing that was not written.
+        """
+        logger.error("database write failed: %s", exc)
+        keys = keys + list(self._staged)
+        waiters = waiters + self._waiters
+        self._staged.clear()
+        self._unwritten.clear()
+        self._waiters = []
+        error = StoreError(f"database write failed: {exc}")
+        try:
+            if self.on_refused is not None:
+                self.on_refused(keys)
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+
+    async def check_writable(self) -> None:
+        """Write and commit a one-row probe; raises StoreError when the database refuses it.
+
+        The probe takes the writer's turn like any transaction, so it waits for a write in
+        progress and for the busy timeout.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._writer_executor, self._write_probe)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"database write failed: {exc}") from None
+
+    def _write_probe(self) -> None:
+        connection = self._writer_connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(_WRITE_PROBE, (time.time_ns() // 1_000_000,))
+            connection.execute("COMMIT")
+        except BaseException:
+            _rollback(connection)
+            raise
+
     def _writer_connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._writer_local, "connection", None)
         if connection is None:
-            connection = open_database(self.path)
+            connection = open_database(self.path, busy_timeout_s=self._busy_timeout_s)
             self._writer_local.connection = connection
         return connection
 
@@ -281,7 +346,7 @@ class SqliteStore:
                     connection.executemany(statement, rows[start : start + self._batch_max])
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            _rollback(connection)
             raise
 
     # --- reads ------------------------------------------------------------------------
@@ -385,3 +450,9 @@ class SqliteStore:
         self._writer_executor.submit(close_writer).result()
         self._writer_executor.shutdown(wait=True)
         self._reader.close()
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    """Roll back after a failed statement (SQLite may already have rolled back itself)."""
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
