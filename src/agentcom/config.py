@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(
         1_048_576, ge=1024, description="Larger inbound frames close the connection with 1009."
     )
+    max_push_buffer_bytes: int = Field(
+        16 * 1024 * 1024, ge=65536, description="Pushes written to an agent but not yet "
+        "read by it; beyond this its connection is dropped (the agent reconnects)."
+    )
     identify_timeout_s: float = Field(
         30.0, gt=0, description="A connection that has not identified by then is closed (1008)."
     )

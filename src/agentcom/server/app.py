@@ -200,7 +200,7 @@ class HubServer:
             encoded: dict[int, str] = {}
             for agent_id, frame in outbox.pushes:
                 target = self.agent_connections.get(agent_id)
-                if target is None:
+                if target is None or not self._reading_pushes(agent_id, target):
                     continue
                 text = encoded.get(id(frame))
                 if text is None:
@@ -214,6 +214,27 @@ class HubServer:
             if outbox.wake_at_ms is not None:
                 self._wake_at(outbox.wake_at_ms)
         return True
+
+    def _reading_pushes(self, agent_id: str, connection: ServerConnection) -> bool:
+        """Whether pushes may still be written to an agent's connection.
+
+        Pushes are written without waiting (``broadcast`` has no backpressure), so an
+        agent that stops reading would make the hub buffer every push for it. Past
+        ``max_push_buffer_bytes`` unsent, the connection is dropped: the agent reconnects
+        like after any drop, and its task is held for the grace period meanwhile.
+        """
+        transport = connection.transport
+        if transport.is_closing():
+            return False
+        unsent = transport.get_write_buffer_size()
+        if unsent <= self.settings.max_push_buffer_bytes:
+            return True
+        logger.warning(
+            "agent %s is not reading (%d bytes of pushes unsent); dropping its connection",
+            agent_id, unsent,
+        )  # fmt: skip
+        transport.abort()
+        return False
 
     def _wake_at(self, at_ms: int) -> None:
         """Release held tasks when their wait for a routing target ends."""
@@ -247,6 +268,11 @@ class HubServer:
             pass
 
     # --- sweep ----------------------------------------------------------------------
+
+    @property
+    def store_failing(self) -> bool:
+        """The last write failed and no write has succeeded since: new work is refused."""
+        return self.store_watch.failing
 
     async def ensure_store_writable(self) -> None:
         """Before new work: while the store is failing, probe it; raise StoreError if the
@@ -282,11 +308,6 @@ class HubServer:
                 logger.info("agent %s silent for too long; closing", agent_id)
                 self.close_in_background(connection, 1001, "idle timeout")
         await self.settle()
-    @property
-    def store_failing(self) -> bool:
-        """The last write failed and no write has succeeded since: new work is refused."""
-        return self.store_watch.failing
-
 
     def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
         """Start closing ``connection`` without waiting for its peer.
