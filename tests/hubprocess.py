@@ -106,6 +106,11 @@ class LineReader:
         self._seen.append(line)
         return line
 
+    @property
+    def seen(self) -> list[str]:
+        """The lines returned so far."""
+        return list(self._seen)
+
     async def next_line_async(self, timeout: float) -> str:
         """:meth:`next_line` without blocking the event loop."""
         return await asyncio.to_thread(self.next_line, timeout)
@@ -145,6 +150,8 @@ class HubProcess:
             hub that was killed to restart it where its clients reconnect.
         serve_args: more ``agentcom serve`` flags (``--certfile C --keyfile K`` serves TLS:
             the URLs below then say ``wss://`` and ``https://``).
+        log_pipe: send the log to a pipe read line by line (:meth:`await_log`) instead of a
+            file, for a test that makes the hub's file writes fail.
     """
 
     def __init__(
@@ -154,8 +161,10 @@ class HubProcess:
         env: Mapping[str, str] | None = None,
         port: int = 0,
         serve_args: Sequence[str] = (),
+        log_pipe: bool = False,
     ) -> None:
         self.directory = directory
+        self.log_pipe = log_pipe
         self.db = db or directory / "hub.db"
         self.requested_port = port
         self.serve_args = list(serve_args)
@@ -166,6 +175,7 @@ class HubProcess:
         self.port: int | None = None
         self.log_path: Path | None = None
         self.stdout: LineReader | None = None
+        self.stderr: LineReader | None = None
 
     def __enter__(self) -> HubProcess:
         return self.start()
@@ -193,8 +203,11 @@ class HubProcess:
 
         Raises RuntimeError (with the hub's log) when it exits or stays silent.
         """
-        handle, log_name = tempfile.mkstemp(prefix="hub-", suffix=".log", dir=self.directory)
-        self.log_path = Path(log_name)
+        if self.log_pipe:
+            handle = subprocess.PIPE
+        else:
+            handle, log_name = tempfile.mkstemp(prefix="hub-", suffix=".log", dir=self.directory)
+            self.log_path = Path(log_name)
         port = str(self.requested_port)
         command = [*CLI, "serve", "--host", "127.0.0.1", "--port", port, "--db", str(self.db)]
         command += self.serve_args
@@ -203,15 +216,19 @@ class HubProcess:
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=handle,  # a file: a chatty log can never fill a pipe and stall the hub
+                # A file, or a pipe drained by a thread: a chatty log never stalls the hub.
+                stderr=handle,
                 text=True,
                 env=self.env,
                 cwd=self.directory,
             )
         finally:
-            os.close(handle)
+            if not self.log_pipe:
+                os.close(handle)
         assert self.process.stdout is not None
         self.stdout = LineReader(self.process.stdout)
+        if self.process.stderr is not None:
+            self.stderr = LineReader(self.process.stderr)
         try:
             self.port = self._await_port(timeout)
         except (TimeoutError, EOFError) as exc:
@@ -230,8 +247,22 @@ class HubProcess:
                 return int(match["port"])
 
     def log(self) -> str:
-        """What the hub wrote to stderr so far."""
+        """What the hub wrote to stderr so far (with ``log_pipe``: the lines read so far)."""
+        if self.stderr is not None:
+            return "\n".join(self.stderr.seen)
         return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    async def await_log(self, pattern: str, timeout: float = 10.0) -> str:
+        """The next log line matching the regular expression ``pattern`` (needs ``log_pipe``).
+
+        Raises TimeoutError when none arrives within ``timeout`` s.
+        """
+        assert self.stderr is not None, "start the hub with log_pipe=True"
+        deadline = time.monotonic() + timeout
+        while True:
+            line = await self.stderr.next_line_async(max(0.0, deadline - time.monotonic()))
+            if re.search(pattern, line):
+                return line
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM and wait; SIGKILL after ``timeout`` s. Returns the exit code."""
@@ -252,8 +283,9 @@ class HubProcess:
         return self.process.returncode
 
     def _join_readers(self) -> None:
-        if self.stdout is not None:
-            self.stdout.join()
+        for reader in (self.stdout, self.stderr):
+            if reader is not None:
+                reader.join()
 
     def make_token(self, agent_id: str, role: str = "agent") -> str:
         """A token written straight to the database, as ``agentcom token create`` does."""
