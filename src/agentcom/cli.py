@@ -43,11 +43,18 @@ class CliError(Exception):
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(
-            args.config, host=args.host, port=args.port, db=args.db, log_level=args.log_level,
-            certfile=args.certfile, keyfile=args.keyfile,
+            args.config,
+            host=args.host,
+            port=args.port,
+            db=args.db,
+            log_level=args.log_level,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
     except ValidationError as exc:
-        raise CliError(f"invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        raise CliError(
+            f"invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        ) from None
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,7 +71,9 @@ async def _run_hub(settings: Settings) -> int:
     try:
         await server.start()
     except OSError as exc:
-        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+        raise CliError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
     print(f"agentcom {__version__} hub on {server.url('/ws')}", flush=True)
     print(f"dashboard: {server.url('/dashboard', websocket=False)}", flush=True)
     stop = asyncio.Event()
@@ -186,7 +195,10 @@ def _print_task(task: dict[str, Any]) -> None:
     print(f"task {task['task_id']}  {task['status']}  priority {task['priority']}")
     print(f"  description: {task['description']}")
     print(f"  assigned to: {task.get('assigned_to') or '-'} (generation {task['generation']})")
-    print(f"  retries: {task['retry_count']}/{task['max_retries']}  last error: {task.get('last_error') or '-'}")
+    print(
+        f"  retries: {task['retry_count']}/{task['max_retries']}"
+        f"  last error: {task.get('last_error') or '-'}"
+    )
     if decision:
         print(
             "  routing: tier {effective_tier} -> {target_type}  endpoint {selected_endpoint}  "
@@ -241,7 +253,10 @@ async def _task_list(client: OperatorClient, args: argparse.Namespace) -> int:
     for task in found:
         agent = task.get("assigned_to") or "-"
         description = task["description"].replace("\n", " ")[:60]
-        print(f"{task['task_id']}  {task['status']:<11} {task['priority']:<7} {agent:<16} {description}")
+        print(
+            f"{task['task_id']}  {task['status']:<11} {task['priority']:<7} {agent:<16} "
+            f"{description}"
+        )
     return EXIT_OK
 
 
@@ -254,7 +269,9 @@ async def _task_show(client: OperatorClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _task_change(request_type: str) -> Callable[[OperatorClient, argparse.Namespace], Awaitable[int]]:
+def _task_change(
+    request_type: str,
+) -> Callable[[OperatorClient, argparse.Namespace], Awaitable[int]]:
     async def change(client: OperatorClient, args: argparse.Namespace) -> int:
         task = await client.request(request_type, task_id=args.task_id)
         print(json.dumps(task) if args.json else f"{task['task_id']} {task['status']}")
@@ -353,7 +370,10 @@ async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     for agent in agents:
         capabilities = ",".join(agent["capabilities"]) or "-"
-        print(f"{agent['agent_id']:<20} {agent['state']:<9} {agent.get('current_task') or '-':<34} {capabilities}")
+        print(
+            f"{agent['agent_id']:<20} {agent['state']:<9} "
+            f"{agent.get('current_task') or '-':<34} {capabilities}"
+        )
     return EXIT_OK
 
 
@@ -362,7 +382,10 @@ async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(frame), flush=True)
         elif frame.get("type") == "snapshot":
-            print(f"connected: {len(frame['agents'])} agents, queue depth {frame['queue']['depth']}", flush=True)
+            print(
+                f"connected: {len(frame['agents'])} agents, queue depth {frame['queue']['depth']}",
+                flush=True,
+            )
         else:
             print(_describe_event(frame), flush=True)
     return EXIT_OK
@@ -376,7 +399,8 @@ def _describe_event(frame: dict[str, Any]) -> str:
         if frame.get("event") == "execution_progress":
             event = frame.get("execution_event") or {}
             extra = f" {event.get('event_type', '')} {str(event.get('text', ''))[:80]}"
-        return f"{stamp} {frame['event']:<18} task {frame['task_id']} agent {frame.get('agent_id') or '-'}{extra}"
+        agent = frame.get("agent_id") or "-"
+        return f"{stamp} {frame['event']:<18} task {frame['task_id']} agent {agent}{extra}"
     if kind == "agent_event":
         return f"{stamp} {frame['event']:<18} agent {frame['agent_id']}"
     if kind == "events_dropped":
@@ -423,10 +447,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_on_database(handler))
 
     def operator_command(sub: argparse.ArgumentParser, action: Any, reads: bool = True) -> None:
-        sub.add_argument("--hub", default=os.environ.get("AGENTCOM_HUB", "http://127.0.0.1:4000"),
-                         help="hub URL (default $AGENTCOM_HUB or http://127.0.0.1:4000)")
-        sub.add_argument("--token", default=os.environ.get("AGENTCOM_TOKEN"),
-                         help="operator token (default $AGENTCOM_TOKEN)")
+        sub.add_argument(
+            "--hub",
+            default=os.environ.get("AGENTCOM_HUB", "http://127.0.0.1:4000"),
+            help="hub URL (default $AGENTCOM_HUB or http://127.0.0.1:4000)",
+        )
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("AGENTCOM_TOKEN"),
+            help="operator token (default $AGENTCOM_TOKEN)",
+        )
         sub.add_argument(
             "--cafile",
             default=os.environ.get("AGENTCOM_CAFILE"),
@@ -488,7 +518,9 @@ def _parser() -> argparse.ArgumentParser:
     operator_command(remove, _endpoint_remove)
 
     channel = commands.add_parser("channel", help="channels agents publish to")
-    channel_commands = channel.add_subparsers(dest="channel_command", required=True, metavar="ACTION")
+    channel_commands = channel.add_subparsers(
+        dest="channel_command", required=True, metavar="ACTION"
+    )
     channel_create = channel_commands.add_parser("create", help="create a channel")
     channel_create.add_argument("name", metavar="NAME")
     channel_create.add_argument("--description")

@@ -42,8 +42,10 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Larger inbound frames close the connection with 1009."
     )
     max_push_buffer_bytes: int = Field(
-        16 * 1024 * 1024, ge=65536, description="Pushes written to an agent but not yet "
-        "read by it; beyond this its connection is dropped (the agent reconnects)."
+        16 * 1024 * 1024,
+        ge=65536,
+        description="Pushes written to an agent but not yet "
+        "read by it; beyond this its connection is dropped (the agent reconnects).",
     )
     identify_timeout_s: float = Field(
         30.0, gt=0, description="A connection that has not identified by then is closed (1008)."
@@ -55,10 +57,14 @@ class Settings(BaseSettings):
         60.0, gt=0, description="An assigned task not accepted within this goes back to the queue."
     )
     reclaim_after_s: float = Field(
-        300.0, gt=0, description="An assigned or working task with no progress for this is reclaimed."
+        300.0,
+        gt=0,
+        description="An assigned or working task with no progress for this is reclaimed.",
     )
     disconnect_grace_s: float = Field(
-        60.0, ge=0, description="How long a disconnected agent keeps its task before it is requeued."
+        60.0,
+        ge=0,
+        description="How long a disconnected agent keeps its task before it is requeued.",
     )
     sweep_interval_s: float = Field(30.0, gt=0, description="Period of the timeout sweep.")
     default_max_retries: int = Field(3, ge=0, le=100, description="Retries before dead letter.")
@@ -107,37 +113,53 @@ class Settings(BaseSettings):
         "hub's own (beyond: HTTP 403); '*' allows any.",
     )
     auth_failures_before_delay: int = Field(
-        5, ge=1, description="Bad tokens from one address per minute before its replies slow "
-        "down (doubling, up to 5 s)."
+        5,
+        ge=1,
+        description="Bad tokens from one address per minute before its replies slow "
+        "down (doubling, up to 5 s).",
     )
     handshake_timeout_s: float = Field(
         10.0, gt=0, description="A connection that has not completed its handshake is dropped."
     )
     keepalive_interval_s: float = Field(
-        20.0, ge=0, description="Period of the WebSocket pings the hub sends on every "
-        "connection; 0 sends none."
+        20.0,
+        ge=0,
+        description="Period of the WebSocket pings the hub sends on every "
+        "connection; 0 sends none.",
     )
     keepalive_timeout_s: float = Field(
-        20.0, ge=0, description="A connection whose pong does not arrive within this after a "
-        "ping is closed (1011); 0 waits for ever."
+        20.0,
+        ge=0,
+        description="A connection whose pong does not arrive within this after a "
+        "ping is closed (1011); 0 waits for ever.",
     )
     close_timeout_s: float = Field(
-        5.0, gt=0, description="How long the hub waits for a peer to answer its closing "
-        "handshake before it drops the TCP connection."
+        5.0,
+        gt=0,
+        description="How long the hub waits for a peer to answer its closing "
+        "handshake before it drops the TCP connection.",
     )
-    certfile: Path | None = Field(None, description="TLS certificate (PEM): serve wss:// and https://.")
+    certfile: Path | None = Field(
+        None, description="TLS certificate (PEM): serve wss:// and https://."
+    )
     keyfile: Path | None = Field(None, description="TLS private key (PEM) for certfile.")
     commit_batch_max: int = Field(
-        2000, ge=1, description="Rows per INSERT batch; a commit writes everything staged in "
-        "one transaction (one fsync) in batches of this size."
+        2000,
+        ge=1,
+        description="Rows per INSERT batch; a commit writes everything staged in "
+        "one transaction (one fsync) in batches of this size.",
     )
     db_busy_timeout_s: float = Field(
-        10.0, gt=0, description="How long a database write waits for a lock held by another "
-        "process before it fails: the request is refused with store_unavailable."
+        10.0,
+        gt=0,
+        description="How long a database write waits for a lock held by another "
+        "process before it fails: the request is refused with store_unavailable.",
     )
     store_retry_interval_s: float = Field(
-        1.0, gt=0, description="While the database cannot be written, the hub tries a small "
-        "probe write this often; the first that succeeds ends the refusal of new work."
+        1.0,
+        gt=0,
+        description="While the database cannot be written, the hub tries a small "
+        "probe write this often; the first that succeeds ends the refusal of new work.",
     )
 
     @classmethod

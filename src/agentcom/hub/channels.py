@@ -147,9 +147,13 @@ class ChannelRegistry:
             if owner is not None:
                 owner.history.append(
                     ChannelMessage(
-                        channel=body["channel"], seq=body["seq"], id=body["id"],
-                        sender=body["from"], payload=body["payload"],
-                        message_type=body.get("message_type"), reply_to=body.get("reply_to"),
+                        channel=body["channel"],
+                        seq=body["seq"],
+                        id=body["id"],
+                        sender=body["from"],
+                        payload=body["payload"],
+                        message_type=body.get("message_type"),
+                        reply_to=body.get("reply_to"),
                         timestamp=body["timestamp"],
-                    )  # fmt: skip
+                    )
                 )

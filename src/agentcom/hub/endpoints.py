@@ -118,16 +118,17 @@ class EndpointRegistry:
         A known URL keeps its health and model list (a sidecar re-identifying).
         """
         normalized = normalize_url(url)
-        if agent_host is not None and _is_loopback(urlsplit(normalized).hostname):
-            if not _is_loopback(agent_host):
-                parts = urlsplit(normalized)
-                host = f"[{agent_host}]" if ":" in agent_host else agent_host
-                normalized = f"{parts.scheme}://{host}:{parts.port}"
+        parts = urlsplit(normalized)
+        if agent_host is not None and _is_loopback(parts.hostname) and not _is_loopback(agent_host):
+            host = f"[{agent_host}]" if ":" in agent_host else agent_host
+            normalized = f"{parts.scheme}://{host}:{parts.port}"
         endpoint_id = f"{agent_id}-local"
         known = self.endpoints.get(endpoint_id)
         if known is not None and known.url == normalized:
             return known, False
-        endpoint = Endpoint(endpoint_id=endpoint_id, url=normalized, source="agent", agent_id=agent_id)
+        endpoint = Endpoint(
+            endpoint_id=endpoint_id, url=normalized, source="agent", agent_id=agent_id
+        )
         self.endpoints[endpoint_id] = endpoint
         return endpoint, True
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +17,7 @@ from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
-from agentcom.hub.endpoints import EndpointRegistry, normalize_url
+from agentcom.hub.endpoints import EndpointRegistry
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
@@ -29,8 +27,6 @@ from agentcom.protocol.common import Outbound, TargetType, TaskStatus
 from agentcom.protocol.outbound import (
     AgentJoined,
     AgentLeft,
-    MessagePush,
-    MessageSent,
     StatusChanged,
     TaskAck,
     TaskAssign,
@@ -319,13 +315,17 @@ class Hub:
             logger.info("endpoint %s is now %s", endpoint_id, state.removeprefix("endpoint_"))
             self._publish(
                 "agents",
-                {"type": "endpoint_event", "event": state, "endpoint_id": endpoint_id,
-                 "timestamp": self.clock.now_ms(), "endpoint": endpoint.snapshot()},  # fmt: skip
+                {
+                    "type": "endpoint_event",
+                    "event": state,
+                    "endpoint_id": endpoint_id,
+                    "timestamp": self.clock.now_ms(),
+                    "endpoint": endpoint.snapshot(),
+                },
             )
         # Viable again (healthy, or a model appeared on a healthy endpoint): release waiters.
         if endpoint.viable and not was_viable and self.queue.release_held(None):
             self.schedule()
-
 
     # --- task frames from agents ----------------------------------------------------
 
@@ -380,15 +380,19 @@ class Hub:
 
     def task_complete(self, agent_id: str, frame: frames.TaskComplete) -> TaskAck:
         """A completion, or a failure reported as ``result.status == "failed"``."""
-        task = self._settling_task(agent_id, frame.task_id, frame.generation, "task_complete_failed")
+        task = self._settling_task(
+            agent_id, frame.task_id, frame.generation, "task_complete_failed"
+        )
         generation = task.generation  # the ack names this attempt even if the task moves on
         result = frame.result
         if result is not None:
             task.result = result.model_dump(mode="json", exclude_unset=True)
             execution = {name: getattr(result, name) for name in _EXECUTION_FIELDS}
             task.execution = ExecutionMetadata(**execution)
-        task.tokens_used = frame.tokens_used if frame.tokens_used is not None else (
-            result.tokens_used if result is not None else None
+        task.tokens_used = (
+            frame.tokens_used
+            if frame.tokens_used is not None
+            else (result.tokens_used if result is not None else None)
         )
         task.verification_report = frame.verification_report
         if result is not None and result.status == "failed":
@@ -487,9 +491,13 @@ class Hub:
             waits = None
         except NoViableTarget as no_target:
             complexity, decision, _ = self.router.decide(task, None, allow_fallback=True)
-            waits = None if self.settings.fallback_wait_s == 0 else (
-                f"{no_target.reason}: would wait {self.settings.fallback_wait_s:g} s for a "
-                f"{no_target.tier.value} target, then fall back"
+            waits = (
+                None
+                if self.settings.fallback_wait_s == 0
+                else (
+                    f"{no_target.reason}: would wait {self.settings.fallback_wait_s:g} s for a "
+                    f"{no_target.tier.value} target, then fall back"
+                )
             )
         return {
             "complexity": complexity.model_dump(mode="json"),
@@ -515,7 +523,9 @@ class Hub:
         """Move a dead-letter task back to the queue."""
         task = self.find_task(task_id)
         if task.status is not TaskStatus.dead_letter:
-            raise HubError("invalid_state", f"task is {task.status.value}, not dead_letter", task_id)
+            raise HubError(
+                "invalid_state", f"task is {task.status.value}, not dead_letter", task_id
+            )
         self.queue.retry_dead_letter(task)
         self.schedule()
         return task
@@ -548,7 +558,8 @@ class Hub:
                 "queued_by_priority": stats["queued_by_priority"],
             },
             "recent_tasks": [
-                task.model_dump(mode="json") for task in self.store.list_tasks(TaskFilter(limit=recent))
+                task.model_dump(mode="json")
+                for task in self.store.list_tasks(TaskFilter(limit=recent))
             ],
             "costs": {
                 "totals": stats["totals"],
@@ -615,7 +626,10 @@ class Hub:
             complexity, decision, choice = self.router.decide(task, agent, allow_fallback)
         except NoViableTarget as no_target:
             until = self.clock.now_ms() + int(self.settings.fallback_wait_s * 1000)
-            reason = f"{no_target.reason}: waiting for a {no_target.tier.value} target, then falling back"
+            reason = (
+                f"{no_target.reason}: waiting for a {no_target.tier.value} target, "
+                "then falling back"
+            )
             self.queue.hold(task, until, reason)
             wake = self._outbox.wake_at_ms
             self._outbox.wake_at_ms = until if wake is None else min(wake, until)

@@ -147,7 +147,9 @@ class Messaging:
             self._clock.now_ms(),
         )  # fmt: skip
         channel = self.channels.channels[frame.channel]
-        self._store.stage_channel(channel.name, channel.description, channel.created_at, channel.seq)
+        self._store.stage_channel(
+            channel.name, channel.description, channel.created_at, channel.seq
+        )
         self._store.stage_channel_message(message.as_dict(), self._settings.channel_history_cap)
         push = ChannelMessagePush(
             channel=message.channel, seq=message.seq, id=message.id, sender=agent_id,

@@ -292,12 +292,16 @@ class TaskQueue:
         found = []
         for task in self.tasks.values():
             assigned_at, progressed_at = task.assigned_at, task.last_progress_at
-            if task.status is TaskStatus.assigned and assigned_at is not None and (
-                now - assigned_at >= accept_timeout_ms
+            if (
+                task.status is TaskStatus.assigned
+                and assigned_at is not None
+                and (now - assigned_at >= accept_timeout_ms)
             ):
                 found.append((task, "acceptance_timeout"))
-            elif task.status in ACTIVE and progressed_at is not None and (
-                now - progressed_at >= reclaim_after_ms
+            elif (
+                task.status in ACTIVE
+                and progressed_at is not None
+                and (now - progressed_at >= reclaim_after_ms)
             ):
                 found.append((task, "no_progress"))
         return found

@@ -31,7 +31,7 @@ _ESCALATION = {Tier.trivial: Tier.standard, Tier.standard: Tier.complex}
 _UNKNOWN_LOAD = 0.5
 
 
-class NoViableTarget(Exception):  # noqa: N818 - a routing outcome, not an error
+class NoViableTarget(Exception):
     """The preferred tier has no target now; ``reason`` is the fallback reason."""
 
     def __init__(self, reason: str, tier: Tier) -> None:

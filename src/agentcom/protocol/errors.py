@@ -71,7 +71,9 @@ class FrameDecoder(Generic[T]):
         except ValidationError as exc:
             raise FrameRejected(self._describe(raw, exc.errors(include_url=False))) from None
 
-    def _describe(self, raw: str | bytes, errors: list[ErrorDetails]) -> ErrorReply | ValidationFailed:
+    def _describe(
+        self, raw: str | bytes, errors: list[ErrorDetails]
+    ) -> ErrorReply | ValidationFailed:
         if errors and errors[0]["type"] == "json_invalid":
             return ErrorReply(error="invalid_json")
         try:
@@ -81,7 +83,9 @@ class FrameDecoder(Generic[T]):
         if not isinstance(parsed, dict):
             return ValidationFailed(
                 message_type=None,
-                errors=[FieldError(field="$", error="wrong_type", detail="frame must be a JSON object")],
+                errors=[
+                    FieldError(field="$", error="wrong_type", detail="frame must be a JSON object")
+                ],
             )
         message_type = parsed.get("type")
         if "type" not in parsed:

@@ -23,10 +23,10 @@ __all__ = [
     "AuthOk",
     "ChannelCreate",
     "ChannelsList",
+    "DashboardFrame",
     "EndpointAdd",
     "EndpointRemove",
     "EndpointsList",
-    "DashboardFrame",
     "EventsDropped",
     "OperatorError",
     "OperatorFrame",
@@ -135,7 +135,9 @@ class EndpointAdd(_Request):
 
     type: Literal["endpoint_add"]
     url: Annotated[str, Field(min_length=1, max_length=512)]
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] | None = None
+    name: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+    ) = None
 
 
 class EndpointRemove(_Request):

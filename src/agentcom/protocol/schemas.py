@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from agentcom.protocol import outbound
-from agentcom.protocol.common import Outbound
 from agentcom.protocol.agent import AGENT_FRAME
+from agentcom.protocol.common import Outbound
 from agentcom.protocol.operator import (
     DASHBOARD_FRAME,
     OPERATOR_FRAME,

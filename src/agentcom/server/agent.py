@@ -92,9 +92,10 @@ class AgentSession:
                 self.server.frames_received += 1
                 await self.handle(raw)
         finally:
-            if self.agent_id is not None and self.server.agent_connections.get(
-                self.agent_id
-            ) is self.connection:
+            if (
+                self.agent_id is not None
+                and self.server.agent_connections.get(self.agent_id) is self.connection
+            ):
                 del self.server.agent_connections[self.agent_id]
                 self.hub.disconnect(self.agent_id)
                 logger.info("agent %s disconnected", self.agent_id)
@@ -141,7 +142,9 @@ class AgentSession:
             await self._handlers[frame.type](frame)
         except HubError as error:
             self.hub.take_outbox()  # a refused frame changes nothing and announces nothing
-            await self.reply(ErrorReply(error=error.code, task_id=error.task_id, message=error.message))
+            await self.reply(
+                ErrorReply(error=error.code, task_id=error.task_id, message=error.message)
+            )
 
     async def within_rate(self, frame_type: str) -> bool:
         """Spend a rate-limit token; False (after telling the agent) when none is left."""
@@ -299,7 +302,6 @@ class AgentSession:
 
     async def on_wake_result(self, frame: frames.WakeResult) -> None:
         logger.info("agent %s wake result for %s: %s", self.agent_id, frame.task_id, frame.status)
-
 
     async def on_channel_subscribe(self, frame: frames.ChannelSubscribe) -> None:
         assert self.agent_id is not None

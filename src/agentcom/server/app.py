@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from urllib.parse import urlsplit
@@ -99,7 +100,9 @@ class HubServer:
         logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
         http = HttpRoutes(self)
 
-        async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        async def process_request(
+            connection: ServerConnection, request: Request
+        ) -> Response | None:
             refusal = self.guard.admit(connection, request)
             if refusal is not None:
                 return refusal
@@ -262,10 +265,8 @@ class HubServer:
 
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame; a connection that closed meanwhile is ignored."""
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await connection.send(frame.model_dump_json(by_alias=True))
-        except ConnectionClosed:
-            pass
 
     # --- sweep ----------------------------------------------------------------------
 

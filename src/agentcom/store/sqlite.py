@@ -181,7 +181,9 @@ class SqliteStore:
         self._batch_max = batch_max
         self._busy_timeout_s = busy_timeout_s
         self._reader = open_database(self.path, busy_timeout_s=busy_timeout_s)
-        self._writer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._writer_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-writer"
+        )
         self._writer_local = threading.local()
         self._staged: dict[tuple[str, str], Change] = {}
         # Tasks staged or being written: reads must see them before the database does.
@@ -364,7 +366,9 @@ class SqliteStore:
         unwritten = self._unwritten.get(task_id)
         if unwritten is not None:
             return unwritten
-        row = self._reader.execute("SELECT body FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        row = self._reader.execute(
+            "SELECT body FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
         return Task.model_validate_json(row[0]) if row else None
 
     def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
@@ -395,7 +399,8 @@ class SqliteStore:
         )
         totals_sql = """
             SELECT {key}, COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0),
-                   COALESCE(SUM(estimated_cost_usd), 0), COALESCE(SUM(equivalent_claude_cost_usd), 0),
+                   COALESCE(SUM(estimated_cost_usd), 0),
+                   COALESCE(SUM(equivalent_claude_cost_usd), 0),
                    COALESCE(SUM(execution_ms), 0)
             FROM tasks WHERE status = 'completed' {group}
         """
@@ -429,7 +434,9 @@ class SqliteStore:
 
     def has_token(self, agent_id: str) -> bool:
         """Whether ``agent_id`` holds a token (is a real agent)."""
-        row = self._reader.execute("SELECT 1 FROM tokens WHERE agent_id = ?", (agent_id,)).fetchone()
+        row = self._reader.execute(
+            "SELECT 1 FROM tokens WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
         return row is not None
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
@@ -442,6 +449,7 @@ class SqliteStore:
 
     def close(self) -> None:
         """Wait for the writer, then release both connections."""
+
         def close_writer() -> None:
             connection = getattr(self._writer_local, "connection", None)
             if connection is not None:
