@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hubprocess import HubProcess
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
@@ -107,3 +110,22 @@ async def operator(http_url: str, make_token: TokenMaker) -> AsyncIterator[Opera
     await client.connect()
     yield client
     await client.close()
+
+
+@pytest.fixture
+def hubs() -> Iterator[list[HubProcess]]:
+    """Hub processes a test starts (``hubprocess.start_hub``); all are stopped at the end."""
+    started: list[HubProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[list[Any]]:
+    """Clients and connections a test opens; all are closed at the end, newest first."""
+    opened: list[Any] = []
+    yield opened
+    for client in reversed(opened):
+        with contextlib.suppress(Exception):
+            await client.close()

@@ -42,6 +42,7 @@ __all__ = [
     "run_cli",
     "run_cli_async",
     "running_hub",
+    "start_hub",
 ]
 
 CLI = [sys.executable, "-m", "agentcom.cli"]
@@ -418,3 +419,10 @@ def closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+def start_hub(hubs: list[HubProcess], directory: Path, port: int = 0, **env: str) -> HubProcess:
+    """A new hub process on ``directory / "hub.db"``, added to ``hubs`` for teardown."""
+    hub = HubProcess(directory, env=env, port=port)
+    hubs.append(hub)
+    return hub.start()

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import METADATA
-from hubprocess import HubProcess, run_cli_async
+from hubprocess import HubProcess, run_cli_async, start_hub
 
 from agentcom.client import AgentClient, OperatorClient
 
@@ -40,31 +39,6 @@ class Crashed:
     assigned: str
     working: str
     completed: str
-
-
-@pytest.fixture
-def hubs(tmp_path: Path) -> Iterator[list[HubProcess]]:
-    """Hub processes a test starts on tmp_path; every one is stopped at the end."""
-    started: list[HubProcess] = []
-    yield started
-    for hub in started:
-        hub.stop()
-
-
-def start_hub(hubs: list[HubProcess], directory: Path, **env: str) -> HubProcess:
-    """A new hub process on ``directory / "hub.db"``, registered for teardown."""
-    hub = HubProcess(directory, env=env)
-    hubs.append(hub)
-    return hub.start()
-
-
-@pytest.fixture
-async def closing() -> AsyncIterator[list[AgentClient | OperatorClient]]:
-    """Clients a test opens; all are closed at the end."""
-    clients: list[AgentClient | OperatorClient] = []
-    yield clients
-    for client in clients:
-        await client.close()
 
 
 async def connect_agent(

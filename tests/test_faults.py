@@ -15,12 +15,12 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hubprocess import HubProcess, run_cli_async
+from hubprocess import HubProcess, run_cli_async, start_hub
 from sidecars import SidecarProcess
 from websockets.protocol import State
 
@@ -35,32 +35,6 @@ FAST_SWEEP = {"AGENTCOM_SWEEP_INTERVAL_S": "0.1"}
 def now_ms() -> int:
     """Wall-clock milliseconds, the hub's own time base."""
     return int(time.time() * 1000)
-
-
-@pytest.fixture
-def hubs() -> Iterator[list[HubProcess]]:
-    """Hub processes a test starts; every one is stopped at the end."""
-    started: list[HubProcess] = []
-    yield started
-    for hub in started:
-        hub.stop()
-
-
-def start_hub(hubs: list[HubProcess], directory: Path, port: int = 0, **env: str) -> HubProcess:
-    """A new hub process on ``directory / "hub.db"``, registered for teardown."""
-    hub = HubProcess(directory, env=env, port=port)
-    hubs.append(hub)
-    return hub.start()
-
-
-@pytest.fixture
-async def closing() -> AsyncIterator[list[AgentClient | OperatorClient]]:
-    """Clients a test opens; all are closed at the end."""
-    clients: list[AgentClient | OperatorClient] = []
-    yield clients
-    for client in clients:
-        with contextlib.suppress(Exception):
-            await client.close()
 
 
 async def connect_agent(

@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hubprocess import HubProcess, LineReader, clean_env
+from hubprocess import HubProcess, LineReader, clean_env, start_hub
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -62,31 +62,6 @@ async def http_json(hub: HubProcess, path: str) -> Any:
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.get(f"{hub.http_url}{path}")
     return response.json()
-
-
-@pytest.fixture
-def hubs() -> Iterator[list[HubProcess]]:
-    """Hub processes a test starts; every one is stopped at the end."""
-    started: list[HubProcess] = []
-    yield started
-    for hub in started:
-        hub.stop()
-
-
-def start_hub(hubs: list[HubProcess], directory: Path, **env: str) -> HubProcess:
-    """A new hub process on ``directory / "hub.db"``, registered for teardown."""
-    hub = HubProcess(directory, env=env)
-    hubs.append(hub)
-    return hub.start()
-
-
-@pytest.fixture
-async def closing() -> AsyncIterator[list[Any]]:
-    """Clients and connections a test opens; all are closed at the end."""
-    opened: list[Any] = []
-    yield opened
-    for client in reversed(opened):
-        await client.close()
 
 
 # --- 1. a viewer that stops reading ----------------------------------------------------------
