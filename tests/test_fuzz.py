@@ -771,13 +771,25 @@ def unread(connection: ClientConnection) -> list[Frame]:
         return frames
 
 
-class AgentLine:
+class Line:
+    """One fuzzed entrance: the connection in use, reopened whenever the hub closes it."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.connection: ClientConnection | None = None
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+class AgentLine(Line):
     """The fuzzer on ``/ws``, identified or not; reopened whenever the hub closes it."""
 
     def __init__(self, world: World, identified: bool) -> None:
-        self.world = world
+        super().__init__(world)
         self.identified = identified
-        self.connection: ClientConnection | None = None
         self.violations = 0
         self.violations_total = 0
         self._sentinels = itertools.count(1)
@@ -794,11 +806,6 @@ class AgentLine:
             assert reply == {"type": "identified", "agent_id": agent_id}
         self.connection = connection
         return connection
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
 
     def exchange(self, payload: Payload) -> None:
         connection = self.connection or self._open()
@@ -869,14 +876,13 @@ class AgentLine:
             assert reply["type"] == "identified" and payload.frame_type == "identify", reply
 
 
-class OperatorLine:
+class OperatorLine(Line):
     """The fuzzer on ``/ws/operator``: a new connection per frame before ``auth``, one
     authenticated connection after it."""
 
     def __init__(self, world: World, authenticated: bool) -> None:
-        self.world = world
+        super().__init__(world)
         self.authenticated = authenticated
-        self.connection: ClientConnection | None = None
 
     def _open(self) -> ClientConnection:
         connection = self.world.connect("/ws/operator")
@@ -885,11 +891,6 @@ class OperatorLine:
             assert _read(connection)["type"] == "auth_ok"
         self.connection = connection
         return connection
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
 
     def exchange(self, payload: Payload) -> None:
         connection = self.connection or self._open()
@@ -940,14 +941,13 @@ class OperatorLine:
             self.world.submitted.add(reply["data"]["task_id"])
 
 
-class DashboardLine:
+class DashboardLine(Line):
     """The fuzzer on ``/ws/dashboard``: a new connection per frame before ``subscribe``;
     one subscribed connection after it, which must keep receiving events."""
 
     def __init__(self, world: World, subscribed: bool) -> None:
-        self.world = world
+        super().__init__(world)
         self.subscribed = subscribed
-        self.connection: ClientConnection | None = None
         if subscribed:
             world.after_check.append(self.saw_task)
 
@@ -958,11 +958,6 @@ class DashboardLine:
             assert _read(connection)["type"] == "snapshot"
         self.connection = connection
         return connection
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
 
     def saw_task(self, task_id: str) -> None:
         """The subscribed connection still streams: an event of ``task_id`` arrives."""
