@@ -269,6 +269,53 @@ async def test_a_burst_of_handshakes_cannot_exceed_the_per_address_limit(
                 await connection.close()
 
 
+async def test_unfinished_handshakes_count_against_the_per_address_limit(
+    settings: Settings,
+) -> None:
+    async with hub_with(
+        settings, max_connections_per_address=3, handshake_timeout_s=60, identify_timeout_s=60
+    ) as hub:
+        # given an address holding as many TCP connections as it may, none past its handshake
+        silent = [await asyncio.open_connection("127.0.0.1", hub.port) for _ in range(3)]
+        try:
+            # when it completes a handshake on one more
+            with pytest.raises(InvalidStatus) as refused:
+                await open_socket(hub.port)
+
+            # then that one is refused: the unfinished handshakes hold the slots
+            assert refused.value.response.status_code == 429
+
+            # and one more that stays silent is dropped long before the handshake timeout
+            reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+            try:
+                async with asyncio.timeout(EVENT_TIMEOUT_S):
+                    try:
+                        leftover = await reader.read()
+                    except ConnectionError:
+                        leftover = b""
+            finally:
+                writer.close()
+            assert leftover == b""
+        finally:
+            for _, silent_writer in silent:
+                silent_writer.close()
+
+        # when the unfinished handshakes are closed, their slots are free again
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while True:
+                try:
+                    connection = await open_socket(hub.port)
+                    break
+                except InvalidStatus as still_full:  # the hub has not seen the closes yet
+                    assert still_full.response.status_code == 429
+        await connection.close()
+
+        # then nothing is left counted once every connection is gone
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while hub.guard.open_connections("127.0.0.1"):
+                await asyncio.sleep(0.01)
+
+
 # --- connections that never identify ---------------------------------------------------
 
 

@@ -105,7 +105,10 @@ class Settings(BaseSettings):
     request_rate: float = Field(20.0, gt=0, description="Other frames/s per agent.")
     request_burst: int = Field(100, ge=1, description="Other frames burst per agent.")
     max_connections_per_address: int = Field(
-        1024, ge=1, description="Open connections one IP address may hold (beyond: HTTP 429)."
+        1024,
+        ge=1,
+        description="Connections one IP address may hold, unfinished handshakes included "
+        "(beyond: HTTP 429).",
     )
     allowed_origins: list[str] = Field(
         default_factory=list,

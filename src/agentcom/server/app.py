@@ -113,6 +113,7 @@ class HubServer:
             self.settings.host,
             self.settings.port,
             process_request=process_request,
+            create_connection=self.guard.connection_class(),
             ssl=self._tls_context(),
             open_timeout=self.settings.handshake_timeout_s,
             max_size=self.settings.max_frame_bytes,
@@ -348,13 +349,8 @@ class HubServer:
         if session_type is None or self._stopping:
             await connection.close(1008 if session_type is None else CLOSE_RESTART)
             return
-        self.guard.opened(connection)
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await session_type(self, connection).run()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.guard.closed(connection)
 
 
 def _store_error(detail: str) -> Outbound:

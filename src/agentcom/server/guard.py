@@ -18,6 +18,10 @@ __all__ = ["Guard"]
 
 _BROWSER_PATHS = frozenset({"/ws/dashboard", "/ws/operator"})
 _FAILURE_WINDOW_MS = 60_000
+# A connection accepted beyond its address's limit gets this long to send its request
+# (and be told 429); one still silent then is dropped, so it cannot hold a socket open
+# for the whole handshake timeout.
+_OVER_LIMIT_GRACE_S = 1.0
 
 
 def _refusal(status: int, reason: str, message: str) -> Response:
@@ -38,13 +42,20 @@ def _address(connection: ServerConnection) -> str:
     return str(remote[0]) if remote else "unknown"
 
 
+def _drop_if_silent(connection: ServerConnection) -> None:
+    if connection.request is None:
+        connection.transport.abort()
+
+
 class Guard:
     """Per-address limits and origin checks.
 
     Args:
         clock: time source for the failure window.
-        max_connections_per_address: open connections one address may hold; beyond it the
-            handshake is refused with 429.
+        max_connections_per_address: connections one address may hold, counted from the
+            moment the TCP connection is accepted (handshakes in progress included) until
+            it closes; one accepted beyond it is answered 429 as soon as its request
+            arrives, and dropped if that request is not there within a second.
         allowed_origins: browser origins (``scheme://host[:port]``) allowed on the operator
             and dashboard sockets besides the hub's own; a handshake from any other origin
             is refused with 403. Non-browser clients send no Origin and are not affected.
@@ -73,12 +84,12 @@ class Guard:
         self._max_auth_delay_s = max_auth_delay_s
         self._max_tracked_addresses = max_tracked_addresses
         self._open: dict[str, int] = {}
+        self._over_limit: set[ServerConnection] = set()
         self._auth_failures: OrderedDict[str, deque[int]] = OrderedDict()
 
     def admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """None to let the handshake go on, or the refusal to send."""
-        address = _address(connection)
-        if self._open.get(address, 0) >= self._max_connections:
+        if connection in self._over_limit:
             return _refusal(429, "Too Many Requests", "too_many_connections")
         path = urlsplit(request.path).path.rstrip("/")
         if path in _BROWSER_PATHS and not self._origin_allowed(request.headers):
@@ -97,19 +108,42 @@ class Guard:
         host = _single_header(headers, "Host")
         return host is not None and urlsplit(normalized).netloc == host.lower()
 
-    def opened(self, connection: ServerConnection) -> None:
-        """Count an accepted connection."""
-        address = _address(connection)
-        self._open[address] = self._open.get(address, 0) + 1
+    def connection_class(self) -> type[ServerConnection]:
+        """The connection type to give ``serve()``: it reports every TCP connection's
+        acceptance and loss here, so the limit also counts unfinished handshakes."""
+        guard = self
 
-    def closed(self, connection: ServerConnection) -> None:
-        """Forget a finished connection."""
+        class GuardedConnection(ServerConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                guard._accepted(self)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                super().connection_lost(exc)
+                guard._lost(self)
+
+        return GuardedConnection
+
+    def _accepted(self, connection: ServerConnection) -> None:
+        address = _address(connection)
+        held = self._open.get(address, 0)
+        self._open[address] = held + 1
+        if held >= self._max_connections:
+            self._over_limit.add(connection)
+            connection.loop.call_later(_OVER_LIMIT_GRACE_S, _drop_if_silent, connection)
+
+    def _lost(self, connection: ServerConnection) -> None:
+        self._over_limit.discard(connection)
         address = _address(connection)
         remaining = self._open.get(address, 0) - 1
         if remaining > 0:
             self._open[address] = remaining
         else:
             self._open.pop(address, None)
+
+    def open_connections(self, address: str) -> int:
+        """TCP connections from ``address`` the hub holds now, handshakes included."""
+        return self._open.get(address, 0)
 
     async def slow_down_after_failure(self, connection: ServerConnection) -> None:
         """Record a bad token from this address; delay when it keeps happening."""
