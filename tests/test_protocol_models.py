@@ -402,12 +402,15 @@ FREE_FORM = [
 ]
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+@pytest.mark.parametrize(
+    "literal", ["NaN", "Infinity", "-Infinity", "1e400", str(2**64), str(-(2**63) - 1), "9" * 400]
+)
 @pytest.mark.parametrize(("template", "field"), FREE_FORM)
 def test_non_finite_number_in_a_free_form_object_is_refused(
     template: str, field: str, literal: str
 ) -> None:
-    # JSON has no NaN or Infinity; accepting them here would re-publish text that is not JSON.
+    # JSON has no NaN or Infinity; accepting them here would re-publish text that is not
+    # JSON. Integers beyond 64 bits are JSON, but a JavaScript reader makes them Infinity.
     reply = reject(template.replace("NUMBER", literal))
     entry = only_error(reply)
     assert (entry["field"], entry["error"]) == (field, "out_of_range")
@@ -415,7 +418,8 @@ def test_non_finite_number_in_a_free_form_object_is_refused(
 
 
 def test_finite_numbers_in_free_form_objects_are_kept_as_sent() -> None:
-    payload = {"n": 1.5, "big": 1e300, "list": [0, -2, {"x": None}], "s": "NaN"}
+    payload = {"n": 1.5, "big": 1e300, "list": [0, -2, {"x": None}], "s": "NaN",
+               "u64": 2**64 - 1, "i64": -(2**63), "flag": True}  # fmt: skip
     model = decode(frame_of("message", payload=payload))
     assert model.payload == payload
 

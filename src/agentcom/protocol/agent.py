@@ -120,7 +120,7 @@ class ChannelHistory(Inbound):
     type: Literal["channel_history"]
     channel: ChannelName
     limit: Annotated[int, Field(ge=1, le=1000)] | None = None
-    since: Annotated[int, Field(ge=0)] | None = None
+    since: Count | None = None
 
 
 class ListChannels(Inbound):
@@ -234,7 +234,7 @@ class WakeResult(Inbound):
     type: Literal["wake_result"]
     task_id: TaskId
     status: ShortText
-    attempt: Annotated[int, Field(ge=0)] | None = None
+    attempt: Count | None = None
     error: LongText | None = None
     reason: LongText | None = None
 

@@ -35,18 +35,27 @@ ChannelName = Annotated[str, Field(min_length=1, max_length=64)]
 Url = Annotated[str, Field(min_length=1, max_length=512)]
 
 
-def only_finite_numbers(value: Any) -> Any:
-    """Refuse NaN and infinities anywhere inside a free-form value.
+_MIN_INTEGER = -(2**63)
+_MAX_INTEGER = 2**64 - 1
 
-    JSON has no such numbers, yet the parser reads ``NaN``, ``Infinity`` and ``1e400``;
+
+def only_finite_numbers(value: Any) -> Any:
+    """Refuse NaN, infinities and integers beyond 64 bits anywhere inside a free-form value.
+
+    JSON has no NaN or infinity, yet the parser reads ``NaN``, ``Infinity`` and ``1e400``;
     kept, they would be re-published to subscribers as text that is not JSON (or quietly
-    turned into ``null``).
+    turned into ``null``). An integer of hundreds of digits is valid JSON, but most
+    readers cannot hold it (a JavaScript sidecar or dashboard reads ``Infinity``).
     """
     pending = [value]
     while pending:
         item = pending.pop()
         if isinstance(item, float) and not math.isfinite(item):
             raise PydanticCustomError("finite_number", "Input should be a finite number")
+        if isinstance(item, int) and not _MIN_INTEGER <= item <= _MAX_INTEGER:
+            raise PydanticCustomError(
+                "finite_number", "Input should be an integer that fits in 64 bits"
+            )
         if isinstance(item, dict):
             pending.extend(item.values())
         elif isinstance(item, list):
