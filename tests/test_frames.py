@@ -241,6 +241,33 @@ async def test_replaced_connection_does_not_make_the_agent_leave(
     assert state is not None and state["state"] == "idle"
 
 
+# --- compression ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_permessage_deflate_is_negotiated_only_when_enabled(
+    settings: Settings, enabled: bool
+) -> None:
+    server = HubServer(
+        settings.model_copy(update={"compression": enabled}), clock=ManualClock(), run_sweeps=False
+    )
+    await server.start()
+    try:
+        # given a client that offers permessage-deflate (websockets does by default)
+        async with connect(f"ws://127.0.0.1:{server.port}/ws") as connection:
+            # then the hub accepts the offer only when compression is enabled
+            assert connection.response is not None
+            accepted = connection.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert accepted.startswith("permessage-deflate") is enabled
+
+            # and frames flow either way
+            await connection.send(json.dumps({"type": "ping"}))
+            reply = json.loads(await asyncio.wait_for(connection.recv(), 5))
+            assert reply["error"] == "not_identified"
+    finally:
+        await server.stop()
+
+
 # --- ping, status, list_agents -----------------------------------------------------------
 
 

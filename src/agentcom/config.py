@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         description="How long the hub waits for a peer to answer its closing "
         "handshake before it drops the TCP connection.",
     )
+    compression: bool = Field(
+        False,
+        description="Offer permessage-deflate to clients that ask for it: less traffic, "
+        "more hub CPU and memory per connection.",
+    )
     certfile: Path | None = Field(
         None, description="TLS certificate (PEM): serve wss:// and https://."
     )

@@ -117,6 +117,7 @@ class HubServer:
             ssl=self._tls_context(),
             open_timeout=self.settings.handshake_timeout_s,
             max_size=self.settings.max_frame_bytes,
+            compression="deflate" if self.settings.compression else None,
             ping_interval=self.settings.keepalive_interval_s or None,
             ping_timeout=self.settings.keepalive_timeout_s or None,
             close_timeout=self.settings.close_timeout_s,
