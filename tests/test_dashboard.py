@@ -25,6 +25,7 @@ from playwright.async_api import (
 from agentcom.client import OperatorClient
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
+from agentcom.hub.history import QueueHistory
 from agentcom.hub.tails import ExecutionTails
 from agentcom.server.app import HubServer
 from agentcom.server.http import DASHBOARD_FILES
@@ -465,6 +466,48 @@ def test_execution_tails_stay_bounded() -> None:
     assert list(tails.snapshot()) == ["b", "d"]
 
 
+async def test_a_page_opened_late_sees_from_the_hubs_record_that_the_queue_is_growing(
+    hub: HubServer,
+    clock: ManualClock,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a queue, with no agent to take its tasks, that grew in each of five minutes
+    for _ in range(6):
+        await operator.submit("waits for an agent")
+        clock.advance(60_000)
+
+    # when an operator opens the page only now
+    page = await open_dashboard(make_token("ops", "admin"))
+
+    # then the page knows the last minutes from the snapshot and flags the growth at once
+    await expect(page.locator("#alerts")).to_contain_text("Queue growing for 5 min: 1 → 6 waiting")
+
+
+def test_queue_history_keeps_depth_and_completions_per_minute_for_its_window() -> None:
+    # given a history of three minutes
+    history = QueueHistory(minutes=3)
+
+    # when the queue changes twice in minute 0 and twice in minute 1, with completions
+    history.observe(0, 1)
+    history.observe(30_000, 2, completed=True)
+    history.observe(60_000, 3, completed=True)
+    history.observe(60_001, 2, completed=True)
+
+    # then each minute keeps its last depth and counts its completions
+    assert history.snapshot(60_001) == [
+        {"minute": 0, "depth": 2, "completions": 1},
+        {"minute": 1, "depth": 2, "completions": 2},
+    ]
+
+    # and minutes that fell out of the window are gone, also from memory
+    history.observe(5 * 60_000, 7)
+    assert history.snapshot(5 * 60_000) == [{"minute": 5, "depth": 7, "completions": 0}]
+    assert history.snapshot(7 * 60_000) == [{"minute": 5, "depth": 7, "completions": 0}]
+    assert history.snapshot(8 * 60_000) == []
+
+
 async def test_alerts_flag_a_growing_queue_a_stuck_task_and_a_high_failure_rate(
     hub: HubServer, make_token: TokenMaker, open_dashboard: PageOpener
 ) -> None:
@@ -472,9 +515,12 @@ async def test_alerts_flag_a_growing_queue_a_stuck_task_and_a_high_failure_rate(
     page = await open_dashboard(make_token("ops", "admin"))
     evaluate = """async (state) => {
         const { currentAlerts } = await import("/dashboard/alerts.js");
+        const { MinuteSeries } = await import("/dashboard/state.js");
         const now = state.now;
+        const history = new MinuteSeries();
+        for (const [timestamp, depth] of state.depths) history.recordDepth(timestamp, depth);
         const alerts = currentAlerts({
-            ...state, now: () => now, agents: new Map(state.agents),
+            ...state, now: () => now, agents: new Map(state.agents), history,
             tasks: new Map(state.tasks.map((task) => [task.task_id, task])),
         }, new Set());
         return alerts.map((alert) => alert.key);
@@ -485,8 +531,9 @@ async def test_alerts_flag_a_growing_queue_a_stuck_task_and_a_high_failure_rate(
         "now": now,
         "snapshots": 1,
         "agents": [["a1", {"agent_id": "a1", "state": "working"}]],
-        "queue": {"depth": 3},
-        "growth": {"since": now - 4 * minute, "fromDepth": 1},
+        "queue": {"depth": 6},
+        # the depth at the end of each minute: it grew in the last four whole minutes only
+        "depths": [[now - (6 - n) * minute, depth] for n, depth in enumerate([2, 2, 3, 4, 5, 6])],
         "timeouts": {"reclaim_after_ms": 10 * minute},
         "tasks": [
             {
@@ -500,15 +547,15 @@ async def test_alerts_flag_a_growing_queue_a_stuck_task_and_a_high_failure_rate(
         "validationDrops": [],
     }
 
-    # when nothing has lasted long enough, and half (not more) of the attempts failed
+    # when the queue grew for four minutes only, and half (not more) of the tasks failed
     # then nothing is flagged
     assert await page.evaluate(evaluate, calm) == []
 
     # when the queue has grown for five minutes, the task has been silent for half the
-    # reclaim time, and three of the last four attempts failed
+    # reclaim time, and three of the last four tasks failed
     alarming = {
         **calm,
-        "growth": {"since": now - 5 * minute, "fromDepth": 1},
+        "depths": [[now - (6 - n) * minute, depth] for n, depth in enumerate([1, 2, 3, 4, 5, 6])],
         "tasks": [{**calm["tasks"][0], "last_progress_at": now - 5 * minute}],
         "outcomes": [True, False, False, False],
     }

@@ -283,6 +283,36 @@ async def test_ping_is_answered_with_the_hub_time(
     assert (await agent.receive(5))["timestamp"] == clock.now_ms()
 
 
+async def test_frames_tell_dashboards_the_agent_was_seen_at_most_every_ten_seconds(
+    hub: HubServer, make_agent: AgentMaker, operator: OperatorClient, clock: ManualClock
+) -> None:
+    agent = await make_agent("pinger")
+    presence = operator.watch(["agents"])
+    await anext(presence)  # snapshot
+
+    # when the agent pings at once after identifying, and again ten seconds later
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")
+    clock.advance(10_000)
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")
+
+    # then only the second is published, with the time it was seen
+    seen = await asyncio.wait_for(anext(presence), 5)
+    assert (seen["event"], seen["agent_id"]) == ("agent_seen", "pinger")
+    assert seen["agent"]["last_seen"] == clock.now_ms()
+
+    # when it pings again within ten seconds, nothing is published; a status change is
+    clock.advance(9_999)
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")
+    await agent.send({"type": "status", "status": "thinking"})
+    following = await asyncio.wait_for(anext(presence), 5)
+    assert following["event"] == "agent_status"
+    assert following["agent"]["last_seen"] == clock.now_ms()
+    await presence.aclose()
+
+
 async def test_ping_refreshes_liveness(
     hub: HubServer, make_agent: AgentMaker, clock: ManualClock
 ) -> None:

@@ -386,7 +386,7 @@ async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
                 f"connected: {len(frame['agents'])} agents, queue depth {frame['queue']['depth']}",
                 flush=True,
             )
-        else:
+        elif frame.get("event") != "agent_seen":  # a heartbeat: noise in a human's stream
             print(_describe_event(frame), flush=True)
     return EXIT_OK
 

@@ -8,9 +8,9 @@ function minutes(ms) {
   return `${Math.floor(ms / 60_000)} min`;
 }
 
-/** The queue must have grown, never shrinking, for this long before it is flagged. */
-export const QUEUE_GROWTH_MS = 5 * 60_000;
-/** Finished attempts needed before a failure rate is worth flagging. */
+/** Whole minutes in a row the queue must have grown (each ending deeper than it began). */
+export const QUEUE_GROWTH_MINUTES = 5;
+/** Finished tasks needed before a failure rate is worth flagging. */
 export const MIN_OUTCOMES = 4;
 /** Validation drops are shown for this long (or until dismissed). */
 export const VALIDATION_DROP_MS = 30 * 60_000;
@@ -32,11 +32,11 @@ export function currentAlerts(state, dismissed) {
     });
   }
 
-  const { growth, queue } = state;
-  if (growth && queue.depth > growth.fromDepth && now - growth.since >= QUEUE_GROWTH_MS) {
+  const growth = state.history.growth(now);
+  if (growth.minutes >= QUEUE_GROWTH_MINUTES) {
     alerts.push({
       key: "queue-growing", level: "warning",
-      text: `Queue growing for ${minutes(now - growth.since)}: ${growth.fromDepth} → ${queue.depth} waiting.`,
+      text: `Queue growing for ${growth.minutes} min: ${growth.fromDepth} → ${state.queue.depth} waiting.`,
     });
   }
 

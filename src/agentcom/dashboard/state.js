@@ -6,7 +6,7 @@
 export const MAX_TASKS = 1000;
 /** Lines of execution output kept (all tasks together); older lines are dropped. */
 export const MAX_LOG_LINES = 2000;
-/** Finished attempts remembered for the failure-rate alert. */
+/** Finished tasks (completed or dead-lettered) remembered for the failure-rate alert. */
 export const OUTCOME_WINDOW = 10;
 /** Minutes of queue history drawn by the chart. */
 export const HISTORY_MINUTES = 60;
@@ -39,7 +39,7 @@ export function isUnfinished(task) {
 }
 
 /** Queue depth and completions per minute, for the chart and the "queue growing" alert. */
-class MinuteSeries {
+export class MinuteSeries {
   constructor() {
     this.minutes = new Map(); // minute number -> {depth, completions}
   }
@@ -62,6 +62,34 @@ class MinuteSeries {
 
   recordCompletion(timestamp) {
     this.bucket(timestamp).completions += 1;
+  }
+
+  /** Take the hub's record of past minutes (the snapshot's `queue_history`) as it is. */
+  replace(points) {
+    for (const point of points) {
+      const bucket = this.bucket(point.minute * 60_000);
+      bucket.depth = point.depth;
+      bucket.completions = point.completions;
+    }
+  }
+
+  /**
+   * How many whole minutes in a row, up to the last one that has ended, the queue ended
+   * deeper than it began, and the depth at the start of that run; the minute in progress
+   * does not count yet. `{minutes: 0}` when the last whole minute did not grow.
+   */
+  growth(now) {
+    const points = this.window(now);
+    points.pop(); // the minute in progress
+    let minutes = 0;
+    for (let index = points.length - 1; index > 0; index -= 1) {
+      const { depth } = points[index];
+      const before = points[index - 1].depth;
+      if (depth === null || before === null || depth <= before) break;
+      minutes += 1;
+    }
+    const start = points[points.length - 1 - minutes];
+    return { minutes, fromDepth: start ? start.depth : null };
   }
 
   /** The last `HISTORY_MINUTES` minutes up to `now`, depth carried forward where unsampled. */
@@ -96,7 +124,6 @@ export class DashboardState {
     this.outcomes = []; // true = completed, false = failed, oldest first
     this.validationDrops = [];
     this.history = new MinuteSeries();
-    this.growth = null; // {since, fromDepth}: when the queue last stopped shrinking
     this.dropped = 0;
     this.snapshots = 0;
     this.clockOffset = 0; // hub time minus browser time
@@ -159,7 +186,8 @@ export class DashboardState {
     const firstSnapshot = this.snapshots === 1;
     for (const task of snapshot.recent_tasks) this.mergeTask(task, true);
     for (const task of snapshot.active_tasks || []) this.mergeTask(task, true);
-    if (firstSnapshot) this.seedFromRecent(snapshot.recent_tasks);
+    if (firstSnapshot) this.seedOutcomes(snapshot.recent_tasks);
+    this.history.replace(snapshot.queue_history || []);
     this.applyTails(snapshot.execution_tails || {});
     // Tasks held as unfinished that the snapshot does not mention may have moved on while
     // the page was away: look them up again.
@@ -171,17 +199,11 @@ export class DashboardState {
     this.mark("agents", "queue", "costs", "tasks", "alerts", "status", "chart");
   }
 
-  seedFromRecent(tasks) {
-    const now = this.now();
+  seedOutcomes(tasks) {
     const finished = tasks
       .filter((task) => task.status === "completed" || task.status === "dead_letter")
       .sort((a, b) => a.updated_at - b.updated_at);
-    for (const task of finished) {
-      this.recordOutcome(task.status === "completed");
-      if (task.status === "completed" && now - task.updated_at < HISTORY_MINUTES * 60_000) {
-        this.history.recordCompletion(task.updated_at);
-      }
-    }
+    for (const task of finished) this.recordOutcome(task.status === "completed");
   }
 
   applyTails(tails) {
@@ -202,13 +224,8 @@ export class DashboardState {
 
   /** Fresh queue counts (from the snapshot or a `stats` reply). */
   applyCounts(depth, byStatus, byPriority) {
-    const now = this.now();
-    const previous = this.queue.depth;
     this.queue = { depth, by_status: byStatus || {}, queued_by_priority: byPriority || {} };
-    this.history.recordDepth(now, depth);
-    if (this.growth === null || depth < previous || depth === 0) {
-      this.growth = { since: now, fromDepth: depth };
-    }
+    this.history.recordDepth(this.now(), depth);
     this.mark("queue", "chart", "alerts");
   }
 
@@ -308,9 +325,11 @@ export class DashboardState {
       this.releaseTask(task.task_id);
       this.mark("chart");
     } else if (name === "task_failed") {
+      // Only the task's end counts as an outcome: this attempt may yet be retried.
       if (event.error) task.last_error = event.error;
-      this.recordOutcome(false);
       this.releaseTask(task.task_id);
+    } else if (name === "task_dead_letter") {
+      this.recordOutcome(false);
     } else if (name === "task_retried") {
       if (typeof event.retry_count === "number") task.retry_count = event.retry_count;
     } else if (name === "task_requeued" && event.reason === "operator_retry") {

@@ -31,6 +31,7 @@ class AgentRecord:
     connected: bool = False
     connected_at: int = 0
     last_seen: int = 0
+    seen_published_at: int = 0  # when an agent_seen event last went to dashboards
     disconnected_at: int | None = None
     current_task: str | None = None
     task_accepted: bool = False

@@ -18,6 +18,7 @@ from agentcom.errors import HubError
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import EndpointRegistry
+from agentcom.hub.history import QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
@@ -42,6 +43,7 @@ __all__ = ["Hub", "Outbox"]
 logger = logging.getLogger(__name__)
 
 _EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
+SEEN_EVENT_INTERVAL_MS = 10_000
 
 
 @dataclass(slots=True)
@@ -90,8 +92,13 @@ class Hub:
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails()
+        self.queue_history = QueueHistory()
 
     # --- plumbing -------------------------------------------------------------------
+
+    def has_outbox(self) -> bool:
+        """Whether anything waits to be sent or published."""
+        return bool(self._outbox)
 
     def take_outbox(self) -> Outbox:
         """Everything queued for sending since the last call."""
@@ -105,12 +112,14 @@ class Hub:
         self._outbox.events.append((topic, event))
 
     def _task_event(self, name: str, task: Task, extra: dict[str, Any]) -> None:
+        now = self.clock.now_ms()
+        self.queue_history.observe(now, self.queue.queued_count(), name == "task_completed")
         event = {
             "type": "task_event",
             "event": name,
             "task_id": task.task_id,
             "agent_id": task.assigned_to,
-            "timestamp": self.clock.now_ms(),
+            "timestamp": now,
             "status": task.status.value,
             "priority": task.priority.value,
             "generation": task.generation,
@@ -211,7 +220,7 @@ class Hub:
         agent.capabilities = frozenset(frame.capabilities or ())
         agent.connected = True
         agent.connected_at = now
-        agent.last_seen = now
+        agent.last_seen = agent.seen_published_at = now  # agent_connected says it
         agent.disconnected_at = None
         if frame.ollama_url:
             try:
@@ -237,9 +246,14 @@ class Hub:
         self._agent_event("agent_disconnected", agent)
 
     def seen(self, agent_id: str) -> None:
-        """Any frame from the agent: it is alive."""
+        """Any frame from the agent: it is alive. Dashboards hear of it (``agent_seen``)
+        at most every ``SEEN_EVENT_INTERVAL_MS``, so a card's last heartbeat stays current
+        without an event per frame."""
         agent = self.presence.agents[agent_id]
-        agent.last_seen = self.clock.now_ms()
+        now = agent.last_seen = self.clock.now_ms()
+        if now - agent.seen_published_at >= SEEN_EVENT_INTERVAL_MS:
+            agent.seen_published_at = now
+            self._agent_event("agent_seen", agent)
 
     def _broadcast(self, sender: str, frame: Outbound) -> None:
         for agent in self.presence.connected():
@@ -573,6 +587,7 @@ class Hub:
                 if task.status in ACTIVE
             ],
             "execution_tails": self.execution_tails.snapshot(),
+            "queue_history": self.queue_history.snapshot(self.clock.now_ms()),
             "timeouts": {
                 "accept_timeout_ms": int(self.settings.accept_timeout_s * 1000),
                 "reclaim_after_ms": int(self.settings.reclaim_after_s * 1000),

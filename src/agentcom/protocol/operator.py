@@ -224,6 +224,14 @@ DASHBOARD_FRAME: TypeAdapter[DashboardFrame] = TypeAdapter(DashboardFrame)
 DASHBOARD_FRAME_TYPES = ("subscribe",)
 
 
+class QueueMinute(Outbound):
+    """One minute of the queue's last hour: its depth at the last change, and completions."""
+
+    minute: int  # Unix time in whole minutes
+    depth: int
+    completions: int
+
+
 class Snapshot(Outbound):
     """The state a dashboard starts from."""
 
@@ -237,6 +245,7 @@ class Snapshot(Outbound):
     # Task id to its last execution events, so output shows before the next one arrives.
     execution_tails: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     timeouts: dict[str, int] = Field(default_factory=dict)  # accept_timeout_ms, reclaim_after_ms
+    queue_history: list[QueueMinute] = Field(default_factory=list)  # minutes with changes
 
 
 class EventsDropped(Outbound):

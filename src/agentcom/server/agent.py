@@ -245,7 +245,11 @@ class AgentSession:
     # --- handlers -------------------------------------------------------------------
 
     async def on_ping(self, frame: frames.Ping) -> None:
-        await self.reply(Pong(timestamp=self.server.clock.now_ms()))
+        pong = Pong(timestamp=self.server.clock.now_ms())
+        if self.hub.has_outbox():  # now and then: an agent_seen event for dashboards
+            await self.server.settle(self.connection, pong)
+        else:
+            await self.reply(pong)
 
     async def on_status(self, frame: frames.StatusUpdate) -> None:
         assert self.agent_id is not None
