@@ -32,6 +32,10 @@ TABLE: list[tuple[str, int, int, Tier]] = [
     ("Add an index on the orders table created_at column", 1, 1, S),
     ("Fix the off-by-one error in the pager when the last page is full", 1, 1, S),
     ("Expose the queue depth as a Prometheus gauge", 1, 0, S),
+    # keywords are whole words ("formats" is not "format") or stems ("refactor*")
+    ("Write a function that parses dates in three formats and add tests", 0, 0, S),
+    ("Support the two export formats the billing team asked for", 1, 1, S),
+    ("Refactoring the scheduler into smaller parts", 2, 1, C),
     ("Refactor the payment service into separate modules", 3, 2, C),
     ("Migrate the user table to the new schema and backfill the data", 2, 3, C),
     ("Redesign the scheduler to support distributed workers", 4, 2, C),
@@ -76,6 +80,14 @@ def test_explicit_tier_always_wins() -> None:
     assert complexity.source == "explicit"
     assert complexity.explicit_tier is Tier.trivial
     assert complexity.inferred is not None and complexity.inferred.tier is Tier.complex
+
+
+def test_a_tier_given_as_unknown_runs_as_standard() -> None:
+    complexity = classify("Refactor everything for security", "unknown")
+    assert complexity.effective_tier is Tier.standard
+    assert complexity.source == "default"
+    assert complexity.explicit_tier is None
+    assert complexity.signals == ["tier given as unknown"]
 
 
 def test_inferred_tier_reports_its_signals() -> None:

@@ -332,6 +332,13 @@ async def test_task_route_is_a_dry_run(
     assert preview["viable_endpoints"] == 1
     assert preview["would_wait"] is None
 
+    # a tier given as unknown runs as standard, whatever the text suggests
+    unknown = await route(operator, "refactor the module", complexity_tier="unknown")
+    assert unknown["complexity"]["effective_tier"] == "standard"
+    assert unknown["complexity"]["source"] == "default"
+    assert unknown["routing_decision"]["target_type"] == "ollama"
+    assert unknown["routing_decision"]["classification_reason"].startswith("default: standard")
+
     # nothing was queued, assigned or counted
     after = await operator.request("stats")
     assert after["queue_depth"] == before["queue_depth"] == 0

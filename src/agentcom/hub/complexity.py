@@ -11,22 +11,39 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agentcom.protocol.common import Tier
+from agentcom.protocol.common import RequestedTier, Tier
 from agentcom.protocol.outbound import Complexity, InferredComplexity
 
 __all__ = ["Inference", "classify", "infer_complexity"]
 
+# Whole words or phrases; a trailing "*" also matches any ending ("refactor*": refactoring,
+# refactored), so "format" matches "format" but not "formats" ("parses three formats").
 _COMPLEX_WORDS = (
-    "refactor", "architect", "migration", "migrate", "redesign", "security",
-    "overhaul", "rewrite", "concurrency", "race condition", "distributed", "authentication",
-    "authorization", "encryption", "performance", "scalab", "deadlock", "schema change",
-    "multi-step", "end-to-end", "protocol", "vulnerability",
+    "refactor*", "architect*", "migration*", "migrate*", "redesign*", "security",
+    "overhaul*", "rewrite*", "rewriting", "concurrency", "concurrent", "race condition*",
+    "distributed", "authentication", "authorization", "encrypt*",
+    "performance", "scalab*", "deadlock*", "schema change*", "multi-step", "end-to-end",
+    "protocol*", "vulnerabilit*",
 )  # fmt: skip
 _TRIVIAL_WORDS = (
-    "typo", "rename", "bump version", "bump the version", "version bump", "format", "lint",
-    "update readme", "update the readme", "fix spelling", "spelling", "whitespace",
-    "add a comment", "update comment", "changelog", "sort imports", "copyright",
+    "typo*", "rename*", "renaming", "bump version", "bump the version", "version bump",
+    "format", "formatting", "formatter*", "reformat*", "lint", "linting", "linter", "update readme",
+    "update the readme", "fix spelling", "spelling", "whitespace", "add a comment",
+    "update comment*", "changelog", "sort imports", "copyright",
 )  # fmt: skip
+
+
+def _patterns(words: tuple[str, ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    compiled = []
+    for word in words:
+        keyword = word.rstrip("*")
+        end = "" if word.endswith("*") else r"\b"
+        compiled.append((keyword, re.compile(r"\b" + re.escape(keyword) + end)))
+    return tuple(compiled)
+
+
+_COMPLEX = _patterns(_COMPLEX_WORDS)
+_TRIVIAL = _patterns(_TRIVIAL_WORDS)
 
 _COMPLEX_AT = 3  # score at or above: complex
 _TRIVIAL_AT = -2  # score at or below: trivial
@@ -42,13 +59,9 @@ class Inference:
     signals: tuple[str, ...]
 
 
-def _matches(text: str, words: tuple[str, ...]) -> list[str]:
-    """The words (or word stems: "architect" also matches "architecture") found in text."""
-    found = []
-    for word in words:
-        if re.search(rf"\b{re.escape(word)}", text):
-            found.append(word)
-    return found
+def _matches(text: str, patterns: tuple[tuple[str, re.Pattern[str]], ...]) -> list[str]:
+    """The keywords found in text."""
+    return [word for word, pattern in patterns if pattern.search(text)]
 
 
 def infer_complexity(
@@ -58,8 +71,8 @@ def infer_complexity(
     text = description.lower()
     score = 0
     signals: list[str] = []
-    complex_found = _matches(text, _COMPLEX_WORDS)
-    trivial_found = _matches(text, _TRIVIAL_WORDS)
+    complex_found = _matches(text, _COMPLEX)
+    trivial_found = _matches(text, _TRIVIAL)
     if complex_found:
         score += min(5, 2 + len(complex_found))
         signals.append("complex keywords: " + ", ".join(complex_found[:4]))
@@ -100,14 +113,22 @@ def infer_complexity(
 
 def classify(
     description: str,
-    explicit_tier: Tier | None,
+    explicit_tier: RequestedTier | None,
     file_hints: int = 0,
     verification_steps: int = 0,
 ) -> Complexity:
-    """The task's complexity: an explicit tier wins; otherwise the inferred one."""
+    """The task's complexity: an explicit tier wins, ``unknown`` runs as standard, and
+    otherwise the inferred tier."""
     inference = infer_complexity(description, file_hints, verification_steps)
     inferred = InferredComplexity(tier=inference.tier, confidence=inference.confidence)
-    if explicit_tier is not None:
+    if explicit_tier == "unknown":
+        return Complexity(
+            effective_tier=Tier.standard,
+            source="default",
+            inferred=inferred,
+            signals=["tier given as unknown"],
+        )
+    if isinstance(explicit_tier, Tier):
         return Complexity(
             effective_tier=explicit_tier,
             source="explicit",

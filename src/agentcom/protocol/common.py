@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -19,6 +19,7 @@ __all__ = [
     "LongText",
     "Outbound",
     "Priority",
+    "RequestedTier",
     "ShortText",
     "TargetType",
     "TaskId",
@@ -113,6 +114,10 @@ class Tier(StrEnum):
     trivial = "trivial"
     standard = "standard"
     complex = "complex"
+
+
+RequestedTier = Tier | Literal["unknown"]
+"""A tier as submitted: ``unknown`` says the submitter cannot tell; it runs as standard."""
 
 
 class TargetType(StrEnum):

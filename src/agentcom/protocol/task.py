@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentcom.protocol.common import JsonObject, Priority, TaskStatus, Tier
+from agentcom.protocol.common import JsonObject, Priority, RequestedTier, TaskStatus
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 
 __all__ = ["ExecutionMetadata", "HistoryEntry", "Task", "TaskSubmission"]
@@ -41,7 +41,7 @@ class TaskSubmission(BaseModel):
 
     description: Annotated[str, Field(min_length=1, max_length=10_000)]
     priority: Priority = Priority.normal
-    complexity_tier: Tier | None = None
+    complexity_tier: RequestedTier | None = None
     needed_capabilities: Annotated[
         list[Annotated[str, Field(max_length=256)]], Field(max_length=64)
     ] = []
@@ -69,7 +69,7 @@ class Task(BaseModel):
     metadata: dict[str, Any] = {}
     needed_capabilities: list[str] = []
     complexity: Complexity | None = None
-    complexity_tier: Tier | None = None
+    complexity_tier: RequestedTier | None = None
     routing_decision: RoutingDecision | None = None
     assigned_to: str | None = None
     assigned_at: int | None = None
