@@ -438,9 +438,14 @@ async def test_tokens_never_appear_in_logs_or_replies_of_an_in_process_hub(
                  for _ in range(4)]  # fmt: skip
     await events.aclose()
 
-    # then the hub did log (the connections, the identified agent) ...
+    # then the hub did log (the connections, the identified agent, who came and who was
+    # refused on the operator and dashboard sockets) ...
     log = hub_log(caplog)
     assert "connection open" in log and "agent worker identified" in log
+    assert re.search(r"operator the-\w+ \(\w+\) connected from 127\.0\.0\.1:\d+", log)
+    assert re.search(r"dashboard the-\w+ \(\w+\) subscribed from 127\.0\.0\.1:\d+", log)
+    assert "operator from 127.0.0.1:" in log and "dashboard from 127.0.0.1:" in log
+    assert "refused: invalid token" in log
 
     # ... but no token appears in the log, in a reply or in a published event
     tokens = [*good.values(), *bad]

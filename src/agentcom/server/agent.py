@@ -25,7 +25,7 @@ from agentcom.protocol.outbound import (
     StatusUpdated,
     ValidationFailed,
 )
-from agentcom.server.inbound import text_of
+from agentcom.server.inbound import peer, text_of
 
 if TYPE_CHECKING:
     from agentcom.protocol.common import Outbound
@@ -180,7 +180,7 @@ class AgentSession:
         event = {
             "type": "validation_event",
             "agent_id": self.agent_id,
-            "remote": _remote(self.connection),
+            "remote": peer(self.connection),
             "timestamp": server.clock.now_ms(),
             "reply": reply.model_dump(mode="json", exclude_none=True),
             "closed": closing,  # this violation closes the connection (1008)
@@ -228,7 +228,7 @@ class AgentSession:
             # handshake, and nothing may keep this one waiting for that.
             server.close_in_background(previous, 4001, "replaced")
         self.hub.identify(frame, _remote_host(self.connection))
-        logger.info("agent %s identified from %s", frame.agent_id, _remote(self.connection))
+        logger.info("agent %s identified from %s", frame.agent_id, peer(self.connection))
         await server.settle()
 
     async def on_repeated_identify(self, frame: frames.Identify) -> None:
@@ -332,8 +332,3 @@ class AgentSession:
 def _remote_host(connection: ServerConnection) -> str | None:
     address = connection.remote_address
     return str(address[0]) if address else None
-
-
-def _remote(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    return f"{address[0]}:{address[1]}" if address else "unknown"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from websockets.asyncio.server import ServerConnection
 
-__all__ = ["CLOSE_UNSUPPORTED_DATA", "text_of"]
+__all__ = ["CLOSE_UNSUPPORTED_DATA", "peer", "text_of"]
 
 CLOSE_UNSUPPORTED_DATA = 1003
 
@@ -22,3 +22,9 @@ async def text_of(connection: ServerConnection, message: str | bytes) -> str | N
         return message
     await connection.close(CLOSE_UNSUPPORTED_DATA, "binary messages are not accepted")
     return None
+
+
+def peer(connection: ServerConnection) -> str:
+    """The remote ``host:port`` of a connection, for logs and events."""
+    address = connection.remote_address
+    return f"{address[0]}:{address[1]}" if address else "unknown"

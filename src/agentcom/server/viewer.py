@@ -15,7 +15,7 @@ from agentcom.hub.auth import Role
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
-from agentcom.server.inbound import text_of
+from agentcom.server.inbound import peer, text_of
 from agentcom.store.base import TaskFilter
 
 if TYPE_CHECKING:
@@ -65,10 +65,13 @@ class DashboardSession:
             return
         identity = server.auth.role_of(frame.token)
         if identity is None or identity[1] not in _OPERATOR_ROLES:
+            logger.info("dashboard from %s refused: invalid token", peer(self.connection))
             await server.guard.slow_down_after_failure(self.connection)
             await server.send(self.connection, ErrorReply(error="invalid_token"))
             await self.connection.close(1008, "invalid token")
             return
+        who = f"{identity[0]} ({identity[1].value})"
+        logger.info("dashboard %s subscribed from %s", who, peer(self.connection))
         subscription = server.pubsub.subscribe(frame.topics)
         try:
             await server.store.commit()
@@ -80,6 +83,7 @@ class DashboardSession:
                 reader.cancel()
         finally:
             server.pubsub.unsubscribe(subscription)
+            logger.info("dashboard %s disconnected", who)
 
     async def _drain_incoming(self) -> None:
         async for _ in self.connection:
@@ -136,6 +140,7 @@ class OperatorSession:
         self.hub = server.hub
         self.connection = connection
         self.role: Role | None = None
+        self.who = "?"  # agent id and role of its token, once authenticated
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -159,6 +164,7 @@ class OperatorSession:
         finally:
             for request in list(self._in_flight):
                 request.cancel()
+            logger.info("operator %s disconnected", self.who)
 
     async def _send(self, frame: Any) -> None:
         await self.server.send(self.connection, frame)
@@ -174,11 +180,14 @@ class OperatorSession:
         if isinstance(frame, ops.Auth):
             identity = self.server.auth.role_of(frame.token)
         if identity is None or identity[1] not in _OPERATOR_ROLES:
+            logger.info("operator from %s refused: invalid token", peer(self.connection))
             await self.server.guard.slow_down_after_failure(self.connection)
             await self._send(ops.OperatorError(request_id=None, error="invalid_token"))
             await self.connection.close(1008, "invalid token")
             return False
         self.role = identity[1]
+        self.who = f"{identity[0]} ({identity[1].value})"
+        logger.info("operator %s connected from %s", self.who, peer(self.connection))
         await self._send(ops.AuthOk(agent_id=identity[0], role=identity[1].value))
         return True
 
