@@ -19,6 +19,7 @@ from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
 from agentcom.hub.auth import hash_token, new_token
 from agentcom.hub.clock import ManualClock
+from agentcom.protocol.events import EVENT
 from agentcom.server.app import HubServer
 from agentcom.store.tokens import save_token
 
@@ -515,6 +516,7 @@ async def wait_until_healthy(events: AsyncIterator[Frame], endpoint_id: str) -> 
     async with asyncio.timeout(10):
         async for event in events:
             if event.get("event") == "endpoint_healthy" and event["endpoint_id"] == endpoint_id:
+                EVENT.validate_python(event)  # the documented shape (protocol/events.py)
                 return event
     raise AssertionError("the event stream ended")
 

@@ -7,6 +7,8 @@ import asyncio
 from conftest import METADATA, AgentMaker
 
 from agentcom.client import OperatorClient
+from agentcom.hub.clock import ManualClock
+from agentcom.protocol.events import EVENT
 from agentcom.server.app import HubServer
 
 
@@ -258,3 +260,65 @@ async def test_cancel_frees_the_agent_and_tells_it(
     await agent.send({"type": "task_complete", "task_id": task["task_id"], "generation": 1})
     error = await agent.receive_type("error")
     assert error["error"] == "task_complete_failed: invalid_state"
+
+
+async def test_every_event_a_busy_hub_publishes_matches_its_documented_model(
+    hub: HubServer, make_agent: AgentMaker, operator: OperatorClient, clock: ManualClock
+) -> None:
+    # given a subscriber of every topic
+    events = operator.watch()
+    assert (await anext(events))["type"] == "snapshot"
+
+    # when an agent connects, reports, runs a task through progress to completion, fails
+    # another into dead letter, has it retried, sends an invalid frame and leaves, while an
+    # operator cancels a task nobody can run
+    agent = await make_agent("worker-1")
+    await agent.send({"type": "status", "status": "warming up"})
+    await agent.send({"type": "resource_report", "cpu_percent": 12.5, "ram_used_bytes": 10})
+    clock.advance(10_000)
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")
+    done = await operator.submit("print the date", complexity_tier="complex")
+    assign = await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": done["task_id"]})
+    await agent.send({"type": "task_progress", "task_id": done["task_id"], "progress": 50})
+    await agent.send({"type": "task_progress", "task_id": done["task_id"],
+                      "execution_event": {"event_type": "stdout", "text": "hi"}})  # fmt: skip
+    await agent.send({"type": "task_complete", "task_id": done["task_id"],
+                      "generation": assign["generation"], "result": METADATA})  # fmt: skip
+    await agent.receive_type("task_ack")
+    await agent.receive_type("task_ack")
+    failing = await operator.submit("fail me", complexity_tier="complex", max_retries=0)
+    assign = await agent.receive_type("task_assign")
+    await agent.send({"type": "task_failed", "task_id": failing["task_id"],
+                      "generation": assign["generation"], "error": "boom"})  # fmt: skip
+    await agent.receive_type("task_ack")
+    stranded = await operator.submit("needs a gpu", needed_capabilities=["gpu"])
+    await operator.request("task_cancel", task_id=stranded["task_id"])
+    await operator.request("task_retry", task_id=failing["task_id"])
+    await agent.receive_type("task_assign")
+    await agent.send({"type": "no_such_frame"})
+    await agent.receive_type("error")
+    await agent.close()
+
+    # then every event, up to the agent's departure, has the shape the models document
+    seen: list[dict[str, object]] = []
+    async with asyncio.timeout(10):
+        async for event in events:
+            seen.append(event)
+            if event.get("event") == "agent_disconnected":
+                break
+    await events.aclose()
+    for event in seen:
+        EVENT.validate_python(event)
+    kinds = {(event["type"], event.get("event")) for event in seen}
+    assert {
+        ("agent_event", "agent_connected"), ("agent_event", "agent_status"),
+        ("agent_event", "agent_resources"), ("agent_event", "agent_seen"),
+        ("task_event", "task_submitted"), ("task_event", "task_assigned"),
+        ("task_event", "task_accepted"), ("task_event", "task_progress"),
+        ("task_event", "execution_progress"), ("task_event", "task_completed"),
+        ("task_event", "task_failed"), ("task_event", "task_dead_letter"),
+        ("task_event", "task_cancelled"), ("task_event", "task_requeued"),
+        ("validation_event", None), ("agent_event", "agent_disconnected"),
+    } <= kinds  # fmt: skip

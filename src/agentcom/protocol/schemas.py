@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from agentcom.protocol import outbound
 from agentcom.protocol.agent import AGENT_FRAME
 from agentcom.protocol.common import Outbound
+from agentcom.protocol.events import AgentEvent, EndpointEvent, TaskEvent, ValidationEvent
 from agentcom.protocol.operator import (
     DASHBOARD_FRAME,
     OPERATOR_FRAME,
@@ -46,7 +47,9 @@ def all_schemas() -> dict[str, Any]:
         for model in _outbound_models()
     }
     operator_replies: list[type[BaseModel]] = [AuthOk, OperatorResult, OperatorError]
-    dashboard_frames: list[type[BaseModel]] = [Snapshot, EventsDropped]
+    dashboard_frames: list[type[BaseModel]] = [
+        Snapshot, EventsDropped, TaskEvent, AgentEvent, EndpointEvent, ValidationEvent,
+    ]  # fmt: skip
     return {
         "agent_to_hub": AGENT_FRAME.json_schema(),
         "hub_to_agent": hub_to_agent,
