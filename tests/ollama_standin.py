@@ -92,12 +92,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OllamaStandin:
-    """A fake Ollama on 127.0.0.1 and a free port; healthy with no model until told otherwise.
+    """A fake Ollama on a loopback address (127.0.0.1 unless ``host`` says otherwise) and a
+    free port; healthy with no model until told otherwise.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self._lock = threading.Condition()
         self._behaviour = _Behaviour("healthy")
         self._requests: Counter[str] = Counter()
@@ -109,7 +111,7 @@ class OllamaStandin:
 
     def start(self) -> OllamaStandin:
         """Listen and serve in a background thread."""
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server((self.host, 0), _Handler)
         server.standin = self
         self._server = server
         self._thread = threading.Thread(
@@ -149,12 +151,12 @@ class OllamaStandin:
 
     @property
     def host_port(self) -> str:
-        """``127.0.0.1:<port>``, as the hub names it in ``selected_endpoint``."""
-        return f"127.0.0.1:{self.port}"
+        """``<host>:<port>``, as the hub names it in ``selected_endpoint``."""
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
+        """``http://<host>:<port>``."""
         return f"http://{self.host_port}"
 
     # --- behaviour ----------------------------------------------------------------------
@@ -208,7 +210,7 @@ class OllamaStandin:
         return await asyncio.to_thread(self._wait_for, count, path, timeout)
 
 
-OllamaMaker = Callable[[], OllamaStandin]
+OllamaMaker = Callable[..., OllamaStandin]
 
 
 @pytest.fixture
@@ -216,8 +218,8 @@ def make_ollama() -> Iterator[OllamaMaker]:
     """Start stand-ins (healthy, no model); all are stopped at the end of the test."""
     started: list[OllamaStandin] = []
 
-    def make() -> OllamaStandin:
-        standin = OllamaStandin().start()
+    def make(host: str = "127.0.0.1") -> OllamaStandin:
+        standin = OllamaStandin(host).start()
         started.append(standin)
         return standin
 

@@ -9,13 +9,15 @@ then escalates to ``claude`` with ``fallback_used``. Endpoints are real HTTP sta
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AgentMaker
+from conftest import AgentMaker, TokenMaker
 from ollama_standin import OllamaMaker, OllamaStandin, make_ollama, ollama  # noqa: F401
+from websockets.asyncio.client import connect
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
@@ -381,6 +383,43 @@ async def test_the_least_loaded_hosts_endpoint_is_chosen(
     await report_load(calm, 0.95)
     preview = await route(operator, STANDARD, complexity_tier="standard")
     assert preview["routing_decision"]["selected_endpoint"] == busy_ollama.host_port
+
+
+async def test_an_operator_added_endpoint_is_scored_by_the_load_of_agents_on_its_host(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    operator: OperatorClient,
+    agent_events: Events,
+    make_ollama: OllamaMaker,  # noqa: F811
+) -> None:
+    # given two endpoints an operator added, on two hosts (two loopback addresses); on a
+    # tie the greater endpoint id wins, so the busy host would win without load figures
+    busy_ollama, calm_ollama = make_ollama("127.0.0.2"), make_ollama("127.0.0.1")
+    await add_endpoint(operator, agent_events, busy_ollama, "zz-busy", models=MODELS)
+    await add_endpoint(operator, agent_events, calm_ollama, "aa-calm", models=MODELS)
+
+    # and an agent on each host reporting its load, neither of them owning an endpoint
+    url = f"ws://127.0.0.1:{hub.port}/ws"
+    async with connect(url, local_addr=("127.0.0.2", 0)) as busy:
+        identify = {"type": "identify", "agent_id": "busy-host", "token": make_token("busy-host")}
+        await busy.send(json.dumps(identify))
+        assert json.loads(await busy.recv())["type"] == "identified"
+        calm_agent = await make_agent("calm-host")
+        await report_load(calm_agent, 0.1)
+        await busy.send(json.dumps({"type": "resource_report", "cpu_percent": 90.0}))
+        await busy.send(json.dumps({"type": "ping"}))
+        async with asyncio.timeout(5):
+            while json.loads(await busy.recv())["type"] != "pong":
+                pass
+
+        # when a standard task is routed
+        preview = await route(operator, STANDARD, complexity_tier="standard")
+
+    # then the endpoint on the calm host wins, and the reason names its host's load
+    decision = preview["routing_decision"]
+    assert decision["selected_endpoint"] == calm_ollama.host_port
+    assert "endpoint aa-calm (2 candidates, load 0.10)" in decision["classification_reason"]
 
 
 async def test_a_warm_model_is_preferred(

@@ -36,6 +36,7 @@ class AgentRecord:
     current_task: str | None = None
     task_accepted: bool = False
     ollama_url: str | None = None
+    host: str | None = None  # the address it connected from
     resources: dict[str, Any] = field(default_factory=dict)
 
     @property

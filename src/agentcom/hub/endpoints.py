@@ -63,6 +63,11 @@ class Endpoint:
     recent_repos: deque[str] = field(default_factory=lambda: deque(maxlen=_RECENT_REPOS))
 
     @property
+    def host(self) -> str:
+        """The endpoint's host, lower case, as its URL names it."""
+        return urlsplit(self.url).hostname or "localhost"
+
+    @property
     def host_port(self) -> str:
         """``host:port`` as sidecars expect in ``selected_endpoint``."""
         parts = urlsplit(self.url)

@@ -17,7 +17,7 @@ from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
-from agentcom.hub.endpoints import EndpointRegistry
+from agentcom.hub.endpoints import Endpoint, EndpointRegistry
 from agentcom.hub.history import QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
@@ -44,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 _EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
 SEEN_EVENT_INTERVAL_MS = 10_000
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_key(host: str) -> str:
+    """One name per host for matching endpoints to agents: loopback names are one host."""
+    host = host.lower()
+    return "loopback" if host in _LOOPBACK_NAMES else host
 
 
 @dataclass(slots=True)
@@ -93,6 +100,8 @@ class Hub:
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails()
         self.queue_history = QueueHistory()
+        # Latest resource report per host (see _host_key), for endpoints no agent reported.
+        self._host_resources: dict[str, dict[str, Any]] = {}
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -221,6 +230,7 @@ class Hub:
         agent.connected = True
         agent.connected_at = now
         agent.last_seen = agent.seen_published_at = now  # agent_connected says it
+        agent.host = remote_host
         agent.disconnected_at = None
         if frame.ollama_url:
             try:
@@ -272,6 +282,8 @@ class Hub:
         agent = self.presence.agents[agent_id]
         agent.resources = frame.model_dump(exclude={"type"})
         agent.resources["received_at"] = self.clock.now_ms()
+        if agent.host is not None:
+            self._host_resources[_host_key(agent.host)] = agent.resources
         self._agent_event("agent_resources", agent)
 
     def report_ollama(self, agent_id: str, url: str, remote_host: str | None = None) -> None:
@@ -288,9 +300,13 @@ class Hub:
         if changed or endpoint.healthy is None:
             self._outbox.check_endpoints.append(endpoint.endpoint_id)
 
-    def _resources_of(self, agent_id: str) -> dict[str, Any] | None:
-        agent = self.presence.get(agent_id)
-        return agent.resources if agent is not None else None
+    def _resources_of(self, endpoint: Endpoint) -> dict[str, Any] | None:
+        """The latest load report for an endpoint's host: from the agent that reported the
+        endpoint, else from any agent that connected from the endpoint's host."""
+        agent = self.presence.get(endpoint.agent_id) if endpoint.agent_id else None
+        if agent is not None and agent.resources:
+            return agent.resources
+        return self._host_resources.get(_host_key(endpoint.host))
 
     # --- endpoints ------------------------------------------------------------------
 

@@ -91,14 +91,14 @@ class Router:
 
     Args:
         endpoints: the Ollama endpoint registry.
-        resources_of: the latest resource report of an agent (by id), or None.
+        resources_of: the latest resource report of an endpoint's host, or None.
         claude_model: model id named for ``complex`` tasks.
     """
 
     def __init__(
         self,
         endpoints: EndpointRegistry,
-        resources_of: Callable[[str], dict[str, Any] | None],
+        resources_of: Callable[[Endpoint], dict[str, Any] | None],
         claude_model: str,
     ) -> None:
         self._endpoints = endpoints
@@ -143,7 +143,7 @@ class Router:
         wanted = task.metadata.get("model")
 
         def score(endpoint: Endpoint) -> tuple[float, str]:
-            load = host_load(self._resources_of(endpoint.agent_id) if endpoint.agent_id else None)
+            load = host_load(self._resources_of(endpoint))
             value = 1 - (_UNKNOWN_LOAD if load is None else load)
             if endpoint.loaded:
                 value += 0.5
@@ -161,7 +161,7 @@ class Router:
             model = wanted
         else:
             model = warm_models[0] if warm_models else best.models[0]
-        load = host_load(self._resources_of(best.agent_id) if best.agent_id else None)
+        load = host_load(self._resources_of(best))
         return EndpointChoice(best, model, len(candidates), load, model in best.loaded)
 
     def _decision(
