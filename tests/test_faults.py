@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hubprocess import HubProcess, run_cli_async, start_hub
 from sidecars import SidecarProcess
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from agentcom.client import AgentClient, OperatorClient
@@ -480,6 +481,47 @@ async def submit_all(operator: OperatorClient, count: int, acknowledged: list[st
     await asyncio.gather(*(submit(number) for number in range(count)))
 
 
+LATE_ACKS_BEFORE_KILL = 50  # submits acknowledged while the hub runs on, before the kill
+
+
+async def submit_until_down(
+    operator: OperatorClient, acknowledged: list[str], enough: asyncio.Event
+) -> int:
+    """Keep submitting (a bounded number at a time) until the hub goes away; record each id
+    as soon as its submit is acknowledged, and set ``enough`` after LATE_ACKS_BEFORE_KILL.
+    Returns how many submits were in flight, unanswered, when the connection broke."""
+    slots = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
+    down = asyncio.Event()
+    unanswered = 0
+
+    async def submit(number: int) -> None:
+        nonlocal unanswered
+        try:
+            task = await operator.submit(f"late job {number}", needed_capabilities=["fleet"])
+        except (ConnectionError, ConnectionClosed, OSError):
+            unanswered += 1
+            down.set()
+            return
+        finally:
+            slots.release()
+        acknowledged.append(task["task_id"])
+        if len(acknowledged) >= LATE_ACKS_BEFORE_KILL:
+            enough.set()
+
+    running: set[asyncio.Task[None]] = set()
+    number = 0
+    while True:
+        await slots.acquire()
+        if down.is_set():
+            break
+        request = asyncio.create_task(submit(number))
+        running.add(request)
+        request.add_done_callback(running.discard)
+        number += 1
+    await asyncio.gather(*running)
+    return unanswered
+
+
 async def wait_all(operator: OperatorClient, task_ids: list[str]) -> dict[str, Frame]:
     """Every task once it is finished (``task_wait``, a bounded number at a time)."""
     slots = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
@@ -529,11 +571,18 @@ async def test_a_hub_killed_mid_run_loses_no_acknowledged_task_and_completes_non
         await submit_all(operator, TASKS, submitted)
         await asyncio.wait_for(enough_done.wait(), timeout=60)
 
-        # when the hub is killed with SIGKILL in the middle of the run
+        # when the hub is killed with SIGKILL in the middle of the run, while an operator
+        # is still submitting, with submits in flight
+        late: list[str] = []
+        enough_late = asyncio.Event()
+        late_submitter = asyncio.create_task(submit_until_down(operator, late, enough_late))
+        await asyncio.wait_for(enough_late.wait(), timeout=60)
         acknowledged_before_kill = len(completions)
         killed_at = now_ms()
         assert hub.kill() == -9
         down = time.monotonic()
+        unanswered = await asyncio.wait_for(late_submitter, timeout=20)
+        submitted += late
 
         # and a new hub starts on the same database and port; the sidecars come back by
         # themselves and nothing is submitted again
@@ -547,8 +596,9 @@ async def test_a_hub_killed_mid_run_loses_no_acknowledged_task_and_completes_non
     duration = time.monotonic() - started
 
     # then every acknowledged submit is there, and every task ended completed exactly once
-    assert len(set(submitted)) == TASKS
-    assert Counter(task["status"] for task in finished.values()) == {"completed": TASKS}
+    assert len(set(submitted)) == TASKS + len(late)
+    assert len(late) >= LATE_ACKS_BEFORE_KILL and unanswered >= 1
+    assert Counter(task["status"] for task in finished.values()) == {"completed": len(submitted)}
     assert all(len(entries(task, "completed")) == 1 for task in finished.values())
 
     # and every acknowledged completion stands, as the attempt the sidecar was told
@@ -571,7 +621,8 @@ async def test_a_hub_killed_mid_run_loses_no_acknowledged_task_and_completes_non
     )
     refused = Counter(event["error"] for event in refusals)
     print(
-        f"\nhub SIGKILL mid-run: {TASKS} submits acknowledged; {acknowledged_before_kill} "
+        f"\nhub SIGKILL mid-run: {TASKS} + {len(late)} submits acknowledged, {unanswered} "
+        f"in flight and unanswered at the kill; {acknowledged_before_kill} "
         f"completions acknowledged when the kill was decided, {completed_before_kill} "
         f"completed in the database before it; {len(recovered)} tasks held across the crash "
         f"and completed by the same attempt; {len(rerun)} re-run under a new generation; "
