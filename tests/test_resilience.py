@@ -253,8 +253,10 @@ async def test_a_viewer_that_stops_reading_loses_the_oldest_events_and_is_told_h
     assert report.window_lag_max_s < 10
     assert report.slow_told_dropped > 0
     assert report.slow_received + report.slow_told_dropped == report.published
-    assert report.rss_after - report.rss_before < 60 * MIB
-    assert report.completion_seen_after_ack_s < 5
+    # unbounded, the hub would hold the ~25 MB streamed; the viewer's queue holds 4 MiB
+    assert report.rss_after - report.rss_before < 12 * MIB
+    # the reading viewer keeps its normal pace (about a millisecond here)
+    assert report.completion_seen_after_ack_s < 2
 
 
 async def test_a_viewer_that_stops_reading_holds_bounded_memory_whatever_the_event_size(
@@ -266,7 +268,8 @@ async def test_a_viewer_that_stops_reading_holds_bounded_memory_whatever_the_eve
     print(report)
     assert report.slow_told_dropped > 0
     assert report.slow_received + report.slow_told_dropped == report.published
-    assert report.rss_after - report.rss_before < 60 * MIB
+    # unbounded, the hub would hold the ~100 MiB streamed (it did, before the byte cap)
+    assert report.rss_after - report.rss_before < 24 * MIB
 
 
 async def test_an_agent_that_stops_reading_its_pushes_is_dropped_before_the_hub_buffers_much(
@@ -307,7 +310,7 @@ async def test_an_agent_that_stops_reading_its_pushes_is_dropped_before_the_hub_
     async with asyncio.timeout(30):
         while json.loads(await talker.recv())["type"] != "pong":
             pass
-    assert rss_after - rss_before < 60 * MIB
+    assert rss_after - rss_before < 8 * MIB  # unbounded: the 15 MiB broadcast, and more
     print(
         f"unread pushes: {messages * size // MIB} MiB broadcast; hub RSS "
         f"{rss_before / MIB:.1f} -> {rss_after / MIB:.1f} MiB"
@@ -406,7 +409,7 @@ async def test_five_hundred_sidecars_identifying_at_once_are_all_served_and_ping
         # then every one was identified, every ping was answered, and the hub counts them all
         assert outcome.startswith(f"identified {STORM} "), outcome
         await pinger.wait_for(pinger.all_answered, timeout=30)
-        assert max(pinger.latencies) < 10
+        assert max(pinger.latencies) < 5  # 1-2 s here: every join is pushed to every agent
         async with OperatorClient(hub.http_url, admin) as operator:
             listed = await operator.request("agents_list")
         connected = sorted(a["agent_id"] for a in listed if a["state"] != "offline")
