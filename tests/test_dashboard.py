@@ -18,12 +18,13 @@ from playwright.async_api import (
     Browser,
     BrowserContext,
     ConsoleMessage,
+    Locator,
     Page,
     async_playwright,
     expect,
 )
 
-from agentcom.client import OperatorClient
+from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
 from agentcom.hub.history import QueueHistory
@@ -37,6 +38,7 @@ LAUNCH_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 GIB = 1024**3
+UNKNOWN = "\N{EN DASH}"  # what the page shows for a value it does not have
 
 PageOpener = Callable[[str], Awaitable[Page]]
 
@@ -50,6 +52,13 @@ class PageProblems:
     def on_console(self, message: ConsoleMessage) -> None:
         if message.type == "error" and "Content Security Policy" in message.text:
             self.messages.append(message.text)
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The hub's settings, with what a test changes through indirect parametrization."""
+    changes: dict[str, object] = getattr(request, "param", {})
+    return settings.model_copy(update=changes)
 
 
 @pytest.fixture
@@ -119,6 +128,38 @@ async def _dead_letter_task(operator: OperatorClient, agent_maker: AgentMaker, t
     await agent.close()  # with no idle agent, a retried task stays queued
     task_id: str = task["task_id"]
     return task_id
+
+
+async def _working_task(
+    operator: OperatorClient, agent_maker: AgentMaker, agent_id: str, text: str
+) -> tuple[AgentClient, str, int]:
+    """A new sidecar that has accepted a new task; returns it, the task id and generation."""
+    agent = await agent_maker(agent_id)
+    task = await operator.submit(text, complexity_tier="complex")
+    assign = await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": task["task_id"]})
+    await agent.receive_type("task_ack")
+    return agent, task["task_id"], assign["generation"]
+
+
+def _task_row(page: Page, task_id: str) -> Locator:
+    return page.locator(f'#task-rows tr[data-task-id="{task_id}"]')
+
+
+def _status_in_table(page: Page, task_id: str) -> Locator:
+    return _task_row(page, task_id).locator(".badge").first
+
+
+def _detail_section(dialog: Locator, title: str) -> Locator:
+    heading = dialog.page.get_by_role("heading", name=title, exact=True)
+    return dialog.locator(".detail-section").filter(has=heading)
+
+
+async def _expect_rows(page: Page, task_ids: list[str]) -> None:
+    """The task table shows exactly these tasks."""
+    await expect(page.locator("#task-rows tr[data-task-id]")).to_have_count(len(task_ids))
+    for task_id in task_ids:
+        await expect(_task_row(page, task_id)).to_be_visible()
 
 
 async def test_page_files_are_served_with_a_strict_policy(hub: HubServer, http_url: str) -> None:
@@ -568,3 +609,257 @@ async def test_alerts_flag_a_growing_queue_a_stuck_task_and_a_high_failure_rate(
     assert await page.evaluate(evaluate, alarming) == [
         "queue-growing", "stuck-t1", "failure-rate",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "settings", [{"subscriber_queue": 1}], indirect=True, ids=["one-event-subscriber-queue"]
+)
+async def test_dropped_events_are_counted_and_the_task_table_resyncs(
+    hub: HubServer,
+    settings: Settings,
+    clock: ManualClock,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given three sidecars each working on a task, and the page open on a hub that buffers
+    # a single event for each dashboard
+    agents, task_ids = [], []
+    for number in (1, 2, 3):
+        agent, task_id, _ = await _working_task(operator, make_agent, f"worker-{number}", "lint")
+        agents.append(agent)
+        task_ids.append(task_id)
+    page = await open_dashboard(make_token("ops", "admin"))
+    for task_id in task_ids:
+        await expect(_status_in_table(page, task_id)).to_have_text("working")
+    await expect(page.locator("#dropped")).to_be_hidden()
+
+    # and the sidecars gone, one at a time, each seen going by the page
+    for number, agent in enumerate(agents, start=1):
+        await agent.close()
+        card = page.get_by_role("article", name=f"Agent worker-{number}")
+        await expect(card).to_contain_text("offline")
+
+    # when their grace period ends, the hub requeues the three tasks in one sweep: it
+    # publishes the three events at once, and the page's queue keeps only the newest
+    clock.advance(int(settings.disconnect_grace_s * 1000) + 1)
+    await hub.sweep()
+
+    # then the page says it missed two events
+    dropped = page.locator("#dropped")
+    await expect(dropped).to_be_visible()
+    await expect(dropped).to_have_text("2 events dropped")
+
+    # and it re-reads the tasks: the table shows all three queued again, as the hub has them
+    for task_id in task_ids:
+        await expect(_status_in_table(page, task_id)).to_have_text("queued")
+        assert (await operator.get_task(task_id))["status"] == "queued"
+    await expect(page.locator("#status-queued")).to_have_text("3")
+    await expect(page.locator("#status-working")).to_have_text("0")
+
+
+async def test_cancel_on_a_queued_task_needs_a_second_click(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a queued task no agent can take, on the page of an admin
+    task = await operator.submit("build the GPU image", needed_capabilities=["gpu"])
+    task_id = task["task_id"]
+    page = await open_dashboard(make_token("ops", "admin"))
+    row = _task_row(page, task_id)
+    await expect(_status_in_table(page, task_id)).to_have_text("queued")
+
+    # when the operator presses Cancel once, the button asks for confirmation only
+    await row.get_by_role("button", name=f"Cancel task {task_id}").click()
+    confirm = row.get_by_role("button", name=f"Confirm: Cancel task {task_id}")
+    await expect(confirm).to_have_text("Confirm")
+    assert (await operator.get_task(task_id))["status"] == "queued"
+
+    # and when they confirm
+    await confirm.click()
+
+    # then the task is cancelled, in the hub and on the page, and nothing is left to cancel
+    await expect(page.locator("#action-status")).to_have_text(f"Task {task_id[:8]} cancelled.")
+    await expect(_status_in_table(page, task_id)).to_have_text("cancelled")
+    await expect(row.get_by_role("button", name=re.compile("Cancel|Confirm"))).to_have_count(0)
+    assert (await operator.get_task(task_id))["status"] == "cancelled"
+    await expect(page.locator("#status-cancelled")).to_have_text("1")
+    await expect(page.locator("#status-queued")).to_have_text("0")
+
+
+async def test_task_detail_shows_routing_execution_result_and_history(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a task a sidecar completed with execution metadata, and the page open
+    agent, task_id, generation = await _working_task(
+        operator, make_agent, "worker-1", "summarise the changelog for 2.4"
+    )
+    page = await open_dashboard(make_token("ops", "admin"))
+    completion = {
+        "type": "task_complete",
+        "task_id": task_id,
+        "generation": generation,
+        "result": METADATA,
+    }
+    await agent.send(completion)
+    await agent.receive_type("task_ack")
+    row = _task_row(page, task_id)
+    await expect(_status_in_table(page, task_id)).to_have_text("completed")
+
+    # when the operator clicks the task's row
+    await row.get_by_text("summarise the changelog for 2.4").click()
+
+    # then its detail shows what it was asked, how it was routed, how it ran and its result
+    detail = page.get_by_role("dialog")
+    await expect(detail.get_by_role("heading", name=f"Task {task_id}")).to_be_visible()
+    await expect(_detail_section(detail, "Description")).to_contain_text(
+        "summarise the changelog for 2.4"
+    )
+    decision = (await operator.get_task(task_id))["routing_decision"]
+    routing = _detail_section(detail, "Routing decision")
+    await expect(routing.locator("dt")).to_contain_text(["Tier", "Target", "Endpoint", "Model"])
+    await expect(routing.locator("dd")).to_have_text(
+        [
+            "complex",
+            "claude",
+            UNKNOWN,  # no Ollama endpoint for a Claude run
+            "claude-sonnet-4.5",
+            "no",
+            "api",
+            decision["classification_reason"],
+            re.compile(r"^explicit"),
+        ]
+    )
+    execution = _detail_section(detail, "Execution")
+    await expect(execution.locator("dt")).to_have_text(
+        [
+            "Model",
+            "Tokens in",
+            "Tokens out",
+            "Estimated cost",
+            "Claude equivalent",
+            "Saved",
+            "Execution time",
+            "Tokens used",
+        ]
+    )
+    await expect(execution.locator("dd")).to_have_text(
+        ["qwen2.5-coder:7b", "120", "48", "$0.00", "$0.00108", "$0.00108", "1.5 s", UNKNOWN]
+    )
+    await expect(detail.get_by_label("Result output")).to_have_text("done")
+    timeline = _detail_section(detail, "History").get_by_role("listitem")
+    await expect(timeline.locator(".badge")).to_have_text(
+        ["queued", "assigned", "working", "completed"]
+    )
+    await expect(timeline.nth(1).locator(".detail-text")).to_contain_text("to worker-1")
+
+
+async def test_status_and_text_filters_narrow_the_task_table(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a dead-letter task, a completed one, a queued one and a cancelled one
+    dead_id = await _dead_letter_task(operator, make_agent, "migrate the billing schema")
+    agent, done_id, generation = await _working_task(
+        operator, make_agent, "worker-1", "summarise the changelog"
+    )
+    completion = {"type": "task_complete", "task_id": done_id, "generation": generation}
+    await agent.send(completion)
+    await agent.receive_type("task_ack")
+    queued = await operator.submit("build the GPU image", needed_capabilities=["gpu"])
+    cancelled = await operator.submit("train the GPU ranking model", needed_capabilities=["gpu"])
+    await operator.request("task_cancel", task_id=cancelled["task_id"])
+    queued_id, cancelled_id = queued["task_id"], cancelled["task_id"]
+    page = await open_dashboard(make_token("ops", "admin"))
+    await _expect_rows(page, [dead_id, done_id, queued_id, cancelled_id])
+    status = page.get_by_role("combobox", name="Status")
+    text = page.get_by_role("searchbox", name="Text")
+
+    # when the operator picks a status, only tasks in it are listed
+    await status.select_option(label="completed")
+    await _expect_rows(page, [done_id])
+    await expect(page.locator("#tasks-summary")).to_have_text("1 shown")
+    await status.select_option(label="dead letter")
+    await _expect_rows(page, [dead_id])
+
+    # when they type text instead, it matches descriptions whatever the case, last errors
+    # and task ids
+    await status.select_option(label="All statuses")
+    await text.fill("gpu")
+    await _expect_rows(page, [queued_id, cancelled_id])
+    await text.fill("3 tests red")
+    await _expect_rows(page, [dead_id])
+    await text.fill(done_id[:8])
+    await _expect_rows(page, [done_id])
+
+    # and both together narrow to the tasks matching both
+    await text.fill("GPU")
+    await status.select_option(label="queued")
+    await _expect_rows(page, [queued_id])
+    await text.fill("billing")
+    await _expect_rows(page, [])
+    await expect(page.locator("#task-rows")).to_have_text("No matching tasks.")
+
+    # and cleared, they list every task again
+    await text.fill("")
+    await status.select_option(label="All statuses")
+    await _expect_rows(page, [dead_id, done_id, queued_id, cancelled_id])
+
+
+async def test_live_output_follows_its_tail_until_the_reader_scrolls_up(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a task a sidecar is working on, and the page open at its live output
+    agent, task_id, _ = await _working_task(operator, make_agent, "worker-1", "run the tests")
+    page = await open_dashboard(make_token("ops", "admin"))
+    log = page.get_by_role("log", name="Execution output", exact=True)
+    await log.scroll_into_view_if_needed()
+    jump = page.locator("#log-jump")
+
+    async def print_lines(first: int, last: int) -> None:
+        for number in range(first, last + 1):
+            event = {"event_type": "stdout", "text": f"test {number} passed"}
+            progress = {"type": "task_progress", "task_id": task_id, "execution_event": event}
+            await agent.send(progress)
+
+    def line(number: int) -> Locator:
+        return log.locator(".line").filter(has_text=re.compile(rf"test {number} passed$"))
+
+    # when the sidecar prints far more lines than the log shows at once
+    await print_lines(1, 60)
+
+    # then the last line is in sight without the reader scrolling, and the first is not
+    await expect(line(60)).to_be_in_viewport()
+    await expect(line(1)).not_to_be_in_viewport()
+    await expect(jump).to_be_hidden()
+
+    # when the reader scrolls up to read, new lines do not pull the log away from them
+    await log.hover()
+    await page.mouse.wheel(0, -10_000)
+    await expect(line(1)).to_be_in_viewport()
+    await expect(jump).to_be_visible()
+    await print_lines(61, 70)
+    await expect(line(70)).to_have_count(1)
+    await expect(line(1)).to_be_in_viewport()
+    await expect(line(70)).not_to_be_in_viewport()
+
+    # and Jump to latest brings the tail back, which the log follows again
+    await jump.click()
+    await expect(line(70)).to_be_in_viewport()
+    await expect(jump).to_be_hidden()
+    await print_lines(71, 80)
+    await expect(line(80)).to_be_in_viewport()
