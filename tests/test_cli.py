@@ -7,16 +7,18 @@ real ``python -m agentcom.cli`` process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import METADATA
 from hubprocess import CliProcess, CliResult, HubProcess, closed_port, run_cli_async, running_hub
+from ollama_standin import OllamaStandin, make_ollama, ollama  # noqa: F401
 from websockets.exceptions import ConnectionClosed
 
 from agentcom.client import AgentClient, AuthenticationError
@@ -81,9 +83,9 @@ async def sidecars(hub: HubProcess) -> AsyncIterator[SidecarMaker]:
         await client.close()
 
 
-async def cli(*args: str) -> CliResult:
+async def cli(*args: str, env: Mapping[str, str] | None = None) -> CliResult:
     """Run the command; fail the test if it takes longer than a CLI call ever should."""
-    return await run_cli_async(*args, timeout=20)
+    return await run_cli_async(*args, env=env, timeout=20)
 
 
 def succeeded(result: CliResult) -> str:
@@ -396,6 +398,43 @@ async def test_task_show_prints_history_routing_decision_and_execution(
     assert [line.split()[2] for line in history] == ["queued", "assigned", "working", "completed"]
 
 
+async def test_task_show_says_why_a_queued_task_waits(quiet_admin: list[str]) -> None:
+    # given a task queued on a hub with no agent connected
+    task_id = await submit(quiet_admin, "wait for a sidecar")
+    reason = (await show(quiet_admin, task_id))["waiting_reason"]
+    assert reason
+
+    # when it is shown without --json
+    lines = succeeded(await cli("task", "show", task_id, *quiet_admin)).splitlines()
+
+    # then the reason is there too
+    assert f"  waiting: {reason}" in lines
+
+
+async def test_task_show_prints_only_the_figures_it_knows(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given a task routed to claude (no endpoint) whose sidecar reported two figures only
+    agent = await sidecars("worker-1")
+    task_id = await submit(admin, "write the release notes", "--complexity", "complex")
+    assign = await accept(agent)
+    result = {"status": "success", "model_used": "mini", "tokens_in": 7}
+    await agent.send(
+        {"type": "task_complete", "task_id": task_id, "generation": assign["generation"],
+         "result": result}
+    )  # fmt: skip
+    assert (await agent.receive_type("task_ack"))["status"] == "complete"
+
+    # when it is shown
+    text = succeeded(await cli("task", "show", task_id, *admin))
+
+    # then unknown values are left out or shown as '-', never as None
+    assert "None" not in text
+    assert "endpoint -  model claude-sonnet-4.5" in text
+    assert "  execution: model mini  tokens in 7 out -\n" in text
+    assert "waiting:" not in text  # only a queued task waits
+
+
 async def test_task_retry_moves_a_dead_letter_task_back_to_the_queue(
     hub: HubProcess, admin: list[str], sidecars: SidecarMaker
 ) -> None:
@@ -474,6 +513,71 @@ async def test_watch_json_prints_one_event_per_line(
     assert events[-1]["execution"]["tokens_in"] == 120
 
 
+# --- endpoints ------------------------------------------------------------------------
+
+
+async def test_endpoints_shows_failed_checks_and_the_last_error(
+    tmp_path: Path,
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    # given an endpoint whose health checks fail, on a hub that needs 5 failures to call
+    # it unhealthy
+    ollama.fail(503)
+    with running_hub(tmp_path, env={"AGENTCOM_ENDPOINT_UNHEALTHY_AFTER": "5"}) as hub:
+        admin = hub.operator_args(hub.make_token("ops", "admin"))
+        succeeded(await cli("endpoints", "add", ollama.url, "--name", "flaky", *admin))
+        await ollama.wait_for_requests(1)
+
+        async def endpoints() -> list[dict[str, Any]]:
+            listed: list[dict[str, Any]] = json.loads(
+                succeeded(await cli("endpoints", "--json", *admin))
+            )
+            return listed
+
+        async with asyncio.timeout(10):  # the hub records the check just after the answer
+            while not (listed := await endpoints())[0]["failures"]:
+                pass
+        assert listed[0]["healthy"] is None  # not yet marked unhealthy
+
+        # when the endpoints are listed without --json
+        lines = succeeded(await cli("endpoints", *admin)).splitlines()
+
+    # then the endpoint is failing, not "unchecked", and the line says why, on one line
+    assert len(lines) == 1
+    assert lines[0].split()[:4] == ["flaky", ollama.url, "failing", "-"]
+    error = " ".join(listed[0]["last_error"].split())
+    assert "503" in error
+    assert re.search(r"  last error \(\d+ failed checks?\): ", lines[0])
+    assert lines[0].endswith(error)
+
+
+# --- options typed before the subcommand ----------------------------------------------
+
+
+async def test_options_before_the_subcommand_are_not_overwritten(
+    hub: HubProcess, admin: list[str]
+) -> None:
+    # given $AGENTCOM_HUB naming a port nobody listens on, and no $AGENTCOM_TOKEN
+    elsewhere = {"AGENTCOM_HUB": f"http://127.0.0.1:{closed_port()}"}
+    url = f"http://127.0.0.1:{closed_port()}"
+
+    # when --hub, --token and --json come before the subcommand
+    added = await cli("endpoints", *admin, "--json", "add", url, "--name", "box", env=elsewhere)
+    listed = await cli("task", *admin, "--json", "list", env=elsewhere)
+    created = await cli("channel", *admin, "create", "builds", env=elsewhere)
+    tokens = await cli("token", "--db", str(hub.db), "list", "--json", env=elsewhere)
+    # or on both sides of it (the later one wins, as for any repeated option)
+    removed = await cli("endpoints", "--hub", elsewhere["AGENTCOM_HUB"], "remove", "box",
+                        *admin, env=elsewhere)  # fmt: skip
+
+    # then they take effect
+    assert json.loads(succeeded(added))["endpoint_id"] == "box"
+    assert json.loads(succeeded(listed)) == []
+    assert succeeded(created) == "builds\n"
+    assert [row["agent_id"] for row in json.loads(succeeded(tokens))] == ["ops"]
+    assert succeeded(removed) == "removed box\n"
+
+
 # --- roles and errors -----------------------------------------------------------------
 
 
@@ -506,18 +610,21 @@ async def test_unreachable_hub_is_one_line_without_traceback() -> None:
     result = await cli("task", "list", "--hub", f"http://127.0.0.1:{closed_port()}", "--token", "x")
 
     assert "cannot reach the hub" in one_line_error(result)
+    assert result.returncode == 3
 
 
 async def test_bad_token_is_one_line(quiet_hub: HubProcess) -> None:
     result = await cli("task", "list", *quiet_hub.operator_args("ac_not-a-real-token"))
 
     assert "refused the token" in one_line_error(result)
+    assert result.returncode == 4
 
 
 async def test_agent_token_is_not_an_operator_token(quiet_hub: HubProcess) -> None:
     result = await cli("agents", *quiet_hub.operator_args(quiet_hub.make_token("worker-1")))
 
     assert "refused the token" in one_line_error(result)
+    assert result.returncode == 4
 
 
 @pytest.mark.parametrize(
@@ -563,6 +670,99 @@ async def test_missing_token_is_one_line(quiet_hub: HubProcess) -> None:
     result = await cli("task", "list", "--hub", quiet_hub.http_url)
 
     assert "no token" in one_line_error(result)
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "hub_url",
+    ["ftp://127.0.0.1:{port}", "http://", "http://127.0.0.1:99999", "http://[::1"],
+    ids=["other-scheme", "no-host", "port-out-of-range", "broken-ipv6"],
+)
+async def test_a_hub_url_that_names_no_hub_is_a_usage_error(hub_url: str) -> None:
+    hub = hub_url.format(port=closed_port())
+
+    result = await cli("agents", "--hub", hub, "--token", "x")
+
+    assert f"bad hub URL {hub!r}" in one_line_error(result)
+    assert result.returncode == 2
+
+
+@contextlib.asynccontextmanager
+async def answering(reply: bytes) -> AsyncIterator[str]:
+    """A loopback server that answers any request with ``reply`` and hangs up: a server
+    that is not a hub, or one refusing the connection. Yields its ``http://`` URL."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.write(reply)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def _http(status: str, body: bytes = b"") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (_http("429 Too Many Requests"), "HTTP 429 Too Many Requests (too many connections"),
+        (_http("503 Service Unavailable"), "HTTP 503 Service Unavailable (the hub is stopping"),
+        (_http("200 OK", b"<html>a web page</html>"), "HTTP 200 OK (is it an agentcom hub?)"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "(is it an agentcom hub?)"),
+    ],
+    ids=["429", "503", "web-page", "not-http"],
+)
+async def test_a_server_that_refuses_or_is_no_hub_is_one_line(reply: bytes, expected: str) -> None:
+    async with answering(reply) as url:
+        result = await cli("agents", "--hub", url, "--token", "x")
+
+    line = one_line_error(result)
+    assert line.startswith(f"agentcom: cannot reach the hub at {url}: ")
+    assert expected in line
+    assert result.returncode == 3
+
+
+async def test_an_ollama_server_given_as_the_hub_is_one_line(
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    result = await cli("task", "list", "--hub", ollama.url, "--token", "x")
+
+    line = one_line_error(result)  # its HTTP/1.0 answer is no WebSocket handshake
+    assert line.startswith(f"agentcom: cannot reach the hub at {ollama.url}: ")
+    assert line.endswith("(is it an agentcom hub?)")
+    assert result.returncode == 3
+
+
+async def test_an_error_without_a_message_is_still_named(quiet_hub: HubProcess) -> None:
+    # given https:// for a hub that serves plain ws:// (its answer is no TLS: a reset)
+    hub = quiet_hub.http_url.replace("http://", "https://")
+
+    result = await cli("agents", "--hub", hub, "--token", "x")
+
+    # then the line names the error instead of ending after the colon
+    line = one_line_error(result)
+    prefix = f"agentcom: cannot reach the hub at {hub}: "
+    assert line.startswith(prefix)
+    assert re.match(r"\w", line.removeprefix(prefix)), line
+    assert result.returncode == 3
+
+
+async def test_exit_status_table_is_in_the_help() -> None:
+    text = succeeded(await cli("--help"))
+
+    assert "exit status:" in text
+    for code in ("0", "1", "2", "3", "4"):
+        assert re.search(rf"^  {code} +\w", text, re.MULTILINE), code
 
 
 # --- serve ----------------------------------------------------------------------------
@@ -593,3 +793,40 @@ async def test_serve_stops_cleanly_on_sigterm_and_sidecars_see_1012(
         ended = await watch.finish(timeout=10)
     assert ended.returncode != 0
     assert "connection to the hub closed" in one_line_error(ended)
+
+
+@pytest.mark.parametrize(
+    ("files", "arguments", "expected", "code"),
+    [
+        ({}, ["--db", "{tmp}/no-such-directory/hub.db"],
+         "cannot use the database {tmp}/no-such-directory/hub.db: ", 1),
+        ({"bad.toml": "port = [\n"}, ["--config", "{tmp}/bad.toml"],
+         "the config file {tmp}/bad.toml is not valid TOML: ", 2),
+        ({}, ["--config", "{tmp}"], "cannot read the config file {tmp}: Is a directory", 2),
+        ({}, ["--certfile", "{tmp}/absent.pem", "--keyfile", "{tmp}/absent.pem"],
+         "cannot read the TLS certificate {tmp}/absent.pem: No such file", 2),
+        ({"cert.pem": "not a certificate\n"}, ["--certfile", "{tmp}/cert.pem"],
+         "cannot use the TLS certificate {tmp}/cert.pem: ", 2),
+        ({"key.pem": "not a key\n"}, ["--keyfile", "{tmp}/key.pem"],
+         "a TLS key ({tmp}/key.pem) needs its certificate", 2),
+    ],
+    ids=["database", "invalid-toml", "config-is-a-directory", "missing-certificate",
+         "not-a-certificate", "key-without-certificate"],
+)  # fmt: skip
+async def test_serve_that_cannot_start_says_why_in_one_line(
+    tmp_path: Path, files: dict[str, str], arguments: list[str], expected: str, code: int
+) -> None:
+    # given a bad database path, config file, or certificate
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    db = ["--db", str(tmp_path / "hub.db")] if "--db" not in arguments else []
+    serve_args = [argument.format(tmp=tmp_path) for argument in arguments]
+
+    # when the hub is started with it
+    result = await cli("serve", "--host", "127.0.0.1", "--port", "0", *db, *serve_args)
+
+    # then it stops at once with one line naming the file, and no traceback
+    line = one_line_error(result)
+    assert expected.format(tmp=tmp_path) in line
+    assert "cannot listen" not in line
+    assert result.returncode == code

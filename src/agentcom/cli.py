@@ -1,4 +1,6 @@
-"""The ``agentcom`` command: ``serve``, ``token``, ``task``, ``agents`` and ``watch``."""
+"""The ``agentcom`` command: ``serve``, ``token``, ``task``, ``agents``, ``endpoints``,
+``channel`` and ``watch``; errors are one line on stderr and an exit status from
+:data:`EXIT_STATUS`."""
 
 from __future__ import annotations
 
@@ -11,22 +13,48 @@ import signal
 import sqlite3
 import ssl
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from websockets.exceptions import ConnectionClosed
+from pydantic_settings import SettingsError
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from agentcom import __version__
-from agentcom.client import AuthenticationError, OperatorClient, RequestFailed
+from agentcom.client import AuthenticationError, OperatorClient, RequestFailed, websocket_url
 from agentcom.config import Settings, load_settings
 from agentcom.hub.auth import Role, hash_token, new_token
 from agentcom.store import tokens
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TOKEN = 0, 1, 2, 3, 4
+
+EXIT_STATUS = """\
+exit status:
+  0    success
+  1    the command ran but did not succeed: the hub refused the request (forbidden,
+       not_found, invalid_state...), the connection to it was lost, `task submit --wait`
+       ended other than completed, or a database or port could not be used
+  2    usage error: unknown command or option, bad value, missing token, invalid
+       setting, an unreadable or invalid config, certificate, key or CA file
+  3    cannot reach the hub: down, wrong --hub, TLS failure, not a hub, or it refused
+       the connection (HTTP 429 too many connections, 503 stopping)
+  4    the hub refused the token (unknown, revoked, or an agent token)
+  130  interrupted (Ctrl-C)
+"""
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, never empty (some errors have no message: a reset, a timeout)."""
+    text = str(exc).strip()
+    if text:
+        return text
+    return "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
 
 
 class CliError(Exception):
@@ -41,6 +69,9 @@ class CliError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    config = args.config or os.environ.get("AGENTCOM_CONFIG")
+    if config and os.path.exists(config):  # a missing file is ignored (the defaults apply)
+        _readable(config, "config file")
     try:
         settings = load_settings(
             args.config,
@@ -55,6 +86,14 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(
             f"invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
         ) from None
+    except SettingsError as exc:  # e.g. a list setting in the environment that is not JSON
+        raise CliError(f"invalid setting: {_reason(exc)}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"the config file {config} is not valid TOML: {_reason(exc)}") from None
+    except OSError as exc:  # e.g. replaced by a directory since the check above
+        reason = exc.strerror or _reason(exc)
+        raise CliError(f"cannot read the config file {config}: {reason}") from None
+    _check_tls_files(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,16 +103,64 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(_run_hub(settings))
 
 
+def _readable(path: str | Path, what: str) -> None:
+    """Refuse a file that cannot be read, naming it (``what``: "config file"...)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot read the {what} {path}: {exc.strerror or _reason(exc)}") from None
+
+
+class _Encrypted(Exception):
+    """The key asks for a passphrase: the hub prompts for it itself when it starts."""
+
+
+def _refuse_passphrase() -> str:
+    raise _Encrypted
+
+
+def _check_tls_files(settings: Settings) -> None:
+    """Refuse, before the hub starts, certificate and key files it could not serve with.
+
+    A key without a certificate would serve in clear: that is refused too.
+    """
+    certfile, keyfile = settings.certfile, settings.keyfile
+    if keyfile is not None and certfile is None:
+        raise CliError(f"a TLS key ({keyfile}) needs its certificate: set --certfile too")
+    if certfile is None:
+        return
+    _readable(certfile, "TLS certificate")
+    if keyfile is not None:
+        _readable(keyfile, "TLS key")
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile, password=_refuse_passphrase)
+    except _Encrypted:
+        pass
+    except ssl.SSLError as exc:
+        files = f"{certfile} and key {keyfile}" if keyfile is not None else str(certfile)
+        raise CliError(f"cannot use the TLS certificate {files}: {_reason(exc)}") from None
+
+
 async def _run_hub(settings: Settings) -> int:
     from agentcom.server.app import HubServer
 
-    server = HubServer(settings)
     try:
+        server = HubServer(settings)
         await server.start()
-    except OSError as exc:
+    except sqlite3.Error as exc:
+        message = f"cannot use the database {settings.db}: {_reason(exc)}"
+        raise CliError(message, EXIT_FAILED) from None
+    except ssl.SSLError as exc:  # e.g. the wrong passphrase for the key
         raise CliError(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            f"cannot use the TLS certificate {settings.certfile}: {_reason(exc)}"
         ) from None
+    except OSError as exc:
+        message = (
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or _reason(exc)}"
+        )
+        raise CliError(message, EXIT_FAILED) from None
     print(f"agentcom {__version__} hub on {server.url('/ws')}", flush=True)
     print(f"dashboard: {server.url('/dashboard', websocket=False)}", flush=True)
     stop = asyncio.Event()
@@ -150,7 +237,7 @@ def _operator(
     def run(args: argparse.Namespace) -> int:
         if not args.token:
             raise CliError("no token: pass --token or set AGENTCOM_TOKEN")
-
+        _check_hub_url(args.hub)
         context = _trusting(args.cafile)
 
         async def connected() -> int:
@@ -158,25 +245,74 @@ def _operator(
             try:
                 await client.connect()
             except AuthenticationError:
-                raise CliError("the hub refused the token") from None
-            except (OSError, TimeoutError) as exc:
-                raise CliError(f"cannot reach the hub at {args.hub}: {exc}") from None
+                raise CliError("the hub refused the token", EXIT_TOKEN) from None
+            except InvalidURI as exc:
+                raise CliError(f"bad hub URL {args.hub!r}: {_reason(exc)}") from None
+            except (OSError, InvalidHandshake, ConnectionClosed, ValueError) as exc:
+                # ValueError: an answer that is not JSON, from a WebSocket server that is no hub
+                raise _unreachable(args.hub, exc) from None
             try:
                 return await action(client, args)
             except RequestFailed as exc:
                 raise CliError(str(exc), EXIT_FAILED) from None
+            except AuthenticationError:  # `watch` authenticates again on its own socket
+                raise CliError("the hub refused the token", EXIT_TOKEN) from None
             except BrokenPipeError:
                 raise  # stdout closed early (e.g. piped to head): not the hub's fault
             except ConnectionError as exc:
-                raise CliError(str(exc), EXIT_FAILED) from None
+                raise CliError(_reason(exc), EXIT_FAILED) from None
             except ConnectionClosed as exc:  # e.g. the hub restarted under `watch`
                 raise CliError(f"connection to the hub closed ({exc})", EXIT_FAILED) from None
+            except (OSError, InvalidHandshake) as exc:  # `watch` opening its own socket
+                raise _unreachable(args.hub, exc) from None
             finally:
                 await client.close()
 
         return asyncio.run(connected())
 
     return run
+
+
+def _check_hub_url(hub: str) -> None:
+    """Refuse a hub URL that cannot name a hub before trying to connect to it."""
+    problem = None
+    try:
+        parts = urlsplit(websocket_url(hub, "/ws/operator"))
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError as exc:
+        problem = _reason(exc)
+    else:
+        if parts.scheme not in ("ws", "wss"):
+            problem = "it must start with http://, https://, ws:// or wss://"
+        elif not parts.hostname:
+            problem = "it names no host"
+    if problem is not None:
+        raise CliError(f"bad hub URL {hub!r} (--hub or $AGENTCOM_HUB): {problem}")
+
+
+_HTTP_HINTS = {
+    429: "too many connections from this address",
+    503: "the hub is stopping or restarting; try again",
+}
+
+
+def _unreachable(hub: str, exc: BaseException) -> CliError:
+    """The one line for a hub that cannot be reached, or that is not a hub."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        hint = _HTTP_HINTS.get(status, "is it an agentcom hub?")
+        detail = f"it answered HTTP {status} {exc.response.reason_phrase} ({hint})"
+    elif isinstance(exc, InvalidHandshake | ConnectionClosed | ValueError):
+        detail = f"{_reason(exc)} (is it an agentcom hub?)"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        detail = _reason(exc)
+    elif isinstance(exc, ssl.SSLError | ConnectionResetError) and hub.startswith(
+        ("https:", "wss:")
+    ):
+        detail = f"{_reason(exc)} (does the hub serve TLS?)"
+    else:
+        detail = _reason(exc)
+    return CliError(f"cannot reach the hub at {hub}: {detail}", EXIT_UNREACHABLE)
 
 
 def _trusting(cafile: str | None) -> ssl.SSLContext | None:
@@ -189,33 +325,55 @@ def _trusting(cafile: str | None) -> ssl.SSLContext | None:
         raise CliError(f"cannot use the CA file {cafile}: {exc}") from None
 
 
+def _known(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def _print_task(task: dict[str, Any]) -> None:
     decision = task.get("routing_decision") or {}
     execution = task.get("execution") or {}
     print(f"task {task['task_id']}  {task['status']}  priority {task['priority']}")
     print(f"  description: {task['description']}")
     print(f"  assigned to: {task.get('assigned_to') or '-'} (generation {task['generation']})")
+    if task.get("waiting_reason"):
+        print(f"  waiting: {task['waiting_reason']}")
     print(
         f"  retries: {task['retry_count']}/{task['max_retries']}"
         f"  last error: {task.get('last_error') or '-'}"
     )
     if decision:
         print(
-            "  routing: tier {effective_tier} -> {target_type}  endpoint {selected_endpoint}  "
-            "model {selected_model}  cost tier {estimated_cost_tier}".format(**decision)
+            f"  routing: tier {_known(decision.get('effective_tier'))}"
+            f" -> {_known(decision.get('target_type'))}"
+            f"  endpoint {_known(decision.get('selected_endpoint'))}"
+            f"  model {_known(decision.get('selected_model'))}"
+            f"  cost tier {_known(decision.get('estimated_cost_tier'))}"
         )
         if decision.get("fallback_used"):
-            print(f"  fallback: {decision.get('fallback_reason')}")
-        print(f"  reason: {decision.get('classification_reason')}")
+            print(f"  fallback: {_known(decision.get('fallback_reason'))}")
+        print(f"  reason: {_known(decision.get('classification_reason'))}")
     if execution:
-        print(
-            "  execution: model {model_used}  tokens in {tokens_in} out {tokens_out}  "
-            "cost ${estimated_cost_usd}  claude-equivalent ${equivalent_claude_cost_usd}  "
-            "{execution_ms} ms".format(**execution)
-        )
+        print(f"  execution: {_execution(execution)}")
     print("  history:")
     for entry in task.get("history", []):
         print(f"    {_time(entry['at'])}  {entry['status']:<12} {entry.get('detail') or ''}")
+
+
+def _execution(execution: dict[str, Any]) -> str:
+    """The execution figures the sidecar reported, leaving out those it did not."""
+    parts = []
+    if execution.get("model_used") is not None:
+        parts.append(f"model {execution['model_used']}")
+    tokens_in, tokens_out = execution.get("tokens_in"), execution.get("tokens_out")
+    if tokens_in is not None or tokens_out is not None:
+        parts.append(f"tokens in {_known(tokens_in)} out {_known(tokens_out)}")
+    if execution.get("estimated_cost_usd") is not None:
+        parts.append(f"cost ${execution['estimated_cost_usd']}")
+    if execution.get("equivalent_claude_cost_usd") is not None:
+        parts.append(f"claude-equivalent ${execution['equivalent_claude_cost_usd']}")
+    if execution.get("execution_ms") is not None:
+        parts.append(f"{execution['execution_ms']} ms")
+    return "  ".join(parts) or "-"
 
 
 async def _task_submit(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -322,10 +480,27 @@ async def _endpoints_list(client: OperatorClient, args: argparse.Namespace) -> i
         print(json.dumps(endpoints))
         return EXIT_OK
     for endpoint in endpoints:
-        health = {True: "healthy", False: "unhealthy", None: "unchecked"}[endpoint["healthy"]]
         models = ",".join(endpoint["models"]) or "-"
-        print(f"{endpoint['endpoint_id']:<24} {endpoint['url']:<32} {health:<10} {models}")
+        line = (
+            f"{endpoint['endpoint_id']:<24} {endpoint['url']:<32} {_health(endpoint):<10} {models}"
+        )
+        failures = endpoint.get("failures") or 0
+        if endpoint.get("last_error"):
+            checks = "check" if failures == 1 else "checks"
+            error = " ".join(endpoint["last_error"].split())  # one line per endpoint
+            line += f"  last error ({failures} failed {checks}): {error}"
+        print(line)
     return EXIT_OK
+
+
+def _health(endpoint: dict[str, Any]) -> str:
+    """unchecked, healthy, failing (its latest checks failed, not yet enough to mark it
+    unhealthy) or unhealthy."""
+    if endpoint["healthy"] is False:
+        return "unhealthy"
+    if endpoint.get("failures"):
+        return "failing"
+    return "healthy" if endpoint["healthy"] else "unchecked"
 
 
 async def _endpoint_add(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -418,8 +593,58 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _shared_options(parser: argparse.ArgumentParser, *, database: bool = False) -> None:
+    """``--hub``, ``--token``, ``--cafile`` and ``--json`` of the operator commands, or with
+    ``database`` the ``--db`` of the token commands.
+
+    A group (``endpoints``, ``task``...) and each of its subcommands both accept them, so
+    they work typed before or after the subcommand. None has a default here
+    (``SUPPRESS``): a subcommand's default would overwrite what was typed before it.
+    :func:`_with_defaults` fills in the ones not typed once parsing is done.
+    """
+    unset = argparse.SUPPRESS
+    if database:
+        parser.add_argument(
+            "--db", default=unset, help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)"
+        )
+        return
+    parser.add_argument(
+        "--hub", default=unset, help="hub URL (default $AGENTCOM_HUB or http://127.0.0.1:4000)"
+    )
+    parser.add_argument("--token", default=unset, help="operator token (default $AGENTCOM_TOKEN)")
+    parser.add_argument(
+        "--cafile",
+        default=unset,
+        help="PEM certificates to trust for an https:// hub, e.g. its own self-signed one "
+        "(default $AGENTCOM_CAFILE, else the system's)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=unset, help="machine-readable output"
+    )
+
+
+def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the shared options that were not typed (see :func:`_shared_options`)."""
+    defaults = {
+        "hub": os.environ.get("AGENTCOM_HUB") or "http://127.0.0.1:4000",
+        "token": os.environ.get("AGENTCOM_TOKEN"),
+        "cafile": os.environ.get("AGENTCOM_CAFILE"),
+        "json": False,
+        "db": None,
+    }
+    for name, value in defaults.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    return args
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="agentcom", description="Coordinate AI-agent sidecars.")
+    parser = _Parser(
+        prog="agentcom",
+        description="Coordinate AI-agent sidecars.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"agentcom {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -434,6 +659,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     token = commands.add_parser("token", help="manage tokens (works on the database directly)")
+    _shared_options(token, database=True)
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = token_commands.add_parser("create", help="create a token; prints it alone")
     create.add_argument("agent_id", metavar="AGENT_ID")
@@ -443,31 +669,15 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_commands.add_parser("revoke", help="revoke an agent's token")
     revoke.add_argument("agent_id", metavar="AGENT_ID")
     for sub, handler in ((create, _token_create), (listing, _token_list), (revoke, _token_revoke)):
-        sub.add_argument("--db", help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)")
+        _shared_options(sub, database=True)
         sub.set_defaults(handler=_on_database(handler))
 
-    def operator_command(sub: argparse.ArgumentParser, action: Any, reads: bool = True) -> None:
-        sub.add_argument(
-            "--hub",
-            default=os.environ.get("AGENTCOM_HUB", "http://127.0.0.1:4000"),
-            help="hub URL (default $AGENTCOM_HUB or http://127.0.0.1:4000)",
-        )
-        sub.add_argument(
-            "--token",
-            default=os.environ.get("AGENTCOM_TOKEN"),
-            help="operator token (default $AGENTCOM_TOKEN)",
-        )
-        sub.add_argument(
-            "--cafile",
-            default=os.environ.get("AGENTCOM_CAFILE"),
-            help="PEM certificates to trust for an https:// hub, e.g. its own self-signed one "
-            "(default $AGENTCOM_CAFILE, else the system's)",
-        )
-        if reads:
-            sub.add_argument("--json", action="store_true", help="machine-readable output")
+    def operator_command(sub: argparse.ArgumentParser, action: Any) -> None:
+        _shared_options(sub)
         sub.set_defaults(handler=_operator(action))
 
     task = commands.add_parser("task", help="submit and inspect tasks")
+    _shared_options(task)
     task_commands = task.add_subparsers(dest="task_command", required=True, metavar="ACTION")
     submit = task_commands.add_parser("submit", help="queue a task; prints its id")
     submit.add_argument("description", metavar="DESCRIPTION")
@@ -507,7 +717,7 @@ def _parser() -> argparse.ArgumentParser:
     operator_command(agents, _agents)
 
     endpoints = commands.add_parser("endpoints", help="Ollama endpoints (list, add, remove)")
-    operator_command(endpoints, _endpoints_list)
+    operator_command(endpoints, _endpoints_list)  # without ACTION: the list
     endpoint_commands = endpoints.add_subparsers(dest="endpoint_command", metavar="ACTION")
     add = endpoint_commands.add_parser("add", help="register an endpoint")
     add.add_argument("url", metavar="URL")
@@ -518,6 +728,7 @@ def _parser() -> argparse.ArgumentParser:
     operator_command(remove, _endpoint_remove)
 
     channel = commands.add_parser("channel", help="channels agents publish to")
+    _shared_options(channel)
     channel_commands = channel.add_subparsers(
         dest="channel_command", required=True, metavar="ACTION"
     )
@@ -536,7 +747,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors are one line on stderr and a non-zero exit code."""
-    args = _parser().parse_args(argv)
+    args = _with_defaults(_parser().parse_args(argv))
     try:
         code: int = args.handler(args)
         return code
