@@ -803,6 +803,8 @@ async def test_serve_stops_cleanly_on_sigterm_and_sidecars_see_1012(
         ({"bad.toml": "port = [\n"}, ["--config", "{tmp}/bad.toml"],
          "the config file {tmp}/bad.toml is not valid TOML: ", 2),
         ({}, ["--config", "{tmp}"], "cannot read the config file {tmp}: Is a directory", 2),
+        ({}, ["--config", "{tmp}/absent.toml"],
+         "cannot read the config file {tmp}/absent.toml: No such file", 2),
         ({}, ["--certfile", "{tmp}/absent.pem", "--keyfile", "{tmp}/absent.pem"],
          "cannot read the TLS certificate {tmp}/absent.pem: No such file", 2),
         ({"cert.pem": "not a certificate\n"}, ["--certfile", "{tmp}/cert.pem"],
@@ -810,8 +812,8 @@ async def test_serve_stops_cleanly_on_sigterm_and_sidecars_see_1012(
         ({"key.pem": "not a key\n"}, ["--keyfile", "{tmp}/key.pem"],
          "a TLS key ({tmp}/key.pem) needs its certificate", 2),
     ],
-    ids=["database", "invalid-toml", "config-is-a-directory", "missing-certificate",
-         "not-a-certificate", "key-without-certificate"],
+    ids=["database", "invalid-toml", "config-is-a-directory", "missing-config",
+         "missing-certificate", "not-a-certificate", "key-without-certificate"],
 )  # fmt: skip
 async def test_serve_that_cannot_start_says_why_in_one_line(
     tmp_path: Path, files: dict[str, str], arguments: list[str], expected: str, code: int

@@ -70,7 +70,7 @@ class CliError(Exception):
 
 def _serve(args: argparse.Namespace) -> int:
     config = args.config or os.environ.get("AGENTCOM_CONFIG")
-    if config and os.path.exists(config):  # a missing file is ignored (the defaults apply)
+    if config:  # a file named but missing is a mistake: never run on defaults instead
         _readable(config, "config file")
     try:
         settings = load_settings(
