@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 from conftest import METADATA, AgentMaker
 
@@ -10,6 +12,20 @@ from agentcom.client import OperatorClient
 from agentcom.hub.clock import ManualClock
 from agentcom.protocol.events import EVENT
 from agentcom.server.app import HubServer
+
+
+async def events_until(
+    events: AsyncIterator[dict[str, Any]], name: str, timeout: float = 10
+) -> list[dict[str, Any]]:
+    """Every event up to and including the first named ``name``; then the stream is closed."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        async for event in events:
+            seen.append(event)
+            if event.get("event") == name:
+                break
+    await events.aclose()
+    return seen
 
 
 async def test_task_runs_end_to_end_with_routing_and_execution_metadata(
@@ -61,13 +77,7 @@ async def test_task_runs_end_to_end_with_routing_and_execution_metadata(
         "generation": 1,
     }
 
-    seen = []
-    async with asyncio.timeout(5):
-        async for event in events:
-            seen.append(event)
-            if event.get("event") == "task_completed":
-                break
-    await events.aclose()
+    seen = await events_until(events, "task_completed")
     names = [event["event"] for event in seen]
     assert names.count("execution_progress") == 1
     assert names.count("task_progress") == 2
@@ -302,13 +312,7 @@ async def test_every_event_a_busy_hub_publishes_matches_its_documented_model(
     await agent.close()
 
     # then every event, up to the agent's departure, has the shape the models document
-    seen: list[dict[str, object]] = []
-    async with asyncio.timeout(10):
-        async for event in events:
-            seen.append(event)
-            if event.get("event") == "agent_disconnected":
-                break
-    await events.aclose()
+    seen = await events_until(events, "agent_disconnected")
     for event in seen:
         EVENT.validate_python(event)
     kinds = {(event["type"], event.get("event")) for event in seen}
