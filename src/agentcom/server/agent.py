@@ -25,7 +25,7 @@ from agentcom.protocol.outbound import (
     StatusUpdated,
     ValidationFailed,
 )
-from agentcom.server.inbound import peer, text_of
+from agentcom.server.inbound import peer, peer_host, text_of
 
 if TYPE_CHECKING:
     from agentcom.protocol.common import Outbound
@@ -145,6 +145,9 @@ class AgentSession:
             await self.reply(
                 ErrorReply(error=error.code, task_id=error.task_id, message=error.message)
             )
+            return
+        if self.hub.has_outbox():  # left by a handler that answers without settling (ping,
+            await self.server.settle()  # list_agents...): now and then an agent_seen event
 
     async def within_rate(self, frame_type: str) -> bool:
         """Spend a rate-limit token; False (after telling the agent) when none is left."""
@@ -227,7 +230,7 @@ class AgentSession:
             # Not awaited: an old connection that went dark never answers its closing
             # handshake, and nothing may keep this one waiting for that.
             server.close_in_background(previous, 4001, "replaced")
-        self.hub.identify(frame, _remote_host(self.connection))
+        self.hub.identify(frame, peer_host(self.connection))
         logger.info("agent %s identified from %s", frame.agent_id, peer(self.connection))
         await server.settle()
 
@@ -245,11 +248,7 @@ class AgentSession:
     # --- handlers -------------------------------------------------------------------
 
     async def on_ping(self, frame: frames.Ping) -> None:
-        pong = Pong(timestamp=self.server.clock.now_ms())
-        if self.hub.has_outbox():  # now and then: an agent_seen event for dashboards
-            await self.server.settle(self.connection, pong)
-        else:
-            await self.reply(pong)
+        await self.reply(Pong(timestamp=self.server.clock.now_ms()))
 
     async def on_status(self, frame: frames.StatusUpdate) -> None:
         assert self.agent_id is not None
@@ -301,7 +300,7 @@ class AgentSession:
 
     async def on_ollama_report(self, frame: frames.OllamaReport) -> None:
         assert self.agent_id is not None
-        self.hub.report_ollama(self.agent_id, frame.ollama_url, _remote_host(self.connection))
+        self.hub.report_ollama(self.agent_id, frame.ollama_url, peer_host(self.connection))
         await self.server.settle(self.connection, OllamaReportAck())
 
     async def on_wake_result(self, frame: frames.WakeResult) -> None:
@@ -327,8 +326,3 @@ class AgentSession:
 
     async def on_list_channels(self, frame: frames.ListChannels) -> None:
         await self.reply(self.hub.messaging.list_channels())
-
-
-def _remote_host(connection: ServerConnection) -> str | None:
-    address = connection.remote_address
-    return str(address[0]) if address else None

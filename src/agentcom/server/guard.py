@@ -13,6 +13,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from agentcom.hub.clock import Clock
+from agentcom.server.inbound import peer_host
 
 __all__ = ["Guard"]
 
@@ -38,8 +39,7 @@ def _single_header(headers: Headers, name: str) -> str | None:
 
 
 def _address(connection: ServerConnection) -> str:
-    remote = connection.remote_address
-    return str(remote[0]) if remote else "unknown"
+    return peer_host(connection) or "unknown"
 
 
 def _drop_if_silent(connection: ServerConnection) -> None:

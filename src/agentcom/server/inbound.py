@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from websockets.asyncio.server import ServerConnection
 
-__all__ = ["CLOSE_UNSUPPORTED_DATA", "peer", "text_of"]
+__all__ = ["CLOSE_UNSUPPORTED_DATA", "peer", "peer_host", "text_of"]
 
 CLOSE_UNSUPPORTED_DATA = 1003
 
@@ -28,3 +28,9 @@ def peer(connection: ServerConnection) -> str:
     """The remote ``host:port`` of a connection, for logs and events."""
     address = connection.remote_address
     return f"{address[0]}:{address[1]}" if address else "unknown"
+
+
+def peer_host(connection: ServerConnection) -> str | None:
+    """The remote host (address) of a connection, None when it is not known."""
+    address = connection.remote_address
+    return str(address[0]) if address else None
