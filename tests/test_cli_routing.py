@@ -122,6 +122,12 @@ async def test_task_route_explains_the_decision_and_queues_nothing(
     assert "5 file hints" in preview["routing_decision"]["classification_reason"]
     assert preview["would_wait"] is None
 
+    unknown_tier = ["--complexity", "unknown", "--json", *admin]
+    unknown = json.loads(succeeded(await cli("task", "route", "refactor it", *unknown_tier)))
+    assert (unknown["complexity"]["source"], unknown["complexity"]["effective_tier"]) == (
+        "default", "standard",
+    )  # fmt: skip
+
     assert json.loads(succeeded(await cli("task", "list", "--json", *admin))) == []
 
 

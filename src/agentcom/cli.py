@@ -28,6 +28,7 @@ from agentcom import __version__
 from agentcom.client import AuthenticationError, OperatorClient, RequestFailed, websocket_url
 from agentcom.config import Settings, load_settings
 from agentcom.hub.auth import Role, hash_token, new_token
+from agentcom.protocol.common import Tier
 from agentcom.store import tokens
 
 __all__ = ["main"]
@@ -623,6 +624,9 @@ def _shared_options(parser: argparse.ArgumentParser, *, database: bool = False) 
     )
 
 
+_TIERS = [*(tier.value for tier in Tier), "unknown"]  # as TaskSubmission.complexity_tier takes
+
+
 def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill in the shared options that were not typed (see :func:`_shared_options`)."""
     defaults = {
@@ -682,7 +686,7 @@ def _parser() -> argparse.ArgumentParser:
     submit = task_commands.add_parser("submit", help="queue a task; prints its id")
     submit.add_argument("description", metavar="DESCRIPTION")
     submit.add_argument("--priority", choices=["urgent", "high", "normal", "low"])
-    submit.add_argument("--complexity", choices=["trivial", "standard", "complex"])
+    submit.add_argument("--complexity", choices=_TIERS, help="unknown runs as standard")
     submit.add_argument("--capability", action="append", metavar="CAP")
     submit.add_argument("--metadata", metavar="JSON")
     submit.add_argument("--max-retries", type=int, metavar="N")
@@ -706,7 +710,7 @@ def _parser() -> argparse.ArgumentParser:
 
     route = task_commands.add_parser("route", help="show the routing decision, queue nothing")
     route.add_argument("description", metavar="DESCRIPTION")
-    route.add_argument("--complexity", choices=["trivial", "standard", "complex"])
+    route.add_argument("--complexity", choices=_TIERS, help="unknown runs as standard")
     route.add_argument("--file-hint", action="append", metavar="PATH")
     route.add_argument("--verification-step", action="append", metavar="STEP")
     route.add_argument("--metadata", metavar="JSON")
