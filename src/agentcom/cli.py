@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from agentcom import __version__
 from agentcom.client import AuthenticationError, OperatorClient, RequestFailed, websocket_url
 from agentcom.config import Settings, load_settings
+from agentcom.errors import DatabaseInUse, StoreError
 from agentcom.hub.auth import Role, hash_token, new_token
 from agentcom.protocol.common import Tier
 from agentcom.store import tokens
@@ -34,6 +36,7 @@ from agentcom.store import tokens
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TOKEN = 0, 1, 2, 3, 4
+EXIT_DATABASE_IN_USE = 5
 
 EXIT_STATUS = """\
 exit status:
@@ -46,6 +49,7 @@ exit status:
   3    cannot reach the hub: down, wrong --hub, TLS failure, not a hub, or it refused
        the connection (HTTP 429 too many connections, 503 stopping)
   4    the hub refused the token (unknown, revoked, or an agent token)
+  5    `serve`: another hub already serves the database (one database, one hub)
   130  interrupted (Ctrl-C)
 """
 
@@ -150,7 +154,9 @@ async def _run_hub(settings: Settings) -> int:
     try:
         server = HubServer(settings)
         await server.start()
-    except sqlite3.Error as exc:
+    except DatabaseInUse as exc:
+        raise CliError(str(exc), EXIT_DATABASE_IN_USE) from None
+    except (sqlite3.Error, StoreError) as exc:
         message = f"cannot use the database {settings.db}: {_reason(exc)}"
         raise CliError(message, EXIT_FAILED) from None
     except ssl.SSLError as exc:  # e.g. the wrong passphrase for the key
@@ -158,8 +164,9 @@ async def _run_hub(settings: Settings) -> int:
             f"cannot use the TLS certificate {settings.certfile}: {_reason(exc)}"
         ) from None
     except OSError as exc:
-        message = (
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or _reason(exc)}"
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else None
+        message = f"cannot listen on {settings.host}:{settings.port}: " + (
+            reason or exc.strerror or _reason(exc)
         )
         raise CliError(message, EXIT_FAILED) from None
     print(f"agentcom {__version__} hub on {server.url('/ws')}", flush=True)

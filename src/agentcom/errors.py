@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentcomError", "HubError", "StoreError"]
+__all__ = ["AgentcomError", "DatabaseInUse", "HubError", "StoreError"]
 
 
 class AgentcomError(Exception):
@@ -27,3 +27,34 @@ class HubError(AgentcomError):
 
 class StoreError(AgentcomError):
     """The database could not read or commit; nothing was acknowledged."""
+
+
+class DatabaseInUse(AgentcomError):
+    """Another hub process serves the database: one database has one hub.
+
+    Args:
+        database: the database file, as given.
+        pid: the other hub's process id, when its lock file names it.
+        host: the host it runs on, when known (a pid means little on another host or
+            in another container).
+        address: its agent endpoint (``ws://HOST:PORT/ws``), when known.
+    """
+
+    def __init__(
+        self,
+        database: str,
+        pid: int | None = None,
+        host: str | None = None,
+        address: str | None = None,
+    ) -> None:
+        self.database = database
+        self.pid = pid
+        self.host = host
+        self.address = address
+        known = []
+        if pid is not None:
+            known.append(f"pid {pid}" + (f" on {host}" if host else ""))
+        if address:
+            known.append(f"listening on {address}")
+        other = f"another hub ({', '.join(known)})" if known else "another hub"
+        super().__init__(f"the database {database} is already served by {other}")

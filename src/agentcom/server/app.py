@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from websockets.asyncio.connection import broadcast
@@ -30,6 +31,7 @@ from agentcom.server.http import HttpRoutes
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.store.base import ChangeKey
+from agentcom.store.lock import DatabaseLock
 from agentcom.store.sqlite import SqliteStore
 from agentcom.wirelog import library_logger
 
@@ -55,17 +57,15 @@ class HubServer:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store = SqliteStore(
-            settings.db,
-            batch_max=settings.commit_batch_max,
-            busy_timeout_s=settings.db_busy_timeout_s,
-        )
-        self.hub = Hub(self.store, self.clock, settings)
-        self.store.on_refused = self._forget_refused
-        self.store_watch = StoreWatch(
-            self.store, settings.store_retry_interval_s, self._resume_after_store_recovery
-        )
-        self.auth = Authenticator(self.store)
+        # The database is opened by start(), once the port and the database lock are held:
+        # a hub that cannot have both must leave the database as it found it.
+        self.store: SqliteStore
+        self.hub: Hub
+        self.store_watch: StoreWatch
+        self.auth: Authenticator
+        self._lock: DatabaseLock | None = None
+        self._database_open = False
+        self._ready = asyncio.Event()  # set once state is restored (or start failed)
         self.pubsub = MemoryPubSub(settings.subscriber_queue, settings.subscriber_queue_bytes)
         self.violations = ViolationTracker(self.clock)
         self.guard = Guard(
@@ -95,9 +95,19 @@ class HubServer:
         return port
 
     async def start(self) -> None:
-        """Restore state from the store and start listening."""
-        restored = self.hub.restore()
-        logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
+        """Listen, take the database, restore its state, then serve.
+
+        In that order, so that a hub that cannot have its port or its database changes
+        nothing: the port is bound first, then the database lock is taken
+        (:class:`DatabaseLock`), and only then is the database opened (created when
+        missing) and restored. Requests that arrive meanwhile wait until it is restored.
+
+        Raises:
+            OSError: the port cannot be bound (taken, not permitted ...).
+            DatabaseInUse: another hub process serves the database.
+            StoreError: the database's lock file cannot be opened, or it is a directory.
+            sqlite3.Error: the database cannot be opened or read.
+        """
         http = HttpRoutes(self)
 
         async def process_request(
@@ -106,6 +116,9 @@ class HubServer:
             refusal = self.guard.admit(connection, request)
             if refusal is not None:
                 return refusal
+            await self._ready.wait()
+            if self._stopping:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "hub stopping\n")
             return await http.process_request(connection, request)
 
         self._server = await serve(
@@ -124,10 +137,51 @@ class HubServer:
             server_header=f"agentcom/{__version__}",
             logger=library_logger("websockets.server"),  # its DEBUG lines print tokens
         )
+        try:
+            self._lock = DatabaseLock.acquire(self.settings.db, self.url("/ws"))
+            self._open_database()
+            restored = self.hub.restore()
+        except BaseException:
+            await self._abandon_start()
+            raise
+        logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
+        self._ready.set()
         if self._run_sweeps:
             self._sweeper = asyncio.create_task(self._sweep_forever())
             self.prober.start()
         logger.info("agentcom hub listening on %s", self.url("/ws"))
+
+    def _open_database(self) -> None:
+        """Open the store (creating the database when missing) and the domain on it."""
+        settings = self.settings
+        self.store = SqliteStore(
+            settings.db,
+            batch_max=settings.commit_batch_max,
+            busy_timeout_s=settings.db_busy_timeout_s,
+        )
+        self.hub = Hub(self.store, self.clock, settings)
+        self.store.on_refused = self._forget_refused
+        self.store_watch = StoreWatch(
+            self.store, settings.store_retry_interval_s, self._resume_after_store_recovery
+        )
+        self.auth = Authenticator(self.store)
+        self._database_open = True
+
+    async def _abandon_start(self) -> None:
+        """Undo a start that failed after binding: stop listening, let go of the database.
+
+        Requests waiting for the state are answered 503, as while stopping.
+        """
+        self._stopping = True
+        self._ready.set()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        await self.prober.stop()
+        if self._database_open:
+            self.store.close()
+        if self._lock is not None:
+            self._lock.release()
 
     @property
     def tls(self) -> bool:
@@ -161,7 +215,8 @@ class HubServer:
         if self._wake_handle is not None:
             self._wake_handle.cancel()
         await self.prober.stop()
-        await self.store_watch.stop()
+        if self._database_open:
+            await self.store_watch.stop()
         if self._server is not None:
             self._server.close(close_connections=False)
             closing = [
@@ -170,11 +225,15 @@ class HubServer:
             ]
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
+        if not self._database_open:  # never started: nothing to flush
+            return
         try:
             await self.store.commit()
         except StoreError:
             logger.exception("final commit failed")
         self.store.close()
+        if self._lock is not None:
+            self._lock.release()
         logger.info("agentcom hub stopped")
 
     # --- settling: commit, then reply, then push and publish -------------------------
