@@ -216,13 +216,14 @@ async def test_token_list_shows_agents_and_roles_but_never_secrets(hub: HubProce
 async def test_unusable_database_is_one_line(tmp_path: Path) -> None:
     db = ["--db", str(tmp_path / "no-such-directory" / "hub.db")]
 
-    results = await asyncio.gather(
+    created, listed, revoked = await asyncio.gather(
         cli("token", "create", "worker-1", *db), cli("token", "list", *db),
         cli("token", "revoke", "worker-1", *db),
     )  # fmt: skip
 
-    for result in results:
-        assert "cannot use the database" in one_line_error(result)
+    assert "cannot use the database" in one_line_error(created)
+    for result in (listed, revoked):
+        assert "does not exist" in one_line_error(result)
 
 
 async def test_revoked_token_is_refused_at_identify(hub: HubProcess) -> None:

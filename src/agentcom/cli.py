@@ -43,8 +43,10 @@ exit status:
   0    success
   1    the command ran but did not succeed: the hub refused the request (forbidden,
        not_found, invalid_state...), the connection to it was lost, `task submit --wait`
-       ended other than completed, or a database or port could not be used
-  2    usage error: unknown command or option, bad value, missing token, invalid
+       ended other than completed, or a database or port could not be used (a token
+       command's database that does not exist, `serve`'s port already in use)
+  2    usage error: unknown command or option, bad value (refused by the CLI or by the
+       hub: validation_failed, invalid_url, invalid_name), missing token, invalid
        setting, an unreadable or invalid config, certificate, key or CA file
   3    cannot reach the hub: down, wrong --hub, TLS failure, not a hub, or it refused
        the connection (HTTP 429 too many connections, 503 stopping)
@@ -169,12 +171,12 @@ async def _run_hub(settings: Settings) -> int:
             reason or exc.strerror or _reason(exc)
         )
         raise CliError(message, EXIT_FAILED) from None
-    print(f"agentcom {__version__} hub on {server.url('/ws')}", flush=True)
-    print(f"dashboard: {server.url('/dashboard', websocket=False)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the lines a supervisor waits for
         loop.add_signal_handler(signum, stop.set)
+    print(f"agentcom {__version__} hub on {server.url('/ws')}", flush=True)
+    print(f"dashboard: {server.url('/dashboard', websocket=False)}", flush=True)
     await stop.wait()
     await server.stop()
     return EXIT_OK
@@ -194,6 +196,9 @@ def _on_database(handler: Handler) -> Handler:
     """Report a database that cannot be opened or written as one line, not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
+        if os.path.isdir(_db_path(args)):
+            message = f"cannot use the database {_db_path(args)}: it is a directory"
+            raise CliError(message, EXIT_FAILED)
         try:
             return handler(args)
         except sqlite3.Error as exc:
@@ -203,17 +208,33 @@ def _on_database(handler: Handler) -> Handler:
     return run
 
 
+def _existing_db_path(args: argparse.Namespace) -> str:
+    """The database of a command that must not create one: a missing file is an error."""
+    path = _db_path(args)
+    if not os.path.lexists(path):
+        raise CliError(
+            f"the database {path} does not exist (the token commands use --db, "
+            "else $AGENTCOM_DB, else ./agentcom.db)",
+            EXIT_FAILED,
+        )
+    return path
+
+
 def _token_create(args: argparse.Namespace) -> int:
     if not 1 <= len(args.agent_id) <= 128:
         raise CliError("AGENT_ID must be 1 to 128 characters")
+    path = _db_path(args)
+    creating = not os.path.lexists(path)
     token = new_token()
-    tokens.save_token(_db_path(args), args.agent_id, hash_token(token), args.role)
+    tokens.save_token(path, args.agent_id, hash_token(token), args.role)
+    if creating:
+        print(f"created the database {path}", file=sys.stderr)
     print(token)
     return EXIT_OK
 
 
 def _token_list(args: argparse.Namespace) -> int:
-    records = tokens.list_tokens(_db_path(args))
+    records = tokens.list_tokens(_existing_db_path(args))
     rows = [{"agent_id": r.agent_id, "role": r.role, "created_at": r.created_at} for r in records]
     if args.json:
         print(json.dumps(rows))
@@ -224,7 +245,7 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
-    if not tokens.delete_token(_db_path(args), args.agent_id):
+    if not tokens.delete_token(_existing_db_path(args), args.agent_id):
         raise CliError(f"no token for {args.agent_id}", EXIT_FAILED)
     print(f"revoked {args.agent_id}", file=sys.stderr)
     return EXIT_OK
@@ -262,7 +283,8 @@ def _operator(
             try:
                 return await action(client, args)
             except RequestFailed as exc:
-                raise CliError(str(exc), EXIT_FAILED) from None
+                code = EXIT_USAGE if exc.code in _BAD_VALUE_ERRORS else EXIT_FAILED
+                raise CliError(str(exc), code) from None
             except AuthenticationError:  # `watch` authenticates again on its own socket
                 raise CliError("the hub refused the token", EXIT_TOKEN) from None
             except BrokenPipeError:
@@ -279,6 +301,10 @@ def _operator(
         return asyncio.run(connected())
 
     return run
+
+
+_BAD_VALUE_ERRORS = frozenset({"validation_failed", "invalid_url", "invalid_name"})
+"""The hub's answers to a bad value: a usage error (exit 2), like one the CLI catches."""
 
 
 def _check_hub_url(hub: str) -> None:

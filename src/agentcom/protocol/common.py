@@ -25,6 +25,7 @@ __all__ = [
     "TaskId",
     "TaskStatus",
     "Tier",
+    "not_blank",
     "only_finite_numbers",
 ]
 
@@ -66,6 +67,14 @@ def only_finite_numbers(value: Any) -> Any:
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(only_finite_numbers)]
 """A free-form JSON object whose numbers are all finite."""
+
+
+def not_blank(value: str) -> str:
+    """Refuse a string of whitespace only, where text is required (an empty one is refused
+    by its ``min_length``)."""
+    if value.isspace():
+        raise PydanticCustomError("string_blank", "String should contain more than whitespace")
+    return value
 
 
 class Inbound(BaseModel):

@@ -39,7 +39,9 @@ def _error_code(pydantic_type: str) -> ErrorCode:
         return "too_long"
     if pydantic_type in ("union_tag_invalid",):
         return "unknown_message_type"
-    if pydantic_type.startswith(("greater_than", "less_than", "finite_number", "string_too_short")):
+    if pydantic_type.startswith(
+        ("greater_than", "less_than", "finite_number", "string_too_short", "string_blank")
+    ):
         return "out_of_range"
     return "wrong_type"
 

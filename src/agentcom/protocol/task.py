@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from agentcom.protocol.common import JsonObject, Priority, RequestedTier, TaskStatus
+from agentcom.protocol.common import JsonObject, Priority, RequestedTier, TaskStatus, not_blank
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 
 __all__ = ["ExecutionMetadata", "HistoryEntry", "Task", "TaskSubmission"]
@@ -39,7 +39,7 @@ class TaskSubmission(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
-    description: Annotated[str, Field(min_length=1, max_length=10_000)]
+    description: Annotated[str, Field(min_length=1, max_length=10_000), AfterValidator(not_blank)]
     priority: Priority = Priority.normal
     complexity_tier: RequestedTier | None = None
     needed_capabilities: Annotated[

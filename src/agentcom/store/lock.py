@@ -80,7 +80,7 @@ class DatabaseLock:
             StoreError: ``database`` is a directory, or the lock file cannot be opened.
         """
         if Path(database).is_dir():
-            raise StoreError(f"the database {database} is a directory")
+            raise StoreError("it is a directory")
         path = lock_path(database)
         descriptor = _open(path)
         try:
@@ -118,11 +118,13 @@ def _open(path: Path) -> int:
     """The lock file, created when missing; read-only when it exists but may not be written
     (a lock works on either)."""
     flags = os.O_CLOEXEC | os.O_NOFOLLOW
+    if not path.parent.is_dir():
+        raise StoreError(f"the directory {path.parent} does not exist")
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
-    except PermissionError:
+    except PermissionError as exc:
         if not path.exists():
-            raise StoreError(f"cannot create the lock file {path}: permission denied") from None
+            raise StoreError(f"cannot create the lock file {path}: {exc.strerror}") from None
     except OSError as exc:
         raise StoreError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
     try:

@@ -127,20 +127,34 @@ Change = tuple[str, tuple[Any, ...]]
 
 
 def open_database(
-    path: Path | str, *, check_same_thread: bool = True, busy_timeout_s: float = 10.0
+    path: Path | str,
+    *,
+    check_same_thread: bool = True,
+    busy_timeout_s: float = 10.0,
+    existing: bool = False,
 ) -> sqlite3.Connection:
     """Open (creating if needed) the database in WAL mode with the schema in place.
+
+    With ``existing``, only a database that exists is opened, as it is: a missing file
+    raises ``sqlite3.OperationalError`` rather than being created, and neither the schema
+    nor the journal mode is touched (an agentcom database already has both).
 
     A statement that finds the database locked by another connection retries for
     ``busy_timeout_s``, then fails with ``sqlite3.OperationalError``.
     """
+    target = f"{Path(path).absolute().as_uri()}?mode=rw" if existing else str(path)
     connection = sqlite3.connect(
-        str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=check_same_thread
+        target,
+        timeout=busy_timeout_s,
+        isolation_level=None,
+        check_same_thread=check_same_thread,
+        uri=existing,
     )
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
     connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-    connection.executescript(_SCHEMA)
+    if not existing:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(_SCHEMA)
+    connection.execute("PRAGMA synchronous=FULL")
     return connection
 
 

@@ -1,4 +1,8 @@
-"""Token rows, written straight to the database (the CLI uses this while the hub runs)."""
+"""Token rows, written straight to the database (the CLI uses this while the hub runs).
+
+Only :func:`save_token` creates a database that does not exist; listing or revoking
+in one raises ``sqlite3.OperationalError`` instead.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ def save_token(db: Path | str, agent_id: str, token_hash: str, role: str) -> Non
 
 def delete_token(db: Path | str, agent_id: str) -> bool:
     """Revoke ``agent_id``'s token; False when it had none."""
-    connection = open_database(db)
+    connection = open_database(db, existing=True)
     try:
         cursor = connection.execute("DELETE FROM tokens WHERE agent_id = ?", (agent_id,))
         return cursor.rowcount > 0
@@ -37,7 +41,7 @@ def delete_token(db: Path | str, agent_id: str) -> bool:
 
 def list_tokens(db: Path | str) -> list[TokenRecord]:
     """Every token (hashes only), by agent id."""
-    connection = open_database(db)
+    connection = open_database(db, existing=True)
     try:
         rows = connection.execute(
             "SELECT agent_id, role, token_hash, created_at FROM tokens ORDER BY agent_id"
