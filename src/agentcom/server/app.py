@@ -65,7 +65,8 @@ class HubServer:
         self.auth: Authenticator
         self._lock: DatabaseLock | None = None
         self._database_open = False
-        self._ready = asyncio.Event()  # set once state is restored (or start failed)
+        self._ready = asyncio.Event()  # set once state is restored, or once start failed
+        self._restored = False
         self.pubsub = MemoryPubSub(settings.subscriber_queue, settings.subscriber_queue_bytes)
         self.violations = ViolationTracker(self.clock)
         self.guard = Guard(
@@ -117,7 +118,7 @@ class HubServer:
             if refusal is not None:
                 return refusal
             await self._ready.wait()
-            if self._stopping:
+            if not self._restored:  # the start failed: the hub is going away
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "hub stopping\n")
             return await http.process_request(connection, request)
 
@@ -145,6 +146,7 @@ class HubServer:
             await self._abandon_start()
             raise
         logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
+        self._restored = True
         self._ready.set()
         if self._run_sweeps:
             self._sweeper = asyncio.create_task(self._sweep_forever())
