@@ -1,20 +1,25 @@
 """One database has one hub, and a hub that cannot start leaves the database as it was.
 
-Real ``agentcom serve`` processes: the guard is a lock between processes, released by
-the kernel when its holder dies, so only processes can show it works.
+Mostly real ``agentcom serve`` processes: the guard is a lock between processes,
+released by the kernel when its holder dies, so only processes can show it works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hubprocess import CliResult, HubProcess, run_cli, run_cli_async, start_hub
+from hubprocess import CliResult, HubProcess, closed_port, run_cli, run_cli_async, start_hub
 
 from agentcom.client import OperatorClient
+from agentcom.config import Settings
+from agentcom.errors import DatabaseInUse
+from agentcom.server.app import HubServer
+from agentcom.store.lock import DatabaseLock
 
 EXIT_DATABASE_IN_USE = 5
 
@@ -220,3 +225,41 @@ async def test_a_hub_that_loses_the_race_keeps_the_winners_address_in_the_lock_f
     # and once the serving hub is gone, it names nobody
     assert first.stop() == 0
     assert first.db.with_name(first.db.name + ".lock").read_text() == ""
+
+
+async def test_a_second_name_for_the_database_is_the_same_database(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    # given a hub serving a database, and a symbolic link to that database
+    first = start_hub(hubs, tmp_path)
+    link = tmp_path / "link.db"
+    link.symlink_to(first.db)
+
+    # when a second hub is started on the link
+    refused = await asyncio.to_thread(serve, link)
+
+    # then it is refused like one started on the file itself
+    assert refused.returncode == EXIT_DATABASE_IN_USE
+    assert one_line(refused).startswith(f"agentcom: the database {link} is already served")
+
+
+async def test_a_refused_start_releases_its_port_and_creates_no_database(
+    settings: Settings,
+) -> None:
+    # given a database whose lock another holder has
+    holder = DatabaseLock.acquire(settings.db, "ws://192.0.2.7:4000/ws")
+    port = closed_port()
+    try:
+        # when a hub tries to start on it
+        server = HubServer(settings.model_copy(update={"port": port}), run_sweeps=False)
+        with pytest.raises(DatabaseInUse) as refused:
+            await server.start()
+        await server.stop()  # harmless after a refused start
+    finally:
+        holder.release()
+
+    # then it names the holder, and leaves no database and no open port behind
+    assert (refused.value.pid, refused.value.address) == (os.getpid(), "ws://192.0.2.7:4000/ws")
+    assert not settings.db.exists()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", port))
