@@ -11,6 +11,7 @@ SQLite's own locking still protects every transaction.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -115,18 +116,18 @@ class DatabaseLock:
 
 
 def _open(path: Path) -> int:
-    """The lock file, created when missing; read-only when it exists but may not be written
-    (a lock works on either)."""
+    """The lock file, created when missing; opened read-only when it exists but may not be
+    written (another user's file, a read-only file system): a lock works on either."""
     flags = os.O_CLOEXEC | os.O_NOFOLLOW
     if not path.parent.is_dir():
         raise StoreError(f"the directory {path.parent} does not exist")
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
-    except PermissionError as exc:
-        if not path.exists():
-            raise StoreError(f"cannot create the lock file {path}: {exc.strerror}") from None
     except OSError as exc:
-        raise StoreError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+        unwritable = isinstance(exc, PermissionError) or exc.errno == errno.EROFS
+        if not (unwritable and path.exists()):
+            verb = "open" if path.exists() else "create"
+            raise StoreError(f"cannot {verb} the lock file {path}: {exc.strerror or exc}") from None
     try:
         return os.open(path, os.O_RDONLY | flags)
     except OSError as exc:
