@@ -188,7 +188,7 @@ def make_nothing(db: Path) -> None:
     [
         ("hub.db", make_directory, "cannot use the database {db}: it is a directory"),
         ("hub.db", make_lock_a_directory,
-         "cannot use the database {db}: cannot create the lock file {db}.lock: "),
+         "cannot use the database {db}: cannot open the lock file {db}.lock: "),
         ("absent/hub.db", make_nothing,
          "cannot use the database {db}: the directory {db.parent} does not exist"),
     ],
