@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from agentcom.protocol.outbound import AgentInfo
+from agentcom.protocol.task import TaskHold
 
 __all__ = ["AgentRecord", "AgentState", "Presence"]
 
@@ -35,6 +36,9 @@ class AgentRecord:
     disconnected_at: int | None = None
     current_task: str | None = None
     task_accepted: bool = False
+    # Since when the hub keeps current_task for it without news: set when the connection
+    # holding the task ends (or the hub restarts), cleared once it reports on the task.
+    held_since: int | None = None
     ollama_url: str | None = None
     host: str | None = None  # the address it connected from
     resources: dict[str, Any] = field(default_factory=dict)
@@ -58,8 +62,8 @@ class AgentRecord:
             connected_at=self.connected_at,
         )
 
-    def snapshot(self) -> dict[str, Any]:
-        """The dashboard and operator view."""
+    def snapshot(self, held_task: TaskHold | None = None) -> dict[str, Any]:
+        """The dashboard and operator view; ``held_task`` is its task's hold, if any."""
         return {
             "agent_id": self.agent_id,
             "name": self.name,
@@ -71,6 +75,7 @@ class AgentRecord:
             "current_task": self.current_task,
             "ollama_url": self.ollama_url,
             "resources": self.resources,
+            "held_task": held_task.model_dump(mode="json") if held_task is not None else None,
         }
 
 

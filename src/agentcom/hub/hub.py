@@ -35,7 +35,13 @@ from agentcom.protocol.outbound import (
     TaskContinue,
     TaskReassign,
 )
-from agentcom.protocol.task import ExecutionMetadata, Task, TaskSubmission
+from agentcom.protocol.task import (
+    ExecutionMetadata,
+    ReclaimReason,
+    Task,
+    TaskHold,
+    TaskSubmission,
+)
 from agentcom.store.base import ChangeKey, Store, TaskFilter
 
 __all__ = ["Hub", "Outbox"]
@@ -147,7 +153,7 @@ class Hub:
                 "event": name,
                 "agent_id": agent.agent_id,
                 "timestamp": self.clock.now_ms(),
-                "agent": agent.snapshot(),
+                "agent": self.agent_view(agent),
             },
         )
 
@@ -185,7 +191,10 @@ class Hub:
                 agent = self.presence.record(task.assigned_to)
                 agent.current_task = task.task_id
                 agent.task_accepted = task.status is TaskStatus.working
-                agent.disconnected_at = now
+                agent.disconnected_at = agent.held_since = now
+                # No agent could report progress while the hub was down: the no-progress
+                # clock starts again now, or a long task would be reclaimed at once.
+                task.last_progress_at = max(task.last_progress_at or 0, now)
         return len(tasks)
 
     def forget_refused(self, refused: list[ChangeKey]) -> None:
@@ -210,6 +219,7 @@ class Hub:
             if holder is not None and holder.current_task == task_id:
                 holder.current_task = None
                 holder.task_accepted = False
+                holder.held_since = None
                 self.presence.refresh(holder)
         stored = self.queue.reload(task_id, self.store.get_task(task_id))
         if stored is not None and stored.status in ACTIVE and stored.assigned_to is not None:
@@ -251,6 +261,8 @@ class Hub:
             return
         agent.connected = False
         agent.disconnected_at = self.clock.now_ms()
+        if agent.current_task is not None and agent.held_since is None:
+            agent.held_since = agent.disconnected_at  # its task is now held for it
         self.presence.refresh(agent)
         self._broadcast(agent_id, AgentLeft(agent_id=agent_id))
         self._agent_event("agent_disconnected", agent)
@@ -384,12 +396,14 @@ class Hub:
         self.queue.accept(task)
         agent = self.presence.agents[agent_id]
         agent.task_accepted = True
+        agent.held_since = None  # it reported on the task: no longer held without news
         return TaskAck(task_id=task_id, status="accepted", generation=task.generation)
 
     def task_progress(self, agent_id: str, frame: frames.TaskProgress) -> None:
         """Progress: delays reclaim and is published, never persisted."""
         task = self._owned_task(agent_id, frame.task_id)
         self.queue.touch(task, frame.progress)
+        self.presence.agents[agent_id].held_since = None  # still running it: not held
         now = self.clock.now_ms()
         base = {"type": "task_event", "task_id": task.task_id, "agent_id": agent_id,
                 "timestamp": now}  # fmt: skip
@@ -478,6 +492,7 @@ class Hub:
             return
         agent.current_task = None
         agent.task_accepted = False
+        agent.held_since = None
         self.presence.refresh(agent)
         if schedule:
             self.schedule()
@@ -491,13 +506,24 @@ class Hub:
         return task
 
     def find_task(self, task_id: str) -> Task:
-        """A task in any state; raises ``not_found``. A queued task says why it waits."""
+        """A task in any state; raises ``not_found``. A queued task says why it waits, a
+        task held for its agent says so (``held_for``)."""
         task = self.queue.get(task_id) or self.store.get_task(task_id)
         if task is None:
             raise HubError("not_found", f"no task {task_id}", task_id)
+        return self.described(task)
+
+    def described(self, task: Task) -> Task:
+        """``task``, or a copy that says what the hub does with it at this moment: why a
+        queued task waits, for whom and until when an assigned one is held. Neither is
+        part of the stored task."""
         if task.status is TaskStatus.queued and task.task_id not in self.queue.held:
-            # A copy: the reason describes this moment and is not part of the stored task.
-            task = task.model_copy(update={"waiting_reason": self._why_waiting(task)})
+            return task.model_copy(update={"waiting_reason": self._why_waiting(task)})
+        holder = self.presence.get(task.assigned_to) if task.assigned_to is not None else None
+        if holder is not None and holder.current_task == task.task_id:
+            hold = self.held_task(holder)
+            if hold is not None:
+                return task.model_copy(update={"held_for": hold})
         return task
 
     def _why_waiting(self, task: Task) -> str:
@@ -508,7 +534,48 @@ class Hub:
         capable = [agent for agent in connected if needed <= agent.capabilities]
         if not capable:
             return f"no connected agent has the capabilities {sorted(needed)}"
-        return f"all {len(capable)} capable agents are busy"
+        reason = f"all {len(capable)} capable agents are busy"
+        holding = [agent.agent_id for agent in capable if agent.held_since is not None]
+        if holding:
+            verb = "holds" if len(holding) == 1 else "hold"
+            reason += (
+                f"; {', '.join(holding)} {verb} a task kept across a reconnect until it"
+                " reports on it or the task is reclaimed (see agentcom agents)"
+            )
+        return reason
+
+    def held_task(self, agent: AgentRecord) -> TaskHold | None:
+        """The hold on ``agent``'s task, if the hub keeps it for the agent without news."""
+        if agent.held_since is None or agent.current_task is None:
+            return None
+        task = self.queue.get(agent.current_task)
+        if task is None:
+            return None
+        reclaim_at, reason = self._reclaim_deadline(task, agent)
+        return TaskHold(
+            task_id=task.task_id,
+            agent_id=agent.agent_id,
+            since=agent.held_since,
+            agent_connected=agent.connected,
+            reclaim_at=reclaim_at,
+            reclaim_reason=reason,
+        )
+
+    def _reclaim_deadline(self, task: Task, agent: AgentRecord) -> tuple[int, ReclaimReason]:
+        """When, and by which timeout, :meth:`sweep` takes ``task`` back from ``agent``
+        (the rules of :meth:`TaskQueue.overdue` and of the disconnect grace)."""
+        settings = self.settings
+        deadline: tuple[int, ReclaimReason]
+        if task.status is TaskStatus.assigned and task.assigned_at is not None:
+            accept_ms = int(settings.accept_timeout_s * 1000)
+            deadline = (task.assigned_at + accept_ms, "acceptance_timeout")
+        else:
+            progressed_at = task.last_progress_at or task.updated_at
+            deadline = (progressed_at + int(settings.reclaim_after_s * 1000), "no_progress")
+        if not agent.connected and agent.disconnected_at is not None:
+            grace_ms = int(settings.disconnect_grace_s * 1000)
+            deadline = min(deadline, (agent.disconnected_at + grace_ms, "disconnect_grace"))
+        return deadline
 
     def route_preview(self, submission: TaskSubmission) -> dict[str, Any]:
         """The decision the hub would make for this task now, without queueing it."""
@@ -566,7 +633,11 @@ class Hub:
 
     def agents_snapshot(self) -> list[dict[str, Any]]:
         """Every known agent with its state."""
-        return [agent.snapshot() for agent in self.presence.agents.values()]
+        return [self.agent_view(agent) for agent in self.presence.agents.values()]
+
+    def agent_view(self, agent: AgentRecord) -> dict[str, Any]:
+        """One agent as dashboards and operators see it, with its task's hold."""
+        return agent.snapshot(self.held_task(agent))
 
     def stats(self) -> dict[str, Any]:
         """Queue counts and execution totals."""
@@ -598,7 +669,7 @@ class Hub:
             },
             # Held tasks may be older than every recent one; their progress lives in memory.
             "active_tasks": [
-                task.model_dump(mode="json")
+                self.described(task).model_dump(mode="json")
                 for task in self.queue.tasks.values()
                 if task.status in ACTIVE
             ],

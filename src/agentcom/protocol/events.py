@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from agentcom.protocol.common import Priority, TaskStatus
-from agentcom.protocol.task import ExecutionMetadata
+from agentcom.protocol.task import ExecutionMetadata, TaskHold
 
 __all__ = [
     "EVENT",
@@ -67,6 +67,7 @@ class AgentView(_Event):
     current_task: str | None
     ollama_url: str | None
     resources: dict[str, Any]
+    held_task: TaskHold | None  # its task, kept for it since its connection ended
 
 
 class AgentEvent(_Event):

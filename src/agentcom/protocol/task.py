@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agentcom.protocol.common import JsonObject, Priority, RequestedTier, TaskStatus, not_blank
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 
-__all__ = ["ExecutionMetadata", "HistoryEntry", "Task", "TaskSubmission"]
+__all__ = [
+    "ExecutionMetadata",
+    "HistoryEntry",
+    "ReclaimReason",
+    "Task",
+    "TaskHold",
+    "TaskSubmission",
+]
 
 
 class ExecutionMetadata(BaseModel):
@@ -29,6 +36,27 @@ class HistoryEntry(BaseModel):
     status: str
     at: int
     detail: str | None = None
+
+
+#: What takes a held task back: the disconnect grace (the agent stays away), or, for an
+#: agent that came back, the acceptance timeout or the no-progress reclaim.
+ReclaimReason = Literal["disconnect_grace", "acceptance_timeout", "no_progress"]
+
+
+class TaskHold(BaseModel):
+    """A task the hub keeps for an agent whose connection ended while it held the task.
+
+    The hold starts when that connection ends (or when the hub restarts with the task
+    assigned) and lasts until the agent reports on the task (accepts it, reports progress,
+    completes, fails, rejects or recovers it) or the hub takes it back at ``reclaim_at``.
+    """
+
+    task_id: str
+    agent_id: str
+    since: int  # when the connection that held the task ended, or the hub restarted
+    agent_connected: bool  # the agent identified again and is busy with this task
+    reclaim_at: int  # when a sweep requeues the task if nothing settles it first
+    reclaim_reason: ReclaimReason  # the timeout that requeues it then
 
 
 Line = Annotated[str, Field(max_length=2_000)]
@@ -90,6 +118,7 @@ class Task(BaseModel):
     verification_timeout_ms: int | None = None
     progress: int | None = None
     waiting_reason: str | None = None
+    held_for: TaskHold | None = None  # computed when read, never stored
     last_progress_at: int | None = None
     history: list[HistoryEntry] = []
     created_at: int

@@ -13,6 +13,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from agentcom import __version__
+from agentcom.errors import HubError
 from agentcom.hub.auth import Role
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
@@ -187,10 +188,9 @@ class HttpRoutes:
         if path == "/api/tasks/stats":
             return _json(200, hub.stats())
         if path.startswith("/api/tasks/"):
-            task = hub.queue.get(path.removeprefix("/api/tasks/")) or hub.store.get_task(
-                path.removeprefix("/api/tasks/")
-            )
-            if task is None:
+            try:
+                task = hub.find_task(path.removeprefix("/api/tasks/"))
+            except HubError:
                 return _json(404, {"error": "not_found"})
             return _json(200, task.model_dump(mode="json"))
         if path == "/api/agents":
