@@ -1,13 +1,15 @@
 """An asyncio client for sidecars and operators, on top of ``websockets``.
 
 :class:`AgentClient` speaks the agent protocol (identify, heartbeat, reconnect with
-exponential backoff); :class:`OperatorClient` speaks the operator protocol (requests
-matched to replies by ``request_id``) and can stream events from ``/ws/dashboard``.
+exponential backoff, task frames delivered across reconnects); :class:`OperatorClient`
+speaks the operator protocol (requests matched to replies by ``request_id``) and can
+stream events from ``/ws/dashboard``, following the hub across restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -27,6 +29,8 @@ from agentcom.wirelog import library_logger
 __all__ = [
     "AgentClient",
     "AuthenticationError",
+    "Backoff",
+    "ConnectionLost",
     "OperatorClient",
     "RequestFailed",
     "websocket_url",
@@ -53,6 +57,75 @@ class RequestFailed(AgentcomError):
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
+
+
+class ConnectionLost(AgentcomError, ConnectionError):
+    """The connection to the hub ended while a request waited for its reply.
+
+    Args:
+        reason: what ended it, for people ("the hub is restarting" for close code 1012).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+CLOSE_RESTART = 1012  # the hub's close code when it stops or restarts
+
+
+def closed_reason(error: BaseException) -> str:
+    """Why a connection to the hub ended or failed, as a phrase for people: "the hub is
+    restarting" (close code 1012), else "connection to the hub lost (detail)"."""
+    if isinstance(error, ConnectionLost):
+        return error.reason
+    if (
+        isinstance(error, ConnectionClosed)
+        and error.rcvd is not None
+        and error.rcvd.code == CLOSE_RESTART
+    ):
+        return "the hub is restarting"
+    detail = str(error).strip() or type(error).__name__
+    return f"connection to the hub lost ({detail})"
+
+
+class Backoff:
+    """Delays between reconnect attempts: ``initial_s``, doubled after each failed attempt
+    up to ``max_s``, each varied by ±20 % so clients dropped together do not all come back
+    at the same instant.
+
+    Args:
+        initial_s: the first delay (also after :meth:`reset`).
+        max_s: no delay is longer (before jitter).
+    """
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.delay = initial_s
+
+    def reset(self) -> None:
+        """A connection succeeded: the next outage starts from ``initial_s`` again."""
+        self.delay = self.initial_s
+
+    async def wait(self) -> None:
+        """Sleep the current delay, then double it (up to ``max_s``)."""
+        await asyncio.sleep(self.delay * random.uniform(0.8, 1.2))
+        self.delay = min(self.delay * 2, self.max_s)
+
+
+class _Unanswered(Exception):
+    """The connection a task frame went out on ended before the hub answered it."""
+
+
+# The acknowledgements that answer each task frame :meth:`AgentClient.deliver` sends (an
+# error naming the task answers any of them).
+_ANSWERS = {
+    "task_accepted": frozenset({"accepted"}),
+    "task_complete": frozenset({"complete", "retried", "dead_letter"}),
+    "task_failed": frozenset({"retried", "dead_letter"}),
+    "task_rejected": frozenset({"requeued"}),
+}
 
 
 def websocket_url(hub: str, path: str) -> str:
@@ -134,6 +207,15 @@ class AgentClient:
         self.connection: ClientConnection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
+        self._identified = False  # run() holds an identified connection
+        self._presence = asyncio.Condition()  # notified when that changes or on close
+        # Task id -> (the ack statuses that answer the frame sent, its waiter): deliver().
+        self._answers: dict[str, tuple[frozenset[str], asyncio.Future[Frame]]] = {}
+
+    @property
+    def identified(self) -> bool:
+        """Whether :meth:`run` holds a connection on which the hub identified this agent."""
+        return self._identified
 
     def identify_frame(self) -> Frame:
         """The ``identify`` this client sends."""
@@ -161,6 +243,7 @@ class AgentClient:
         if reply.get("type") != "identified":
             await _close(self.connection)
             raise AuthenticationError(str(reply.get("error", reply)))
+        logger.info("connected to %s and identified as %s", self.url, self.agent_id)
         if self.heartbeat_s:
             self._heartbeat = asyncio.create_task(self._beat(self.heartbeat_s))
         return reply
@@ -196,40 +279,114 @@ class AgentClient:
                     return frame
 
     async def close(self) -> None:
-        """Close for good (no reconnect)."""
+        """Close for good (no reconnect); pending :meth:`deliver` calls raise."""
         self._closing = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self.connection is not None:
             await _close(self.connection)
+        await self._presence_changed(identified=False)
+
+    async def _presence_changed(self, identified: bool) -> None:
+        self._identified = identified
+        if not identified:
+            for _, waiter in self._answers.values():
+                if not waiter.done():
+                    waiter.set_exception(_Unanswered())
+        async with self._presence:
+            self._presence.notify_all()
 
     async def run(self, on_frame: Callable[[AgentClient, Frame], Awaitable[None]]) -> None:
         """Stay connected until :meth:`close`, calling ``on_frame`` for every frame.
 
         Reconnects after any drop, waiting ``backoff_initial_s`` doubled per failed
         attempt up to ``backoff_max_s`` (with jitter); a refused token ends the loop.
+        Tasks keep running across a reconnect: what :meth:`deliver` sends reaches the
+        hub on the next connection.
         """
-        delay = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while not self._closing:
             try:
                 await self.connect()
-                delay = self.backoff_initial_s
+                backoff.reset()
                 assert self.connection is not None
+                await self._presence_changed(identified=True)
                 async for raw in self.connection:
-                    await on_frame(self, json.loads(raw))
+                    frame = json.loads(raw)
+                    self._answer(frame)
+                    await on_frame(self, frame)
+                reason = f"closed with code {self.connection.close_code}"  # 1000, 1001
             except AuthenticationError:
                 raise
             except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as exc:
                 # InvalidHandshake: the hub refused the upgrade (429 at its connection
                 # limit, 503 while restarting ...): back off and try again.
-                logger.info("connection to %s lost (%s); retrying in %.1f s", self.url, exc, delay)
+                reason = closed_reason(exc)
             finally:
                 if self._heartbeat is not None:
                     self._heartbeat.cancel()
+                if self._identified:
+                    await self._presence_changed(identified=False)
             if self._closing:
                 break
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.backoff_max_s)
+            logger.info(
+                "connection to %s lost (%s); retrying in %.1f s", self.url, reason, backoff.delay
+            )
+            await backoff.wait()
+
+    def _answer(self, frame: Frame) -> None:
+        """Hand a ``task_ack`` or error to the :meth:`deliver` call waiting for it."""
+        kind = frame.get("type")
+        if kind != "task_ack" and kind != "error":
+            return
+        pending = self._answers.get(frame.get("task_id"))  # type: ignore[arg-type]
+        if pending is None:
+            return
+        statuses, waiter = pending
+        if not waiter.done() and (kind == "error" or frame.get("status") in statuses):
+            waiter.set_result(frame)
+
+    def _usable_after(self, last: ClientConnection | None) -> bool:
+        """Closing, or identified on a connection other than ``last``."""
+        return self._closing or (self._identified and self.connection is not last)
+
+    async def deliver(self, frame: Mapping[str, Any]) -> Frame:
+        """Send a task frame and return the hub's answer, across reconnects.
+
+        ``frame`` is a ``task_accepted``, ``task_complete``, ``task_failed`` or
+        ``task_rejected``; the answer is its ``task_ack``, or the error reply that names
+        the task (``task_complete_failed: stale_generation`` for a completion the hub no
+        longer expects...). While the client is disconnected the frame waits for the next
+        connection, and a frame whose connection ended before the answer came is sent
+        again on the next one (the hub answers a duplicate with an error and changes
+        nothing). Needs :meth:`run`, which reads the answer: call it from a task of its
+        own, never from ``on_frame``.
+
+        Raises:
+            ConnectionError: the client was closed before the hub answered.
+        """
+        statuses = _ANSWERS[frame["type"]]
+        task_id: str = frame["task_id"]
+        text = _encode(frame)
+        loop = asyncio.get_running_loop()
+        used: ClientConnection | None = None
+        while True:
+            async with self._presence:
+                await self._presence.wait_for(functools.partial(self._usable_after, used))
+            if self._closing:
+                raise ConnectionError(f"the client closed before the hub answered {task_id}")
+            used = self.connection
+            assert used is not None
+            waiter: asyncio.Future[Frame] = loop.create_future()
+            self._answers[task_id] = (statuses, waiter)
+            try:
+                await used.send(text)
+                return await waiter
+            except (ConnectionClosed, _Unanswered):
+                continue  # unanswered on this connection: again on the next one
+            finally:
+                if self._answers.get(task_id, (None, None))[1] is waiter:
+                    del self._answers[task_id]
 
 
 class OperatorClient:
@@ -240,12 +397,25 @@ class OperatorClient:
         token: an admin or viewer token.
         ssl: the TLS context for an ``https://`` or ``wss://`` hub, e.g. one that trusts the
             hub's own CA (None: the system's trusted certificates).
+        backoff_initial_s: first delay before reconnecting (:meth:`reconnect`,
+            :meth:`follow`), doubled after each failed attempt.
+        backoff_max_s: no reconnect delay is longer.
     """
 
-    def __init__(self, hub: str, token: str, *, ssl: SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        hub: str,
+        token: str,
+        *,
+        ssl: SSLContext | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+    ) -> None:
         self.hub = hub
         self.token = token
         self.ssl = ssl
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
         self.role: str | None = None
         self._connection: ClientConnection | None = None
         self._pending: dict[str, asyncio.Future[Any]] = {}
@@ -278,7 +448,7 @@ class OperatorClient:
 
     async def _read_replies(self) -> None:
         assert self._connection is not None
-        error: BaseException = ConnectionError("connection to the hub closed")
+        error: BaseException = ConnectionLost("the hub closed the connection")  # 1000, 1001
         try:
             async for raw in self._connection:
                 reply = json.loads(raw)
@@ -292,7 +462,7 @@ class OperatorClient:
                         RequestFailed(str(reply.get("error")), reply.get("message"))
                     )
         except ConnectionClosed as exc:
-            error = ConnectionError(f"connection to the hub closed ({exc})")
+            error = ConnectionLost(closed_reason(exc))
         for waiter in self._pending.values():
             if not waiter.done():
                 waiter.set_exception(error)
@@ -306,7 +476,11 @@ class OperatorClient:
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = waiter
         frame = {"type": request_type, "request_id": request_id, **fields}
-        await self._connection.send(json.dumps(frame))
+        try:
+            await self._connection.send(json.dumps(frame))
+        except ConnectionClosed as exc:
+            self._pending.pop(request_id, None)
+            raise ConnectionLost(closed_reason(exc)) from None
         return await waiter
 
     async def submit(self, description: str, **fields: Any) -> dict[str, Any]:
@@ -335,19 +509,85 @@ class OperatorClient:
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
 
+    async def reconnect(self) -> None:
+        """Open the connection again after it was lost, retrying with backoff until the
+        hub answers (for ever: cancel to stop). A refused token raises
+        :class:`AuthenticationError`."""
+        await self.close()
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
+        while True:
+            await backoff.wait()
+            try:
+                await self.connect()
+                return
+            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError):
+                continue
+
     async def watch(self, topics: list[str] | None = None) -> AsyncIterator[Frame]:
         """Frames from ``/ws/dashboard``: the snapshot first, then every event."""
-        url = websocket_url(self.hub, "/ws/dashboard")
-        connection = await connect(url, max_size=2**26, **_options(url, self.ssl))
+        connection = await self._subscribe(topics)
         try:
-            subscribe: Frame = {"type": "subscribe", "token": self.token}
-            if topics:
-                subscribe["topics"] = topics
-            await connection.send(json.dumps(subscribe))
             async for raw in connection:
-                frame: Frame = json.loads(raw)
-                if frame.get("type") == "error":
-                    raise AuthenticationError(str(frame.get("error")))
-                yield frame
+                yield _watched(raw)
         finally:
             await _close(connection)
+
+    async def follow(
+        self, topics: list[str] | None, on_lost: Callable[[str], None]
+    ) -> AsyncIterator[Frame]:
+        """Frames from ``/ws/dashboard`` like :meth:`watch`, across hub restarts, for ever.
+
+        When the connection ends, ``on_lost`` is called once with the reason (``the hub
+        is restarting`` for a restart) and the client reconnects with backoff; each new
+        connection starts with a new ``snapshot``, which covers what happened meanwhile
+        (events published while disconnected are not replayed). Cancel to stop. A refused
+        token raises :class:`AuthenticationError`; the first connection is not retried
+        (its error is raised as :meth:`watch` raises it).
+        """
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
+        connected_once = outage = False
+        while True:
+            connection: ClientConnection | None = None
+            try:
+                connection = await self._subscribe(topics)
+                async for raw in connection:
+                    frame = _watched(raw)
+                    connected_once, outage = True, False
+                    backoff.reset()
+                    yield frame
+                reason = "the hub closed the connection"
+            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+                if not connected_once:
+                    raise
+                reason = closed_reason(exc)
+            finally:
+                if connection is not None:
+                    await _close(connection)
+            if not outage:
+                outage = True
+                on_lost(reason)
+            await backoff.wait()
+
+    async def _subscribe(self, topics: list[str] | None) -> ClientConnection:
+        """A ``/ws/dashboard`` connection that has sent its ``subscribe``."""
+        url = websocket_url(self.hub, "/ws/dashboard")
+        connection = await connect(
+            url, open_timeout=10.0, max_size=2**26, **_options(url, self.ssl)
+        )
+        subscribe: Frame = {"type": "subscribe", "token": self.token}
+        if topics:
+            subscribe["topics"] = topics
+        try:
+            await connection.send(json.dumps(subscribe))
+        except ConnectionClosed:
+            await _close(connection)
+            raise
+        return connection
+
+
+def _watched(raw: str | bytes) -> Frame:
+    """One frame from ``/ws/dashboard``; an error reply (a refused token) raises."""
+    frame: Frame = json.loads(raw)
+    if frame.get("type") == "error":
+        raise AuthenticationError(str(frame.get("error")))
+    return frame
