@@ -26,7 +26,13 @@ from pydantic_settings import SettingsError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from agentcom import __version__
-from agentcom.client import AuthenticationError, OperatorClient, RequestFailed, websocket_url
+from agentcom.client import (
+    AuthenticationError,
+    ConnectionLost,
+    OperatorClient,
+    RequestFailed,
+    websocket_url,
+)
 from agentcom.config import Settings, load_settings
 from agentcom.errors import DatabaseInUse, StoreError
 from agentcom.hub.auth import Role, hash_token, new_token
@@ -52,7 +58,8 @@ exit status:
        the connection (HTTP 429 too many connections, 503 stopping)
   4    the hub refused the token (unknown, revoked, or an agent token)
   5    `serve`: another hub already serves the database (one database, one hub)
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C); `task submit --wait` first says that the task stays
+       queued, with its id (the task is not cancelled)
 """
 
 
@@ -371,6 +378,8 @@ def _print_task(task: dict[str, Any]) -> None:
     print(f"  assigned to: {task.get('assigned_to') or '-'} (generation {task['generation']})")
     if task.get("waiting_reason"):
         print(f"  waiting: {task['waiting_reason']}")
+    if task.get("held_for"):
+        print(f"  held: {_hold(task['held_for'])}")
     print(
         f"  retries: {task['retry_count']}/{task['max_retries']}"
         f"  last error: {task.get('last_error') or '-'}"
@@ -391,6 +400,23 @@ def _print_task(task: dict[str, Any]) -> None:
     print("  history:")
     for entry in task.get("history", []):
         print(f"    {_time(entry['at'])}  {entry['status']:<12} {entry.get('detail') or ''}")
+
+
+_RECLAIMED_BY = {
+    "disconnect_grace": "requeued at {at} (grace period) unless the agent comes back",
+    "acceptance_timeout": "requeued at {at} (not accepted in time) unless the agent accepts it",
+    "no_progress": "reclaimed at {at} (no progress) unless the agent reports on it",
+}
+
+
+def _hold(hold: dict[str, Any]) -> str:
+    """What the hub does with a task held for its agent (``held_task``, ``held_for``)."""
+    where = "back, but silent on the task" if hold["agent_connected"] else "disconnected"
+    until = _RECLAIMED_BY[hold["reclaim_reason"]].format(at=_time(hold["reclaim_at"]))
+    return (
+        f"task {hold['task_id']} kept for {hold['agent_id']} ({where}) since "
+        f"{_time(hold['since'])}; {until}"
+    )
 
 
 def _execution(execution: dict[str, Any]) -> str:
@@ -424,14 +450,39 @@ async def _task_submit(client: OperatorClient, args: argparse.Namespace) -> int:
     if not args.wait:
         print(json.dumps(task) if args.json else task["task_id"])
         return EXIT_OK
+    task_id = task["task_id"]
     if not args.json:
-        print(task["task_id"], file=sys.stderr)
-    final = await client.wait_task(task["task_id"])
+        print(task_id, file=sys.stderr)
+    try:
+        final = await _wait_across_restarts(client, task_id)
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels us, then exits with 130
+        _note(
+            f"interrupted; task {task_id} stays queued and runs without this command "
+            f"(agentcom task show {task_id})"
+        )
+        raise
     if args.json:
         print(json.dumps(final))
     else:
         _print_task(final)
     return EXIT_OK if final["status"] == "completed" else EXIT_FAILED
+
+
+async def _wait_across_restarts(client: OperatorClient, task_id: str) -> dict[str, Any]:
+    """The finished task; a lost connection (a hub restart) is reopened with backoff, and
+    the wait goes on for the same task: nothing is submitted again."""
+    while True:
+        try:
+            return await client.wait_task(task_id)
+        except ConnectionLost as lost:
+            _note(f"{lost.reason}; reconnecting to wait for task {task_id}...")
+            await client.reconnect()
+            _note(f"reconnected; waiting for task {task_id}")
+
+
+def _note(line: str) -> None:
+    """A line for the person running a long command, on stderr (stdout carries data)."""
+    print(f"agentcom: {line}", file=sys.stderr, flush=True)
 
 
 async def _task_list(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -583,18 +634,26 @@ async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
             f"{agent['agent_id']:<20} {agent['state']:<9} "
             f"{agent.get('current_task') or '-':<34} {capabilities}"
         )
+        if agent.get("held_task"):
+            print(f"  held: {_hold(agent['held_task'])}")
     return EXIT_OK
 
 
 async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
-    async for frame in client.watch(args.topic or None):
+    """Stream events until interrupted, following the hub across restarts."""
+    snapshots = 0
+
+    def lost(reason: str) -> None:
+        _note(f"{reason}; reconnecting...")
+
+    async for frame in client.follow(args.topic or None, lost):
         if args.json:
             print(json.dumps(frame), flush=True)
         elif frame.get("type") == "snapshot":
-            print(
-                f"connected: {len(frame['agents'])} agents, queue depth {frame['queue']['depth']}",
-                flush=True,
-            )
+            snapshots += 1
+            state = "connected" if snapshots == 1 else "reconnected"
+            agents, depth = len(frame["agents"]), frame["queue"]["depth"]
+            print(f"{state}: {agents} agents, queue depth {depth}", flush=True)
         elif frame.get("event") != "agent_seen":  # a heartbeat: noise in a human's stream
             print(_describe_event(frame), flush=True)
     return EXIT_OK
