@@ -863,3 +863,43 @@ async def test_live_output_follows_its_tail_until_the_reader_scrolls_up(
     await expect(jump).to_be_hidden()
     await print_lines(71, 80)
     await expect(line(80)).to_be_in_viewport()
+
+
+async def test_an_agent_card_says_its_task_is_held_until_it_reports_on_it(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a sidecar running a task, and the page open
+    agent, task_id, _ = await _working_task(operator, make_agent, "worker-1", "a long job")
+    page = await open_dashboard(make_token("ops", "admin"))
+    card = page.get_by_role("article", name="Agent worker-1")
+    held = card.locator(".agent-held")
+    await expect(card).to_contain_text("working")
+    await expect(held).to_be_hidden()
+
+    # when its connection ends
+    await agent.close()
+
+    # then its card says the task is kept for it, since when, and until when
+    await expect(held).to_contain_text(f"Task {task_id} kept for worker-1 (disconnected) since ")
+    await expect(held).to_contain_text("(grace period) unless the agent comes back")
+
+    # when it identifies again, silent on the task, as real sidecars do
+    again = await make_agent("worker-1")
+
+    # then the card says it is back and names the no-progress reclaim
+    await expect(held).to_contain_text("(back, but silent on the task)")
+    await expect(held).to_contain_text("(no progress) unless the agent reports on it")
+    # and so does the task's detail
+    await card.get_by_role("button", name=f"Open task {task_id} held by worker-1").click()
+    detail = page.get_by_role("dialog")
+    await expect(detail.locator(".held")).to_contain_text(f"Held: Task {task_id} kept for worker-1")
+
+    # when the sidecar reports progress on the task
+    await again.send({"type": "task_progress", "task_id": task_id, "progress": 70})
+
+    # then nothing is held any more
+    await expect(held).to_be_hidden()

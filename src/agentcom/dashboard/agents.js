@@ -1,7 +1,7 @@
 // One card per agent: state, current task, capabilities, heartbeat, host load, Ollama.
 
 import { byId, h, reconcileChildren, setAttr, setText } from "./dom.js";
-import { ago, clockTime, percent, shortId, usage } from "./format.js";
+import { ago, clockTime, holdText, percent, shortId, usage } from "./format.js";
 
 const STATE_ORDER = { working: 0, assigned: 1, idle: 2, offline: 3 };
 
@@ -51,6 +51,8 @@ export class AgentCards {
     // Sidecars say "idle" when they connect, even mid-task: only other words tell something.
     const reported = agent.status && agent.status !== "idle" && agent.status !== agent.state;
     setText(fields.status, reported ? `reports: ${agent.status}` : "");
+    // A task kept for the agent since its connection ended: say until when, and why.
+    setText(fields.held, agent.held_task ? holdText(agent.held_task) : "");
     setText(fields.task, agent.current_task ? shortId(agent.current_task) : "none");
     setAttr(fields.task, "disabled", !agent.current_task);
     setAttr(fields.task, "aria-label", agent.current_task
@@ -80,6 +82,7 @@ export class AgentCards {
       name: h("h3"),
       state: h("span", { class: "badge" }),
       status: h("p", { class: "agent-status" }),
+      held: h("p", { class: "agent-held" }),
       task: h("button", { type: "button", class: "link" }),
       capabilities: h("dd", { class: "chips" }),
       heartbeat: field(),
@@ -96,6 +99,7 @@ export class AgentCards {
       { class: "card agent-card", "aria-label": `Agent ${agentId}`, dataset: { agentId } },
       h("header", { class: "card-head" }, fields.name, fields.state),
       fields.status,
+      fields.held,
       h("dl", { class: "facts" },
         h("dt", { text: "Current task" }), h("dd", {}, fields.task),
         h("dt", { text: "Capabilities" }), fields.capabilities,

@@ -2,7 +2,7 @@
 // its live output. Kept current while open by re-reading the task when events touch it.
 
 import { byId, h } from "./dom.js";
-import { clockTime, count, duration, label, usd } from "./format.js";
+import { clockTime, count, duration, holdText, label, usd } from "./format.js";
 import { LogView } from "./output.js";
 import { isUnfinished } from "./state.js";
 import { actionButton, confirmingButton } from "./tasks.js";
@@ -179,6 +179,7 @@ export class TaskDetail {
     const parts = [
       summary,
       task.waiting_reason ? h("p", { class: "waiting", text: `Waiting: ${task.waiting_reason}` }) : null,
+      task.held_for ? h("p", { class: "waiting held", text: `Held: ${holdText(task.held_for)}` }) : null,
       buttons.length ? h("div", { class: "detail-actions" }, ...buttons) : null,
       section("Description", h("pre", { class: "description-text", text: task.description || "" })),
       section("Routing decision", routing(task)),

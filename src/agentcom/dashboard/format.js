@@ -61,6 +61,23 @@ export function ago(then, now) {
   return `${Math.floor(hours / 24)} days ago`;
 }
 
+const RECLAIMED_BY = {
+  disconnect_grace: "requeued at {at} (grace period) unless the agent comes back",
+  acceptance_timeout: "requeued at {at} (not accepted in time) unless the agent accepts it",
+  no_progress: "reclaimed at {at} (no progress) unless the agent reports on it",
+};
+
+/**
+ * What the hub does with a task it keeps for its agent (an agent's `held_task`, a task's
+ * `held_for`): for whom, since when, and when which timeout takes it back.
+ */
+export function holdText(hold) {
+  const where = hold.agent_connected ? "back, but silent on the task" : "disconnected";
+  const until = (RECLAIMED_BY[hold.reclaim_reason] || "reclaimed at {at}")
+    .replace("{at}", clockTime(hold.reclaim_at));
+  return `Task ${hold.task_id} kept for ${hold.agent_id} (${where}) since ${clockTime(hold.since)}; ${until}`;
+}
+
 /** A hub timestamp as local date and time. */
 export function clockTime(ms) {
   if (typeof ms !== "number" || ms <= 0) return "–";

@@ -287,7 +287,10 @@ export class DashboardState {
     this.observeTime(event.timestamp);
     const task = this.taskFor(event);
     const name = event.event;
-    if (AGENT_FRAMES.has(name)) this.touchAgent(event.agent_id, event.timestamp);
+    if (AGENT_FRAMES.has(name)) {
+      this.touchAgent(event.agent_id, event.timestamp);
+      this.endHold(event.agent_id, event.task_id); // it reported on the task: not held now
+    }
     if (name === "execution_progress") {
       task.last_progress_at = event.timestamp;
       this.appendLog(event);
@@ -353,7 +356,17 @@ export class DashboardState {
     for (const agent of this.agents.values()) {
       if (agent.current_task !== taskId) continue;
       agent.current_task = null;
+      agent.held_task = null;
       if (agent.state !== "offline") agent.state = "idle";
+      this.mark("agents");
+    }
+  }
+
+  /** The hub stops holding a task for its agent once the agent reports on it. */
+  endHold(agentId, taskId) {
+    const agent = agentId ? this.agents.get(agentId) : null;
+    if (agent && agent.held_task && agent.held_task.task_id === taskId) {
+      agent.held_task = null;
       this.mark("agents");
     }
   }
