@@ -74,18 +74,25 @@ class ConnectionLost(AgentcomError, ConnectionError):
 CLOSE_RESTART = 1012  # the hub's close code when it stops or restarts
 
 
-def closed_reason(error: BaseException) -> str:
-    """Why a connection to the hub ended or failed, as a phrase for people: "the hub is
-    restarting" (close code 1012), else "connection to the hub lost (detail)"."""
-    if isinstance(error, ConnectionLost):
-        return error.reason
+def _restart_or(error: BaseException) -> str:
+    """ "the hub is restarting" for a close with code 1012, else the error's own words."""
     if (
         isinstance(error, ConnectionClosed)
         and error.rcvd is not None
         and error.rcvd.code == CLOSE_RESTART
     ):
         return "the hub is restarting"
-    detail = str(error).strip() or type(error).__name__
+    return str(error).strip() or type(error).__name__
+
+
+def closed_reason(error: BaseException) -> str:
+    """Why a connection to the hub ended or failed, as a phrase for people: "the hub is
+    restarting" (close code 1012), else "connection to the hub lost (detail)"."""
+    if isinstance(error, ConnectionLost):
+        return error.reason
+    detail = _restart_or(error)
+    if detail == "the hub is restarting":
+        return detail
     return f"connection to the hub lost ({detail})"
 
 
@@ -306,10 +313,12 @@ class AgentClient:
         """
         backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while not self._closing:
+            was_identified = False
             try:
                 await self.connect()
                 backoff.reset()
                 assert self.connection is not None
+                was_identified = True
                 await self._presence_changed(identified=True)
                 async for raw in self.connection:
                     frame = json.loads(raw)
@@ -321,7 +330,7 @@ class AgentClient:
             except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as exc:
                 # InvalidHandshake: the hub refused the upgrade (429 at its connection
                 # limit, 503 while restarting ...): back off and try again.
-                reason = closed_reason(exc)
+                reason = _restart_or(exc)
             finally:
                 if self._heartbeat is not None:
                     self._heartbeat.cancel()
@@ -329,9 +338,12 @@ class AgentClient:
                     await self._presence_changed(identified=False)
             if self._closing:
                 break
-            logger.info(
-                "connection to %s lost (%s); retrying in %.1f s", self.url, reason, backoff.delay
+            message = (
+                "connection to %s lost (%s); retrying in %.1f s"
+                if was_identified
+                else "cannot connect to %s (%s); retrying in %.1f s"
             )
+            logger.info(message, self.url, reason, backoff.delay)
             await backoff.wait()
 
     def _answer(self, frame: Frame) -> None:
