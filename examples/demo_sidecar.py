@@ -52,6 +52,8 @@ class DemoSidecar:
     def __init__(self, step_delay_s: float = 0.5) -> None:
         self.step_delay_s = step_delay_s
         self.running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # id -> generation, job
+        self.stopping = False
+        self.declined: list[str] = []  # assigned while stopping: to give back unstarted
 
     async def on_frame(self, client: AgentClient, frame: dict[str, Any]) -> None:
         """Called by :meth:`AgentClient.run` for every frame the hub sends."""
@@ -76,6 +78,9 @@ class DemoSidecar:
         would be refused) and the new one starts.
         """
         task_id, generation = assign["task_id"], assign["generation"]
+        if self.stopping:
+            self.declined.append(task_id)
+            return
         running = self.running.get(task_id)
         if running is not None:
             if running[0] == generation:
@@ -143,13 +148,16 @@ class DemoSidecar:
         ``task_rejected`` requeues the task at once, and, unlike ``task_failed``, does
         not count the stop against the task's retries: stopping a sidecar is no fault of
         the task. Without a connection the hub keeps the task for its grace period, then
-        requeues it.
+        requeues it. A task assigned meanwhile is given back too, unstarted.
         """
+        self.stopping = True
         jobs = dict(self.running)
         for _, job in jobs.values():
             job.cancel()
         await asyncio.gather(*(job for _, job in jobs.values()), return_exceptions=True)
-        for task_id in jobs:
+        self.declined.extend(jobs)
+        while self.declined:
+            task_id = self.declined.pop(0)
             if not client.identified:
                 logger.warning(
                     "stopping while disconnected: the hub requeues %s after its grace period",

@@ -97,9 +97,9 @@ class Relay:
 class GatedSidecar:
     """An agent on :meth:`AgentClient.run` whose tasks finish only when the test says so.
 
-    Each assigned task is accepted (:meth:`AgentClient.deliver`), then waits for
-    :meth:`finish`, then is completed with its assigned generation; the hub's answer to
-    the completion is kept in :attr:`answers`.
+    Each assigned task is accepted (:meth:`AgentClient.deliver`) and then offered to the
+    test (:meth:`next_assign`); it waits for :meth:`finish`, then is completed with its
+    assigned generation; the hub's answer to the completion is kept in :attr:`answers`.
     """
 
     def __init__(self, url: str, agent_id: str, token: str, **options: Any) -> None:
@@ -116,12 +116,12 @@ class GatedSidecar:
             job = asyncio.create_task(self.run_task(frame))
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
-            await self.assigned.put(frame)
 
     async def run_task(self, assign: Frame) -> None:
         task_id, generation = assign["task_id"], assign["generation"]
         release = self._release.setdefault(task_id, asyncio.Event())
         await self.client.deliver({"type": "task_accepted", "task_id": task_id})
+        await self.assigned.put(assign)
         await release.wait()
         answer = await self.client.deliver(
             {"type": "task_complete", "task_id": task_id, "generation": generation,
@@ -137,6 +137,7 @@ class GatedSidecar:
         return await asyncio.wait_for(asyncio.shield(self.answers[task_id, generation]), timeout)
 
     async def next_assign(self, timeout: float = 20.0) -> Frame:
+        """The next ``task_assign``, once the hub has acknowledged its acceptance."""
         return await asyncio.wait_for(self.assigned.get(), timeout)
 
     async def close(self) -> None:
@@ -270,6 +271,38 @@ async def test_closing_the_client_ends_a_delivery_waiting_for_a_connection(
         await asyncio.wait_for(delivery, 5)
 
 
+async def test_concurrent_deliveries_about_one_task_each_get_their_own_answer(
+    hub: HubServer, make_token: TokenMaker, operator: OperatorClient, cleanup: list[Any]
+) -> None:
+    # given an agent on run() that has been assigned a task
+    assigned: asyncio.Queue[Frame] = asyncio.Queue()
+
+    async def on_frame(client: AgentClient, frame: Frame) -> None:
+        if frame["type"] == "task_assign":
+            await assigned.put(frame)
+
+    agent = AgentClient(f"ws://127.0.0.1:{hub.port}/ws", "worker-1", make_token("worker-1"))
+    runner = asyncio.create_task(agent.run(on_frame))
+    cleanup.append(agent)
+    task = await operator.submit("job", complexity_tier="complex")
+    assign = await asyncio.wait_for(assigned.get(), 10)
+
+    # when it delivers the acceptance and the completion at the same time
+    accepted, completed = await asyncio.wait_for(
+        asyncio.gather(
+            agent.deliver({"type": "task_accepted", "task_id": task["task_id"]}),
+            agent.deliver({"type": "task_complete", "task_id": task["task_id"],
+                           "generation": assign["generation"]}),
+        ),
+        10,
+    )  # fmt: skip
+
+    # then each call returns the acknowledgement of its own frame
+    assert (accepted["status"], completed["status"]) == ("accepted", "complete")
+    await agent.close()
+    await asyncio.wait_for(runner, 10)
+
+
 # --- a real hub process restarted under the sidecars -----------------------------------------
 
 
@@ -303,8 +336,6 @@ async def test_a_hub_restart_under_running_tasks_completes_each_once_and_frees_t
     for n in range(STORM):
         await operator.submit(f"job {n}", complexity_tier="complex")
     assigns = await asyncio.gather(*(agent.next_assign() for agent in agents))
-    for agent, assign in zip(agents, assigns, strict=True):
-        await agent.client.deliver({"type": "task_accepted", "task_id": assign["task_id"]})
 
     # when the hub is stopped with SIGTERM and started again on the same database and
     # port, all agents reconnect at once, and their tasks finish

@@ -216,8 +216,9 @@ class AgentClient:
         self._closing = False
         self._identified = False  # run() holds an identified connection
         self._presence = asyncio.Condition()  # notified when that changes or on close
-        # Task id -> (the ack statuses that answer the frame sent, its waiter): deliver().
-        self._answers: dict[str, tuple[frozenset[str], asyncio.Future[Frame]]] = {}
+        # Task id -> the deliver() calls waiting for an answer about it, oldest first: (the
+        # ack statuses that answer the frame sent, its waiter).
+        self._answers: dict[str, list[tuple[frozenset[str], asyncio.Future[Frame]]]] = {}
 
     @property
     def identified(self) -> bool:
@@ -297,9 +298,10 @@ class AgentClient:
     async def _presence_changed(self, identified: bool) -> None:
         self._identified = identified
         if not identified:
-            for _, waiter in self._answers.values():
-                if not waiter.done():
-                    waiter.set_exception(_Unanswered())
+            for pending in self._answers.values():
+                for _, waiter in pending:
+                    if not waiter.done():
+                        waiter.set_exception(_Unanswered())
         async with self._presence:
             self._presence.notify_all()
 
@@ -351,12 +353,15 @@ class AgentClient:
         kind = frame.get("type")
         if kind != "task_ack" and kind != "error":
             return
-        pending = self._answers.get(frame.get("task_id"))  # type: ignore[arg-type]
-        if pending is None:
+        # The hub answers the frames of one connection in order: an ack goes to the oldest
+        # call it answers, an error (which names no frame type) to the oldest call.
+        task_id = frame.get("task_id")
+        if not isinstance(task_id, str):
             return
-        statuses, waiter = pending
-        if not waiter.done() and (kind == "error" or frame.get("status") in statuses):
-            waiter.set_result(frame)
+        for statuses, waiter in self._answers.get(task_id, ()):
+            if not waiter.done() and (kind == "error" or frame.get("status") in statuses):
+                waiter.set_result(frame)
+                return
 
     def _usable_after(self, last: ClientConnection | None) -> bool:
         """Closing, or identified on a connection other than ``last``."""
@@ -390,14 +395,17 @@ class AgentClient:
             used = self.connection
             assert used is not None
             waiter: asyncio.Future[Frame] = loop.create_future()
-            self._answers[task_id] = (statuses, waiter)
+            entry = (statuses, waiter)
+            self._answers.setdefault(task_id, []).append(entry)
             try:
                 await used.send(text)
                 return await waiter
             except (ConnectionClosed, _Unanswered):
                 continue  # unanswered on this connection: again on the next one
             finally:
-                if self._answers.get(task_id, (None, None))[1] is waiter:
+                pending = self._answers[task_id]
+                pending.remove(entry)
+                if not pending:
                     del self._answers[task_id]
 
 

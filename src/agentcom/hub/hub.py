@@ -481,6 +481,7 @@ class Hub:
             return TaskReassign(task_id=task_id)
         decision = task.routing_decision
         if decision is not None and decision.target_type is TargetType.wake:
+            self.presence.agents[agent_id].held_since = None  # it reported on the task
             return TaskContinue(task_id=task_id, generation=task.generation)
         self.queue.requeue(task, f"{agent_id} restarted while running it")
         self._release(agent_id)
