@@ -19,7 +19,7 @@ from conftest import AgentMaker, TokenMaker
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
-from agentcom.protocol.events import AgentView
+from agentcom.protocol.events import EVENT, AgentView
 from agentcom.protocol.task import Task
 from agentcom.server.app import HubServer
 
@@ -37,8 +37,8 @@ async def agent_view(operator: OperatorClient, agent_id: str) -> Frame:
     return found
 
 
-async def gone(operator: OperatorClient, agent: AgentClient) -> None:
-    """Close ``agent`` and return once the hub has seen it leave."""
+async def gone(operator: OperatorClient, agent: AgentClient) -> Frame:
+    """Close ``agent``; its ``agent_disconnected`` event, checked against its model."""
     presence = operator.watch(["agents"])
     await anext(presence)  # the snapshot: the disconnect is published after it
     await agent.close()
@@ -47,6 +47,8 @@ async def gone(operator: OperatorClient, agent: AgentClient) -> None:
             if event["event"] == "agent_disconnected" and event["agent_id"] == agent.agent_id:
                 break
     await presence.aclose()
+    EVENT.validate_python(event)
+    return event
 
 
 async def running(agent: AgentClient, operator: OperatorClient, description: str) -> Frame:
@@ -70,7 +72,7 @@ async def test_a_task_whose_agent_left_is_shown_held_until_the_grace_deadline(
     # when its connection ends
     clock.advance(5_000)
     left_at = clock.now_ms()
-    await gone(operator, agent)
+    event = await gone(operator, agent)
 
     # then the agent and the task say the task is held for it until the grace runs out
     expected = {
@@ -81,6 +83,7 @@ async def test_a_task_whose_agent_left_is_shown_held_until_the_grace_deadline(
         "reclaim_at": left_at + GRACE_MS,
         "reclaim_reason": "disconnect_grace",
     }
+    assert event["agent"]["held_task"] == expected  # dashboards hear of it at once
     view = await agent_view(operator, "worker-1")
     assert view["state"] == "offline"
     assert view["held_task"] == expected
