@@ -74,26 +74,30 @@ class ConnectionLost(AgentcomError, ConnectionError):
 CLOSE_RESTART = 1012  # the hub's close code when it stops or restarts
 
 
-def _restart_or(error: BaseException) -> str:
-    """ "the hub is restarting" for a close with code 1012, else the error's own words."""
-    if (
+def _is_restart(error: BaseException) -> bool:
+    """Whether ``error`` is the hub closing the connection because it stops (1012)."""
+    return (
         isinstance(error, ConnectionClosed)
         and error.rcvd is not None
         and error.rcvd.code == CLOSE_RESTART
-    ):
+    )
+
+
+def _restart_or(error: BaseException) -> str:
+    """The words for a failed or ended connection: a hub restart says so."""
+    if _is_restart(error):
         return "the hub is restarting"
     return str(error).strip() or type(error).__name__
 
 
-def closed_reason(error: BaseException) -> str:
+def _closed_reason(error: BaseException) -> str:
     """Why a connection to the hub ended or failed, as a phrase for people: "the hub is
     restarting" (close code 1012), else "connection to the hub lost (detail)"."""
     if isinstance(error, ConnectionLost):
         return error.reason
-    detail = _restart_or(error)
-    if detail == "the hub is restarting":
-        return detail
-    return f"connection to the hub lost ({detail})"
+    if _is_restart(error):
+        return _restart_or(error)
+    return f"connection to the hub lost ({_restart_or(error)})"
 
 
 class Backoff:
@@ -482,7 +486,7 @@ class OperatorClient:
                         RequestFailed(str(reply.get("error")), reply.get("message"))
                     )
         except ConnectionClosed as exc:
-            error = ConnectionLost(closed_reason(exc))
+            error = ConnectionLost(_closed_reason(exc))
         for waiter in self._pending.values():
             if not waiter.done():
                 waiter.set_exception(error)
@@ -500,7 +504,7 @@ class OperatorClient:
             await self._connection.send(json.dumps(frame))
         except ConnectionClosed as exc:
             self._pending.pop(request_id, None)
-            raise ConnectionLost(closed_reason(exc)) from None
+            raise ConnectionLost(_closed_reason(exc)) from None
         return await waiter
 
     async def submit(self, description: str, **fields: Any) -> dict[str, Any]:
@@ -579,7 +583,7 @@ class OperatorClient:
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
                 if not connected_once:
                     raise
-                reason = closed_reason(exc)
+                reason = _closed_reason(exc)
             finally:
                 if connection is not None:
                     await _close(connection)
