@@ -200,9 +200,14 @@ async def running_hub(settings: Settings, clock: ManualClock) -> AsyncIterator[H
         await server.stop()
 
 
+PRESENT = frozenset({"waiting_reason", "held_for", "last_progress_at"})
+"""Task keys about the present, not stored: why it waits, whom it is held for, and the
+no-progress clock (which starts again when a hub restarts)."""
+
+
 def stored_state(task: dict[str, Any]) -> dict[str, Any]:
-    """A task object without ``waiting_reason``, which explains the present, not the past."""
-    return {key: value for key, value in task.items() if key != "waiting_reason"}
+    """A task object without the keys of :data:`PRESENT`."""
+    return {key: value for key, value in task.items() if key not in PRESENT}
 
 
 def agent_client(server: HubServer, agent_id: str, token: str) -> AgentClient:
@@ -251,6 +256,9 @@ async def test_restart_restores_queued_assigned_and_completed_tasks_exactly(
         # then every task is back exactly as it was
         assert [stored_state(task) for task in after] == [stored_state(task) for task in before]
         assert [task["status"] for task in after] == ["completed", "working", "queued"]
+        # and the working one is held for its agent, its no-progress clock restarted
+        assert after[1]["last_progress_at"] == clock.now_ms()
+        assert after[1]["held_for"]["since"] == clock.now_ms()
 
         # when the agent reconnects within its grace period
         clock.advance(GRACE_MS // 2)
