@@ -462,3 +462,29 @@ async def test_the_demo_sidecar_stopped_mid_task_gives_the_task_back_at_once(
     )  # fmt: skip
     assert returned["history"][-1]["detail"] == "rejected by worker-1: sidecar stopping"
     assert any("gave task" in line for line in demo.log.rest())
+
+
+async def test_the_demo_sidecar_stopped_during_its_reconnect_backoff_exits_at_once(
+    hub_process: list[HubProcess], cleanup: list[Any]
+) -> None:
+    # given the demo sidecar running a task when the hub went away
+    hub = hub_process[0]
+    demo = DemoProcess(hub, "worker-1", hub.make_token("worker-1"), step_delay_s=60.0)
+    cleanup.append(demo)
+    await demo.await_line(r"identified as worker-1$")
+    async with OperatorClient(hub.http_url, hub.make_token("ops", "admin")) as operator:
+        task = await operator.submit("a long job")
+        await demo.await_line(rf"task {task['task_id']} assigned")
+    assert await asyncio.to_thread(hub.stop) == 0
+    await demo.await_line(r"lost \(the hub is restarting\); retrying")
+
+    # when it is stopped with Ctrl-C while it waits to reconnect
+    code = await asyncio.to_thread(demo.interrupt)
+
+    # then it exits cleanly, saying the hub will requeue the task after its grace
+    assert code == 0
+    rest = demo.log.rest()
+    assert any(
+        f"stopping while disconnected: the hub requeues {task['task_id']}" in line for line in rest
+    ), rest
+    assert not any("Traceback" in line for line in rest)
