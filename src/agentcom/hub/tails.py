@@ -1,7 +1,9 @@
 """The last execution events of recent tasks, so a dashboard that connects (or reconnects)
 mid-run can show what a task printed before it arrived.
 
-Kept in memory only: execution events are published, never persisted.
+Events are published as they come; the tails are kept in memory and saved with the rest of
+the hub's recent activity at every sweep and when the hub stops (see
+:meth:`agentcom.hub.hub.Hub.stage_recent_activity`), so a restarted hub still has them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class ExecutionTails:
         self._max_events = max_events
         self._max_text = max_text
         self._tails: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._changed: set[str] = set()  # tasks added to or dropped since take_changes()
 
     def add(self, task_id: str, event: dict[str, Any]) -> None:
         """Keep a bounded copy of one published ``execution_progress`` task event."""
@@ -36,12 +39,14 @@ class ExecutionTails:
         if tail is None:
             tail = self._tails[task_id] = deque(maxlen=self._max_events)
             while len(self._tails) > self._max_tasks:
-                self._tails.popitem(last=False)
+                dropped, _ = self._tails.popitem(last=False)
+                self._changed.add(dropped)
         else:
             self._tails.move_to_end(task_id)
         kept = dict(event)
         kept["execution_event"] = self._bounded(event.get("execution_event") or {})
         tail.append(kept)
+        self._changed.add(task_id)
 
     def _bounded(self, execution_event: dict[str, Any]) -> dict[str, Any]:
         bounded: dict[str, Any] = {}
@@ -55,3 +60,28 @@ class ExecutionTails:
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Task id to its kept events, oldest first."""
         return {task_id: list(tail) for task_id, tail in self._tails.items()}
+
+    def take_changes(self) -> dict[str, list[dict[str, Any]] | None]:
+        """What changed since the last call: task id to its events now, or None for a task
+        no longer kept."""
+        changes = {task_id: self._events_of(task_id) for task_id in self._changed}
+        self._changed.clear()
+        return changes
+
+    def _events_of(self, task_id: str) -> list[dict[str, Any]] | None:
+        tail = self._tails.get(task_id)
+        return None if tail is None else list(tail)
+
+    def mark_changed(self, task_ids: list[str]) -> None:
+        """Report these tasks again at the next :meth:`take_changes` (their save failed)."""
+        self._changed.update(task_ids)
+
+    def restore(self, tails: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Take saved tails back, least recently active first; those beyond the bounds
+        (saved under larger ones) are dropped, and reported as such by the next
+        :meth:`take_changes`."""
+        kept = tails[max(0, len(tails) - self._max_tasks) :]
+        self._changed.update(task_id for task_id, _ in tails[: len(tails) - len(kept)])
+        for task_id, events in kept:
+            self._tails[task_id] = deque(events, maxlen=self._max_events)
+            self._tails.move_to_end(task_id)

@@ -196,7 +196,7 @@ class HttpRoutes:
         if path == "/api/agents":
             return _json(200, hub.agents_snapshot())
         if path == "/api/endpoints":
-            return _json(200, hub.endpoints.snapshot())
+            return _json(200, hub.endpoints_snapshot())
         if path == "/api/schemas":
             return _json(200, all_schemas())
         return _json(404, {"error": "not_found"})
