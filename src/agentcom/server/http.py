@@ -60,7 +60,8 @@ DASHBOARD_FILES = {
     **{
         f"{module}.js": "text/javascript; charset=utf-8"
         for module in ("app", "connection", "state", "scheduler", "agents", "queue", "costs",
-                       "output", "tasks", "detail", "chart", "alerts", "dom", "format")
+                       "output", "tasks", "detail", "chart", "alerts", "dom", "format",
+                       "endpoints")
     },
 }  # fmt: skip
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
