@@ -30,7 +30,7 @@ OPERATOR_DECODER = FrameDecoder(ops.OPERATOR_FRAME, ops.OPERATOR_FRAME_TYPES)
 
 _OPERATOR_ROLES = (Role.admin, Role.viewer)
 _MAX_REQUESTS_IN_FLIGHT = 32
-AGENT_TOKEN_REFUSED = "this is an agent's token: a viewer or admin token is needed here"
+AGENT_TOKEN_REFUSED = "an agent's token cannot be used here; a viewer or admin token is needed"
 
 
 def _refusal_message(identity: tuple[str, Role] | None) -> str | None:
