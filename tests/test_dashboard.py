@@ -942,11 +942,11 @@ async def test_endpoints_panel_shows_health_models_load_and_last_error_as_they_c
     await expect(page.locator("#endpoints-summary")).to_have_text("1 healthy, 1 known")
 
     # when its Ollama starts failing, the card follows the hub's checks without a reload:
-    # the error at the first failure, unhealthy at the third
+    # failing with the error at the first failure, unhealthy at the third
     ollama.fail()
     await hub.prober.check_all()
     await expect(card).to_contain_text("HTTPStatusError")
-    await expect(card.locator(".badge")).to_have_text("healthy")
+    await expect(card.locator(".badge")).to_have_text("failing")
     await hub.prober.check_all()
     await hub.prober.check_all()
     await expect(card.locator(".badge")).to_have_text("unhealthy")

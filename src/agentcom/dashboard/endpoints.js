@@ -24,12 +24,17 @@ export const ENDPOINT_ACTIONS = [
   },
 ];
 
-const HEALTH_ORDER = { unhealthy: 0, unchecked: 1, healthy: 2 };
+const HEALTH_ORDER = { unhealthy: 0, failing: 1, unchecked: 2, healthy: 3 };
 
-/** "healthy", "unhealthy" or "unchecked" (the hub has not checked it yet). */
+/**
+ * The endpoint's state, as `agentcom endpoints` names it: "unchecked" (not checked yet),
+ * "healthy", "failing" (its latest checks failed, not yet enough to mark it unhealthy) or
+ * "unhealthy".
+ */
 export function health(endpoint) {
-  if (endpoint.healthy === true) return "healthy";
-  return endpoint.healthy === false ? "unhealthy" : "unchecked";
+  if (endpoint.healthy === false) return "unhealthy";
+  if (endpoint.failures) return "failing";
+  return endpoint.healthy ? "healthy" : "unchecked";
 }
 
 /** Draws the endpoints panel and wires its add form. */
@@ -52,7 +57,7 @@ export class EndpointCards {
       (a, b) => HEALTH_ORDER[health(a)] - HEALTH_ORDER[health(b)]
         || a.endpoint_id.localeCompare(b.endpoint_id),
     );
-    const healthy = endpoints.filter((endpoint) => endpoint.healthy === true).length;
+    const healthy = endpoints.filter((endpoint) => health(endpoint) === "healthy").length;
     setText(this.summary, `${healthy} healthy, ${endpoints.length} known`);
     const now = this.state.now();
     const admin = this.actions.isAdmin();
@@ -77,7 +82,7 @@ export class EndpointCards {
     const { fields } = card;
     const state = health(endpoint);
     card.element.className = `card endpoint-card health-${state}`;
-    setText(fields.health, state === "unchecked" ? "not checked yet" : state);
+    setText(fields.health, state);
     setText(fields.url, endpoint.url);
     setText(fields.source, endpoint.source === "agent" && endpoint.agent_id
       ? `sidecar ${endpoint.agent_id}` : "added by an operator");
