@@ -34,6 +34,7 @@ from agentcom.hub.tails import ExecutionTails
 from agentcom.server.app import HubServer
 from agentcom.server.http import DASHBOARD_FILES
 from agentcom.server.viewer import AGENT_TOKEN_REFUSED
+from agentcom.store.sqlite import SqliteStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -1053,6 +1054,38 @@ async def test_a_restarted_hub_gives_back_running_output_and_the_queue_chart(
         await expect(chart).to_have_attribute("aria-label", re.compile("1 tasks completed"))
     finally:
         await restarted.stop()
+
+
+async def test_every_sweep_saves_the_output_and_the_hour_so_far(
+    hub: HubServer,
+    settings: Settings,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+) -> None:
+    # given a running task that printed a line
+    agent, task_id, _ = await _working_task(operator, make_agent, "w-1", "compile the docs")
+    event = {"event_type": "stderr", "text": "warning: 3 broken links"}
+    await agent.send({"type": "task_progress", "task_id": task_id, "execution_event": event})
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")
+    saved = SqliteStore(settings.db)  # what a hub killed outright would find on restart
+    try:
+        assert saved.load_execution_tails() == []
+
+        # when the hub sweeps, while it keeps running
+        await hub.sweep()
+
+        # then the output and the queue's minutes are in the database
+        tails = saved.load_execution_tails()
+        assert [(tid, [e["execution_event"] for e in events]) for tid, events in tails] == [
+            (task_id, [event])
+        ]
+        history = hub.hub.queue_history.snapshot(hub.clock.now_ms())
+        minutes = [(m["minute"], m["depth"], m["completions"]) for m in history]
+        assert minutes
+        assert saved.load_queue_history() == minutes
+    finally:
+        saved.close()
 
 
 def test_execution_tails_saved_under_larger_bounds_are_trimmed_when_taken_back() -> None:
