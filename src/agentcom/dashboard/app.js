@@ -5,7 +5,7 @@ import { currentAlerts } from "./alerts.js";
 import { DashboardFeed, OperatorChannel } from "./connection.js";
 import { CostPanel } from "./costs.js";
 import { TaskDetail } from "./detail.js";
-import { byId, h, reconcileChildren, setText } from "./dom.js";
+import { byId, h, reconcileChildren, setAttr, setText } from "./dom.js";
 import { EndpointCards } from "./endpoints.js";
 import { clockTime, count, duration, shortId } from "./format.js";
 import { LogView } from "./output.js";
@@ -326,7 +326,7 @@ class Dashboard {
     if (version) {
       const uptime = startedAt ? ` · up ${duration(this.state.now() - startedAt)}` : "";
       setText(info, `hub ${version}${uptime}`);
-      info.title = startedAt ? `started ${clockTime(startedAt)}` : "";
+      setAttr(info, "title", startedAt ? `started ${clockTime(startedAt)}` : null);
     }
     const dropped = byId("dropped");
     dropped.hidden = this.state.dropped === 0;

@@ -431,10 +431,16 @@ export class DashboardState {
     this.mark("endpoints");
   }
 
-  /** An endpoint as an action's reply shows it (`null`: it is gone). */
+  /**
+   * An endpoint as an action's reply shows it (`null`: it is gone). The reply and the
+   * events travel on different sockets: a copy from a later health check is kept.
+   */
   mergeEndpoint(endpointId, endpoint) {
-    if (endpoint) this.endpoints.set(endpointId, endpoint);
-    else this.endpoints.delete(endpointId);
+    const known = this.endpoints.get(endpointId);
+    if (!endpoint) this.endpoints.delete(endpointId);
+    else if (!known || (known.last_checked || 0) <= (endpoint.last_checked || 0)) {
+      this.endpoints.set(endpointId, endpoint);
+    }
     this.mark("endpoints");
   }
 
