@@ -21,6 +21,7 @@ from playwright.async_api import (
     ConsoleMessage,
     Locator,
     Page,
+    WebSocketRoute,
     async_playwright,
     expect,
 )
@@ -1004,6 +1005,59 @@ async def test_an_admin_adds_and_removes_endpoints_and_a_viewer_only_watches(
     await expect(page.get_by_role("article", name="Endpoint gpu-box")).to_have_count(0)
     await expect(watched).to_have_count(0)
     assert await operator.request("endpoints_list") == []
+
+
+async def test_endpoint_actions_appear_once_the_hub_says_the_token_is_an_admins(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    browser: Browser,
+    http_url: str,
+) -> None:
+    # given an endpoint, and a page whose operator connection hears its role only after
+    # the snapshot has drawn the cards
+    await operator.request("endpoint_add", url="http://127.0.0.1:9", name="spare")
+    role_known = asyncio.Event()
+    releases: list[asyncio.Task[None]] = []
+
+    def hold_the_role(route: WebSocketRoute) -> None:
+        server = route.connect_to_server()
+        held: list[str | bytes] = []
+
+        def from_hub(message: str | bytes) -> None:
+            if role_known.is_set():
+                route.send(message)
+            else:
+                held.append(message)
+
+        async def release() -> None:
+            await role_known.wait()
+            for message in held:
+                route.send(message)
+
+        server.on_message(from_hub)
+        releases.append(asyncio.create_task(release()))
+
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.route_web_socket(re.compile(r"/ws/operator$"), hold_the_role)
+        await page.goto(f"{http_url}/dashboard#token={make_token('ops', 'admin')}")
+        card = page.get_by_role("article", name="Endpoint spare")
+        await expect(card).to_be_visible()
+        await expect(card.get_by_role("button")).to_have_count(0)
+
+        # when the role arrives
+        role_known.set()
+
+        # then the card gets its action at once (the page redraws the cards every 5 s
+        # anyway: the button must come well before)
+        remove = card.get_by_role("button", name="Remove endpoint spare")
+        await expect(remove).to_be_visible(timeout=2000)
+    finally:
+        for release in releases:
+            release.cancel()
+        await context.close()
 
 
 # --- after a hub restart ----------------------------------------------------------------

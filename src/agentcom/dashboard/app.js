@@ -191,7 +191,7 @@ class Dashboard {
     const badge = byId("role");
     badge.hidden = !role;
     badge.textContent = role === "viewer" ? "viewer (read only)" : role || "";
-    this.redraw("tasks");
+    this.redraw("tasks", "endpoints"); // their action buttons depend on the role
     if (this.detail.isOpen) this.detail.fetch();
   }
 

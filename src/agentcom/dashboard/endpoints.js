@@ -91,7 +91,9 @@ export class EndpointCards {
     setText(fields.checked, endpoint.last_checked ? ago(endpoint.last_checked, now) : "never");
     setAttr(fields.checked, "title", endpoint.last_checked ? clockTime(endpoint.last_checked) : null);
     const failures = endpoint.failures ? ` (${endpoint.failures} failed checks in a row)` : "";
-    setText(fields.error, endpoint.last_error ? `${endpoint.last_error}${failures}` : "none");
+    const error = endpoint.last_error ? `${endpoint.last_error}${failures}` : "none";
+    setText(fields.error, error);
+    setAttr(fields.error, "title", endpoint.last_error ? error : null); // the card shows 3 lines
     fields.error.classList.toggle("error-text", Boolean(endpoint.last_error));
     const key = admin ? JSON.stringify(ENDPOINT_ACTIONS.map((action) => action.offered(endpoint))) : "";
     if (key !== card.actionsKey) {
