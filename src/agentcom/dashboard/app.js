@@ -70,7 +70,7 @@ class Dashboard {
       }),
       endpointAction: (action, endpointId) => this.act(
         action.request, { endpoint_id: endpointId }, action.done(endpointId),
-        (endpoint) => this.state.mergeEndpoint(endpointId, action.request === "endpoint_remove" ? null : endpoint),
+        (endpoint) => this.state.mergeEndpoint(endpointId, action.removes ? null : endpoint),
       ),
       addEndpoint: (fields) => this.operator.request("endpoint_add", fields).then((endpoint) => {
         this.state.mergeEndpoint(endpoint.endpoint_id, endpoint);

@@ -12,6 +12,8 @@ import { actionButton, confirmingButton } from "./tasks.js";
  * - `label`: the button's text; `request`: the operator request type;
  * - `confirm`: the text of a confirming second click (omitted: acts on the first click);
  * - `offered(endpoint)`: whether the action applies to this endpoint;
+ * - `removes`: the endpoint is gone afterwards (otherwise the hub's reply is the endpoint
+ *   as it is now, and the card shows it);
  * - `done(endpointId)`: what the page says once the hub has done it.
  */
 export const ENDPOINT_ACTIONS = [
@@ -20,6 +22,7 @@ export const ENDPOINT_ACTIONS = [
     request: "endpoint_remove",
     confirm: "Confirm",
     offered: () => true,
+    removes: true,
     done: (endpointId) => `Endpoint ${endpointId} removed.`,
   },
 ];
