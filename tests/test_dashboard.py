@@ -1310,3 +1310,21 @@ async def test_the_task_table_shows_no_stand_in_rows_and_agrees_with_the_counter
 
     # and no row was ever drawn without its description
     assert await page.evaluate("window.standIns") == []
+
+
+async def test_a_status_filter_says_how_many_of_the_hubs_tasks_it_shows(
+    hub: HubServer, operator: OperatorClient, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given more cancelled tasks than the page reads when it connects (the latest 200)
+    for number in range(210):
+        task = await operator.submit(f"never mind {number}")
+        await operator.request("task_cancel", task_id=task["task_id"])
+
+    # when the operator filters the table by that status
+    page = await open_dashboard(make_token("ops", "admin"))
+    await expect(page.locator("#status-cancelled")).to_have_text("210")
+    await page.get_by_label("Status").select_option("cancelled")
+
+    # then the table says it shows part of what the counter counts
+    await expect(page.locator("#task-rows tr[data-task-id]")).to_have_count(200)
+    await expect(page.locator("#tasks-summary")).to_have_text("showing 200 of 210")
