@@ -1224,14 +1224,33 @@ async def test_the_dead_letter_count_is_red_only_when_there_are_some(
 
 
 async def test_the_top_bar_shows_the_hubs_version_and_uptime(
-    hub: HubServer, clock: ManualClock, make_token: TokenMaker, open_dashboard: PageOpener
+    hub: HubServer,
+    settings: Settings,
+    clock: ManualClock,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
 ) -> None:
     # given a hub up for two hours and five minutes
     clock.advance((2 * 60 + 5) * 60_000)
 
     # when the page opens, the top bar says which hub it is and how long it has run
     page = await open_dashboard(make_token("ops", "admin"))
-    await expect(page.locator("#hub-info")).to_have_text(f"hub {__version__} · up 2 h 05 min")
+    info = page.locator("#hub-info")
+    await expect(info).to_have_text(f"hub {__version__} · up 2 h 05 min")
+
+    # when the hub stops, the page claims no uptime while it reconnects
+    port = hub.port
+    await hub.stop()
+    await expect(page.locator("#connection")).to_contain_text("reconnecting")
+    await expect(info).to_be_hidden()
+
+    # and once a new hub is up, it counts from that hub's start
+    restarted = HubServer(settings.model_copy(update={"port": port}), clock=clock, run_sweeps=False)
+    await restarted.start()
+    try:
+        await expect(info).to_have_text(re.compile(rf"^hub {re.escape(__version__)} · up \d+ s$"))
+    finally:
+        await restarted.stop()
 
 
 async def test_an_agent_token_in_the_gate_is_told_which_token_is_needed(

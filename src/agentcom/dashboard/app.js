@@ -322,9 +322,10 @@ class Dashboard {
     setText(element, text);
     const info = byId("hub-info");
     const { version, started_at: startedAt } = this.state.hub;
-    info.hidden = !version;
-    if (version) {
-      const uptime = startedAt ? ` · up ${duration(this.state.now() - startedAt)}` : "";
+    info.hidden = !version || this.feedStatus !== "live"; // an uptime only while it is up
+    if (!info.hidden) {
+      const up = this.state.now() - startedAt;
+      const uptime = startedAt ? ` · up ${up < 60_000 ? `${Math.floor(up / 1000)} s` : duration(up)}` : "";
       setText(info, `hub ${version}${uptime}`);
       setAttr(info, "title", startedAt ? `started ${clockTime(startedAt)}` : null);
     }
