@@ -4,8 +4,11 @@ live hub with simulated sidecars."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
+import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,7 +38,6 @@ from agentcom.hub.tails import ExecutionTails
 from agentcom.server.app import HubServer
 from agentcom.server.http import DASHBOARD_FILES
 from agentcom.server.viewer import AGENT_TOKEN_REFUSED
-from agentcom.store.sqlite import SqliteStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -1122,24 +1124,29 @@ async def test_every_sweep_saves_the_output_and_the_hour_so_far(
     await agent.send({"type": "task_progress", "task_id": task_id, "execution_event": event})
     await agent.send({"type": "ping"})
     await agent.receive_type("pong")
-    saved = SqliteStore(settings.db)  # what a hub killed outright would find on restart
-    try:
-        assert saved.load_execution_tails() == []
 
-        # when the hub sweeps, while it keeps running
-        await hub.sweep()
+    def saved_tails() -> list[tuple[str, list[dict[str, object]]]]:
+        """What a hub killed outright would find in its database on restart."""
+        with contextlib.closing(sqlite3.connect(settings.db)) as database:
+            rows = database.execute("SELECT task_id, events FROM execution_tails").fetchall()
+        return [(tid, [e["execution_event"] for e in json.loads(events)]) for tid, events in rows]
 
-        # then the output and the queue's minutes are in the database
-        tails = saved.load_execution_tails()
-        assert [(tid, [e["execution_event"] for e in events]) for tid, events in tails] == [
-            (task_id, [event])
-        ]
-        history = hub.hub.queue_history.snapshot(hub.clock.now_ms())
-        minutes = [(m["minute"], m["depth"], m["completions"]) for m in history]
-        assert minutes
-        assert saved.load_queue_history() == minutes
-    finally:
-        saved.close()
+    def saved_minutes() -> list[tuple[int, int, int]]:
+        with contextlib.closing(sqlite3.connect(settings.db)) as database:
+            query = "SELECT minute, depth, completions FROM queue_history ORDER BY minute"
+            return [tuple(row) for row in database.execute(query).fetchall()]
+
+    assert saved_tails() == []
+
+    # when the hub sweeps, while it keeps running
+    await hub.sweep()
+
+    # then the output and the queue's minutes are in the database
+    assert saved_tails() == [(task_id, [event])]
+    history = hub.hub.queue_history.snapshot(hub.clock.now_ms())
+    minutes = [(m["minute"], m["depth"], m["completions"]) for m in history]
+    assert minutes
+    assert saved_minutes() == minutes
 
 
 def test_execution_tails_saved_under_larger_bounds_are_trimmed_when_taken_back() -> None:
