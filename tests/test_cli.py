@@ -6,6 +6,7 @@ real ``python -m agentcom.cli`` process.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -21,6 +22,7 @@ from hubprocess import CliProcess, CliResult, HubProcess, closed_port, run_cli_a
 from ollama_standin import OllamaStandin, make_ollama, ollama  # noqa: F401
 from websockets.exceptions import ConnectionClosed
 
+from agentcom.cli import _parser as cli_parser
 from agentcom.client import AgentClient, AuthenticationError
 from agentcom.hub.auth import hash_token
 
@@ -103,6 +105,15 @@ def one_line_error(result: CliResult) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def table(output: str, *headers: str) -> list[str]:
+    """The rows of a table printed by the command, after checking its header."""
+    header, *rows = output.splitlines()
+    assert header.split() == " ".join(headers).split(), header
+    for name in headers:  # each column starts where its header does
+        assert header.startswith(name) or f"  {name}" in header, header
+    return rows
 
 
 async def submit(admin: list[str], description: str, *options: str) -> str:
@@ -198,8 +209,9 @@ async def test_token_list_shows_agents_and_roles_but_never_secrets(hub: HubProce
     text = await cli("token", "list", *db)
     as_json = await cli("token", "list", "--json", *db)
 
-    lines = succeeded(text).splitlines()
-    assert [line.split("\t")[:2] for line in lines] == [
+    header, *lines = succeeded(text).splitlines()
+    assert header.split() == ["AGENT", "ROLE", "CREATED"]
+    assert [line.split()[:2] for line in lines] == [
         ["ops", "admin"], ["watcher", "viewer"], ["worker-1", "agent"],
     ]  # fmt: skip
     rows = json.loads(succeeded(as_json))
@@ -362,7 +374,7 @@ async def test_task_list_shows_tasks_and_filters_by_status(
     succeeded(await cli("task", "cancel", dropped, *admin))
 
     everything, queued, cancelled = (
-        succeeded(result).splitlines()
+        table(succeeded(result), "ID", "STATUS", "PRIORITY", "AGENT", "UPDATED", "DESCRIPTION")
         for result in await asyncio.gather(
             cli("task", "list", *admin),
             cli("task", "list", "--status", "queued", *admin),
@@ -397,6 +409,53 @@ async def test_task_show_prints_history_routing_decision_and_execution(
     assert "1534" in text
     history = lines[lines.index("  history:") + 1 :]
     assert [line.split()[2] for line in history] == ["queued", "assigned", "working", "completed"]
+
+
+async def test_task_show_prints_the_output_and_money_as_money(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given a task completed with two lines of output and a fraction of a cent of cost
+    agent = await sidecars("worker-1")
+    task_id = await submit(admin, "say hello twice", "--complexity", "complex")
+    assign = await accept(agent)
+    result = {**METADATA, "output": "hello\nhello again", "estimated_cost_usd": 0.00042}
+    await agent.send(
+        {"type": "task_complete", "task_id": task_id, "generation": assign["generation"],
+         "result": result}
+    )  # fmt: skip
+    assert (await agent.receive_type("task_ack"))["status"] == "complete"
+
+    # when it is shown
+    lines = succeeded(await cli("task", "show", task_id, *admin)).splitlines()
+
+    # then the output is there, indented under its label, and costs are dollars
+    at = lines.index("  output:")
+    assert lines[at + 1 : at + 3] == ["    hello", "    hello again"]
+    execution = next(line for line in lines if line.startswith("  execution: "))
+    assert "cost $0.0004  claude-equivalent $0.0011  1534 ms" in execution
+
+
+async def test_a_task_waiting_for_capabilities_names_them_without_python_syntax(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    await sidecars("worker-1", capabilities=["linux"])
+    task_id = await submit(admin, "train it", "--capability", "gpu", "--capability", "cuda")
+
+    text = succeeded(await cli("task", "show", task_id, *admin))
+
+    assert "  waiting: no connected agent has the capabilities cuda, gpu\n" in text
+    assert "[" not in text and "None" not in text
+
+
+async def test_empty_listings_say_so(hub: HubProcess, admin: list[str]) -> None:
+    results = await asyncio.gather(
+        cli("task", "list", *admin), cli("agents", *admin), cli("endpoints", *admin),
+        cli("channel", "list", *admin),
+    )  # fmt: skip
+
+    assert [succeeded(result) for result in results] == [
+        "no tasks\n", "no agents\n", "no endpoints\n", "no channels\n",
+    ]  # fmt: skip
 
 
 async def test_task_show_says_why_a_queued_task_waits(quiet_admin: list[str]) -> None:
@@ -479,8 +538,12 @@ async def test_agents_lists_the_connected_agent_with_state_and_current_task(
     task_id = await submit(admin, "render the report")
     assign = await agent.receive_type("task_assign")
 
-    lines = succeeded(await cli("agents", *admin)).splitlines()
-    assert [line.split() for line in lines] == [["worker-1", "assigned", task_id, "gpu,linux"]]
+    lines = table(
+        succeeded(await cli("agents", *admin)), "AGENT", "STATE", "TASK", "CAPABILITIES",
+        "LAST SEEN",
+    )  # fmt: skip
+    assert [line.split()[:4] for line in lines] == [["worker-1", "assigned", task_id, "gpu,linux"]]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", " ".join(lines[0].split()[4:]))
 
     await agent.send({"type": "task_accepted", "task_id": assign["task_id"]})
     await agent.receive_type("task_ack")
@@ -541,14 +604,16 @@ async def test_endpoints_shows_failed_checks_and_the_last_error(
         assert listed[0]["healthy"] is None  # not yet marked unhealthy
 
         # when the endpoints are listed without --json
-        lines = succeeded(await cli("endpoints", *admin)).splitlines()
+        output = succeeded(await cli("endpoints", *admin))
+        assert succeeded(await cli("endpoints", "list", *admin)) == output
 
     # then the endpoint is failing, not "unchecked", and the line says why, on one line
+    lines = table(output, "ID", "URL", "STATE", "MODELS", "LAST ERROR")
     assert len(lines) == 1
     assert lines[0].split()[:4] == ["flaky", ollama.url, "failing", "-"]
     error = " ".join(listed[0]["last_error"].split())
     assert "503" in error
-    assert re.search(r"  last error \(\d+ failed checks?\): ", lines[0])
+    assert re.search(r"  \(\d+ failed checks?\) ", lines[0])
     assert lines[0].endswith(error)
 
 
@@ -756,6 +821,43 @@ async def test_an_error_without_a_message_is_still_named(quiet_hub: HubProcess) 
     assert line.startswith(prefix)
     assert re.match(r"\w", line.removeprefix(prefix)), line
     assert result.returncode == 3
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every subcommand's, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _parsers(sub)
+
+
+def test_every_option_and_argument_has_help_text() -> None:
+    undocumented = [
+        f"{sub.prog} {action.option_strings or action.dest}"
+        for sub in _parsers(cli_parser())
+        for action in sub._actions
+        if not action.help and not isinstance(action, argparse._SubParsersAction)
+    ]
+
+    assert undocumented == []
+
+
+async def test_help_explains_roles_and_environment_and_lists_working_commands() -> None:
+    text = succeeded(await cli("--help"))
+
+    for role in ("agent", "viewer", "admin"):
+        assert re.search(rf"^  {role} +\w", text, re.MULTILINE), role
+    for variable in ("AGENTCOM_HUB", "AGENTCOM_TOKEN", "AGENTCOM_CAFILE", "AGENTCOM_DB",
+                     "AGENTCOM_CONFIG", "AGENTCOM_<NAME>"):  # fmt: skip
+        assert re.search(rf"^  {re.escape(variable)} +\w", text, re.MULTILINE), variable
+    listed = re.findall(r"^    (\w+)", text.split("options:")[0], re.MULTILINE)
+    assert listed == list(cli_parser()._subparsers._group_actions[0].choices)
+    for command in listed:  # each advertised command answers its own --help
+        assert f"agentcom {command}" in succeeded(await cli(command, "--help"))
+    endpoints_help = succeeded(await cli("endpoints", "--help"))
+    for action in re.findall(r"^    (\w+) ", endpoints_help, re.MULTILINE):
+        succeeded(await cli("endpoints", action, "--help"))
 
 
 async def test_exit_status_table_is_in_the_help() -> None:

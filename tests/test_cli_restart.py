@@ -217,7 +217,7 @@ async def test_agents_and_task_show_say_a_task_is_held_for_its_agent_after_a_res
     # then both say the task is kept for it, since when, and until when
     assert f"  held: task {task_id} kept for worker-1 (disconnected) since " in shown.stdout
     assert "(grace period) unless the agent comes back" in shown.stdout
-    assert listed.stdout.splitlines()[1].startswith(
+    assert listed.stdout.splitlines()[2].startswith(  # under the header and the agent's row
         f"  held: task {task_id} kept for worker-1 (disconnected) since "
     )
 

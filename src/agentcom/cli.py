@@ -1,6 +1,6 @@
 """The ``agentcom`` command: ``serve``, ``token``, ``task``, ``agents``, ``endpoints``,
-``channel`` and ``watch``; errors are one line on stderr and an exit status from
-:data:`EXIT_STATUS`."""
+``channel``, ``stats``, ``watch`` and ``config``; errors are one line on stderr and an exit
+status from :data:`EXIT_STATUS`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,26 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TOKEN = 0, 1, 2, 3, 4
 EXIT_DATABASE_IN_USE = 5
+
+ROLES_AND_ENVIRONMENT = """\
+roles (a token has one; `agentcom token create ID --role ROLE`):
+  agent   a sidecar: connects to ws://HOST:PORT/ws as exactly the agent id of its token;
+          refused by every command below but `serve` and `token`
+  viewer  an operator who may look: task list/show, agents, endpoints, stats, watch,
+          the dashboard and /api/*
+  admin   a viewer who may also change things: submit, cancel, retry, requeue, drain,
+          endpoints add/remove, channel create
+
+environment:
+  AGENTCOM_HUB     the hub for operator commands (--hub), default http://127.0.0.1:4000;
+                   the sidecars' ws://HOST:PORT/ws is understood too
+  AGENTCOM_TOKEN   a viewer or admin token for operator commands (--token)
+  AGENTCOM_CAFILE  PEM certificates to trust for an https:// hub (--cafile)
+  AGENTCOM_DB      the SQLite file of `serve` and `token` (--db), default ./agentcom.db
+  AGENTCOM_CONFIG  a TOML settings file for `serve` and `config show` (--config)
+  AGENTCOM_<NAME>  any hub setting, e.g. AGENTCOM_PORT=4100, AGENTCOM_IDLE_TIMEOUT_S=120;
+                   `agentcom config show` lists them with their values and sources
+"""
 
 EXIT_STATUS = """\
 exit status:
@@ -245,9 +265,12 @@ def _token_list(args: argparse.Namespace) -> int:
     rows = [{"agent_id": r.agent_id, "role": r.role, "created_at": r.created_at} for r in records]
     if args.json:
         print(json.dumps(rows))
-    else:
-        for row in rows:
-            print(f"{row['agent_id']}\t{row['role']}\t{_time(row['created_at'])}")
+        return EXIT_OK
+    _table(
+        ["AGENT", "ROLE", "CREATED"],
+        [[row["agent_id"], row["role"], _time(row["created_at"])] for row in rows],
+        empty="no tokens",
+    )
     return EXIT_OK
 
 
@@ -261,10 +284,55 @@ def _token_revoke(args: argparse.Namespace) -> int:
 # --- operator commands ---------------------------------------------------------------
 
 
+# --- human output ----------------------------------------------------------------------
+
+
 def _time(ms: Any) -> str:
+    """The one date format of human output: UTC, to the second."""
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _usd(amount: Any) -> str:
+    """Money as money: ``$0.0012``."""
+    return "-" if amount is None else f"${amount:.4f}"
+
+
+def _cell(value: Any) -> str:
+    """A value as a table cell or a field: never a Python repr (``None``, ``['gpu']``)."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return " ".join(str(value).split())  # one line
+
+
+def _table(
+    headers: list[str],
+    rows: list[list[Any]],
+    *,
+    empty: str,
+    notes: list[str | None] | None = None,
+) -> None:
+    """Print rows under a header, columns aligned (the last one unpadded); ``empty``
+    (e.g. "no tasks") when there is no row. A row's note, if any, is an indented line
+    under it."""
+    if not rows:
+        print(empty)
+        return
+    cells = [headers, *([_cell(value) for value in row] for row in rows)]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(headers) - 1)]
+    for number, line in enumerate(cells):
+        padded = [text.ljust(width) for text, width in zip(line, widths, strict=False)]
+        print("  ".join([*padded, line[-1]]).rstrip())
+        note = notes[number - 1] if notes and number else None
+        if note:
+            print(f"  {note}")
 
 
 def _operator(
@@ -366,37 +434,39 @@ def _trusting(cafile: str | None) -> ssl.SSLContext | None:
         raise CliError(f"cannot use the CA file {cafile}: {exc}") from None
 
 
-def _known(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
 def _print_task(task: dict[str, Any]) -> None:
     decision = task.get("routing_decision") or {}
     execution = task.get("execution") or {}
     print(f"task {task['task_id']}  {task['status']}  priority {task['priority']}")
-    print(f"  description: {task['description']}")
-    print(f"  assigned to: {task.get('assigned_to') or '-'} (generation {task['generation']})")
+    print(f"  description: {_cell(task['description'])}")
+    print(f"  assigned to: {_cell(task.get('assigned_to'))} (generation {task['generation']})")
     if task.get("waiting_reason"):
         print(f"  waiting: {task['waiting_reason']}")
     if task.get("held_for"):
         print(f"  held: {_hold(task['held_for'])}")
     print(
         f"  retries: {task['retry_count']}/{task['max_retries']}"
-        f"  last error: {task.get('last_error') or '-'}"
+        f"  last error: {_cell(task.get('last_error'))}"
     )
     if decision:
         print(
-            f"  routing: tier {_known(decision.get('effective_tier'))}"
-            f" -> {_known(decision.get('target_type'))}"
-            f"  endpoint {_known(decision.get('selected_endpoint'))}"
-            f"  model {_known(decision.get('selected_model'))}"
-            f"  cost tier {_known(decision.get('estimated_cost_tier'))}"
+            f"  routing: tier {_cell(decision.get('effective_tier'))}"
+            f" -> {_cell(decision.get('target_type'))}"
+            f"  endpoint {_cell(decision.get('selected_endpoint'))}"
+            f"  model {_cell(decision.get('selected_model'))}"
+            f"  cost tier {_cell(decision.get('estimated_cost_tier'))}"
         )
         if decision.get("fallback_used"):
-            print(f"  fallback: {_known(decision.get('fallback_reason'))}")
-        print(f"  reason: {_known(decision.get('classification_reason'))}")
+            print(f"  fallback: {_cell(decision.get('fallback_reason'))}")
+        print(f"  reason: {_cell(decision.get('classification_reason'))}")
     if execution:
         print(f"  execution: {_execution(execution)}")
+    output = (task.get("result") or {}).get("output")
+    if output is not None:
+        print("  output:")
+        text = output if isinstance(output, str) else json.dumps(output, indent=2)
+        for line in text.splitlines() or [""]:
+            print(f"    {line}")
     print("  history:")
     for entry in task.get("history", []):
         print(f"    {_time(entry['at'])}  {entry['status']:<12} {entry.get('detail') or ''}")
@@ -426,13 +496,13 @@ def _execution(execution: dict[str, Any]) -> str:
         parts.append(f"model {execution['model_used']}")
     tokens_in, tokens_out = execution.get("tokens_in"), execution.get("tokens_out")
     if tokens_in is not None or tokens_out is not None:
-        parts.append(f"tokens in {_known(tokens_in)} out {_known(tokens_out)}")
+        parts.append(f"tokens in {_cell(tokens_in)} out {_cell(tokens_out)}")
     if execution.get("estimated_cost_usd") is not None:
-        parts.append(f"cost ${execution['estimated_cost_usd']}")
+        parts.append(f"cost {_usd(execution['estimated_cost_usd'])}")
     if execution.get("equivalent_claude_cost_usd") is not None:
-        parts.append(f"claude-equivalent ${execution['equivalent_claude_cost_usd']}")
+        parts.append(f"claude-equivalent {_usd(execution['equivalent_claude_cost_usd'])}")
     if execution.get("execution_ms") is not None:
-        parts.append(f"{execution['execution_ms']} ms")
+        parts.append(f"{execution['execution_ms']:.0f} ms")
     return "  ".join(parts) or "-"
 
 
@@ -493,13 +563,21 @@ async def _task_list(client: OperatorClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found))
         return EXIT_OK
-    for task in found:
-        agent = task.get("assigned_to") or "-"
-        description = task["description"].replace("\n", " ")[:60]
-        print(
-            f"{task['task_id']}  {task['status']:<11} {task['priority']:<7} {agent:<16} "
-            f"{description}"
-        )
+    _table(
+        ["ID", "STATUS", "PRIORITY", "AGENT", "UPDATED", "DESCRIPTION"],
+        [
+            [
+                task["task_id"],
+                task["status"],
+                task["priority"],
+                task.get("assigned_to"),
+                _time(task["updated_at"]),
+                _cell(task["description"])[:60],
+            ]
+            for task in found
+        ],
+        empty="no tasks",
+    )
     return EXIT_OK
 
 
@@ -547,9 +625,9 @@ async def _task_route(client: OperatorClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     decision = preview["routing_decision"]
     print(f"tier {decision['effective_tier']} -> {decision['target_type']}"
-          f"  endpoint {decision['selected_endpoint'] or '-'}"
-          f"  model {decision['selected_model'] or '-'}"
-          f"  cost tier {decision['estimated_cost_tier']}")  # fmt: skip
+          f"  endpoint {_cell(decision['selected_endpoint'])}"
+          f"  model {_cell(decision['selected_model'])}"
+          f"  cost tier {_cell(decision['estimated_cost_tier'])}")  # fmt: skip
     if decision["fallback_used"]:
         print(f"fallback: {decision['fallback_reason']}")
     print(f"reason: {decision['classification_reason']}")
@@ -564,18 +642,30 @@ async def _endpoints_list(client: OperatorClient, args: argparse.Namespace) -> i
     if args.json:
         print(json.dumps(endpoints))
         return EXIT_OK
-    for endpoint in endpoints:
-        models = ",".join(endpoint["models"]) or "-"
-        line = (
-            f"{endpoint['endpoint_id']:<24} {endpoint['url']:<32} {_health(endpoint):<10} {models}"
-        )
-        failures = endpoint.get("failures") or 0
-        if endpoint.get("last_error"):
-            checks = "check" if failures == 1 else "checks"
-            error = " ".join(endpoint["last_error"].split())  # one line per endpoint
-            line += f"  last error ({failures} failed {checks}): {error}"
-        print(line)
+    _table(
+        ["ID", "URL", "STATE", "MODELS", "LAST ERROR"],
+        [
+            [
+                endpoint["endpoint_id"],
+                endpoint["url"],
+                _health(endpoint),
+                endpoint["models"],
+                _last_error(endpoint),
+            ]
+            for endpoint in endpoints
+        ],
+        empty="no endpoints",
+    )
     return EXIT_OK
+
+
+def _last_error(endpoint: dict[str, Any]) -> str | None:
+    """``(N failed checks) error`` once a check failed, else None."""
+    if not endpoint.get("last_error"):
+        return None
+    failures = endpoint.get("failures") or 0
+    checks = "check" if failures == 1 else "checks"
+    return f"({failures} failed {checks}) {_cell(endpoint['last_error'])}"
 
 
 def _health(endpoint: dict[str, Any]) -> str:
@@ -617,9 +707,19 @@ async def _channel_list(client: OperatorClient, args: argparse.Namespace) -> int
     if args.json:
         print(json.dumps(channels))
         return EXIT_OK
-    for channel in channels:
-        print(f"{channel['name']:<24} {channel['subscribers']:>4} subscribers  "
-              f"seq {channel['last_seq']:<6} {channel.get('description') or ''}")  # fmt: skip
+    _table(
+        ["NAME", "SUBSCRIBERS", "LAST SEQ", "DESCRIPTION"],
+        [
+            [
+                channel["name"],
+                channel["subscribers"],
+                channel["last_seq"],
+                channel.get("description"),
+            ]
+            for channel in channels
+        ],
+        empty="no channels",
+    )
     return EXIT_OK
 
 
@@ -628,14 +728,24 @@ async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(agents))
         return EXIT_OK
-    for agent in agents:
-        capabilities = ",".join(agent["capabilities"]) or "-"
-        print(
-            f"{agent['agent_id']:<20} {agent['state']:<9} "
-            f"{agent.get('current_task') or '-':<34} {capabilities}"
-        )
-        if agent.get("held_task"):
-            print(f"  held: {_hold(agent['held_task'])}")
+    _table(
+        ["AGENT", "STATE", "TASK", "CAPABILITIES", "LAST SEEN"],
+        [
+            [
+                agent["agent_id"],
+                agent["state"],
+                agent.get("current_task"),
+                agent["capabilities"],
+                _time(agent.get("last_seen") or None),
+            ]
+            for agent in agents
+        ],
+        empty="no agents",
+        notes=[
+            f"held: {_hold(agent['held_task'])}" if agent.get("held_task") else None
+            for agent in agents
+        ],
+    )
     return EXIT_OK
 
 
@@ -737,108 +847,179 @@ def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="agentcom",
-        description="Coordinate AI-agent sidecars.",
-        epilog=EXIT_STATUS,
+        description="Coordinate AI-agent sidecars: run a hub, manage its tokens, and operate "
+        "it (tasks, agents, endpoints, channels, statistics, live events).",
+        epilog=ROLES_AND_ENVIRONMENT + "\n" + EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"agentcom {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_command(commands)
+    _token_command(commands)
+    _task_command(commands)
+    _agents_command(commands)
+    _endpoints_command(commands)
+    _channel_command(commands)
+    watch = commands.add_parser("watch", help="stream events live (viewer)")
+    watch.add_argument(
+        "--topic",
+        action="append",
+        choices=["tasks", "agents", "validation"],
+        help="only this topic's events (repeatable; default all)",
+    )
+    _operator_command(watch, _watch)
+    return parser
 
+
+def _operator_command(sub: argparse.ArgumentParser, action: Any) -> None:
+    _shared_options(sub)
+    sub.set_defaults(handler=_operator(action))
+
+
+def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``serve`` that are settings (``config show`` takes them too)."""
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 4000)")
+    parser.add_argument("--db", help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)")
+    parser.add_argument("--config", help="TOML settings file (default $AGENTCOM_CONFIG)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
+    parser.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
+
+
+def _serve_command(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run a hub")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="TCP port (default 4000)")
-    serve.add_argument("--db", help="SQLite file (default ./agentcom.db)")
-    serve.add_argument("--config", help="TOML settings file")
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
-    serve.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
-    serve.add_argument("--keyfile", help="TLS private key (PEM)")
+    _serve_settings_options(serve)
     serve.set_defaults(handler=_serve)
 
+
+def _token_command(commands: Any) -> None:
     token = commands.add_parser("token", help="manage tokens (works on the database directly)")
     _shared_options(token, database=True)
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = token_commands.add_parser("create", help="create a token; prints it alone")
-    create.add_argument("agent_id", metavar="AGENT_ID")
-    create.add_argument("--role", choices=[role.value for role in Role], default="agent")
+    create.add_argument("agent_id", metavar="AGENT_ID", help="who the token is for")
+    create.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default="agent",
+        help="agent (a sidecar, the default), viewer or admin (an operator)",
+    )
     listing = token_commands.add_parser("list", help="list tokens (never the secrets)")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     revoke = token_commands.add_parser("revoke", help="revoke an agent's token")
-    revoke.add_argument("agent_id", metavar="AGENT_ID")
+    revoke.add_argument("agent_id", metavar="AGENT_ID", help="whose token to revoke")
     for sub, handler in ((create, _token_create), (listing, _token_list), (revoke, _token_revoke)):
         _shared_options(sub, database=True)
         sub.set_defaults(handler=_on_database(handler))
 
-    def operator_command(sub: argparse.ArgumentParser, action: Any) -> None:
-        _shared_options(sub)
-        sub.set_defaults(handler=_operator(action))
 
-    task = commands.add_parser("task", help="submit and inspect tasks")
+def _task_command(commands: Any) -> None:
+    task = commands.add_parser("task", help="submit, inspect and change tasks")
     _shared_options(task)
     task_commands = task.add_subparsers(dest="task_command", required=True, metavar="ACTION")
-    submit = task_commands.add_parser("submit", help="queue a task; prints its id")
-    submit.add_argument("description", metavar="DESCRIPTION")
-    submit.add_argument("--priority", choices=["urgent", "high", "normal", "low"])
-    submit.add_argument("--complexity", choices=_TIERS, help="unknown runs as standard")
-    submit.add_argument("--capability", action="append", metavar="CAP")
-    submit.add_argument("--metadata", metavar="JSON")
-    submit.add_argument("--max-retries", type=int, metavar="N")
-    submit.add_argument("--repo", metavar="URL")
-    submit.add_argument("--wait", action="store_true", help="wait until completed or dead letter")
-    operator_command(submit, _task_submit)
-    task_list = task_commands.add_parser("list", help="list tasks")
-    task_list.add_argument("--status", choices=["queued", "assigned", "working", "completed",
-                                                "dead_letter", "cancelled"])  # fmt: skip
-    task_list.add_argument("--limit", type=int, default=100)
-    operator_command(task_list, _task_list)
-    show = task_commands.add_parser("show", help="a task with history, routing and execution")
-    show.add_argument("task_id", metavar="ID")
-    operator_command(show, _task_show)
-    retry = task_commands.add_parser("retry", help="requeue a dead-letter task")
-    retry.add_argument("task_id", metavar="ID")
-    operator_command(retry, _task_change("task_retry"))
-    cancel = task_commands.add_parser("cancel", help="cancel an unfinished task")
-    cancel.add_argument("task_id", metavar="ID")
-    operator_command(cancel, _task_change("task_cancel"))
+    submit = task_commands.add_parser("submit", help="queue a task; prints its id (admin)")
+    submit.add_argument("description", metavar="DESCRIPTION", help="what to do")
+    submit.add_argument(
+        "--priority", choices=["urgent", "high", "normal", "low"], help="default normal"
+    )
+    submit.add_argument(
+        "--complexity",
+        choices=_TIERS,
+        help="the tier to route it as (default: inferred; unknown runs as standard)",
+    )
+    submit.add_argument(
+        "--capability",
+        action="append",
+        metavar="CAP",
+        help="a capability the agent must have (repeatable)",
+    )
+    submit.add_argument("--metadata", metavar="JSON", help="a JSON object given to the agent")
+    submit.add_argument(
+        "--max-retries", type=int, metavar="N", help="retries before dead letter (default 3)"
+    )
+    submit.add_argument("--repo", metavar="URL", help="the repository the task works on")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until it is completed or dead letter, then print it",
+    )
+    _operator_command(submit, _task_submit)
+
+    task_list = task_commands.add_parser("list", help="list tasks, most recently updated first")
+    task_list.add_argument(
+        "--status",
+        choices=["queued", "assigned", "working", "completed", "dead_letter", "cancelled"],
+        help="only tasks in this state",
+    )
+    task_list.add_argument(
+        "--limit", type=int, default=100, help="at most this many, 1 to 1000 (default 100)"
+    )
+    _operator_command(task_list, _task_list)
+
+    show = task_commands.add_parser("show", help="a task with history, routing and result")
+    show.add_argument("task_id", metavar="ID", help="the task's id")
+    _operator_command(show, _task_show)
+    retry = task_commands.add_parser("retry", help="requeue a dead-letter task (admin)")
+    retry.add_argument("task_id", metavar="ID", help="the task's id")
+    _operator_command(retry, _task_change("task_retry"))
+    cancel = task_commands.add_parser("cancel", help="cancel an unfinished task (admin)")
+    cancel.add_argument("task_id", metavar="ID", help="the task's id")
+    _operator_command(cancel, _task_change("task_cancel"))
 
     route = task_commands.add_parser("route", help="show the routing decision, queue nothing")
-    route.add_argument("description", metavar="DESCRIPTION")
-    route.add_argument("--complexity", choices=_TIERS, help="unknown runs as standard")
-    route.add_argument("--file-hint", action="append", metavar="PATH")
-    route.add_argument("--verification-step", action="append", metavar="STEP")
-    route.add_argument("--metadata", metavar="JSON")
-    route.add_argument("--repo", metavar="URL")
-    operator_command(route, _task_route)
+    route.add_argument("description", metavar="DESCRIPTION", help="what the task would do")
+    route.add_argument(
+        "--complexity", choices=_TIERS, help="the tier (default: inferred; unknown is standard)"
+    )
+    route.add_argument(
+        "--file-hint", action="append", metavar="PATH", help="a file it touches (repeatable)"
+    )
+    route.add_argument(
+        "--verification-step",
+        action="append",
+        metavar="STEP",
+        help="a check it must pass (repeatable)",
+    )
+    route.add_argument("--metadata", metavar="JSON", help="a JSON object given to the agent")
+    route.add_argument("--repo", metavar="URL", help="the repository the task works on")
+    _operator_command(route, _task_route)
 
-    agents = commands.add_parser("agents", help="connected agents with state and current task")
-    operator_command(agents, _agents)
 
+def _agents_command(commands: Any) -> None:
+    agents = commands.add_parser("agents", help="agents with state and current task")
+    _operator_command(agents, _agents)
+
+
+def _endpoints_command(commands: Any) -> None:
     endpoints = commands.add_parser("endpoints", help="Ollama endpoints (list, add, remove)")
-    operator_command(endpoints, _endpoints_list)  # without ACTION: the list
+    _operator_command(endpoints, _endpoints_list)  # without ACTION: the list
     endpoint_commands = endpoints.add_subparsers(dest="endpoint_command", metavar="ACTION")
-    add = endpoint_commands.add_parser("add", help="register an endpoint")
-    add.add_argument("url", metavar="URL")
+    listing = endpoint_commands.add_parser(
+        "list", help="every endpoint with state, models and last error (the default)"
+    )
+    _operator_command(listing, _endpoints_list)
+    add = endpoint_commands.add_parser("add", help="register an endpoint (admin)")
+    add.add_argument("url", metavar="URL", help="its base URL, e.g. http://10.0.0.21:11434")
     add.add_argument("--name", metavar="N", help="its id (default: derived from the URL)")
-    operator_command(add, _endpoint_add)
-    remove = endpoint_commands.add_parser("remove", help="forget an endpoint")
-    remove.add_argument("endpoint_id", metavar="ID")
-    operator_command(remove, _endpoint_remove)
+    _operator_command(add, _endpoint_add)
+    remove = endpoint_commands.add_parser("remove", help="forget an endpoint (admin)")
+    remove.add_argument("endpoint_id", metavar="ID", help="the endpoint's id")
+    _operator_command(remove, _endpoint_remove)
 
+
+def _channel_command(commands: Any) -> None:
     channel = commands.add_parser("channel", help="channels agents publish to")
     _shared_options(channel)
     channel_commands = channel.add_subparsers(
         dest="channel_command", required=True, metavar="ACTION"
     )
-    channel_create = channel_commands.add_parser("create", help="create a channel")
-    channel_create.add_argument("name", metavar="NAME")
-    channel_create.add_argument("--description")
-    operator_command(channel_create, _channel_create)
+    channel_create = channel_commands.add_parser("create", help="create a channel (admin)")
+    channel_create.add_argument("name", metavar="NAME", help="the channel's name")
+    channel_create.add_argument("--description", help="what it is for")
+    _operator_command(channel_create, _channel_create)
     channel_list = channel_commands.add_parser("list", help="list channels")
-    operator_command(channel_list, _channel_list)
-
-    watch = commands.add_parser("watch", help="stream events live")
-    watch.add_argument("--topic", action="append", choices=["tasks", "agents", "validation"])
-    operator_command(watch, _watch)
-    return parser
+    _operator_command(channel_list, _channel_list)
 
 
 def main(argv: list[str] | None = None) -> int:

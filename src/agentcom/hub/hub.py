@@ -586,7 +586,7 @@ class Hub:
         needed = frozenset(task.needed_capabilities)
         capable = [agent for agent in connected if needed <= agent.capabilities]
         if not capable:
-            return f"no connected agent has the capabilities {sorted(needed)}"
+            return f"no connected agent has the capabilities {', '.join(sorted(needed))}"
         reason = f"all {len(capable)} capable agents are busy"
         holding = [agent.agent_id for agent in capable if agent.held_since is not None]
         if holding:
