@@ -25,6 +25,9 @@ from websockets.exceptions import ConnectionClosed
 from agentcom.cli import _parser as cli_parser
 from agentcom.client import AgentClient, AuthenticationError
 from agentcom.hub.auth import hash_token
+from agentcom.protocol.common import Priority, TaskStatus
+from agentcom.protocol.task import Task
+from agentcom.store.sqlite import SqliteStore
 
 SidecarMaker = Callable[..., Awaitable[AgentClient]]
 
@@ -526,6 +529,53 @@ async def test_task_cancel_cancels_an_unfinished_task(hub: HubProcess, admin: li
 
     assert (await show(admin, task_id))["status"] == "cancelled"
     assert "invalid_state" in one_line_error(await cli("task", "cancel", task_id, *admin))
+
+
+# --- abbreviated task ids -------------------------------------------------------------
+
+
+def _stored_task(task_id: str, status: str = "completed") -> Task:
+    return Task(task_id=task_id, status=TaskStatus(status), priority=Priority.normal,
+                description=f"stored {task_id[:8]}", created_at=1, updated_at=1)  # fmt: skip
+
+
+async def test_a_unique_prefix_of_six_or_more_characters_names_the_task(
+    tmp_path: Path,
+) -> None:
+    # given a database holding tasks whose ids share their first six characters
+    db = tmp_path / "hub.db"
+    twins = ["abcdef" + "1" * 26, "abcdef" + "2" * 26]
+    store = SqliteStore(db)
+    for task_id in twins:
+        store.stage_task(_stored_task(task_id))
+    await store.commit()
+    store.close()
+    with running_hub(tmp_path, db=db) as hub:
+        admin = hub.operator_args(hub.make_token("ops", "admin"))
+        queued = await submit(admin, "abbreviate me")
+
+        # when tasks are named by prefixes
+        shown, cancelled, ambiguous, short, capital = await asyncio.gather(
+            cli("task", "show", twins[0][:7], "--json", *admin),
+            cli("task", "cancel", queued[:8], *admin),
+            cli("task", "show", "abcdef", *admin),
+            cli("task", "show", queued[:5], *admin),
+            cli("task", "retry", twins[1][:10].upper(), *admin),
+        )
+
+    # then a unique prefix works like the full id, for reads and changes
+    assert json.loads(succeeded(shown))["task_id"] == twins[0]
+    assert succeeded(cancelled).split() == [queued, "cancelled"]
+    # and an ambiguous one is refused, naming the candidates
+    line = one_line_error(ambiguous)
+    assert "ambiguous_task_id" in line
+    assert twins[0] in line and twins[1] in line
+    assert ambiguous.returncode == 1
+    # and one shorter than six characters is a usage error
+    assert "at least 6 characters" in one_line_error(short)
+    assert short.returncode == 2
+    # and case does not matter (the task exists, but is not dead letter)
+    assert "invalid_state: task is completed" in one_line_error(capital)
 
 
 # --- agents and watch -----------------------------------------------------------------

@@ -18,6 +18,8 @@ from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
+from agentcom.protocol.common import Priority, TaskStatus
+from agentcom.protocol.task import Task
 from agentcom.server.app import HubServer
 
 SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|NaN|[+-]Inf)")
@@ -313,6 +315,27 @@ async def test_unknown_task_id_is_not_found(
     reply = await fetch(f"{http_url}/api/tasks/ffffffffffffffffffffffffffffffff",
                         make_token("v", "viewer"))  # fmt: skip
     assert reply.status == 404
+
+
+async def test_task_route_takes_an_abbreviated_id(
+    hub: HubServer, http_url: str, make_token: TokenMaker, operator: OperatorClient
+) -> None:
+    # given a task, and two stored tasks whose ids share their first eight characters
+    task = await operator.submit("find me by prefix")
+    for twin in ("0badcafe" + "1" * 24, "0badcafe" + "2" * 24):
+        hub.store.stage_task(Task(task_id=twin, status=TaskStatus.completed,
+                                  priority=Priority.normal, description="twin",
+                                  created_at=1, updated_at=1))  # fmt: skip
+    await hub.store.commit()
+    token = make_token("v", "viewer")
+
+    found = await fetch(f"{http_url}/api/tasks/{task['task_id'][:6]}", token)
+    ambiguous = await fetch(f"{http_url}/api/tasks/0badcafe", token)
+
+    assert (found.status, found.json()["task_id"]) == (200, task["task_id"])
+    assert ambiguous.status == 400
+    assert ambiguous.json()["error"] == "ambiguous_task_id"
+    assert "0badcafe" + "1" * 24 in ambiguous.json()["message"]
 
 
 async def test_dead_letter_route_lists_only_dead_letter_tasks(

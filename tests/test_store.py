@@ -481,3 +481,31 @@ def test_raw_tokens_never_reach_the_database_file(db: Path, store: SqliteStore) 
     assert all(hash_token(token).encode() in files for token in raw)
     assert not any(token.encode() in files for token in raw)
     assert {record.token_hash for record in list_tokens(db)}.isdisjoint(raw)
+
+
+async def test_task_ids_are_found_by_prefix_with_an_index_range_not_a_scan(
+    store: SqliteStore,
+) -> None:
+    # given a thousand stored tasks and one staged but not written yet
+    for n in range(1000):
+        store.stage_task(make_task(n * 7919, TaskStatus.completed))
+    await store.commit()
+    store.stage_task(make_task(0xABC0001))
+    statements: list[str] = []
+    store._reader.set_trace_callback(statements.append)
+
+    # when ids are looked up by prefix
+    unwritten = store.task_ids_starting_with(f"{0xABC0001:032x}"[:28], 5)
+    several = store.task_ids_starting_with("0" * 28, 5)
+
+    # then the matches come back in order, including the unwritten task
+    assert unwritten == [f"{0xABC0001:032x}"]
+    assert several == [f"{n * 7919:032x}" for n in range(5)]  # the first five of nine
+    # and each lookup reads a range of the primary key
+    store._reader.set_trace_callback(None)
+    lookups = [sql for sql in statements if "task_id >=" in sql]
+    assert len(lookups) == 2
+    for sql in lookups:
+        plan = " ".join(row[3] for row in store._reader.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "SEARCH tasks USING" in plan and "INDEX" in plan, plan
+        assert "SCAN" not in plan, plan

@@ -36,6 +36,7 @@ from agentcom.client import (
 from agentcom.config import Settings, load_settings
 from agentcom.errors import DatabaseInUse, StoreError
 from agentcom.hub.auth import Role, hash_token, new_token
+from agentcom.hub.hub import TASK_ID_PREFIX_MIN
 from agentcom.protocol.common import Tier
 from agentcom.store import tokens
 
@@ -601,6 +602,15 @@ def _task_change(
     return change
 
 
+def _task_id(text: str) -> str:
+    """A task id as typed: in full, or a prefix the hub resolves (as git abbreviates)."""
+    if len(text) < TASK_ID_PREFIX_MIN:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too short: give at least {TASK_ID_PREFIX_MIN} characters of a task id"
+        )
+    return text
+
+
 def _metadata(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -914,6 +924,9 @@ def _token_command(commands: Any) -> None:
         sub.set_defaults(handler=_on_database(handler))
 
 
+_ID_HELP = f"the task's id, or its first {TASK_ID_PREFIX_MIN} or more characters"
+
+
 def _task_command(commands: Any) -> None:
     task = commands.add_parser("task", help="submit, inspect and change tasks")
     _shared_options(task)
@@ -958,13 +971,13 @@ def _task_command(commands: Any) -> None:
     _operator_command(task_list, _task_list)
 
     show = task_commands.add_parser("show", help="a task with history, routing and result")
-    show.add_argument("task_id", metavar="ID", help="the task's id")
+    show.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
     _operator_command(show, _task_show)
     retry = task_commands.add_parser("retry", help="requeue a dead-letter task (admin)")
-    retry.add_argument("task_id", metavar="ID", help="the task's id")
+    retry.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
     _operator_command(retry, _task_change("task_retry"))
     cancel = task_commands.add_parser("cancel", help="cancel an unfinished task (admin)")
-    cancel.add_argument("task_id", metavar="ID", help="the task's id")
+    cancel.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
     _operator_command(cancel, _task_change("task_cancel"))
 
     route = task_commands.add_parser("route", help="show the routing decision, queue nothing")

@@ -21,7 +21,7 @@ from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
 from agentcom.hub.history import MINUTE_MS, QueueHistory
 from agentcom.hub.messaging import Messaging
-from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
+from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH, TERMINAL, TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
 from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol import agent as frames
@@ -45,11 +45,13 @@ from agentcom.protocol.task import (
 )
 from agentcom.store.base import ChangeKey, Store, TaskFilter
 
-__all__ = ["Hub", "Outbox"]
+__all__ = ["TASK_ID_PREFIX_MIN", "Hub", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
 _EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
+TASK_ID_PREFIX_MIN = 6  # the shortest abbreviation of a task id that is looked up
+_CANDIDATES_SHOWN = 10
 SEEN_EVENT_INTERVAL_MS = 10_000
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -557,6 +559,34 @@ class Hub:
         task = self.queue.submit(submission)
         self.schedule()
         return task
+
+    def resolve_task_id(self, task_id: str) -> str:
+        """The full id of the one task whose id starts with ``task_id`` (as git abbreviates).
+
+        A full-length id is returned as it is. Raises ``invalid_task_id`` for a prefix
+        shorter than :data:`TASK_ID_PREFIX_MIN`, ``not_found`` when no task matches and
+        ``ambiguous_task_id``, naming the candidates, when several do.
+        """
+        if len(task_id) >= TASK_ID_LENGTH or task_id in self.queue.tasks:
+            return task_id
+        if len(task_id) < TASK_ID_PREFIX_MIN:
+            raise HubError(
+                "invalid_task_id",
+                f"{task_id!r} is too short: give at least {TASK_ID_PREFIX_MIN} characters "
+                "of a task id",
+                task_id,
+            )
+        prefix = task_id.lower()  # ids are lower-case hex
+        matches = self.store.task_ids_starting_with(prefix, _CANDIDATES_SHOWN + 1)
+        if not matches:
+            raise HubError("not_found", f"no task {task_id}", task_id)
+        if len(matches) > 1:
+            named = ", ".join(matches[:_CANDIDATES_SHOWN])
+            more = " and more" if len(matches) > _CANDIDATES_SHOWN else ""
+            raise HubError(
+                "ambiguous_task_id", f"{task_id} matches several tasks: {named}{more}", task_id
+            )
+        return matches[0]
 
     def find_task(self, task_id: str) -> Task:
         """A task in any state; raises ``not_found``. A queued task says why it waits, a

@@ -19,7 +19,7 @@ from agentcom.protocol.outbound import Complexity, RoutingDecision
 from agentcom.protocol.task import HistoryEntry, Task, TaskSubmission
 from agentcom.store.base import Store
 
-__all__ = ["ACTIVE", "TERMINAL", "EventSink", "TaskQueue", "new_task_id"]
+__all__ = ["ACTIVE", "TASK_ID_LENGTH", "TERMINAL", "EventSink", "TaskQueue", "new_task_id"]
 
 TERMINAL = frozenset({TaskStatus.completed, TaskStatus.dead_letter, TaskStatus.cancelled})
 ACTIVE = frozenset({TaskStatus.assigned, TaskStatus.working})
@@ -28,9 +28,12 @@ ACTIVE = frozenset({TaskStatus.assigned, TaskStatus.working})
 EventSink = Callable[[str, Task, dict[str, Any]], None]
 
 
+TASK_ID_LENGTH = 32  # characters of a task id: 128 random bits in hex
+
+
 def new_task_id() -> str:
-    """A random, unguessable task id (128 bits)."""
-    return secrets.token_hex(16)
+    """A random, unguessable task id (128 bits, lower-case hex)."""
+    return secrets.token_hex(TASK_ID_LENGTH // 2)
 
 
 class TaskQueue:

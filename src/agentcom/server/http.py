@@ -189,9 +189,11 @@ class HttpRoutes:
         if path == "/api/tasks/stats":
             return _json(200, hub.stats())
         if path.startswith("/api/tasks/"):
-            try:
-                task = hub.find_task(path.removeprefix("/api/tasks/"))
-            except HubError:
+            try:  # an abbreviated id is resolved, as on /ws/operator
+                task = hub.find_task(hub.resolve_task_id(path.removeprefix("/api/tasks/")))
+            except HubError as error:
+                if error.code != "not_found":
+                    return _json(400, {"error": error.code, "message": error.message})
                 return _json(404, {"error": "not_found"})
             return _json(200, task.model_dump(mode="json"))
         if path == "/api/agents":

@@ -226,7 +226,14 @@ class OperatorSession:
         await self._send(ops.OperatorResult(request_id=request.request_id, data=data))
 
     async def _perform(self, request: Any) -> Any:
-        """Carry out one request; mutations need the admin role and are durable first."""
+        """Carry out one request; mutations need the admin role and are durable first.
+
+        A task id may be abbreviated to a unique prefix: it is resolved first.
+        """
+        if isinstance(request, _TAKES_TASK_ID):
+            request = request.model_copy(
+                update={"task_id": self.hub.resolve_task_id(request.task_id)}
+            )
         if isinstance(request, _MUTATIONS):
             if self.role is not Role.admin:
                 raise HubError("forbidden", "this action needs an admin token")
@@ -291,6 +298,7 @@ class OperatorSession:
         raise HubError("unsupported", f"unsupported request {request.type}")
 
 
+_TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait)
 _MUTATIONS = (
     ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.EndpointAdd, ops.EndpointRemove,
     ops.ChannelCreate,

@@ -96,6 +96,10 @@ class Store(Protocol):
     def get_task(self, task_id: str) -> Task | None:
         """One task, or None."""
 
+    def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` task ids that start with ``prefix``, in order (an index range
+        read, never a scan)."""
+
     def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
         """Tasks matching the filter, newest first."""
 

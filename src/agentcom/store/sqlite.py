@@ -429,6 +429,25 @@ class SqliteStore:
         ).fetchone()
         return Task.model_validate_json(row[0]) if row else None
 
+    def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` task ids that start with ``prefix``, in order, including tasks
+        not written yet.
+
+        A range on the primary key (``prefix <= task_id < the next prefix``), so the cost
+        is the matches read, whatever the number of tasks.
+        """
+        if not prefix:
+            raise ValueError("an empty prefix matches every task")
+        following = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self._reader.execute(
+            "SELECT task_id FROM tasks WHERE task_id >= ? AND task_id < ? ORDER BY task_id LIMIT ?",
+            (prefix, following, limit),
+        ).fetchall()
+        found = {task_id for (task_id,) in rows}
+        # Staged or in-flight tasks: a handful at most, the last commit's worth.
+        found.update(task_id for task_id in self._unwritten if task_id.startswith(prefix))
+        return sorted(found)[:limit]
+
     def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
         """Tasks matching the filter, most recently updated first."""
         clauses, params = [], []
