@@ -531,6 +531,86 @@ async def test_task_cancel_cancels_an_unfinished_task(hub: HubProcess, admin: li
     assert "invalid_state" in one_line_error(await cli("task", "cancel", task_id, *admin))
 
 
+# --- task list filters and stats ------------------------------------------------------
+
+
+async def test_task_list_filters_by_statuses_agent_capability_and_age(tmp_path: Path) -> None:
+    # given a task finished long ago, and on a live hub one completed by worker-1, one
+    # cancelled, and one queued that needs a gpu
+    ancient = _stored_task("0ld" + "0" * 29)
+    db = await seed(tmp_path / "hub.db", ancient)
+    with running_hub(tmp_path, db=db) as hub:
+        admin = hub.operator_args(hub.make_token("ops", "admin"))
+        agent = AgentClient(hub.ws_url, "worker-1", hub.make_token("worker-1"), heartbeat_s=None)
+        await agent.connect()
+        try:
+            done = await submit(admin, "done", "--complexity", "complex")
+            await complete(agent, await accept(agent))
+        finally:
+            await agent.close()
+        dropped = await submit(admin, "dropped")
+        succeeded(await cli("task", "cancel", dropped, *admin))
+        waiting = await submit(admin, "needs a gpu", "--capability", "gpu")
+
+        async def ids(*options: str) -> set[str]:
+            listed = json.loads(succeeded(await cli("task", "list", *options, "--json", *admin)))
+            return {task["task_id"] for task in listed}
+
+        # when tasks are listed with filters, then each keeps only what it names
+        assert await ids() == {ancient.task_id, done, dropped, waiting}
+        assert await ids("--status", "queued,cancelled") == {waiting, dropped}
+        assert await ids("--status", "completed") == {ancient.task_id, done}
+        assert await ids("--agent", "worker-1") == {done}
+        assert await ids("--capability", "gpu") == {waiting}
+        assert await ids("--since", "1h") == {done, dropped, waiting}
+        assert await ids("--since", "1h", "--status", "completed") == {done}
+        bad_status, bad_since = await asyncio.gather(
+            cli("task", "list", "--status", "queued,lost", *admin),
+            cli("task", "list", "--since", "yesterday", *admin),
+        )
+    assert "unknown status 'lost'" in one_line_error(bad_status)
+    assert "not a duration" in one_line_error(bad_since)
+    assert bad_status.returncode == bad_since.returncode == 2
+
+
+async def test_stats_shows_queue_throughput_agents_and_costs(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given one completed task, one dead letter, and two queued (high and low) that
+    # need a capability nobody has, with one agent connected
+    agent = await sidecars("worker-1")
+    await submit(admin, "done", "--complexity", "complex")
+    await complete(agent, await accept(agent))
+    await submit(admin, "doomed", "--max-retries", "0", "--complexity", "complex")
+    await fail(agent)
+    for priority in ("high", "low"):
+        await submit(admin, "stuck", "--priority", priority, "--capability", "gpu")
+
+    as_json, text = await asyncio.gather(
+        cli("stats", "--json", *admin), cli("stats", *admin)
+    )  # fmt: skip
+
+    # then the figures are the hub's
+    stats = json.loads(succeeded(as_json))
+    assert stats["queue_depth"] == 2
+    assert stats["queued_by_priority"] == {"high": 1, "low": 1}
+    assert stats["throughput"] == {"completed": 1, "dead_letter": 1, "cancelled": 0,
+                                   "window_s": 3600}  # fmt: skip
+    assert stats["agents_by_state"]["idle"] == 1
+    # and the text says them with labels, money as money
+    lines = succeeded(text).splitlines()
+    assert lines[0].split() == ["tasks:", "queued", "2", "assigned", "0", "working", "0",
+                                "completed", "1", "dead_letter", "1", "cancelled", "0"]  # fmt: skip
+    assert "depth 2  by priority urgent 0  high 1  normal 0  low 1" in lines[1]
+    assert "1 completed (0.02/min)  1 dead letter  0 cancelled" in lines[2]
+    assert lines[3].startswith("agents:     1 connected  idle 1")
+    assert "cost $0.0000  claude-equivalent $0.0011" in lines[4]
+    models = table("\n".join(lines[6:8]), "MODEL", "TASKS", "TOKENS IN", "TOKENS OUT", "COST",
+                   "CLAUDE-EQUIVALENT", "TIME")  # fmt: skip
+    assert models[0].split() == ["qwen2.5-coder:7b", "1", "120", "48", "$0.0000", "$0.0011",
+                                 "1.5", "s"]  # fmt: skip
+
+
 # --- abbreviated task ids -------------------------------------------------------------
 
 
@@ -539,17 +619,22 @@ def _stored_task(task_id: str, status: str = "completed") -> Task:
                 description=f"stored {task_id[:8]}", created_at=1, updated_at=1)  # fmt: skip
 
 
+async def seed(db: Path, *tasks: Task) -> Path:
+    """Write finished tasks (of 1970) into a database before a hub opens it."""
+    store = SqliteStore(db)
+    for task in tasks:
+        store.stage_task(task)
+    await store.commit()
+    store.close()
+    return db
+
+
 async def test_a_unique_prefix_of_six_or_more_characters_names_the_task(
     tmp_path: Path,
 ) -> None:
     # given a database holding tasks whose ids share their first six characters
-    db = tmp_path / "hub.db"
     twins = ["abcdef" + "1" * 26, "abcdef" + "2" * 26]
-    store = SqliteStore(db)
-    for task_id in twins:
-        store.stage_task(_stored_task(task_id))
-    await store.commit()
-    store.close()
+    db = await seed(tmp_path / "hub.db", *(_stored_task(task_id) for task_id in twins))
     with running_hub(tmp_path, db=db) as hub:
         admin = hub.operator_args(hub.make_token("ops", "admin"))
         queued = await submit(admin, "abbreviate me")
@@ -757,7 +842,7 @@ async def test_agent_token_is_not_an_operator_token(quiet_hub: HubProcess) -> No
         (["task", "submit", NEVER_QUEUED, "--priority", "someday"], "invalid choice: 'someday'"),
         (["task", "submit", NEVER_QUEUED, "--max-retries", "many"], "invalid int value"),
         (["task", "submit", NEVER_QUEUED, "--max-retries", "-1"], "max_retries"),
-        (["task", "list", "--status", "lost"], "invalid choice: 'lost'"),
+        (["task", "list", "--status", "lost"], "unknown status 'lost'"),
         (["task", "show", "0123456789abcdef01234567"], "not_found"),
         (["task", "frobnicate"], "invalid choice: 'frobnicate'"),
     ],

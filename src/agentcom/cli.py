@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import ssl
@@ -557,10 +558,7 @@ def _note(line: str) -> None:
 
 
 async def _task_list(client: OperatorClient, args: argparse.Namespace) -> int:
-    fields = {"limit": args.limit}
-    if args.status:
-        fields["status"] = args.status
-    found = await client.request("task_list", **fields)
+    found = await client.request("task_list", **_list_filter(args), limit=args.limit)
     if args.json:
         print(json.dumps(found))
         return EXIT_OK
@@ -600,6 +598,45 @@ def _task_change(
         return EXIT_OK
 
     return change
+
+
+def _list_filter(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``task_list`` fields of the filter options given."""
+    fields: dict[str, Any] = {
+        "status": args.status,
+        "agent": args.agent,
+        "capability": args.capability,
+        "since_s": args.since,
+        "priority": args.priority,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+_STATUSES = ("queued", "assigned", "working", "completed", "dead_letter", "cancelled")
+
+
+def _statuses(text: str) -> list[str]:
+    """``--status a,b``: one or more task statuses."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in _STATUSES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {unknown[0]!r} (choose from {', '.join(_STATUSES)})"
+        )
+    return list(dict.fromkeys(names))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _duration(text: str) -> float:
+    """``--since 90s|30m|1h|2d``: seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match is None or float(match[1]) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: a positive number and a unit, e.g. 90s, 30m, 1h, 2d"
+        )
+    return float(match[1]) * _UNITS[match[2]]
 
 
 def _task_id(text: str) -> str:
@@ -759,6 +796,62 @@ async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _stats(client: OperatorClient, args: argparse.Namespace) -> int:
+    stats = await client.request("stats")
+    if args.json:
+        print(json.dumps(stats))
+        return EXIT_OK
+    by_status = stats["by_status"]
+    print("tasks:      " + _counts({name: by_status.get(name, 0) for name in _STATUSES}))
+    print(
+        f"queue:      depth {stats['queue_depth']}  by priority "
+        + _counts({name: stats["queued_by_priority"].get(name, 0) for name in _PRIORITIES})
+    )
+    throughput = stats["throughput"]
+    hours = throughput["window_s"] / 3600
+    print(
+        f"last {hours:g} h:  {throughput['completed']} completed"
+        f" ({throughput['completed'] / (hours * 60):.2f}/min)"
+        f"  {throughput['dead_letter']} dead letter  {throughput['cancelled']} cancelled"
+    )
+    print(
+        f"agents:     {stats['agents_connected']} connected  " + _counts(stats["agents_by_state"])
+    )
+    totals = stats["totals"]
+    print(
+        f"costs:      {totals['tasks']} completed tasks  tokens in {totals['tokens_in']}"
+        f" out {totals['tokens_out']}  cost {_usd(totals['estimated_cost_usd'])}"
+        f"  claude-equivalent {_usd(totals['equivalent_claude_cost_usd'])}"
+    )
+    for title, key in (("MODEL", "by_model"), ("AGENT", "by_agent")):
+        print()
+        _table(
+            [title, "TASKS", "TOKENS IN", "TOKENS OUT", "COST", "CLAUDE-EQUIVALENT", "TIME"],
+            [
+                [
+                    name,
+                    row["tasks"],
+                    row["tokens_in"],
+                    row["tokens_out"],
+                    _usd(row["estimated_cost_usd"]),
+                    _usd(row["equivalent_claude_cost_usd"]),
+                    f"{row['execution_ms'] / 1000:.1f} s",
+                ]
+                for name, row in sorted(stats[key].items())
+            ],
+            empty=f"no completed tasks {key.replace('_', ' ')}",
+        )
+    return EXIT_OK
+
+
+_PRIORITIES = ("urgent", "high", "normal", "low")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``queued 2  working 1``: names and counts on one line."""
+    return "  ".join(f"{name} {count}" for name, count in counts.items())
+
+
 async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
     """Stream events until interrupted, following the hub across restarts."""
     snapshots = 0
@@ -870,6 +963,8 @@ def _parser() -> argparse.ArgumentParser:
     _agents_command(commands)
     _endpoints_command(commands)
     _channel_command(commands)
+    stats = commands.add_parser("stats", help="queue depth, throughput, agents and costs (viewer)")
+    _operator_command(stats, _stats)
     watch = commands.add_parser("watch", help="stream events live (viewer)")
     watch.add_argument(
         "--topic",
@@ -927,6 +1022,27 @@ def _token_command(commands: Any) -> None:
 _ID_HELP = f"the task's id, or its first {TASK_ID_PREFIX_MIN} or more characters"
 
 
+def _filter_options(parser: argparse.ArgumentParser, *, default_status: str | None = None) -> None:
+    """The task filter of ``task list`` and the bulk actions."""
+    parser.add_argument(
+        "--status",
+        type=_statuses,
+        metavar="S[,S...]",
+        help=f"only tasks in one of these states: {', '.join(_STATUSES)}",
+    )
+    parser.add_argument("--agent", metavar="AGENT_ID", help="only tasks this agent holds")
+    parser.add_argument("--capability", metavar="CAP", help="only tasks that need this capability")
+    parser.add_argument(
+        "--priority", choices=["urgent", "high", "normal", "low"], help="only this priority"
+    )
+    parser.add_argument(
+        "--since",
+        type=_duration,
+        metavar="DURATION",
+        help="only tasks updated in the last DURATION: 90s, 30m, 1h, 2d",
+    )
+
+
 def _task_command(commands: Any) -> None:
     task = commands.add_parser("task", help="submit, inspect and change tasks")
     _shared_options(task)
@@ -960,11 +1076,7 @@ def _task_command(commands: Any) -> None:
     _operator_command(submit, _task_submit)
 
     task_list = task_commands.add_parser("list", help="list tasks, most recently updated first")
-    task_list.add_argument(
-        "--status",
-        choices=["queued", "assigned", "working", "completed", "dead_letter", "cancelled"],
-        help="only tasks in this state",
-    )
+    _filter_options(task_list)
     task_list.add_argument(
         "--limit", type=int, default=100, help="at most this many, 1 to 1000 (default 100)"
     )

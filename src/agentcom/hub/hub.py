@@ -16,7 +16,7 @@ from typing import Any
 from agentcom import __version__
 from agentcom.config import Settings
 from agentcom.errors import HubError
-from agentcom.hub.agents import AgentRecord, Presence
+from agentcom.hub.agents import AgentRecord, AgentState, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
 from agentcom.hub.history import MINUTE_MS, QueueHistory
@@ -45,13 +45,14 @@ from agentcom.protocol.task import (
 )
 from agentcom.store.base import ChangeKey, Store, TaskFilter
 
-__all__ = ["TASK_ID_PREFIX_MIN", "Hub", "Outbox"]
+__all__ = ["TASK_ID_PREFIX_MIN", "THROUGHPUT_WINDOW_S", "Hub", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
 _EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
 TASK_ID_PREFIX_MIN = 6  # the shortest abbreviation of a task id that is looked up
 _CANDIDATES_SHOWN = 10
+THROUGHPUT_WINDOW_S = 3600  # stats count the tasks finished in the last hour
 SEEN_EVENT_INTERVAL_MS = 10_000
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -728,6 +729,14 @@ class Hub:
         stats["queue_depth"] = self.queue.queued_count()
         stats["agents_connected"] = len(self.presence.connected())
         stats["progress_dropped"] = self.progress_dropped
+        stats["throughput"] = self.store.finished_since(
+            self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000
+        )
+        stats["throughput"]["window_s"] = THROUGHPUT_WINDOW_S
+        by_state = dict.fromkeys((state.value for state in AgentState), 0)
+        for agent in self.presence.agents.values():
+            by_state[agent.state.value] += 1
+        stats["agents_by_state"] = by_state
         return stats
 
     def snapshot(self, recent: int = 50) -> dict[str, Any]:

@@ -74,12 +74,18 @@ class TaskGet(_Request):
 
 
 class TaskList(_Request):
-    """Tasks, most recently updated first."""
+    """Tasks, most recently updated first: in any of ``status`` (one or a list), of
+    ``priority``, held by ``agent``, needing ``capability``, updated in the last
+    ``since_s`` seconds."""
 
     type: Literal["task_list"]
-    status: TaskStatus | None = None
+    status: TaskStatus | Annotated[list[TaskStatus], Field(min_length=1, max_length=6)] | None = (
+        None
+    )
     priority: Priority | None = None
     agent: Annotated[str, Field(max_length=128)] | None = None
+    capability: Annotated[str, Field(max_length=256)] | None = None
+    since_s: Annotated[float, Field(gt=0, le=10 * 365 * 86_400)] | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 

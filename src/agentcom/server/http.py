@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -179,7 +180,7 @@ class HttpRoutes:
         await self.server.store.commit()
         if path == "/api/tasks":
             try:
-                task_filter = _task_filter(query)
+                task_filter = _task_filter(query, self.server.clock.now_ms())
             except ValueError as exc:
                 return _json(400, {"error": "bad_request", "message": str(exc)})
             return _json(200, [t.model_dump(mode="json") for t in hub.list_tasks(task_filter)])
@@ -205,17 +206,26 @@ class HttpRoutes:
         return _json(404, {"error": "not_found"})
 
 
-def _task_filter(query: dict[str, list[str]]) -> TaskFilter:
+def _task_filter(query: dict[str, list[str]], now_ms: int) -> TaskFilter:
     def one(name: str) -> str | None:
         values = query.get(name)
         return values[-1] if values else None
 
     status, priority, limit = one("status"), one("priority"), one("limit")
-    if status is not None:
-        TaskStatus(status)
+    statuses = None
+    if status is not None:  # one status or several, comma-separated
+        statuses = tuple(TaskStatus(name).value for name in status.split(","))
     if priority is not None:
         Priority(priority)
     count = int(limit) if limit is not None else 100
     if not 1 <= count <= 1000:
         raise ValueError("limit must be between 1 and 1000")
-    return TaskFilter(status=status, priority=priority, agent=one("agent"), limit=count)
+    since_s = one("since_s")
+    updated_since = None
+    if since_s is not None:
+        seconds = float(since_s)
+        if not 0 < seconds < math.inf:
+            raise ValueError("since_s must be a positive number of seconds")
+        updated_since = now_ms - int(seconds * 1000)
+    return TaskFilter(status=statuses, priority=priority, agent=one("agent"), limit=count,
+                      updated_since=updated_since, capability=one("capability"))  # fmt: skip

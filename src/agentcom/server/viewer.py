@@ -279,11 +279,17 @@ class OperatorSession:
             return hub.route_preview(request.task)
         if isinstance(request, ops.TaskList):
             await self.server.store.commit()
+            status = request.status
+            since_s = request.since_s
             task_filter = TaskFilter(
-                status=request.status.value if request.status else None,
+                status=tuple(one.value for one in status)
+                if isinstance(status, list)
+                else (status.value if status else None),
                 priority=request.priority.value if request.priority else None,
                 agent=request.agent,
                 limit=request.limit,
+                updated_since=None if since_s is None else hub.clock.now_ms() - int(since_s * 1000),
+                capability=request.capability,
             )
             return [task.model_dump(mode="json") for task in hub.list_tasks(task_filter)]
         if isinstance(request, ops.AgentsList):

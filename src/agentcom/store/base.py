@@ -28,12 +28,18 @@ class TokenRecord:
 
 @dataclass(frozen=True, slots=True)
 class TaskFilter:
-    """Filters for listing tasks; ``None`` means any."""
+    """Filters for listing tasks; ``None`` means any.
 
-    status: str | None = None
+    ``status`` is one status or several (any of them); ``updated_since`` keeps tasks
+    updated at or after that time (ms); ``capability`` keeps tasks that need it.
+    """
+
+    status: str | tuple[str, ...] | None = None
     priority: str | None = None
     agent: str | None = None
     limit: int = 100
+    updated_since: int | None = None
+    capability: str | None = None
 
 
 class Store(Protocol):
@@ -105,6 +111,9 @@ class Store(Protocol):
 
     def task_stats(self) -> dict[str, Any]:
         """Counts by status and priority, and execution totals per model and agent."""
+
+    def finished_since(self, since_ms: int) -> dict[str, int]:
+        """Tasks that reached each terminal status at or after ``since_ms``."""
 
     def has_token(self, agent_id: str) -> bool:
         """Whether ``agent_id`` holds a token (is a real agent)."""

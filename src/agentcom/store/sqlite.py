@@ -450,15 +450,30 @@ class SqliteStore:
 
     def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
         """Tasks matching the filter, most recently updated first."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
+        statuses = task_filter.status
+        if isinstance(statuses, tuple):
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        elif statuses is not None:
+            clauses.append("status = ?")
+            params.append(statuses)
         for column, value in (
-            ("status", task_filter.status),
             ("priority", task_filter.priority),
             ("assigned_to", task_filter.agent),
         ):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if task_filter.updated_since is not None:
+            clauses.append("updated_at >= ?")
+            params.append(task_filter.updated_since)
+        if task_filter.capability is not None:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(body, '$.needed_capabilities') WHERE value = ?)"
+            )
+            params.append(task_filter.capability)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT body FROM tasks {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?"
         rows = self._reader.execute(query, (*params, task_filter.limit)).fetchall()
@@ -501,6 +516,18 @@ class SqliteStore:
                 for row in rows("assigned_to", "GROUP BY assigned_to")
             },
         }
+
+    def finished_since(self, since_ms: int) -> dict[str, int]:
+        """Tasks that reached each terminal status at or after ``since_ms`` (a finished
+        task is not updated again, so its ``updated_at`` is when it finished)."""
+        rows = self._reader.execute(
+            "SELECT status, COUNT(*) FROM tasks WHERE updated_at >= ? AND status IN (?, ?, ?) "
+            "GROUP BY status",
+            (since_ms, *_TERMINAL),
+        ).fetchall()
+        counts = dict.fromkeys(_TERMINAL, 0)
+        counts.update(dict(rows))
+        return counts
 
     def load_endpoints(self) -> list[tuple[str, str, str, str | None]]:
         """Registered endpoints as ``(endpoint_id, url, source, agent_id)``."""
