@@ -674,11 +674,13 @@ async def test_agents_lists_the_connected_agent_with_state_and_current_task(
     assign = await agent.receive_type("task_assign")
 
     lines = table(
-        succeeded(await cli("agents", *admin)), "AGENT", "STATE", "TASK", "CAPABILITIES",
-        "LAST SEEN",
+        succeeded(await cli("agents", *admin)), "AGENT", "STATE", "DRAINING", "TASK",
+        "CAPABILITIES", "LAST SEEN",
     )  # fmt: skip
-    assert [line.split()[:4] for line in lines] == [["worker-1", "assigned", task_id, "gpu,linux"]]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", " ".join(lines[0].split()[4:]))
+    assert [line.split()[:5] for line in lines] == [
+        ["worker-1", "assigned", "no", task_id, "gpu,linux"]
+    ]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", " ".join(lines[0].split()[5:]))
 
     await agent.send({"type": "task_accepted", "task_id": assign["task_id"]})
     await agent.receive_type("task_ack")
@@ -686,6 +688,70 @@ async def test_agents_lists_the_connected_agent_with_state_and_current_task(
     assert [(a["agent_id"], a["state"], a["current_task"]) for a in agents] == [
         ("worker-1", "working", task_id)
     ]
+
+
+async def test_task_requeue_takes_a_stuck_task_from_its_agent_at_once(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given a task worker-1 accepted and then sat on, and worker-2 connected later, idle
+    stuck = await sidecars("worker-1")
+    task_id = await submit(admin, "stuck with worker-1", "--complexity", "complex")
+    held = await accept(stuck)
+    helper = await sidecars("worker-2")
+
+    # when an admin requeues it, by a prefix of its id
+    result = await cli("task", "requeue", task_id[:8], *admin)
+
+    # then it goes to worker-2 at once, with a new generation
+    assert succeeded(result).split() == [task_id, "assigned"]
+    assign = await helper.receive_type("task_assign")
+    assert (assign["task_id"], assign["generation"]) == (task_id, held["generation"] + 1)
+    # and worker-1 is told to drop it, and its late completion is refused
+    assert (await stuck.receive_type("task_cancelled"))["task_id"] == task_id
+    await stuck.send({"type": "task_complete", "task_id": task_id,
+                      "generation": held["generation"], "result": METADATA})  # fmt: skip
+    assert (await stuck.receive_type("error"))["error"].endswith("stale_generation")
+    task = await show(admin, task_id)
+    assert (task["status"], task["assigned_to"]) == ("assigned", "worker-2")
+    assert "requeued by an operator from worker-1" in {e["detail"] for e in task["history"]}
+    # and a task that no agent holds cannot be requeued
+    queued = await submit(admin, "nobody has it", "--capability", "gpu")
+    assert "invalid_state" in one_line_error(await cli("task", "requeue", queued, *admin))
+
+
+async def test_a_drained_agent_finishes_its_task_and_takes_no_new_one_until_undrained(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given worker-1 working on a task
+    agent = await sidecars("worker-1")
+    await submit(admin, "the last one", "--complexity", "complex")
+    current = await accept(agent)
+
+    # when it is drained
+    assert succeeded(await cli("agents", "drain", "worker-1", *admin)) == (
+        "worker-1 draining (working)\n"
+    )
+
+    # then the listing says so, in text and JSON
+    rows = table(succeeded(await cli("agents", *admin)), "AGENT", "STATE", "DRAINING", "TASK",
+                 "CAPABILITIES", "LAST SEEN")  # fmt: skip
+    assert rows[0].split()[:3] == ["worker-1", "working", "yes"]
+    listed = json.loads(succeeded(await cli("agents", "--json", *admin)))
+    assert [(a["agent_id"], a["draining"]) for a in listed] == [("worker-1", True)]
+    # and it completes its task, but a new one waits
+    await complete(agent, current)
+    waiting = await submit(admin, "after the drain", "--complexity", "complex")
+    assert (await show(admin, waiting))["status"] == "queued"
+    idle = json.loads(succeeded(await cli("agents", "list", "--json", *admin)))
+    assert [(a["state"], a["draining"], a["current_task"]) for a in idle] == [("idle", True, None)]
+
+    # when it is undrained, then it gets the waiting task
+    assert succeeded(await cli("agents", "undrain", "worker-1", *admin)).startswith(
+        "worker-1 not draining"
+    )
+    assert (await agent.receive_type("task_assign"))["task_id"] == waiting
+    # and an agent the hub has not seen cannot be drained
+    assert "not_found" in one_line_error(await cli("agents", "drain", "nobody", *admin))
 
 
 async def test_watch_json_prints_one_event_per_line(

@@ -109,6 +109,7 @@ FENCING_REASONS = frozenset({"not_found", "stale_generation", "invalid_state"})
 OPERATOR_ERRORS = VIOLATIONS | {
     "not_found", "invalid_state", "forbidden", "invalid_url", "invalid_name", "already_exists",
     "already_authenticated", "too_many_requests", "timeout", "channel_not_found",
+    "invalid_task_id", "ambiguous_task_id",
 }  # fmt: skip
 AGENT_REPLIES: dict[str, frozenset[str]] = {
     "identify": frozenset({"identified"}),
@@ -233,9 +234,12 @@ def operator_frames(token: str) -> dict[str, Frame]:
         "task_submit": {"type": "task_submit", **request, "task": submission},
         "task_get": {"type": "task_get", **task},
         "task_list": {
-            "type": "task_list", **request, "status": "queued", "priority": "low",
-            "agent": "a", "limit": 5,
+            "type": "task_list", **request, "status": ["queued", "working"], "priority": "low",
+            "agent": "a", "capability": UNSERVED_SKILL, "since_s": 60.0, "limit": 5,
         },
+        "task_requeue": {"type": "task_requeue", **task},
+        "agent_drain": {"type": "agent_drain", **request, "agent_id": "never-connected"},
+        "agent_undrain": {"type": "agent_undrain", **request, "agent_id": "never-connected"},
         "task_cancel": {"type": "task_cancel", **task},
         "task_retry": {"type": "task_retry", **task},
         "task_wait": {"type": "task_wait", **task, "timeout_s": 1.0},

@@ -776,11 +776,12 @@ async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
         print(json.dumps(agents))
         return EXIT_OK
     _table(
-        ["AGENT", "STATE", "TASK", "CAPABILITIES", "LAST SEEN"],
+        ["AGENT", "STATE", "DRAINING", "TASK", "CAPABILITIES", "LAST SEEN"],
         [
             [
                 agent["agent_id"],
                 agent["state"],
+                agent.get("draining", False),
                 agent.get("current_task"),
                 agent["capabilities"],
                 _time(agent.get("last_seen") or None),
@@ -850,6 +851,21 @@ _PRIORITIES = ("urgent", "high", "normal", "low")
 def _counts(counts: dict[str, int]) -> str:
     """``queued 2  working 1``: names and counts on one line."""
     return "  ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def _agent_drain(
+    request_type: str,
+) -> Callable[[OperatorClient, argparse.Namespace], Awaitable[int]]:
+    async def change(client: OperatorClient, args: argparse.Namespace) -> int:
+        agent = await client.request(request_type, agent_id=args.agent_id)
+        if args.json:
+            print(json.dumps(agent))
+        else:
+            drain = "draining" if agent["draining"] else "not draining"
+            print(f"{agent['agent_id']} {drain} ({agent['state']})")
+        return EXIT_OK
+
+    return change
 
 
 async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -1091,6 +1107,11 @@ def _task_command(commands: Any) -> None:
     cancel = task_commands.add_parser("cancel", help="cancel an unfinished task (admin)")
     cancel.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
     _operator_command(cancel, _task_change("task_cancel"))
+    requeue = task_commands.add_parser(
+        "requeue", help="take a task from its agent and queue it again at once (admin)"
+    )
+    requeue.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
+    _operator_command(requeue, _task_change("task_requeue"))
 
     route = task_commands.add_parser("route", help="show the routing decision, queue nothing")
     route.add_argument("description", metavar="DESCRIPTION", help="what the task would do")
@@ -1112,8 +1133,21 @@ def _task_command(commands: Any) -> None:
 
 
 def _agents_command(commands: Any) -> None:
-    agents = commands.add_parser("agents", help="agents with state and current task")
-    _operator_command(agents, _agents)
+    agents = commands.add_parser("agents", help="agents with state and current task (list, drain)")
+    _operator_command(agents, _agents)  # without ACTION: the list
+    agent_commands = agents.add_subparsers(dest="agents_command", metavar="ACTION")
+    listing = agent_commands.add_parser("list", help="every known agent (the default)")
+    _operator_command(listing, _agents)
+    drain = agent_commands.add_parser(
+        "drain", help="let an agent finish its current task and give it no new one (admin)"
+    )
+    drain.add_argument("agent_id", metavar="AGENT_ID", help="the agent to drain")
+    _operator_command(drain, _agent_drain("agent_drain"))
+    undrain = agent_commands.add_parser(
+        "undrain", help="end an agent's drain: it is given work again (admin)"
+    )
+    undrain.add_argument("agent_id", metavar="AGENT_ID", help="the agent to undrain")
+    _operator_command(undrain, _agent_drain("agent_undrain"))
 
 
 def _endpoints_command(commands: Any) -> None:

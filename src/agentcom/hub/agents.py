@@ -39,6 +39,7 @@ class AgentRecord:
     # Since when the hub keeps current_task for it without news: set when the connection
     # holding the task ends (or the hub restarts), cleared once it reports on the task.
     held_since: int | None = None
+    draining: bool = False  # an operator asked: finish the current task, take no new one
     ollama_url: str | None = None
     host: str | None = None  # the address it connected from
     resources: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +74,7 @@ class AgentRecord:
             "connected_at": self.connected_at,
             "last_seen": self.last_seen,
             "current_task": self.current_task,
+            "draining": self.draining,
             "ollama_url": self.ollama_url,
             "resources": self.resources,
             "held_task": held_task.model_dump(mode="json") if held_task is not None else None,
@@ -98,14 +100,15 @@ class Presence:
         return agent
 
     def refresh(self, agent: AgentRecord) -> None:
-        """Re-file the agent in the idle set after its state changed."""
-        if agent.state is AgentState.idle:
+        """Re-file the agent in the idle set after its state changed (a draining agent is
+        never offered work)."""
+        if agent.state is AgentState.idle and not agent.draining:
             self._idle.setdefault(agent.agent_id, None)
         else:
             self._idle.pop(agent.agent_id, None)
 
     def idle_agents(self) -> list[AgentRecord]:
-        """Idle agents, longest idle first."""
+        """Idle agents that may be offered work, longest idle first."""
         return [self.agents[agent_id] for agent_id in self._idle]
 
     def connected(self) -> list[AgentRecord]:

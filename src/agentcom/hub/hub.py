@@ -700,6 +700,41 @@ class Hub:
             self._release(holder)
         return task
 
+    def requeue(self, task_id: str) -> Task:
+        """Take an assigned or working task from its agent and queue it again at once.
+
+        The holder is told (``task_cancelled``) and is not offered the task again in the
+        same scheduling round; the next assignment has a new generation, so a late report
+        from the holder is refused.
+        """
+        task = self.queue.get(task_id)
+        if task is None or task.status not in ACTIVE:
+            status = (task or self.find_task(task_id)).status.value
+            raise HubError("invalid_state", f"task is {status}, not assigned or working", task_id)
+        holder = task.assigned_to
+        self.queue.requeue(task, f"requeued by an operator from {holder}")
+        if holder is None:
+            self.schedule()
+            return task
+        self._push(holder, TaskCancelled(task_id=task_id))
+        self._release(holder, schedule=False)
+        self._schedule_excluding(holder)
+        return task
+
+    def set_draining(self, agent_id: str, draining: bool) -> dict[str, Any]:
+        """Drain an agent (it finishes its current task and is offered no new one), or
+        end its drain; returns the agent. A drain lasts until undone or the hub restarts."""
+        agent = self.presence.get(agent_id)
+        if agent is None:
+            raise HubError("not_found", f"no agent {agent_id} has connected since the hub started")
+        if agent.draining != draining:
+            agent.draining = draining
+            self.presence.refresh(agent)
+            self._agent_event("agent_drain", agent)
+            if not draining:
+                self.schedule()
+        return self.agent_view(agent)
+
     def retry(self, task_id: str) -> Task:
         """Move a dead-letter task back to the queue."""
         task = self.find_task(task_id)

@@ -65,6 +65,7 @@ class AgentView(_Event):
     connected_at: int
     last_seen: int
     current_task: str | None
+    draining: bool  # finishes its current task, is offered no new one
     ollama_url: str | None
     resources: dict[str, Any]
     held_task: TaskHold | None  # its task, kept for it since its connection ended
@@ -76,7 +77,7 @@ class AgentEvent(_Event):
     type: Literal["agent_event"]
     event: Literal[
         "agent_connected", "agent_disconnected", "agent_status", "agent_resources",
-        "agent_endpoint", "agent_seen",
+        "agent_endpoint", "agent_seen", "agent_drain",
     ]  # fmt: skip
     agent_id: str
     timestamp: int

@@ -18,6 +18,8 @@ __all__ = [
     "DASHBOARD_FRAME_TYPES",
     "OPERATOR_FRAME",
     "OPERATOR_FRAME_TYPES",
+    "AgentDrain",
+    "AgentUndrain",
     "AgentsList",
     "Auth",
     "AuthOk",
@@ -37,6 +39,7 @@ __all__ = [
     "TaskCancel",
     "TaskGet",
     "TaskList",
+    "TaskRequeue",
     "TaskRetry",
     "TaskRoute",
     "TaskSubmit",
@@ -101,6 +104,27 @@ class TaskRetry(_Request):
 
     type: Literal["task_retry"]
     task_id: TaskId
+
+
+class TaskRequeue(_Request):
+    """Take an assigned or working task from its agent and queue it again (admin)."""
+
+    type: Literal["task_requeue"]
+    task_id: TaskId
+
+
+class AgentDrain(_Request):
+    """Let an agent finish its current task and offer it no new one (admin)."""
+
+    type: Literal["agent_drain"]
+    agent_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class AgentUndrain(_Request):
+    """End an agent's drain: it is offered work again (admin)."""
+
+    type: Literal["agent_undrain"]
+    agent_id: Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class TaskWait(_Request):
@@ -174,6 +198,9 @@ OperatorFrame = Annotated[
     | TaskList
     | TaskCancel
     | TaskRetry
+    | TaskRequeue
+    | AgentDrain
+    | AgentUndrain
     | TaskWait
     | TaskRoute
     | AgentsList
@@ -189,7 +216,8 @@ OPERATOR_FRAME: TypeAdapter[OperatorFrame] = TypeAdapter(OperatorFrame)
 OPERATOR_FRAME_TYPES = ("auth", "task_submit", "task_get", "task_list", "task_cancel",
                         "task_retry", "task_wait", "task_route", "agents_list", "stats",
                         "endpoints_list", "endpoint_add", "endpoint_remove", "channel_create",
-                        "channels_list")  # fmt: skip
+                        "channels_list", "task_requeue", "agent_drain",
+                        "agent_undrain")  # fmt: skip
 
 
 class AuthOk(Outbound):

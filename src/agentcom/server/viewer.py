@@ -255,6 +255,10 @@ class OperatorSession:
             return hub.cancel(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.TaskRetry):
             return hub.retry(request.task_id).model_dump(mode="json")
+        if isinstance(request, ops.TaskRequeue):
+            return hub.requeue(request.task_id).model_dump(mode="json")
+        if isinstance(request, ops.AgentDrain | ops.AgentUndrain):
+            return hub.set_draining(request.agent_id, isinstance(request, ops.AgentDrain))
         if isinstance(request, ops.EndpointAdd):
             return hub.add_endpoint(request.url, request.name)
         if isinstance(request, ops.EndpointRemove):
@@ -304,8 +308,8 @@ class OperatorSession:
         raise HubError("unsupported", f"unsupported request {request.type}")
 
 
-_TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait)
+_TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.TaskRequeue)
 _MUTATIONS = (
-    ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.EndpointAdd, ops.EndpointRemove,
-    ops.ChannelCreate,
+    ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.TaskRequeue, ops.AgentDrain,
+    ops.AgentUndrain, ops.EndpointAdd, ops.EndpointRemove, ops.ChannelCreate,
 )  # fmt: skip
