@@ -321,12 +321,17 @@ class CliResult(NamedTuple):
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT_S,
+    input: str | None = None,
 ) -> CliResult:
-    """Run ``agentcom ARGS`` to completion; the process is killed if it outlives ``timeout``."""
+    """Run ``agentcom ARGS`` to completion, ``input`` on its stdin (default: none); the
+    process is killed if it outlives ``timeout``."""
     completed = subprocess.run(
         [*CLI, *args],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
         capture_output=True,
         text=True,
         env=clean_env(env),
@@ -337,10 +342,13 @@ def run_cli(
 
 
 async def run_cli_async(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT_S,
+    input: str | None = None,
 ) -> CliResult:
     """:func:`run_cli` in a thread, so the test's own clients keep running meanwhile."""
-    return await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout)
+    return await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout, input=input)
 
 
 class CliProcess:

@@ -559,6 +559,15 @@ async def role_targets(
     await operator.request("task_cancel", task_id=cancelled["task_id"])
     # an endpoint to remove (nobody listens there: its check fails at once)
     endpoint = await operator.request("endpoint_add", url="http://127.0.0.1:9", name="spare")
+    # another dead-letter task and another queued one, for the bulk requests
+    dead_too = await operator.submit("Run it again", max_retries=0)
+    assigned = await worker.receive_type("task_assign", timeout=EVENT_TIMEOUT_S)
+    await worker.send({"type": "task_failed", "task_id": dead_too["task_id"],
+                       "generation": assigned["generation"], "reason": "boom"})  # fmt: skip
+    assert (await worker.receive_type("task_ack", timeout=EVENT_TIMEOUT_S))["status"] == (
+        "dead_letter"
+    )
+    queued_too = await operator.submit("Needs a GPU too", needed_capabilities=["gpu"])
     # a task the worker holds, to requeue
     held = await operator.submit("Hold this")
     await worker.receive_type("task_assign", timeout=EVENT_TIMEOUT_S)
@@ -578,6 +587,8 @@ async def role_targets(
         "channel_create": {"name": "announcements"},
         "channels_list": {},
         "task_requeue": {"task_id": held["task_id"]},
+        "task_cancel_many": {"task_ids": [queued_too["task_id"]]},
+        "task_retry_many": {"task_ids": [dead_too["task_id"]]},
         "agent_drain": {"agent_id": "worker"},
         "agent_undrain": {"agent_id": "worker"},
     }
@@ -641,7 +652,8 @@ async def test_every_operator_request_checks_the_role(
     # and they are the changes docs/protocol.md lists as admin requests
     # (undraining may assign a queued task: a stored change it causes, not its own)
     assert mutations - ADMIN_WITHOUT_STORAGE == {"task_submit", "task_cancel", "task_retry",
-                                                 "task_requeue",
+                                                 "task_requeue", "task_cancel_many",
+                                                 "task_retry_many",
                          "endpoint_add", "endpoint_remove", "channel_create"}  # fmt: skip
 
 

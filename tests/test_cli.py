@@ -88,9 +88,12 @@ async def sidecars(hub: HubProcess) -> AsyncIterator[SidecarMaker]:
         await client.close()
 
 
-async def cli(*args: str, env: Mapping[str, str] | None = None) -> CliResult:
-    """Run the command; fail the test if it takes longer than a CLI call ever should."""
-    return await run_cli_async(*args, env=env, timeout=20)
+async def cli(
+    *args: str, env: Mapping[str, str] | None = None, answer: str | None = None
+) -> CliResult:
+    """Run the command (``answer`` on its stdin); fail the test if it takes longer than a
+    CLI call ever should."""
+    return await run_cli_async(*args, env=env, timeout=20, input=answer)
 
 
 def succeeded(result: CliResult) -> str:
@@ -752,6 +755,72 @@ async def test_a_drained_agent_finishes_its_task_and_takes_no_new_one_until_undr
     assert (await agent.receive_type("task_assign"))["task_id"] == waiting
     # and an agent the hub has not seen cannot be drained
     assert "not_found" in one_line_error(await cli("agents", "drain", "nobody", *admin))
+
+
+async def test_bulk_cancel_asks_first_and_cancels_only_what_the_filter_matches(
+    hub: HubProcess, admin: list[str]
+) -> None:
+    # given three queued gpu tasks, one of them urgent, and one queued cpu task
+    gpu = [await submit(admin, f"render {n}", "--capability", "gpu") for n in range(2)]
+    urgent = await submit(admin, "render now", "--capability", "gpu", "--priority", "urgent")
+    cpu = await submit(admin, "compile", "--capability", "cpu")
+    bulk = ["task", "cancel", "--status", "queued", "--capability", "gpu", *admin]
+
+    # when the answer to the confirmation is no (or there is none), nothing changes
+    declined, unanswered = await asyncio.gather(cli(*bulk, answer="n\n"), cli(*bulk))
+    for result in (declined, unanswered):
+        assert result.returncode == 1 and result.stdout == ""
+        assert "cancel these 3 tasks? [y/N]" in result.stderr
+        assert "nothing done" in result.stderr
+        for task_id in (*gpu, urgent):
+            assert task_id in result.stderr  # the tasks were shown before the question
+    listed = json.loads(succeeded(await cli("task", "list", "--status", "cancelled", "--json",
+                                            *admin)))  # fmt: skip
+    assert listed == []
+
+    # when the filter is narrowed to urgent and the answer is yes
+    confirmed = await cli(*bulk, "--priority", "urgent", answer="y\n")
+    assert succeeded(confirmed).split() == [urgent, "cancelled"]
+    assert "cancel done for 1 of 1 tasks" in confirmed.stderr
+
+    # when --yes is given, no question is asked and the rest of the gpu tasks go
+    forced = await cli(*bulk, "--yes", "--json")
+    result = json.loads(succeeded(forced))
+    assert sorted(task["task_id"] for task in result["changed"]) == sorted(gpu)
+    assert result["refused"] == []
+    assert "[y/N]" not in forced.stderr
+    # then the cpu task is untouched, and a filter that matches nothing says so
+    assert (await show(admin, cpu))["status"] == "queued"
+    nothing = await cli(*bulk, "--yes")
+    assert (nothing.returncode, nothing.stdout, nothing.stderr) == (0, "", "no tasks match\n")
+    # and an ID with a filter is a usage error
+    assert "not both" in one_line_error(await cli("task", "cancel", cpu, "--agent", "w", *admin))
+
+
+async def test_retry_all_dead_requeues_every_dead_letter_task_after_confirmation(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given two dead-letter tasks, then the only sidecar busy with a third
+    agent = await sidecars("worker-1")
+    dead = []
+    for n in range(2):
+        dead.append(await submit(admin, f"doomed {n}", "--max-retries", "0"))
+        await fail(agent)
+    busy = await submit(admin, "keeps the sidecar busy")
+    await agent.receive_type("task_assign")
+
+    # when every dead-letter task is retried, answering yes
+    result = await cli("task", "retry", "--all-dead", *admin, answer="yes\n")
+
+    # then both are queued again, and nothing else changed
+    lines = succeeded(result).splitlines()
+    assert sorted(lines) == sorted(f"{task_id} queued" for task_id in dead)
+    assert "retry these 2 tasks? [y/N]" in result.stderr
+    for task_id in dead:
+        assert (await show(admin, task_id))["retry_count"] == 0
+    assert (await show(admin, busy))["status"] == "assigned"
+    # and filters without --all-dead are refused
+    assert "--all-dead" in one_line_error(await cli("task", "retry", "--since", "1h", *admin))
 
 
 async def test_watch_json_prints_one_event_per_line(

@@ -238,6 +238,8 @@ def operator_frames(token: str) -> dict[str, Frame]:
             "agent": "a", "capability": UNSERVED_SKILL, "since_s": 60.0, "limit": 5,
         },
         "task_requeue": {"type": "task_requeue", **task},
+        "task_cancel_many": {"type": "task_cancel_many", **request, "task_ids": [TASK_ID]},
+        "task_retry_many": {"type": "task_retry_many", **request, "task_ids": [TASK_ID]},
         "agent_drain": {"type": "agent_drain", **request, "agent_id": "never-connected"},
         "agent_undrain": {"type": "agent_undrain", **request, "agent_id": "never-connected"},
         "task_cancel": {"type": "task_cancel", **task},

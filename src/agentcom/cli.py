@@ -590,14 +590,96 @@ async def _task_show(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 def _task_change(
-    request_type: str,
+    request_type: str, bulk: str | None = None
 ) -> Callable[[OperatorClient, argparse.Namespace], Awaitable[int]]:
+    """One task changed by id; with ``bulk``, every task a filter matches instead."""
+
     async def change(client: OperatorClient, args: argparse.Namespace) -> int:
+        matching = _bulk_filter(args, request_type) if bulk is not None else None
+        if matching is not None:
+            return await _change_matching(client, args, bulk or "", matching)
+        if args.task_id is None:
+            raise CliError("give a task ID, or a filter (see --help)")
         task = await client.request(request_type, task_id=args.task_id)
         print(json.dumps(task) if args.json else f"{task['task_id']} {task['status']}")
         return EXIT_OK
 
     return change
+
+
+_UNFINISHED = ["queued", "assigned", "working"]
+_BULK_VERBS = {"task_retry_many": "retry", "task_cancel_many": "cancel"}
+_BULK_LIMIT = 1000  # tasks one bulk action reaches; run it again for more
+
+
+def _bulk_options(parser: argparse.ArgumentParser) -> None:
+    """The filter of a bulk action, and ``--yes``."""
+    _filter_options(parser)
+    parser.add_argument(
+        "--yes", action="store_true", help="act on every matching task without asking"
+    )
+
+
+def _bulk_filter(args: argparse.Namespace, request_type: str) -> dict[str, Any] | None:
+    """The ``task_list`` filter of a bulk action, or None when a single ID is meant."""
+    fields = _list_filter(args)
+    if request_type == "task_retry":
+        if not args.all_dead:
+            if fields:
+                raise CliError("the filters of `task retry` go with --all-dead")
+            return None
+        if args.status:
+            raise CliError("--all-dead retries dead-letter tasks: leave out --status")
+        fields["status"] = "dead_letter"
+    elif not fields:
+        return None
+    else:
+        fields.setdefault("status", _UNFINISHED)
+    if args.task_id is not None:
+        raise CliError("give a task ID or a filter, not both")
+    return fields
+
+
+async def _change_matching(
+    client: OperatorClient, args: argparse.Namespace, bulk: str, matching: dict[str, Any]
+) -> int:
+    """List the tasks the filter matches, confirm, then change them in one request."""
+    verb = _BULK_VERBS[bulk]
+    tasks = await client.request("task_list", **matching, limit=_BULK_LIMIT)
+    if not tasks:
+        print("no tasks match", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"changed": [], "refused": []}))
+        return EXIT_OK
+    if not args.yes and not await _confirmed(verb, tasks):
+        raise CliError(f"nothing done: answer y to {verb} them, or pass --yes", EXIT_FAILED)
+    result = await client.request(bulk, task_ids=[task["task_id"] for task in tasks])
+    if args.json:
+        print(json.dumps(result))
+    for task in [] if args.json else result["changed"]:
+        print(f"{task['task_id']} {task['status']}")
+    for refusal in result["refused"]:
+        print(f"agentcom: {refusal['task_id']}: {refusal['error']}: {refusal['message']}",
+              file=sys.stderr)  # fmt: skip
+    done = f"{verb} done for {len(result['changed'])} of {len(tasks)} tasks"
+    more = f" (at most {_BULK_LIMIT} at a time: run it again)" if len(tasks) == _BULK_LIMIT else ""
+    print(done + more, file=sys.stderr)
+    return EXIT_FAILED if result["refused"] else EXIT_OK
+
+
+async def _confirmed(verb: str, tasks: list[dict[str, Any]]) -> bool:
+    """Show the tasks on stderr and ask; anything but y or yes (or no answer) is no."""
+    shown = 10
+    for task in tasks[:shown]:
+        description = _cell(task["description"])[:50]
+        print(f"  {task['task_id']}  {task['status']:<11} {description}", file=sys.stderr)
+    if len(tasks) > shown:
+        print(f"  ... and {len(tasks) - shown} more", file=sys.stderr)
+    print(f"{verb} these {len(tasks)} tasks? [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    if not answer.endswith("\n"):
+        print(file=sys.stderr)  # no answer (end of input): end the prompt's line
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _list_filter(args: argparse.Namespace) -> dict[str, Any]:
@@ -1101,12 +1183,23 @@ def _task_command(commands: Any) -> None:
     show = task_commands.add_parser("show", help="a task with history, routing and result")
     show.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
     _operator_command(show, _task_show)
-    retry = task_commands.add_parser("retry", help="requeue a dead-letter task (admin)")
-    retry.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
-    _operator_command(retry, _task_change("task_retry"))
-    cancel = task_commands.add_parser("cancel", help="cancel an unfinished task (admin)")
-    cancel.add_argument("task_id", metavar="ID", type=_task_id, help=_ID_HELP)
-    _operator_command(cancel, _task_change("task_cancel"))
+    retry = task_commands.add_parser(
+        "retry", help="requeue a dead-letter task, or all of them with --all-dead (admin)"
+    )
+    retry.add_argument("task_id", metavar="ID", type=_task_id, nargs="?", help=_ID_HELP)
+    retry.add_argument(
+        "--all-dead",
+        action="store_true",
+        help="every dead-letter task (narrowed by the filters below), after a confirmation",
+    )
+    _bulk_options(retry)
+    _operator_command(retry, _task_change("task_retry", bulk="task_retry_many"))
+    cancel = task_commands.add_parser(
+        "cancel", help="cancel an unfinished task, or those a filter matches (admin)"
+    )
+    cancel.add_argument("task_id", metavar="ID", type=_task_id, nargs="?", help=_ID_HELP)
+    _bulk_options(cancel)
+    _operator_command(cancel, _task_change("task_cancel", bulk="task_cancel_many"))
     requeue = task_commands.add_parser(
         "requeue", help="take a task from its agent and queue it again at once (admin)"
     )

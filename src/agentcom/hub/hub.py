@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -699,6 +700,19 @@ class Hub:
             self._push(holder, TaskCancelled(task_id=task_id))
             self._release(holder)
         return task
+
+    def for_each_task(self, change: Callable[[str], Task], task_ids: list[str]) -> dict[str, Any]:
+        """Apply ``change`` (``cancel``, ``retry``...) to each task on its own: one refusal
+        does not stop the others. Returns ``changed`` (the tasks) and ``refused`` (the
+        ``task_id``, ``error`` and ``message`` of each refusal)."""
+        changed: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        for task_id in dict.fromkeys(task_ids):
+            try:
+                changed.append(change(self.resolve_task_id(task_id)).model_dump(mode="json"))
+            except HubError as error:
+                refused.append({"task_id": task_id, "error": error.code, "message": error.message})
+        return {"changed": changed, "refused": refused}
 
     def requeue(self, task_id: str) -> Task:
         """Take an assigned or working task from its agent and queue it again at once.

@@ -37,10 +37,12 @@ __all__ = [
     "Stats",
     "Subscribe",
     "TaskCancel",
+    "TaskCancelMany",
     "TaskGet",
     "TaskList",
     "TaskRequeue",
     "TaskRetry",
+    "TaskRetryMany",
     "TaskRoute",
     "TaskSubmit",
     "TaskWait",
@@ -104,6 +106,21 @@ class TaskRetry(_Request):
 
     type: Literal["task_retry"]
     task_id: TaskId
+
+
+class TaskCancelMany(_Request):
+    """Cancel several tasks in one request (admin); each is cancelled or refused alone."""
+
+    type: Literal["task_cancel_many"]
+    task_ids: Annotated[list[TaskId], Field(min_length=1, max_length=1000)]
+
+
+class TaskRetryMany(_Request):
+    """Move several dead-letter tasks back to the queue (admin); each is done or refused
+    alone."""
+
+    type: Literal["task_retry_many"]
+    task_ids: Annotated[list[TaskId], Field(min_length=1, max_length=1000)]
 
 
 class TaskRequeue(_Request):
@@ -199,6 +216,8 @@ OperatorFrame = Annotated[
     | TaskCancel
     | TaskRetry
     | TaskRequeue
+    | TaskCancelMany
+    | TaskRetryMany
     | AgentDrain
     | AgentUndrain
     | TaskWait
@@ -217,7 +236,7 @@ OPERATOR_FRAME_TYPES = ("auth", "task_submit", "task_get", "task_list", "task_ca
                         "task_retry", "task_wait", "task_route", "agents_list", "stats",
                         "endpoints_list", "endpoint_add", "endpoint_remove", "channel_create",
                         "channels_list", "task_requeue", "agent_drain",
-                        "agent_undrain")  # fmt: skip
+                        "agent_undrain", "task_cancel_many", "task_retry_many")  # fmt: skip
 
 
 class AuthOk(Outbound):

@@ -255,6 +255,10 @@ class OperatorSession:
             return hub.cancel(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.TaskRetry):
             return hub.retry(request.task_id).model_dump(mode="json")
+        if isinstance(request, ops.TaskCancelMany):
+            return hub.for_each_task(hub.cancel, request.task_ids)
+        if isinstance(request, ops.TaskRetryMany):
+            return hub.for_each_task(hub.retry, request.task_ids)
         if isinstance(request, ops.TaskRequeue):
             return hub.requeue(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.AgentDrain | ops.AgentUndrain):
@@ -310,6 +314,7 @@ class OperatorSession:
 
 _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.TaskRequeue)
 _MUTATIONS = (
-    ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.TaskRequeue, ops.AgentDrain,
+    ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.TaskRequeue, ops.TaskCancelMany,
+    ops.TaskRetryMany, ops.AgentDrain,
     ops.AgentUndrain, ops.EndpointAdd, ops.EndpointRemove, ops.ChannelCreate,
 )  # fmt: skip
