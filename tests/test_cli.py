@@ -847,6 +847,31 @@ async def test_watch_json_prints_one_event_per_line(
     assert events[-1]["execution"]["tokens_in"] == 120
 
 
+async def test_watch_task_follows_one_task_until_it_is_finished(
+    hub: HubProcess, admin: list[str], sidecars: SidecarMaker
+) -> None:
+    # given two tasks queued for one sidecar
+    agent = await sidecars("worker-1")
+    other = await submit(admin, "first in line", "--complexity", "complex")
+    followed = await submit(admin, "the one we watch", "--complexity", "complex")
+
+    # when the second is watched by a prefix of its id, while the sidecar runs both
+    with CliProcess("watch", "--task", followed[:8], *admin) as watch:
+        assert await watch.next_line() == f"task {followed} queued"
+        await complete(agent, await accept(agent))
+        await complete(agent, await accept(agent))
+        # then it ends by itself once the task completed, having shown only its events
+        result = await watch.finish(timeout=10)
+    assert result.returncode == 0, result
+    events = [line.split() for line in result.stdout.splitlines()]
+    assert [event[2] for event in events] == ["task_assigned", "task_accepted", "task_completed"]
+    assert {event[4] for event in events} == {followed}
+    assert other not in result.stdout
+    # and a finished task is reported at once
+    finished = await cli("watch", "--task", followed, "--json", *admin)
+    assert json.loads(succeeded(finished))["status"] == "completed"
+
+
 # --- endpoints ------------------------------------------------------------------------
 
 
@@ -1136,6 +1161,47 @@ async def test_exit_status_table_is_in_the_help() -> None:
     assert "exit status:" in text
     for code in ("0", "1", "2", "3", "4"):
         assert re.search(rf"^  {code} +\w", text, re.MULTILINE), code
+
+
+# --- config show ----------------------------------------------------------------------
+
+
+async def test_config_show_gives_each_setting_its_value_and_source_with_secrets_masked(
+    tmp_path: Path,
+) -> None:
+    # given a setting in each place: file, environment (beating the file), flag
+    config = tmp_path / "hub.toml"
+    config.write_text("port = 4100\nidle_timeout_s = 90\nfallback_wait_s = 2\n")
+    token = "ac_" + "s3cret" * 7
+    env = {"AGENTCOM_IDLE_TIMEOUT_S": "120", "AGENTCOM_TOKEN": token}
+
+    # when the settings are shown
+    as_json, text = await asyncio.gather(
+        cli("config", "show", "--config", str(config), "--host", "0.0.0.0", "--json",
+            "--hub", "http://ops:hunter2@hub.example:4000", env=env),
+        cli("config", "show", "--config", str(config), env=env),
+    )  # fmt: skip
+
+    # then each has its effective value and where it came from
+    rows = {row["name"]: (row["value"], row["source"]) for row in json.loads(succeeded(as_json))}
+    assert rows["host"] == ("0.0.0.0", "flag --host")
+    assert rows["port"] == (4100, f"file {config}")
+    assert rows["idle_timeout_s"] == (120.0, "env AGENTCOM_IDLE_TIMEOUT_S")
+    assert rows["fallback_wait_s"] == (2.0, f"file {config}")
+    assert rows["reclaim_after_s"] == (300.0, "default")
+    assert rows["hub"] == ("http://ops:****@hub.example:4000", "flag --hub")
+    assert rows["token"][1] == "env AGENTCOM_TOKEN"
+    # and secrets never appear
+    for output in (as_json.stdout, text.stdout):
+        assert token not in output and "hunter2" not in output
+    lines = table(succeeded(text).split("\n\n")[0], "SETTING", "VALUE", "SOURCE")
+    assert ["idle_timeout_s", "120.0", "env", "AGENTCOM_IDLE_TIMEOUT_S"] in [
+        line.split() for line in lines
+    ]
+    # and a broken file is one line, as for serve
+    config.write_text("port = [\n")
+    assert "is not valid TOML" in one_line_error(await cli("config", "show", "--config",
+                                                           str(config)))  # fmt: skip
 
 
 # --- serve ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from agentcom.client import (
     RequestFailed,
     websocket_url,
 )
-from agentcom.config import Settings, load_settings
+from agentcom.config import Settings, load_settings, setting_sources
 from agentcom.errors import DatabaseInUse, StoreError
 from agentcom.hub.auth import Role, hash_token, new_token
 from agentcom.hub.hub import TASK_ID_PREFIX_MIN
@@ -105,19 +105,33 @@ class CliError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings, _ = _settings(args)
+    _check_tls_files(settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Our own modules log connections; the library's per-request lines are noise.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    return asyncio.run(_run_hub(settings))
+
+
+def _settings(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
+    """The hub's settings from the flags of ``serve`` (or ``config show``), the
+    environment and the config file, and where each came from."""
     config = args.config or os.environ.get("AGENTCOM_CONFIG")
     if config:  # a file named but missing is a mistake: never run on defaults instead
         _readable(config, "config file")
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "db": args.db,
+        "log_level": args.log_level,
+        "certfile": args.certfile,
+        "keyfile": args.keyfile,
+    }
     try:
-        settings = load_settings(
-            args.config,
-            host=args.host,
-            port=args.port,
-            db=args.db,
-            log_level=args.log_level,
-            certfile=args.certfile,
-            keyfile=args.keyfile,
-        )
+        return load_settings(args.config, **flags), setting_sources(args.config, **flags)
     except ValidationError as exc:
         raise CliError(
             f"invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
@@ -129,14 +143,51 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. replaced by a directory since the check above
         reason = exc.strerror or _reason(exc)
         raise CliError(f"cannot read the config file {config}: {reason}") from None
-    _check_tls_files(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    """Every setting with its effective value and where it came from, secrets masked."""
+    settings, sources = _settings(args)
+    rows = [
+        {"name": name, "value": _masked(name, value), "source": sources[name]}
+        for name, value in settings.model_dump(mode="json").items()
+    ]
+    client = {"hub": "AGENTCOM_HUB", "token": "AGENTCOM_TOKEN", "cafile": "AGENTCOM_CAFILE"}
+    for name, variable in client.items():
+        if name in args.typed:
+            source = f"flag --{name}"
+        elif os.environ.get(variable):
+            source = f"env {variable}"
+        else:
+            source = "default"
+        rows.append({"name": name, "value": _masked(name, getattr(args, name)), "source": source})
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    _table(
+        ["SETTING", "VALUE", "SOURCE"],
+        [[row["name"], row["value"], row["source"]] for row in rows],
+        empty="no settings",
     )
-    # Our own modules log connections; the library's per-request lines are noise.
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    return asyncio.run(_run_hub(settings))
+    print("\n(hub, token and cafile are the operator commands'; the rest are `serve`'s)")
+    return EXIT_OK
+
+
+_SECRET_SETTINGS = frozenset({"token"})
+
+
+def _masked(name: str, value: Any) -> Any:
+    """``value`` with secrets hidden: a token shows its first 6 characters, a URL's
+    password is starred."""
+    if value is None:
+        return None
+    if name in _SECRET_SETTINGS:
+        return f"{str(value)[:6]}..." if value else value
+    if isinstance(value, str) and "@" in value and "://" in value:
+        return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:****@", value)
+    if isinstance(value, list):
+        return [_masked(name, item) for item in value]
+    return value
 
 
 def _readable(path: str | Path, what: str) -> None:
@@ -552,6 +603,15 @@ async def _wait_across_restarts(client: OperatorClient, task_id: str) -> dict[st
             _note(f"reconnected; waiting for task {task_id}")
 
 
+async def _task_across_restarts(client: OperatorClient, task_id: str) -> dict[str, Any]:
+    """The task, reopening the request connection if a hub restart closed it."""
+    while True:
+        try:
+            return await client.get_task(task_id)
+        except ConnectionLost:
+            await client.reconnect()
+
+
 def _note(line: str) -> None:
     """A line for the person running a long command, on stderr (stdout carries data)."""
     print(f"agentcom: {line}", file=sys.stderr, flush=True)
@@ -950,8 +1010,13 @@ def _agent_drain(
     return change
 
 
+_FINISHED = ("completed", "dead_letter", "cancelled")
+
+
 async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
     """Stream events until interrupted, following the hub across restarts."""
+    if args.task is not None:
+        return await _watch_task(client, args)
     snapshots = 0
 
     def lost(reason: str) -> None:
@@ -967,6 +1032,33 @@ async def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
             print(f"{state}: {agents} agents, queue depth {depth}", flush=True)
         elif frame.get("event") != "agent_seen":  # a heartbeat: noise in a human's stream
             print(_describe_event(frame), flush=True)
+    return EXIT_OK
+
+
+async def _watch_task(client: OperatorClient, args: argparse.Namespace) -> int:
+    """Follow one task's events until it is finished (at once if it already is), across
+    hub restarts."""
+    task = await client.get_task(args.task)  # the hub resolves an abbreviated id
+    task_id = task["task_id"]
+    as_json = args.json
+
+    def lost(reason: str) -> None:
+        _note(f"{reason}; reconnecting to follow task {task_id}...")
+
+    async for frame in client.follow(["tasks"], lost):
+        if frame.get("type") == "snapshot":
+            # Read again once subscribed (again): it may have moved on before, or while
+            # the hub was away.
+            task = await _task_across_restarts(client, task_id)
+            print(json.dumps(task) if as_json else f"task {task_id} {task['status']}", flush=True)
+            if task["status"] in _FINISHED:
+                break
+            continue
+        if frame.get("task_id") != task_id:
+            continue
+        print(json.dumps(frame) if as_json else _describe_event(frame), flush=True)
+        if frame.get("status") in _FINISHED and frame.get("event") != "task_failed":
+            break
     return EXIT_OK
 
 
@@ -1039,6 +1131,7 @@ def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
         "json": False,
         "db": None,
     }
+    args.typed = {name for name in defaults if hasattr(args, name)}
     for name, value in defaults.items():
         if not hasattr(args, name):
             setattr(args, name, value)
@@ -1061,6 +1154,7 @@ def _parser() -> argparse.ArgumentParser:
     _agents_command(commands)
     _endpoints_command(commands)
     _channel_command(commands)
+    _config_command(commands)
     stats = commands.add_parser("stats", help="queue depth, throughput, agents and costs (viewer)")
     _operator_command(stats, _stats)
     watch = commands.add_parser("watch", help="stream events live (viewer)")
@@ -1069,6 +1163,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         choices=["tasks", "agents", "validation"],
         help="only this topic's events (repeatable; default all)",
+    )
+    watch.add_argument(
+        "--task",
+        type=_task_id,
+        metavar="ID",
+        help="only this task's events, until it is finished; " + _ID_HELP.removeprefix("the "),
     )
     _operator_command(watch, _watch)
     return parser
@@ -1088,6 +1188,19 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
     parser.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
+
+
+def _config_command(commands: Any) -> None:
+    config = commands.add_parser("config", help="the settings in effect and their sources")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_commands.add_parser(
+        "show",
+        help="every setting: its value (secrets masked) and whether it came from a flag, "
+        "the environment, the config file or the default",
+    )
+    _serve_settings_options(show)
+    _shared_options(show)
+    show.set_defaults(handler=_config_show)
 
 
 def _serve_command(commands: Any) -> None:

@@ -7,6 +7,7 @@ Precedence, highest first: command-line flags, environment, the TOML file named 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "setting_sources"]
 
 
 class Settings(BaseSettings):
@@ -194,6 +195,30 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+def setting_sources(config_file: str | None = None, **overrides: Any) -> dict[str, str]:
+    """Where each setting of :func:`load_settings` with the same arguments comes from:
+    ``flag --NAME``, ``env AGENTCOM_NAME``, ``file PATH`` or ``default``, in the order of
+    precedence. Raises what reading the TOML file raises."""
+    path = config_file or os.environ.get("AGENTCOM_CONFIG")
+    in_file: set[str] = set()
+    if path:
+        with open(path, "rb") as file:
+            in_file = set(tomllib.load(file))
+    in_environment = {name.upper() for name in os.environ}
+    sources = {}
+    for name in Settings.model_fields:
+        variable = f"AGENTCOM_{name.upper()}"
+        if overrides.get(name) is not None:
+            sources[name] = f"flag --{name.replace('_', '-')}"
+        elif variable in in_environment:
+            sources[name] = f"env {variable}"
+        elif name in in_file:
+            sources[name] = f"file {path}"
+        else:
+            sources[name] = "default"
+    return sources
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
