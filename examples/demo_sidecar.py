@@ -187,7 +187,8 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="A demo agentcom sidecar that runs nothing.")
     parser.add_argument(
         "--hub", default=os.environ.get("AGENTCOM_HUB_URL", "ws://127.0.0.1:4000/ws"),
-        help="the hub's agent endpoint (default $AGENTCOM_HUB_URL or ws://127.0.0.1:4000/ws)",
+        help="the hub's agent endpoint (default $AGENTCOM_HUB_URL or ws://127.0.0.1:4000/ws);"
+        " the operators' http://HOST:PORT is understood too",
     )  # fmt: skip
     parser.add_argument("--agent-id", default=os.environ.get("AGENTCOM_AGENT_ID"),
                         help="this agent's id (default $AGENTCOM_AGENT_ID)")  # fmt: skip

@@ -12,13 +12,23 @@ import contextlib
 import json
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import METADATA
-from hubprocess import CliProcess, CliResult, HubProcess, closed_port, run_cli_async, running_hub
+from hubprocess import (
+    CliProcess,
+    CliResult,
+    HubProcess,
+    clean_env,
+    closed_port,
+    run_cli_async,
+    running_hub,
+)
 from ollama_standin import OllamaStandin, make_ollama, ollama  # noqa: F401
 from websockets.exceptions import ConnectionClosed
 
@@ -30,6 +40,7 @@ from agentcom.protocol.task import Task
 from agentcom.store.sqlite import SqliteStore
 
 SidecarMaker = Callable[..., Awaitable[AgentClient]]
+REPO = Path(__file__).resolve().parent.parent
 
 TASK_ID = re.compile(r"^[A-Za-z0-9_-]{16,}$")  # random, unguessable; the format is not ours to pin
 NEVER_QUEUED = "refused before it reaches the queue"
@@ -1161,6 +1172,46 @@ async def test_exit_status_table_is_in_the_help() -> None:
     assert "exit status:" in text
     for code in ("0", "1", "2", "3", "4"):
         assert re.search(rf"^  {code} +\w", text, re.MULTILINE), code
+
+
+# --- the hub's two addresses -----------------------------------------------------------
+
+
+async def test_operator_commands_take_the_sidecars_address_and_say_which_was_meant(
+    quiet_hub: HubProcess, quiet_admin: list[str]
+) -> None:
+    token = quiet_admin[quiet_admin.index("--token") + 1]
+    ws_form, bare = await asyncio.gather(
+        cli("agents", "--json", "--hub", quiet_hub.ws_url, "--token", token),
+        cli("agents", "--json", "--hub", f"127.0.0.1:{quiet_hub.port}/ws", "--token", token),
+    )
+
+    for result in (ws_form, bare):
+        assert json.loads(succeeded(result)) == []
+        note = result.stderr.strip()
+        assert note.startswith("agentcom: note: ") and "/ws is an endpoint of the hub" in note
+        assert f"using the hub at {quiet_hub.http_url} " in note
+
+
+async def test_the_demo_sidecar_takes_the_operators_address_and_says_which_was_meant(
+    hub: HubProcess, admin: list[str]
+) -> None:
+    # given the demo sidecar started with the hub's http:// address
+    sidecar = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "demo_sidecar.py"), "--hub", hub.http_url,
+         "--agent-id", "demo-1", "--token", hub.make_token("demo-1")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=clean_env(),
+    )  # fmt: skip
+    try:
+        # then it connects and runs a task
+        result = await cli("task", "submit", "say hi", "--complexity", "complex", "--wait", *admin)
+        assert succeeded(result).splitlines()[0].split()[2] == "completed"
+    finally:
+        sidecar.terminate()
+        _, log = await asyncio.to_thread(sidecar.communicate, timeout=10)
+    # and its log said which address it used
+    assert f"{hub.http_url} is not the agent endpoint; connecting to {hub.ws_url}" in log
 
 
 # --- config show ----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from agentcom.client import (
     ConnectionLost,
     OperatorClient,
     RequestFailed,
+    hub_base_url,
     websocket_url,
 )
 from agentcom.config import Settings, load_settings, setting_sources
@@ -395,6 +396,16 @@ def _operator(
         if not args.token:
             raise CliError("no token: pass --token or set AGENTCOM_TOKEN")
         _check_hub_url(args.hub)
+        base = hub_base_url(args.hub)
+        typed = urlsplit(args.hub if "//" in args.hub else f"http://{args.hub}")
+        if typed.path.strip("/"):  # e.g. the sidecars' ws://HOST:PORT/ws
+            print(
+                f"agentcom: note: {args.hub} is an endpoint of the hub, not its address; "
+                f"using the hub at {base} (operator commands take http://HOST:PORT, "
+                "sidecars ws://HOST:PORT/ws)",
+                file=sys.stderr,
+            )
+            args.hub = base
         context = _trusting(args.cafile)
 
         async def connected() -> int:

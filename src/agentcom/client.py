@@ -33,6 +33,8 @@ __all__ = [
     "ConnectionLost",
     "OperatorClient",
     "RequestFailed",
+    "agent_url",
+    "hub_base_url",
     "websocket_url",
 ]
 
@@ -146,6 +148,30 @@ def websocket_url(hub: str, path: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+_OTHER_ENDPOINTS = ("/ws/operator", "/ws/dashboard", "/dashboard")
+
+
+def agent_url(hub: str) -> str:
+    """The agent endpoint on ``hub``: a sidecar's ``ws://HOST:PORT/ws`` stays as it is,
+    and the operators' ``http://HOST:PORT`` (or another of the hub's paths) becomes it."""
+    parts = urlsplit(hub if "//" in hub else f"ws://{hub}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/")
+    for other in _OTHER_ENDPOINTS:
+        path = path.removesuffix(other)
+    if not path.endswith("/ws"):
+        path += "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def hub_base_url(hub: str) -> str:
+    """The base URL operators use for ``hub``: ``http://HOST:PORT`` for a sidecar's
+    ``ws://HOST:PORT/ws`` (and ``https`` for ``wss``); other URLs keep their scheme."""
+    parts = urlsplit(hub if "//" in hub else f"http://{hub}")
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
 def _options(url: str, context: SSLContext | None) -> dict[str, Any]:
     """More ``connect`` keywords: a logger that never prints frames or headers (the token
     is in them), and the TLS context for ``wss://`` URLs (websockets refuses one for
@@ -178,7 +204,9 @@ class AgentClient:
     """A sidecar's connection to the hub.
 
     Args:
-        url: the hub's agent endpoint, e.g. ``ws://127.0.0.1:4000/ws``.
+        url: the hub's agent endpoint, e.g. ``ws://127.0.0.1:4000/ws``. The operators'
+            form of the address (``http://127.0.0.1:4000``) is understood too: it is
+            turned into the agent endpoint, with a warning that says so.
         agent_id: this agent's id.
         token: its token.
         capabilities: what it can do (tasks may require some).
@@ -205,7 +233,14 @@ class AgentClient:
         backoff_max_s: float = 60.0,
         ssl: SSLContext | None = None,
     ) -> None:
-        self.url = url
+        self.url = agent_url(url)
+        if self.url != url:
+            logger.warning(
+                "%s is not the agent endpoint; connecting to %s (sidecars use "
+                "ws://HOST:PORT/ws, operator commands http://HOST:PORT)",
+                url,
+                self.url,
+            )
         self.agent_id = agent_id
         self.token = token
         self.capabilities = capabilities or []
