@@ -669,7 +669,7 @@ async def test_a_unique_prefix_of_six_or_more_characters_names_the_task(
     line = one_line_error(ambiguous)
     assert "ambiguous_task_id" in line
     assert twins[0] in line and twins[1] in line
-    assert ambiguous.returncode == 1
+    assert ambiguous.returncode == 2  # a bad value: more characters are needed
     # and one shorter than six characters is a usage error
     assert "at least 6 characters" in one_line_error(short)
     assert short.returncode == 2

@@ -75,8 +75,9 @@ exit status:
        ended other than completed, or a database or port could not be used (a token
        command's database that does not exist, `serve`'s port already in use)
   2    usage error: unknown command or option, bad value (refused by the CLI or by the
-       hub: validation_failed, invalid_url, invalid_name), missing token, invalid
-       setting, an unreadable or invalid config, certificate, key or CA file
+       hub: validation_failed, invalid_url, invalid_name, ambiguous_task_id...), missing
+       token, invalid setting, an unreadable or invalid config, certificate, key or CA
+       file
   3    cannot reach the hub: down, wrong --hub, TLS failure, not a hub, or it refused
        the connection (HTTP 429 too many connections, 503 stopping)
   4    the hub refused the token (unknown, revoked, or an agent token)
@@ -442,7 +443,9 @@ def _operator(
     return run
 
 
-_BAD_VALUE_ERRORS = frozenset({"validation_failed", "invalid_url", "invalid_name"})
+_BAD_VALUE_ERRORS = frozenset(
+    {"validation_failed", "invalid_url", "invalid_name", "invalid_task_id", "ambiguous_task_id"}
+)
 """The hub's answers to a bad value: a usage error (exit 2), like one the CLI catches."""
 
 
