@@ -50,7 +50,7 @@ EXIT_DATABASE_IN_USE = 5
 ROLES_AND_ENVIRONMENT = """\
 roles (a token has one; `agentcom token create ID --role ROLE`):
   agent   a sidecar: connects to ws://HOST:PORT/ws as exactly the agent id of its token;
-          refused by every command below but `serve` and `token`
+          the operator commands (all but serve, token and config) refuse it
   viewer  an operator who may look: task list/show, agents, endpoints, stats, watch,
           the dashboard and /api/*
   admin   a viewer who may also change things: submit, cancel, retry, requeue, drain,
@@ -1155,7 +1155,7 @@ def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="agentcom",
-        description="Coordinate AI-agent sidecars: run a hub, manage its tokens, and operate "
+        description="Coordinate AI-agent sidecars: run a hub, manage its tokens, and operate\n"
         "it (tasks, agents, endpoints, channels, statistics, live events).",
         epilog=ROLES_AND_ENVIRONMENT + "\n" + EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
