@@ -397,16 +397,7 @@ def _operator(
         if not args.token:
             raise CliError("no token: pass --token or set AGENTCOM_TOKEN")
         _check_hub_url(args.hub)
-        base = hub_base_url(args.hub)
-        typed = urlsplit(args.hub if "//" in args.hub else f"http://{args.hub}")
-        if typed.path.strip("/"):  # e.g. the sidecars' ws://HOST:PORT/ws
-            print(
-                f"agentcom: note: {args.hub} is an endpoint of the hub, not its address; "
-                f"using the hub at {base} (operator commands take http://HOST:PORT, "
-                "sidecars ws://HOST:PORT/ws)",
-                file=sys.stderr,
-            )
-            args.hub = base
+        args.hub = _hub_address(args.hub)
         context = _trusting(args.cafile)
 
         async def connected() -> int:
@@ -447,6 +438,21 @@ _BAD_VALUE_ERRORS = frozenset(
     {"validation_failed", "invalid_url", "invalid_name", "invalid_task_id", "ambiguous_task_id"}
 )
 """The hub's answers to a bad value: a usage error (exit 2), like one the CLI catches."""
+
+
+def _hub_address(hub: str) -> str:
+    """The hub's address for a ``--hub`` that may name one of its endpoints instead (the
+    sidecars' ``ws://HOST:PORT/ws``): that is replaced, saying so on stderr."""
+    typed = urlsplit(hub if "//" in hub else f"http://{hub}")
+    if not typed.path.strip("/"):
+        return hub
+    base = hub_base_url(hub)
+    print(
+        f"agentcom: note: {hub} is an endpoint of the hub, not its address; using the hub "
+        f"at {base} (operator commands take http://HOST:PORT, sidecars ws://HOST:PORT/ws)",
+        file=sys.stderr,
+    )
+    return base
 
 
 def _check_hub_url(hub: str) -> None:
