@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import METADATA
 from hubprocess import (
+    CLI,
     CliProcess,
     CliResult,
     HubProcess,
@@ -806,6 +807,44 @@ async def test_bulk_cancel_asks_first_and_cancels_only_what_the_filter_matches(
     assert (nothing.returncode, nothing.stdout, nothing.stderr) == (0, "", "no tasks match\n")
     # and an ID with a filter is a usage error
     assert "not both" in one_line_error(await cli("task", "cancel", cpu, "--agent", "w", *admin))
+
+
+async def test_ctrl_c_at_the_confirmation_exits_at_once_and_changes_nothing(
+    hub: HubProcess, admin: list[str]
+) -> None:
+    # given a bulk cancel waiting for its answer on a terminal that stays open
+    task_id = await submit(admin, "keep me", "--capability", "gpu")
+    command = subprocess.Popen(
+        [*CLI, "task", "cancel", "--capability", "gpu", *admin],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(),
+    )  # fmt: skip
+    try:
+        assert command.stderr is not None
+
+        def prompted() -> str:
+            seen = ""
+            while not seen.endswith("[y/N] "):
+                character = command.stderr.read(1) if command.stderr else ""
+                assert character, seen  # the command ended before asking
+                seen += character
+            return seen
+
+        assert task_id in await asyncio.wait_for(asyncio.to_thread(prompted), 20)
+
+        # when the operator presses Ctrl-C
+        command.send_signal(signal.SIGINT)
+
+        # then it exits 130 at once, without waiting for a line that never comes
+        assert await asyncio.to_thread(command.wait, 10) == 130
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+        for stream in (command.stdin, command.stdout, command.stderr):
+            if stream is not None:
+                stream.close()
+    assert (await show(admin, task_id))["status"] == "queued"
 
 
 async def test_retry_all_dead_requeues_every_dead_letter_task_after_confirmation(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -15,6 +16,7 @@ import signal
 import sqlite3
 import ssl
 import sys
+import threading
 import tomllib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -747,6 +749,25 @@ async def _change_matching(
     return EXIT_FAILED if result["refused"] else EXIT_OK
 
 
+def _read_line() -> asyncio.Future[str]:
+    """A line of stdin, read by a daemon thread: the event loop keeps answering the hub's
+    pings while a human thinks, and Ctrl-C does not wait for the line."""
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def deliver(text: str) -> None:
+        if not line.done():
+            line.set_result(text)
+
+    def read() -> None:
+        text = sys.stdin.readline()
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(deliver, text)
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    return line
+
+
 async def _confirmed(verb: str, tasks: list[dict[str, Any]]) -> bool:
     """Show the tasks on stderr and ask; anything but y or yes (or no answer) is no."""
     shown = 10
@@ -756,7 +777,7 @@ async def _confirmed(verb: str, tasks: list[dict[str, Any]]) -> bool:
     if len(tasks) > shown:
         print(f"  ... and {len(tasks) - shown} more", file=sys.stderr)
     print(f"{verb} these {len(tasks)} tasks? [y/N] ", end="", file=sys.stderr, flush=True)
-    answer = await asyncio.to_thread(sys.stdin.readline)
+    answer = await _read_line()
     if not answer.endswith("\n"):
         print(file=sys.stderr)  # no answer (end of input): end the prompt's line
     return answer.strip().lower() in ("y", "yes")
