@@ -287,18 +287,7 @@ class OperatorSession:
             return hub.route_preview(request.task)
         if isinstance(request, ops.TaskList):
             await self.server.store.commit()
-            status = request.status
-            since_s = request.since_s
-            task_filter = TaskFilter(
-                status=tuple(one.value for one in status)
-                if isinstance(status, list)
-                else (status.value if status else None),
-                priority=request.priority.value if request.priority else None,
-                agent=request.agent,
-                limit=request.limit,
-                updated_since=None if since_s is None else hub.clock.now_ms() - int(since_s * 1000),
-                capability=request.capability,
-            )
+            task_filter = _task_filter(request, hub.clock.now_ms())
             return [task.model_dump(mode="json") for task in hub.list_tasks(task_filter)]
         if isinstance(request, ops.AgentsList):
             return hub.agents_snapshot()
@@ -312,9 +301,24 @@ class OperatorSession:
         raise HubError("unsupported", f"unsupported request {request.type}")
 
 
+def _task_filter(request: ops.TaskList, now_ms: int) -> TaskFilter:
+    """The store's filter for a ``task_list`` request (``since_s`` counts back from now)."""
+    status = request.status
+    return TaskFilter(
+        status=tuple(one.value for one in status)
+        if isinstance(status, list)
+        else (status.value if status else None),
+        priority=request.priority.value if request.priority else None,
+        agent=request.agent,
+        limit=request.limit,
+        updated_since=None if request.since_s is None else now_ms - int(request.since_s * 1000),
+        capability=request.capability,
+    )
+
+
 _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.TaskRequeue)
 _MUTATIONS = (
     ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.TaskRequeue, ops.TaskCancelMany,
-    ops.TaskRetryMany, ops.AgentDrain,
-    ops.AgentUndrain, ops.EndpointAdd, ops.EndpointRemove, ops.ChannelCreate,
+    ops.TaskRetryMany, ops.AgentDrain, ops.AgentUndrain, ops.EndpointAdd, ops.EndpointRemove,
+    ops.ChannelCreate,
 )  # fmt: skip
