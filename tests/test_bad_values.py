@@ -142,4 +142,6 @@ async def test_token_create_creates_a_missing_database_and_says_so(tmp_path: Pat
     # the second finds it and says nothing more
     assert (again.returncode, again.stderr) == (0, "")
     listed = await run_cli_async("token", "list", "--db", str(db))
-    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["worker-1", "worker-2"]
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["AGENT", "ROLE", "CREATED"]
+    assert [row.split()[0] for row in rows] == ["worker-1", "worker-2"]

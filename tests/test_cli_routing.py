@@ -72,9 +72,10 @@ async def test_endpoints_add_list_remove_and_route_to_the_endpoint(
             if event.get("event") == "endpoint_healthy" and event["endpoint_id"] == "gpu-box":
                 break
 
-    lines = succeeded(await cli("endpoints", *admin)).splitlines()
+    header, *lines = succeeded(await cli("endpoints", *admin)).splitlines()
+    assert header.split() == ["ID", "URL", "STATE", "MODELS", "LAST", "ERROR"]
     assert len(lines) == 1
-    assert lines[0].split() == ["gpu-box", ollama.url, "healthy", ",".join(MODELS)]
+    assert lines[0].split() == ["gpu-box", ollama.url, "healthy", ",".join(MODELS), "-"]
     listed = json.loads(succeeded(await cli("endpoints", "--json", *admin)))
     assert [(e["endpoint_id"], e["healthy"], e["models"]) for e in listed] == [
         ("gpu-box", True, MODELS),
@@ -94,7 +95,7 @@ async def test_endpoints_add_list_remove_and_route_to_the_endpoint(
     assert "forbidden" in refused.stderr
 
     assert succeeded(await cli("endpoints", "remove", "gpu-box", *admin)) == "removed gpu-box\n"
-    assert succeeded(await cli("endpoints", *admin)) == ""
+    assert succeeded(await cli("endpoints", *admin)) == "no endpoints\n"
     missing = await cli("endpoints", "remove", "gpu-box", *admin)
     assert missing.returncode == 1
     assert "not_found" in missing.stderr
@@ -139,10 +140,12 @@ async def test_channel_create_and_list(hub: HubProcess, admin: list[str]) -> Non
     assert duplicate.returncode == 1
     assert "already_exists" in duplicate.stderr
 
-    lines = {line.split()[0]: line.split() for line in
-             succeeded(await cli("channel", "list", *admin)).splitlines()}  # fmt: skip
+    header, *rows = succeeded(await cli("channel", "list", *admin)).splitlines()
+    assert header.split() == ["NAME", "SUBSCRIBERS", "LAST", "SEQ", "DESCRIPTION"]
+    lines = {line.split()[0]: line.split() for line in rows}
     assert sorted(lines) == ["alerts", "builds"]
-    assert lines["builds"] == ["builds", "0", "subscribers", "seq", "0", "CI", "results"]
+    assert lines["builds"] == ["builds", "0", "0", "CI", "results"]
+    assert lines["alerts"] == ["alerts", "0", "0", "-"]
     channels = json.loads(succeeded(await cli("channel", "list", "--json", *admin)))
     assert {c["name"]: c["description"] for c in channels} == {
         "alerts": None,
