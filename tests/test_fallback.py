@@ -284,7 +284,7 @@ async def test_a_queued_task_says_why_it_waits(
 
     await make_agent("cpu-only", capabilities=["python"])
     reason = (await operator.get_task(task["task_id"]))["waiting_reason"]
-    assert reason == "no connected agent has the capabilities ['gpu']"
+    assert reason == "no connected agent has the capabilities gpu"
 
     gpu = await make_agent("gpu-box", capabilities=["gpu"])
     assert (await gpu.receive_type("task_assign"))["task_id"] == task["task_id"]
