@@ -104,6 +104,35 @@ async def test_watch_reconnects_after_a_hub_restart_says_so_and_carries_on(hubs:
         assert watch.process is not None and watch.process.poll() is None
 
 
+async def test_watch_task_follows_its_task_across_a_hub_restart(
+    hubs: Hubs, agents: list[AgentClient]
+) -> None:
+    # given `agentcom watch --task` following a queued task
+    async with OperatorClient(hubs.current.http_url, hubs.admin) as operator:
+        task = await operator.submit("outlive the hub", complexity_tier="complex")
+    task_id = task["task_id"]
+    with CliProcess("watch", "--task", task_id[:8], *hubs.operator_args()) as watch:
+        assert await watch.next_line(LINE_TIMEOUT_S) == f"task {task_id} queued"
+
+        # when the hub restarts under it, and then an agent runs the task
+        restarted = await asyncio.to_thread(hubs.restart)
+        assert await stderr_line(watch) == (
+            f"agentcom: the hub is restarting; reconnecting to follow task {task_id}..."
+        )
+        assert await watch.next_line(LINE_TIMEOUT_S) == f"task {task_id} queued"
+        agent = await connect_agent(restarted, restarted.make_token("worker-1"), agents)
+        assign = await agent.receive_type("task_assign")
+        await agent.send({"type": "task_accepted", "task_id": task_id})
+        await agent.send({"type": "task_complete", "task_id": task_id,
+                          "generation": assign["generation"], "result": METADATA})  # fmt: skip
+
+        # then it shows the new hub's events for the task and ends with its completion
+        result = await watch.finish(LINE_TIMEOUT_S)
+    assert result.returncode == 0, result
+    events = [line.split()[2] for line in result.stdout.splitlines()]
+    assert events == ["task_assigned", "task_accepted", "task_completed"]
+
+
 async def test_ctrl_c_during_the_reconnect_backoff_ends_watch_at_once(hubs: Hubs) -> None:
     # given `agentcom watch` retrying a hub that went away
     with CliProcess("watch", *hubs.operator_args()) as watch:
