@@ -216,7 +216,7 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    logger.info("connecting to %s as %s", arguments.hub, arguments.agent_id)
+    logger.info("connecting to %s as %s", client.url, arguments.agent_id)
     # run() reconnects for ever; a signal must also interrupt a reconnect delay.
     runner = asyncio.create_task(client.run(sidecar.on_frame))
     stopper = asyncio.create_task(stop.wait())

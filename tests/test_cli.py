@@ -617,7 +617,8 @@ async def test_stats_shows_queue_throughput_agents_and_costs(
     assert lines[0].split() == ["tasks:", "queued", "2", "assigned", "0", "working", "0",
                                 "completed", "1", "dead_letter", "1", "cancelled", "0"]  # fmt: skip
     assert "depth 2  by priority urgent 0  high 1  normal 0  low 1" in lines[1]
-    assert "1 completed (0.02/min)  1 dead letter  0 cancelled" in lines[2]
+    assert lines[2] == "last 1 h:   1 completed (0.02/min)  1 dead letter  0 cancelled"
+    assert {len(line) - len(line[12:].lstrip()) for line in lines[:5]} == {12}  # one column
     assert lines[3].startswith("agents:     1 connected  idle 1")
     assert "cost $0.0000  claude-equivalent $0.0011" in lines[4]
     models = table("\n".join(lines[6:8]), "MODEL", "TASKS", "TOKENS IN", "TOKENS OUT", "COST",

@@ -544,7 +544,8 @@ def _print_task(task: dict[str, Any]) -> None:
             print(f"    {line}")
     print("  history:")
     for entry in task.get("history", []):
-        print(f"    {_time(entry['at'])}  {entry['status']:<12} {entry.get('detail') or ''}")
+        line = f"    {_time(entry['at'])}  {entry['status']:<12} {entry.get('detail') or ''}"
+        print(line.rstrip())
 
 
 _RECLAIMED_BY = {
@@ -994,7 +995,7 @@ async def _stats(client: OperatorClient, args: argparse.Namespace) -> int:
     throughput = stats["throughput"]
     hours = throughput["window_s"] / 3600
     print(
-        f"last {hours:g} h:  {throughput['completed']} completed"
+        f"{f'last {hours:g} h:':<12}{throughput['completed']} completed"
         f" ({throughput['completed'] / (hours * 60):.2f}/min)"
         f"  {throughput['dead_letter']} dead letter  {throughput['cancelled']} cancelled"
     )
