@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         None, description="TLS certificate (PEM): serve wss:// and https://."
     )
     keyfile: Path | None = Field(None, description="TLS private key (PEM) for certfile.")
+    token_check_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the hub looks for revoked tokens in the database; the open "
+        "sessions of a revoked token are closed (4003) within this.",
+    )
     commit_batch_max: int = Field(
         2000,
         ge=1,

@@ -277,6 +277,12 @@ class Hub:
             agent.seen_published_at = now
             self._agent_event("agent_seen", agent)
 
+    def token_revoked(self, agent_id: str) -> None:
+        """A token of ``agent_id`` stopped being valid: once the id holds no agent token,
+        the messages kept for it go (only real agents have an inbox)."""
+        if not self.store.has_token(agent_id, role="agent"):
+            self.messaging.forget_inbox(agent_id)
+
     def _broadcast(self, sender: str, frame: Outbound) -> None:
         for agent in self.presence.connected():
             if agent.agent_id != sender:

@@ -84,7 +84,7 @@ class Messaging:
                 self._push(agent_id, message)
         else:
             recipient = self._presence.get(frame.to)
-            if recipient is None and not self._store.has_token(frame.to):
+            if recipient is None and not self._store.has_token(frame.to, role="agent"):
                 # Only real agents get an inbox: made-up ids must not grow memory.
                 raise HubError("unknown_recipient", f"no agent {frame.to}")
             if recipient is not None and recipient.connected:
@@ -106,6 +106,10 @@ class Messaging:
         for message in fresh:
             self._push(agent_id, message)
         return len(fresh)
+
+    def forget_inbox(self, agent_id: str) -> None:
+        """Drop the messages kept for ``agent_id`` (its token was revoked)."""
+        self._inboxes.pop(agent_id, None)
 
     # --- channels -------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class AgentSession:
         self.hub = server.hub
         self.connection = connection
         self.agent_id: str | None = None
+        self._token_key: str | None = None  # for the revocation watch, once identified
         settings = server.settings
         self.limiter = RateLimiter(
             {
@@ -92,6 +93,8 @@ class AgentSession:
                 self.server.frames_received += 1
                 await self.handle(raw)
         finally:
+            if self._token_key is not None:
+                self.server.revocations.forget(self._token_key, self.connection)
             if (
                 self.agent_id is not None
                 and self.server.agent_connections.get(self.agent_id) is self.connection
@@ -220,6 +223,7 @@ class AgentSession:
             await self.connection.close(1008, f"cooldown: retry in {seconds} s")
             return
         self.agent_id = frame.agent_id
+        self._token_key = server.revocations.track(frame.token, self.connection)
         # ``identified`` goes first: once the agent is present, any other connection's
         # settle may push to it (agent_joined, task_assign) while this one still waits
         # for its commit, and a client takes any other first reply for a refusal.

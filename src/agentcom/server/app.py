@@ -27,6 +27,7 @@ from agentcom.pubsub.memory import MemoryPubSub
 from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
+from agentcom.server.revocation import RevocationWatch
 from agentcom.server.http import HttpRoutes
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
@@ -63,6 +64,7 @@ class HubServer:
         self.hub: Hub
         self.store_watch: StoreWatch
         self.auth: Authenticator
+        self.revocations: RevocationWatch
         self._lock: DatabaseLock | None = None
         self._database_open = False
         self._ready = asyncio.Event()  # set once state is restored, or once start failed
@@ -151,6 +153,7 @@ class HubServer:
         if self._run_sweeps:
             self._sweeper = asyncio.create_task(self._sweep_forever())
             self.prober.start()
+            self.revocations.start()
         logger.info("agentcom hub listening on %s", self.url("/ws"))
 
     def _open_database(self) -> None:
@@ -167,6 +170,10 @@ class HubServer:
             self.store, settings.store_retry_interval_s, self._resume_after_store_recovery
         )
         self.auth = Authenticator(self.store)
+        self.revocations = RevocationWatch(
+            self.store, settings.token_check_interval_s, self.close_in_background,
+            self.hub.token_revoked,
+        )  # fmt: skip
         self._database_open = True
 
     async def _abandon_start(self) -> None:
@@ -218,6 +225,7 @@ class HubServer:
             self._wake_handle.cancel()
         await self.prober.stop()
         if self._database_open:
+            await self.revocations.stop()
             await self.store_watch.stop()
         if self._server is not None:
             self._server.close(close_connections=False)

@@ -88,11 +88,17 @@ class Store(Protocol):
     def task_stats(self) -> dict[str, Any]:
         """Counts by status and priority, and execution totals per model and agent."""
 
-    def has_token(self, agent_id: str) -> bool:
-        """Whether ``agent_id`` holds a token (is a real agent)."""
+    def has_token(self, agent_id: str, role: str | None = None) -> bool:
+        """Whether ``agent_id`` holds a token (of ``role``, when given)."""
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token with this hash, or None."""
+
+    def last_revocation(self) -> int:
+        """The sequence number of the latest token revocation (0: none yet)."""
+
+    def revocations_since(self, seq: int) -> list[tuple[int, str, str]]:
+        """Token revocations after ``seq``, oldest first: ``(seq, agent_id, token_hash)``."""
 
     def close(self) -> None:
         """Flush and release the database."""

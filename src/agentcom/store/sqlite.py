@@ -81,6 +81,24 @@ CREATE TABLE IF NOT EXISTS tokens (
     role TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+-- Every token that stops being valid (revoked, replaced, or its role changed), written
+-- by triggers so that any writer (the CLI while hubs run, another node) is noticed: each
+-- hub polls this table for rows past the last it saw and closes those tokens' sessions.
+CREATE TABLE IF NOT EXISTS token_revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS token_deleted AFTER DELETE ON tokens BEGIN
+    INSERT INTO token_revocations (agent_id, token_hash, revoked_at)
+    VALUES (old.agent_id, old.token_hash, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+END;
+CREATE TRIGGER IF NOT EXISTS token_replaced AFTER UPDATE ON tokens
+WHEN old.token_hash != new.token_hash OR old.role != new.role BEGIN
+    INSERT INTO token_revocations (agent_id, token_hash, revoked_at)
+    VALUES (old.agent_id, old.token_hash, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+END;
 CREATE TABLE IF NOT EXISTS write_probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     written_at INTEGER NOT NULL
@@ -446,10 +464,11 @@ class SqliteStore:
         ).fetchall()
         return [tuple(row) for row in rows]
 
-    def has_token(self, agent_id: str) -> bool:
-        """Whether ``agent_id`` holds a token (is a real agent)."""
+    def has_token(self, agent_id: str, role: str | None = None) -> bool:
+        """Whether ``agent_id`` holds a token (of ``role``, when given)."""
         row = self._reader.execute(
-            "SELECT 1 FROM tokens WHERE agent_id = ?", (agent_id,)
+            "SELECT 1 FROM tokens WHERE agent_id = ? AND (? IS NULL OR role = ?)",
+            (agent_id, role, role),
         ).fetchone()
         return row is not None
 
@@ -460,6 +479,19 @@ class SqliteStore:
             (token_hash,),
         ).fetchone()
         return TokenRecord(*row) if row else None
+
+    def last_revocation(self) -> int:
+        """The sequence number of the latest token revocation (0: none yet)."""
+        row = self._reader.execute("SELECT MAX(seq) FROM token_revocations").fetchone()
+        return int(row[0] or 0)
+
+    def revocations_since(self, seq: int) -> list[tuple[int, str, str]]:
+        """Token revocations after ``seq``, oldest first, as ``(seq, agent_id, token_hash)``."""
+        rows = self._reader.execute(
+            "SELECT seq, agent_id, token_hash FROM token_revocations WHERE seq > ? ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        return [(int(row[0]), str(row[1]), str(row[2])) for row in rows]
 
     def close(self) -> None:
         """Wait for the writer, then release both connections."""

@@ -1,0 +1,97 @@
+"""Trust at the edges (issue 17): revocation that bites, no tokens in clear beyond
+loopback, nothing secret in what viewers see, bounded memory for what an agent sends,
+endpoints trusted only by their owner, and the small hardening of headers and files.
+
+Hubs run as real processes (``agentcom serve``) where the behaviour involves the command
+line or the database written by another process; memory is the hub process's RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hubprocess import HubProcess, run_cli_async, start_hub
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+Frame = dict[str, Any]
+EVENT_TIMEOUT_S = 10.0
+MIB = 1024 * 1024
+
+
+async def identified_agent(hub: HubProcess, agent_id: str, token: str) -> ClientConnection:
+    """An agent identified on a bare connection."""
+    connection = await connect(hub.ws_url, ping_interval=None)
+    await connection.send(json.dumps({"type": "identify", "agent_id": agent_id, "token": token}))
+    reply = json.loads(await asyncio.wait_for(connection.recv(), EVENT_TIMEOUT_S))
+    assert reply["type"] == "identified", reply
+    return connection
+
+
+async def subscribed_dashboard(hub: HubProcess, token: str) -> ClientConnection:
+    """A dashboard connection past its snapshot."""
+    url = hub.ws_url.replace("/ws", "/ws/dashboard")
+    connection = await connect(url, ping_interval=None, max_size=None)
+    await connection.send(json.dumps({"type": "subscribe", "token": token}))
+    snapshot = json.loads(await asyncio.wait_for(connection.recv(), EVENT_TIMEOUT_S))
+    assert snapshot["type"] == "snapshot", snapshot
+    return connection
+
+
+async def authenticated_operator(hub: HubProcess, token: str) -> ClientConnection:
+    """An operator connection past ``auth_ok``."""
+    connection = await connect(hub.ws_url.replace("/ws", "/ws/operator"), ping_interval=None)
+    await connection.send(json.dumps({"type": "auth", "token": token}))
+    reply = json.loads(await asyncio.wait_for(connection.recv(), EVENT_TIMEOUT_S))
+    assert reply["type"] == "auth_ok", reply
+    return connection
+
+
+async def closed_with(connection: ClientConnection) -> tuple[int | None, str | None]:
+    """Read until the hub closes the connection; its close code and reason."""
+    with pytest.raises(ConnectionClosed) as closed:
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while True:
+                await connection.recv()
+    received = closed.value.rcvd
+    return (received.code, received.reason) if received else (None, None)
+
+
+async def receive_type(connection: ClientConnection, frame_type: str) -> Frame:
+    """The next frame of ``frame_type``; others before it are skipped."""
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while (frame := json.loads(await connection.recv()))["type"] != frame_type:
+            pass
+    return frame
+
+
+# --- 7. revocation bites ---------------------------------------------------------------
+
+
+async def test_revoking_a_token_closes_its_open_agent_dashboard_and_operator_sessions(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    # given a hub process with an agent, a dashboard and an admin operator connected
+    hub = start_hub(hubs, tmp_path, AGENTCOM_TOKEN_CHECK_INTERVAL_S="0.2")
+    agent = await identified_agent(hub, "worker", hub.make_token("worker"))
+    dashboard = await subscribed_dashboard(hub, hub.make_token("watcher", "viewer"))
+    operator = await authenticated_operator(hub, hub.make_token("ops", "admin"))
+    keeper = await identified_agent(hub, "keeper", hub.make_token("keeper"))
+    db = ["--db", str(hub.db)]
+
+    # when each token is revoked with the command line, the hub still running
+    for agent_id in ("worker", "watcher", "ops"):
+        revoked = await run_cli_async("token", "revoke", agent_id, *db)
+        assert revoked.returncode == 0, revoked.stderr
+
+    # then each of their sessions is closed within seconds, and nothing more is served
+    for connection in (agent, dashboard, operator):
+        assert await closed_with(connection) == (4003, "token revoked")
+    # while a session whose token stands is untouched
+    await keeper.send(json.dumps({"type": "ping"}))
+    assert (await receive_type(keeper, "pong"))["type"] == "pong"
+    await keeper.close()
