@@ -27,8 +27,8 @@ from agentcom.pubsub.memory import MemoryPubSub
 from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
-from agentcom.server.revocation import RevocationWatch
 from agentcom.server.http import HttpRoutes
+from agentcom.server.revocation import RevocationWatch
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.store.base import ChangeKey
