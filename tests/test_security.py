@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hubprocess import HubProcess, run_cli_async, start_hub
 from websockets.asyncio.client import ClientConnection, connect
@@ -95,3 +96,47 @@ async def test_revoking_a_token_closes_its_open_agent_dashboard_and_operator_ses
     await keeper.send(json.dumps({"type": "ping"}))
     assert (await receive_type(keeper, "pong"))["type"] == "pong"
     await keeper.close()
+
+
+# --- 2. no tokens in clear beyond loopback ---------------------------------------------
+
+
+async def test_hub_refuses_to_listen_beyond_loopback_without_tls(tmp_path: Path) -> None:
+    # when the hub is asked to listen on every interface, in clear
+    result = await run_cli_async(
+        "serve", "--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "hub.db")
+    )
+
+    # then it does not start, and says how to use TLS or accept the risk
+    assert result.returncode == 2, result
+    assert "without TLS" in result.stderr and "--insecure" in result.stderr
+    assert "hub on" not in result.stdout
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+async def test_an_insecure_hub_warns_at_start_and_on_health(
+    tmp_path: Path, hubs: list[HubProcess], how: str
+) -> None:
+    # given a hub told to listen beyond loopback in clear, by flag or by environment
+    args = ["--host", "0.0.0.0"] + (["--insecure"] if how == "flag" else [])
+    env = {"AGENTCOM_INSECURE": "1"} if how == "environment" else {}
+    hub = HubProcess(tmp_path, serve_args=args, env=env)
+    hubs.append(hub)
+    hub.start()
+
+    # then it warns in its log and reports it on /health
+    async with httpx.AsyncClient(timeout=EVENT_TIMEOUT_S) as client:
+        health = (await client.get(f"{hub.http_url}/health")).json()
+    assert health["insecure"] is True
+    assert "WITHOUT TLS" in hub.log()
+
+
+async def test_a_loopback_hub_is_not_insecure_and_its_server_header_has_no_version(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    hub = start_hub(hubs, tmp_path)
+    async with httpx.AsyncClient(timeout=EVENT_TIMEOUT_S) as client:
+        response = await client.get(f"{hub.http_url}/health")
+    assert response.json()["insecure"] is False
+    assert response.headers["Server"] == "agentcom"
+    assert "WITHOUT TLS" not in hub.log()

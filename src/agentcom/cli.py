@@ -34,7 +34,7 @@ from agentcom.client import (
     websocket_url,
 )
 from agentcom.config import Settings, load_settings
-from agentcom.errors import DatabaseInUse, StoreError
+from agentcom.errors import ConfigurationError, DatabaseInUse, StoreError
 from agentcom.hub.auth import Role, hash_token, new_token
 from agentcom.protocol.common import Tier
 from agentcom.store import tokens
@@ -95,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             certfile=args.certfile,
             keyfile=args.keyfile,
+            insecure=args.insecure,
         )
     except ValidationError as exc:
         raise CliError(
@@ -168,6 +169,8 @@ async def _run_hub(settings: Settings) -> int:
     except (sqlite3.Error, StoreError) as exc:
         message = f"cannot use the database {settings.db}: {_reason(exc)}"
         raise CliError(message, EXIT_FAILED) from None
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from None
     except ssl.SSLError as exc:  # e.g. the wrong passphrase for the key
         raise CliError(
             f"cannot use the TLS certificate {settings.certfile}: {_reason(exc)}"
@@ -752,6 +755,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback without TLS (tokens in clear)",
+    )
     serve.set_defaults(handler=_serve)
 
     token = commands.add_parser("token", help="manage tokens (works on the database directly)")

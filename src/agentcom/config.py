@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         None, description="TLS certificate (PEM): serve wss:// and https://."
     )
     keyfile: Path | None = Field(None, description="TLS private key (PEM) for certfile.")
+    insecure: bool = Field(
+        False,
+        description="Allow listening beyond loopback without TLS (tokens then cross the "
+        "network in clear); the hub warns at start and /health says so. Without it, such "
+        "a hub refuses to start.",
+    )
     token_check_interval_s: float = Field(
         2.0,
         gt=0,

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from agentcom.errors import HubError
 
-__all__ = ["Endpoint", "EndpointRegistry", "normalize_url"]
+__all__ = ["Endpoint", "EndpointRegistry", "is_loopback", "normalize_url"]
 
 _RECENT_REPOS = 20
 
@@ -35,7 +35,8 @@ def normalize_url(url: str) -> str:
     return f"{parts.scheme}://{host}:{port or 11434}"
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address) names this machine's loopback interface."""
     if host is None:
         return False
     if host == "localhost":
@@ -124,7 +125,7 @@ class EndpointRegistry:
         """
         normalized = normalize_url(url)
         parts = urlsplit(normalized)
-        if agent_host is not None and _is_loopback(parts.hostname) and not _is_loopback(agent_host):
+        if agent_host is not None and is_loopback(parts.hostname) and not is_loopback(agent_host):
             host = f"[{agent_host}]" if ":" in agent_host else agent_host
             normalized = f"{parts.scheme}://{host}:{parts.port}"
         endpoint_id = f"{agent_id}-local"

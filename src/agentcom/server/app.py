@@ -14,11 +14,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from agentcom import __version__
 from agentcom.config import Settings
-from agentcom.errors import StoreError
+from agentcom.errors import ConfigurationError, StoreError
 from agentcom.hub.auth import Authenticator
 from agentcom.hub.clock import Clock, SystemClock
+from agentcom.hub.endpoints import is_loopback
 from agentcom.hub.hub import Hub
 from agentcom.hub.limits import ViolationTracker
 from agentcom.protocol.common import Outbound
@@ -97,6 +97,11 @@ class HubServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def insecure(self) -> bool:
+        """Whether the hub listens beyond loopback without TLS (tokens in clear)."""
+        return not self.tls and not is_loopback(self.settings.host)
+
     async def start(self) -> None:
         """Listen, take the database, restore its state, then serve.
 
@@ -110,7 +115,21 @@ class HubServer:
             DatabaseInUse: another hub process serves the database.
             StoreError: the database's lock file cannot be opened, or it is a directory.
             sqlite3.Error: the database cannot be opened or read.
+            ConfigurationError: asked to listen beyond loopback without TLS and without
+                ``insecure`` (checked before anything else).
         """
+        if self.insecure:
+            if not self.settings.insecure:
+                raise ConfigurationError(
+                    f"refusing to listen on {self.settings.host} without TLS: tokens would "
+                    "cross the network in clear; set --certfile/--keyfile, or --insecure "
+                    "(AGENTCOM_INSECURE=1) to accept that"
+                )
+            logger.warning(
+                "listening on %s WITHOUT TLS: agent and operator tokens cross the network "
+                "in clear (--insecure)",
+                self.settings.host,
+            )
         http = HttpRoutes(self)
 
         async def process_request(
@@ -137,7 +156,7 @@ class HubServer:
             ping_interval=self.settings.keepalive_interval_s or None,
             ping_timeout=self.settings.keepalive_timeout_s or None,
             close_timeout=self.settings.close_timeout_s,
-            server_header=f"agentcom/{__version__}",
+            server_header="agentcom",  # no version: /health tells it to whoever needs it
             logger=library_logger("websockets.server"),  # its DEBUG lines print tokens
         )
         try:
