@@ -15,9 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import AgentMaker
 from hubprocess import HubProcess, run_cli_async, start_hub
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from agentcom.client import OperatorClient
+from agentcom.hub.auth import new_token
+from agentcom.server.app import HubServer
 
 Frame = dict[str, Any]
 EVENT_TIMEOUT_S = 10.0
@@ -140,3 +145,46 @@ async def test_a_loopback_hub_is_not_insecure_and_its_server_header_has_no_versi
     assert response.json()["insecure"] is False
     assert response.headers["Server"] == "agentcom"
     assert "WITHOUT TLS" not in hub.log()
+
+
+# --- 9. nothing a peer sent reaches viewers ----------------------------------------------
+
+
+async def test_validation_events_carry_field_names_and_kinds_but_never_values(
+    hub: HubServer, make_agent: AgentMaker, operator: OperatorClient
+) -> None:
+    # given a viewer of the validation topic, and an agent that sends bad frames
+    events = operator.watch(["validation"])
+    assert (await anext(events))["type"] == "snapshot"
+    agent = await make_agent("sloppy")
+    token = new_token()
+    frames = [
+        {"type": "task_complete", "task_id": "t1", "generation": "plain-value-41"},  # safe
+        {"type": "task_progress", "task_id": "t1", "progress": token},  # a token, misplaced
+        {"type": token},  # a token as the frame type
+    ]
+
+    # when the agent sends them
+    replies = []
+    for frame in frames:
+        await agent.send(frame)
+        replies.append(await agent.receive_type("error"))
+    published = []
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        for _ in frames:
+            published.append(await anext(events))
+    await events.aclose()
+
+    # then the sender may see its own harmless value, but never a token
+    assert replies[0]["errors"][0]["value"] == "plain-value-41"
+    assert token not in json.dumps(replies[1])
+    # and viewers get the frame type (when known), field names and error kinds, no values
+    assert [event["reply"] for event in published] == [
+        {"type": "error", "error": "validation_failed", "message_type": "task_complete",
+         "errors": [{"field": "generation", "error": "wrong_type"}]},
+        {"type": "error", "error": "validation_failed", "message_type": "task_progress",
+         "errors": [{"field": "progress", "error": "wrong_type"}]},
+        {"type": "error", "error": "validation_failed", "message_type": None,
+         "errors": [{"field": "type", "error": "unknown_message_type"}]},
+    ]  # fmt: skip
+    assert "plain-value-41" not in json.dumps(published)

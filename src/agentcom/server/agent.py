@@ -13,7 +13,7 @@ from agentcom.errors import HubError
 from agentcom.hub.auth import Role
 from agentcom.hub.limits import BucketSpec, RateLimiter
 from agentcom.protocol import agent as frames
-from agentcom.protocol.errors import FrameDecoder, FrameRejected
+from agentcom.protocol.errors import FrameDecoder, FrameRejected, summary_for_viewers
 from agentcom.protocol.outbound import (
     AgentList,
     ErrorReply,
@@ -36,6 +36,7 @@ __all__ = ["AgentSession"]
 logger = logging.getLogger(__name__)
 
 DECODER = FrameDecoder(frames.AGENT_FRAME, frames.AGENT_FRAME_TYPES)
+_KNOWN_TYPES = frozenset(frames.AGENT_FRAME_TYPES)
 
 # Frames that settle a task are never rate limited: real sidecars ignore rate_limited.
 _UNLIMITED = frozenset(
@@ -188,7 +189,7 @@ class AgentSession:
             "agent_id": self.agent_id,
             "remote": peer(self.connection),
             "timestamp": server.clock.now_ms(),
-            "reply": reply.model_dump(mode="json", exclude_none=True),
+            "reply": summary_for_viewers(reply, _KNOWN_TYPES),  # names and kinds, no values
             "closed": closing,  # this violation closes the connection (1008)
         }
         server.pubsub.publish("validation", event)
