@@ -9,7 +9,9 @@ line or the database written by another process; memory is the hub process's RSS
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +190,164 @@ async def test_validation_events_carry_field_names_and_kinds_but_never_values(
          "errors": [{"field": "type", "error": "unknown_message_type"}]},
     ]  # fmt: skip
     assert "plain-value-41" not in json.dumps(published)
+
+
+# --- 6. what an agent sends cannot pin memory -------------------------------------------
+
+
+def rss_bytes(hub: HubProcess) -> int:
+    """The hub process's resident set size, from /proc."""
+    assert hub.process is not None
+    for line in Path(f"/proc/{hub.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def random_text(size: int) -> str:
+    """``size`` characters that do not compress."""
+    return base64.b64encode(os.urandom(size * 3 // 4 + 3)).decode()[:size]
+
+
+async def pong(connection: ClientConnection) -> None:
+    """Round trip: every frame sent before has been handled once this returns."""
+    await connection.send(json.dumps({"type": "ping"}))
+    await receive_type(connection, "pong")
+
+
+async def test_execution_events_with_huge_keys_stay_small_in_memory_and_in_snapshots(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    # given an agent working on a task
+    hub = start_hub(hubs, tmp_path)
+    agent = await identified_agent(hub, "worker", hub.make_token("worker"))
+    operator = OperatorClient(hub.http_url, hub.make_token("ops", "admin"))
+    await operator.connect()
+    await operator.submit("print a lot", complexity_tier="complex")
+    task_id = (await receive_type(agent, "task_assign"))["task_id"]
+    await agent.send(json.dumps({"type": "task_accepted", "task_id": task_id}))
+    await receive_type(agent, "task_ack")
+    rss_before = rss_bytes(hub)
+
+    # when it reports 150 execution events, each with a 500 kB key and a 500 kB text
+    for number in range(150):
+        event = {random_text(500_000): 1, "text": random_text(500_000), "n": number}
+        progress = {"type": "task_progress", "task_id": task_id, "execution_event": event}
+        await agent.send(json.dumps(progress))
+    await pong(agent)
+    rss_after = rss_bytes(hub)
+
+    # then the hub holds a bounded tail (unbounded: 75 MB of keys alone)
+    assert rss_after - rss_before < 16 * MIB, (rss_before / MIB, rss_after / MIB)
+    print(f"huge execution events: hub RSS {rss_before / MIB:.1f} -> {rss_after / MIB:.1f} MiB")
+    # and a dashboard's snapshot stays small, its events without the huge keys
+    snapshot = await snapshot_of(hub)
+    tail = snapshot["execution_tails"][task_id]
+    assert len(json.dumps(snapshot)) < 1 * MIB
+    assert tail[-1]["execution_event"]["n"] == 149
+    assert all(len(key) <= 64 for event in tail for key in event["execution_event"])
+    await operator.close()
+    await agent.close()
+
+
+async def snapshot_of(hub: HubProcess) -> Frame:
+    """A dashboard snapshot, as a viewer gets it."""
+    url = hub.ws_url.replace("/ws", "/ws/dashboard")
+    async with connect(url, ping_interval=None, max_size=None) as connection:
+        await connection.send(
+            json.dumps({"type": "subscribe", "token": hub.make_token("viewer", "viewer")})
+        )
+        snapshot: Frame = json.loads(await asyncio.wait_for(connection.recv(), EVENT_TIMEOUT_S))
+    return snapshot
+
+
+async def test_big_messages_are_refused_and_inboxes_are_for_agents_only(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    # given an agent that never connects (it holds a token) and an operator id
+    hub = start_hub(hubs, tmp_path, AGENTCOM_REQUEST_RATE="1000", AGENTCOM_REQUEST_BURST="1000")
+    hub.make_token("absent")
+    hub.make_token("ops", "admin")
+    talker = await identified_agent(hub, "talker", hub.make_token("talker"))
+    rss_before = rss_bytes(hub)
+
+    # when another agent sends it 100 messages of 1 MB, and a channel 1 MB too
+    errors = []
+    for _ in range(100):
+        payload = {"blob": random_text(1_000_000)}
+        await talker.send(json.dumps({"type": "message", "to": "absent", "payload": payload}))
+        errors.append((await receive_type(talker, "error"))["error"])
+    rss_after = rss_bytes(hub)
+
+    # then each is refused (unbounded: 100 MB held until restart)
+    assert set(errors) == {"payload_too_large"}
+    assert rss_after - rss_before < 16 * MIB, (rss_before / MIB, rss_after / MIB)
+    print(f"100 MB of messages: hub RSS {rss_before / MIB:.1f} -> {rss_after / MIB:.1f} MiB")
+    # and a message to an id without an agent token finds no inbox
+    await talker.send(json.dumps({"type": "message", "to": "ops", "payload": {"a": 1}}))
+    assert (await receive_type(talker, "error"))["error"] == "unknown_recipient"
+    await talker.close()
+
+
+async def test_an_offline_inbox_keeps_only_its_newest_bytes(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    # given an inbox capped at 200 kB, for an agent that is offline
+    hub = start_hub(hubs, tmp_path, AGENTCOM_OFFLINE_INBOX_BYTES="200000")
+    later_token = hub.make_token("later")
+    talker = await identified_agent(hub, "talker", hub.make_token("talker"))
+
+    # when ten 50 kB messages are sent to it
+    for number in range(10):
+        payload = {"blob": random_text(50_000), "n": number}
+        await talker.send(json.dumps({"type": "message", "to": "later", "payload": payload}))
+        await receive_type(talker, "message_sent")
+
+    # then it gets only the newest that fit, once it connects
+    later = await identified_agent(hub, "later", later_token)
+    await later.send(json.dumps({"type": "ping"}))
+    received = []
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while (frame := json.loads(await later.recv()))["type"] != "pong":
+            if frame["type"] == "message":
+                received.append(frame["payload"]["n"])
+    assert received == [7, 8, 9]
+    await later.close()
+    await talker.close()
+
+
+async def test_channel_history_is_capped_in_bytes_and_reloads_within_the_cap(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    # given a channel whose history is capped at 200 kB
+    hub = start_hub(hubs, tmp_path, AGENTCOM_CHANNEL_HISTORY_BYTES="200000")
+    operator = OperatorClient(hub.http_url, hub.make_token("ops", "admin"))
+    await operator.connect()
+    await operator.request("channel_create", name="news")
+    await operator.close()
+    token = hub.make_token("talker")
+    talker = await identified_agent(hub, "talker", token)
+
+    # when ten 50 kB messages are published, and one of 1 MB
+    for number in range(10):
+        frame = {"type": "channel_publish", "channel": "news",
+                 "payload": {"blob": random_text(50_000), "n": number}}  # fmt: skip
+        await talker.send(json.dumps(frame))
+        await receive_type(talker, "channel_published")
+    big = {"type": "channel_publish", "channel": "news", "payload": {"b": random_text(10**6)}}
+    await talker.send(json.dumps(big))
+    assert (await receive_type(talker, "error"))["error"] == "payload_too_large"
+
+    # then the history holds the newest that fit, and so does a restarted hub
+    async def history(connection: ClientConnection) -> list[int]:
+        await connection.send(json.dumps({"type": "channel_history", "channel": "news"}))
+        reply = await receive_type(connection, "channel_history")
+        return [message["payload"]["n"] for message in reply["messages"]]
+
+    assert await history(talker) == [7, 8, 9]
+    await talker.close()
+    hub.stop()
+    restarted = start_hub(hubs, tmp_path, AGENTCOM_CHANNEL_HISTORY_BYTES="200000")
+    talker = await identified_agent(restarted, "talker", token)
+    assert await history(talker) == [7, 8, 9]
+    await talker.close()

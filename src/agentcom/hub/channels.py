@@ -8,6 +8,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import to_json
+
 from agentcom.errors import HubError
 
 __all__ = ["Channel", "ChannelMessage", "ChannelRegistry"]
@@ -53,6 +55,20 @@ class Channel:
     seq: int = 0
     subscribers: set[str] = field(default_factory=set)
     history: deque[ChannelMessage] = field(default_factory=deque)
+    history_sizes: deque[int] = field(default_factory=deque)  # payload bytes, as history
+    history_bytes: int = 0
+
+    def keep(self, message: ChannelMessage, size: int, max_bytes: int) -> None:
+        """Add ``message`` (``size`` payload bytes) to the history, dropping the oldest
+        beyond ``history_cap`` messages or ``max_bytes`` (the newest always stays)."""
+        self.history.append(message)
+        self.history_sizes.append(size)
+        self.history_bytes += size
+        while len(self.history) > self.history_cap or (
+            self.history_bytes > max_bytes and len(self.history) > 1
+        ):
+            self.history.popleft()
+            self.history_bytes -= self.history_sizes.popleft()
 
     def summary(self) -> dict[str, Any]:
         """The ``list_channels`` entry."""
@@ -70,11 +86,13 @@ class ChannelRegistry:
 
     Args:
         history_cap: messages kept per channel; older ones are dropped.
+        history_bytes: payload bytes kept per channel; older messages are dropped.
     """
 
-    def __init__(self, history_cap: int = 500) -> None:
+    def __init__(self, history_cap: int = 500, history_bytes: int = 8 * 1024 * 1024) -> None:
         self.channels: dict[str, Channel] = {}
         self._history_cap = history_cap
+        self._history_bytes = history_bytes
 
     def create(self, name: str, description: str | None, now_ms: int) -> Channel:
         """A new channel; raises ``invalid_name`` or ``already_exists``."""
@@ -83,7 +101,6 @@ class ChannelRegistry:
         if name in self.channels:
             raise HubError("already_exists", f"channel {name} exists")
         channel = Channel(name, description, now_ms, self._history_cap)
-        channel.history = deque(maxlen=self._history_cap)
         self.channels[name] = channel
         return channel
 
@@ -102,8 +119,10 @@ class ChannelRegistry:
         message_type: str | None,
         reply_to: str | None,
         now_ms: int,
+        size: int,
     ) -> ChannelMessage:
-        """Append a message with the channel's next sequence number."""
+        """Append a message (``size``: its payload's bytes as JSON) with the channel's next
+        sequence number."""
         channel = self.get(name)
         channel.seq += 1
         message = ChannelMessage(
@@ -116,7 +135,7 @@ class ChannelRegistry:
             reply_to=reply_to,
             timestamp=now_ms,
         )
-        channel.history.append(message)
+        channel.keep(message, size, self._history_bytes)
         return message
 
     def history(self, name: str, limit: int, since: int | None) -> list[ChannelMessage]:
@@ -137,7 +156,6 @@ class ChannelRegistry:
         """Load channels, subscriptions and history read from the store."""
         for name, description, created_at, seq in channels:
             channel = Channel(name, description, created_at, self._history_cap, seq=seq)
-            channel.history = deque(maxlen=self._history_cap)
             self.channels[name] = channel
         for name, agent_id in subscriptions:
             if name in self.channels:
@@ -145,7 +163,7 @@ class ChannelRegistry:
         for body in messages:
             owner = self.channels.get(body["channel"])
             if owner is not None:
-                owner.history.append(
+                owner.keep(
                     ChannelMessage(
                         channel=body["channel"],
                         seq=body["seq"],
@@ -155,5 +173,7 @@ class ChannelRegistry:
                         message_type=body.get("message_type"),
                         reply_to=body.get("reply_to"),
                         timestamp=body["timestamp"],
-                    )
+                    ),
+                    len(to_json(body["payload"])),
+                    self._history_bytes,
                 )

@@ -104,7 +104,12 @@ class Hub:
         self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
-        self.execution_tails = ExecutionTails()
+        self.execution_tails = ExecutionTails(
+            max_text=settings.execution_event_max_text,
+            max_keys=settings.execution_event_max_keys,
+            max_key_chars=settings.execution_event_max_key_chars,
+            max_task_bytes=settings.execution_tail_bytes,
+        )
         self.queue_history = QueueHistory()
         # Latest resource report per host (see _host_key), for endpoints no agent reported.
         self._host_resources: dict[str, dict[str, Any]] = {}
@@ -417,8 +422,8 @@ class Hub:
         if frame.execution_event is not None:
             progress_event = {**base, "event": "execution_progress",
                               "execution_event": frame.execution_event}  # fmt: skip
-            self._publish("tasks", progress_event)
-            self.execution_tails.add(task.task_id, progress_event)
+            # Viewers get what the tail keeps: names, counts and texts bounded.
+            self._publish("tasks", self.execution_tails.add(task.task_id, progress_event))
             event = frame.execution_event
             if event.get("event_type") == "error" or event.get("type") == "error":
                 # Real sidecars carry a failed execution's reason only here.

@@ -12,6 +12,9 @@ from typing import Any
 __all__ = ["ExecutionTails"]
 
 
+_EVENT_OVERHEAD = 128  # the task event around an execution event, roughly, in characters
+
+
 class ExecutionTails:
     """Bounded recent ``execution_progress`` events per task.
 
@@ -22,36 +25,78 @@ class ExecutionTails:
         max_text: string fields of a kept event are cut to this many characters, and
             fields that are not strings, numbers, booleans or null are left out, so one
             task's tail stays small whatever a sidecar sends.
+        max_keys: fields kept per event (the first ones sent); the others are left out.
+        max_key_chars: a field whose name is longer than this is left out.
+        max_task_bytes: characters kept per task, names and values counted; beyond it the
+            oldest events are dropped (the newest is always kept).
     """
 
-    def __init__(self, max_tasks: int = 20, max_events: int = 200, max_text: int = 2_000) -> None:
+    def __init__(
+        self,
+        max_tasks: int = 20,
+        max_events: int = 200,
+        max_text: int = 2_000,
+        max_keys: int = 32,
+        max_key_chars: int = 64,
+        max_task_bytes: int = 256 * 1024,
+    ) -> None:
         self._max_tasks = max_tasks
         self._max_events = max_events
         self._max_text = max_text
-        self._tails: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._max_keys = max_keys
+        self._max_key_chars = max_key_chars
+        self._max_task_bytes = max_task_bytes
+        self._tails: OrderedDict[str, _Tail] = OrderedDict()
 
-    def add(self, task_id: str, event: dict[str, Any]) -> None:
-        """Keep a bounded copy of one published ``execution_progress`` task event."""
+    def add(self, task_id: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Keep a bounded copy of one ``execution_progress`` task event; returns that copy
+        (what is published too, so viewers never get more than a tail keeps)."""
         tail = self._tails.get(task_id)
         if tail is None:
-            tail = self._tails[task_id] = deque(maxlen=self._max_events)
+            tail = self._tails[task_id] = _Tail(deque(maxlen=self._max_events))
             while len(self._tails) > self._max_tasks:
                 self._tails.popitem(last=False)
         else:
             self._tails.move_to_end(task_id)
         kept = dict(event)
-        kept["execution_event"] = self._bounded(event.get("execution_event") or {})
-        tail.append(kept)
+        bounded, size = self._bounded(event.get("execution_event") or {})
+        kept["execution_event"] = bounded
+        if len(tail.events) == tail.events.maxlen:
+            tail.size -= tail.events[0][1]
+        tail.events.append((kept, size))
+        tail.size += size
+        while tail.size > self._max_task_bytes and len(tail.events) > 1:
+            tail.size -= tail.events.popleft()[1]
+        return kept
 
-    def _bounded(self, execution_event: dict[str, Any]) -> dict[str, Any]:
+    def _bounded(self, execution_event: dict[str, Any]) -> tuple[dict[str, Any], int]:
         bounded: dict[str, Any] = {}
+        size = _EVENT_OVERHEAD
         for key, value in execution_event.items():
+            if len(bounded) >= self._max_keys:
+                break
+            if len(key) > self._max_key_chars:
+                continue
             if isinstance(value, str):
                 bounded[key] = value[: self._max_text]
+                size += len(key) + len(bounded[key])
             elif value is None or isinstance(value, bool | int | float):
                 bounded[key] = value
-        return bounded
+                size += len(key) + 24
+        return bounded, size
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Task id to its kept events, oldest first."""
-        return {task_id: list(tail) for task_id, tail in self._tails.items()}
+        return {
+            task_id: [event for event, _ in tail.events] for task_id, tail in self._tails.items()
+        }
+
+
+class _Tail:
+    """One task's kept events with their sizes, and the sum of those sizes."""
+
+    __slots__ = ("events", "size")
+
+    def __init__(self, events: deque[tuple[dict[str, Any], int]]) -> None:
+        self.events = events
+        self.size = 0

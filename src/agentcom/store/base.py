@@ -66,9 +66,10 @@ class Store(Protocol):
         """Queue a channel message, and the trimming of history beyond ``history_cap``."""
 
     def load_channels(
-        self,
+        self, history_bytes: int | None = None
     ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
-        """Channels, subscriptions and stored history, oldest message first."""
+        """Channels, subscriptions and stored history, oldest message first (with
+        ``history_bytes``, only each channel's newest messages up to that size)."""
 
     async def commit(self) -> None:
         """Return once everything staged before the call is durable; raises StoreError."""

@@ -263,22 +263,38 @@ class SqliteStore:
         self._staged["trim", channel] = (_TRIM_MESSAGES, (channel, seq - history_cap))
 
     def load_channels(
-        self,
+        self, history_bytes: int | None = None
     ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
-        """Channels, subscriptions and stored history, oldest message first."""
+        """Channels, subscriptions and stored history, oldest message first.
+
+        With ``history_bytes``, only each channel's newest messages whose stored bodies
+        add up to at most that many characters are read (at least the newest one), so a
+        start never holds more history than the hub will keep.
+        """
         channels = self._reader.execute(
             "SELECT name, description, created_at, seq FROM channels ORDER BY name"
         ).fetchall()
         subscriptions = self._reader.execute(
             "SELECT channel, agent_id FROM channel_subscriptions"
         ).fetchall()
-        messages = self._reader.execute(
-            "SELECT body FROM channel_messages ORDER BY channel, seq"
-        ).fetchall()
+        kept: dict[str, list[str]] = {}
+        budget: dict[str, int] = {}
+        cursor = self._reader.execute(
+            "SELECT channel, body FROM channel_messages ORDER BY channel, seq DESC"
+        )
+        for channel, body in cursor:  # newest first, one row at a time
+            left = budget.get(channel, history_bytes if history_bytes is not None else -1)
+            bodies = kept.setdefault(channel, [])
+            if history_bytes is not None and bodies and left < len(body):
+                budget[channel] = 0
+                continue
+            bodies.append(body)
+            budget[channel] = left - len(body)
+        messages = [json.loads(body) for bodies in kept.values() for body in reversed(bodies)]
         return (
             [tuple(row) for row in channels],
             [tuple(row) for row in subscriptions],
-            [json.loads(body) for (body,) in messages],
+            messages,
         )
 
     async def commit(self) -> None:
