@@ -600,6 +600,12 @@ async def _endpoint_add(client: OperatorClient, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
+async def _endpoint_approve(client: OperatorClient, args: argparse.Namespace) -> int:
+    endpoint = await client.request("endpoint_approve", endpoint=args.endpoint)
+    print(json.dumps(endpoint) if args.json else f"approved {endpoint['endpoint_id']}")
+    return EXIT_OK
+
+
 async def _endpoint_remove(client: OperatorClient, args: argparse.Namespace) -> int:
     endpoint = await client.request("endpoint_remove", endpoint_id=args.endpoint_id)
     print(json.dumps(endpoint) if args.json else f"removed {endpoint['endpoint_id']}")
@@ -821,7 +827,9 @@ def _parser() -> argparse.ArgumentParser:
     agents = commands.add_parser("agents", help="connected agents with state and current task")
     operator_command(agents, _agents)
 
-    endpoints = commands.add_parser("endpoints", help="Ollama endpoints (list, add, remove)")
+    endpoints = commands.add_parser(
+        "endpoints", help="Ollama endpoints (list, add, remove, approve)"
+    )
     operator_command(endpoints, _endpoints_list)  # without ACTION: the list
     endpoint_commands = endpoints.add_subparsers(dest="endpoint_command", metavar="ACTION")
     add = endpoint_commands.add_parser("add", help="register an endpoint")
@@ -831,6 +839,11 @@ def _parser() -> argparse.ArgumentParser:
     remove = endpoint_commands.add_parser("remove", help="forget an endpoint")
     remove.add_argument("endpoint_id", metavar="ID")
     operator_command(remove, _endpoint_remove)
+    approve = endpoint_commands.add_parser(
+        "approve", help="let an agent's endpoint serve every agent (admin)"
+    )
+    approve.add_argument("endpoint", metavar="URL|ID")
+    operator_command(approve, _endpoint_approve)
 
     channel = commands.add_parser("channel", help="channels agents publish to")
     _shared_options(channel)

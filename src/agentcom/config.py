@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     endpoint_unhealthy_after: int = Field(
         3, ge=1, description="Consecutive failed checks that mark an endpoint unhealthy."
     )
+    agent_endpoint_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (names, addresses, CIDR networks; '*' for any) where agents may "
+        "report Ollama endpoints besides their own address; the hub probes no other host "
+        "for an agent (the report is refused with invalid_url).",
+    )
     claude_model: str = Field("claude-sonnet-4.5", description="Model id for complex tasks.")
     progress_rate: float = Field(50.0, gt=0, description="task_progress frames/s per agent.")
     progress_burst: int = Field(200, ge=1, description="task_progress burst per agent.")

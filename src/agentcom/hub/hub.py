@@ -89,7 +89,9 @@ class Hub:
         self.clock = clock
         self.settings = settings
         self.presence = Presence()
-        self.endpoints = EndpointRegistry(settings.endpoint_unhealthy_after)
+        self.endpoints = EndpointRegistry(
+            settings.endpoint_unhealthy_after, settings.agent_endpoint_hosts
+        )
         self.router = Router(self.endpoints, self._resources_of, settings.claude_model)
         self.queue = TaskQueue(
             store,
@@ -342,6 +344,18 @@ class Hub:
         if created:
             self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "operator", None)
             self._outbox.check_endpoints.append(endpoint.endpoint_id)
+        return endpoint.snapshot()
+
+    def approve_endpoint(self, reference: str) -> dict[str, Any]:
+        """An admin lets an agent's endpoint (by id or URL) serve every agent; tasks held
+        for want of an endpoint may then use it."""
+        endpoint = self.endpoints.approve(reference)
+        self.store.stage_endpoint(
+            endpoint.endpoint_id, endpoint.url, endpoint.source, endpoint.agent_id,
+            endpoint.approved,
+        )  # fmt: skip
+        if endpoint.viable and self.queue.release_held(None):
+            self.schedule()
         return endpoint.snapshot()
 
     def remove_endpoint(self, endpoint_id: str) -> dict[str, Any]:

@@ -147,6 +147,13 @@ class EndpointRemove(_Request):
     endpoint_id: Annotated[str, Field(min_length=1, max_length=200)]
 
 
+class EndpointApprove(_Request):
+    """Let an agent's endpoint serve every agent (admin); ``endpoint`` is its id or URL."""
+
+    type: Literal["endpoint_approve"]
+    endpoint: Annotated[str, Field(min_length=1, max_length=512)]
+
+
 class ChannelCreate(_Request):
     """Create a channel (admin)."""
 
@@ -175,6 +182,7 @@ OperatorFrame = Annotated[
     | EndpointsList
     | EndpointAdd
     | EndpointRemove
+    | EndpointApprove
     | ChannelCreate
     | ChannelsList,
     Field(discriminator="type"),
@@ -182,8 +190,8 @@ OperatorFrame = Annotated[
 OPERATOR_FRAME: TypeAdapter[OperatorFrame] = TypeAdapter(OperatorFrame)
 OPERATOR_FRAME_TYPES = ("auth", "task_submit", "task_get", "task_list", "task_cancel",
                         "task_retry", "task_wait", "task_route", "agents_list", "stats",
-                        "endpoints_list", "endpoint_add", "endpoint_remove", "channel_create",
-                        "channels_list")  # fmt: skip
+                        "endpoints_list", "endpoint_add", "endpoint_remove", "endpoint_approve",
+                        "channel_create", "channels_list")  # fmt: skip
 
 
 class AuthOk(Outbound):

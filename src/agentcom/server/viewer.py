@@ -246,6 +246,8 @@ class OperatorSession:
             return hub.add_endpoint(request.url, request.name)
         if isinstance(request, ops.EndpointRemove):
             return hub.remove_endpoint(request.endpoint_id)
+        if isinstance(request, ops.EndpointApprove):
+            return hub.approve_endpoint(request.endpoint)
         return hub.messaging.create_channel(request.name, request.description)
 
     async def _read(self, request: Any) -> Any:
@@ -287,5 +289,5 @@ class OperatorSession:
 
 _MUTATIONS = (
     ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.EndpointAdd, ops.EndpointRemove,
-    ops.ChannelCreate,
+    ops.EndpointApprove, ops.ChannelCreate,
 )  # fmt: skip

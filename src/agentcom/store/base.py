@@ -8,11 +8,14 @@ from typing import Any, Protocol
 
 from agentcom.protocol.task import Task
 
-__all__ = ["ChangeKey", "Store", "TaskFilter", "TokenRecord"]
+__all__ = ["ChangeKey", "EndpointRow", "Store", "TaskFilter", "TokenRecord"]
 
 ChangeKey = tuple[str, str]
 """What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
 ``("channel", name)``, ``("subscription", ...)``, ``("message", ...)`` or ``("trim", channel)``."""
+
+EndpointRow = tuple[str, str, str, str | None, bool]
+"""A stored endpoint: ``(endpoint_id, url, source, agent_id, approved)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +50,21 @@ class Store(Protocol):
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit."""
 
-    def stage_endpoint(self, endpoint_id: str, url: str, source: str, agent_id: str | None) -> None:
-        """Queue a registered endpoint for the next commit."""
+    def stage_endpoint(
+        self,
+        endpoint_id: str,
+        url: str,
+        source: str,
+        agent_id: str | None,
+        approved: bool = False,
+    ) -> None:
+        """Queue a registered (or approved) endpoint for the next commit."""
 
     def stage_endpoint_removal(self, endpoint_id: str) -> None:
         """Queue the removal of an endpoint for the next commit."""
 
-    def load_endpoints(self) -> list[tuple[str, str, str, str | None]]:
-        """Registered endpoints as ``(endpoint_id, url, source, agent_id)``."""
+    def load_endpoints(self) -> list[EndpointRow]:
+        """Registered endpoints as ``(endpoint_id, url, source, agent_id, approved)``."""
 
     def stage_channel(self, name: str, description: str | None, created_at: int, seq: int) -> None:
         """Queue a channel's definition and sequence number for the next commit."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from agentcom.errors import StoreError
 from agentcom.protocol.task import Task
-from agentcom.store.base import ChangeKey, TaskFilter, TokenRecord
+from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TokenRecord
 
 __all__ = ["SqliteStore", "open_database"]
 
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     url TEXT NOT NULL,
     source TEXT NOT NULL,
     agent_id TEXT,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    approved INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS channels (
     name TEXT PRIMARY KEY,
@@ -123,9 +124,11 @@ ON CONFLICT (task_id) DO UPDATE SET
 
 
 _UPSERT_ENDPOINT = """
-INSERT INTO endpoints (endpoint_id, url, source, agent_id, created_at) VALUES (?, ?, ?, ?, ?)
+INSERT INTO endpoints (endpoint_id, url, source, agent_id, created_at, approved)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (endpoint_id) DO UPDATE SET
-    url = excluded.url, source = excluded.source, agent_id = excluded.agent_id
+    url = excluded.url, source = excluded.source, agent_id = excluded.agent_id,
+    approved = excluded.approved
 """
 _DELETE_ENDPOINT = "DELETE FROM endpoints WHERE endpoint_id = ?"
 
@@ -172,8 +175,16 @@ def open_database(
     if not existing:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SCHEMA)
+        _add_missing_columns(connection)
     connection.execute("PRAGMA synchronous=FULL")
     return connection
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to the schema above."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(endpoints)")}
+    if "approved" not in columns:
+        connection.execute("ALTER TABLE endpoints ADD COLUMN approved INTEGER NOT NULL DEFAULT 0")
 
 
 def _task_row(task: Task) -> tuple[Any, ...]:
@@ -235,9 +246,16 @@ class SqliteStore:
         self._staged["task", task.task_id] = (_UPSERT_TASK, _task_row(task))
         self._unwritten[task.task_id] = task
 
-    def stage_endpoint(self, endpoint_id: str, url: str, source: str, agent_id: str | None) -> None:
-        """Queue a registered endpoint for the next commit."""
-        row = (endpoint_id, url, source, agent_id, time.time_ns() // 1_000_000)
+    def stage_endpoint(
+        self,
+        endpoint_id: str,
+        url: str,
+        source: str,
+        agent_id: str | None,
+        approved: bool = False,
+    ) -> None:
+        """Queue a registered (or approved) endpoint for the next commit."""
+        row = (endpoint_id, url, source, agent_id, time.time_ns() // 1_000_000, int(approved))
         self._staged["endpoint", endpoint_id] = (_UPSERT_ENDPOINT, row)
 
     def stage_endpoint_removal(self, endpoint_id: str) -> None:
@@ -473,12 +491,12 @@ class SqliteStore:
             },
         }
 
-    def load_endpoints(self) -> list[tuple[str, str, str, str | None]]:
-        """Registered endpoints as ``(endpoint_id, url, source, agent_id)``."""
+    def load_endpoints(self) -> list[EndpointRow]:
+        """Registered endpoints as ``(endpoint_id, url, source, agent_id, approved)``."""
         rows = self._reader.execute(
-            "SELECT endpoint_id, url, source, agent_id FROM endpoints ORDER BY created_at"
+            "SELECT endpoint_id, url, source, agent_id, approved FROM endpoints ORDER BY created_at"
         ).fetchall()
-        return [tuple(row) for row in rows]
+        return [(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
 
     def has_token(self, agent_id: str, role: str | None = None) -> bool:
         """Whether ``agent_id`` holds a token (of ``role``, when given)."""
