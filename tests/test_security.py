@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from hubprocess import HubProcess, run_cli_async, start_hub
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from agentcom.client import OperatorClient
+from agentcom.client import OperatorClient, RequestFailed
 from agentcom.hub.auth import new_token
 from agentcom.server.app import HubServer
 
@@ -351,3 +352,42 @@ async def test_channel_history_is_capped_in_bytes_and_reloads_within_the_cap(
     talker = await identified_agent(restarted, "talker", token)
     assert await history(talker) == [7, 8, 9]
     await talker.close()
+
+
+# --- 10. small hardening -------------------------------------------------------------------
+
+
+async def test_a_new_database_file_is_private_to_its_owner(
+    tmp_path: Path, hubs: list[HubProcess]
+) -> None:
+    # when a hub creates its database, whatever the umask
+    previous = os.umask(0o022)
+    try:
+        hub = start_hub(hubs, tmp_path)
+    finally:
+        os.umask(previous)
+    hub.make_token("worker")
+
+    # then only its owner may read the file and its journal
+    assert stat.S_IMODE(hub.db.stat().st_mode) == 0o600
+    wal = hub.db.with_name(hub.db.name + "-wal")
+    if wal.exists():
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+
+
+async def test_task_wait_with_timeout_zero_answers_at_once(
+    hub: HubServer, operator: OperatorClient
+) -> None:
+    # given a queued task (no agent) and an unknown one
+    task = await operator.submit("waits for an agent")
+
+    # when an operator waits for it with timeout 0, as the protocol allows
+    with pytest.raises(RequestFailed) as waited:
+        await operator.request("task_wait", task_id=task["task_id"], timeout_s=0)
+
+    # then the answer is at once: not finished yet
+    assert waited.value.code == "timeout"
+    cancelled = await operator.request("task_cancel", task_id=task["task_id"])
+    assert cancelled["status"] == "cancelled"
+    finished = await operator.request("task_wait", task_id=task["task_id"], timeout_s=0)
+    assert finished["status"] == "cancelled"

@@ -98,11 +98,12 @@ class TaskRetry(_Request):
 
 
 class TaskWait(_Request):
-    """Reply once the task is completed, dead letter or cancelled (or after ``timeout_s``)."""
+    """Reply once the task is completed, dead letter or cancelled (or after ``timeout_s``;
+    0 answers at once: the task when it is finished, else ``timeout``)."""
 
     type: Literal["task_wait"]
     task_id: TaskId
-    timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    timeout_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
 
 
 class AgentsList(_Request):

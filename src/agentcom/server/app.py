@@ -76,6 +76,7 @@ class HubServer:
             settings.max_connections_per_address,
             settings.allowed_origins,
             auth_failures_before_delay=settings.auth_failures_before_delay,
+            tls=settings.certfile is not None,
         )
         self.agent_connections: dict[str, ServerConnection] = {}
         self.frames_received = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -160,9 +161,15 @@ def open_database(
     raises ``sqlite3.OperationalError`` rather than being created, and neither the schema
     nor the journal mode is touched (an agentcom database already has both).
 
+    A new database file is created readable and writable by its owner only (0600): it
+    holds every task's description and result. SQLite gives its ``-wal`` and ``-shm``
+    files the same permissions. An existing file keeps the permissions it has.
+
     A statement that finds the database locked by another connection retries for
     ``busy_timeout_s``, then fails with ``sqlite3.OperationalError``.
     """
+    if not existing:
+        _create_private(Path(path))
     target = f"{Path(path).absolute().as_uri()}?mode=rw" if existing else str(path)
     connection = sqlite3.connect(
         target,
@@ -178,6 +185,17 @@ def open_database(
         _add_missing_columns(connection)
     connection.execute("PRAGMA synchronous=FULL")
     return connection
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (any umask notwithstanding)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # sqlite3.connect reports what is wrong with the path, as it always did
+    os.close(descriptor)
 
 
 def _add_missing_columns(connection: sqlite3.Connection) -> None:
