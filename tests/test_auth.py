@@ -553,6 +553,8 @@ async def role_targets(
     await operator.request("task_cancel", task_id=cancelled["task_id"])
     # an endpoint to remove (nobody listens there: its check fails at once)
     endpoint = await operator.request("endpoint_add", url="http://127.0.0.1:9", name="spare")
+    # an agent's endpoint to approve
+    await make_agent("lender", ollama_url="http://127.0.0.1:9")
     return {
         "task_submit": {"task": {"description": "More work", "needed_capabilities": ["gpu"]}},
         "task_get": {"task_id": queued["task_id"]},
@@ -566,6 +568,7 @@ async def role_targets(
         "endpoints_list": {},
         "endpoint_add": {"url": "http://127.0.0.1:7", "name": "another"},
         "endpoint_remove": {"endpoint_id": endpoint["endpoint_id"]},
+        "endpoint_approve": {"endpoint": "lender-local"},
         "channel_create": {"name": "announcements"},
         "channels_list": {},
     }
@@ -623,7 +626,7 @@ async def test_every_operator_request_checks_the_role(
     )
     # and they are the changes PROTOCOL.md lists as admin requests
     assert mutations == {"task_submit", "task_cancel", "task_retry", "endpoint_add",
-                         "endpoint_remove", "channel_create"}  # fmt: skip
+                         "endpoint_remove", "endpoint_approve", "channel_create"}  # fmt: skip
 
 
 def api_routes() -> list[str]:
