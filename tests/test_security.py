@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +94,17 @@ async def test_revoking_a_token_closes_its_open_agent_dashboard_and_operator_ses
     db = ["--db", str(hub.db)]
 
     # when each token is revoked with the command line, the hub still running
+    started = time.monotonic()
     for agent_id in ("worker", "watcher", "ops"):
         revoked = await run_cli_async("token", "revoke", agent_id, *db)
         assert revoked.returncode == 0, revoked.stderr
 
     # then each of their sessions is closed within seconds, and nothing more is served
+    revoked = time.monotonic() - started
     for connection in (agent, dashboard, operator):
         assert await closed_with(connection) == (4003, "token revoked")
+    closed = time.monotonic() - started
+    print(f"3 revokes took {revoked:.2f} s; their sessions were all closed at {closed:.2f} s")
     # while a session whose token stands is untouched
     await keeper.send(json.dumps({"type": "ping"}))
     assert (await receive_type(keeper, "pong"))["type"] == "pong"
