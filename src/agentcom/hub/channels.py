@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic_core import to_json
 
 from agentcom.errors import HubError
+from agentcom.hub.bounded import SizedQueue
 
 __all__ = ["Channel", "ChannelMessage", "ChannelRegistry"]
 
@@ -52,23 +52,14 @@ class Channel:
     description: str | None
     created_at: int
     history_cap: int
+    history_bytes: int = 8 * 1024 * 1024
     seq: int = 0
     subscribers: set[str] = field(default_factory=set)
-    history: deque[ChannelMessage] = field(default_factory=deque)
-    history_sizes: deque[int] = field(default_factory=deque)  # payload bytes, as history
-    history_bytes: int = 0
+    # Recent messages, sized by their payload's bytes as JSON.
+    history: SizedQueue[ChannelMessage] = field(init=False)
 
-    def keep(self, message: ChannelMessage, size: int, max_bytes: int) -> None:
-        """Add ``message`` (``size`` payload bytes) to the history, dropping the oldest
-        beyond ``history_cap`` messages or ``max_bytes`` (the newest always stays)."""
-        self.history.append(message)
-        self.history_sizes.append(size)
-        self.history_bytes += size
-        while len(self.history) > self.history_cap or (
-            self.history_bytes > max_bytes and len(self.history) > 1
-        ):
-            self.history.popleft()
-            self.history_bytes -= self.history_sizes.popleft()
+    def __post_init__(self) -> None:
+        self.history = SizedQueue(self.history_cap, self.history_bytes)
 
     def summary(self) -> dict[str, Any]:
         """The ``list_channels`` entry."""
@@ -100,7 +91,7 @@ class ChannelRegistry:
             raise HubError("invalid_name", "channel names are 1-64 of A-Z a-z 0-9 _ . : -")
         if name in self.channels:
             raise HubError("already_exists", f"channel {name} exists")
-        channel = Channel(name, description, now_ms, self._history_cap)
+        channel = Channel(name, description, now_ms, self._history_cap, self._history_bytes)
         self.channels[name] = channel
         return channel
 
@@ -135,7 +126,7 @@ class ChannelRegistry:
             reply_to=reply_to,
             timestamp=now_ms,
         )
-        channel.keep(message, size, self._history_bytes)
+        channel.history.append(message, size)
         return message
 
     def history(self, name: str, limit: int, since: int | None) -> list[ChannelMessage]:
@@ -155,7 +146,9 @@ class ChannelRegistry:
     ) -> None:
         """Load channels, subscriptions and history read from the store."""
         for name, description, created_at, seq in channels:
-            channel = Channel(name, description, created_at, self._history_cap, seq=seq)
+            channel = Channel(
+                name, description, created_at, self._history_cap, self._history_bytes, seq=seq
+            )
             self.channels[name] = channel
         for name, agent_id in subscriptions:
             if name in self.channels:
@@ -163,7 +156,7 @@ class ChannelRegistry:
         for body in messages:
             owner = self.channels.get(body["channel"])
             if owner is not None:
-                owner.keep(
+                owner.history.append(
                     ChannelMessage(
                         channel=body["channel"],
                         seq=body["seq"],
@@ -175,5 +168,4 @@ class ChannelRegistry:
                         timestamp=body["timestamp"],
                     ),
                     len(to_json(body["payload"])),
-                    self._history_bytes,
                 )

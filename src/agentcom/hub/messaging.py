@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from pydantic_core import to_json
 from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import Presence
+from agentcom.hub.bounded import SizedQueue
 from agentcom.hub.channels import ChannelRegistry
 from agentcom.hub.clock import Clock
 from agentcom.protocol import agent as frames
@@ -29,32 +29,10 @@ from agentcom.protocol.outbound import (
 )
 from agentcom.store.base import Store
 
-__all__ = ["Inbox", "Messaging"]
+__all__ = ["Messaging"]
 
 Push = Callable[[str, Outbound], None]
 _MESSAGE_OVERHEAD = 256  # a kept message's fields besides its payload, roughly, in bytes
-
-
-class Inbox:
-    """Direct messages kept for an offline agent, capped in count and in payload bytes;
-    beyond either cap the oldest go."""
-
-    __slots__ = ("_max_bytes", "_max_messages", "bytes", "messages")
-
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self.messages: deque[tuple[MessagePush, int]] = deque()
-        self.bytes = 0
-        self._max_bytes = max_bytes
-        self._max_messages = max_messages
-
-    def add(self, message: MessagePush, size: int) -> None:
-        """Keep one more message of ``size`` bytes."""
-        self.messages.append((message, size))
-        self.bytes += size
-        while len(self.messages) > self._max_messages or (
-            self.bytes > self._max_bytes and len(self.messages) > 1
-        ):
-            self.bytes -= self.messages.popleft()[1]
 
 
 class Messaging:
@@ -79,7 +57,8 @@ class Messaging:
         self.channels = ChannelRegistry(
             settings.channel_history_cap, settings.channel_history_bytes
         )
-        self._inboxes: dict[str, Inbox] = {}
+        # Direct messages kept for offline agents, bounded in count and in bytes.
+        self._inboxes: dict[str, SizedQueue[MessagePush]] = {}
 
     def restore(self) -> None:
         """Load channels, subscriptions and history from the store."""
@@ -133,10 +112,10 @@ class Messaging:
                 inbox = self._inboxes.get(frame.to)
                 if inbox is None:
                     settings = self._settings
-                    inbox = self._inboxes[frame.to] = Inbox(
+                    inbox = self._inboxes[frame.to] = SizedQueue(
                         settings.offline_message_cap, settings.offline_inbox_bytes
                     )
-                inbox.add(message, size)
+                inbox.append(message, size)
         return MessageSent(id=message.id)
 
     def deliver_inbox(self, agent_id: str) -> int:
@@ -145,7 +124,7 @@ class Messaging:
         if not inbox:
             return 0
         oldest = self._clock.now_ms() - int(self._settings.offline_message_ttl_s * 1000)
-        fresh = [message for message, _ in inbox.messages if message.timestamp >= oldest]
+        fresh = [message for message in inbox if message.timestamp >= oldest]
         for message in fresh:
             self._push(agent_id, message)
         return len(fresh)

@@ -6,8 +6,10 @@ Kept in memory only: execution events are published, never persisted.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
+
+from agentcom.hub.bounded import SizedQueue
 
 __all__ = ["ExecutionTails"]
 
@@ -46,14 +48,14 @@ class ExecutionTails:
         self._max_keys = max_keys
         self._max_key_chars = max_key_chars
         self._max_task_bytes = max_task_bytes
-        self._tails: OrderedDict[str, _Tail] = OrderedDict()
+        self._tails: OrderedDict[str, SizedQueue[dict[str, Any]]] = OrderedDict()
 
     def add(self, task_id: str, event: dict[str, Any]) -> dict[str, Any]:
         """Keep a bounded copy of one ``execution_progress`` task event; returns that copy
         (what is published too, so viewers never get more than a tail keeps)."""
         tail = self._tails.get(task_id)
         if tail is None:
-            tail = self._tails[task_id] = _Tail(deque(maxlen=self._max_events))
+            tail = self._tails[task_id] = SizedQueue(self._max_events, self._max_task_bytes)
             while len(self._tails) > self._max_tasks:
                 self._tails.popitem(last=False)
         else:
@@ -61,12 +63,7 @@ class ExecutionTails:
         kept = dict(event)
         bounded, size = self._bounded(event.get("execution_event") or {})
         kept["execution_event"] = bounded
-        if len(tail.events) == tail.events.maxlen:
-            tail.size -= tail.events[0][1]
-        tail.events.append((kept, size))
-        tail.size += size
-        while tail.size > self._max_task_bytes and len(tail.events) > 1:
-            tail.size -= tail.events.popleft()[1]
+        tail.append(kept, size)
         return kept
 
     def _bounded(self, execution_event: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -87,16 +84,4 @@ class ExecutionTails:
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Task id to its kept events, oldest first."""
-        return {
-            task_id: [event for event, _ in tail.events] for task_id, tail in self._tails.items()
-        }
-
-
-class _Tail:
-    """One task's kept events with their sizes, and the sum of those sizes."""
-
-    __slots__ = ("events", "size")
-
-    def __init__(self, events: deque[tuple[dict[str, Any], int]]) -> None:
-        self.events = events
-        self.size = 0
+        return {task_id: list(tail) for task_id, tail in self._tails.items()}
