@@ -19,14 +19,16 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import AgentMaker
+from conftest import AgentMaker, TokenMaker
 from hubprocess import HubProcess, run_cli_async, start_hub
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from agentcom.client import OperatorClient, RequestFailed
+from agentcom.config import Settings
 from agentcom.hub.auth import new_token
 from agentcom.server.app import HubServer
+from agentcom.store.tokens import delete_token
 
 Frame = dict[str, Any]
 EVENT_TIMEOUT_S = 10.0
@@ -396,3 +398,29 @@ async def test_task_wait_with_timeout_zero_answers_at_once(
     assert cancelled["status"] == "cancelled"
     finished = await operator.request("task_wait", task_id=task["task_id"], timeout_s=0)
     assert finished["status"] == "cancelled"
+
+
+async def test_a_revoked_agent_loses_its_inbox_and_gets_no_new_one(
+    hub: HubServer, settings: Settings, make_agent: AgentMaker, make_token: TokenMaker
+) -> None:
+    # given a message kept for an offline agent
+    make_token("later")
+    talker = await make_agent("talker")
+    await talker.send({"type": "message", "to": "later", "payload": {"secret": "plans"}})
+    await talker.receive_type("message_sent")
+
+    # when its token is revoked and the hub looks for revocations
+    delete_token(settings.db, "later")
+    assert hub.revocations.check() == 0  # it had no open session
+
+    # then no message is kept for it any more, and none is taken
+    await talker.send({"type": "message", "to": "later", "payload": {"more": "plans"}})
+    assert (await talker.receive_type("error"))["error"] == "unknown_recipient"
+    # and an agent later given that id starts with an empty inbox
+    later = await make_agent("later")
+    await later.send({"type": "ping"})
+    frames = []
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while (frame := await later.receive())["type"] != "pong":
+            frames.append(frame["type"])
+    assert "message" not in frames
