@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import AgentMaker, TokenMaker
-from hubprocess import HubProcess, run_cli_async, start_hub
+from hubprocess import CliProcess, HubProcess, run_cli_async, start_hub
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -87,26 +87,31 @@ async def receive_type(connection: ClientConnection, frame_type: str) -> Frame:
 async def test_revoking_a_token_closes_its_open_agent_dashboard_and_operator_sessions(
     tmp_path: Path, hubs: list[HubProcess]
 ) -> None:
-    # given a hub process with an agent, a dashboard and an admin operator connected
+    # given a hub process with an agent, a dashboard, an admin operator and a watch open
     hub = start_hub(hubs, tmp_path, AGENTCOM_TOKEN_CHECK_INTERVAL_S="0.2")
     agent = await identified_agent(hub, "worker", hub.make_token("worker"))
     dashboard = await subscribed_dashboard(hub, hub.make_token("watcher", "viewer"))
     operator = await authenticated_operator(hub, hub.make_token("ops", "admin"))
     keeper = await identified_agent(hub, "keeper", hub.make_token("keeper"))
-    db = ["--db", str(hub.db)]
+    with CliProcess("watch", *hub.operator_args(hub.make_token("looker", "viewer"))) as watch:
+        assert (await watch.next_line()).startswith("connected:")
 
-    # when each token is revoked with the command line, the hub still running
-    started = time.monotonic()
-    for agent_id in ("worker", "watcher", "ops"):
-        revoked = await run_cli_async("token", "revoke", agent_id, *db)
-        assert revoked.returncode == 0, revoked.stderr
+        # when each token is revoked with the command line, the hub still running
+        started = time.monotonic()
+        for agent_id in ("worker", "watcher", "ops", "looker"):
+            revoked = await run_cli_async("token", "revoke", agent_id, "--db", str(hub.db))
+            assert revoked.returncode == 0, revoked.stderr
+        revoking = time.monotonic() - started
 
-    # then each of their sessions is closed within seconds, and nothing more is served
-    revoked = time.monotonic() - started
-    for connection in (agent, dashboard, operator):
-        assert await closed_with(connection) == (4003, "token revoked")
-    closed = time.monotonic() - started
-    print(f"3 revokes took {revoked:.2f} s; their sessions were all closed at {closed:.2f} s")
+        # then each of their sessions is closed within seconds, and nothing more is served
+        for connection in (agent, dashboard, operator):
+            assert await closed_with(connection) == (4003, "token revoked")
+        closed = time.monotonic() - started
+        # and agentcom watch ends, saying why
+        watched = await watch.finish(EVENT_TIMEOUT_S)
+    assert watched.returncode != 0 and "token revoked" in watched.stderr, watched
+    print(f"4 revokes took {revoking:.2f} s; their sessions were all closed at {closed:.2f} s")
+    print(f"agentcom watch: exit {watched.returncode}, {watched.stderr.strip()}")
     # while a session whose token stands is untouched
     await keeper.send(json.dumps({"type": "ping"}))
     assert (await receive_type(keeper, "pong"))["type"] == "pong"
