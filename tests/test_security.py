@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from agentcom.client import OperatorClient, RequestFailed
 from agentcom.config import Settings
 from agentcom.hub.auth import new_token
+from agentcom.hub.endpoints import HostAllowList
 from agentcom.server.app import HubServer
 from agentcom.store.tokens import delete_token
 
@@ -429,3 +430,27 @@ async def test_a_revoked_agent_loses_its_inbox_and_gets_no_new_one(
         while (frame := await later.receive())["type"] != "pong":
             frames.append(frame["type"])
     assert "message" not in frames
+
+
+# --- 5. where an agent's endpoint may be ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entries", "host", "agent_host", "permitted"),
+    [
+        ([], "10.0.0.7", "10.0.0.7", True),  # the agent's own address
+        ([], "localhost", "127.0.0.1", True),  # loopback names are one host
+        ([], "10.0.0.8", "10.0.0.7", False),  # a neighbour
+        ([], "10.0.0.8", None, False),  # the agent's address unknown: only the list
+        (["10.0.0.0/8"], "10.0.0.8", "192.0.2.1", True),
+        (["10.0.0.0/8"], "11.0.0.1", "192.0.2.1", False),
+        (["gpu.example"], "GPU.example", "192.0.2.1", True),
+        (["gpu.example"], "gpu.example.evil", "192.0.2.1", False),
+        (["fd00::/8"], "[fd00::5]", "192.0.2.1", True),
+        (["*"], "anything.example", None, True),
+    ],
+)
+def test_agents_endpoint_hosts_allow_the_agents_own_address_and_what_is_listed(
+    entries: list[str], host: str, agent_host: str | None, permitted: bool
+) -> None:
+    assert HostAllowList(entries).permits(host, agent_host) is permitted
