@@ -38,6 +38,7 @@ from agentcom.protocol import operator as ops
 from agentcom.server import http
 from agentcom.server.app import HubServer
 from agentcom.server.guard import Guard
+from agentcom.server.viewer import AGENT_TOKEN_REFUSED
 from agentcom.store.tokens import delete_token
 
 EVENT_TIMEOUT_S = 10.0
@@ -186,20 +187,25 @@ async def test_operator_sockets_answer_every_bad_token_alike(
     hub: HubServer, make_token: TokenMaker, bad_tokens: dict[str, str], path: str
 ) -> None:
     # given every bad token, and an agent's valid token (agents may not operate)
-    candidates = {**bad_tokens, "agent": make_token("worker")}
+    agent_token = make_token("worker")
 
     # when each is presented
     answers = {
         reason: await first_frame_refusal(hub.port, path, token)
-        for reason, token in candidates.items()
+        for reason, token in bad_tokens.items()
     }
+    agent_answer = await first_frame_refusal(hub.port, path, agent_token)
 
-    # then every answer is the same error and the same close
+    # then every bad token gets the same error and the same close
     if path == "/ws/operator":
         error = {"type": "error", "request_id": None, "error": "invalid_token", "message": None}
     else:
         error = {"type": "error", "error": "invalid_token", "task_id": None, "message": None}
-    assert answers == dict.fromkeys(candidates, (error, 1008, "invalid token"))
+    assert answers == dict.fromkeys(bad_tokens, (error, 1008, "invalid token"))
+    # and the agent's token is refused the same way, told which token would do
+    told = {**error, "message": AGENT_TOKEN_REFUSED}
+    assert agent_answer == (told, 1008, "invalid token")
+    assert "viewer or admin token" in AGENT_TOKEN_REFUSED
 
 
 async def test_api_answers_every_bad_credential_byte_for_byte_alike(

@@ -4,8 +4,11 @@ live hub with simulated sidecars."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
+import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,16 +17,19 @@ from pathlib import Path
 
 import pytest
 from conftest import METADATA, AgentMaker, TokenMaker
+from ollama_standin import OllamaStandin, make_ollama, ollama  # noqa: F401
 from playwright.async_api import (
     Browser,
     BrowserContext,
     ConsoleMessage,
     Locator,
     Page,
+    WebSocketRoute,
     async_playwright,
     expect,
 )
 
+from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
@@ -31,6 +37,7 @@ from agentcom.hub.history import QueueHistory
 from agentcom.hub.tails import ExecutionTails
 from agentcom.server.app import HubServer
 from agentcom.server.http import DASHBOARD_FILES
+from agentcom.server.viewer import AGENT_TOKEN_REFUSED
 from agentcom.store.tokens import delete_token
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -919,3 +926,447 @@ async def test_a_page_whose_token_is_revoked_is_closed_and_asks_for_another(
     # then the page stops and asks for a token, rather than showing stale data as live
     await expect(page.locator("#token-error")).to_contain_text("refused")
     await expect(page.get_by_label("Hub token")).to_be_visible()
+
+
+# --- Ollama endpoints panel ------------------------------------------------------------
+
+MODELS = ["qwen2.5-coder:7b", "llama3.2:3b"]
+
+
+async def test_endpoints_panel_shows_health_models_load_and_last_error_as_they_change(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    # given a sidecar whose local Ollama serves two models, one of them loaded, and that
+    # reports its host's load
+    ollama.serve(models=MODELS, loaded=MODELS[:1])
+    gpu_box = await make_agent("gpu-box", ollama_url=ollama.url)
+    report = {"type": "resource_report", "cpu_percent": 42.0,
+              "ram_used_bytes": 2 * GIB, "ram_total_bytes": 8 * GIB}  # fmt: skip
+    await gpu_box.send(report)
+    await hub.prober.check_all()
+
+    # when an operator opens the page
+    page = await open_dashboard(make_token("ops", "admin"))
+
+    # then the endpoint has a card with its health, models, host load and no error
+    card = page.get_by_role("article", name="Endpoint gpu-box-local")
+    await expect(card.locator(".badge")).to_have_text("healthy")
+    await expect(card.locator(".chip")).to_have_text(["qwen2.5-coder:7b (loaded)", "llama3.2:3b"])
+    await expect(card).to_contain_text("CPU 42% · RAM 2.0 GiB / 8.0 GiB (25%)")
+    await expect(card).to_contain_text("sidecar gpu-box")
+    await expect(card).to_contain_text(ollama.url)
+    await expect(page.locator("#endpoints-summary")).to_have_text("1 healthy, 1 known")
+
+    # when its Ollama starts failing, the card follows the hub's checks without a reload:
+    # failing with the error at the first failure, unhealthy at the third
+    ollama.fail()
+    await hub.prober.check_all()
+    await expect(card).to_contain_text("HTTPStatusError")
+    await expect(card.locator(".badge")).to_have_text("failing")
+    await hub.prober.check_all()
+    await hub.prober.check_all()
+    await expect(card.locator(".badge")).to_have_text("unhealthy")
+    await expect(card).to_contain_text("(3 failed checks in a row)")
+    await expect(page.locator("#endpoints-summary")).to_have_text("0 healthy, 1 known")
+
+
+async def test_an_admin_adds_and_removes_endpoints_and_a_viewer_only_watches(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    # given an Ollama nobody registered, and an admin's page
+    ollama.serve(models=MODELS[1:])
+    page = await open_dashboard(make_token("ops", "admin"))
+    form = page.get_by_role("form", name="Add an Ollama endpoint")
+
+    # when the admin adds it under a name
+    await form.get_by_label("URL").fill(ollama.url)
+    await form.get_by_label("Name").fill("gpu-box")
+    await form.get_by_role("button", name="Add endpoint").click()
+
+    # then the hub has it, and the page shows its card and, soon, its first check
+    await expect(page.locator("#endpoint-result")).to_contain_text("Added endpoint gpu-box")
+    card = page.get_by_role("article", name="Endpoint gpu-box")
+    await expect(card.locator(".badge")).to_have_text("healthy")
+    await expect(card).to_contain_text("added by an operator")
+    assert [e["endpoint_id"] for e in await operator.request("endpoints_list")] == ["gpu-box"]
+
+    # and a URL the hub refuses is not added, with its reason
+    await form.get_by_label("URL").fill("ftp://nowhere")
+    await form.get_by_label("Name").fill("")
+    await form.get_by_role("button", name="Add endpoint").click()
+    await expect(page.locator("#endpoint-result")).to_contain_text("Not added: invalid_url")
+
+    # given a viewer's page too: it sees the endpoint, but neither the form nor Remove
+    viewer = await open_dashboard(make_token("watcher", "viewer"))
+    watched = viewer.get_by_role("article", name="Endpoint gpu-box")
+    await expect(watched.locator(".badge")).to_have_text("healthy")
+    await expect(viewer.get_by_role("form", name="Add an Ollama endpoint")).to_be_hidden()
+    await expect(viewer.get_by_role("button", name=re.compile("^Remove"))).to_have_count(0)
+
+    # when the admin presses Remove, it only asks for confirmation
+    await card.get_by_role("button", name="Remove endpoint gpu-box").click()
+    confirm = card.get_by_role("button", name="Confirm: Remove endpoint gpu-box")
+    await expect(confirm).to_be_visible()
+    assert len(await operator.request("endpoints_list")) == 1
+
+    # and when they confirm, the endpoint is gone from the hub and from both pages
+    await confirm.click()
+    await expect(page.locator("#action-status")).to_have_text("Endpoint gpu-box removed.")
+    await expect(page.get_by_role("article", name="Endpoint gpu-box")).to_have_count(0)
+    await expect(watched).to_have_count(0)
+    assert await operator.request("endpoints_list") == []
+
+
+async def test_endpoint_actions_appear_once_the_hub_says_the_token_is_an_admins(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    browser: Browser,
+    http_url: str,
+) -> None:
+    # given an endpoint, and a page whose operator connection hears its role only after
+    # the snapshot has drawn the cards
+    await operator.request("endpoint_add", url="http://127.0.0.1:9", name="spare")
+    role_known = asyncio.Event()
+    releases: list[asyncio.Task[None]] = []
+
+    def hold_the_role(route: WebSocketRoute) -> None:
+        server = route.connect_to_server()
+        held: list[str | bytes] = []
+
+        def from_hub(message: str | bytes) -> None:
+            if role_known.is_set():
+                route.send(message)
+            else:
+                held.append(message)
+
+        async def release() -> None:
+            await role_known.wait()
+            for message in held:
+                route.send(message)
+
+        server.on_message(from_hub)
+        releases.append(asyncio.create_task(release()))
+
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.route_web_socket(re.compile(r"/ws/operator$"), hold_the_role)
+        await page.goto(f"{http_url}/dashboard#token={make_token('ops', 'admin')}")
+        card = page.get_by_role("article", name="Endpoint spare")
+        await expect(card).to_be_visible()
+        await expect(card.get_by_role("button")).to_have_count(0)
+
+        # when the role arrives
+        role_known.set()
+
+        # then the card gets its action at once (the page redraws the cards every 5 s
+        # anyway: the button must come well before)
+        remove = card.get_by_role("button", name="Remove endpoint spare")
+        await expect(remove).to_be_visible(timeout=2000)
+    finally:
+        for release in releases:
+            release.cancel()
+        await context.close()
+
+
+# --- after a hub restart ----------------------------------------------------------------
+
+
+async def test_a_restarted_hub_gives_back_running_output_and_the_queue_chart(
+    hub: HubServer,
+    settings: Settings,
+    clock: ManualClock,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a running task that printed a line, and a task completed a minute earlier
+    done_agent, done_id, generation = await _working_task(operator, make_agent, "w-1", "lint")
+    complete = {"type": "task_complete", "task_id": done_id, "generation": generation}
+    await done_agent.send(complete)
+    await done_agent.receive_type("task_ack")
+    await done_agent.close()  # so that the next task goes to the next sidecar
+    clock.advance(60_000)
+    agent, task_id, _ = await _working_task(operator, make_agent, "w-2", "compile the docs")
+    event = {"event_type": "stdout", "text": "building 12 pages"}
+    await agent.send({"type": "task_progress", "task_id": task_id, "execution_event": event})
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")  # the hub has handled the progress frame
+
+    # when the hub stops and a new one starts on the same database
+    port = hub.port
+    await hub.stop()
+    restarted = HubServer(settings.model_copy(update={"port": port}), clock=clock, run_sweeps=False)
+    await restarted.start()
+    try:
+        # then its snapshot has the task's output and the minutes before the restart
+        frames = operator.watch()
+        snapshot = await anext(frames)
+        await frames.aclose()
+        assert [e["execution_event"] for e in snapshot["execution_tails"][task_id]] == [event]
+        history = snapshot["queue_history"]
+        assert sum(minute["completions"] for minute in history) == 1
+        assert len(history) == 2
+
+        # and a page opened now shows both
+        page = await open_dashboard(make_token("ops", "admin"))
+        log = page.get_by_role("log", name="Execution output", exact=True)
+        await expect(log).to_contain_text("building 12 pages")
+        chart = page.locator("#queue-chart")
+        await expect(chart).to_have_attribute("aria-label", re.compile("1 tasks completed"))
+    finally:
+        await restarted.stop()
+
+
+async def test_every_sweep_saves_the_output_and_the_hour_so_far(
+    hub: HubServer,
+    settings: Settings,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+) -> None:
+    # given a running task that printed a line
+    agent, task_id, _ = await _working_task(operator, make_agent, "w-1", "compile the docs")
+    event = {"event_type": "stderr", "text": "warning: 3 broken links"}
+    await agent.send({"type": "task_progress", "task_id": task_id, "execution_event": event})
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")
+
+    def saved_tails() -> list[tuple[str, list[dict[str, object]]]]:
+        """What a hub killed outright would find in its database on restart."""
+        with contextlib.closing(sqlite3.connect(settings.db)) as database:
+            rows = database.execute("SELECT task_id, events FROM execution_tails").fetchall()
+        return [(tid, [e["execution_event"] for e in json.loads(events)]) for tid, events in rows]
+
+    def saved_minutes() -> list[tuple[int, int, int]]:
+        with contextlib.closing(sqlite3.connect(settings.db)) as database:
+            query = "SELECT minute, depth, completions FROM queue_history ORDER BY minute"
+            return [tuple(row) for row in database.execute(query).fetchall()]
+
+    assert saved_tails() == []
+
+    # when the hub sweeps, while it keeps running
+    await hub.sweep()
+
+    # then the output and the queue's minutes are in the database
+    assert saved_tails() == [(task_id, [event])]
+    history = hub.hub.queue_history.snapshot(hub.clock.now_ms())
+    minutes = [(m["minute"], m["depth"], m["completions"]) for m in history]
+    assert minutes
+    assert saved_minutes() == minutes
+
+
+def test_execution_tails_saved_under_larger_bounds_are_trimmed_when_taken_back() -> None:
+    # given tails saved for three tasks, and a hub that now keeps two
+    tails = ExecutionTails(max_tasks=2, max_events=3)
+    saved = [(task_id, [{"task_id": task_id, "execution_event": {"text": task_id}}])
+             for task_id in ("a", "b", "c")]  # fmt: skip
+
+    # when they are taken back
+    tails.restore(saved)
+
+    # then the two most recently active are kept, and the other is deleted at the next save
+    assert list(tails.snapshot()) == ["b", "c"]
+    assert tails.take_changes() == {"a": None}
+    assert tails.take_changes() == {}
+
+
+# --- queue panel, top bar, token gate, task table --------------------------------------
+
+
+async def test_the_queue_chart_spreads_over_the_minutes_that_have_data(
+    hub: HubServer, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given the page's own chart, drawn in the browser from a chosen history
+    page = await open_dashboard(make_token("ops", "admin"))
+    draw = """async ({now, minutes}) => {
+        const { MinuteSeries } = await import("/dashboard/state.js");
+        const { drawQueueChart } = await import("/dashboard/chart.js");
+        const history = new MinuteSeries();
+        for (const ago of minutes) history.recordDepth(now - ago * 60000, 3);
+        const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+        drawQueueChart(svg, history.chartWindow(now));
+        return {
+            bars: svg.querySelectorAll("rect.bar").length,
+            labels: [...svg.querySelectorAll("text")].map((text) => text.textContent).slice(-3),
+        };
+    }"""
+    now = 1000 * 60_000
+
+    # when the queue has data for the last 7 minutes only, the chart spans those 7
+    assert await page.evaluate(draw, {"now": now, "minutes": [6, 3, 0]}) == {
+        "bars": 7, "labels": ["-7 min", "-4 min", "now"],
+    }  # fmt: skip
+    # and never fewer than 5, nor more than the hour
+    assert (await page.evaluate(draw, {"now": now, "minutes": [0]}))["bars"] == 5
+    assert (await page.evaluate(draw, {"now": now, "minutes": [90, 2]}))["bars"] == 60
+
+    # and the live chart's caption says what it spans
+    await expect(page.locator("#chart-span")).to_have_text("last 5 min")
+
+
+async def test_the_dead_letter_count_is_red_only_when_there_are_some(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given the page with no dead letter
+    page = await open_dashboard(make_token("ops", "admin"))
+    red = await page.evaluate("""() => {
+        const probe = document.createElement("span");
+        probe.style.color = "var(--danger)";
+        document.body.append(probe);
+        const color = getComputedStyle(probe).color;
+        probe.remove();
+        return color;
+    }""")
+    tile, summary = page.locator("#status-dead_letter"), page.locator("#dead-summary")
+    await expect(tile).to_have_text("0")
+    color = "el => getComputedStyle(el).color"
+
+    # then neither count is red
+    assert await tile.evaluate(color) != red
+    assert await summary.evaluate(color) != red
+
+    # when a task ends in the dead letter, both are
+    await _dead_letter_task(operator, make_agent, "flaky job")
+    await expect(tile).to_have_text("1")
+    await expect(tile).to_have_css("color", red)
+    await expect(summary).to_have_css("color", red)
+
+
+async def test_the_top_bar_shows_the_hubs_version_and_uptime(
+    hub: HubServer,
+    settings: Settings,
+    clock: ManualClock,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a hub up for two hours and five minutes
+    clock.advance((2 * 60 + 5) * 60_000)
+
+    # when the page opens, the top bar says which hub it is and how long it has run
+    page = await open_dashboard(make_token("ops", "admin"))
+    info = page.locator("#hub-info")
+    await expect(info).to_have_text(f"hub {__version__} · up 2 h 05 min")
+
+    # when the hub stops, the page claims no uptime while it reconnects
+    port = hub.port
+    await hub.stop()
+    await expect(page.locator("#connection")).to_contain_text("reconnecting")
+    await expect(info).to_be_hidden()
+
+    # and once a new hub is up, it counts from that hub's start
+    restarted = HubServer(settings.model_copy(update={"port": port}), clock=clock, run_sweeps=False)
+    await restarted.start()
+    try:
+        await expect(info).to_have_text(re.compile(rf"^hub {re.escape(__version__)} · up \d+ s$"))
+    finally:
+        await restarted.stop()
+
+
+async def test_an_agent_token_in_the_gate_is_told_which_token_is_needed(
+    hub: HubServer, make_token: TokenMaker, browser: Browser, http_url: str
+) -> None:
+    # given the page opened without a token
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{http_url}/dashboard")
+        token_field = page.get_by_label("Hub token")
+
+        # when a sidecar's token is pasted, the page says which token would do
+        await token_field.fill(make_token("worker-1"))
+        await page.get_by_role("button", name="Connect").click()
+        await expect(page.locator("#token-error")).to_have_text(
+            f"The hub refused this token: {AGENT_TOKEN_REFUSED}."
+        )
+        await expect(token_field).to_be_visible()
+
+        # and a token the hub does not know gets no such hint
+        await token_field.fill("ac_not_a_token")
+        await page.get_by_role("button", name="Connect").click()
+        await expect(page.locator("#token-error")).to_have_text(
+            "The hub refused this token. Paste another one."
+        )
+    finally:
+        await context.close()
+
+
+async def test_the_task_table_shows_no_stand_in_rows_and_agrees_with_the_counters(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given the page open, recording any task row drawn without its description
+    page = await open_dashboard(make_token("ops", "admin"))
+    await page.evaluate("""() => {
+        window.standIns = [];
+        const rows = document.getElementById("task-rows");
+        new MutationObserver(() => {
+            for (const cell of rows.querySelectorAll("td.description")) {
+                const text = cell.textContent.trim();
+                if (!text || text === "\N{HORIZONTAL ELLIPSIS}") window.standIns.push(text);
+            }
+        }).observe(rows, { childList: true, subtree: true, characterData: true });
+    }""")
+
+    # when 30 tasks arrive while a sidecar works through 10 of them, printing as it goes
+    agent = await make_agent("worker-1")
+    for number in range(30):
+        await operator.submit(f"task number {number}", complexity_tier="complex")
+    for _ in range(10):
+        assign = await agent.receive_type("task_assign")
+        task_id = assign["task_id"]
+        await agent.send({"type": "task_accepted", "task_id": task_id})
+        await agent.receive_type("task_ack")
+        progress = {"event_type": "stdout", "text": f"working on {task_id}"}
+        await agent.send({"type": "task_progress", "task_id": task_id, "execution_event": progress})
+        await agent.send({"type": "task_complete", "task_id": task_id,
+                          "generation": assign["generation"], "result": METADATA})  # fmt: skip
+        await agent.receive_type("task_ack")
+
+    # then the counters settle on the hub's figures
+    expected = {"completed": 10, "assigned": 1, "queued": 19}
+    for status, number in expected.items():
+        await expect(page.locator(f"#status-{status}")).to_have_text(str(number))
+
+    # and the table filtered by each status has as many rows as its counter
+    for status, number in expected.items():
+        await page.get_by_label("Status").select_option(status)
+        await expect(page.locator("#task-rows tr[data-task-id]")).to_have_count(number)
+        await expect(page.locator("#tasks-summary")).to_have_text(f"{number} shown")
+
+    # and no row was ever drawn without its description
+    assert await page.evaluate("window.standIns") == []
+
+
+async def test_a_status_filter_says_how_many_of_the_hubs_tasks_it_shows(
+    hub: HubServer, operator: OperatorClient, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given more cancelled tasks than the page reads when it connects (the latest 200)
+    for number in range(210):
+        task = await operator.submit(f"never mind {number}")
+        await operator.request("task_cancel", task_id=task["task_id"])
+
+    # when the operator filters the table by that status
+    page = await open_dashboard(make_token("ops", "admin"))
+    await expect(page.locator("#status-cancelled")).to_have_text("210")
+    await page.get_by_label("Status").select_option("cancelled")
+
+    # then the table says it shows part of what the counter counts
+    await expect(page.locator("#task-rows tr[data-task-id]")).to_have_count(200)
+    await expect(page.locator("#tasks-summary")).to_have_text("showing 200 of 210")

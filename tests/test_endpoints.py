@@ -249,7 +249,12 @@ async def test_endpoint_is_unhealthy_after_consecutive_failures_and_healthy_on_s
     changes = await endpoint_events_until(
         agent_events, lambda e: e.get("event") == "agent_connected"
     )
-    assert changes == [("endpoint_unhealthy", "flaky"), ("endpoint_healthy", "flaky")]
+    # (the first failure brought an error to show; the same error again is no change)
+    assert changes == [
+        ("endpoint_updated", "flaky"),
+        ("endpoint_unhealthy", "flaky"),
+        ("endpoint_healthy", "flaky"),
+    ]
 
 
 async def test_unhealthy_and_model_less_endpoints_are_not_chosen(
@@ -334,6 +339,35 @@ async def test_endpoint_remove_forgets_it(
     decision = (await agent.receive_type("task_assign"))["routing_decision"]
     assert decision["target_type"] == "claude"
     assert decision["fallback_reason"] == "no_healthy_ollama_endpoints"
+
+
+async def test_adding_and_removing_an_endpoint_is_published_with_its_hosts_load(
+    hub: HubServer,
+    operator: OperatorClient,
+    agent_events: Events,
+    make_agent: AgentMaker,
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    # given a sidecar on the endpoint's host (loopback) that reported its load
+    agent = await make_agent("box-1")
+    report = {"type": "resource_report", "cpu_percent": 81.5, "ram_total_bytes": 8 * 1024**3}
+    await agent.send(report)
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")  # the hub has handled the report
+
+    # when an operator adds an endpoint on that host, then removes it
+    ollama.serve(models=MODELS)
+    await operator.request("endpoint_add", url=ollama.url, name="shared")
+    added = await next_event(agent_events, type="endpoint_event", event="endpoint_added")
+    listed_load = (await listed(operator))["shared"]["load"]
+    await operator.request("endpoint_remove", endpoint_id="shared")
+    removed = await next_event(agent_events, type="endpoint_event", event="endpoint_removed")
+
+    # then dashboards heard of both, each with the endpoint and the load routing sees
+    assert added["endpoint"]["endpoint_id"] == removed["endpoint_id"] == "shared"
+    assert added["endpoint"]["load"]["cpu_percent"] == 81.5
+    assert listed_load is not None and listed_load["ram_total_bytes"] == 8 * 1024**3
+    assert removed["endpoint"]["url"] == ollama.url
 
 
 async def test_invalid_endpoint_url_is_refused(hub: HubServer, operator: OperatorClient) -> None:

@@ -78,6 +78,16 @@ class Settings(BaseSettings):
         description="Bytes of events buffered per subscriber, counting the batch being sent; "
         "beyond it the oldest are dropped (the newest event is always kept).",
     )
+    execution_tail_tasks: int = Field(
+        20,
+        ge=0,
+        description="Tasks whose last execution output the hub keeps for dashboards that "
+        "connect mid-run (in memory, saved at every sweep and at stop); beyond it the task "
+        "least recently active is forgotten.",
+    )
+    execution_tail_events: int = Field(
+        200, ge=1, description="Execution events kept per task; older ones are dropped."
+    )
     offline_message_cap: int = Field(
         100, ge=0, description="Direct messages kept per offline agent (oldest dropped)."
     )

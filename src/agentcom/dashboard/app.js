@@ -5,8 +5,9 @@ import { currentAlerts } from "./alerts.js";
 import { DashboardFeed, OperatorChannel } from "./connection.js";
 import { CostPanel } from "./costs.js";
 import { TaskDetail } from "./detail.js";
-import { byId, h, reconcileChildren, setText } from "./dom.js";
-import { count, shortId } from "./format.js";
+import { byId, h, reconcileChildren, setAttr, setText } from "./dom.js";
+import { EndpointCards } from "./endpoints.js";
+import { clockTime, count, duration, shortId } from "./format.js";
 import { LogView } from "./output.js";
 import { QueuePanel } from "./queue.js";
 import { FrameScheduler } from "./scheduler.js";
@@ -29,7 +30,7 @@ const LOG_FILTER_TASKS = 30;
 const ERROR_MESSAGES = {
   forbidden: "This token is read-only: actions need an admin token.",
   invalid_state: "The task is no longer in a state that allows this.",
-  not_found: "The hub does not know this task.",
+  not_found: "The hub does not know this task or endpoint.",
   disconnected: "Not connected to the hub; try again once it is back.",
 };
 
@@ -67,11 +68,23 @@ class Dashboard {
       }).catch((error) => {
         throw new Error(ERROR_MESSAGES[error.code] || error.message);
       }),
+      endpointAction: (action, endpointId) => this.act(
+        action.request, { endpoint_id: endpointId }, action.done(endpointId),
+        (endpoint) => this.state.mergeEndpoint(endpointId, action.removes ? null : endpoint),
+      ),
+      addEndpoint: (fields) => this.operator.request("endpoint_add", fields).then((endpoint) => {
+        this.state.mergeEndpoint(endpoint.endpoint_id, endpoint);
+        this.redraw("endpoints");
+        return endpoint;
+      }).catch((error) => {
+        throw new Error(ERROR_MESSAGES[error.code] || error.message);
+      }),
       request: (type, fields) => this.operator.request(type, fields),
       isAdmin: () => this.role === "admin",
       redraw: (...parts) => this.redraw(...parts),
     };
     this.agents = new AgentCards(this.state, actions.openTask);
+    this.endpoints = new EndpointCards(this.state, actions);
     this.queue = new QueuePanel(this.state);
     this.costs = new CostPanel(this.state);
     this.taskPanels = new TaskPanels(this.state, actions);
@@ -89,6 +102,7 @@ class Dashboard {
     this.scheduler = new FrameScheduler({
       status: { draw: () => this.drawStatus() },
       agents: { draw: () => this.agents.draw(), minIntervalMs: 100 },
+      endpoints: { draw: () => this.endpoints.draw(), minIntervalMs: 250 },
       queue: { draw: () => this.queue.drawCounts() },
       chart: { draw: () => this.queue.drawChart(), minIntervalMs: 1000 },
       costs: { draw: () => this.costs.draw() },
@@ -113,7 +127,8 @@ class Dashboard {
     }, this.state.dirty);
 
     // Relative times ("12 s ago") and time-based alerts move without any event.
-    setInterval(() => this.redraw("agents", "alerts"), 1000);
+    setInterval(() => this.redraw("agents", "alerts", "status"), 1000);
+    setInterval(() => this.redraw("endpoints"), 5000);
     setInterval(() => this.redraw("tasks", "chart"), 5000);
   }
 
@@ -129,14 +144,14 @@ class Dashboard {
     this.operator = new OperatorChannel(token);
     this.feed.onStatus((status, detail) => {
       this.feedStatus = status;
-      this.feedDelay = detail || 0;
-      if (status === "refused") this.refused();
+      this.feedDelay = status === "waiting" ? detail : 0;
+      if (status === "refused") this.refused(detail);
       this.redraw("status");
     });
-    this.operator.onStatus((status) => {
+    this.operator.onStatus((status, detail) => {
       this.operatorStatus = status;
       if (status !== "live") this.setRole(null);
-      if (status === "refused") this.refused();
+      if (status === "refused") this.refused(detail);
       this.redraw("status");
     });
     this.operator.onReady((role) => {
@@ -158,10 +173,14 @@ class Dashboard {
     this.setRole(null);
   }
 
-  refused() {
+  /** The hub refused the token; `reason` is what it said (for an agent's token, which
+   * token would do), else null. */
+  refused(reason) {
     this.stop();
     sessionStorage.removeItem(TOKEN_KEY);
-    showTokenGate("The hub refused this token. Paste another one.");
+    showTokenGate(reason
+      ? `The hub refused this token: ${reason}.`
+      : "The hub refused this token. Paste another one.");
   }
 
   setRole(role) {
@@ -172,7 +191,7 @@ class Dashboard {
     const badge = byId("role");
     badge.hidden = !role;
     badge.textContent = role === "viewer" ? "viewer (read only)" : role || "";
-    this.redraw("tasks");
+    this.redraw("tasks", "endpoints"); // their action buttons depend on the role
     if (this.detail.isOpen) this.detail.fetch();
   }
 
@@ -264,15 +283,20 @@ class Dashboard {
       });
   }
 
-  /** Run an operator action; tell the operator how it went. */
-  act(type, fields, success) {
+  /**
+   * Run an operator action; tell the operator how it went.
+   * @param {(data: object) => void} [apply] takes the reply into the page's model (by
+   *   default the reply is a task)
+   */
+  act(type, fields, success, apply = (task) => this.state.mergeTask(task)) {
     const status = byId("action-status");
+    if (!this.operator) return Promise.resolve();
     return this.operator.request(type, fields)
-      .then((task) => {
-        this.state.mergeTask(task);
+      .then((data) => {
+        apply(data);
         this.state.wantStats = true;
         this.refresh();
-        this.redraw("tasks", "agents");
+        this.redraw("tasks", "agents", "endpoints");
         status.dataset.kind = "ok";
         setText(status, success);
       })
@@ -296,6 +320,15 @@ class Dashboard {
     }
     element.dataset.state = this.feedStatus;
     setText(element, text);
+    const info = byId("hub-info");
+    const { version, started_at: startedAt } = this.state.hub;
+    info.hidden = !version || this.feedStatus !== "live"; // an uptime only while it is up
+    if (!info.hidden) {
+      const up = this.state.now() - startedAt;
+      const uptime = startedAt ? ` · up ${up < 60_000 ? `${Math.floor(up / 1000)} s` : duration(up)}` : "";
+      setText(info, `hub ${version}${uptime}`);
+      setAttr(info, "title", startedAt ? `started ${clockTime(startedAt)}` : null);
+    }
     const dropped = byId("dropped");
     dropped.hidden = this.state.dropped === 0;
     setText(dropped, `${count(this.state.dropped)} events dropped`);

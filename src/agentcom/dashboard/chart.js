@@ -1,4 +1,5 @@
-// A small SVG chart of the last hour: completions per minute as bars, queue depth as a line.
+// A small SVG chart of the queue's recent minutes (up to an hour, from the first with data):
+// completions per minute as bars, queue depth as a line.
 // Hand-written because two series on one time axis need no library.
 
 import { h } from "./dom.js";
@@ -18,7 +19,8 @@ function niceMax(value) {
 /**
  * Redraw the chart inside `svg`.
  * @param {SVGSVGElement} svg the target (its viewBox is set here)
- * @param {{depth: number|null, completions: number}[]} points one per minute, oldest first
+ * @param {{depth: number|null, completions: number}[]} points one per minute, oldest first,
+ *   spread over the whole width
  */
 export function drawQueueChart(svg, points) {
   svg.setAttribute("viewBox", `0 0 ${WIDTH} ${HEIGHT}`);
@@ -64,8 +66,8 @@ export function drawQueueChart(svg, points) {
     axisText(PAD.left - 4, bottom, 0, "end", "depth-axis"),
     axisText(WIDTH - PAD.right + 4, PAD.top + 8, maxDone, "start", "done-axis"),
     axisText(WIDTH - PAD.right + 4, bottom, 0, "start", "done-axis"),
-    axisText(PAD.left, HEIGHT - 4, "-60 min", "start"),
-    axisText(PAD.left + plotWidth / 2, HEIGHT - 4, "-30 min", "middle"),
+    axisText(PAD.left, HEIGHT - 4, `-${points.length} min`, "start"),
+    axisText(PAD.left + plotWidth / 2, HEIGHT - 4, `-${Math.round(points.length / 2)} min`, "middle"),
     axisText(WIDTH - PAD.right, HEIGHT - 4, "now", "end"),
   ];
   svg.replaceChildren(...children.filter(Boolean));

@@ -14,14 +14,20 @@ export function socketUrl(path) {
 }
 
 /** Raised when the hub refuses the token: retrying with it cannot help. */
-export class TokenRefused extends Error {}
+export class TokenRefused extends Error {
+  /** @param {object} frame the hub's `invalid_token` error, whose `message` may say why */
+  constructor(frame) {
+    super(frame.error);
+    this.hubMessage = frame.message || null;
+  }
+}
 
 /**
  * A WebSocket that comes back after every drop, waiting longer after each failed attempt.
  *
  * Subclasses implement `greet(ws)` (the first frame), `receive(frame)` and may override
  * `connected()` / `disconnected()`. `status` listeners hear "connecting", "live",
- * "waiting" (with the delay in ms) and "refused".
+ * "waiting" (with the delay in ms) and "refused" (with the hub's reason or null).
  */
 class ReconnectingSocket {
   constructor(path, token) {
@@ -71,7 +77,7 @@ class ReconnectingSocket {
         this.receive(frame);
       } catch (error) {
         if (error instanceof TokenRefused) {
-          this.refuse();
+          this.refuse(error.hubMessage);
           return;
         }
         throw error;
@@ -91,9 +97,10 @@ class ReconnectingSocket {
     };
   }
 
-  refuse() {
+  /** The hub refused the token; `message` is its reason, when it gave one. */
+  refuse(message) {
     this.stop();
-    this.emitStatus("refused");
+    this.emitStatus("refused", message || null);
   }
 
   /** The handshake succeeded: the next drop starts again from the shortest delay. */
@@ -132,7 +139,7 @@ export class DashboardFeed extends ReconnectingSocket {
 
   receive(frame) {
     if (frame.type === "error") {
-      if (frame.error === "invalid_token") throw new TokenRefused(frame.error);
+      if (frame.error === "invalid_token") throw new TokenRefused(frame);
       return;
     }
     if (frame.type === "snapshot") this.established();
@@ -171,7 +178,7 @@ export class OperatorChannel extends ReconnectingSocket {
       return;
     }
     if (frame.type === "error" && frame.request_id === null && frame.error === "invalid_token") {
-      throw new TokenRefused(frame.error);
+      throw new TokenRefused(frame);
     }
     const waiter = this.pending.get(frame.request_id);
     if (!waiter) return;

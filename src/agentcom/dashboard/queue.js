@@ -3,7 +3,7 @@
 import { drawQueueChart } from "./chart.js";
 import { byId, h, setAttr, setText } from "./dom.js";
 import { count, label } from "./format.js";
-import { PRIORITIES, TASK_STATUSES } from "./state.js";
+import { HISTORY_MINUTES, PRIORITIES, TASK_STATUSES } from "./state.js";
 
 /** A row of labelled numbers whose values are updated in place. */
 function tiles(container, names, prefix) {
@@ -26,25 +26,34 @@ export class QueuePanel {
     this.byStatus = tiles(byId("status-counts"), TASK_STATUSES, "status");
     this.byPriority = tiles(byId("priority-counts"), PRIORITIES, "priority");
     this.chart = byId("queue-chart");
+    this.span = byId("chart-span");
   }
 
   drawCounts() {
     const { queue } = this.state;
     setText(this.depth, count(queue.depth));
-    for (const [name, element] of this.byStatus) setText(element, count(queue.by_status[name] || 0));
+    for (const [name, element] of this.byStatus) {
+      const value = queue.by_status[name] || 0;
+      setText(element, count(value));
+      // Only a count that says something is wrong may be red: zero dead letters is good news.
+      setAttr(element.parentElement, "data-nonzero", value > 0);
+    }
     for (const [name, element] of this.byPriority) {
       setText(element, count(queue.queued_by_priority[name] || 0));
     }
   }
 
   drawChart() {
-    const points = this.state.history.window(this.state.now());
+    const points = this.state.history.chartWindow(this.state.now());
     drawQueueChart(this.chart, points);
+    const span = points.length >= HISTORY_MINUTES ? "last hour" : `last ${points.length} min`;
+    setText(this.span, span);
     const completions = points.reduce((sum, point) => sum + point.completions, 0);
     setAttr(
       this.chart,
       "aria-label",
-      `Last hour: ${completions} tasks completed; queue depth now ${this.state.queue.depth}.`,
+      `${span[0].toUpperCase()}${span.slice(1)}: ${completions} tasks completed; `
+        + `queue depth now ${this.state.queue.depth}.`,
     );
   }
 }

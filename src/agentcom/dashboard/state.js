@@ -10,6 +10,8 @@ export const MAX_LOG_LINES = 2000;
 export const OUTCOME_WINDOW = 10;
 /** Minutes of queue history drawn by the chart. */
 export const HISTORY_MINUTES = 60;
+/** The chart spans at least this many minutes, however recent its first data. */
+export const MIN_CHART_MINUTES = 5;
 /** Validation drops remembered for the alert banner. */
 export const MAX_VALIDATION_DROPS = 20;
 
@@ -92,6 +94,17 @@ export class MinuteSeries {
     return { minutes, fromDepth: start ? start.depth : null };
   }
 
+  /**
+   * The minutes of the window from the first one with data (a known depth or a completion),
+   * at least `MIN_CHART_MINUTES`: what the chart spreads over its width.
+   */
+  chartWindow(now) {
+    const points = this.window(now);
+    const first = points.findIndex((point) => point.depth !== null || point.completions > 0);
+    const start = first < 0 ? points.length : first;
+    return points.slice(Math.min(start, points.length - MIN_CHART_MINUTES));
+  }
+
   /** The last `HISTORY_MINUTES` minutes up to `now`, depth carried forward where unsampled. */
   window(now) {
     const last = Math.floor(now / 60_000);
@@ -114,6 +127,8 @@ export class MinuteSeries {
 export class DashboardState {
   constructor() {
     this.agents = new Map();
+    this.endpoints = new Map();
+    this.hub = { version: null, started_at: null };
     this.tasks = new Map();
     this.queue = { depth: 0, by_status: {}, queued_by_priority: {} };
     this.costs = { totals: {}, by_model: {}, by_agent: {} };
@@ -163,6 +178,9 @@ export class DashboardState {
       case "validation_event":
         this.applyValidationEvent(frame);
         break;
+      case "endpoint_event":
+        this.applyEndpointEvent(frame);
+        break;
       case "events_dropped":
         this.dropped += frame.count;
         this.wantStats = true;
@@ -178,6 +196,8 @@ export class DashboardState {
     this.clockOffset = snapshot.timestamp - Date.now();
     this.snapshots += 1;
     this.agents = new Map(snapshot.agents.map((agent) => [agent.agent_id, { ...agent }]));
+    this.endpoints = new Map((snapshot.endpoints || []).map((endpoint) => [endpoint.endpoint_id, endpoint]));
+    this.hub = { version: snapshot.version || null, started_at: snapshot.started_at || null };
     if (snapshot.timeouts && Object.keys(snapshot.timeouts).length) {
       this.timeouts = { ...this.timeouts, ...snapshot.timeouts };
     }
@@ -196,7 +216,7 @@ export class DashboardState {
     for (const task of this.tasks.values()) {
       if (isUnfinished(task) && !mentioned.has(task.task_id)) this.unknownTasks.add(task.task_id);
     }
-    this.mark("agents", "queue", "costs", "tasks", "alerts", "status", "chart");
+    this.mark("agents", "endpoints", "queue", "costs", "tasks", "alerts", "status", "chart");
   }
 
   seedOutcomes(tasks) {
@@ -263,13 +283,21 @@ export class DashboardState {
     }
   }
 
+  /**
+   * The task an event names. A task first seen in an event is a stand-in, not drawn in the
+   * table (which would show a row without its description, and, for a progress event that
+   * carries no status, with a guessed one) until its details are fetched.
+   */
   taskFor(event) {
     let task = this.tasks.get(event.task_id);
     if (!task) {
+      const transition = TRANSITIONS.has(event.event);
       task = {
-        task_id: event.task_id, status: event.status || "queued", priority: event.priority || "normal",
-        description: "", assigned_to: null, generation: event.generation || 0, retry_count: 0,
-        created_at: event.timestamp, updated_at: event.timestamp, complete: false,
+        task_id: event.task_id, status: event.status || (transition ? "queued" : "working"),
+        priority: event.priority || "normal", description: "", assigned_to: null,
+        generation: event.generation || 0, retry_count: 0, created_at: event.timestamp,
+        // A progress event says nothing of the last transition: any fetched copy is newer.
+        updated_at: transition ? event.timestamp : 0, complete: false,
       };
       this.tasks.set(event.task_id, task);
       this.unknownTasks.add(event.task_id);
@@ -393,7 +421,27 @@ export class DashboardState {
     }
     if (event.event !== "agent_disconnected") agent.last_seen = Math.max(agent.last_seen || 0, event.timestamp);
     this.agents.set(event.agent_id, agent);
-    this.mark("agents", "alerts", "tasks");
+    this.mark("agents", "alerts", "tasks", "endpoints");
+  }
+
+  applyEndpointEvent(event) {
+    this.observeTime(event.timestamp);
+    if (event.event === "endpoint_removed") this.endpoints.delete(event.endpoint_id);
+    else this.endpoints.set(event.endpoint_id, event.endpoint);
+    this.mark("endpoints");
+  }
+
+  /**
+   * An endpoint as an action's reply shows it (`null`: it is gone). The reply and the
+   * events travel on different sockets: a copy from a later health check is kept.
+   */
+  mergeEndpoint(endpointId, endpoint) {
+    const known = this.endpoints.get(endpointId);
+    if (!endpoint) this.endpoints.delete(endpointId);
+    else if (!known || (known.last_checked || 0) <= (endpoint.last_checked || 0)) {
+      this.endpoints.set(endpointId, endpoint);
+    }
+    this.mark("endpoints");
   }
 
   applyValidationEvent(event) {
@@ -445,11 +493,13 @@ export class DashboardState {
     this.mark("log");
   }
 
-  /** Tasks matching the table's filters, most recently updated first. */
+  /** Tasks matching the table's filters, most recently updated first; stand-ins for tasks
+   * whose details are still being fetched are left out. */
   filteredTasks(filters, limit) {
     const text = filters.text.trim().toLowerCase();
     const matching = [];
     for (const task of this.tasks.values()) {
+      if (!task.complete) continue;
       if (filters.status && task.status !== filters.status) continue;
       if (filters.priority && task.priority !== filters.priority) continue;
       if (filters.agent && task.assigned_to !== filters.agent) continue;
@@ -463,7 +513,7 @@ export class DashboardState {
 
   deadLetters() {
     return [...this.tasks.values()]
-      .filter((task) => task.status === "dead_letter")
+      .filter((task) => task.status === "dead_letter" && task.complete)
       .sort((a, b) => b.updated_at - a.updated_at);
   }
 }

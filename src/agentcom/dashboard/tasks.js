@@ -109,8 +109,16 @@ export class TaskPanels {
       wanted.push(h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No matching tasks." })));
     }
     reconcileChildren(this.body, wanted);
-    setText(this.summary, total > shown.length
-      ? `showing ${shown.length} of ${total}` : `${total} shown`);
+    const of = Math.max(total, this.hubCount() ?? 0);
+    setText(this.summary, of > shown.length ? `showing ${shown.length} of ${of}` : `${total} shown`);
+  }
+
+  /** The hub's count of the tasks the filters select, when the counters know it (a status
+   * filter alone): the page may hold fewer than the hub has. */
+  hubCount() {
+    const { status, priority, agent, text } = this.filters;
+    if (!status || priority || agent || text.trim()) return null;
+    return this.state.queue.by_status[status] ?? 0;
   }
 
   refreshAgentFilter() {
@@ -139,7 +147,7 @@ export class TaskPanels {
     cells.status.className = `badge status-${task.status}`;
     setText(cells.priority, task.priority);
     cells.priority.className = `badge priority-${task.priority}`;
-    setText(cells.description, task.complete ? task.description : "…");
+    setText(cells.description, task.description);
     setAttr(cells.description, "title", task.description || null);
     setText(cells.agent, task.assigned_to || "–");
     setText(cells.retries, `${task.retry_count ?? 0}/${task.max_retries ?? "?"}`);
@@ -181,10 +189,11 @@ export class TaskPanels {
   drawDeadLetters() {
     const dead = this.state.deadLetters();
     setText(this.deadSummary, String(dead.length));
+    setAttr(this.deadSummary, "data-nonzero", dead.length > 0);
     const admin = this.actions.isAdmin();
     // Rebuilt only when what it shows changed, so focus on a Retry button survives events.
     const fingerprint = JSON.stringify([admin, dead.slice(0, MAX_DEAD_LETTERS)
-      .map((task) => [task.task_id, task.complete, task.last_error])]);
+      .map((task) => [task.task_id, task.last_error])]);
     if (fingerprint === this.deadFingerprint) return;
     this.deadFingerprint = fingerprint;
     const items = dead.slice(0, MAX_DEAD_LETTERS).map((task) => h(
@@ -194,7 +203,7 @@ export class TaskPanels {
           type: "button", class: "link mono", text: shortId(task.task_id),
           "aria-label": `Open task ${task.task_id}`, onclick: () => this.actions.openTask(task.task_id),
         }),
-        h("span", { class: "description", text: task.complete ? task.description : "…" }),
+        h("span", { class: "description", text: task.description }),
         admin ? actionButton("Retry", `Retry task ${task.task_id}`, () => this.actions.retry(task.task_id)) : null),
       h("p", { class: "error-text", text: task.last_error || "no error recorded" }),
     ));

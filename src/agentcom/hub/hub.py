@@ -13,12 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentcom import __version__
 from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
-from agentcom.hub.history import QueueHistory
+from agentcom.hub.history import MINUTE_MS, QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TERMINAL, TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
@@ -57,6 +58,12 @@ def _host_key(host: str) -> str:
     """One name per host for matching endpoints to agents: loopback names are one host."""
     host = host.lower()
     return "loopback" if host in _LOOPBACK_NAMES else host
+
+
+def _checked_view(endpoint: Endpoint) -> tuple[Any, ...]:
+    """What a health check may change that is worth an event: not the time of the check,
+    nor the count of failures of an endpoint that keeps failing the same way."""
+    return endpoint.healthy, endpoint.models, endpoint.loaded, endpoint.last_error
 
 
 @dataclass(slots=True)
@@ -107,6 +114,8 @@ class Hub:
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails(
+            settings.execution_tail_tasks,
+            settings.execution_tail_events,
             max_text=settings.execution_event_max_text,
             max_keys=settings.execution_event_max_keys,
             max_key_chars=settings.execution_event_max_key_chars,
@@ -187,12 +196,19 @@ class Hub:
     # --- startup --------------------------------------------------------------------
 
     def restore(self) -> int:
-        """Reload unfinished tasks; assigned ones wait for their agent's grace period."""
+        """Reload unfinished tasks; assigned ones wait for their agent's grace period.
+
+        The recent activity dashboards start from (execution tails, the queue's last hour)
+        is reloaded too, and the queue depth at restart recorded.
+        """
         self.endpoints.restore(self.store.load_endpoints())
         self.messaging.restore()
         tasks = self.store.load_unfinished_tasks()
         self.queue.restore(tasks)
         now = self.clock.now_ms()
+        self.execution_tails.restore(self.store.load_execution_tails())
+        self.queue_history.restore(self.store.load_queue_history(), now)
+        self.queue_history.observe(now, self.queue.queued_count())
         for task in tasks:
             if task.status in ACTIVE and task.assigned_to is not None:
                 agent = self.presence.record(task.assigned_to)
@@ -216,8 +232,25 @@ class Hub:
             self._reload_task(task_id)
         if "endpoint" in kinds:
             self.endpoints.reload(self.store.load_endpoints())
+        # Recent activity is saved again at the next sweep.
+        self.execution_tails.mark_changed([name for kind, name in refused if kind == "tail"])
+        self.queue_history.mark_changed([int(name) for kind, name in refused if kind == "minute"])
         if kinds & {"channel", "subscription", "message", "trim"}:
             self.messaging.reload()
+
+    def stage_recent_activity(self) -> None:
+        """Stage what changed in the execution tails and the queue's last hour since the
+        last call, so a restarted hub shows dashboards the same picture.
+
+        Called at every sweep and when the hub stops, not per event: output streams at
+        hundreds of events a second and need not cost a write each.
+        """
+        for task_id, events in self.execution_tails.take_changes().items():
+            self.store.stage_execution_tail(task_id, events)
+        minutes = self.queue_history.take_changes()
+        if minutes:
+            oldest = self.clock.now_ms() // MINUTE_MS - self.queue_history.minutes + 1
+            self.store.stage_queue_minutes(minutes, oldest)
 
     def _reload_task(self, task_id: str) -> None:
         current = self.queue.get(task_id)
@@ -322,6 +355,7 @@ class Hub:
         if changed:
             self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "agent", agent_id)
             self._agent_event("agent_endpoint", agent)
+            self._endpoint_event("endpoint_added", endpoint)
         if changed or endpoint.healthy is None:
             self._outbox.check_endpoints.append(endpoint.endpoint_id)
 
@@ -344,7 +378,8 @@ class Hub:
         if created:
             self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "operator", None)
             self._outbox.check_endpoints.append(endpoint.endpoint_id)
-        return endpoint.snapshot()
+            self._endpoint_event("endpoint_added", endpoint)
+        return self.endpoint_view(endpoint)
 
     def approve_endpoint(self, reference: str) -> dict[str, Any]:
         """An admin lets an agent's endpoint (by id or URL) serve every agent; tasks held
@@ -362,34 +397,51 @@ class Hub:
         """Forget an endpoint."""
         endpoint = self.endpoints.remove(endpoint_id)
         self.store.stage_endpoint_removal(endpoint_id)
-        return endpoint.snapshot()
+        self._endpoint_event("endpoint_removed", endpoint)
+        return self.endpoint_view(endpoint)
+
+    def endpoint_view(self, endpoint: Endpoint) -> dict[str, Any]:
+        """An endpoint as operators see it: the registry's view and the load of its host
+        (the latest resource report routing uses, or None)."""
+        view = endpoint.snapshot()
+        view["load"] = self._resources_of(endpoint)
+        return view
+
+    def endpoints_snapshot(self) -> list[dict[str, Any]]:
+        """Every known endpoint, as :meth:`endpoint_view` shows it."""
+        return [self.endpoint_view(endpoint) for endpoint in self.endpoints.endpoints.values()]
+
+    def _endpoint_event(self, name: str, endpoint: Endpoint) -> None:
+        self._publish(
+            "agents",
+            {
+                "type": "endpoint_event",
+                "event": name,
+                "endpoint_id": endpoint.endpoint_id,
+                "timestamp": self.clock.now_ms(),
+                "endpoint": self.endpoint_view(endpoint),
+            },
+        )
 
     def apply_endpoint_check(
         self, endpoint_id: str, models: list[str] | None, loaded: list[str], error: str | None
     ) -> None:
         """Record one health check; a change is published, and a newly healthy endpoint
         releases tasks that were waiting for one."""
-        known = self.endpoints.get(endpoint_id)
-        was_viable = known is not None and known.viable
-        changed = self.endpoints.record_check(
-            endpoint_id, self.clock.now_ms(), models, loaded, error
-        )
         endpoint = self.endpoints.get(endpoint_id)
         if endpoint is None:
             return
+        was_viable = endpoint.viable
+        before = _checked_view(endpoint)  # record_check replaces the lists, never mutates
+        changed = self.endpoints.record_check(
+            endpoint_id, self.clock.now_ms(), models, loaded, error
+        )
         if changed:
             state = "endpoint_healthy" if endpoint.healthy else "endpoint_unhealthy"
             logger.info("endpoint %s is now %s", endpoint_id, state.removeprefix("endpoint_"))
-            self._publish(
-                "agents",
-                {
-                    "type": "endpoint_event",
-                    "event": state,
-                    "endpoint_id": endpoint_id,
-                    "timestamp": self.clock.now_ms(),
-                    "endpoint": endpoint.snapshot(),
-                },
-            )
+            self._endpoint_event(state, endpoint)
+        elif _checked_view(endpoint) != before:  # models, loaded ones or the error
+            self._endpoint_event("endpoint_updated", endpoint)
         # Viable again (healthy, or a model appeared on a healthy endpoint): release waiters.
         if endpoint.viable and not was_viable and self.queue.release_held(None):
             self.schedule()
@@ -678,7 +730,10 @@ class Hub:
         stats = self.stats()
         return {
             "timestamp": self.clock.now_ms(),
+            "version": __version__,
+            "started_at": self.started_at,
             "agents": self.agents_snapshot(),
+            "endpoints": self.endpoints_snapshot(),
             "queue": {
                 "depth": stats["queue_depth"],
                 "by_status": stats["by_status"],
@@ -801,9 +856,11 @@ class Hub:
     # --- periodic sweep -------------------------------------------------------------
 
     def sweep(self) -> list[str]:
-        """Apply every timeout; returns the agents whose connections must be closed."""
+        """Apply every timeout and save recent activity; returns the agents whose
+        connections must be closed."""
         settings = self.settings
         now = self.clock.now_ms()
+        self.stage_recent_activity()
         self.queue.release_held(now)
         overdue = self.queue.overdue(
             int(settings.accept_timeout_s * 1000), int(settings.reclaim_after_s * 1000)

@@ -1,7 +1,9 @@
 """The last execution events of recent tasks, so a dashboard that connects (or reconnects)
 mid-run can show what a task printed before it arrived.
 
-Kept in memory only: execution events are published, never persisted.
+Events are published as they come; the tails are kept in memory and saved with the rest of
+the hub's recent activity at every sweep and when the hub stops (see
+:meth:`agentcom.hub.hub.Hub.stage_recent_activity`), so a restarted hub still has them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ __all__ = ["ExecutionTails"]
 
 
 _EVENT_OVERHEAD = 128  # the task event around an execution event, roughly, in characters
+
+
+def _size_of(execution_event: dict[str, Any]) -> int:
+    """Roughly the characters one kept event holds, names and values counted."""
+    size = _EVENT_OVERHEAD
+    for key, value in execution_event.items():
+        size += len(key) + (len(value) if isinstance(value, str) else 24)
+    return size
 
 
 class ExecutionTails:
@@ -49,26 +59,34 @@ class ExecutionTails:
         self._max_key_chars = max_key_chars
         self._max_task_bytes = max_task_bytes
         self._tails: OrderedDict[str, SizedQueue[dict[str, Any]]] = OrderedDict()
+        self._changed: set[str] = set()  # tasks added to or dropped since take_changes()
 
     def add(self, task_id: str, event: dict[str, Any]) -> dict[str, Any]:
         """Keep a bounded copy of one ``execution_progress`` task event; returns that copy
         (what is published too, so viewers never get more than a tail keeps)."""
+        tail = self._tail_of(task_id)
+        kept = dict(event)
+        bounded = self._bounded(event.get("execution_event") or {})
+        kept["execution_event"] = bounded
+        tail.append(kept, _size_of(bounded))
+        self._changed.add(task_id)
+        return kept
+
+    def _tail_of(self, task_id: str) -> SizedQueue[dict[str, Any]]:
+        """The task's tail, made the most recently active; a new one may push out the
+        least recently active task."""
         tail = self._tails.get(task_id)
         if tail is None:
             tail = self._tails[task_id] = SizedQueue(self._max_events, self._max_task_bytes)
             while len(self._tails) > self._max_tasks:
-                self._tails.popitem(last=False)
+                dropped, _ = self._tails.popitem(last=False)
+                self._changed.add(dropped)
         else:
             self._tails.move_to_end(task_id)
-        kept = dict(event)
-        bounded, size = self._bounded(event.get("execution_event") or {})
-        kept["execution_event"] = bounded
-        tail.append(kept, size)
-        return kept
+        return tail
 
-    def _bounded(self, execution_event: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def _bounded(self, execution_event: dict[str, Any]) -> dict[str, Any]:
         bounded: dict[str, Any] = {}
-        size = _EVENT_OVERHEAD
         for key, value in execution_event.items():
             if len(bounded) >= self._max_keys:
                 break
@@ -76,12 +94,37 @@ class ExecutionTails:
                 continue
             if isinstance(value, str):
                 bounded[key] = value[: self._max_text]
-                size += len(key) + len(bounded[key])
             elif value is None or isinstance(value, bool | int | float):
                 bounded[key] = value
-                size += len(key) + 24
-        return bounded, size
+        return bounded
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Task id to its kept events, oldest first."""
         return {task_id: list(tail) for task_id, tail in self._tails.items()}
+
+    def take_changes(self) -> dict[str, list[dict[str, Any]] | None]:
+        """What changed since the last call: task id to its events now, or None for a task
+        no longer kept."""
+        changes = {task_id: self._events_of(task_id) for task_id in self._changed}
+        self._changed.clear()
+        return changes
+
+    def _events_of(self, task_id: str) -> list[dict[str, Any]] | None:
+        tail = self._tails.get(task_id)
+        return None if tail is None else list(tail)
+
+    def mark_changed(self, task_ids: list[str]) -> None:
+        """Report these tasks again at the next :meth:`take_changes` (their save failed)."""
+        self._changed.update(task_ids)
+
+    def restore(self, tails: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Take saved tails back, least recently active first, bounded as new events are
+        (saved under larger bounds, the excess is dropped, and reported as such by the
+        next :meth:`take_changes`)."""
+        for task_id, events in tails:
+            tail = self._tail_of(task_id)
+            for event in events:
+                bounded = self._bounded(event.get("execution_event") or {})
+                tail.append({**event, "execution_event": bounded}, _size_of(bounded))
+            if len(tail) < len(events):
+                self._changed.add(task_id)

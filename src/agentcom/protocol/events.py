@@ -98,13 +98,17 @@ class EndpointView(_Event):
     failures: int
     last_checked: int | None
     last_error: str | None
+    load: dict[str, Any] | None  # the host's latest resource report, as routing uses it
 
 
 class EndpointEvent(_Event):
-    """An endpoint's health changed (topic ``agents``)."""
+    """An endpoint was added or removed, or a health check changed it (topic ``agents``)."""
 
     type: Literal["endpoint_event"]
-    event: Literal["endpoint_healthy", "endpoint_unhealthy"]
+    event: Literal[
+        "endpoint_added", "endpoint_removed", "endpoint_healthy", "endpoint_unhealthy",
+        "endpoint_updated",
+    ]  # fmt: skip
     endpoint_id: str
     timestamp: int
     endpoint: EndpointView

@@ -246,7 +246,10 @@ class Snapshot(Outbound):
 
     type: Literal["snapshot"] = "snapshot"
     timestamp: int
+    version: str | None = None  # the hub's version
+    started_at: int | None = None  # when the hub process started: its uptime
     agents: list[dict[str, Any]]
+    endpoints: list[dict[str, Any]] = Field(default_factory=list)  # as endpoints_list
     queue: dict[str, Any]
     recent_tasks: list[dict[str, Any]]
     costs: dict[str, Any]

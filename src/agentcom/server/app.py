@@ -257,6 +257,7 @@ class HubServer:
             await self._server.wait_closed()
         if not self._database_open:  # never started: nothing to flush
             return
+        self.hub.stage_recent_activity()
         try:
             await self.store.commit()
         except StoreError:

@@ -60,7 +60,8 @@ DASHBOARD_FILES = {
     **{
         f"{module}.js": "text/javascript; charset=utf-8"
         for module in ("app", "connection", "state", "scheduler", "agents", "queue", "costs",
-                       "output", "tasks", "detail", "chart", "alerts", "dom", "format")
+                       "output", "tasks", "detail", "chart", "alerts", "dom", "format",
+                       "endpoints")
     },
 }  # fmt: skip
 _HSTS = "max-age=31536000"
@@ -211,7 +212,7 @@ class HttpRoutes:
         if path == "/api/agents":
             return _json(200, hub.agents_snapshot())
         if path == "/api/endpoints":
-            return _json(200, hub.endpoints.snapshot())
+            return _json(200, hub.endpoints_snapshot())
         if path == "/api/schemas":
             return _json(200, all_schemas())
         return _json(404, {"error": "not_found"})

@@ -21,7 +21,7 @@ from agentcom.store.base import TaskFilter
 if TYPE_CHECKING:
     from agentcom.server.app import HubServer
 
-__all__ = ["DashboardSession", "OperatorSession"]
+__all__ = ["AGENT_TOKEN_REFUSED", "DashboardSession", "OperatorSession"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,15 @@ OPERATOR_DECODER = FrameDecoder(ops.OPERATOR_FRAME, ops.OPERATOR_FRAME_TYPES)
 
 _OPERATOR_ROLES = (Role.admin, Role.viewer)
 _MAX_REQUESTS_IN_FLIGHT = 32
+AGENT_TOKEN_REFUSED = "an agent's token cannot be used here; a viewer or admin token is needed"
+
+
+def _refusal_message(identity: tuple[str, Role] | None) -> str | None:
+    """What an ``invalid_token`` refusal says: only a valid agent token is told why, so
+    every other bad token gets the same answer."""
+    if identity is not None and identity[1] is Role.agent:
+        return AGENT_TOKEN_REFUSED
+    return None
 
 
 async def _first_frame(server: HubServer, connection: ServerConnection) -> str | None:
@@ -67,7 +76,8 @@ class DashboardSession:
         if identity is None or identity[1] not in _OPERATOR_ROLES:
             logger.info("dashboard from %s refused: invalid token", peer(self.connection))
             await server.guard.slow_down_after_failure(self.connection)
-            await server.send(self.connection, ErrorReply(error="invalid_token"))
+            message = _refusal_message(identity)
+            await server.send(self.connection, ErrorReply(error="invalid_token", message=message))
             await self.connection.close(1008, "invalid token")
             return
         who = f"{identity[0]} ({identity[1].value})"
@@ -187,7 +197,10 @@ class OperatorSession:
         if identity is None or identity[1] not in _OPERATOR_ROLES:
             logger.info("operator from %s refused: invalid token", peer(self.connection))
             await self.server.guard.slow_down_after_failure(self.connection)
-            await self._send(ops.OperatorError(request_id=None, error="invalid_token"))
+            message = _refusal_message(identity)
+            await self._send(
+                ops.OperatorError(request_id=None, error="invalid_token", message=message)
+            )
             await self.connection.close(1008, "invalid token")
             return False
         assert isinstance(frame, ops.Auth)
@@ -281,7 +294,7 @@ class OperatorSession:
             await self.server.store.commit()
             return hub.stats()
         if isinstance(request, ops.EndpointsList):
-            return hub.endpoints.snapshot()
+            return hub.endpoints_snapshot()
         if isinstance(request, ops.ChannelsList):
             return hub.messaging.list_channels().channels
         raise HubError("unsupported", f"unsupported request {request.type}")

@@ -12,7 +12,8 @@ __all__ = ["ChangeKey", "EndpointRow", "Store", "TaskFilter", "TokenRecord"]
 
 ChangeKey = tuple[str, str]
 """What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
-``("channel", name)``, ``("subscription", ...)``, ``("message", ...)`` or ``("trim", channel)``."""
+``("channel", name)``, ``("subscription", ...)``, ``("message", ...)``, ``("trim", channel)``,
+``("tail", task_id)``, ``("minute", str(minute))`` or ``("minute_trim", "")``."""
 
 EndpointRow = tuple[str, str, str, str | None, bool]
 """A stored endpoint: ``(endpoint_id, url, source, agent_id, approved)``."""
@@ -80,6 +81,19 @@ class Store(Protocol):
     ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
         """Channels, subscriptions and stored history, oldest message first (with
         ``history_bytes``, only each channel's newest messages up to that size)."""
+
+    def stage_execution_tail(self, task_id: str, events: list[dict[str, Any]] | None) -> None:
+        """Queue a task's kept execution events (None: forget them) for the next commit."""
+
+    def stage_queue_minutes(self, minutes: list[tuple[int, int, int]], oldest: int) -> None:
+        """Queue ``(minute, depth, completions)`` rows, and the removal of minutes before
+        ``oldest``, for the next commit."""
+
+    def load_execution_tails(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Saved execution tails, least recently active first."""
+
+    def load_queue_history(self) -> list[tuple[int, int, int]]:
+        """Saved queue minutes as ``(minute, depth, completions)``, oldest first."""
 
     async def commit(self) -> None:
         """Return once everything staged before the call is durable; raises StoreError."""

@@ -101,6 +101,16 @@ WHEN old.token_hash != new.token_hash OR old.role != new.role BEGIN
     INSERT INTO token_revocations (agent_id, token_hash, revoked_at)
     VALUES (old.agent_id, old.token_hash, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
 END;
+CREATE TABLE IF NOT EXISTS execution_tails (
+    task_id TEXT PRIMARY KEY,
+    last_at INTEGER NOT NULL,
+    events TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_history (
+    minute INTEGER PRIMARY KEY,
+    depth INTEGER NOT NULL,
+    completions INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS write_probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     written_at INTEGER NOT NULL
@@ -141,6 +151,11 @@ _SUBSCRIBE = "INSERT OR IGNORE INTO channel_subscriptions (channel, agent_id) VA
 _UNSUBSCRIBE = "DELETE FROM channel_subscriptions WHERE channel = ? AND agent_id = ?"
 _INSERT_MESSAGE = "INSERT OR REPLACE INTO channel_messages (channel, seq, body) VALUES (?, ?, ?)"
 _TRIM_MESSAGES = "DELETE FROM channel_messages WHERE channel = ? AND seq <= ?"
+
+_UPSERT_TAIL = "INSERT OR REPLACE INTO execution_tails (task_id, last_at, events) VALUES (?,?,?)"
+_DELETE_TAIL = "DELETE FROM execution_tails WHERE task_id = ?"
+_UPSERT_MINUTE = "INSERT OR REPLACE INTO queue_history (minute, depth, completions) VALUES (?,?,?)"
+_TRIM_HISTORY = "DELETE FROM queue_history WHERE minute < ?"
 
 _WRITE_PROBE = "INSERT OR REPLACE INTO write_probe (id, written_at) VALUES (1, ?)"
 
@@ -297,6 +312,35 @@ class SqliteStore:
             (channel, seq, json.dumps(body)),
         )
         self._staged["trim", channel] = (_TRIM_MESSAGES, (channel, seq - history_cap))
+
+    def stage_execution_tail(self, task_id: str, events: list[dict[str, Any]] | None) -> None:
+        """Queue a task's kept execution events (None: forget them) for the next commit."""
+        if events is None:
+            self._staged["tail", task_id] = (_DELETE_TAIL, (task_id,))
+            return
+        last_at = events[-1].get("timestamp", 0) if events else 0
+        self._staged["tail", task_id] = (_UPSERT_TAIL, (task_id, last_at, json.dumps(events)))
+
+    def stage_queue_minutes(self, minutes: list[tuple[int, int, int]], oldest: int) -> None:
+        """Queue ``(minute, depth, completions)`` rows, and the removal of minutes before
+        ``oldest``, for the next commit."""
+        for row in minutes:
+            self._staged["minute", str(row[0])] = (_UPSERT_MINUTE, row)
+        self._staged["minute_trim", ""] = (_TRIM_HISTORY, (oldest,))
+
+    def load_execution_tails(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Saved execution tails, least recently active first."""
+        rows = self._reader.execute(
+            "SELECT task_id, events FROM execution_tails ORDER BY last_at, rowid"
+        ).fetchall()
+        return [(task_id, json.loads(events)) for task_id, events in rows]
+
+    def load_queue_history(self) -> list[tuple[int, int, int]]:
+        """Saved queue minutes as ``(minute, depth, completions)``, oldest first."""
+        rows = self._reader.execute(
+            "SELECT minute, depth, completions FROM queue_history ORDER BY minute"
+        ).fetchall()
+        return [tuple(row) for row in rows]
 
     def load_channels(
         self, history_bytes: int | None = None
