@@ -393,6 +393,19 @@ async def test_browser_socket_refuses_foreign_origins_with_403(
 
 
 @pytest.mark.parametrize("path", ["/ws/dashboard", "/ws/operator"])
+@pytest.mark.parametrize("scheme", ["https", "ftp"])
+async def test_the_hubs_own_host_under_another_scheme_is_a_foreign_origin(
+    hub: HubServer, path: str, scheme: str
+) -> None:
+    # when a page served under another scheme, on the hub's host and port, opens the socket
+    with pytest.raises(InvalidStatus) as refused:
+        await open_with_origin(hub, path, f"{scheme}://127.0.0.1:{hub.port}")
+
+    # then it is refused like any other origin (the hub serves http here)
+    assert refused.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("path", ["/ws/dashboard", "/ws/operator"])
 @pytest.mark.parametrize("origin", ["own", "listed", "none"])
 async def test_browser_socket_accepts_its_own_listed_or_absent_origin(
     hub: HubServer, make_token: TokenMaker, path: str, origin: str

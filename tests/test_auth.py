@@ -571,6 +571,8 @@ async def role_targets(
     # a task the worker holds, to requeue
     held = await operator.submit("Hold this")
     await worker.receive_type("task_assign", timeout=EVENT_TIMEOUT_S)
+    # an agent's endpoint to approve
+    await make_agent("lender", ollama_url="http://127.0.0.1:9")
     return {
         "task_submit": {"task": {"description": "More work", "needed_capabilities": ["gpu"]}},
         "task_get": {"task_id": queued["task_id"]},
@@ -584,6 +586,7 @@ async def role_targets(
         "endpoints_list": {},
         "endpoint_add": {"url": "http://127.0.0.1:7", "name": "another"},
         "endpoint_remove": {"endpoint_id": endpoint["endpoint_id"]},
+        "endpoint_approve": {"endpoint": "lender-local"},
         "channel_create": {"name": "announcements"},
         "channels_list": {},
         "task_requeue": {"task_id": held["task_id"]},
@@ -653,8 +656,9 @@ async def test_every_operator_request_checks_the_role(
     # (undraining may assign a queued task: a stored change it causes, not its own)
     assert mutations - ADMIN_WITHOUT_STORAGE == {"task_submit", "task_cancel", "task_retry",
                                                  "task_requeue", "task_cancel_many",
-                                                 "task_retry_many",
-                         "endpoint_add", "endpoint_remove", "channel_create"}  # fmt: skip
+                                                 "task_retry_many", "endpoint_add",
+                                                 "endpoint_remove", "endpoint_approve",
+                                                 "channel_create"}  # fmt: skip
 
 
 def api_routes() -> list[str]:

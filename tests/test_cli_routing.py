@@ -15,7 +15,7 @@ import pytest
 from hubprocess import CliResult, HubProcess, run_cli_async, running_hub
 from ollama_standin import OllamaStandin, make_ollama, ollama  # noqa: F401
 
-from agentcom.client import OperatorClient
+from agentcom.client import AgentClient, OperatorClient
 
 MODELS = ["qwen2.5-coder:7b", "llama3.2:3b"]
 
@@ -151,3 +151,34 @@ async def test_channel_create_and_list(hub: HubProcess, admin: list[str]) -> Non
         "alerts": None,
         "builds": "CI results",
     }
+
+
+async def test_endpoints_approve_lets_an_agents_endpoint_serve_everyone(
+    hub: HubProcess,
+    admin: list[str],
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    # given an agent that reported its own Ollama server
+    ollama.serve(models=MODELS)
+    agent = AgentClient(
+        hub.ws_url, "box", hub.make_token("box"), heartbeat_s=None, ollama_url=ollama.url
+    )
+    await agent.connect()
+    try:
+        listed = json.loads(succeeded(await cli("endpoints", "--json", *admin)))
+        assert [(e["endpoint_id"], e["approved"]) for e in listed] == [("box-local", False)]
+
+        # when an admin approves it by URL; a viewer may not
+        viewer = hub.operator_args(hub.make_token("watcher", "viewer"))
+        refused = await cli("endpoints", "approve", ollama.url, *viewer)
+        approved = await cli("endpoints", "approve", ollama.url, *admin)
+
+        # then it is approved, and unknown endpoints are named in one line
+        assert refused.returncode != 0 and "forbidden" in refused.stderr
+        assert succeeded(approved) == "approved box-local\n"
+        listed = json.loads(succeeded(await cli("endpoints", "--json", *admin)))
+        assert [(e["endpoint_id"], e["approved"]) for e in listed] == [("box-local", True)]
+        missing = await cli("endpoints", "approve", "nowhere", *admin)
+        assert missing.returncode != 0 and "nowhere" in missing.stderr
+    finally:
+        await agent.close()

@@ -38,6 +38,7 @@ from agentcom.hub.tails import ExecutionTails
 from agentcom.server.app import HubServer
 from agentcom.server.http import DASHBOARD_FILES
 from agentcom.server.viewer import AGENT_TOKEN_REFUSED
+from agentcom.store.tokens import delete_token
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -910,6 +911,21 @@ async def test_an_agent_card_says_its_task_is_held_until_it_reports_on_it(
 
     # then nothing is held any more
     await expect(held).to_be_hidden()
+
+
+async def test_a_page_whose_token_is_revoked_is_closed_and_asks_for_another(
+    hub: HubServer, settings: Settings, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given a live page
+    page = await open_dashboard(make_token("ops", "admin"))
+
+    # when its token is revoked and the hub looks for revocations
+    delete_token(settings.db, "ops")
+    assert hub.revocations.check() >= 1  # the event feed (and the operator socket, if open)
+
+    # then the page stops and asks for a token, rather than showing stale data as live
+    await expect(page.locator("#token-error")).to_contain_text("refused")
+    await expect(page.get_by_label("Hub token")).to_be_visible()
 
 
 # --- Ollama endpoints panel ------------------------------------------------------------

@@ -19,10 +19,12 @@ from conftest import AgentMaker, TokenMaker
 from ollama_standin import OllamaMaker, OllamaStandin, make_ollama, ollama  # noqa: F401
 from websockets.asyncio.client import connect
 
-from agentcom.client import AgentClient, OperatorClient
+from agentcom.client import AgentClient, OperatorClient, RequestFailed
 from agentcom.config import Settings
+from agentcom.hub.auth import hash_token, new_token
 from agentcom.hub.clock import ManualClock
 from agentcom.server.app import HubServer
+from agentcom.store.tokens import save_token
 
 WAIT_MS = 5_000
 NO_ENDPOINTS = "no_healthy_ollama_endpoints"
@@ -369,6 +371,8 @@ async def test_the_least_loaded_hosts_endpoint_is_chosen(
     await healthy(agent_events, "aa-calm-local")
     await report_load(busy, 0.9)
     await report_load(calm, 0.1)
+    for endpoint_id in ("zz-busy-local", "aa-calm-local"):  # agents' endpoints serve others
+        await operator.request("endpoint_approve", endpoint=endpoint_id)  # once approved
 
     worker = await make_agent("worker", capabilities=["runner"])
     await operator.submit(STANDARD, complexity_tier="standard", needed_capabilities=["runner"])
@@ -478,3 +482,96 @@ async def test_metadata_model_is_honoured_when_an_endpoint_has_it(
     decision = (await third.receive_type("task_assign"))["routing_decision"]
     assert decision["selected_endpoint"] == coder.host_port
     assert decision["selected_model"] == "llama3.2:3b"
+
+
+# --- trust: an agent's endpoint is its own -----------------------------------------------
+
+
+async def test_an_agents_endpoint_serves_only_that_agent_until_an_admin_approves_it(
+    hub: HubServer,
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    agent_events: Events,
+    make_ollama: OllamaMaker,  # noqa: F811
+) -> None:
+    # given an agent whose endpoint claims every model warm and its host idle, and an
+    # endpoint an operator registered, with the same models but no load figures
+    rogue_ollama, operator_ollama = make_ollama(), make_ollama("127.0.0.2")
+    rogue_ollama.serve(models=MODELS, loaded=MODELS)
+    rogue = await make_agent("rogue", ollama_url=rogue_ollama.url, capabilities=["rogue"])
+    await healthy(agent_events, "rogue-local")
+    await report_load(rogue, 0.0)
+    await add_endpoint(operator, agent_events, operator_ollama, "ops-ep", models=MODELS)
+    worker = await make_agent("worker", capabilities=["runner"])
+
+    # when another agent's standard task is routed
+    await operator.submit(STANDARD, complexity_tier="standard", needed_capabilities=["runner"])
+
+    # then it goes to the operator's endpoint, whatever the agent's endpoint claims
+    decision = (await worker.receive_type("task_assign"))["routing_decision"]
+    assert decision["selected_endpoint"] == operator_ollama.host_port
+    # and without the operator's endpoint, the agent's one is no candidate for others
+    await operator.request("endpoint_remove", endpoint_id="ops-ep")
+    preview = await route(operator, STANDARD, complexity_tier="standard")
+    assert preview["routing_decision"]["target_type"] == "claude"
+    # while it still serves its own agent
+    await operator.submit(STANDARD, complexity_tier="standard", needed_capabilities=["rogue"])
+    own = (await rogue.receive_type("task_assign"))["routing_decision"]
+    assert own["selected_endpoint"] == rogue_ollama.host_port
+    # until an admin approves it for every agent (viewers may not)
+    approved = await operator.request("endpoint_approve", endpoint=rogue_ollama.url)
+    assert (approved["endpoint_id"], approved["approved"]) == ("rogue-local", True)
+    preview = await route(operator, STANDARD, complexity_tier="standard")
+    assert preview["routing_decision"]["selected_endpoint"] == rogue_ollama.host_port
+
+
+async def test_viewers_cannot_approve_endpoints(
+    hub: HubServer, http_url: str, make_token: TokenMaker
+) -> None:
+    viewer = OperatorClient(http_url, make_token("watcher", "viewer"))
+    await viewer.connect()
+    try:
+        with pytest.raises(RequestFailed, match="forbidden"):
+            await viewer.request("endpoint_approve", endpoint="anything")
+    finally:
+        await viewer.close()
+
+
+async def test_agents_may_name_endpoints_only_on_their_own_host_or_allowed_ones(
+    hub: HubServer,
+    settings: Settings,
+    clock: ManualClock,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    operator: OperatorClient,
+) -> None:
+    # given an agent connected from loopback
+    agent = await make_agent("prober")
+
+    # when it reports an endpoint on another host
+    await agent.send({"type": "ollama_report", "ollama_url": "http://10.1.2.3:11434"})
+
+    # then the report is refused and nothing is registered (so nothing is probed there)
+    reply = await agent.receive_type("error")
+    assert reply["error"] == "invalid_url" and "agent_endpoint_hosts" in reply["message"]
+    assert await operator.request("endpoints_list") == []
+
+    # but a hub whose allow-list names that network takes it
+    allowing = HubServer(
+        settings.model_copy(
+            update={"agent_endpoint_hosts": ["10.0.0.0/8"], "db": settings.db.with_name("b.db")}
+        ),
+        clock=clock,
+        run_sweeps=False,
+    )
+    await allowing.start()
+    try:
+        token = new_token()
+        save_token(allowing.settings.db, "prober", hash_token(token), "agent")
+        other = AgentClient(f"ws://127.0.0.1:{allowing.port}/ws", "prober", token, heartbeat_s=None)
+        await other.connect()
+        await other.send({"type": "ollama_report", "ollama_url": "http://10.1.2.3:11434"})
+        assert (await other.receive_type("ollama_report_ack"))["status"] == "registered"
+        await other.close()
+    finally:
+        await allowing.stop()

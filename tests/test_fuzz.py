@@ -251,6 +251,7 @@ def operator_frames(token: str) -> dict[str, Frame]:
         "endpoints_list": {"type": "endpoints_list", **request},
         "endpoint_add": {"type": "endpoint_add", **request, "url": unused_url(), "name": "fuzz-ep"},
         "endpoint_remove": {"type": "endpoint_remove", **request, "endpoint_id": "nope"},
+        "endpoint_approve": {"type": "endpoint_approve", **request, "endpoint": "nope"},
         "channel_create": {
             "type": "channel_create", **request, "name": "fuzz-channel", "description": "d",
         },

@@ -185,7 +185,9 @@ async def stream_past_a_stalled_viewer(
 ) -> StreamReport:
     """Stream ``frames`` progress frames (two events each, ``text_bytes`` of output in each
     execution event) past one viewer that never reads and one that reads everything."""
-    hub = start_hub(hubs, tmp_path, **UNTHROTTLED_PROGRESS)
+    # Texts are kept whole: the events must be as big as the test says.
+    texts = {"AGENTCOM_EXECUTION_EVENT_MAX_TEXT": str(text_bytes)}
+    hub = start_hub(hubs, tmp_path, **UNTHROTTLED_PROGRESS, **texts)
     admin = hub.make_token("ops", "admin")
     operator = OperatorClient(hub.http_url, admin)
     closing.append(operator)
@@ -279,6 +281,7 @@ async def test_an_agent_that_stops_reading_its_pushes_is_dropped_before_the_hub_
     hub = start_hub(
         hubs, tmp_path, AGENTCOM_MAX_PUSH_BUFFER_BYTES=str(MIB),
         AGENTCOM_REQUEST_RATE="1000", AGENTCOM_REQUEST_BURST="1000",
+        AGENTCOM_MAX_MESSAGE_PAYLOAD_BYTES=str(MIB),
     )  # fmt: skip
     stalled = await raw_agent(hub, "stalled", receive_buffer=4096)
     closing.append(stalled)

@@ -247,7 +247,8 @@ def test_agent_own_endpoint_is_preferred(router: Router, registry: EndpointRegis
 def test_unhealthy_endpoint_is_skipped(router: Router, registry: EndpointRegistry) -> None:
     # given the agent's own endpoint that has gone unhealthy, and another healthy one
     own = healthy_endpoint(registry, "worker", "http://10.0.0.1:11434", ["qwen2.5-coder:7b"])
-    healthy_endpoint(registry, "other", "http://10.0.0.2:11434", ["qwen2.5-coder:7b"])
+    other = healthy_endpoint(registry, "other", "http://10.0.0.2:11434", ["qwen2.5-coder:7b"])
+    registry.approve(other.endpoint_id)  # another agent's endpoint serves others once approved
     while own.healthy is not False:
         registry.record_check(own.endpoint_id, 1, None, error="connection refused")
 
@@ -348,7 +349,7 @@ def test_endpoint_that_turns_healthy_during_the_wait_gets_the_task(
     # given a standard task waiting because the agent's endpoint is not checked yet
     domain.identify(frames.Identify.model_validate(
         {"type": "identify", "agent_id": "worker", "token": "checked-by-the-edge",
-         "ollama_url": "http://10.0.0.7:11434"}))  # fmt: skip
+         "ollama_url": "http://10.0.0.7:11434"}), "10.0.0.7")  # fmt: skip
     domain.submit(TaskSubmission(description=NEUTRAL, complexity_tier=Tier.standard))
     assert pushed_assignments(domain) == []
 

@@ -208,3 +208,20 @@ async def test_cli_refuses_an_untrusted_hub_certificate_in_one_line(
     assert missing.returncode != 0
     assert missing.stderr.startswith("agentcom: cannot use the CA file")
     assert missing.stderr.count("\n") == 1
+
+
+async def test_over_tls_pages_send_hsts_and_allow_only_wss(
+    tls_hub: HubProcess, certificate: Certificate
+) -> None:
+    # when a browser loads the dashboard over https
+    async with httpx.AsyncClient(verify=certificate.trusting_context()) as client:
+        page = await client.get(f"{tls_hub.http_url}/dashboard")
+        health = await client.get(f"{tls_hub.http_url}/health")
+
+    # then it is told to stay on https, and the page may open only wss:// sockets
+    for response in (page, health):
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    policy = page.headers["Content-Security-Policy"]
+    assert f"wss://127.0.0.1:{tls_hub.port}" in policy
+    assert "ws://" not in policy
+    assert health.json()["insecure"] is False

@@ -38,7 +38,7 @@ from agentcom.client import (
     websocket_url,
 )
 from agentcom.config import Settings, load_settings, setting_sources
-from agentcom.errors import DatabaseInUse, StoreError
+from agentcom.errors import ConfigurationError, DatabaseInUse, StoreError
 from agentcom.hub.auth import Role, hash_token, new_token
 from agentcom.hub.hub import TASK_ID_PREFIX_MIN
 from agentcom.protocol.common import Tier
@@ -133,6 +133,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
         "log_level": args.log_level,
         "certfile": args.certfile,
         "keyfile": args.keyfile,
+        "insecure": args.insecure,
     }
     try:
         return load_settings(args.config, **flags), setting_sources(args.config, **flags)
@@ -245,6 +246,8 @@ async def _run_hub(settings: Settings) -> int:
     except (sqlite3.Error, StoreError) as exc:
         message = f"cannot use the database {settings.db}: {_reason(exc)}"
         raise CliError(message, EXIT_FAILED) from None
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from None
     except ssl.SSLError as exc:  # e.g. the wrong passphrase for the key
         raise CliError(
             f"cannot use the TLS certificate {settings.certfile}: {_reason(exc)}"
@@ -918,6 +921,12 @@ async def _endpoint_add(client: OperatorClient, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
+async def _endpoint_approve(client: OperatorClient, args: argparse.Namespace) -> int:
+    endpoint = await client.request("endpoint_approve", endpoint=args.endpoint)
+    print(json.dumps(endpoint) if args.json else f"approved {endpoint['endpoint_id']}")
+    return EXIT_OK
+
+
 async def _endpoint_remove(client: OperatorClient, args: argparse.Namespace) -> int:
     endpoint = await client.request("endpoint_remove", endpoint_id=args.endpoint_id)
     print(json.dumps(endpoint) if args.json else f"removed {endpoint['endpoint_id']}")
@@ -1230,6 +1239,12 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
     parser.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback without TLS (tokens in clear)",
+    )
 
 
 def _config_command(commands: Any) -> None:
@@ -1399,7 +1414,9 @@ def _agents_command(commands: Any) -> None:
 
 
 def _endpoints_command(commands: Any) -> None:
-    endpoints = commands.add_parser("endpoints", help="Ollama endpoints (list, add, remove)")
+    endpoints = commands.add_parser(
+        "endpoints", help="Ollama endpoints (list, add, remove, approve)"
+    )
     _operator_command(endpoints, _endpoints_list)  # without ACTION: the list
     endpoint_commands = endpoints.add_subparsers(dest="endpoint_command", metavar="ACTION")
     listing = endpoint_commands.add_parser(
@@ -1413,6 +1430,11 @@ def _endpoints_command(commands: Any) -> None:
     remove = endpoint_commands.add_parser("remove", help="forget an endpoint (admin)")
     remove.add_argument("endpoint_id", metavar="ID", help="the endpoint's id")
     _operator_command(remove, _endpoint_remove)
+    approve = endpoint_commands.add_parser(
+        "approve", help="let an agent's endpoint serve every agent (admin)"
+    )
+    approve.add_argument("endpoint", metavar="URL|ID", help="the endpoint's id or URL")
+    _operator_command(approve, _endpoint_approve)
 
 
 def _channel_command(commands: Any) -> None:

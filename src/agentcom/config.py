@@ -95,8 +95,41 @@ class Settings(BaseSettings):
     offline_message_ttl_s: float = Field(
         3600.0, gt=0, description="Kept messages older than this are not delivered."
     )
+    offline_inbox_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Payload bytes kept per offline agent; beyond it the oldest kept "
+        "messages are dropped.",
+    )
     channel_history_cap: int = Field(
         500, ge=1, description="Messages kept per channel, in memory and in the database."
+    )
+    channel_history_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Payload bytes of history kept per channel in memory (and read back "
+        "at start); beyond it the oldest messages are dropped from memory.",
+    )
+    max_message_payload_bytes: int = Field(
+        64 * 1024,
+        ge=256,
+        description="Largest payload (as JSON) of a direct, broadcast or channel message; "
+        "a larger one is refused with payload_too_large.",
+    )
+    execution_event_max_keys: int = Field(
+        32, ge=1, description="Fields kept per execution event (the first ones sent)."
+    )
+    execution_event_max_key_chars: int = Field(
+        64, ge=1, description="Execution event fields with longer names are left out."
+    )
+    execution_event_max_text: int = Field(
+        2000, ge=16, description="Execution event string values are cut to this length."
+    )
+    execution_tail_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Characters of execution events kept per task for late viewers; "
+        "beyond it the oldest are dropped.",
     )
     fallback_wait_s: float = Field(
         5.0, ge=0, description="How long a task waits for a viable target before escalating."
@@ -109,6 +142,12 @@ class Settings(BaseSettings):
     )
     endpoint_unhealthy_after: int = Field(
         3, ge=1, description="Consecutive failed checks that mark an endpoint unhealthy."
+    )
+    agent_endpoint_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (names, addresses, CIDR networks; '*' for any) where agents may "
+        "report Ollama endpoints besides their own address; the hub probes no other host "
+        "for an agent (the report is refused with invalid_url).",
     )
     claude_model: str = Field("claude-sonnet-4.5", description="Model id for complex tasks.")
     progress_rate: float = Field(50.0, gt=0, description="task_progress frames/s per agent.")
@@ -162,6 +201,18 @@ class Settings(BaseSettings):
         None, description="TLS certificate (PEM): serve wss:// and https://."
     )
     keyfile: Path | None = Field(None, description="TLS private key (PEM) for certfile.")
+    insecure: bool = Field(
+        False,
+        description="Allow listening beyond loopback without TLS (tokens then cross the "
+        "network in clear); the hub warns at start and /health says so. Without it, such "
+        "a hub refuses to start.",
+    )
+    token_check_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the hub looks for revoked tokens in the database; the open "
+        "sessions of a revoked token are closed (4003) within this.",
+    )
     commit_batch_max: int = Field(
         2000,
         ge=1,

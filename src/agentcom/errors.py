@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentcomError", "DatabaseInUse", "HubError", "StoreError"]
+__all__ = ["AgentcomError", "ConfigurationError", "DatabaseInUse", "HubError", "StoreError"]
 
 
 class AgentcomError(Exception):
@@ -58,3 +58,8 @@ class DatabaseInUse(AgentcomError):
             known.append(f"listening on {address}")
         other = f"another hub ({', '.join(known)})" if known else "another hub"
         super().__init__(f"the database {database} is already served by {other}")
+
+
+class ConfigurationError(AgentcomError):
+    """The settings ask for something the hub refuses to do (listen in clear beyond
+    loopback ...); the message says which setting changes it."""

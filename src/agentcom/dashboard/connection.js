@@ -88,7 +88,8 @@ class ReconnectingSocket {
       this.ws = null;
       this.disconnected();
       if (this.stopped) return;
-      if (event.code === 1008 && /token/.test(event.reason)) {
+      // 1008 "invalid token": refused at once; 4003: the token was revoked while open.
+      if ((event.code === 1008 && /token/.test(event.reason)) || event.code === 4003) {
         this.refuse();
         return;
       }

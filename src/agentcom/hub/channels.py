@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import to_json
+
 from agentcom.errors import HubError
+from agentcom.hub.bounded import SizedQueue
 
 __all__ = ["Channel", "ChannelMessage", "ChannelRegistry"]
 
@@ -50,9 +52,14 @@ class Channel:
     description: str | None
     created_at: int
     history_cap: int
+    history_bytes: int = 8 * 1024 * 1024
     seq: int = 0
     subscribers: set[str] = field(default_factory=set)
-    history: deque[ChannelMessage] = field(default_factory=deque)
+    # Recent messages, sized by their payload's bytes as JSON.
+    history: SizedQueue[ChannelMessage] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.history = SizedQueue(self.history_cap, self.history_bytes)
 
     def summary(self) -> dict[str, Any]:
         """The ``list_channels`` entry."""
@@ -70,11 +77,13 @@ class ChannelRegistry:
 
     Args:
         history_cap: messages kept per channel; older ones are dropped.
+        history_bytes: payload bytes kept per channel; older messages are dropped.
     """
 
-    def __init__(self, history_cap: int = 500) -> None:
+    def __init__(self, history_cap: int = 500, history_bytes: int = 8 * 1024 * 1024) -> None:
         self.channels: dict[str, Channel] = {}
         self._history_cap = history_cap
+        self._history_bytes = history_bytes
 
     def create(self, name: str, description: str | None, now_ms: int) -> Channel:
         """A new channel; raises ``invalid_name`` or ``already_exists``."""
@@ -82,8 +91,7 @@ class ChannelRegistry:
             raise HubError("invalid_name", "channel names are 1-64 of A-Z a-z 0-9 _ . : -")
         if name in self.channels:
             raise HubError("already_exists", f"channel {name} exists")
-        channel = Channel(name, description, now_ms, self._history_cap)
-        channel.history = deque(maxlen=self._history_cap)
+        channel = Channel(name, description, now_ms, self._history_cap, self._history_bytes)
         self.channels[name] = channel
         return channel
 
@@ -102,8 +110,10 @@ class ChannelRegistry:
         message_type: str | None,
         reply_to: str | None,
         now_ms: int,
+        size: int,
     ) -> ChannelMessage:
-        """Append a message with the channel's next sequence number."""
+        """Append a message (``size``: its payload's bytes as JSON) with the channel's next
+        sequence number."""
         channel = self.get(name)
         channel.seq += 1
         message = ChannelMessage(
@@ -116,7 +126,7 @@ class ChannelRegistry:
             reply_to=reply_to,
             timestamp=now_ms,
         )
-        channel.history.append(message)
+        channel.history.append(message, size)
         return message
 
     def history(self, name: str, limit: int, since: int | None) -> list[ChannelMessage]:
@@ -136,8 +146,9 @@ class ChannelRegistry:
     ) -> None:
         """Load channels, subscriptions and history read from the store."""
         for name, description, created_at, seq in channels:
-            channel = Channel(name, description, created_at, self._history_cap, seq=seq)
-            channel.history = deque(maxlen=self._history_cap)
+            channel = Channel(
+                name, description, created_at, self._history_cap, self._history_bytes, seq=seq
+            )
             self.channels[name] = channel
         for name, agent_id in subscriptions:
             if name in self.channels:
@@ -155,5 +166,6 @@ class ChannelRegistry:
                         message_type=body.get("message_type"),
                         reply_to=body.get("reply_to"),
                         timestamp=body["timestamp"],
-                    )
+                    ),
+                    len(to_json(body["payload"])),
                 )

@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agentcom.errors import HubError
+from agentcom.store.base import EndpointRow
 
-__all__ = ["Endpoint", "EndpointRegistry", "normalize_url"]
+__all__ = ["Endpoint", "EndpointRegistry", "HostAllowList", "is_loopback", "normalize_url"]
 
 _RECENT_REPOS = 20
 
@@ -35,7 +36,8 @@ def normalize_url(url: str) -> str:
     return f"{parts.scheme}://{host}:{port or 11434}"
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address) names this machine's loopback interface."""
     if host is None:
         return False
     if host == "localhost":
@@ -46,6 +48,46 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+class HostAllowList:
+    """Hosts the hub may probe for an agent besides the agent's own address.
+
+    Args:
+        entries: host names (matched exactly, case-insensitively), IP addresses, and
+            networks in CIDR notation (``10.0.0.0/8``); ``*`` allows any host.
+    """
+
+    def __init__(self, entries: list[str]) -> None:
+        self.any = "*" in entries
+        self._names: set[str] = set()
+        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                self._networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                self._names.add(entry.lower())
+
+    def permits(self, host: str, agent_host: str | None) -> bool:
+        """Whether an endpoint on ``host`` may be probed for an agent connected from
+        ``agent_host``: the agent's own address (loopback names count as one), or listed."""
+        host = host.strip("[]").lower()
+        if self.any or (agent_host is not None and _same_host(host, agent_host)):
+            return True
+        if host in self._names:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+
+def _same_host(host: str, other: str) -> bool:
+    other = other.strip("[]").lower()
+    return host == other or (is_loopback(host) and is_loopback(other))
+
+
 @dataclass(slots=True)
 class Endpoint:
     """One Ollama endpoint; ``healthy`` is None until it has been checked."""
@@ -54,6 +96,7 @@ class Endpoint:
     url: str
     source: str  # "agent" (reported by a sidecar) or "operator"
     agent_id: str | None = None
+    approved: bool = False  # an agent's endpoint an admin lets serve other agents
     healthy: bool | None = None
     models: list[str] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)
@@ -77,6 +120,12 @@ class Endpoint:
         return f"{host}:{parts.port or 11434}"
 
     @property
+    def shared(self) -> bool:
+        """Whether it may serve any agent: an operator's, or an agent's an admin approved.
+        Otherwise only the agent that reported it."""
+        return self.source == "operator" or self.approved
+
+    @property
     def viable(self) -> bool:
         """Healthy and serving at least one model."""
         return self.healthy is True and bool(self.models)
@@ -89,6 +138,7 @@ class Endpoint:
             "host_port": self.host_port,
             "source": self.source,
             "agent_id": self.agent_id,
+            "approved": self.approved,
             "healthy": self.healthy,
             "models": list(self.models),
             "loaded": list(self.loaded),
@@ -103,11 +153,14 @@ class EndpointRegistry:
 
     Args:
         unhealthy_after: consecutive failed checks that mark an endpoint unhealthy.
+        agent_hosts: where agents' endpoints may be (see :class:`HostAllowList`); None
+            puts no limit (a registry used without connections).
     """
 
-    def __init__(self, unhealthy_after: int = 3) -> None:
+    def __init__(self, unhealthy_after: int = 3, agent_hosts: list[str] | None = None) -> None:
         self.endpoints: dict[str, Endpoint] = {}
         self._unhealthy_after = unhealthy_after
+        self._agent_hosts = None if agent_hosts is None else HostAllowList(agent_hosts)
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         """One endpoint, or None."""
@@ -119,14 +172,24 @@ class EndpointRegistry:
         """Register ``<agent_id>-local``; returns it and whether it is new or changed.
 
         A loopback URL reported by an agent on another host names that host, as seen from
-        the hub (``agent_host``): the hub checks it, and other agents may be routed to it.
-        A known URL keeps its health and model list (a sidecar re-identifying).
+        the hub (``agent_host``): the hub checks it there. A URL on any other host than the
+        agent's own is refused (ValueError) unless the allow-list permits it: the hub
+        must not probe hosts of an agent's choosing. A known URL keeps its health and
+        model list (a sidecar re-identifying); a changed one loses its approval.
         """
         normalized = normalize_url(url)
         parts = urlsplit(normalized)
-        if agent_host is not None and _is_loopback(parts.hostname) and not _is_loopback(agent_host):
+        if agent_host is not None and is_loopback(parts.hostname) and not is_loopback(agent_host):
             host = f"[{agent_host}]" if ":" in agent_host else agent_host
             normalized = f"{parts.scheme}://{host}:{parts.port}"
+        checked_host = urlsplit(normalized).hostname or ""
+        if self._agent_hosts is not None and not self._agent_hosts.permits(
+            checked_host, agent_host
+        ):
+            raise ValueError(
+                f"host {checked_host} is neither the agent's own address nor allowed "
+                "(agent_endpoint_hosts)"
+            )
         endpoint_id = f"{agent_id}-local"
         known = self.endpoints.get(endpoint_id)
         if known is not None and known.url == normalized:
@@ -159,14 +222,35 @@ class EndpointRegistry:
             raise HubError("not_found", f"no endpoint {endpoint_id}")
         return endpoint
 
-    def restore(self, rows: list[tuple[str, str, str, str | None]]) -> None:
-        """Load endpoints read from the store (health is learned again)."""
-        for endpoint_id, url, source, agent_id in rows:
-            self.endpoints[endpoint_id] = Endpoint(
-                endpoint_id=endpoint_id, url=url, source=source, agent_id=agent_id
-            )
+    def approve(self, reference: str) -> Endpoint:
+        """Let an agent's endpoint serve every agent; ``reference`` is its id or URL.
 
-    def reload(self, rows: list[tuple[str, str, str, str | None]]) -> None:
+        Raises ``not_found``.
+        """
+        endpoint = self.endpoints.get(reference)
+        if endpoint is None:
+            try:
+                url = normalize_url(reference)
+            except ValueError:
+                url = None
+            matches = [e for e in self.endpoints.values() if url is not None and e.url == url]
+            endpoint = next((e for e in matches if e.source == "agent"), None) or next(
+                iter(matches), None
+            )
+        if endpoint is None:
+            raise HubError("not_found", f"no endpoint {reference}")
+        endpoint.approved = endpoint.source == "agent"
+        return endpoint
+
+    def restore(self, rows: list[EndpointRow]) -> None:
+        """Load endpoints read from the store (health is learned again)."""
+        for endpoint_id, url, source, agent_id, approved in rows:
+            self.endpoints[endpoint_id] = Endpoint(
+                endpoint_id=endpoint_id, url=url, source=source, agent_id=agent_id,
+                approved=approved,
+            )  # fmt: skip
+
+    def reload(self, rows: list[EndpointRow]) -> None:
         """Match the registry to the stored endpoints, after the store refused a change.
 
         Endpoints stored as they are known keep their health; the others are forgotten,
@@ -175,13 +259,16 @@ class EndpointRegistry:
         stored = {row[0]: row for row in rows}
         for endpoint_id in [e for e in self.endpoints if e not in stored]:
             del self.endpoints[endpoint_id]
-        for endpoint_id, url, source, agent_id in rows:
+        for endpoint_id, url, source, agent_id, approved in rows:
             known = self.endpoints.get(endpoint_id)
             as_stored = (url, source, agent_id)
             if known is None or (known.url, known.source, known.agent_id) != as_stored:
                 self.endpoints[endpoint_id] = Endpoint(
-                    endpoint_id=endpoint_id, url=url, source=source, agent_id=agent_id
-                )
+                    endpoint_id=endpoint_id, url=url, source=source, agent_id=agent_id,
+                    approved=approved,
+                )  # fmt: skip
+            else:
+                known.approved = approved
 
     def record_check(
         self,
@@ -209,14 +296,6 @@ class EndpointRegistry:
             endpoint.models = models
             endpoint.loaded = loaded or []
         return endpoint.healthy != before
-
-    def choose_for(self, agent: Any) -> Endpoint | None:
-        """The endpoint for a ``standard`` task on ``agent``: its own first, else any usable."""
-        usable = [e for e in self.endpoints.values() if e.healthy is not False]
-        for endpoint in usable:
-            if endpoint.agent_id == agent.agent_id:
-                return endpoint
-        return usable[0] if usable else None
 
     def viable(self) -> list[Endpoint]:
         """Endpoints the router may choose."""

@@ -100,7 +100,9 @@ class Hub:
         self.clock = clock
         self.settings = settings
         self.presence = Presence()
-        self.endpoints = EndpointRegistry(settings.endpoint_unhealthy_after)
+        self.endpoints = EndpointRegistry(
+            settings.endpoint_unhealthy_after, settings.agent_endpoint_hosts
+        )
         self.router = Router(self.endpoints, self._resources_of, settings.claude_model)
         self.queue = TaskQueue(
             store,
@@ -116,7 +118,12 @@ class Hub:
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails(
-            settings.execution_tail_tasks, settings.execution_tail_events
+            settings.execution_tail_tasks,
+            settings.execution_tail_events,
+            max_text=settings.execution_event_max_text,
+            max_keys=settings.execution_event_max_keys,
+            max_key_chars=settings.execution_event_max_key_chars,
+            max_task_bytes=settings.execution_tail_bytes,
         )
         self.queue_history = QueueHistory()
         # Latest resource report per host (see _host_key), for endpoints no agent reported.
@@ -314,6 +321,12 @@ class Hub:
             agent.seen_published_at = now
             self._agent_event("agent_seen", agent)
 
+    def token_revoked(self, agent_id: str) -> None:
+        """A token of ``agent_id`` stopped being valid: once the id holds no agent token,
+        the messages kept for it go (only real agents have an inbox)."""
+        if not self.store.has_token(agent_id, role="agent"):
+            self.messaging.forget_inbox(agent_id)
+
     def _broadcast(self, sender: str, frame: Outbound) -> None:
         for agent in self.presence.connected():
             if agent.agent_id != sender:
@@ -371,6 +384,18 @@ class Hub:
             self._outbox.check_endpoints.append(endpoint.endpoint_id)
             self._endpoint_event("endpoint_added", endpoint)
         return self.endpoint_view(endpoint)
+
+    def approve_endpoint(self, reference: str) -> dict[str, Any]:
+        """An admin lets an agent's endpoint (by id or URL) serve every agent; tasks held
+        for want of an endpoint may then use it."""
+        endpoint = self.endpoints.approve(reference)
+        self.store.stage_endpoint(
+            endpoint.endpoint_id, endpoint.url, endpoint.source, endpoint.agent_id,
+            endpoint.approved,
+        )  # fmt: skip
+        if endpoint.viable and self.queue.release_held(None):
+            self.schedule()
+        return endpoint.snapshot()
 
     def remove_endpoint(self, endpoint_id: str) -> dict[str, Any]:
         """Forget an endpoint."""
@@ -467,8 +492,8 @@ class Hub:
         if frame.execution_event is not None:
             progress_event = {**base, "event": "execution_progress",
                               "execution_event": frame.execution_event}  # fmt: skip
-            self._publish("tasks", progress_event)
-            self.execution_tails.add(task.task_id, progress_event)
+            # Viewers get what the tail keeps: names, counts and texts bounded.
+            self._publish("tasks", self.execution_tails.add(task.task_id, progress_event))
             event = frame.execution_event
             if event.get("event_type") == "error" or event.get("type") == "error":
                 # Real sidecars carry a failed execution's reason only here.

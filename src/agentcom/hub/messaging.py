@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from pydantic_core import to_json
 
 from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import Presence
+from agentcom.hub.bounded import SizedQueue
 from agentcom.hub.channels import ChannelRegistry
 from agentcom.hub.clock import Clock
 from agentcom.protocol import agent as frames
@@ -30,6 +32,7 @@ from agentcom.store.base import Store
 __all__ = ["Messaging"]
 
 Push = Callable[[str, Outbound], None]
+_MESSAGE_OVERHEAD = 256  # a kept message's fields besides its payload, roughly, in bytes
 
 
 class Messaging:
@@ -51,16 +54,21 @@ class Messaging:
         self._clock = clock
         self._settings = settings
         self._push = push
-        self.channels = ChannelRegistry(settings.channel_history_cap)
-        self._inboxes: dict[str, deque[MessagePush]] = {}
+        self.channels = ChannelRegistry(
+            settings.channel_history_cap, settings.channel_history_bytes
+        )
+        # Direct messages kept for offline agents, bounded in count and in bytes.
+        self._inboxes: dict[str, SizedQueue[MessagePush]] = {}
 
     def restore(self) -> None:
         """Load channels, subscriptions and history from the store."""
-        self.channels.restore(*self._store.load_channels())
+        self.channels.restore(*self._store.load_channels(self._settings.channel_history_bytes))
 
     def reload(self) -> None:
         """Forget channel state in memory and load it again, after the store refused a change."""
-        self.channels = ChannelRegistry(self._settings.channel_history_cap)
+        self.channels = ChannelRegistry(
+            self._settings.channel_history_cap, self._settings.channel_history_bytes
+        )
         self.restore()
 
     def _others(self, sender: str) -> list[str]:
@@ -68,8 +76,18 @@ class Messaging:
 
     # --- messages -------------------------------------------------------------------
 
+    def _payload_size(self, payload: dict[str, Any]) -> int:
+        """The payload's size as JSON; raises ``payload_too_large`` past the setting."""
+        size = len(to_json(payload))
+        limit = self._settings.max_message_payload_bytes
+        if size > limit:
+            raise HubError("payload_too_large", f"payload is {size} bytes; the limit is {limit}")
+        return size
+
     def send(self, sender: str, frame: frames.Message) -> MessageSent:
-        """Deliver a direct or broadcast message; keep direct ones for an offline recipient."""
+        """Deliver a direct or broadcast message; keep direct ones for an offline recipient
+        that holds an agent token."""
+        size = self._payload_size(frame.payload) + _MESSAGE_OVERHEAD
         message = MessagePush(
             id=secrets.token_hex(12),
             sender=sender,
@@ -84,16 +102,20 @@ class Messaging:
                 self._push(agent_id, message)
         else:
             recipient = self._presence.get(frame.to)
-            if recipient is None and not self._store.has_token(frame.to):
-                # Only real agents get an inbox: made-up ids must not grow memory.
-                raise HubError("unknown_recipient", f"no agent {frame.to}")
             if recipient is not None and recipient.connected:
                 self._push(frame.to, message)
+            elif not self._store.has_token(frame.to, role="agent"):
+                # Only real agents get an inbox: made-up ids, operators' ids and revoked
+                # agents must not grow memory.
+                raise HubError("unknown_recipient", f"no agent {frame.to}")
             elif self._settings.offline_message_cap:
-                inbox = self._inboxes.setdefault(
-                    frame.to, deque(maxlen=self._settings.offline_message_cap)
-                )
-                inbox.append(message)
+                inbox = self._inboxes.get(frame.to)
+                if inbox is None:
+                    settings = self._settings
+                    inbox = self._inboxes[frame.to] = SizedQueue(
+                        settings.offline_message_cap, settings.offline_inbox_bytes
+                    )
+                inbox.append(message, size)
         return MessageSent(id=message.id)
 
     def deliver_inbox(self, agent_id: str) -> int:
@@ -106,6 +128,10 @@ class Messaging:
         for message in fresh:
             self._push(agent_id, message)
         return len(fresh)
+
+    def forget_inbox(self, agent_id: str) -> None:
+        """Drop the messages kept for ``agent_id`` (its token was revoked)."""
+        self._inboxes.pop(agent_id, None)
 
     # --- channels -------------------------------------------------------------------
 
@@ -142,9 +168,10 @@ class Messaging:
 
     def publish(self, agent_id: str, frame: frames.ChannelPublish) -> ChannelPublished:
         """Number, store and deliver a message to every other connected subscriber."""
+        size = self._payload_size(frame.payload)
         message = self.channels.publish(
             frame.channel, agent_id, frame.payload, frame.message_type, frame.reply_to,
-            self._clock.now_ms(),
+            self._clock.now_ms(), size,
         )  # fmt: skip
         channel = self.channels.channels[frame.channel]
         self._store.stage_channel(

@@ -136,13 +136,23 @@ class Router:
         return complexity, self._decision(tier, reason, None, fallback_reason, requested), None
 
     def choose_endpoint(self, task: Task, agent: AgentRecord | None) -> EndpointChoice | None:
-        """The best viable endpoint: least loaded host, warm model, local, repo affinity."""
-        candidates = self._endpoints.viable()
+        """The best viable endpoint: least loaded host, warm model, local, repo affinity.
+
+        Only endpoints the agent may use count: operators' endpoints, endpoints an admin
+        approved, and the agent's own. Another agent's endpoint, even approved, comes
+        after every operator endpoint whatever it reports (load, warm models), since
+        those figures are its owner's word.
+        """
+        owner = agent.agent_id if agent is not None else None
+        candidates = [
+            e for e in self._endpoints.viable() if e.shared or (owner and e.agent_id == owner)
+        ]
         if not candidates:
             return None
         wanted = task.metadata.get("model")
 
-        def score(endpoint: Endpoint) -> tuple[float, str]:
+        def score(endpoint: Endpoint) -> tuple[int, float, str]:
+            trusted = int(endpoint.source == "operator" or endpoint.agent_id == owner)
             load = host_load(self._resources_of(endpoint))
             value = 1 - (_UNKNOWN_LOAD if load is None else load)
             if endpoint.loaded:
@@ -153,7 +163,7 @@ class Router:
                 value += 0.3
             if task.repo and task.repo in endpoint.recent_repos:
                 value += 0.2
-            return value, endpoint.endpoint_id
+            return trusted, value, endpoint.endpoint_id
 
         best = max(candidates, key=score)
         warm_models = [m for m in best.loaded if m in best.models]

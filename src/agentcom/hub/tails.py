@@ -8,10 +8,23 @@ the hub's recent activity at every sweep and when the hub stops (see
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
+from agentcom.hub.bounded import SizedQueue
+
 __all__ = ["ExecutionTails"]
+
+
+_EVENT_OVERHEAD = 128  # the task event around an execution event, roughly, in characters
+
+
+def _size_of(execution_event: dict[str, Any]) -> int:
+    """Roughly the characters one kept event holds, names and values counted."""
+    size = _EVENT_OVERHEAD
+    for key, value in execution_event.items():
+        size += len(key) + (len(value) if isinstance(value, str) else 24)
+    return size
 
 
 class ExecutionTails:
@@ -24,33 +37,61 @@ class ExecutionTails:
         max_text: string fields of a kept event are cut to this many characters, and
             fields that are not strings, numbers, booleans or null are left out, so one
             task's tail stays small whatever a sidecar sends.
+        max_keys: fields kept per event (the first ones sent); the others are left out.
+        max_key_chars: a field whose name is longer than this is left out.
+        max_task_bytes: characters kept per task, names and values counted; beyond it the
+            oldest events are dropped (the newest is always kept).
     """
 
-    def __init__(self, max_tasks: int = 20, max_events: int = 200, max_text: int = 2_000) -> None:
+    def __init__(
+        self,
+        max_tasks: int = 20,
+        max_events: int = 200,
+        max_text: int = 2_000,
+        max_keys: int = 32,
+        max_key_chars: int = 64,
+        max_task_bytes: int = 256 * 1024,
+    ) -> None:
         self._max_tasks = max_tasks
         self._max_events = max_events
         self._max_text = max_text
-        self._tails: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._max_keys = max_keys
+        self._max_key_chars = max_key_chars
+        self._max_task_bytes = max_task_bytes
+        self._tails: OrderedDict[str, SizedQueue[dict[str, Any]]] = OrderedDict()
         self._changed: set[str] = set()  # tasks added to or dropped since take_changes()
 
-    def add(self, task_id: str, event: dict[str, Any]) -> None:
-        """Keep a bounded copy of one published ``execution_progress`` task event."""
+    def add(self, task_id: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Keep a bounded copy of one ``execution_progress`` task event; returns that copy
+        (what is published too, so viewers never get more than a tail keeps)."""
+        tail = self._tail_of(task_id)
+        kept = dict(event)
+        bounded = self._bounded(event.get("execution_event") or {})
+        kept["execution_event"] = bounded
+        tail.append(kept, _size_of(bounded))
+        self._changed.add(task_id)
+        return kept
+
+    def _tail_of(self, task_id: str) -> SizedQueue[dict[str, Any]]:
+        """The task's tail, made the most recently active; a new one may push out the
+        least recently active task."""
         tail = self._tails.get(task_id)
         if tail is None:
-            tail = self._tails[task_id] = deque(maxlen=self._max_events)
+            tail = self._tails[task_id] = SizedQueue(self._max_events, self._max_task_bytes)
             while len(self._tails) > self._max_tasks:
                 dropped, _ = self._tails.popitem(last=False)
                 self._changed.add(dropped)
         else:
             self._tails.move_to_end(task_id)
-        kept = dict(event)
-        kept["execution_event"] = self._bounded(event.get("execution_event") or {})
-        tail.append(kept)
-        self._changed.add(task_id)
+        return tail
 
     def _bounded(self, execution_event: dict[str, Any]) -> dict[str, Any]:
         bounded: dict[str, Any] = {}
         for key, value in execution_event.items():
+            if len(bounded) >= self._max_keys:
+                break
+            if len(key) > self._max_key_chars:
+                continue
             if isinstance(value, str):
                 bounded[key] = value[: self._max_text]
             elif value is None or isinstance(value, bool | int | float):
@@ -77,11 +118,13 @@ class ExecutionTails:
         self._changed.update(task_ids)
 
     def restore(self, tails: list[tuple[str, list[dict[str, Any]]]]) -> None:
-        """Take saved tails back, least recently active first; those beyond the bounds
-        (saved under larger ones) are dropped, and reported as such by the next
-        :meth:`take_changes`."""
-        kept = tails[max(0, len(tails) - self._max_tasks) :]
-        self._changed.update(task_id for task_id, _ in tails[: len(tails) - len(kept)])
-        for task_id, events in kept:
-            self._tails[task_id] = deque(events, maxlen=self._max_events)
-            self._tails.move_to_end(task_id)
+        """Take saved tails back, least recently active first, bounded as new events are
+        (saved under larger bounds, the excess is dropped, and reported as such by the
+        next :meth:`take_changes`)."""
+        for task_id, events in tails:
+            tail = self._tail_of(task_id)
+            for event in events:
+                bounded = self._bounded(event.get("execution_event") or {})
+                tail.append({**event, "execution_event": bounded}, _size_of(bounded))
+            if len(tail) < len(events):
+                self._changed.add(task_id)

@@ -10,7 +10,7 @@ from pydantic_core import ErrorDetails
 
 from agentcom.protocol.outbound import ErrorReply, FieldError, ValidationFailed
 
-__all__ = ["FrameDecoder", "FrameRejected"]
+__all__ = ["FrameDecoder", "FrameRejected", "summary_for_viewers"]
 
 T = TypeVar("T")
 
@@ -19,6 +19,31 @@ _MAX_ECHOED_VALUE = 200
 # An unknown ``type`` is echoed cut to this length: the reply (and the validation event
 # sent to every dashboard) must not grow with whatever a peer sends.
 _MAX_ECHOED_TYPE = 64
+
+
+_TOKEN_PREFIX = "ac_"  # every token the hub issues starts so (agentcom.hub.auth.new_token)
+
+
+def summary_for_viewers(
+    reply: ErrorReply | ValidationFailed, known_types: frozenset[str]
+) -> dict[str, Any]:
+    """What viewers may learn of an error reply: its code, the frame type when it is a
+    known one, and for each field in error its top-level name and the kind of error.
+
+    Never a value, a detail or a nested path: any of those can repeat what the peer
+    sent (a token put in the wrong field, a dict key), and viewers are not the sender.
+    """
+    if isinstance(reply, ErrorReply):
+        return {"type": "error", "error": reply.error}
+    message_type = reply.message_type if reply.message_type in known_types else None
+    return {
+        "type": "error",
+        "error": reply.error,
+        "message_type": message_type,
+        "errors": [
+            {"field": entry.field.split(".")[0], "error": entry.error} for entry in reply.errors
+        ],
+    }
 
 
 class FrameRejected(Exception):
@@ -49,6 +74,8 @@ def _error_code(pydantic_type: str) -> ErrorCode:
 def _echoable(field: str, value: Any) -> bool:
     if field.split(".")[-1] in _SECRET_FIELDS:
         return False
+    if isinstance(value, str) and value.startswith(_TOKEN_PREFIX):
+        return False  # a token sent in the wrong field is still a secret
     if isinstance(value, bool | int | float) or value is None:
         return True
     return isinstance(value, str) and len(value) <= _MAX_ECHOED_VALUE

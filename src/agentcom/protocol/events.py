@@ -92,6 +92,7 @@ class EndpointView(_Event):
     host_port: str
     source: str
     agent_id: str | None
+    approved: bool  # an agent's endpoint an admin lets serve every agent
     healthy: bool | None
     models: list[str]
     loaded: list[str]

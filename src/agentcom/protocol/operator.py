@@ -145,11 +145,12 @@ class AgentUndrain(_Request):
 
 
 class TaskWait(_Request):
-    """Reply once the task is completed, dead letter or cancelled (or after ``timeout_s``)."""
+    """Reply once the task is completed, dead letter or cancelled (or after ``timeout_s``;
+    0 answers at once: the task when it is finished, else ``timeout``)."""
 
     type: Literal["task_wait"]
     task_id: TaskId
-    timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    timeout_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
 
 
 class AgentsList(_Request):
@@ -194,6 +195,13 @@ class EndpointRemove(_Request):
     endpoint_id: Annotated[str, Field(min_length=1, max_length=200)]
 
 
+class EndpointApprove(_Request):
+    """Let an agent's endpoint serve every agent (admin); ``endpoint`` is its id or URL."""
+
+    type: Literal["endpoint_approve"]
+    endpoint: Annotated[str, Field(min_length=1, max_length=512)]
+
+
 class ChannelCreate(_Request):
     """Create a channel (admin)."""
 
@@ -227,6 +235,7 @@ OperatorFrame = Annotated[
     | EndpointsList
     | EndpointAdd
     | EndpointRemove
+    | EndpointApprove
     | ChannelCreate
     | ChannelsList,
     Field(discriminator="type"),
@@ -234,8 +243,8 @@ OperatorFrame = Annotated[
 OPERATOR_FRAME: TypeAdapter[OperatorFrame] = TypeAdapter(OperatorFrame)
 OPERATOR_FRAME_TYPES = ("auth", "task_submit", "task_get", "task_list", "task_cancel",
                         "task_retry", "task_wait", "task_route", "agents_list", "stats",
-                        "endpoints_list", "endpoint_add", "endpoint_remove", "channel_create",
-                        "channels_list", "task_requeue", "agent_drain",
+                        "endpoints_list", "endpoint_add", "endpoint_remove", "endpoint_approve",
+                        "channel_create", "channels_list", "task_requeue", "agent_drain",
                         "agent_undrain", "task_cancel_many", "task_retry_many")  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from agentcom.errors import HubError
 from agentcom.hub.auth import Role
 from agentcom.hub.limits import BucketSpec, RateLimiter
 from agentcom.protocol import agent as frames
-from agentcom.protocol.errors import FrameDecoder, FrameRejected
+from agentcom.protocol.errors import FrameDecoder, FrameRejected, summary_for_viewers
 from agentcom.protocol.outbound import (
     AgentList,
     ErrorReply,
@@ -36,6 +36,7 @@ __all__ = ["AgentSession"]
 logger = logging.getLogger(__name__)
 
 DECODER = FrameDecoder(frames.AGENT_FRAME, frames.AGENT_FRAME_TYPES)
+_KNOWN_TYPES = frozenset(frames.AGENT_FRAME_TYPES)
 
 # Frames that settle a task are never rate limited: real sidecars ignore rate_limited.
 _UNLIMITED = frozenset(
@@ -52,6 +53,7 @@ class AgentSession:
         self.hub = server.hub
         self.connection = connection
         self.agent_id: str | None = None
+        self._token_key: str | None = None  # for the revocation watch, once identified
         settings = server.settings
         self.limiter = RateLimiter(
             {
@@ -92,6 +94,8 @@ class AgentSession:
                 self.server.frames_received += 1
                 await self.handle(raw)
         finally:
+            if self._token_key is not None:
+                self.server.revocations.forget(self._token_key, self.connection)
             if (
                 self.agent_id is not None
                 and self.server.agent_connections.get(self.agent_id) is self.connection
@@ -185,7 +189,7 @@ class AgentSession:
             "agent_id": self.agent_id,
             "remote": peer(self.connection),
             "timestamp": server.clock.now_ms(),
-            "reply": reply.model_dump(mode="json", exclude_none=True),
+            "reply": summary_for_viewers(reply, _KNOWN_TYPES),  # names and kinds, no values
             "closed": closing,  # this violation closes the connection (1008)
         }
         server.pubsub.publish("validation", event)
@@ -220,6 +224,7 @@ class AgentSession:
             await self.connection.close(1008, f"cooldown: retry in {seconds} s")
             return
         self.agent_id = frame.agent_id
+        self._token_key = server.revocations.track(frame.token, self.connection)
         # ``identified`` goes first: once the agent is present, any other connection's
         # settle may push to it (agent_joined, task_assign) while this one still waits
         # for its commit, and a client takes any other first reply for a refusal.

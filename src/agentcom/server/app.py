@@ -14,11 +14,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from agentcom import __version__
 from agentcom.config import Settings
-from agentcom.errors import StoreError
+from agentcom.errors import ConfigurationError, StoreError
 from agentcom.hub.auth import Authenticator
 from agentcom.hub.clock import Clock, SystemClock
+from agentcom.hub.endpoints import is_loopback
 from agentcom.hub.hub import Hub
 from agentcom.hub.limits import ViolationTracker
 from agentcom.protocol.common import Outbound
@@ -28,6 +28,7 @@ from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
+from agentcom.server.revocation import RevocationWatch
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.store.base import ChangeKey
@@ -63,6 +64,7 @@ class HubServer:
         self.hub: Hub
         self.store_watch: StoreWatch
         self.auth: Authenticator
+        self.revocations: RevocationWatch
         self._lock: DatabaseLock | None = None
         self._database_open = False
         self._ready = asyncio.Event()  # set once state is restored, or once start failed
@@ -74,6 +76,7 @@ class HubServer:
             settings.max_connections_per_address,
             settings.allowed_origins,
             auth_failures_before_delay=settings.auth_failures_before_delay,
+            tls=settings.certfile is not None,
         )
         self.agent_connections: dict[str, ServerConnection] = {}
         self.frames_received = 0
@@ -95,6 +98,11 @@ class HubServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def insecure(self) -> bool:
+        """Whether the hub listens beyond loopback without TLS (tokens in clear)."""
+        return not self.tls and not is_loopback(self.settings.host)
+
     async def start(self) -> None:
         """Listen, take the database, restore its state, then serve.
 
@@ -108,7 +116,21 @@ class HubServer:
             DatabaseInUse: another hub process serves the database.
             StoreError: the database's lock file cannot be opened, or it is a directory.
             sqlite3.Error: the database cannot be opened or read.
+            ConfigurationError: asked to listen beyond loopback without TLS and without
+                ``insecure`` (checked before anything else).
         """
+        if self.insecure:
+            if not self.settings.insecure:
+                raise ConfigurationError(
+                    f"refusing to listen on {self.settings.host} without TLS: tokens would "
+                    "cross the network in clear; set --certfile/--keyfile, or --insecure "
+                    "(AGENTCOM_INSECURE=1) to accept that"
+                )
+            logger.warning(
+                "listening on %s WITHOUT TLS: agent and operator tokens cross the network "
+                "in clear (--insecure)",
+                self.settings.host,
+            )
         http = HttpRoutes(self)
 
         async def process_request(
@@ -135,7 +157,7 @@ class HubServer:
             ping_interval=self.settings.keepalive_interval_s or None,
             ping_timeout=self.settings.keepalive_timeout_s or None,
             close_timeout=self.settings.close_timeout_s,
-            server_header=f"agentcom/{__version__}",
+            server_header="agentcom",  # no version: /health tells it to whoever needs it
             logger=library_logger("websockets.server"),  # its DEBUG lines print tokens
         )
         try:
@@ -151,6 +173,7 @@ class HubServer:
         if self._run_sweeps:
             self._sweeper = asyncio.create_task(self._sweep_forever())
             self.prober.start()
+            self.revocations.start()
         logger.info("agentcom hub listening on %s", self.url("/ws"))
 
     def _open_database(self) -> None:
@@ -167,6 +190,10 @@ class HubServer:
             self.store, settings.store_retry_interval_s, self._resume_after_store_recovery
         )
         self.auth = Authenticator(self.store)
+        self.revocations = RevocationWatch(
+            self.store, settings.token_check_interval_s, self.close_in_background,
+            self.hub.token_revoked,
+        )  # fmt: skip
         self._database_open = True
 
     async def _abandon_start(self) -> None:
@@ -218,6 +245,7 @@ class HubServer:
             self._wake_handle.cancel()
         await self.prober.stop()
         if self._database_open:
+            await self.revocations.stop()
             await self.store_watch.stop()
         if self._server is not None:
             self._server.close(close_connections=False)

@@ -59,6 +59,9 @@ class Guard:
         allowed_origins: browser origins (``scheme://host[:port]``) allowed on the operator
             and dashboard sockets besides the hub's own; a handshake from any other origin
             is refused with 403. Non-browser clients send no Origin and are not affected.
+        tls: whether the hub serves https: its own origin is then ``https://`` + the Host
+            header, otherwise ``http://`` + the Host header (the scheme counts: a page
+            served in clear on the same host and port is another origin).
         auth_failures_before_delay: bad tokens from one address within a minute before its
             replies are delayed.
         max_auth_delay_s: the longest such delay.
@@ -76,8 +79,10 @@ class Guard:
         auth_failures_before_delay: int = 5,
         max_auth_delay_s: float = 5.0,
         max_tracked_addresses: int = 10_000,
+        tls: bool = False,
     ) -> None:
         self._clock = clock
+        self._own_scheme = "https" if tls else "http"
         self._max_connections = max_connections_per_address
         self._allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self._failures_before_delay = auth_failures_before_delay
@@ -106,7 +111,10 @@ class Guard:
         if normalized in self._allowed_origins or "*" in self._allowed_origins:
             return True
         host = _single_header(headers, "Host")
-        return host is not None and urlsplit(normalized).netloc == host.lower()
+        origin = urlsplit(normalized)
+        return (
+            host is not None and origin.scheme == self._own_scheme and origin.netloc == host.lower()
+        )
 
     def connection_class(self) -> type[ServerConnection]:
         """The connection type to give ``serve()``: it reports every TCP connection's

@@ -65,20 +65,24 @@ DASHBOARD_FILES = {
                        "endpoints")
     },
 }  # fmt: skip
+_HSTS = "max-age=31536000"
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
-def dashboard_file(name: str, host: str | None) -> Response:
+def dashboard_file(name: str, host: str | None, tls: bool = False) -> Response:
     """One file of the dashboard page (404 unless allow-listed), with a strict CSP.
 
     The policy allows scripts, styles and images from the hub only, and WebSocket
-    connections only back to the host the page was loaded from.
+    connections only back to the host the page was loaded from (over TLS, only ``wss:``).
     """
     content_type = DASHBOARD_FILES.get(name)
     if content_type is None:
         return _json(404, {"error": "not_found"})
     body = resources.files("agentcom.dashboard").joinpath(name).read_bytes()
-    sockets = f" ws://{host} wss://{host}" if host and _HOST.match(host) else ""
+    schemes = ("wss",) if tls else ("ws", "wss")
+    sockets = (
+        "".join(f" {scheme}://{host}" for scheme in schemes) if host and _HOST.match(host) else ""
+    )
     policy = (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
         f"connect-src 'self'{sockets}; base-uri 'none'; form-action 'none'; "
@@ -100,7 +104,16 @@ class HttpRoutes:
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Let WebSocket upgrades through; answer every other request here."""
+        """Let WebSocket upgrades through; answer every other request here.
+
+        Over TLS every answer carries HSTS, so a browser never falls back to clear text.
+        """
+        response = await self._answer(connection, request)
+        if response is not None and self.server.tls:
+            response.headers["Strict-Transport-Security"] = _HSTS
+        return response
+
+    async def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         path = parts.path.rstrip("/") or "/"
         upgrade = any("upgrade" in value.lower() for value in request.headers.get_all("Connection"))
@@ -114,9 +127,9 @@ class HttpRoutes:
             return _response(200, self.metrics().encode(), "text/plain; version=0.0.4")
         host = _single_header(request, "Host")
         if path in ("/", "/dashboard"):
-            return dashboard_file("index.html", host)
+            return dashboard_file("index.html", host, self.server.tls)
         if path.startswith("/dashboard/"):
-            return dashboard_file(path.removeprefix("/dashboard/"), host)
+            return dashboard_file(path.removeprefix("/dashboard/"), host, self.server.tls)
         if path.startswith("/api/"):
             if not self._authorized(request):
                 await self.server.guard.slow_down_after_failure(connection)
@@ -145,6 +158,8 @@ class HttpRoutes:
             "status": "degraded" if failing else "ok",
             "store": "failing" if failing else "ok",
             "version": __version__,
+            # Listening beyond loopback without TLS (--insecure): tokens travel in clear.
+            "insecure": self.server.insecure,
             "uptime_s": round((now - hub.started_at) / 1000, 3),
             "agents_connected": len(hub.presence.connected()),
             "queue_depth": hub.queue.queued_count(),

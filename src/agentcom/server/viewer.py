@@ -83,6 +83,7 @@ class DashboardSession:
         who = f"{identity[0]} ({identity[1].value})"
         logger.info("dashboard %s subscribed from %s", who, peer(self.connection))
         subscription = server.pubsub.subscribe(frame.topics)
+        token_key = server.revocations.track(frame.token, self.connection)
         try:
             await server.store.commit()
             await server.send(self.connection, ops.Snapshot(**server.hub.snapshot()))
@@ -92,6 +93,7 @@ class DashboardSession:
             finally:
                 reader.cancel()
         finally:
+            server.revocations.forget(token_key, self.connection)
             server.pubsub.unsubscribe(subscription)
             logger.info("dashboard %s disconnected", who)
 
@@ -152,6 +154,7 @@ class OperatorSession:
         self.role: Role | None = None
         self.who = "?"  # agent id and role of its token, once authenticated
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._token_key: str | None = None  # for the revocation watch, once authenticated
 
     async def run(self) -> None:
         """Authenticate, then serve requests concurrently (bounded)."""
@@ -172,6 +175,8 @@ class OperatorSession:
                 self._in_flight.add(request)
                 request.add_done_callback(self._in_flight.discard)
         finally:
+            if self._token_key is not None:
+                self.server.revocations.forget(self._token_key, self.connection)
             for request in list(self._in_flight):
                 request.cancel()
             logger.info("operator %s disconnected", self.who)
@@ -198,7 +203,9 @@ class OperatorSession:
             )
             await self.connection.close(1008, "invalid token")
             return False
+        assert isinstance(frame, ops.Auth)
         self.role = identity[1]
+        self._token_key = self.server.revocations.track(frame.token, self.connection)
         self.who = f"{identity[0]} ({identity[1].value})"
         logger.info("operator %s connected from %s", self.who, peer(self.connection))
         await self._send(ops.AuthOk(agent_id=identity[0], role=identity[1].value))
@@ -267,6 +274,8 @@ class OperatorSession:
             return hub.add_endpoint(request.url, request.name)
         if isinstance(request, ops.EndpointRemove):
             return hub.remove_endpoint(request.endpoint_id)
+        if isinstance(request, ops.EndpointApprove):
+            return hub.approve_endpoint(request.endpoint)
         return hub.messaging.create_channel(request.name, request.description)
 
     async def _read(self, request: Any) -> Any:
@@ -320,5 +329,5 @@ _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.
 _MUTATIONS = (
     ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.TaskRequeue, ops.TaskCancelMany,
     ops.TaskRetryMany, ops.AgentDrain, ops.AgentUndrain, ops.EndpointAdd, ops.EndpointRemove,
-    ops.ChannelCreate,
+    ops.EndpointApprove, ops.ChannelCreate,
 )  # fmt: skip

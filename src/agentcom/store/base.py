@@ -8,12 +8,15 @@ from typing import Any, Protocol
 
 from agentcom.protocol.task import Task
 
-__all__ = ["ChangeKey", "Store", "TaskFilter", "TokenRecord"]
+__all__ = ["ChangeKey", "EndpointRow", "Store", "TaskFilter", "TokenRecord"]
 
 ChangeKey = tuple[str, str]
 """What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
 ``("channel", name)``, ``("subscription", ...)``, ``("message", ...)``, ``("trim", channel)``,
 ``("tail", task_id)``, ``("minute", str(minute))`` or ``("minute_trim", "")``."""
+
+EndpointRow = tuple[str, str, str, str | None, bool]
+"""A stored endpoint: ``(endpoint_id, url, source, agent_id, approved)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +57,21 @@ class Store(Protocol):
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit."""
 
-    def stage_endpoint(self, endpoint_id: str, url: str, source: str, agent_id: str | None) -> None:
-        """Queue a registered endpoint for the next commit."""
+    def stage_endpoint(
+        self,
+        endpoint_id: str,
+        url: str,
+        source: str,
+        agent_id: str | None,
+        approved: bool = False,
+    ) -> None:
+        """Queue a registered (or approved) endpoint for the next commit."""
 
     def stage_endpoint_removal(self, endpoint_id: str) -> None:
         """Queue the removal of an endpoint for the next commit."""
 
-    def load_endpoints(self) -> list[tuple[str, str, str, str | None]]:
-        """Registered endpoints as ``(endpoint_id, url, source, agent_id)``."""
+    def load_endpoints(self) -> list[EndpointRow]:
+        """Registered endpoints as ``(endpoint_id, url, source, agent_id, approved)``."""
 
     def stage_channel(self, name: str, description: str | None, created_at: int, seq: int) -> None:
         """Queue a channel's definition and sequence number for the next commit."""
@@ -73,9 +83,10 @@ class Store(Protocol):
         """Queue a channel message, and the trimming of history beyond ``history_cap``."""
 
     def load_channels(
-        self,
+        self, history_bytes: int | None = None
     ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
-        """Channels, subscriptions and stored history, oldest message first."""
+        """Channels, subscriptions and stored history, oldest message first (with
+        ``history_bytes``, only each channel's newest messages up to that size)."""
 
     def stage_execution_tail(self, task_id: str, events: list[dict[str, Any]] | None) -> None:
         """Queue a task's kept execution events (None: forget them) for the next commit."""
@@ -115,11 +126,17 @@ class Store(Protocol):
     def finished_since(self, since_ms: int) -> dict[str, int]:
         """Tasks that reached each terminal status at or after ``since_ms``."""
 
-    def has_token(self, agent_id: str) -> bool:
-        """Whether ``agent_id`` holds a token (is a real agent)."""
+    def has_token(self, agent_id: str, role: str | None = None) -> bool:
+        """Whether ``agent_id`` holds a token (of ``role``, when given)."""
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token with this hash, or None."""
+
+    def last_revocation(self) -> int:
+        """The sequence number of the latest token revocation (0: none yet)."""
+
+    def revocations_since(self, seq: int) -> list[tuple[int, str, str]]:
+        """Token revocations after ``seq``, oldest first: ``(seq, agent_id, token_hash)``."""
 
     def close(self) -> None:
         """Flush and release the database."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any
 
 from agentcom.errors import StoreError
 from agentcom.protocol.task import Task
-from agentcom.store.base import ChangeKey, TaskFilter, TokenRecord
+from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TokenRecord
 
 __all__ = ["SqliteStore", "open_database"]
 
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     url TEXT NOT NULL,
     source TEXT NOT NULL,
     agent_id TEXT,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    approved INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS channels (
     name TEXT PRIMARY KEY,
@@ -81,6 +83,24 @@ CREATE TABLE IF NOT EXISTS tokens (
     role TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+-- Every token that stops being valid (revoked, replaced, or its role changed), written
+-- by triggers so that any writer (the CLI while hubs run, another node) is noticed: each
+-- hub polls this table for rows past the last it saw and closes those tokens' sessions.
+CREATE TABLE IF NOT EXISTS token_revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS token_deleted AFTER DELETE ON tokens BEGIN
+    INSERT INTO token_revocations (agent_id, token_hash, revoked_at)
+    VALUES (old.agent_id, old.token_hash, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+END;
+CREATE TRIGGER IF NOT EXISTS token_replaced AFTER UPDATE ON tokens
+WHEN old.token_hash != new.token_hash OR old.role != new.role BEGIN
+    INSERT INTO token_revocations (agent_id, token_hash, revoked_at)
+    VALUES (old.agent_id, old.token_hash, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+END;
 CREATE TABLE IF NOT EXISTS execution_tails (
     task_id TEXT PRIMARY KEY,
     last_at INTEGER NOT NULL,
@@ -115,9 +135,11 @@ ON CONFLICT (task_id) DO UPDATE SET
 
 
 _UPSERT_ENDPOINT = """
-INSERT INTO endpoints (endpoint_id, url, source, agent_id, created_at) VALUES (?, ?, ?, ?, ?)
+INSERT INTO endpoints (endpoint_id, url, source, agent_id, created_at, approved)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (endpoint_id) DO UPDATE SET
-    url = excluded.url, source = excluded.source, agent_id = excluded.agent_id
+    url = excluded.url, source = excluded.source, agent_id = excluded.agent_id,
+    approved = excluded.approved
 """
 _DELETE_ENDPOINT = "DELETE FROM endpoints WHERE endpoint_id = ?"
 
@@ -154,9 +176,15 @@ def open_database(
     raises ``sqlite3.OperationalError`` rather than being created, and neither the schema
     nor the journal mode is touched (an agentcom database already has both).
 
+    A new database file is created readable and writable by its owner only (0600): it
+    holds every task's description and result. SQLite gives its ``-wal`` and ``-shm``
+    files the same permissions. An existing file keeps the permissions it has.
+
     A statement that finds the database locked by another connection retries for
     ``busy_timeout_s``, then fails with ``sqlite3.OperationalError``.
     """
+    if not existing:
+        _create_private(Path(path))
     target = f"{Path(path).absolute().as_uri()}?mode=rw" if existing else str(path)
     connection = sqlite3.connect(
         target,
@@ -169,8 +197,27 @@ def open_database(
     if not existing:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SCHEMA)
+        _add_missing_columns(connection)
     connection.execute("PRAGMA synchronous=FULL")
     return connection
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (any umask notwithstanding)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # sqlite3.connect reports what is wrong with the path, as it always did
+    os.close(descriptor)
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to the schema above."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(endpoints)")}
+    if "approved" not in columns:
+        connection.execute("ALTER TABLE endpoints ADD COLUMN approved INTEGER NOT NULL DEFAULT 0")
 
 
 def _task_row(task: Task) -> tuple[Any, ...]:
@@ -232,9 +279,16 @@ class SqliteStore:
         self._staged["task", task.task_id] = (_UPSERT_TASK, _task_row(task))
         self._unwritten[task.task_id] = task
 
-    def stage_endpoint(self, endpoint_id: str, url: str, source: str, agent_id: str | None) -> None:
-        """Queue a registered endpoint for the next commit."""
-        row = (endpoint_id, url, source, agent_id, time.time_ns() // 1_000_000)
+    def stage_endpoint(
+        self,
+        endpoint_id: str,
+        url: str,
+        source: str,
+        agent_id: str | None,
+        approved: bool = False,
+    ) -> None:
+        """Queue a registered (or approved) endpoint for the next commit."""
+        row = (endpoint_id, url, source, agent_id, time.time_ns() // 1_000_000, int(approved))
         self._staged["endpoint", endpoint_id] = (_UPSERT_ENDPOINT, row)
 
     def stage_endpoint_removal(self, endpoint_id: str) -> None:
@@ -289,22 +343,38 @@ class SqliteStore:
         return [tuple(row) for row in rows]
 
     def load_channels(
-        self,
+        self, history_bytes: int | None = None
     ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
-        """Channels, subscriptions and stored history, oldest message first."""
+        """Channels, subscriptions and stored history, oldest message first.
+
+        With ``history_bytes``, only each channel's newest messages whose stored bodies
+        add up to at most that many characters are read (at least the newest one), so a
+        start never holds more history than the hub will keep.
+        """
         channels = self._reader.execute(
             "SELECT name, description, created_at, seq FROM channels ORDER BY name"
         ).fetchall()
         subscriptions = self._reader.execute(
             "SELECT channel, agent_id FROM channel_subscriptions"
         ).fetchall()
-        messages = self._reader.execute(
-            "SELECT body FROM channel_messages ORDER BY channel, seq"
-        ).fetchall()
+        kept: dict[str, list[str]] = {}
+        budget: dict[str, int] = {}
+        cursor = self._reader.execute(
+            "SELECT channel, body FROM channel_messages ORDER BY channel, seq DESC"
+        )
+        for channel, body in cursor:  # newest first, one row at a time
+            left = budget.get(channel, history_bytes if history_bytes is not None else -1)
+            bodies = kept.setdefault(channel, [])
+            if history_bytes is not None and bodies and left < len(body):
+                budget[channel] = 0
+                continue
+            bodies.append(body)
+            budget[channel] = left - len(body)
+        messages = [json.loads(body) for bodies in kept.values() for body in reversed(bodies)]
         return (
             [tuple(row) for row in channels],
             [tuple(row) for row in subscriptions],
-            [json.loads(body) for (body,) in messages],
+            messages,
         )
 
     async def commit(self) -> None:
@@ -529,17 +599,18 @@ class SqliteStore:
         counts.update(dict(rows))
         return counts
 
-    def load_endpoints(self) -> list[tuple[str, str, str, str | None]]:
-        """Registered endpoints as ``(endpoint_id, url, source, agent_id)``."""
+    def load_endpoints(self) -> list[EndpointRow]:
+        """Registered endpoints as ``(endpoint_id, url, source, agent_id, approved)``."""
         rows = self._reader.execute(
-            "SELECT endpoint_id, url, source, agent_id FROM endpoints ORDER BY created_at"
+            "SELECT endpoint_id, url, source, agent_id, approved FROM endpoints ORDER BY created_at"
         ).fetchall()
-        return [tuple(row) for row in rows]
+        return [(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
 
-    def has_token(self, agent_id: str) -> bool:
-        """Whether ``agent_id`` holds a token (is a real agent)."""
+    def has_token(self, agent_id: str, role: str | None = None) -> bool:
+        """Whether ``agent_id`` holds a token (of ``role``, when given)."""
         row = self._reader.execute(
-            "SELECT 1 FROM tokens WHERE agent_id = ?", (agent_id,)
+            "SELECT 1 FROM tokens WHERE agent_id = ? AND (? IS NULL OR role = ?)",
+            (agent_id, role, role),
         ).fetchone()
         return row is not None
 
@@ -550,6 +621,19 @@ class SqliteStore:
             (token_hash,),
         ).fetchone()
         return TokenRecord(*row) if row else None
+
+    def last_revocation(self) -> int:
+        """The sequence number of the latest token revocation (0: none yet)."""
+        row = self._reader.execute("SELECT MAX(seq) FROM token_revocations").fetchone()
+        return int(row[0] or 0)
+
+    def revocations_since(self, seq: int) -> list[tuple[int, str, str]]:
+        """Token revocations after ``seq``, oldest first, as ``(seq, agent_id, token_hash)``."""
+        rows = self._reader.execute(
+            "SELECT seq, agent_id, token_hash FROM token_revocations WHERE seq > ? ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        return [(int(row[0]), str(row[1]), str(row[2])) for row in rows]
 
     def close(self) -> None:
         """Wait for the writer, then release both connections."""
