@@ -1370,3 +1370,41 @@ async def test_a_status_filter_says_how_many_of_the_hubs_tasks_it_shows(
     # then the table says it shows part of what the counter counts
     await expect(page.locator("#task-rows tr[data-task-id]")).to_have_count(200)
     await expect(page.locator("#tasks-summary")).to_have_text("showing 200 of 210")
+
+
+async def test_an_admin_approves_a_sidecars_endpoint_for_every_agent(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_agent: AgentMaker,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    # given a sidecar that reported its own Ollama, and an admin's and a viewer's pages
+    ollama.serve(models=MODELS)
+    await make_agent("gpu-box", ollama_url=ollama.url)
+    page = await open_dashboard(make_token("ops", "admin"))
+    viewer = await open_dashboard(make_token("watcher", "viewer"))
+    card = page.get_by_role("article", name="Endpoint gpu-box-local")
+    watched = viewer.get_by_role("article", name="Endpoint gpu-box-local")
+
+    # then both say it serves its own agent only, and only the admin may approve it
+    await expect(card).to_contain_text("sidecar gpu-box (its own tasks only)")
+    await expect(watched).to_contain_text("sidecar gpu-box (its own tasks only)")
+    await expect(viewer.get_by_role("button", name=re.compile("^Approve"))).to_have_count(0)
+
+    # when the admin presses Approve, it only asks for confirmation
+    await card.get_by_role("button", name="Approve endpoint gpu-box-local").click()
+    confirm = card.get_by_role("button", name="Confirm: Approve endpoint gpu-box-local")
+    await expect(confirm).to_be_visible()
+    assert [e["approved"] for e in await operator.request("endpoints_list")] == [False]
+
+    # and when they confirm, the hub has approved it, and both pages say so
+    await confirm.click()
+    await expect(page.locator("#action-status")).to_have_text(
+        "Endpoint gpu-box-local approved: it serves every agent."
+    )
+    await expect(card).to_contain_text("sidecar gpu-box (approved for every agent)")
+    await expect(watched).to_contain_text("sidecar gpu-box (approved for every agent)")
+    await expect(card.get_by_role("button", name=re.compile("^Approve"))).to_have_count(0)
+    assert [e["approved"] for e in await operator.request("endpoints_list")] == [True]

@@ -69,7 +69,7 @@ class Dashboard {
         throw new Error(ERROR_MESSAGES[error.code] || error.message);
       }),
       endpointAction: (action, endpointId) => this.act(
-        action.request, { endpoint_id: endpointId }, action.done(endpointId),
+        action.request, action.fields(endpointId), action.done(endpointId),
         (endpoint) => this.state.mergeEndpoint(endpointId, action.removes ? null : endpoint),
       ),
       addEndpoint: (fields) => this.operator.request("endpoint_add", fields).then((endpoint) => {

@@ -7,9 +7,10 @@ import { actionButton, confirmingButton } from "./tasks.js";
 
 /**
  * What an admin can do to one endpoint, in button order. Each entry is one request on
- * /ws/operator carrying the endpoint's id; a new action is one more entry.
+ * /ws/operator naming the endpoint; a new action is one more entry.
  *
  * - `label`: the button's text; `request`: the operator request type;
+ * - `fields(endpointId)`: the request's fields;
  * - `confirm`: the text of a confirming second click (omitted: acts on the first click);
  * - `offered(endpoint)`: whether the action applies to this endpoint;
  * - `removes`: the endpoint is gone afterwards (otherwise the hub's reply is the endpoint
@@ -18,8 +19,18 @@ import { actionButton, confirmingButton } from "./tasks.js";
  */
 export const ENDPOINT_ACTIONS = [
   {
+    label: "Approve",
+    request: "endpoint_approve",
+    fields: (endpointId) => ({ endpoint: endpointId }),
+    confirm: "Confirm",
+    offered: (endpoint) => endpoint.source === "agent" && !endpoint.approved,
+    removes: false,
+    done: (endpointId) => `Endpoint ${endpointId} approved: it serves every agent.`,
+  },
+  {
     label: "Remove",
     request: "endpoint_remove",
+    fields: (endpointId) => ({ endpoint_id: endpointId }),
     confirm: "Confirm",
     offered: () => true,
     removes: true,
@@ -88,7 +99,8 @@ export class EndpointCards {
     setText(fields.health, state);
     setText(fields.url, endpoint.url);
     setText(fields.source, endpoint.source === "agent" && endpoint.agent_id
-      ? `sidecar ${endpoint.agent_id}` : "added by an operator");
+      ? `sidecar ${endpoint.agent_id} (${endpoint.approved ? "approved for every agent" : "its own tasks only"})`
+      : "added by an operator");
     this.drawModels(fields.models, endpoint);
     setText(fields.load, this.load(endpoint));
     setText(fields.checked, endpoint.last_checked ? ago(endpoint.last_checked, now) : "never");

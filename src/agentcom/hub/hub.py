@@ -393,9 +393,10 @@ class Hub:
             endpoint.endpoint_id, endpoint.url, endpoint.source, endpoint.agent_id,
             endpoint.approved,
         )  # fmt: skip
+        self._endpoint_event("endpoint_approved", endpoint)
         if endpoint.viable and self.queue.release_held(None):
             self.schedule()
-        return endpoint.snapshot()
+        return self.endpoint_view(endpoint)
 
     def remove_endpoint(self, endpoint_id: str) -> dict[str, Any]:
         """Forget an endpoint."""

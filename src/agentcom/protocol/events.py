@@ -107,8 +107,8 @@ class EndpointEvent(_Event):
 
     type: Literal["endpoint_event"]
     event: Literal[
-        "endpoint_added", "endpoint_removed", "endpoint_healthy", "endpoint_unhealthy",
-        "endpoint_updated",
+        "endpoint_added", "endpoint_removed", "endpoint_approved", "endpoint_healthy",
+        "endpoint_unhealthy", "endpoint_updated",
     ]  # fmt: skip
     endpoint_id: str
     timestamp: int
