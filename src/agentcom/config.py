@@ -155,10 +155,59 @@ class Settings(BaseSettings):
     request_rate: float = Field(20.0, gt=0, description="Other frames/s per agent.")
     request_burst: int = Field(100, ge=1, description="Other frames burst per agent.")
     max_connections_per_address: int = Field(
-        1024,
+        256,
         ge=1,
-        description="Connections one IP address may hold, unfinished handshakes included "
+        description="Connections one IP address may hold, counted from TCP accept "
         "(beyond: HTTP 429).",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="TCP connections the hub holds at once, counted from accept; the "
+        "open-file limit less reserved_descriptors lowers it (beyond: closed at accept).",
+    )
+    reserved_descriptors: int = Field(
+        64,
+        ge=8,
+        description="File descriptors kept free of connections for the database, logs, "
+        "health checks and Ollama probes.",
+    )
+    max_unauthenticated_connections: int = Field(
+        512,
+        ge=1,
+        description="Connections that have not yet identified, subscribed or "
+        "authenticated, HTTP requests included (beyond: closed at accept).",
+    )
+    max_unauthenticated_frame_bytes: int = Field(
+        4096,
+        ge=512,
+        description="Largest inbound frame before the connection has identified, "
+        "subscribed or authenticated (beyond: closed with 1009).",
+    )
+    accept_error_log_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Failed TCP accepts (out of file descriptors) are logged once per "
+        "interval, with their count.",
+    )
+    max_reply_buffer_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=65536,
+        description="Replies written to one operator, dashboard or HTTP client but not "
+        "yet read by it; beyond this the client is cut off.",
+    )
+    max_reply_bytes_in_flight: int = Field(
+        64 * 1024 * 1024,
+        ge=65536,
+        description="Replies written but unread across the hub; beyond it the clients "
+        "with the most unread are cut off.",
+    )
+    list_limit_max: int = Field(
+        200,
+        ge=1,
+        le=1000,
+        description="Most tasks one task_list or /api/tasks page holds; a larger limit "
+        "is cut to it and the reply carries a cursor to the next page.",
     )
     allowed_origins: list[str] = Field(
         default_factory=list,

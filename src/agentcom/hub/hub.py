@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentcom import __version__
@@ -40,11 +40,13 @@ from agentcom.protocol.outbound import (
 from agentcom.protocol.task import (
     ExecutionMetadata,
     ReclaimReason,
+    ResultSummary,
     Task,
     TaskHold,
     TaskSubmission,
+    listed_task,
 )
-from agentcom.store.base import ChangeKey, Store, TaskFilter
+from agentcom.store.base import ChangeKey, Store, TaskFilter, TaskPage
 
 __all__ = ["TASK_ID_PREFIX_MIN", "THROUGHPUT_WINDOW_S", "Hub", "Outbox"]
 
@@ -183,6 +185,10 @@ class Hub:
             for waiter in self._waiters.pop(task.task_id, ()):
                 if not waiter.done():
                     waiter.set_result(task)
+
+    def waiter_count(self) -> int:
+        """Operators' ``task_wait`` requests waiting now."""
+        return sum(len(waiters) for waiters in self._waiters.values())
 
     def wait_until_finished(self, task_id: str) -> asyncio.Future[Task]:
         """A future resolved with the task once it is completed, dead letter or cancelled."""
@@ -786,9 +792,12 @@ class Hub:
         self.schedule()
         return task
 
-    def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
-        """Tasks by filter, from the store (the caller commits first)."""
-        return self.store.list_tasks(task_filter)
+    def list_tasks(self, task_filter: TaskFilter) -> TaskPage:
+        """A page of tasks by filter, from the store (the caller commits first); the
+        limit is cut to ``list_limit_max``."""
+        if task_filter.limit > self.settings.list_limit_max:
+            task_filter = replace(task_filter, limit=self.settings.list_limit_max)
+        return self.store.list_task_page(task_filter)
 
     def agents_snapshot(self) -> list[dict[str, Any]]:
         """Every known agent with its state."""
@@ -828,10 +837,7 @@ class Hub:
                 "by_status": stats["by_status"],
                 "queued_by_priority": stats["queued_by_priority"],
             },
-            "recent_tasks": [
-                task.model_dump(mode="json")
-                for task in self.store.list_tasks(TaskFilter(limit=recent))
-            ],
+            "recent_tasks": self.store.list_task_page(TaskFilter(limit=recent)).tasks,
             "costs": {
                 "totals": stats["totals"],
                 "by_model": stats["by_model"],
@@ -839,7 +845,7 @@ class Hub:
             },
             # Held tasks may be older than every recent one; their progress lives in memory.
             "active_tasks": [
-                self.described(task).model_dump(mode="json")
+                listed_task(self.described(task), ResultSummary.of(task.result))
                 for task in self.queue.tasks.values()
                 if task.status in ACTIVE
             ],
@@ -882,7 +888,8 @@ class Hub:
             self.presence.refresh(agent)
 
     def forget_waiter(self, task_id: str, waiter: asyncio.Future[Task]) -> None:
-        """Drop a waiter that gave up (its request timed out)."""
+        """Drop a waiter that is done or gave up (its request timed out, or its connection
+        went); one already resolved is gone already."""
         waiters = self._waiters.get(task_id)
         if waiters is not None and waiter in waiters:
             waiters.remove(waiter)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
 from agentcom.protocol.common import Inbound, Outbound, Priority, TaskId, TaskStatus
-from agentcom.protocol.task import TaskSubmission
+from agentcom.protocol.task import TASK_CURSOR_PATTERN, TaskSubmission
 
 __all__ = [
     "DASHBOARD_FRAME",
@@ -79,9 +79,10 @@ class TaskGet(_Request):
 
 
 class TaskList(_Request):
-    """Tasks, most recently updated first: in any of ``status`` (one or a list), of
-    ``priority``, held by ``agent``, needing ``capability``, updated in the last
-    ``since_s`` seconds."""
+    """A page of tasks, most recently updated first, without their results: in any of
+    ``status`` (one or a list), of ``priority``, held by ``agent``, needing
+    ``capability``, updated in the last ``since_s`` seconds. The reply's ``next_cursor``,
+    sent back as ``cursor``, asks for the next page."""
 
     type: Literal["task_list"]
     status: TaskStatus | Annotated[list[TaskStatus], Field(min_length=1, max_length=6)] | None = (
@@ -92,6 +93,7 @@ class TaskList(_Request):
     capability: Annotated[str, Field(max_length=256)] | None = None
     since_s: Annotated[float, Field(gt=0, le=10 * 365 * 86_400)] | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: Annotated[str, Field(pattern=TASK_CURSOR_PATTERN)] | None = None
 
 
 class TaskCancel(_Request):
@@ -262,6 +264,15 @@ class OperatorResult(Outbound):
     type: Literal["result"] = "result"
     request_id: str
     data: Any
+    next_cursor: str | None = None
+    """For a page of a list: the ``cursor`` of the next page (absent on the last)."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent_cursor(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("next_cursor") is None:
+            data.pop("next_cursor", None)
+        return data
 
 
 class OperatorError(Outbound):

@@ -10,12 +10,19 @@ from agentcom.protocol.common import JsonObject, Priority, RequestedTier, TaskSt
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 
 __all__ = [
+    "LISTED_WITHOUT",
+    "RESULT_PREVIEW_CHARS",
+    "TASK_CURSOR_PATTERN",
     "ExecutionMetadata",
     "HistoryEntry",
     "ReclaimReason",
+    "ResultSummary",
     "Task",
     "TaskHold",
     "TaskSubmission",
+    "listed_task",
+    "parse_task_cursor",
+    "task_cursor",
 ]
 
 
@@ -123,3 +130,53 @@ class Task(BaseModel):
     history: list[HistoryEntry] = []
     created_at: int
     updated_at: int
+
+
+LISTED_WITHOUT = frozenset({"result", "verification_report"})
+"""Fields a task list leaves out: a sidecar may make each as large as a frame."""
+
+RESULT_PREVIEW_CHARS = 200
+"""Characters of a result's ``output`` a task list repeats."""
+
+TASK_CURSOR_PATTERN = r"^[0-9]{1,16}\.[0-9]{1,19}$"
+"""A page cursor: where the previous page of a task list ended."""
+
+
+class ResultSummary(BaseModel):
+    """What a task list says of a result: ``task_get`` returns it whole."""
+
+    status: str | None = None
+    output_preview: str | None = None
+    output_chars: int | None = None
+
+    @classmethod
+    def of(cls, result: dict[str, Any] | None) -> ResultSummary | None:
+        """The summary of a result held in memory (None for none)."""
+        if result is None:
+            return None
+        status, output = result.get("status"), result.get("output")
+        if not isinstance(output, str):
+            return cls(status=status if isinstance(status, str) else None)
+        return cls(
+            status=status if isinstance(status, str) else None,
+            output_preview=output[:RESULT_PREVIEW_CHARS],
+            output_chars=len(output),
+        )
+
+
+def listed_task(task: Task, summary: ResultSummary | None) -> dict[str, Any]:
+    """A task as lists carry it: without :data:`LISTED_WITHOUT`, with ``result_summary``."""
+    listed = task.model_dump(mode="json", exclude=set(LISTED_WITHOUT))
+    listed["result_summary"] = summary.model_dump(mode="json") if summary is not None else None
+    return listed
+
+
+def task_cursor(updated_at: int, position: int) -> str:
+    """The cursor of the page that follows a task updated at ``updated_at``."""
+    return f"{updated_at}.{position}"
+
+
+def parse_task_cursor(cursor: str) -> tuple[int, int]:
+    """``(updated_at, position)`` of a cursor matching :data:`TASK_CURSOR_PATTERN`."""
+    updated_at, _, position = cursor.partition(".")
+    return int(updated_at), int(position)

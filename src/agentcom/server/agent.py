@@ -225,6 +225,7 @@ class AgentSession:
             return
         self.agent_id = frame.agent_id
         self._token_key = server.revocations.track(frame.token, self.connection)
+        server.guard.authenticated(self.connection)
         # ``identified`` goes first: once the agent is present, any other connection's
         # settle may push to it (agent_joined, task_assign) while this one still waits
         # for its commit, and a client takes any other first reply for a refusal.

@@ -28,6 +28,8 @@ from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
+from agentcom.server.output import ReplyBudget
+from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_open_file_limit
 from agentcom.server.revocation import RevocationWatch
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
@@ -75,9 +77,16 @@ class HubServer:
             self.clock,
             settings.max_connections_per_address,
             settings.allowed_origins,
+            max_connections=settings.max_connections,
+            max_unauthenticated_connections=settings.max_unauthenticated_connections,
+            max_frame_bytes=settings.max_frame_bytes,
             auth_failures_before_delay=settings.auth_failures_before_delay,
             tls=settings.certfile is not None,
         )
+        self.replies = ReplyBudget(
+            settings.max_reply_buffer_bytes, settings.max_reply_bytes_in_flight
+        )
+        self.accept_failures = AcceptFailureLog(self.clock, settings.accept_error_log_interval_s)
         self.agent_connections: dict[str, ServerConnection] = {}
         self.frames_received = 0
         self._run_sweeps = run_sweeps
@@ -144,15 +153,20 @@ class HubServer:
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "hub stopping\n")
             return await http.process_request(connection, request)
 
+        self._limit_connections_to_descriptors()
+        sock = listening_socket(
+            self.settings.host, self.settings.port, self.guard.accept, self.guard.release
+        )
+        self.accept_failures.install(asyncio.get_running_loop())
         self._server = await serve(
             self._route_connection,
-            self.settings.host,
-            self.settings.port,
+            sock=sock,
             process_request=process_request,
             create_connection=self.guard.connection_class(),
             ssl=self._tls_context(),
             open_timeout=self.settings.handshake_timeout_s,
-            max_size=self.settings.max_frame_bytes,
+            # Raised to max_frame_bytes once the connection authenticates (Guard).
+            max_size=self.settings.max_unauthenticated_frame_bytes,
             compression="deflate" if self.settings.compression else None,
             ping_interval=self.settings.keepalive_interval_s or None,
             ping_timeout=self.settings.keepalive_timeout_s or None,
@@ -206,11 +220,26 @@ class HubServer:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+        self.accept_failures.uninstall()
         await self.prober.stop()
         if self._database_open:
             self.store.close()
         if self._lock is not None:
             self._lock.release()
+
+    def _limit_connections_to_descriptors(self) -> None:
+        """Raise the open-file limit where allowed, and keep the connection cap below it
+        with ``reserved_descriptors`` to spare: a hub out of descriptors cannot accept
+        anyone, nor open its database."""
+        open_files = raise_open_file_limit()
+        room = max(1, open_files - self.settings.reserved_descriptors)
+        self.guard.max_connections = min(self.settings.max_connections, room)
+        logger.info(
+            "open-file limit %d: at most %d connections (%d unauthenticated, %d per address)",
+            open_files, self.guard.max_connections,
+            self.settings.max_unauthenticated_connections,
+            self.settings.max_connections_per_address,
+        )  # fmt: skip
 
     @property
     def tls(self) -> bool:
@@ -257,6 +286,7 @@ class HubServer:
             await self._server.wait_closed()
         if not self._database_open:  # never started: nothing to flush
             return
+        self.accept_failures.uninstall()
         self.hub.stage_recent_activity()
         try:
             await self.store.commit()
@@ -359,6 +389,15 @@ class HubServer:
         """Send one frame; a connection that closed meanwhile is ignored."""
         with contextlib.suppress(ConnectionClosed):
             await connection.send(frame.model_dump_json(by_alias=True))
+
+    async def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
+        """Send a reply to an operator or dashboard within :attr:`replies`: a client that
+        leaves too much unread is cut off instead (``who`` names it in the log)."""
+        text = frame.model_dump_json(by_alias=True)
+        if not self.replies.admit(connection.transport, len(text), who):
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(text)
 
     # --- sweep ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +19,8 @@ from agentcom.errors import HubError
 from agentcom.hub.auth import Role
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
+from agentcom.protocol.task import TASK_CURSOR_PATTERN, parse_task_cursor
+from agentcom.server.inbound import peer
 from agentcom.store.base import TaskFilter
 
 if TYPE_CHECKING:
@@ -66,6 +69,7 @@ DASHBOARD_FILES = {
     },
 }  # fmt: skip
 _HSTS = "max-age=31536000"
+_CURSOR = re.compile(TASK_CURSOR_PATTERN)
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
@@ -134,7 +138,11 @@ class HttpRoutes:
             if not self._authorized(request):
                 await self.server.guard.slow_down_after_failure(connection)
                 return _json(401, {"error": "unauthorized"})
-            return await self.api(path, parse_qs(parts.query))
+            response = await self.api(path, parse_qs(parts.query))
+            self.server.replies.admit(
+                connection.transport, len(response.body), f"HTTP client {peer(connection)}"
+            )  # when it cuts the client off, the response goes nowhere
+            return response
         return _json(404, {"error": "not_found"})
 
     def _authorized(self, request: Request) -> bool:
@@ -186,6 +194,20 @@ class HttpRoutes:
             f"agentcom_store_failing {int(server.store_failing)}",
             "# TYPE agentcom_subscribers gauge",
             f"agentcom_subscribers {server.pubsub.subscriber_count()}",
+            "# TYPE agentcom_connections_open gauge",
+            f"agentcom_connections_open {server.guard.open_connections()}",
+            "# TYPE agentcom_connections_unauthenticated gauge",
+            f"agentcom_connections_unauthenticated {server.guard.unauthenticated_connections()}",
+            "# TYPE agentcom_connections_refused_total counter",
+            f"agentcom_connections_refused_total {server.guard.refused_at_accept}",
+            "# TYPE agentcom_accept_failures_total counter",
+            f"agentcom_accept_failures_total {server.accept_failures.failures}",
+            "# TYPE agentcom_reply_bytes_unread gauge",
+            f"agentcom_reply_bytes_unread {server.replies.in_flight()}",
+            "# TYPE agentcom_clients_cut_off_total counter",
+            f"agentcom_clients_cut_off_total {server.replies.cut_off}",
+            "# TYPE agentcom_task_waiters gauge",
+            f"agentcom_task_waiters {hub.waiter_count()}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -193,15 +215,18 @@ class HttpRoutes:
         """The ``/api/*`` routes."""
         hub = self.server.hub
         await self.server.store.commit()
-        if path == "/api/tasks":
+        if path in ("/api/tasks", "/api/tasks/dead-letter"):
             try:
                 task_filter = _task_filter(query, self.server.clock.now_ms())
             except ValueError as exc:
                 return _json(400, {"error": "bad_request", "message": str(exc)})
-            return _json(200, [t.model_dump(mode="json") for t in hub.list_tasks(task_filter)])
-        if path == "/api/tasks/dead-letter":
-            dead = hub.list_tasks(TaskFilter(status=TaskStatus.dead_letter.value, limit=1000))
-            return _json(200, [task.model_dump(mode="json") for task in dead])
+            if path == "/api/tasks/dead-letter":
+                task_filter = replace(task_filter, status=TaskStatus.dead_letter.value)
+            page = hub.list_tasks(task_filter)
+            response = _json(200, page.tasks)
+            if page.next_cursor is not None:
+                response.headers["X-Next-Cursor"] = page.next_cursor
+            return response
         if path == "/api/tasks/stats":
             return _json(200, hub.stats())
         if path.startswith("/api/tasks/"):
@@ -226,7 +251,7 @@ def _task_filter(query: dict[str, list[str]], now_ms: int) -> TaskFilter:
         values = query.get(name)
         return values[-1] if values else None
 
-    status, priority, limit = one("status"), one("priority"), one("limit")
+    status, priority, limit, cursor = one("status"), one("priority"), one("limit"), one("cursor")
     statuses = None
     if status is not None:  # one status or several, comma-separated
         statuses = tuple(TaskStatus(name).value for name in status.split(","))
@@ -242,5 +267,8 @@ def _task_filter(query: dict[str, list[str]], now_ms: int) -> TaskFilter:
         if not 0 < seconds < math.inf:
             raise ValueError("since_s must be a positive number of seconds")
         updated_since = now_ms - int(seconds * 1000)
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
+        raise ValueError("cursor must be a next_cursor the hub gave")
     return TaskFilter(status=statuses, priority=priority, agent=one("agent"), limit=count,
-                      updated_since=updated_since, capability=one("capability"))  # fmt: skip
+                      updated_since=updated_since, capability=one("capability"),
+                      after=parse_task_cursor(cursor) if cursor is not None else None)  # fmt: skip

@@ -15,8 +15,9 @@ from agentcom.hub.auth import Role
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
+from agentcom.protocol.task import parse_task_cursor
 from agentcom.server.inbound import peer, text_of
-from agentcom.store.base import TaskFilter
+from agentcom.store.base import TaskFilter, TaskPage
 
 if TYPE_CHECKING:
     from agentcom.server.app import HubServer
@@ -82,11 +83,13 @@ class DashboardSession:
             return
         who = f"{identity[0]} ({identity[1].value})"
         logger.info("dashboard %s subscribed from %s", who, peer(self.connection))
+        server.guard.authenticated(self.connection)
         subscription = server.pubsub.subscribe(frame.topics)
         token_key = server.revocations.track(frame.token, self.connection)
         try:
             await server.store.commit()
-            await server.send(self.connection, ops.Snapshot(**server.hub.snapshot()))
+            snapshot = ops.Snapshot(**server.hub.snapshot())
+            await server.send_reply(self.connection, snapshot, f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
             try:
                 await self._stream(subscription, reader)
@@ -182,7 +185,7 @@ class OperatorSession:
             logger.info("operator %s disconnected", self.who)
 
     async def _send(self, frame: Any) -> None:
-        await self.server.send(self.connection, frame)
+        await self.server.send_reply(self.connection, frame, f"operator {self.who}")
 
     async def _authenticate(self, raw: str | bytes) -> bool:
         try:
@@ -207,6 +210,7 @@ class OperatorSession:
         self.role = identity[1]
         self._token_key = self.server.revocations.track(frame.token, self.connection)
         self.who = f"{identity[0]} ({identity[1].value})"
+        self.server.guard.authenticated(self.connection)
         logger.info("operator %s connected from %s", self.who, peer(self.connection))
         await self._send(ops.AuthOk(agent_id=identity[0], role=identity[1].value))
         return True
@@ -227,6 +231,13 @@ class OperatorSession:
             await self._send(
                 ops.OperatorError(
                     request_id=request.request_id, error=error.code, message=error.message
+                )
+            )
+            return
+        if isinstance(data, TaskPage):
+            await self._send(
+                ops.OperatorResult(
+                    request_id=request.request_id, data=data.tasks, next_cursor=data.next_cursor
                 )
             )
             return
@@ -287,17 +298,17 @@ class OperatorSession:
             try:
                 task = await asyncio.wait_for(asyncio.shield(waiter), request.timeout_s)
             except TimeoutError:
-                hub.forget_waiter(request.task_id, waiter)
                 raise HubError(
                     "timeout", "the task did not finish in time", request.task_id
                 ) from None
+            finally:  # timed out, or cancelled because its connection went
+                hub.forget_waiter(request.task_id, waiter)
             return task.model_dump(mode="json")
         if isinstance(request, ops.TaskRoute):
             return hub.route_preview(request.task)
         if isinstance(request, ops.TaskList):
             await self.server.store.commit()
-            task_filter = _task_filter(request, hub.clock.now_ms())
-            return [task.model_dump(mode="json") for task in hub.list_tasks(task_filter)]
+            return hub.list_tasks(_task_filter(request, hub.clock.now_ms()))
         if isinstance(request, ops.AgentsList):
             return hub.agents_snapshot()
         if isinstance(request, ops.Stats):
@@ -322,6 +333,7 @@ def _task_filter(request: ops.TaskList, now_ms: int) -> TaskFilter:
         limit=request.limit,
         updated_since=None if request.since_s is None else now_ms - int(request.since_s * 1000),
         capability=request.capability,
+        after=parse_task_cursor(request.cursor) if request.cursor else None,
     )
 
 

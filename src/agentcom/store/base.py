@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from agentcom.protocol.task import Task
 
-__all__ = ["ChangeKey", "EndpointRow", "Store", "TaskFilter", "TokenRecord"]
+__all__ = ["ChangeKey", "EndpointRow", "Store", "TaskFilter", "TaskPage", "TokenRecord"]
 
 ChangeKey = tuple[str, str]
 """What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
@@ -34,7 +34,8 @@ class TaskFilter:
     """Filters for listing tasks; ``None`` means any.
 
     ``status`` is one status or several (any of them); ``updated_since`` keeps tasks
-    updated at or after that time (ms); ``capability`` keeps tasks that need it.
+    updated at or after that time (ms); ``capability`` keeps tasks that need it; ``after``
+    continues a list after that ``(updated_at, position)`` (a parsed page cursor).
     """
 
     status: str | tuple[str, ...] | None = None
@@ -43,6 +44,18 @@ class TaskFilter:
     limit: int = 100
     updated_since: int | None = None
     capability: str | None = None
+    after: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of a task list."""
+
+    tasks: list[dict[str, Any]]
+    """Tasks as lists carry them (``protocol.task.listed_task``), most recently updated
+    first."""
+    next_cursor: str | None
+    """Where the next page starts; None on the last page."""
 
 
 class Store(Protocol):
@@ -117,8 +130,9 @@ class Store(Protocol):
         """Up to ``limit`` task ids that start with ``prefix``, in order (an index range
         read, never a scan)."""
 
-    def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
-        """Tasks matching the filter, newest first."""
+    def list_task_page(self, task_filter: TaskFilter) -> TaskPage:
+        """A page of the tasks matching the filter, most recently updated first, without
+        their results (a summary instead), read without loading any result whole."""
 
     def task_stats(self) -> dict[str, Any]:
         """Counts by status and priority, and execution totals per model and agent."""

@@ -26,12 +26,33 @@ from pathlib import Path
 from typing import Any
 
 from agentcom.errors import StoreError
-from agentcom.protocol.task import Task
-from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TokenRecord
+from agentcom.protocol.task import (
+    RESULT_PREVIEW_CHARS,
+    ResultSummary,
+    Task,
+    listed_task,
+    task_cursor,
+)
+from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TaskPage, TokenRecord
 
 __all__ = ["SqliteStore", "open_database"]
 
 logger = logging.getLogger(__name__)
+
+# A page of tasks: each body without its result and verification report, and what a
+# list says of the result instead (protocol.task.ResultSummary), then the page position.
+_LIST_QUERY = f"""
+SELECT json_remove(body, '$.result', '$.verification_report'),
+       json_type(body, '$.result') = 'object',
+       CASE json_type(body, '$.result.status') WHEN 'text'
+            THEN json_extract(body, '$.result.status') END,
+       CASE json_type(body, '$.result.output') WHEN 'text'
+            THEN substr(json_extract(body, '$.result.output'), 1, {RESULT_PREVIEW_CHARS}) END,
+       CASE json_type(body, '$.result.output') WHEN 'text'
+            THEN length(json_extract(body, '$.result.output')) END,
+       updated_at, rowid
+FROM tasks {{where}} ORDER BY updated_at DESC, rowid DESC LIMIT ?
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -518,8 +539,13 @@ class SqliteStore:
         found.update(task_id for task_id in self._unwritten if task_id.startswith(prefix))
         return sorted(found)[:limit]
 
-    def list_tasks(self, task_filter: TaskFilter) -> list[Task]:
-        """Tasks matching the filter, most recently updated first."""
+    def list_task_page(self, task_filter: TaskFilter) -> TaskPage:
+        """A page of the tasks matching the filter, most recently updated first.
+
+        SQLite drops the result and verification report from each body and extracts the
+        result's summary, so a page of tasks with large results costs the hub no more
+        memory than a page of small ones.
+        """
         clauses: list[str] = []
         params: list[Any] = []
         statuses = task_filter.status
@@ -544,10 +570,23 @@ class SqliteStore:
                 "EXISTS (SELECT 1 FROM json_each(body, '$.needed_capabilities') WHERE value = ?)"
             )
             params.append(task_filter.capability)
+        if task_filter.after is not None:
+            updated_at, position = task_filter.after
+            clauses.append("(updated_at < ? OR (updated_at = ? AND rowid < ?))")
+            params += [updated_at, updated_at, position]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT body FROM tasks {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?"
-        rows = self._reader.execute(query, (*params, task_filter.limit)).fetchall()
-        return [Task.model_validate_json(body) for (body,) in rows]
+        rows = self._reader.execute(
+            _LIST_QUERY.format(where=where), (*params, task_filter.limit + 1)
+        ).fetchall()
+        tasks = []
+        for body, has_result, status, preview, chars, _, _ in rows[: task_filter.limit]:
+            summary = None
+            if has_result:
+                summary = ResultSummary(status=status, output_preview=preview, output_chars=chars)
+            tasks.append(listed_task(Task.model_validate_json(body), summary))
+        more = len(rows) > task_filter.limit
+        last = rows[task_filter.limit - 1] if more else None
+        return TaskPage(tasks, task_cursor(last[5], last[6]) if last is not None else None)
 
     def task_stats(self) -> dict[str, Any]:
         """Counts by status and priority, and execution totals per model and per agent."""
