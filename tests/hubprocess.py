@@ -14,6 +14,7 @@ import asyncio
 import os
 import queue
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -153,6 +154,8 @@ class HubProcess:
             the URLs below then say ``wss://`` and ``https://``).
         log_pipe: send the log to a pipe read line by line (:meth:`await_log`) instead of a
             file, for a test that makes the hub's file writes fail.
+        open_files: the hub's ``(soft, hard)`` open-file limit (``ulimit -n``), set in the
+            child before it starts; None keeps the test's own.
     """
 
     def __init__(
@@ -163,9 +166,11 @@ class HubProcess:
         port: int = 0,
         serve_args: Sequence[str] = (),
         log_pipe: bool = False,
+        open_files: tuple[int, int] | None = None,
     ) -> None:
         self.directory = directory
         self.log_pipe = log_pipe
+        self.open_files = open_files
         self.db = db or directory / "hub.db"
         self.requested_port = port
         self.serve_args = list(serve_args)
@@ -222,6 +227,7 @@ class HubProcess:
                 text=True,
                 env=self.env,
                 cwd=self.directory,
+                preexec_fn=self._limit_open_files if self.open_files else None,
             )
         finally:
             if not self.log_pipe:
@@ -236,6 +242,26 @@ class HubProcess:
             self.kill()
             raise RuntimeError(f"the hub did not start: {exc}\n{self.log()}") from None
         return self
+
+    def _limit_open_files(self) -> None:
+        """In the child, before the hub runs: its open-file limit."""
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
+
+    @property
+    def pid(self) -> int:
+        """The hub's process id."""
+        assert self.process is not None
+        return self.process.pid
+
+    def memory(self) -> tuple[int, int]:
+        """The hub's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in bytes."""
+        fields = {}
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                fields[name] = value
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
 
     def _await_port(self, timeout: float) -> int:
         assert self.stdout is not None

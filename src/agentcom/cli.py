@@ -237,7 +237,9 @@ def _check_tls_files(settings: Settings) -> None:
 
 async def _run_hub(settings: Settings) -> int:
     from agentcom.server.app import HubServer
+    from agentcom.server.memory import return_large_blocks_to_the_system
 
+    return_large_blocks_to_the_system()
     try:
         server = HubServer(settings)
         await server.start()

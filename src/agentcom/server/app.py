@@ -390,14 +390,17 @@ class HubServer:
         with contextlib.suppress(ConnectionClosed):
             await connection.send(frame.model_dump_json(by_alias=True))
 
-    async def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
-        """Send a reply to an operator or dashboard within :attr:`replies`: a client that
-        leaves too much unread is cut off instead (``who`` names it in the log)."""
+    def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
+        """Write a reply to an operator or dashboard within :attr:`replies`: a client that
+        leaves too much unread is cut off instead (``who`` names it in the log).
+
+        The reply is written without waiting for the client to read it: a request that
+        waited would keep its reply in memory on top of the copy in the write buffer, and
+        the budget, not the wait, is what bounds a client that does not read.
+        """
         text = frame.model_dump_json(by_alias=True)
-        if not self.replies.admit(connection.transport, len(text), who):
-            return
-        with contextlib.suppress(ConnectionClosed):
-            await connection.send(text)
+        if self.replies.admit(connection.transport, len(text), who):
+            broadcast([connection], text)
 
     # --- sweep ----------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ class DashboardSession:
         try:
             await server.store.commit()
             snapshot = ops.Snapshot(**server.hub.snapshot())
-            await server.send_reply(self.connection, snapshot, f"dashboard {who}")
+            server.send_reply(self.connection, snapshot, f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
             try:
                 await self._stream(subscription, reader)
@@ -185,7 +185,7 @@ class OperatorSession:
             logger.info("operator %s disconnected", self.who)
 
     async def _send(self, frame: Any) -> None:
-        await self.server.send_reply(self.connection, frame, f"operator {self.who}")
+        self.server.send_reply(self.connection, frame, f"operator {self.who}")
 
     async def _authenticate(self, raw: str | bytes) -> bool:
         try:
