@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ METADATA = {
 }
 """A ``task_complete`` result with every execution metadata field of a local-model run."""
 AgentMaker = Callable[..., Awaitable[AgentClient]]
+
+
+@asynccontextmanager
+async def hub_with(settings: Settings, **changes: Any) -> AsyncIterator[HubServer]:
+    """A hub on its own port with some settings changed (and a manual clock); stopped on
+    exit."""
+    server = HubServer(settings.model_copy(update=changes), clock=ManualClock(), run_sweeps=False)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture

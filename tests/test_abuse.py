@@ -11,18 +11,16 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from conftest import AgentMaker, TokenMaker
+from conftest import AgentMaker, TokenMaker, hub_with
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
-from agentcom.hub.clock import ManualClock
 from agentcom.server.app import HubServer
 
 HANDSHAKE_TIMEOUT_S = 0.5
@@ -48,17 +46,6 @@ def settings(settings: Settings) -> Settings:
             "allowed_origins": [ALLOWED_ORIGIN],
         }
     )
-
-
-@asynccontextmanager
-async def hub_with(settings: Settings, **changes: Any) -> AsyncIterator[HubServer]:
-    """A second hub on its own port with some settings changed; stopped on exit."""
-    server = HubServer(settings.model_copy(update=changes), clock=ManualClock(), run_sweeps=False)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def upgrade_request(

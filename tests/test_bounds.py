@@ -12,21 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
+from conftest import TokenMaker, hub_with
 from hubprocess import HubProcess
 from silentclient import SilentClient, frame_header
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from agentcom.client import AgentClient, OperatorClient
+from agentcom.client import AgentClient, OperatorClient, RequestFailed
+from agentcom.config import Settings
+from agentcom.hub.clock import ManualClock
+from agentcom.server.app import HubServer
+from agentcom.server.sockets import AcceptFailureLog
 
 MIB = 1024 * 1024
 RESULT_CHARS = 1_000_000
 TASKS = 20
 LOG_TIMEOUT_S = 60.0
+EVENT_TIMEOUT_S = 10.0
 
 
 async def complete_tasks_with_large_results(hub: HubProcess, admin: str) -> list[str]:
@@ -226,3 +237,247 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path: Path) -> N
         limits = Path(f"/proc/{hub.pid}/limits").read_text()
         soft, hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()  # type: ignore[union-attr]
         assert (soft, hard) == ("1024", "1024")
+
+
+# --- in-process: lists, frame limits, the unauthenticated cap, waits, accept failures ---
+
+
+async def finish_tasks(
+    operator: OperatorClient, agent: AgentClient, outputs: list[str]
+) -> list[str]:
+    """Submit and complete one task per output; their ids in order."""
+    done = []
+    for output in outputs:
+        task = await operator.submit("some work", complexity_tier="complex")
+        assign = await agent.receive_type("task_assign")
+        await agent.send({"type": "task_complete", "task_id": task["task_id"],
+                          "generation": assign["generation"],
+                          "result": {"status": "success", "output": output}})  # fmt: skip
+        assert (await agent.receive_type("task_ack"))["status"] == "complete"
+        done.append(task["task_id"])
+    return done
+
+
+async def test_task_lists_carry_a_result_summary_and_a_cursor_not_the_result(
+    settings: Settings, make_token: TokenMaker, closing: list[Any]
+) -> None:
+    async with hub_with(settings, list_limit_max=2) as hub:
+        # given three finished tasks with results of 1, 2 and 3 kB
+        agent = AgentClient(f"ws://127.0.0.1:{hub.port}/ws", "worker", make_token("worker"),
+                            heartbeat_s=None)  # fmt: skip
+        await agent.connect()
+        closing.append(agent)
+        operator = OperatorClient(f"http://127.0.0.1:{hub.port}", make_token("ops", "admin"))
+        await operator.connect()
+        closing.append(operator)
+        outputs = [str(size) * (1000 * size) for size in (1, 2, 3)]
+        ids = await finish_tasks(operator, agent, outputs)
+
+        # when an operator asks for more tasks than a page holds
+        first, cursor = await operator.list_tasks(limit=1000)
+
+        # then it gets a page of the cap's size, newest first, with summaries, no results
+        assert [task["task_id"] for task in first] == [ids[2], ids[1]]
+        assert all(not {"result", "verification_report"} & set(task) for task in first)
+        assert first[0]["result_summary"] == {
+            "status": "success", "output_preview": outputs[2][:200], "output_chars": 3000,
+        }  # fmt: skip
+        # and the cursor leads to the rest, the last page saying there is no more
+        second, last = await operator.list_tasks(limit=1000, cursor=cursor)
+        assert [task["task_id"] for task in second] == [ids[0]]
+        assert last is None
+        # and the result itself is there for the one task asked for
+        assert (await operator.get_task(ids[2]))["result"]["output"] == outputs[2]
+
+        # the same over HTTP, the cursor in a header
+        base = f"http://127.0.0.1:{hub.port}/api/tasks"
+        bearer = {"Authorization": f"Bearer {make_token('viewer', 'viewer')}"}
+        async with httpx.AsyncClient(headers=bearer) as http:
+            page = await http.get(base, params={"limit": 1000})
+            assert [task["task_id"] for task in page.json()] == [ids[2], ids[1]]
+            assert "result" not in page.json()[0]
+            rest = await http.get(base, params={"cursor": page.headers["X-Next-Cursor"]})
+            assert [task["task_id"] for task in rest.json()] == [ids[0]]
+            assert "X-Next-Cursor" not in rest.headers
+            assert (await http.get(f"{base}/{ids[0]}")).json()["result"]["output"] == outputs[0]
+
+        # and a dashboard's snapshot lists recent tasks the same way
+        events = operator.watch()
+        snapshot = await anext(events)
+        await events.aclose()
+        assert {task["task_id"] for task in snapshot["recent_tasks"]} == set(ids)
+        assert all("result" not in task for task in snapshot["recent_tasks"])
+
+
+@pytest.mark.parametrize(
+    ("path", "first"),
+    [
+        ("/ws", {"type": "identify", "agent_id": "a", "token": "t"}),
+        ("/ws/operator", {"type": "auth", "token": "t"}),
+        ("/ws/dashboard", {"type": "subscribe", "token": "t"}),
+    ],
+)
+async def test_frames_before_authentication_are_held_to_the_small_limit(
+    settings: Settings, path: str, first: dict[str, Any]
+) -> None:
+    async with hub_with(settings, max_unauthenticated_frame_bytes=4096) as hub:
+        async with connect(f"ws://127.0.0.1:{hub.port}{path}") as connection:
+            # when the first frame is larger than the small limit
+            await connection.send(json.dumps({**first, "padding": "x" * 5000}))
+
+            # then the connection is closed with 1009 (message too big)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), EVENT_TIMEOUT_S)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_authenticated_connections_get_the_normal_frame_limit(
+    settings: Settings, make_token: TokenMaker, closing: list[Any]
+) -> None:
+    async with hub_with(settings, max_unauthenticated_frame_bytes=4096) as hub:
+        # given an agent and an operator that have authenticated
+        agent = AgentClient(f"ws://127.0.0.1:{hub.port}/ws", "agent-1", make_token("agent-1"),
+                            heartbeat_s=None)  # fmt: skip
+        await agent.connect()
+        closing.append(agent)
+        operator = OperatorClient(f"http://127.0.0.1:{hub.port}", make_token("ops", "admin"))
+        await operator.connect()
+        closing.append(operator)
+
+        # when each sends a frame of 50 kB
+        await agent.send({"type": "ping", "padding": "x" * 50_000})
+        stats = await operator.request("stats", padding="x" * 50_000)
+
+        # then both are served
+        assert (await agent.receive_type("pong"))["type"] == "pong"
+        assert "queue_depth" in stats
+
+
+async def test_unauthenticated_connections_beyond_the_cap_are_closed_at_accept(
+    settings: Settings, make_token: TokenMaker, closing: list[Any]
+) -> None:
+    async with hub_with(
+        settings, max_unauthenticated_connections=3, handshake_timeout_s=60, identify_timeout_s=60
+    ) as hub:
+        # given as many silent TCP connections as may be unauthenticated
+        silent = [await asyncio.open_connection("127.0.0.1", hub.port) for _ in range(3)]
+        try:
+            # when one more arrives, it is closed at once without a word
+            reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+            try:
+                async with asyncio.timeout(EVENT_TIMEOUT_S):
+                    with contextlib.suppress(ConnectionError):
+                        assert await reader.read() == b""
+            finally:
+                writer.close()
+
+            # when a silent one goes, an agent gets its place and, once identified, no
+            # longer counts: a further connection gets through
+            silent.pop()[1].close()
+            async with asyncio.timeout(EVENT_TIMEOUT_S):
+                while True:
+                    agent = AgentClient(f"ws://127.0.0.1:{hub.port}/ws", "agent-1",
+                                        make_token("agent-1"), heartbeat_s=None)  # fmt: skip
+                    try:
+                        await agent.connect()
+                        break
+                    except (InvalidHandshake, ConnectionClosed, OSError):
+                        continue  # the hub has not seen the close yet
+            closing.append(agent)
+            async with connect(f"ws://127.0.0.1:{hub.port}/ws"):
+                assert hub.guard.unauthenticated_connections() == 3
+        finally:
+            for _, silent_writer in silent:
+                silent_writer.close()
+    assert hub.guard.refused_at_accept >= 1
+
+
+async def until(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> None:
+    """Return once ``condition()`` holds (checked as the loop turns); TimeoutError after
+    ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_abandoned_task_waits_are_forgotten(
+    hub: HubServer, operator: OperatorClient, http_url: str, make_token: TokenMaker
+) -> None:
+    # given a task that will not finish (no agent) and a second operator waiting for it
+    task = await operator.submit("nobody runs this")
+    waiting = OperatorClient(http_url, make_token("ops-2", "admin"))
+    await waiting.connect()
+    waits = [asyncio.create_task(waiting.wait_task(task["task_id"])) for _ in range(3)]
+    await waiting.request("stats")  # answered after the waits were taken up
+    assert hub.hub.waiter_count() == 3
+
+    # when a wait times out, and the connection of the others goes
+    with pytest.raises(RequestFailed, match="timeout"):
+        await operator.wait_task(task["task_id"], timeout_s=0.01)
+    await waiting.close()
+    await asyncio.gather(*waits, return_exceptions=True)
+
+    # then no wait is left behind
+    await until(lambda: hub.hub.waiter_count() == 0)
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{http_url}/metrics")).text
+    assert "agentcom_task_waiters 0" in metrics
+
+
+async def test_failed_accepts_are_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    failures = AcceptFailureLog(clock, interval_s=60)
+    loop = asyncio.get_running_loop()
+    out_of_files = {"message": "socket.accept() out of system resources",
+                    "exception": OSError(errno.EMFILE, "Too many open files")}  # fmt: skip
+    other: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: other.append(context))
+    failures.install(loop)
+    try:
+        # when accepts fail 100 times within an interval, then once more after it
+        for _ in range(100):
+            loop.call_exception_handler(out_of_files)
+        clock.advance(60_000)
+        loop.call_exception_handler(out_of_files)
+        # and something else goes wrong meanwhile
+        loop.call_exception_handler({"message": "something else"})
+    finally:
+        failures.uninstall()
+        loop.set_exception_handler(None)
+
+    # then two lines were logged, the second counting the failures it stood for
+    lines = [r.getMessage() for r in caplog.records if "cannot accept" in r.getMessage()]
+    assert len(lines) == 2
+    assert "EMFILE" in lines[0] and "99 more" in lines[1]
+    assert failures.failures == 101
+    # and the rest still reached the handler that was there before
+    assert [context["message"] for context in other] == ["something else"]
+
+
+async def test_running_out_of_descriptors_logs_a_line_not_a_traceback_per_accept(
+    tmp_path: Path,
+) -> None:
+    # given a hub with 64 open files and (unwisely) almost none kept in reserve
+    with HubProcess(tmp_path, log_pipe=True, open_files=(64, 64),
+                    env={"AGENTCOM_RESERVED_DESCRIPTORS": "8"}) as hub:  # fmt: skip
+        assert hub.port is not None
+        with closing_all() as flood:
+            # when 80 idle connections arrive, more than it has descriptors for
+            for index in range(80):
+                flood.append(SilentClient(hub.port, source=f"127.0.0.{2 + index % 2}"))
+            # then it says so once
+            await hub.await_log(r"cannot accept connections \(EMFILE")
+        # and once they go, it serves again
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while True:
+                try:
+                    async with httpx.AsyncClient() as http:
+                        health = await http.get(f"{hub.http_url}/health", timeout=2)
+                    break
+                except httpx.TransportError:
+                    continue  # the flood's descriptors are not all closed yet
+        assert health.json()["status"] == "ok"
+    assert "Traceback" not in hub.log()
+    assert hub.log().count("cannot accept connections") == 1

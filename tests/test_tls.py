@@ -6,6 +6,7 @@ command; the clients trust exactly that certificate.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from hubprocess import HubProcess, run_cli_async
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Origin
 
 from agentcom.client import AgentClient, OperatorClient
@@ -225,3 +226,33 @@ async def test_over_tls_pages_send_hsts_and_allow_only_wss(
     assert f"wss://127.0.0.1:{tls_hub.port}" in policy
     assert "ws://" not in policy
     assert health.json()["insecure"] is False
+
+
+async def test_connections_in_their_tls_handshake_count_against_the_per_address_limit(
+    tmp_path: Path, certificate: Certificate
+) -> None:
+    flags = ["--certfile", str(certificate.certfile), "--keyfile", str(certificate.keyfile)]
+    env = {"AGENTCOM_MAX_CONNECTIONS_PER_ADDRESS": "3", "AGENTCOM_HANDSHAKE_TIMEOUT_S": "60"}
+    with HubProcess(tmp_path, serve_args=flags, env=env) as hub:
+        context = certificate.trusting_context()
+        # given an address holding its 3 connections, none of which has said hello
+        silent = [await asyncio.open_connection("127.0.0.1", hub.port) for _ in range(3)]
+        try:
+            # when it completes a TLS and WebSocket handshake on one more
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(hub.ws_url, ssl=context, open_timeout=EVENT_TIMEOUT_S):
+                    pass
+            # then that one is refused: the unfinished TLS handshakes hold the slots
+            assert refused.value.response.status_code == 429
+        finally:
+            for _, writer in silent:
+                writer.close()
+
+        # and once they are gone, the address is served again
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while True:
+                try:
+                    async with connect(hub.ws_url, ssl=context, open_timeout=EVENT_TIMEOUT_S):
+                        break
+                except InvalidStatus as still_full:  # the hub has not seen the closes yet
+                    assert still_full.response.status_code == 429

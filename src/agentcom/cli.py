@@ -646,7 +646,11 @@ def _note(line: str) -> None:
 
 
 async def _task_list(client: OperatorClient, args: argparse.Namespace) -> int:
-    found = await client.request("task_list", **_list_filter(args), limit=args.limit)
+    found, next_cursor = await client.list_tasks(
+        **_list_filter(args), limit=args.limit, cursor=args.cursor
+    )
+    if next_cursor is not None:
+        _note(f"more tasks: add --cursor {next_cursor}")
     if args.json:
         print(json.dumps(found))
         return EXIT_OK
@@ -728,12 +732,26 @@ def _bulk_filter(args: argparse.Namespace, request_type: str) -> dict[str, Any] 
     return fields
 
 
+async def _matching_tasks(
+    client: OperatorClient, matching: dict[str, Any], most: int
+) -> list[dict[str, Any]]:
+    """Up to ``most`` tasks the filter matches, page after page."""
+    tasks: list[dict[str, Any]] = []
+    cursor = None
+    while len(tasks) < most:
+        page, cursor = await client.list_tasks(**matching, limit=most - len(tasks), cursor=cursor)
+        tasks += page
+        if cursor is None:
+            break
+    return tasks
+
+
 async def _change_matching(
     client: OperatorClient, args: argparse.Namespace, bulk: str, matching: dict[str, Any]
 ) -> int:
     """List the tasks the filter matches, confirm, then change them in one request."""
     verb = _BULK_VERBS[bulk]
-    tasks = await client.request("task_list", **matching, limit=_BULK_LIMIT)
+    tasks = await _matching_tasks(client, matching, _BULK_LIMIT)
     if not tasks:
         print("no tasks match", file=sys.stderr)
         if args.json:
@@ -1348,7 +1366,14 @@ def _task_command(commands: Any) -> None:
     task_list = task_commands.add_parser("list", help="list tasks, most recently updated first")
     _filter_options(task_list)
     task_list.add_argument(
-        "--limit", type=int, default=100, help="at most this many, 1 to 1000 (default 100)"
+        "--limit",
+        type=int,
+        default=100,
+        help="at most this many, 1 to 1000 (default 100; the hub sends at most "
+        "list_limit_max, 200, per page)",
+    )
+    task_list.add_argument(
+        "--cursor", help="the next page, as the previous one said on standard error"
     )
     _operator_command(task_list, _task_list)
 

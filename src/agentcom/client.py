@@ -515,7 +515,7 @@ class OperatorClient:
                 if waiter is None or waiter.done():
                     continue
                 if reply.get("type") == "result":
-                    waiter.set_result(reply.get("data"))
+                    waiter.set_result(reply)
                 else:
                     waiter.set_exception(
                         RequestFailed(str(reply.get("error")), reply.get("message"))
@@ -529,6 +529,10 @@ class OperatorClient:
 
     async def request(self, request_type: str, **fields: Any) -> Any:
         """Send one request and return its ``data``; raises :class:`RequestFailed`."""
+        return (await self._result(request_type, **fields)).get("data")
+
+    async def _result(self, request_type: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and return its whole ``result`` frame."""
         if self._connection is None:
             raise RuntimeError("not connected")
         request_id = str(next(self._ids))
@@ -540,7 +544,16 @@ class OperatorClient:
         except ConnectionClosed as exc:
             self._pending.pop(request_id, None)
             raise ConnectionLost(_closed_reason(exc)) from None
-        return await waiter
+        result: dict[str, Any] = await waiter
+        return result
+
+    async def list_tasks(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``task_list`` (filters: ``status``, ``priority``, ``agent``,
+        ``limit``, ``cursor``): its tasks, and the cursor of the next page (None on the
+        last)."""
+        fields = {name: value for name, value in filters.items() if value is not None}
+        result = await self._result("task_list", **fields)
+        return result["data"], result.get("next_cursor")
 
     async def submit(self, description: str, **fields: Any) -> dict[str, Any]:
         """Queue a task; returns it."""

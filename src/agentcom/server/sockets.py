@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 Peer = tuple[str, int]
 """A TCP connection's remote address and port: its key from accept to close."""
 
-_ACCEPT_FAILURE = "socket.accept() out of system resources"
+# How asyncio reports a failed accept (the start of its message: it has varied).
+_ACCEPT_FAILURE = "socket.accept() out of system resource"
 
 
 def _peer(address: Any) -> Peer:
@@ -159,7 +160,7 @@ class AcceptFailureLog:
             self._loop = None
 
     def _handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if context.get("message") != _ACCEPT_FAILURE:
+        if not str(context.get("message")).startswith(_ACCEPT_FAILURE):
             if self._previous is not None:
                 self._previous(loop, context)
             else:
