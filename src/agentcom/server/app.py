@@ -153,7 +153,7 @@ class HubServer:
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "hub stopping\n")
             return await http.process_request(connection, request)
 
-        self._limit_connections_to_descriptors()
+        open_files = self._limit_connections_to_descriptors()
         sock = listening_socket(
             self.settings.host, self.settings.port, self.guard.accept, self.guard.release
         )
@@ -182,6 +182,12 @@ class HubServer:
             await self._abandon_start()
             raise
         logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
+        logger.info(
+            "open-file limit %d: at most %d connections (%d unauthenticated, %d per address)",
+            open_files, self.guard.max_connections,
+            self.settings.max_unauthenticated_connections,
+            self.settings.max_connections_per_address,
+        )  # fmt: skip
         self._restored = True
         self._ready.set()
         if self._run_sweeps:
@@ -227,19 +233,14 @@ class HubServer:
         if self._lock is not None:
             self._lock.release()
 
-    def _limit_connections_to_descriptors(self) -> None:
+    def _limit_connections_to_descriptors(self) -> int:
         """Raise the open-file limit where allowed, and keep the connection cap below it
         with ``reserved_descriptors`` to spare: a hub out of descriptors cannot accept
-        anyone, nor open its database."""
+        anyone, nor open its database. Returns the open-file limit."""
         open_files = raise_open_file_limit()
         room = max(1, open_files - self.settings.reserved_descriptors)
         self.guard.max_connections = min(self.settings.max_connections, room)
-        logger.info(
-            "open-file limit %d: at most %d connections (%d unauthenticated, %d per address)",
-            open_files, self.guard.max_connections,
-            self.settings.max_unauthenticated_connections,
-            self.settings.max_connections_per_address,
-        )  # fmt: skip
+        return open_files
 
     @property
     def tls(self) -> bool:
@@ -284,9 +285,9 @@ class HubServer:
             ]
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
+        self.accept_failures.uninstall()
         if not self._database_open:  # never started: nothing to flush
             return
-        self.accept_failures.uninstall()
         self.hub.stage_recent_activity()
         try:
             await self.store.commit()
