@@ -236,6 +236,7 @@ def operator_frames(token: str) -> dict[str, Frame]:
         "task_list": {
             "type": "task_list", **request, "status": ["queued", "working"], "priority": "low",
             "agent": "a", "capability": UNSERVED_SKILL, "since_s": 60.0, "limit": 5,
+            "cursor": "1795602657784.12",
         },
         "task_requeue": {"type": "task_requeue", **task},
         "task_cancel_many": {"type": "task_cancel_many", **request, "task_ids": [TASK_ID]},
@@ -1034,13 +1035,15 @@ class ProblemLog(logging.Handler):
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """The test hub, with a small frame limit and no rate limit in the fuzzer's way (rate
-    limits have their own tests; here they would only hide answers)."""
+    limits and the smaller frame limit before authentication have their own tests; here
+    they would only hide answers)."""
     return Settings(
         host="127.0.0.1",
         port=0,
         db=tmp_path / "hub.db",
         fallback_wait_s=0,
         max_frame_bytes=MAX_FRAME_BYTES,
+        max_unauthenticated_frame_bytes=MAX_FRAME_BYTES,
         request_burst=10**9,
         progress_burst=10**9,
         auth_failures_before_delay=10**9,
