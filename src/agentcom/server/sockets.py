@@ -56,10 +56,12 @@ class _AcceptedSocket(socket.socket):
 
     def __del__(self) -> None:
         # A socket dropped without close() (a failure while asyncio set up its transport)
-        # must not hold its place in the counts for ever.
+        # must not hold its place in the counts for ever; the socket's own finalizer
+        # then closes its descriptor.
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
+        super().__del__()  # type: ignore[misc]  # _socket.socket has one; typeshed omits it
 
 
 class _ListeningSocket(socket.socket):
