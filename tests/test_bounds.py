@@ -40,27 +40,34 @@ LOG_TIMEOUT_S = 60.0
 EVENT_TIMEOUT_S = 10.0
 
 
-async def complete_tasks_with_large_results(hub: HubProcess, admin: str) -> list[str]:
-    """Run ``TASKS`` tasks to completion, each with a result of about 1 MB."""
+async def finish_tasks(
+    operator: OperatorClient, agent: AgentClient, outputs: list[str]
+) -> list[str]:
+    """Submit and complete one task per output; their ids in order."""
+    done = []
+    for output in outputs:
+        task = await operator.submit("some work", complexity_tier="complex")
+        assign = await agent.receive_type("task_assign")
+        await agent.send({"type": "task_complete", "task_id": task["task_id"],
+                          "generation": assign["generation"],
+                          "result": {"status": "success", "output": output}})  # fmt: skip
+        assert (await agent.receive_type("task_ack"))["status"] == "complete"
+        done.append(task["task_id"])
+    return done
+
+
+async def complete_tasks_with_large_results(
+    hub: HubProcess, admin: str, count: int = TASKS
+) -> list[str]:
+    """Run ``count`` tasks to completion, each with a result of about 1 MB."""
     agent = AgentClient(hub.ws_url, "worker", hub.make_token("worker"), heartbeat_s=None)
     await agent.connect()
-    done = []
     try:
         async with OperatorClient(hub.http_url, admin) as operator:
-            for index in range(TASKS):
-                task = await operator.submit(f"task {index}", complexity_tier="complex")
-                assign = await agent.receive_type("task_assign")
-                await agent.send({"type": "task_accepted", "task_id": task["task_id"]})
-                await agent.receive_type("task_ack")
-                output = chr(ord("a") + index % 26) * RESULT_CHARS
-                await agent.send({"type": "task_complete", "task_id": task["task_id"],
-                                  "generation": assign["generation"],
-                                  "result": {"status": "success", "output": output}})  # fmt: skip
-                assert (await agent.receive_type("task_ack"))["status"] == "complete"
-                done.append(task["task_id"])
+            outputs = [chr(ord("a") + index % 26) * RESULT_CHARS for index in range(count)]
+            return await finish_tasks(operator, agent, outputs)
     finally:
         await agent.close()
-    return done
 
 
 async def await_log_count(hub: HubProcess, pattern: str, count: int) -> None:
@@ -163,6 +170,32 @@ async def test_clients_that_never_read_cannot_make_the_hub_hold_their_replies(
     assert after - baseline < 32 * MIB
 
 
+async def test_when_the_hub_holds_too_many_unread_replies_the_largest_holders_go(
+    tmp_path: Path,
+) -> None:
+    # given a hub that lets each client leave 64 MiB unread, but all of them only 4 MiB
+    env = {"AGENTCOM_MAX_REPLY_BUFFER_BYTES": str(64 * MIB),
+           "AGENTCOM_MAX_REPLY_BYTES_IN_FLIGHT": str(4 * MIB)}  # fmt: skip
+    with HubProcess(tmp_path, log_pipe=True, env=env) as hub:
+        admin = hub.make_token("ops", "admin")
+        task_ids = await complete_tasks_with_large_results(hub, admin, count=4)
+        with closing_all() as silent:
+            # when three clients ask for 12 whole tasks each (12 MB) and read nothing
+            for _ in range(3):
+                client = operator_socket(hub, admin)
+                silent.append(client)
+                for request_id in range(12):
+                    client.send_text(json.dumps({"type": "task_get", "request_id": str(request_id),
+                                                 "task_id": task_ids[request_id % 4]}))  # fmt: skip
+
+            # then clients holding the most are cut off, though each is below its own limit
+            await await_log_count(hub, r"the client with the most unread replies is not reading", 1)
+            # and a client that reads still gets whole tasks
+            async with OperatorClient(hub.http_url, admin) as operator:
+                whole = await operator.get_task(task_ids[0])
+                assert len(whole["result"]["output"]) == RESULT_CHARS
+
+
 async def test_partial_frames_before_authentication_cost_the_hub_little(
     tmp_path: Path,
 ) -> None:
@@ -240,22 +273,6 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path: Path) -> N
 
 
 # --- in-process: lists, frame limits, the unauthenticated cap, waits, accept failures ---
-
-
-async def finish_tasks(
-    operator: OperatorClient, agent: AgentClient, outputs: list[str]
-) -> list[str]:
-    """Submit and complete one task per output; their ids in order."""
-    done = []
-    for output in outputs:
-        task = await operator.submit("some work", complexity_tier="complex")
-        assign = await agent.receive_type("task_assign")
-        await agent.send({"type": "task_complete", "task_id": task["task_id"],
-                          "generation": assign["generation"],
-                          "result": {"status": "success", "output": output}})  # fmt: skip
-        assert (await agent.receive_type("task_ack"))["status"] == "complete"
-        done.append(task["task_id"])
-    return done
 
 
 async def test_task_lists_carry_a_result_summary_and_a_cursor_not_the_result(
