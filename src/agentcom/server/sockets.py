@@ -89,7 +89,8 @@ class _ListeningSocket(socket.socket):
 def listening_socket(
     host: str, port: int, admit: Callable[[Peer], bool], release: Callable[[Peer], None]
 ) -> socket.socket:
-    """A socket bound to the first address ``host`` resolves to, ready for ``serve(sock=)``.
+    """A socket bound to the address ``host`` resolves to (the first IPv4 one when it has
+    several: ``localhost`` listens on 127.0.0.1), ready for ``serve(sock=)``.
 
     Args:
         host: name or address to listen on.
@@ -97,9 +98,9 @@ def listening_socket(
         admit: called with each new TCP connection's peer; False closes it at once.
         release: called with the peer of every admitted connection once it is closed.
     """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    resolved.sort(key=lambda info: info[0] != socket.AF_INET)  # stable: IPv4 first
+    family, kind, proto, _, address = resolved[0]
     listener = _ListeningSocket(family, kind, proto)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
