@@ -234,6 +234,32 @@ async def test_partial_frames_before_authentication_cost_the_hub_little(
     assert after - baseline < 32 * MIB
 
 
+async def test_endless_request_headers_cost_the_hub_little(tmp_path: Path) -> None:
+    with HubProcess(tmp_path, log_pipe=True) as hub:
+        assert hub.port is not None
+        baseline, _ = hub.memory()
+        head = "GET /ws HTTP/1.1\r\nHost: hub\r\n" + "".join(
+            f"X-Padding-{index}: {'y' * 8000}\r\n" for index in range(120)
+        )
+        with closing_all() as abusers:
+            # when 500 connections each send nearly 1 MB of headers that never end
+            for index in range(500):
+                client = SilentClient(hub.port, source=f"127.0.0.{2 + index % 2}")
+                abusers.append(client)
+                with contextlib.suppress(OSError):  # the hub may close before all is sent
+                    client.send_raw(head.encode())
+            # then each is answered 431 and closed once it passes the handshake limit
+            for client in abusers:
+                assert client.read_exactly(12) == b"HTTP/1.1 431"
+            _, peak = hub.memory()
+        after, _ = hub.memory()
+
+    print(f"RSS baseline {mib(baseline)} MiB, peak {mib(peak)}, after {mib(after)}")
+    # Unbounded (up to websockets' own 128 lines of 8 KiB): +525 MiB, kept after they left.
+    assert peak - baseline < 48 * MIB
+    assert after - baseline < 32 * MIB
+
+
 async def test_idle_connection_flood_under_a_low_open_file_limit_spares_health_and_agents(
     tmp_path: Path,
 ) -> None:

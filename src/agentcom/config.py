@@ -178,6 +178,12 @@ class Settings(BaseSettings):
         description="Connections that have not yet identified, subscribed or "
         "authenticated, HTTP requests included (beyond: closed at accept).",
     )
+    max_handshake_bytes: int = Field(
+        32_768,
+        ge=1024,
+        description="Bytes a connection may send before its HTTP request is whole "
+        "(request line and headers); beyond: HTTP 431 and closed.",
+    )
     max_unauthenticated_frame_bytes: int = Field(
         4096,
         ge=512,

@@ -80,6 +80,7 @@ class HubServer:
             max_connections=settings.max_connections,
             max_unauthenticated_connections=settings.max_unauthenticated_connections,
             max_frame_bytes=settings.max_frame_bytes,
+            max_handshake_bytes=settings.max_handshake_bytes,
             auth_failures_before_delay=settings.auth_failures_before_delay,
             tls=settings.certfile is not None,
         )

@@ -27,6 +27,13 @@ _FAILURE_WINDOW_MS = 60_000
 # closed at accept.
 _OVER_LIMIT_GRACE_S = 1.0
 _OVER_LIMIT_WAITING = 8
+_HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
+_REQUEST_LINE_TOO_LONG = (
+    b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
 
 
 def _refusal(status: int, reason: str, message: str) -> Response:
@@ -89,6 +96,9 @@ class Guard:
             (:meth:`authenticated`), HTTP requests included; more are closed at accept.
         max_frame_bytes: the frame limit a connection gets once it has authenticated
             (until then it has the smaller one given to ``serve()``).
+        max_handshake_bytes: what a connection may send before its request is whole
+            (request line and headers); past it the hub answers 431 (414 while still in the
+            request line) and closes.
         auth_failures_before_delay: bad tokens from one address within a minute before its
             replies are delayed.
         max_auth_delay_s: the longest such delay.
@@ -106,6 +116,7 @@ class Guard:
         max_connections: int = 4096,
         max_unauthenticated_connections: int = 512,
         max_frame_bytes: int = 1_048_576,
+        max_handshake_bytes: int = 32_768,
         auth_failures_before_delay: int = 5,
         max_auth_delay_s: float = 5.0,
         max_tracked_addresses: int = 10_000,
@@ -117,6 +128,7 @@ class Guard:
         self.max_connections = max_connections
         self._max_unauthenticated = max_unauthenticated_connections
         self._max_frame_bytes = max_frame_bytes
+        self.max_handshake_bytes = max_handshake_bytes
         self._allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self._failures_before_delay = auth_failures_before_delay
         self._max_auth_delay_s = max_auth_delay_s
@@ -182,6 +194,9 @@ class Guard:
 
     def admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """None to let the handshake go on, or the refusal to send."""
+        # The request is whole: stop counting what the connection sends. An instance
+        # attribute, so that every later chunk goes straight to websockets.
+        connection.data_received = super(type(connection), connection).data_received  # type: ignore[method-assign]
         if self._is_over_limit(connection):
             return _refusal(429, "Too Many Requests", "too_many_connections")
         path = urlsplit(request.path).path.rstrip("/")
@@ -210,14 +225,33 @@ class Guard:
 
     def connection_class(self) -> type[ServerConnection]:
         """The connection type to give ``serve()``: one accepted beyond its address's
-        limit is dropped if its request is not there within a second."""
+        limit is dropped if its request is not there within a second, and one whose
+        request grows past ``max_handshake_bytes`` is answered 431 and closed."""
         guard = self
 
         class GuardedConnection(ServerConnection):
+            handshake_bytes = 0
+            request_line_bytes: int | None = None  # where the first line ended, once seen
+
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)
                 if guard._is_over_limit(self):
                     self.loop.call_later(_OVER_LIMIT_GRACE_S, _drop_if_silent, self)
+
+            def data_received(self, data: bytes) -> None:
+                # Until the request is whole (admit() then removes this override).
+                if self.request_line_bytes is None and b"\n" in data:
+                    self.request_line_bytes = self.handshake_bytes + data.index(b"\n")
+                self.handshake_bytes += len(data)
+                if self.handshake_bytes <= guard.max_handshake_bytes:
+                    super().data_received(data)
+                elif not self.transport.is_closing():
+                    line = self.request_line_bytes
+                    long_line = line is None or line > guard.max_handshake_bytes
+                    self.transport.write(
+                        _REQUEST_LINE_TOO_LONG if long_line else _HEADERS_TOO_LARGE
+                    )
+                    self.transport.close()
 
         return GuardedConnection
 
