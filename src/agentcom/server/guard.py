@@ -15,7 +15,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from agentcom.hub.clock import Clock
-from agentcom.server.sockets import Peer
+from agentcom.server.sockets import Peer, peer_of
 
 __all__ = ["Guard"]
 
@@ -50,8 +50,7 @@ def _single_header(headers: Headers, name: str) -> str | None:
 
 
 def _peer_of(connection: ServerConnection) -> Peer:
-    address = connection.remote_address
-    return (str(address[0]), int(address[1])) if address else ("unknown", 0)
+    return peer_of(connection.remote_address)
 
 
 def _drop_if_silent(connection: ServerConnection) -> None:
@@ -66,7 +65,7 @@ def _use_frame_limit(connection: ServerConnection, limit: int) -> None:
     with the one that authenticated are still held to the old limit.
     """
     protocol: Any = connection.protocol
-    if hasattr(protocol, "max_message_size"):  # websockets 15 and later
+    if hasattr(protocol, "max_message_size"):  # separate message and fragment limits
         protocol.max_message_size = limit
     else:
         protocol.max_size = limit

@@ -25,6 +25,7 @@ __all__ = [
     "AcceptFailureLog",
     "Peer",
     "listening_socket",
+    "peer_of",
     "raise_open_file_limit",
 ]
 
@@ -37,7 +38,8 @@ Peer = tuple[str, int]
 _ACCEPT_FAILURE = "socket.accept() out of system resource"
 
 
-def _peer(address: Any) -> Peer:
+def peer_of(address: Any) -> Peer:
+    """The :data:`Peer` of a socket address (``("unknown", 0)`` when it has none)."""
     return (str(address[0]), int(address[1])) if isinstance(address, tuple) else ("unknown", 0)
 
 
@@ -78,7 +80,7 @@ class _ListeningSocket(socket.socket):
         while True:
             descriptor, address = self._accept()  # type: ignore[attr-defined]
             connection = _AcceptedSocket(self.family, self.type, self.proto, fileno=descriptor)
-            peer = _peer(address)
+            peer = peer_of(address)
             if not self.admit(peer):
                 connection.close()
                 continue
