@@ -29,8 +29,8 @@ from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
 from agentcom.server.output import ReplyBudget
-from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_open_file_limit
 from agentcom.server.revocation import RevocationWatch
+from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_open_file_limit
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.store.base import ChangeKey
