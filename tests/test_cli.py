@@ -810,6 +810,27 @@ async def test_bulk_cancel_asks_first_and_cancels_only_what_the_filter_matches(
     assert "not both" in one_line_error(await cli("task", "cancel", cpu, "--agent", "w", *admin))
 
 
+async def test_task_list_pages_and_bulk_actions_read_every_page(tmp_path: Path) -> None:
+    # given a hub whose pages hold 2 tasks, and 5 queued tasks
+    with HubProcess(tmp_path, env={"AGENTCOM_LIST_LIMIT_MAX": "2"}) as small_pages:
+        admin = small_pages.operator_args(small_pages.make_token("ops", "admin"))
+        submitted = [await submit(admin, f"job {n}") for n in range(5)]
+
+        # when the list asks for 10, it gets a page of 2 and is told how to go on
+        first = await cli("task", "list", "--limit", "10", "--json", *admin)
+        page = json.loads(succeeded(first))
+        assert [task["task_id"] for task in page] == submitted[:-3:-1]
+        cursor = re.search(r"add --cursor (\S+)", first.stderr)
+        assert cursor is not None, first.stderr
+        rest = await cli("task", "list", "--limit", "10", "--cursor", cursor[1], "--json", *admin)
+        assert [task["task_id"] for task in json.loads(succeeded(rest))] == submitted[2:0:-1]
+
+        # and a bulk cancel reaches all 5, page after page
+        cancelled = json.loads(succeeded(await cli("task", "cancel", "--status", "queued",
+                                                   "--yes", "--json", *admin)))  # fmt: skip
+        assert sorted(task["task_id"] for task in cancelled["changed"]) == sorted(submitted)
+
+
 async def test_ctrl_c_at_the_confirmation_exits_at_once_and_changes_nothing(
     hub: HubProcess, admin: list[str]
 ) -> None:
