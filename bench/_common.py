@@ -178,12 +178,13 @@ def hub_metrics(base_url: str) -> dict[str, float]:
             text = response.read().decode()
     except OSError:
         return {}
-    found = {}
+    found: dict[str, float] = {}
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name and not name.startswith("#"):
+        sample, _, value = line.rpartition(" ")
+        if sample and not sample.startswith("#"):
+            name = sample.partition("{")[0]  # labelled samples add up under their name
             with contextlib.suppress(ValueError):
-                found[name] = float(value)
+                found[name] = found.get(name, 0.0) + float(value)
     return found
 
 

@@ -137,8 +137,8 @@ async def test_task_waiting_for_a_routing_target_counts_as_queued(
 
     # then the task is counted as queued, not as active
     assert health["queue_depth"] == 1
-    assert "agentcom_queue_depth 1\n" in metrics
-    assert "agentcom_tasks_active 0\n" in metrics
+    assert "agentcom_queue_depth 1.0\n" in metrics
+    assert "agentcom_tasks_active 0.0\n" in metrics
 
 
 async def test_metrics_are_prometheus_text(
@@ -164,7 +164,8 @@ async def test_metrics_are_prometheus_text(
         match = SAMPLE.fullmatch(line)
         assert match, line
         samples[match.group(1)] = float(match.group(3))
-    assert set(samples) <= typed
+    # a histogram's _bucket, _sum and _count samples are typed under the histogram's name
+    assert {name for name in samples if name.rsplit("_", 1)[0] not in typed} <= typed
     assert samples["agentcom_queue_depth"] == 2
     assert samples["agentcom_agents_connected"] == 0
     assert samples["agentcom_store_commits_total"] >= 1

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         "INFO", description="Python logging level."
     )
 
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one human line per record; json: one JSON object per line "
+        "(time, level, logger, message, and task_id, agent_id, generation when known).",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: Any) -> Any:
@@ -285,6 +291,17 @@ class Settings(BaseSettings):
         gt=0,
         description="While the database cannot be written, the hub tries a small "
         "probe write this often; the first that succeeds ends the refusal of new work.",
+    )
+    metrics_label_cap: int = Field(
+        100,
+        ge=1,
+        description="Distinct values kept per metric label that agents or operators "
+        "choose (agent ids, model names, frame fields); later values are counted as other.",
+    )
+    loop_lag_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Period of the timer whose lateness is agentcom_event_loop_lag_seconds.",
     )
 
     @classmethod

@@ -22,7 +22,7 @@ from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
 from agentcom.hub.history import MINUTE_MS, QueueHistory
 from agentcom.hub.messaging import Messaging
-from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH, TERMINAL, TaskQueue
+from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH, TERMINAL, EventSink, TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
 from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol import agent as frames
@@ -114,6 +114,8 @@ class Hub:
             default_max_retries=settings.default_max_retries,
         )
         self._outbox = Outbox()
+        # Told of every task event (metrics); the hub works the same without it.
+        self.task_observer: EventSink | None = None
         self.messaging = Messaging(self.presence, store, clock, settings, self._push)
         self._attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
         self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
@@ -165,7 +167,14 @@ class Hub:
         self._publish("tasks", event)
         if task.status in TERMINAL:
             self._outbox.finished.append(task)
-        logger.info("task %s %s (agent %s)", task.task_id, name, task.assigned_to)
+        if self.task_observer is not None:
+            self.task_observer(name, task, extra)
+        agent_id = extra.get("agent_id", task.assigned_to)
+        logger.info(
+            "task %s %s (agent %s)", task.task_id, name, agent_id,
+            extra={"task_id": task.task_id, "agent_id": agent_id,
+                   "generation": task.generation, "event": name},
+        )  # fmt: skip
 
     def _agent_event(self, name: str, agent: AgentRecord) -> None:
         self._publish(

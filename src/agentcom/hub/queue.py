@@ -107,6 +107,33 @@ class TaskQueue:
         queued = sum(len(group) for groups in self._queued.values() for group in groups.values())
         return queued + len(self.held)
 
+    def queued_by_capability(self) -> dict[str, int]:
+        """Queued tasks (held ones included) needing each capability; ``""`` counts the
+        tasks that need none. A task needing two capabilities counts under both."""
+        counts: dict[str, int] = {}
+        for groups in self._queued.values():
+            for needed, group in groups.items():
+                for capability in needed or ("",):
+                    counts[capability] = counts.get(capability, 0) + len(group)
+        for task_id in self.held:
+            for capability in self.tasks[task_id].needed_capabilities or ("",):
+                counts[capability] = counts.get(capability, 0) + 1
+        return counts
+
+    def oldest_queued_since(self) -> int | None:
+        """When the longest-waiting queued task entered the queue (its last transition).
+
+        Looks at the head of each group and at the held tasks, not at every task.
+        """
+        heads = [
+            self.tasks[next(iter(group))]
+            for groups in self._queued.values()
+            for group in groups.values()
+            if group
+        ]
+        heads.extend(self.tasks[task_id] for task_id in self.held)
+        return min((task.updated_at for task in heads), default=None)
+
     def next_for(self, capabilities: frozenset[str]) -> Task | None:
         """The highest-priority, oldest queued task an agent with ``capabilities`` can run."""
         for groups in self._queued.values():

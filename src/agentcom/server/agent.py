@@ -91,7 +91,6 @@ class AgentSession:
             if not await self._identify_in_time():
                 return
             async for raw in self.connection:
-                self.server.frames_received += 1
                 await self.handle(raw)
         finally:
             if self._token_key is not None:
@@ -111,7 +110,6 @@ class AgentSession:
             async with asyncio.timeout(self.server.settings.identify_timeout_s):
                 while self.agent_id is None:
                     raw = await self.connection.recv()
-                    self.server.frames_received += 1
                     await self.handle(raw)
         except TimeoutError:
             await self.connection.close(1008, "identify timeout")
@@ -122,14 +120,18 @@ class AgentSession:
         """Decode, gate, rate-limit and dispatch one frame."""
         if self.closed_for_violations:
             return  # frames already buffered when the connection was condemned are ignored
+        frames_received = self.server.metrics.frames_received
         text = await text_of(self.connection, raw)
         if text is None:
+            frames_received["invalid"].inc()
             return
         try:
             frame = DECODER.decode(text)
         except FrameRejected as rejected:
+            frames_received["invalid"].inc()
             await self.reject(rejected.reply)
             return
+        frames_received[frame.type].inc()
         if self.agent_id is None:
             if isinstance(frame, frames.Identify):
                 await self.on_identify(frame)
@@ -160,6 +162,8 @@ class AgentSession:
         if verdict == "ok":
             return True
         bucket = self.limiter.bucket(tier)
+        if verdict != "warn":
+            self.server.metrics.rate_limited[tier].inc()
         if verdict == "warn":
             await self.reply(
                 RateLimitWarning(tier=tier, remaining=bucket.remaining, capacity=bucket.capacity)
@@ -183,6 +187,7 @@ class AgentSession:
     async def count_violation(self, reply: ErrorReply | ValidationFailed) -> None:
         """Record a violation; publish it; close with 1008 past the limit."""
         server = self.server
+        server.metrics.violation(reply)
         closing = server.violations.record_failure(self.failures)
         event = {
             "type": "validation_event",

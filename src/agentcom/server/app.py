@@ -28,6 +28,7 @@ from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
+from agentcom.server.metrics import HubMetrics, LoopLagMonitor
 from agentcom.server.output import ReplyBudget
 from agentcom.server.revocation import RevocationWatch
 from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_open_file_limit
@@ -89,7 +90,8 @@ class HubServer:
         )
         self.accept_failures = AcceptFailureLog(self.clock, settings.accept_error_log_interval_s)
         self.agent_connections: dict[str, ServerConnection] = {}
-        self.frames_received = 0
+        self.metrics = HubMetrics(self, settings.metrics_label_cap)
+        self.loop_lag = LoopLagMonitor(self.metrics, settings.loop_lag_interval_s)
         self._run_sweeps = run_sweeps
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -195,6 +197,7 @@ class HubServer:
             self._sweeper = asyncio.create_task(self._sweep_forever())
             self.prober.start()
             self.revocations.start()
+            self.loop_lag.start()
         logger.info("agentcom hub listening on %s", self.url("/ws"))
 
     def _open_database(self) -> None:
@@ -207,6 +210,8 @@ class HubServer:
         )
         self.hub = Hub(self.store, self.clock, settings)
         self.store.on_refused = self._forget_refused
+        self.store.on_written = self.metrics.observe_commit
+        self.hub.task_observer = self.metrics.observe_task
         self.store_watch = StoreWatch(
             self.store, settings.store_retry_interval_s, self._resume_after_store_recovery
         )
@@ -275,6 +280,7 @@ class HubServer:
         if self._wake_handle is not None:
             self._wake_handle.cancel()
         await self.prober.stop()
+        await self.loop_lag.stop()
         if self._database_open:
             await self.revocations.stop()
             await self.store_watch.stop()
@@ -333,6 +339,7 @@ class HubServer:
                 if text is None:
                     text = encoded[id(frame)] = frame.model_dump_json(by_alias=True)
                 broadcast([target], text)
+                self.metrics.frames_sent[type(frame)].inc()
             for topic, event in outbox.events:
                 self.pubsub.publish(topic, event)
             self.hub.resolve_waiters(outbox.finished)
@@ -391,6 +398,7 @@ class HubServer:
         """Send one frame; a connection that closed meanwhile is ignored."""
         with contextlib.suppress(ConnectionClosed):
             await connection.send(frame.model_dump_json(by_alias=True))
+            self.metrics.frames_sent[type(frame)].inc()
 
     def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
         """Write a reply to an operator or dashboard within :attr:`replies`: a client that
@@ -403,6 +411,7 @@ class HubServer:
         text = frame.model_dump_json(by_alias=True)
         if self.replies.admit(connection.transport, len(text), who):
             broadcast([connection], text)
+            self.metrics.frames_sent[type(frame)].inc()
 
     # --- sweep ----------------------------------------------------------------------
 
@@ -421,6 +430,7 @@ class HubServer:
 
     def _forget_refused(self, refused: list[ChangeKey]) -> None:
         """The store discarded changes it could not write: reload what they touched."""
+        self.metrics.store_failures.inc()
         try:
             self.hub.forget_refused(refused)
         except Exception:  # the database cannot even be read: nothing better to do here
@@ -480,11 +490,12 @@ class HubServer:
             "/ws/dashboard": DashboardSession,
             "/ws/operator": OperatorSession,
         }
-        session_type = session_types.get(path.rstrip("/") or "/")
+        path = path.rstrip("/") or "/"
+        session_type = session_types.get(path)
         if session_type is None or self._stopping:
             await connection.close(1008 if session_type is None else CLOSE_RESTART)
             return
-        with contextlib.suppress(ConnectionClosed):
+        with self.metrics.connection(path), contextlib.suppress(ConnectionClosed):
             await session_type(self, connection).run()
 
 

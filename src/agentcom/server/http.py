@@ -21,6 +21,7 @@ from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
 from agentcom.protocol.task import TASK_CURSOR_PATTERN, parse_task_cursor
 from agentcom.server.inbound import peer
+from agentcom.server.metrics import CONTENT_TYPE
 from agentcom.store.base import TaskFilter
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class HttpRoutes:
         if path == "/health":
             return _json(200, self.health())
         if path == "/metrics":
-            return _response(200, self.metrics().encode(), "text/plain; version=0.0.4")
+            return _response(200, self.server.metrics.render(), CONTENT_TYPE)
         host = _single_header(request, "Host")
         if path in ("/", "/dashboard"):
             return dashboard_file("index.html", host, self.server.tls)
@@ -172,44 +173,6 @@ class HttpRoutes:
             "agents_connected": len(hub.presence.connected()),
             "queue_depth": hub.queue.queued_count(),
         }
-
-    def metrics(self) -> str:
-        """Prometheus text exposition."""
-        server = self.server
-        hub = server.hub
-        lines = [
-            "# TYPE agentcom_agents_connected gauge",
-            f"agentcom_agents_connected {len(hub.presence.connected())}",
-            "# TYPE agentcom_queue_depth gauge",
-            f"agentcom_queue_depth {hub.queue.queued_count()}",
-            "# TYPE agentcom_tasks_active gauge",
-            f"agentcom_tasks_active {len(hub.queue.tasks) - hub.queue.queued_count()}",
-            "# TYPE agentcom_frames_received_total counter",
-            f"agentcom_frames_received_total {server.frames_received}",
-            "# TYPE agentcom_progress_dropped_total counter",
-            f"agentcom_progress_dropped_total {hub.progress_dropped}",
-            "# TYPE agentcom_store_commits_total counter",
-            f"agentcom_store_commits_total {server.store.commits}",
-            "# TYPE agentcom_store_failing gauge",
-            f"agentcom_store_failing {int(server.store_failing)}",
-            "# TYPE agentcom_subscribers gauge",
-            f"agentcom_subscribers {server.pubsub.subscriber_count()}",
-            "# TYPE agentcom_connections_open gauge",
-            f"agentcom_connections_open {server.guard.open_connections()}",
-            "# TYPE agentcom_connections_unauthenticated gauge",
-            f"agentcom_connections_unauthenticated {server.guard.unauthenticated_connections()}",
-            "# TYPE agentcom_connections_refused_total counter",
-            f"agentcom_connections_refused_total {server.guard.refused_at_accept}",
-            "# TYPE agentcom_accept_failures_total counter",
-            f"agentcom_accept_failures_total {server.accept_failures.failures}",
-            "# TYPE agentcom_reply_bytes_unread gauge",
-            f"agentcom_reply_bytes_unread {server.replies.in_flight()}",
-            "# TYPE agentcom_clients_cut_off_total counter",
-            f"agentcom_clients_cut_off_total {server.replies.cut_off}",
-            "# TYPE agentcom_task_waiters gauge",
-            f"agentcom_task_waiters {hub.waiter_count()}",
-        ]
-        return "\n".join(lines) + "\n"
 
     async def api(self, path: str, query: dict[str, list[str]]) -> Response:
         """The ``/api/*`` routes."""

@@ -292,6 +292,8 @@ class SqliteStore:
         # Told the keys of the changes a failed transaction discarded, before any waiter
         # hears of the failure.
         self.on_refused: Callable[[list[ChangeKey]], None] | None = None
+        # Told the duration (seconds) and the number of changes of each written transaction.
+        self.on_written: Callable[[float, int], None] | None = None
 
     # --- writes -----------------------------------------------------------------------
 
@@ -418,8 +420,11 @@ class SqliteStore:
                 waiters, self._waiters = self._waiters, []
                 try:
                     if rows:
+                        started = time.perf_counter()
                         await loop.run_in_executor(self._writer_executor, self._write_rows, rows)
                         self.commits += 1
+                        if self.on_written is not None:
+                            self.on_written(time.perf_counter() - started, len(rows))
                 except (sqlite3.Error, OSError) as exc:
                     self._refuse([key for key, _ in rows], waiters, exc)
                     continue

@@ -1,0 +1,618 @@
+"""The hub's Prometheus metrics: one registry per hub, rendered at ``/metrics``.
+
+Every metric lives in the hub's own :class:`CollectorRegistry` (never the library's
+global one), so several hubs in one process each export their own figures.
+
+Three kinds of figures:
+
+- **Counted as things happen**: frames, task transitions and their histograms, store
+  writes. The hot path pays one dict lookup and one increment: label children are bound
+  once and cached by their label values (:class:`_Children`).
+- **Read at scrape time** by :class:`_StateCollector`: agents by state and capability,
+  queue depth and age, store and subscriber figures. Nothing is maintained per frame for
+  them; a scrape walks the agents once.
+- **The process**: CPU, memory, file descriptors (``process_*``, from
+  ``prometheus_client``'s process collector, registered on the hub's registry).
+
+Labels whose values operators or sidecars choose (agent ids, model names, field names)
+keep at most ``label_cap`` distinct values each; later ones are counted under
+``other`` (:class:`BoundedLabel`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agentcom.protocol.common import Outbound, TaskStatus
+from agentcom.protocol.outbound import ValidationFailed
+from agentcom.protocol.task import Task
+
+if TYPE_CHECKING:
+    from agentcom.protocol.outbound import ErrorReply
+    from agentcom.server.app import HubServer
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DURATION_BUCKETS_S",
+    "OTHER",
+    "BoundedLabel",
+    "HubMetrics",
+    "LoopLagMonitor",
+    "requeue_cause",
+]
+
+logger = logging.getLogger(__name__)
+
+# The classic text format: every Prometheus version reads it, and our names need no escaping.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER = "other"  # the value of a bounded label past its cap
+NONE = "none"  # a label with no value yet (no tier before routing, no capability)
+
+#: Task durations: agent work takes from milliseconds (a no-op) to hours.
+DURATION_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    43200.0,
+)
+_COMMIT_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# task_requeued / task_reclaimed reasons (docs/protocol.md) -> a bounded cause.
+_FIXED_CAUSES = frozenset({"acceptance_timeout", "no_progress", "operator_retry"})
+_RECLAIM_CAUSES = frozenset(
+    {"acceptance_timeout", "no_progress", "disconnect_grace", "agent_restarted"}
+)
+
+
+def requeue_cause(reason: str) -> str:
+    """The bounded cause of a ``task_requeued`` or ``task_reclaimed`` event's ``reason``:
+    ``rejected``, ``operator``, ``operator_retry``, ``acceptance_timeout``,
+    ``no_progress``, ``disconnect_grace``, ``agent_restarted`` or ``other``."""
+    if reason in _FIXED_CAUSES:
+        return reason
+    if reason.startswith("rejected by "):
+        return "rejected"
+    if reason.startswith("requeued by an operator"):
+        return "operator"
+    if reason.endswith(" did not come back in time"):
+        return "disconnect_grace"
+    if reason.endswith(" restarted while running it"):
+        return "agent_restarted"
+    return OTHER
+
+
+class BoundedLabel:
+    """The values of one label that others choose, at most ``cap`` distinct.
+
+    The first ``cap`` values seen are kept as they are; any later one becomes
+    ``other``, so a hub that meets ten thousand agent ids still exports ``cap + 1``
+    series per metric.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._kept: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._kept:
+            return value
+        if len(self._kept) >= self._cap:
+            return OTHER
+        self._kept.add(value)
+        return value
+
+
+class _Children(dict[Any, Any]):
+    """A metric's label children, bound on first use and then found by one dict lookup.
+
+    Keys are a label value, or a tuple of label values for several labels.
+    """
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Any) -> Any:
+        child = self._metric.labels(*key) if isinstance(key, tuple) else self._metric.labels(key)
+        self[key] = child
+        return child
+
+
+def _frame_type(frame_class: type[Outbound]) -> str:
+    field = frame_class.model_fields.get("type")
+    default = field.default if field is not None else None
+    return default if isinstance(default, str) else frame_class.__name__
+
+
+class _SentByClass(dict[type[Outbound], Any]):
+    """Children of ``agentcom_frames_sent_total`` by frame class (no per-frame lookup of
+    the ``type`` field)."""
+
+    def __init__(self, metric: Counter) -> None:
+        super().__init__()
+        self._children = _Children(metric)
+
+    def __missing__(self, frame_class: type[Outbound]) -> Any:
+        child = self[frame_class] = self._children[_frame_type(frame_class)]
+        return child
+
+
+def _seconds(start_ms: int | None, end_ms: int) -> float | None:
+    return None if start_ms is None else max(0, end_ms - start_ms) / 1000
+
+
+def _queued_since(task: Task) -> int:
+    """When an assigned task last entered the queue: the entry before its assignment."""
+    history = task.history
+    if len(history) >= 2 and history[-2].status == TaskStatus.queued.value:
+        return history[-2].at
+    return task.created_at
+
+
+def _started_at(task: Task) -> int | None:
+    """When the current attempt started running: accepted, else assigned."""
+    for entry in reversed(task.history):
+        if entry.status in (TaskStatus.working.value, TaskStatus.assigned.value):
+            return entry.at
+    return task.assigned_at
+
+
+class HubMetrics:
+    """Every metric of one hub, in its own registry.
+
+    Args:
+        server: the hub whose state the scrape-time collector reads.
+        label_cap: distinct values kept per bounded label (agent ids, models, fields).
+    """
+
+    def __init__(self, server: HubServer, label_cap: int) -> None:
+        # ``*_created`` series double a scrape and no query here uses them. The switch is
+        # the library's, for the whole process: the hub process exports nothing else.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self._server = server
+        registry = self.registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def histogram(
+            name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+        ) -> Histogram:
+            return Histogram(name, doc, labels, registry=registry, buckets=buckets)
+
+        # --- tasks ----------------------------------------------------------------
+        self.transitions = _Children(
+            counter(
+                "agentcom_task_transitions",
+                "Task transitions, by the status entered.",
+                ("status", "priority", "tier", "target"),
+            )
+        )
+        self.queue_wait = _Children(
+            histogram(
+                "agentcom_task_queue_wait_seconds",
+                "From entering the queue (submitted or requeued) to assignment.",
+                DURATION_BUCKETS_S,
+                ("priority",),
+            )
+        )
+        self.accept_delay = histogram(
+            "agentcom_task_accept_delay_seconds",
+            "From assignment to the agent's task_accepted.",
+            DURATION_BUCKETS_S,
+        )
+        self.run_time = _Children(
+            histogram(
+                "agentcom_task_run_seconds",
+                "From acceptance (or assignment, if never accepted) to completion or failure.",
+                DURATION_BUCKETS_S,
+                ("outcome",),
+            )
+        )
+        self.end_to_end = _Children(
+            histogram(
+                "agentcom_task_end_to_end_seconds",
+                "From submission to the final status.",
+                DURATION_BUCKETS_S,
+                ("status",),
+            )
+        )
+        self.retries = counter("agentcom_task_retries", "Failed attempts queued again.")
+        self.rejections = counter("agentcom_task_rejections", "Assignments agents declined.")
+        self.reclaims = _Children(
+            counter(
+                "agentcom_task_reclaims",
+                "Tasks taken back from their agent, by cause.",
+                ("reason",),
+            )
+        )
+        self.dead_letters = _Children(
+            counter(
+                "agentcom_task_dead_letters", "Tasks moved to dead letter, by cause.", ("reason",)
+            )
+        )
+        self.tokens = _Children(
+            counter(
+                "agentcom_task_tokens",
+                "Tokens of completed tasks, by model and direction.",
+                ("model", "direction"),
+            )
+        )
+        self.cost = _Children(
+            counter(
+                "agentcom_task_cost_usd",
+                "Cost of completed tasks in USD, by model and kind "
+                "(estimated: what it cost; claude_equivalent: what Claude would have cost).",
+                ("model", "kind"),
+            )
+        )
+        self.agent_tasks = _Children(
+            counter(
+                "agentcom_agent_tasks",
+                "Attempts finished per agent, by outcome.",
+                ("agent", "outcome"),
+            )
+        )
+        self._agent_label = BoundedLabel(label_cap)
+        self._model_label = BoundedLabel(label_cap)
+        # --- frames ---------------------------------------------------------------
+        self.frames_received = _Children(
+            counter(
+                "agentcom_frames_received",
+                "Frames received on /ws, by type (invalid: not decoded).",
+                ("type",),
+            )
+        )
+        self.frames_sent = _SentByClass(
+            counter(
+                "agentcom_frames_sent", "Frames sent to agents and operators, by type.", ("type",)
+            )
+        )
+        self.violations = _Children(
+            counter(
+                "agentcom_violations",
+                "Frames refused as violations on /ws, by error code.",
+                ("error",),
+            )
+        )
+        self.validation_errors = _Children(
+            counter(
+                "agentcom_validation_errors",
+                "Fields in error in refused frames, by top-level field.",
+                ("field",),
+            )
+        )
+        self._field_label = BoundedLabel(label_cap)
+        self.rate_limited = _Children(
+            counter(
+                "agentcom_rate_limited",
+                "Frames refused (request) or dropped (progress) by rate limiting, by bucket.",
+                ("tier",),
+            )
+        )
+        self.events_dropped = counter(
+            "agentcom_events_dropped", "Events dropped from slow subscribers' queues."
+        )
+        # --- connections, store, loop ---------------------------------------------
+        self.websocket_connections = _Children(
+            counter(
+                "agentcom_websocket_connections",
+                "WebSocket connections accepted, by path.",
+                ("path",),
+            )
+        )
+        self.websocket_connections_open = Gauge(
+            "agentcom_websocket_connections_open",
+            "Open WebSocket connections, by path.",
+            ("path",),
+            registry=registry,
+        )
+        self.commit_seconds = histogram(
+            "agentcom_store_commit_seconds",
+            "Duration of a written transaction.",
+            _COMMIT_BUCKETS_S,
+        )
+        self.commit_batch = histogram(
+            "agentcom_store_commit_batch_size",
+            "Changes written per transaction.",
+            _BATCH_BUCKETS,
+        )
+        self.store_failures = counter(
+            "agentcom_store_failures", "Transactions the database refused (changes discarded)."
+        )
+        self.loop_lag = histogram(
+            "agentcom_event_loop_lag_seconds",
+            "How late a periodic timer fires.",
+            _LAG_BUCKETS_S,
+        )
+        registry.register(_StateCollector(server))
+        ProcessCollector(registry=registry)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    # --- hooks --------------------------------------------------------------------
+
+    def observe_task(self, name: str, task: Task, extra: dict[str, Any]) -> None:
+        """One task event of the hub (``Hub.task_observer``)."""
+        now = self._server.clock.now_ms()
+        if name == "task_failed":  # not a transition: task_retried or task_dead_letter is
+            self.run_time["failed"].observe(_seconds(_started_at(task), now) or 0.0)
+            self.agent_tasks[self._agent_label(task.assigned_to or NONE), "failed"].inc()
+            return
+        decision = task.routing_decision
+        tier = decision.effective_tier.value if decision is not None else NONE
+        target = decision.target_type.value if decision is not None else NONE
+        self.transitions[task.status.value, task.priority.value, tier, target].inc()
+        if name == "task_assigned":
+            wait = _seconds(_queued_since(task), task.assigned_at or now)
+            self.queue_wait[task.priority.value].observe(wait or 0.0)
+        elif name == "task_accepted":
+            self.accept_delay.observe(_seconds(task.assigned_at, now) or 0.0)
+        elif name == "task_completed":
+            self._completed(task, now)
+        elif name == "task_retried":
+            self.retries.inc()
+        elif name == "task_dead_letter":
+            reason = "retries_exhausted" if task.max_retries else "no_retries"
+            self.dead_letters[reason].inc()
+            self.end_to_end[task.status.value].observe(_seconds(task.created_at, now) or 0.0)
+        elif name == "task_cancelled":
+            self.end_to_end[task.status.value].observe(_seconds(task.created_at, now) or 0.0)
+        elif name in ("task_requeued", "task_reclaimed"):
+            cause = requeue_cause(str(extra.get("reason", "")))
+            if cause == "rejected":
+                self.rejections.inc()
+            elif cause in _RECLAIM_CAUSES:
+                self.reclaims[cause].inc()
+
+    def _completed(self, task: Task, now: int) -> None:
+        self.run_time["completed"].observe(_seconds(_started_at(task), now) or 0.0)
+        self.end_to_end[task.status.value].observe(_seconds(task.created_at, now) or 0.0)
+        self.agent_tasks[self._agent_label(task.assigned_to or NONE), "completed"].inc()
+        execution = task.execution
+        if execution is None:
+            return
+        model = self._model_label(execution.model_used or "unknown")
+        for direction, tokens in (("in", execution.tokens_in), ("out", execution.tokens_out)):
+            if tokens:
+                self.tokens[model, direction].inc(tokens)
+        for kind, cost in (
+            ("estimated", execution.estimated_cost_usd),
+            ("claude_equivalent", execution.equivalent_claude_cost_usd),
+        ):
+            if cost:
+                self.cost[model, kind].inc(cost)
+
+    def observe_commit(self, seconds: float, changes: int) -> None:
+        """One transaction written (``SqliteStore.on_written``)."""
+        self.commit_seconds.observe(seconds)
+        self.commit_batch.observe(changes)
+
+    def violation(self, reply: ErrorReply | ValidationFailed) -> None:
+        """A frame refused as a violation, with its fields in error."""
+        self.violations[reply.error].inc()
+        if isinstance(reply, ValidationFailed):
+            for entry in reply.errors:
+                self.validation_errors[self._field_label(entry.field.split(".")[0])].inc()
+
+    @contextlib.contextmanager
+    def connection(self, path: str) -> Iterator[None]:
+        """Count a WebSocket connection on ``path`` while it is open."""
+        self.websocket_connections[path].inc()
+        gauge = self.websocket_connections_open.labels(path)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+
+class _StateCollector(Collector):
+    """Figures read from the hub's state when scraped, never maintained per frame."""
+
+    def __init__(self, server: HubServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        hub = server.hub
+        connected = 0
+        by_state = {"idle": 0, "busy": 0, "draining": 0}
+        by_capability: dict[tuple[str, str], int] = {}
+        for agent in hub.presence.agents.values():
+            if not agent.connected:
+                continue
+            connected += 1
+            state = "draining" if agent.draining else "busy" if agent.current_task else "idle"
+            by_state[state] += 1
+            for capability in agent.capabilities or (NONE,):
+                key = (state, capability)
+                by_capability[key] = by_capability.get(key, 0) + 1
+        yield _gauge(
+            "agentcom_agents_connected", "Agents with an identified connection.", connected
+        )
+        states = GaugeMetricFamily(
+            "agentcom_agents_by_state",
+            "Connected agents: idle, busy or draining.",
+            labels=("state",),
+        )
+        for state, count in by_state.items():
+            states.add_metric((state,), count)
+        yield states
+        agents = GaugeMetricFamily(
+            "agentcom_agents",
+            "Connected agents by state and capability (an agent counts "
+            "under each of its capabilities; none: it declared no capability).",
+            labels=("state", "capability"),
+        )
+        for (state, capability), count in sorted(by_capability.items()):
+            agents.add_metric((state, capability), count)
+        yield agents
+        queue = hub.queue
+        depth = queue.queued_count()
+        yield _gauge(
+            "agentcom_queue_depth", "Tasks waiting for an agent (held ones included).", depth
+        )
+        yield _gauge(
+            "agentcom_tasks_active", "Tasks assigned or working.", len(queue.tasks) - depth
+        )
+        needed = GaugeMetricFamily(
+            "agentcom_queued_tasks",
+            "Queued tasks by needed capability (none: needs none).",
+            labels=("capability",),
+        )
+        for capability, count in sorted(queue.queued_by_capability().items()):
+            needed.add_metric((capability or NONE,), count)
+        yield needed
+        oldest = queue.oldest_queued_since()
+        age = 0.0 if oldest is None else max(0, server.clock.now_ms() - oldest) / 1000
+        yield _gauge(
+            "agentcom_queue_oldest_age_seconds",
+            "How long the longest-waiting queued task has waited (0: none).",
+            age,
+        )
+        yield _counter(
+            "agentcom_progress_dropped",
+            "task_progress frames dropped by rate limiting.",
+            hub.progress_dropped,
+        )
+        yield _counter(
+            "agentcom_store_commits", "Database transactions written.", server.store.commits
+        )
+        yield _gauge(
+            "agentcom_store_failing",
+            "1 while the database cannot be written.",
+            int(server.store_failing),
+        )
+        yield _gauge(
+            "agentcom_subscribers", "Live event subscriptions.", server.pubsub.subscriber_count()
+        )
+        yield from _connection_figures(server)
+        yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", hub.waiter_count())
+
+
+def _connection_figures(server: HubServer) -> Iterator[Metric]:
+    """What the guard and the reply budget hold (docs/operations.md explains the limits)."""
+    guard, replies = server.guard, server.replies
+    yield _gauge(
+        "agentcom_connections_open",
+        "TCP connections held, handshakes in progress included.",
+        guard.open_connections(),
+    )
+    yield _gauge(
+        "agentcom_connections_unauthenticated",
+        "Connections not yet identified, subscribed or authenticated.",
+        guard.unauthenticated_connections(),
+    )
+    yield _counter(
+        "agentcom_connections_refused",
+        "Connections closed at accept (beyond a connection limit).",
+        guard.refused_at_accept,
+    )
+    yield _counter(
+        "agentcom_accept_failures",
+        "Accepts that failed (out of file descriptors).",
+        server.accept_failures.failures,
+    )
+    yield _gauge(
+        "agentcom_reply_bytes_unread",
+        "Replies written to operators, dashboards and HTTP clients, not read yet.",
+        replies.in_flight(),
+    )
+    yield _counter(
+        "agentcom_clients_cut_off",
+        "Clients cut off for leaving too many replies unread.",
+        replies.cut_off,
+    )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class LoopLagMonitor:
+    """Measures how late a timer of ``interval_s`` fires on the event loop.
+
+    A late timer means the loop was busy (a long callback, a blocking call): every frame
+    waited that long too.
+    """
+
+    def __init__(self, metrics: HubMetrics, interval_s: float) -> None:
+        self._histogram = metrics.loop_lag
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start measuring in the background."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop measuring."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self._interval_s
+            await asyncio.sleep(self._interval_s)
+            self._histogram.observe(max(0.0, loop.time() - due))
