@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import errno
 import json
-import logging
 import os
 import re
 import signal
@@ -41,6 +40,7 @@ from agentcom.config import Settings, load_settings, setting_sources
 from agentcom.errors import ConfigurationError, DatabaseInUse, StoreError
 from agentcom.hub.auth import Role, hash_token, new_token
 from agentcom.hub.hub import TASK_ID_PREFIX_MIN
+from agentcom.logs import configure_logging
 from agentcom.protocol.common import Tier
 from agentcom.store import tokens
 
@@ -111,12 +111,7 @@ class CliError(Exception):
 def _serve(args: argparse.Namespace) -> int:
     settings, _ = _settings(args)
     _check_tls_files(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Our own modules log connections; the library's per-request lines are noise.
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     return asyncio.run(_run_hub(settings))
 
 
@@ -131,6 +126,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
         "port": args.port,
         "db": args.db,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "certfile": args.certfile,
         "keyfile": args.keyfile,
         "insecure": args.insecure,
@@ -1257,6 +1253,9 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)")
     parser.add_argument("--config", help="TOML settings file (default $AGENTCOM_CONFIG)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--log-format", help="text (default) or json: one JSON object per line, with ids"
+    )
     parser.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
     parser.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
     parser.add_argument(
