@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import METADATA, AgentMaker
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,6 +21,12 @@ from agentcom.server.app import HubServer
 from agentcom.server.metrics import OTHER, requeue_cause
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+RULES = DEPLOY / "prometheus" / "agentcom-alerts.yml"
+DASHBOARD = DEPLOY / "grafana" / "agentcom-dashboard.json"
+METRIC_NAME = re.compile(r"\b(?:agentcom|process)_[a-z0-9_]+")
+SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 
 
 async def scrape(http_url: str) -> Samples:
@@ -247,3 +257,65 @@ async def test_agent_labels_past_the_cap_are_counted_as_other(
 )
 def test_requeue_reasons_map_to_bounded_causes(reason: str, cause: str) -> None:
     assert requeue_cause(reason) == cause
+
+
+async def exported_names(http_url: str) -> set[str]:
+    """Every sample name ``/metrics`` can carry, for series with and without samples yet."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as response:
+            text: str = response.read().decode()
+            return text
+
+    names = set()
+    for family in text_string_to_metric_families(await asyncio.to_thread(fetch)):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in SAMPLE_SUFFIXES.get(family.type, ()))
+    return names
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def alert_rules() -> list[dict[str, object]]:
+    rules_file = yaml.safe_load(RULES.read_text())
+    return [rule for group in rules_file["groups"] for rule in group["rules"]]
+
+
+async def test_every_dashboard_and_alert_query_names_a_metric_the_hub_exports(
+    hub: HubServer, http_url: str
+) -> None:
+    # given what a fresh hub exports
+    exported = await exported_names(http_url)
+
+    # when the metric names of every dashboard query and alert expression are read
+    queries = dashboard_queries() + [str(rule["expr"]) for rule in alert_rules()]
+    named = {name for query in queries for name in METRIC_NAME.findall(query)}
+
+    # then each is exported, and the dashboard shows every part of the hub
+    assert len(queries) >= 30
+    assert named - exported == set()
+    assert {"agentcom_queue_depth", "agentcom_task_queue_wait_seconds_bucket",
+            "agentcom_task_run_seconds_bucket", "agentcom_task_cost_usd_total",
+            "agentcom_agents_by_state", "agentcom_store_failing",
+            "agentcom_event_loop_lag_seconds_bucket"} <= named  # fmt: skip
+
+
+def test_alert_rules_file_has_the_five_alerts_in_prometheus_form() -> None:
+    # when the rules file is read as Prometheus reads it (YAML)
+    rules = alert_rules()
+
+    # then it holds the five alerts, each complete
+    assert [rule["alert"] for rule in rules] == [
+        "AgentcomQueueGrowing", "AgentcomOldestTaskWaiting", "AgentcomTaskFailureRate",
+        "AgentcomNoAgentForCapability", "AgentcomStoreFailing",
+    ]  # fmt: skip
+    for rule in rules:
+        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}
+        assert re.fullmatch(r"[0-9]+[smh]", str(rule["for"]))
+        assert rule["labels"]["severity"] in {"warning", "critical"}  # type: ignore[index]
+        assert {"summary", "description"} <= set(rule["annotations"])  # type: ignore[arg-type]
+        expr = str(rule["expr"])
+        assert expr.count("(") == expr.count(")")
