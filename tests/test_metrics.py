@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
+import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,11 +16,11 @@ import yaml
 from conftest import METADATA, AgentMaker
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentcom.client import AgentClient, OperatorClient
+from agentcom.client import AgentClient, OperatorClient, RequestFailed
 from agentcom.config import Settings
 from agentcom.hub.clock import ManualClock
 from agentcom.server.app import HubServer
-from agentcom.server.metrics import OTHER, requeue_cause
+from agentcom.server.metrics import OTHER, LoopLagMonitor, requeue_cause
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -214,8 +216,9 @@ async def test_rejections_reclaims_and_dead_letters_are_counted_by_cause(
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Every hub here keeps one value per bounded label (agents, models, fields)."""
-    return settings.model_copy(update={"metrics_label_cap": 1})
+    """Every hub here keeps one value per bounded label (agents, models, fields), and
+    gives up a locked database after 0.2 s."""
+    return settings.model_copy(update={"metrics_label_cap": 1, "db_busy_timeout_s": 0.2})
 
 
 async def test_agent_labels_past_the_cap_are_counted_as_other(
@@ -319,3 +322,63 @@ def test_alert_rules_file_has_the_five_alerts_in_prometheus_form() -> None:
         assert {"summary", "description"} <= set(rule["annotations"])  # type: ignore[arg-type]
         expr = str(rule["expr"])
         assert expr.count("(") == expr.count(")")
+
+
+async def test_a_refused_transaction_is_counted_and_the_store_reported_failing(
+    hub: HubServer, operator: OperatorClient, http_url: str
+) -> None:
+    # given another process holding the database's write lock
+    lock = sqlite3.connect(hub.settings.db, timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        # when a submit cannot be written
+        with pytest.raises(RequestFailed) as refusal:
+            await operator.submit("refused")
+        assert refusal.value.code == "store_unavailable"
+        samples = await scrape(http_url)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+    # then the failure is counted and the store reported failing
+    assert value(samples, "agentcom_store_failures_total") == 1
+    assert value(samples, "agentcom_store_failing") == 1
+
+
+async def test_refused_and_dropped_frames_are_counted_by_rate_limit_bucket(
+    hub: HubServer, make_agent: AgentMaker, operator: OperatorClient, http_url: str
+) -> None:
+    # given an agent working on a task
+    agent = await make_agent("worker-1")
+    task = await operator.submit("chatty", complexity_tier="complex")
+    await agent.receive_type("task_assign")
+    # when it sends more progress frames than its bucket holds, then a final ping
+    burst = hub.settings.progress_burst
+    for _ in range(burst + 5):
+        await agent.send({"type": "task_progress", "task_id": task["task_id"], "progress": 1})
+    await agent.send({"type": "ping"})
+    await agent.receive_type("pong")
+
+    samples = await scrape(http_url)
+
+    # then the five beyond the bucket are counted as dropped, and every frame by type
+    assert value(samples, "agentcom_rate_limited_total", tier="progress") == 5
+    assert value(samples, "agentcom_progress_dropped_total") == 5
+    assert value(samples, "agentcom_frames_received_total", type="task_progress") == burst + 5
+
+
+async def test_event_loop_lag_is_how_late_the_timer_fired(hub: HubServer) -> None:
+    # given a lag monitor waiting on a 10 ms timer
+    monitor = LoopLagMonitor(hub.metrics, 0.01)
+    measuring = asyncio.create_task(monitor.measure_once())
+    await asyncio.sleep(0)  # let it arm its timer
+
+    # when the loop is blocked for 50 ms
+    time.sleep(0.05)
+    lag = await measuring
+
+    # then the timer fired at least 40 ms late, and the histogram says so
+    assert lag >= 0.04
+    registry = hub.metrics.registry
+    assert registry.get_sample_value("agentcom_event_loop_lag_seconds_count") == 1
+    assert registry.get_sample_value("agentcom_event_loop_lag_seconds_sum") == lag

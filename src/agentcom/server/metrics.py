@@ -610,9 +610,15 @@ class LoopLagMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self) -> None:
+    async def measure_once(self) -> float:
+        """Wait one interval and record (and return) how late the wake-up came."""
         loop = asyncio.get_running_loop()
+        due = loop.time() + self._interval_s
+        await asyncio.sleep(self._interval_s)
+        lag = max(0.0, loop.time() - due)
+        self._histogram.observe(lag)
+        return lag
+
+    async def _run(self) -> None:
         while True:
-            due = loop.time() + self._interval_s
-            await asyncio.sleep(self._interval_s)
-            self._histogram.observe(max(0.0, loop.time() - due))
+            await self.measure_once()
