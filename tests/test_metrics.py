@@ -382,3 +382,21 @@ async def test_event_loop_lag_is_how_late_the_timer_fired(hub: HubServer) -> Non
     registry = hub.metrics.registry
     assert registry.get_sample_value("agentcom_event_loop_lag_seconds_count") == 1
     assert registry.get_sample_value("agentcom_event_loop_lag_seconds_sum") == lag
+
+
+async def test_the_slowest_subscribers_backlog_is_exported(
+    hub: HubServer, operator: OperatorClient, http_url: str
+) -> None:
+    # given a subscriber of the tasks topic that reads nothing
+    subscription = hub.pubsub.subscribe(["tasks"])
+    try:
+        # when two tasks are submitted (one task_submitted event each)
+        await operator.submit("one")
+        await operator.submit("two")
+        samples = await scrape(http_url)
+    finally:
+        hub.pubsub.unsubscribe(subscription)
+
+    # then its two unread events are the backlog
+    assert value(samples, "agentcom_subscriber_queue_max") == 2
+    assert value(samples, "agentcom_subscribers") == 1

@@ -53,6 +53,11 @@ class Subscription:
             self._dropped += 1
         self._ready.set()
 
+    @property
+    def queued(self) -> int:
+        """Events waiting for the subscriber to read them."""
+        return len(self._queue)
+
     async def next_batch(self) -> tuple[list[str], int]:
         """Wait for events; returns them all and how many were dropped since the last call.
 
@@ -110,6 +115,10 @@ class MemoryPubSub:
             subscription.offer(encoded)
         return len(subscribers)
 
+    def subscriptions(self) -> set[Subscription]:
+        """Distinct live subscriptions."""
+        return {s for subscribers in self._subscribers.values() for s in subscribers}
+
     def subscriber_count(self) -> int:
         """Distinct live subscriptions."""
-        return len({s for subscribers in self._subscribers.values() for s in subscribers})
+        return len(self.subscriptions())

@@ -537,8 +537,12 @@ class _StateCollector(Collector):
             "1 while the database cannot be written.",
             int(server.store_failing),
         )
+        subscriptions = server.pubsub.subscriptions()
+        yield _gauge("agentcom_subscribers", "Live event subscriptions.", len(subscriptions))
         yield _gauge(
-            "agentcom_subscribers", "Live event subscriptions.", server.pubsub.subscriber_count()
+            "agentcom_subscriber_queue_max",
+            "Events waiting for the slowest subscriber to read them (0: none).",
+            max((subscription.queued for subscription in subscriptions), default=0),
         )
         yield from _connection_figures(server)
         yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", hub.waiter_count())
