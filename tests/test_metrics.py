@@ -400,3 +400,18 @@ async def test_the_slowest_subscribers_backlog_is_exported(
     # then its two unread events are the backlog
     assert value(samples, "agentcom_subscriber_queue_max") == 2
     assert value(samples, "agentcom_subscribers") == 1
+
+
+def test_each_hub_in_a_process_counts_in_its_own_registry(settings: Settings) -> None:
+    # given two hubs in one process
+    first, second = HubServer(settings), HubServer(settings)
+
+    # when one counts a frame
+    first.metrics.frames_received["ping"].inc()
+
+    # then only its registry has it
+    labels = {"type": "ping"}
+    assert first.metrics.registry.get_sample_value("agentcom_frames_received_total", labels) == 1
+    assert (
+        second.metrics.registry.get_sample_value("agentcom_frames_received_total", labels) is None
+    )

@@ -111,6 +111,11 @@ class HubServer:
         return port
 
     @property
+    def restored(self) -> bool:
+        """Whether the database is open and its state restored (the hub serves)."""
+        return self._restored
+
+    @property
     def insecure(self) -> bool:
         """Whether the hub listens beyond loopback without TLS (tokens in clear)."""
         return not self.tls and not is_loopback(self.settings.host)

@@ -468,6 +468,8 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         server = self._server
+        if not server.restored:  # no state to read before the start or after the stop
+            return
         hub = server.hub
         connected = 0
         by_state = {"idle": 0, "busy": 0, "draining": 0}
