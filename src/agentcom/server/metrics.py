@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -57,8 +56,6 @@ __all__ = [
     "requeue_cause",
 ]
 
-logger = logging.getLogger(__name__)
-
 # The classic text format: every Prometheus version reads it, and our names need no escaping.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"  # the value of a bounded label past its cap
@@ -66,44 +63,12 @@ NONE = "none"  # a label with no value yet (no tier before routing, no capabilit
 
 #: Task durations: agent work takes from milliseconds (a no-op) to hours.
 DURATION_BUCKETS_S = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    43200.0,
-)
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+)  # fmt: skip
 _COMMIT_BUCKETS_S = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 _LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -178,9 +143,9 @@ class _SentByClass(dict[type[Outbound], Any]):
     """Children of ``agentcom_frames_sent_total`` by frame class (no per-frame lookup of
     the ``type`` field)."""
 
-    def __init__(self, metric: Counter) -> None:
+    def __init__(self, children: _Children) -> None:
         super().__init__()
-        self._children = _Children(metric)
+        self._children = children
 
     def __missing__(self, frame_class: type[Outbound]) -> Any:
         child = self[frame_class] = self._children[_frame_type(frame_class)]
@@ -223,159 +188,75 @@ class HubMetrics:
         self._server = server
         registry = self.registry
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-            return Counter(name, doc, labels, registry=registry)
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, registry=registry)
 
-        def histogram(
-            name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
-        ) -> Histogram:
-            return Histogram(name, doc, labels, registry=registry, buckets=buckets)
+        def counters(name: str, doc: str, *labels: str) -> _Children:
+            return _Children(Counter(name, doc, labels, registry=registry))
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, registry=registry, buckets=buckets)
+
+        def histograms(name: str, doc: str, buckets: tuple[float, ...], *labels: str) -> _Children:
+            return _Children(Histogram(name, doc, labels, registry=registry, buckets=buckets))
 
         # --- tasks ----------------------------------------------------------------
-        self.transitions = _Children(
-            counter(
-                "agentcom_task_transitions",
-                "Task transitions, by the status entered.",
-                ("status", "priority", "tier", "target"),
-            )
-        )
-        self.queue_wait = _Children(
-            histogram(
-                "agentcom_task_queue_wait_seconds",
-                "From entering the queue (submitted or requeued) to assignment.",
-                DURATION_BUCKETS_S,
-                ("priority",),
-            )
-        )
-        self.accept_delay = histogram(
-            "agentcom_task_accept_delay_seconds",
-            "From assignment to the agent's task_accepted.",
-            DURATION_BUCKETS_S,
-        )
-        self.run_time = _Children(
-            histogram(
-                "agentcom_task_run_seconds",
-                "From acceptance (or assignment, if never accepted) to completion or failure.",
-                DURATION_BUCKETS_S,
-                ("outcome",),
-            )
-        )
-        self.end_to_end = _Children(
-            histogram(
-                "agentcom_task_end_to_end_seconds",
-                "From submission to the final status.",
-                DURATION_BUCKETS_S,
-                ("status",),
-            )
-        )
+        self.transitions = counters("agentcom_task_transitions",
+            "Task transitions, by the status entered.",
+            "status", "priority", "tier", "target")  # fmt: skip
+        self.queue_wait = histograms("agentcom_task_queue_wait_seconds",
+            "From entering the queue (submitted or requeued) to assignment.",
+            DURATION_BUCKETS_S, "priority")  # fmt: skip
+        self.accept_delay = histogram("agentcom_task_accept_delay_seconds",
+            "From assignment to the agent's task_accepted.", DURATION_BUCKETS_S)  # fmt: skip
+        self.run_time = histograms("agentcom_task_run_seconds",
+            "From acceptance (or assignment, if never accepted) to completion or failure.",
+            DURATION_BUCKETS_S, "outcome")  # fmt: skip
+        self.end_to_end = histograms("agentcom_task_end_to_end_seconds",
+            "From submission to the final status.", DURATION_BUCKETS_S, "status")  # fmt: skip
         self.retries = counter("agentcom_task_retries", "Failed attempts queued again.")
         self.rejections = counter("agentcom_task_rejections", "Assignments agents declined.")
-        self.reclaims = _Children(
-            counter(
-                "agentcom_task_reclaims",
-                "Tasks taken back from their agent, by cause.",
-                ("reason",),
-            )
-        )
-        self.dead_letters = _Children(
-            counter(
-                "agentcom_task_dead_letters", "Tasks moved to dead letter, by cause.", ("reason",)
-            )
-        )
-        self.tokens = _Children(
-            counter(
-                "agentcom_task_tokens",
-                "Tokens of completed tasks, by model and direction.",
-                ("model", "direction"),
-            )
-        )
-        self.cost = _Children(
-            counter(
-                "agentcom_task_cost_usd",
-                "Cost of completed tasks in USD, by model and kind "
-                "(estimated: what it cost; claude_equivalent: what Claude would have cost).",
-                ("model", "kind"),
-            )
-        )
-        self.agent_tasks = _Children(
-            counter(
-                "agentcom_agent_tasks",
-                "Attempts finished per agent, by outcome.",
-                ("agent", "outcome"),
-            )
-        )
+        self.reclaims = counters("agentcom_task_reclaims",
+            "Tasks taken back from their agent, by cause.", "reason")  # fmt: skip
+        self.dead_letters = counters("agentcom_task_dead_letters",
+            "Tasks moved to dead letter, by cause.", "reason")  # fmt: skip
+        self.tokens = counters("agentcom_task_tokens",
+            "Tokens of completed tasks, by model and direction.", "model", "direction")  # fmt: skip
+        self.cost = counters("agentcom_task_cost_usd", "Cost of completed tasks in USD, by "
+            "model and kind (estimated: what it cost; claude_equivalent: what Claude would "
+            "have cost).", "model", "kind")  # fmt: skip
+        self.agent_tasks = counters("agentcom_agent_tasks",
+            "Attempts finished per agent, by outcome.", "agent", "outcome")  # fmt: skip
         self._agent_label = BoundedLabel(label_cap)
         self._model_label = BoundedLabel(label_cap)
         # --- frames ---------------------------------------------------------------
-        self.frames_received = _Children(
-            counter(
-                "agentcom_frames_received",
-                "Frames received on /ws, by type (invalid: not decoded).",
-                ("type",),
-            )
-        )
-        self.frames_sent = _SentByClass(
-            counter(
-                "agentcom_frames_sent", "Frames sent to agents and operators, by type.", ("type",)
-            )
-        )
-        self.violations = _Children(
-            counter(
-                "agentcom_violations",
-                "Frames refused as violations on /ws, by error code.",
-                ("error",),
-            )
-        )
-        self.validation_errors = _Children(
-            counter(
-                "agentcom_validation_errors",
-                "Fields in error in refused frames, by top-level field.",
-                ("field",),
-            )
-        )
+        self.frames_received = counters("agentcom_frames_received",
+            "Frames received on /ws, by type (invalid: not decoded).", "type")  # fmt: skip
+        self.frames_sent = _SentByClass(counters("agentcom_frames_sent",
+            "Frames sent to agents and operators, by type.", "type"))  # fmt: skip
+        self.violations = counters("agentcom_violations",
+            "Frames refused as violations on /ws, by error code.", "error")  # fmt: skip
+        self.validation_errors = counters("agentcom_validation_errors",
+            "Fields in error in refused frames, by top-level field.", "field")  # fmt: skip
         self._field_label = BoundedLabel(label_cap)
-        self.rate_limited = _Children(
-            counter(
-                "agentcom_rate_limited",
-                "Frames refused (request) or dropped (progress) by rate limiting, by bucket.",
-                ("tier",),
-            )
-        )
-        self.events_dropped = counter(
-            "agentcom_events_dropped", "Events dropped from slow subscribers' queues."
-        )
+        self.rate_limited = counters("agentcom_rate_limited",
+            "Frames refused (request) or dropped (progress) by rate limiting, by bucket.",
+            "tier")  # fmt: skip
+        self.events_dropped = counter("agentcom_events_dropped",
+            "Events dropped from slow subscribers' queues.")  # fmt: skip
         # --- connections, store, loop ---------------------------------------------
-        self.websocket_connections = _Children(
-            counter(
-                "agentcom_websocket_connections",
-                "WebSocket connections accepted, by path.",
-                ("path",),
-            )
-        )
-        self.websocket_connections_open = Gauge(
-            "agentcom_websocket_connections_open",
-            "Open WebSocket connections, by path.",
-            ("path",),
-            registry=registry,
-        )
-        self.commit_seconds = histogram(
-            "agentcom_store_commit_seconds",
-            "Duration of a written transaction.",
-            _COMMIT_BUCKETS_S,
-        )
-        self.commit_batch = histogram(
-            "agentcom_store_commit_batch_size",
-            "Changes written per transaction.",
-            _BATCH_BUCKETS,
-        )
-        self.store_failures = counter(
-            "agentcom_store_failures", "Transactions the database refused (changes discarded)."
-        )
-        self.loop_lag = histogram(
-            "agentcom_event_loop_lag_seconds",
-            "How late a periodic timer fires.",
-            _LAG_BUCKETS_S,
-        )
+        self.websocket_connections = counters("agentcom_websocket_connections",
+            "WebSocket connections accepted, by path.", "path")  # fmt: skip
+        self.websocket_connections_open = Gauge("agentcom_websocket_connections_open",
+            "Open WebSocket connections, by path.", ("path",), registry=registry)  # fmt: skip
+        self.commit_seconds = histogram("agentcom_store_commit_seconds",
+            "Duration of a written transaction.", _COMMIT_BUCKETS_S)  # fmt: skip
+        self.commit_batch = histogram("agentcom_store_commit_batch_size",
+            "Changes written per transaction.", _BATCH_BUCKETS)  # fmt: skip
+        self.store_failures = counter("agentcom_store_failures",
+            "Transactions the database refused (changes discarded).")  # fmt: skip
+        self.loop_lag = histogram("agentcom_event_loop_lag_seconds",
+            "How late a periodic timer fires.", _LAG_BUCKETS_S)  # fmt: skip
         registry.register(_StateCollector(server))
         ProcessCollector(registry=registry)
 
