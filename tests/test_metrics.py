@@ -402,6 +402,24 @@ async def test_the_slowest_subscribers_backlog_is_exported(
     assert value(samples, "agentcom_subscribers") == 1
 
 
+async def test_events_dropped_from_a_slow_subscriber_are_exported_by_topic(
+    hub: HubServer, http_url: str
+) -> None:
+    # given a subscriber of every topic that reads nothing
+    subscription = hub.pubsub.subscribe()
+    try:
+        # when two more agent events are published than its queue holds
+        for n in range(hub.settings.subscriber_queue + 2):
+            hub.pubsub.publish("agents", {"type": "agent_event", "n": n})
+        samples = await scrape(http_url)
+    finally:
+        hub.pubsub.unsubscribe(subscription)
+
+    # then the two oldest are counted as dropped, under their topic
+    assert value(samples, "agentcom_events_dropped_total", topic="agents") == 2
+    assert value(samples, "agentcom_events_dropped_total", topic="tasks") == 0
+
+
 def test_each_hub_in_a_process_counts_in_its_own_registry(settings: Settings) -> None:
     # given two hubs in one process
     first, second = HubServer(settings), HubServer(settings)

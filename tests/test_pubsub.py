@@ -78,6 +78,25 @@ async def test_subscriber_that_does_not_read_keeps_the_newest_and_counts_the_res
     assert dropped == 0
 
 
+async def test_dropped_events_are_counted_by_the_topic_they_belonged_to() -> None:
+    # given two subscribers keeping at most two events, one of every topic
+    pubsub = MemoryPubSub(max_queue=2)
+    everything = pubsub.subscribe()
+    pubsub.subscribe(["agents"])
+
+    # when three task events then two agent events are published while neither reads
+    for n in range(3):
+        pubsub.publish("tasks", {"n": n})
+    for n in range(2):
+        pubsub.publish("agents", {"n": n})
+
+    # then the first subscriber lost the three task events, the second nothing
+    assert pubsub.dropped_by_topic == {"tasks": 3}
+    async with asyncio.timeout(1):
+        batch, dropped = await everything.next_batch()
+    assert (len(batch), dropped) == (2, 3)
+
+
 async def test_slow_subscriber_never_holds_back_the_others() -> None:
     # given a subscriber that never reads and one that reads as fast as it can
     pubsub = MemoryPubSub(max_queue=8)

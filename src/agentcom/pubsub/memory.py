@@ -28,11 +28,21 @@ class Subscription:
         max_bytes: size of the events kept, counting the last batch handed out (which its
             reader is still sending) until it asks for the next one; beyond it the oldest
             queued events are dropped. The newest event is always kept.
+        dropped_by_topic: counts of dropped events by topic, added to (shared by every
+            subscription of a pubsub, for metrics).
     """
 
-    def __init__(self, topics: Iterable[str], max_queue: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        topics: Iterable[str],
+        max_queue: int,
+        max_bytes: int,
+        dropped_by_topic: dict[str, int] | None = None,
+    ) -> None:
         self.topics = frozenset(topics)
         self._queue: deque[str] = deque()
+        self._queue_topics: deque[str] = deque()  # the topic of each queued event
+        self._dropped_by_topic = {} if dropped_by_topic is None else dropped_by_topic
         self._max_queue = max_queue
         self._max_bytes = max_bytes
         self._queued_bytes = 0
@@ -41,15 +51,19 @@ class Subscription:
         self._dropped = 0
         self.closed = False
 
-    def offer(self, encoded: str) -> None:
-        """Queue one event without waiting; drops the oldest while over a bound."""
+    def offer(self, encoded: str, topic: str = "") -> None:
+        """Queue one event of ``topic`` without waiting; drops the oldest while over a
+        bound."""
         self._queue.append(encoded)
+        self._queue_topics.append(topic)
         self._queued_bytes += len(encoded)  # ASCII JSON: one byte per character
         while len(self._queue) > 1 and (
             len(self._queue) > self._max_queue
             or self._queued_bytes + self._batch_bytes > self._max_bytes
         ):
             self._queued_bytes -= len(self._queue.popleft())
+            dropped_topic = self._queue_topics.popleft()
+            self._dropped_by_topic[dropped_topic] = self._dropped_by_topic.get(dropped_topic, 0) + 1
             self._dropped += 1
         self._ready.set()
 
@@ -69,6 +83,7 @@ class Subscription:
             await self._ready.wait()
         batch = list(self._queue)
         self._queue.clear()
+        self._queue_topics.clear()
         self._batch_bytes, self._queued_bytes = self._queued_bytes, 0
         dropped, self._dropped = self._dropped, 0
         return batch, dropped
@@ -90,11 +105,15 @@ class MemoryPubSub:
     def __init__(self, max_queue: int = 1000, max_bytes: int = 4 * 1024 * 1024) -> None:
         self._max_queue = max_queue
         self._max_bytes = max_bytes
+        # Events dropped from slow subscribers' queues since start, by topic.
+        self.dropped_by_topic: dict[str, int] = {}
         self._subscribers: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
 
     def subscribe(self, topics: Iterable[str] | None = None) -> Subscription:
         """A new subscription to ``topics`` (all topics when None)."""
-        subscription = Subscription(topics or TOPICS, self._max_queue, self._max_bytes)
+        subscription = Subscription(
+            topics or TOPICS, self._max_queue, self._max_bytes, self.dropped_by_topic
+        )
         for topic in subscription.topics:
             self._subscribers.setdefault(topic, set()).add(subscription)
         return subscription
@@ -112,7 +131,7 @@ class MemoryPubSub:
             return 0
         encoded = json.dumps(event, separators=(",", ":"))
         for subscription in subscribers:
-            subscription.offer(encoded)
+            subscription.offer(encoded, topic)
         return len(subscribers)
 
     def subscriptions(self) -> set[Subscription]:

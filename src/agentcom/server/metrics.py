@@ -242,8 +242,6 @@ class HubMetrics:
         self.rate_limited = counters("agentcom_rate_limited",
             "Frames refused (request) or dropped (progress) by rate limiting, by bucket.",
             "tier")  # fmt: skip
-        self.events_dropped = counter("agentcom_events_dropped",
-            "Events dropped from slow subscribers' queues.")  # fmt: skip
         # --- connections, store, loop ---------------------------------------------
         self.websocket_connections = counters("agentcom_websocket_connections",
             "WebSocket connections accepted, by path.", "path")  # fmt: skip
@@ -427,6 +425,14 @@ class _StateCollector(Collector):
             "Events waiting for the slowest subscriber to read them (0: none).",
             max((subscription.queued for subscription in subscriptions), default=0),
         )
+        dropped = CounterMetricFamily(
+            "agentcom_events_dropped",
+            "Events dropped from slow subscribers' queues, by topic.",
+            labels=("topic",),
+        )
+        for topic, count in sorted(server.pubsub.dropped_by_topic.items()):
+            dropped.add_metric((topic,), count)
+        yield dropped
         yield from _connection_figures(server)
         yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", hub.waiter_count())
 

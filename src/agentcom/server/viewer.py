@@ -113,7 +113,6 @@ class DashboardSession:
                 return
             batch, dropped = getter.result()
             if dropped:
-                self.server.metrics.events_dropped.inc(dropped)
                 await self.server.send(self.connection, ops.EventsDropped(count=dropped))
             for encoded in batch:
                 await self.connection.send(encoded)
