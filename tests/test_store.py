@@ -421,7 +421,7 @@ async def test_task_stats_aggregate_per_model_and_per_agent(db: Path, domain: Hu
     await domain.store.commit()
 
     # when the store aggregates
-    stats = domain.store.task_stats()
+    stats = await domain.store.read_task_stats(0)
 
     # then totals are per model and per agent, over completed tasks only
     assert stats["by_status"] == {"completed": 3, "assigned": 1}

@@ -816,25 +816,24 @@ class Hub:
         """One agent as dashboards and operators see it, with its task's hold."""
         return agent.snapshot(self.held_task(agent))
 
-    def stats(self) -> dict[str, Any]:
-        """Queue counts and execution totals."""
-        stats = self.store.task_stats()
+    async def stats(self) -> dict[str, Any]:
+        """Queue counts and execution totals (the caller commits first). The store's part
+        is read off the event loop: it counts every task ever run."""
+        stored = await self.store.read_task_stats(self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000)
+        stats = dict(stored)  # the read may be shared with other callers: add to a copy
         stats["queue_depth"] = self.queue.queued_count()
         stats["agents_connected"] = len(self.presence.connected())
         stats["progress_dropped"] = self.progress_dropped
-        stats["throughput"] = self.store.finished_since(
-            self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000
-        )
-        stats["throughput"]["window_s"] = THROUGHPUT_WINDOW_S
+        stats["throughput"] = {**stats.pop("finished"), "window_s": THROUGHPUT_WINDOW_S}
         by_state = dict.fromkeys((state.value for state in AgentState), 0)
         for agent in self.presence.agents.values():
             by_state[agent.state.value] += 1
         stats["agents_by_state"] = by_state
         return stats
 
-    def snapshot(self, recent: int = 50) -> dict[str, Any]:
+    async def snapshot(self, recent: int = 50) -> dict[str, Any]:
         """What a dashboard starts from (the caller commits first)."""
-        stats = self.stats()
+        stats = await self.stats()
         return {
             "timestamp": self.clock.now_ms(),
             "version": __version__,

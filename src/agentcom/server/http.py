@@ -191,7 +191,7 @@ class HttpRoutes:
                 response.headers["X-Next-Cursor"] = page.next_cursor
             return response
         if path == "/api/tasks/stats":
-            return _json(200, hub.stats())
+            return _json(200, await hub.stats())
         if path.startswith("/api/tasks/"):
             try:  # an abbreviated id is resolved, as on /ws/operator
                 task = hub.find_task(hub.resolve_task_id(path.removeprefix("/api/tasks/")))

@@ -88,7 +88,7 @@ class DashboardSession:
         token_key = server.revocations.track(frame.token, self.connection)
         try:
             await server.store.commit()
-            snapshot = ops.Snapshot(**server.hub.snapshot())
+            snapshot = ops.Snapshot(**await server.hub.snapshot())
             server.send_reply(self.connection, snapshot, f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
             try:
@@ -313,7 +313,7 @@ class OperatorSession:
             return hub.agents_snapshot()
         if isinstance(request, ops.Stats):
             await self.server.store.commit()
-            return hub.stats()
+            return await hub.stats()
         if isinstance(request, ops.EndpointsList):
             return hub.endpoints_snapshot()
         if isinstance(request, ops.ChannelsList):

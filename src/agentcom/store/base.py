@@ -134,11 +134,10 @@ class Store(Protocol):
         """A page of the tasks matching the filter, most recently updated first, without
         their results (a summary instead), read without loading any result whole."""
 
-    def task_stats(self) -> dict[str, Any]:
-        """Counts by status and priority, and execution totals per model and agent."""
-
-    def finished_since(self, since_ms: int) -> dict[str, int]:
-        """Tasks that reached each terminal status at or after ``since_ms``."""
+    async def read_task_stats(self, finished_since_ms: int) -> dict[str, Any]:
+        """Counts by status and priority, execution totals per model and agent, and the
+        tasks that reached each terminal status at or after ``finished_since_ms``
+        (``finished``), as committed; read without holding the event loop."""
 
     def has_token(self, agent_id: str, role: str | None = None) -> bool:
         """Whether ``agent_id`` holds a token (of ``role``, when given)."""

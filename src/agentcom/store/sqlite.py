@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentcom.errors import StoreError
 from agentcom.protocol.task import (
@@ -38,6 +38,8 @@ from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TaskPage, To
 __all__ = ["SqliteStore", "open_database"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # A page of tasks: each body without its result and verification report, and what a
 # list says of the result instead (protocol.task.ResultSummary), then the page position.
@@ -278,10 +280,11 @@ class SqliteStore:
         self._batch_max = batch_max
         self._busy_timeout_s = busy_timeout_s
         self._reader = open_database(self.path, busy_timeout_s=busy_timeout_s)
-        self._writer_executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sqlite-writer"
-        )
-        self._writer_local = threading.local()
+        self._writer = _ConnectionThread(self.path, busy_timeout_s, "sqlite-writer")
+        # Aggregate reads (stats over every task ever run) take a thread of their own, so
+        # that a large history never holds the event loop; concurrent callers share one.
+        self._aggregator = _ConnectionThread(self.path, busy_timeout_s, "sqlite-stats")
+        self._stats_read: asyncio.Future[dict[str, Any]] | None = None
         self._staged: dict[tuple[str, str], Change] = {}
         # Tasks staged or being written: reads must see them before the database does.
         self._unwritten: dict[str, Task] = {}
@@ -409,10 +412,10 @@ class SqliteStore:
         self._waiters.append(waiter)
         if not self._writing:
             self._writing = True
-            self._writer_task = loop.create_task(self._write_pending(loop))
+            self._writer_task = loop.create_task(self._write_pending())
         await waiter
 
-    async def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _write_pending(self) -> None:
         try:
             while self._waiters:
                 rows = list(self._staged.items())
@@ -421,7 +424,7 @@ class SqliteStore:
                 try:
                     if rows:
                         started = time.perf_counter()
-                        await loop.run_in_executor(self._writer_executor, self._write_rows, rows)
+                        await self._writer.run(self._write_rows, rows)
                         self.commits += 1
                         if self.on_written is not None:
                             self.on_written(time.perf_counter() - started, len(rows))
@@ -466,14 +469,13 @@ class SqliteStore:
         The probe takes the writer's turn like any transaction, so it waits for a write in
         progress and for the busy timeout.
         """
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._writer_executor, self._write_probe)
+            await self._writer.run(self._write_probe)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"database write failed: {exc}") from None
 
     def _write_probe(self) -> None:
-        connection = self._writer_connection()
+        connection = self._writer.connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute(_WRITE_PROBE, (time.time_ns() // 1_000_000,))
@@ -482,19 +484,12 @@ class SqliteStore:
             _rollback(connection)
             raise
 
-    def _writer_connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._writer_local, "connection", None)
-        if connection is None:
-            connection = open_database(self.path, busy_timeout_s=self._busy_timeout_s)
-            self._writer_local.connection = connection
-        return connection
-
     def _write_rows(self, changes: list[tuple[tuple[str, str], Change]]) -> None:
         """Write every change in one transaction (one fsync), grouped by statement."""
         by_statement: dict[str, list[tuple[Any, ...]]] = {}
         for _, (statement, params) in changes:
             by_statement.setdefault(statement, []).append(params)
-        connection = self._writer_connection()
+        connection = self._writer.connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
             for statement, rows in by_statement.items():
@@ -593,13 +588,31 @@ class SqliteStore:
         last = rows[task_filter.limit - 1] if more else None
         return TaskPage(tasks, task_cursor(last[5], last[6]) if last is not None else None)
 
-    def task_stats(self) -> dict[str, Any]:
-        """Counts by status and priority, and execution totals per model and per agent."""
+    async def read_task_stats(self, finished_since_ms: int) -> dict[str, Any]:
+        """Counts by status and priority, execution totals per model and per agent, and
+        the tasks that reached each terminal status at or after ``finished_since_ms``
+        (``finished``), as committed.
+
+        Read on a thread of its own: over a long history this takes a while, and the event
+        loop goes on meanwhile. A call made while a read is under way shares its answer.
+        """
+        if self._stats_read is None:
+            self._stats_read = asyncio.ensure_future(
+                self._aggregator.run(self._read_task_stats, finished_since_ms)
+            )
+            self._stats_read.add_done_callback(self._forget_stats_read)
+        return await asyncio.shield(self._stats_read)
+
+    def _forget_stats_read(self, _: asyncio.Future[dict[str, Any]]) -> None:
+        self._stats_read = None
+
+    def _read_task_stats(self, finished_since_ms: int) -> dict[str, Any]:
+        connection = self._aggregator.connection()
         by_status = dict(
-            self._reader.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+            connection.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
         )
         by_priority = dict(
-            self._reader.execute(
+            connection.execute(
                 "SELECT priority, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY priority"
             ).fetchall()
         )
@@ -614,9 +627,18 @@ class SqliteStore:
                  "equivalent_claude_cost_usd", "execution_ms")  # fmt: skip
 
         def rows(key: str, group: str) -> list[tuple[Any, ...]]:
-            return self._reader.execute(totals_sql.format(key=key, group=group)).fetchall()
+            return connection.execute(totals_sql.format(key=key, group=group)).fetchall()
 
         total = rows("'all'", "")[0]
+        # A finished task is not updated again, so its updated_at is when it finished.
+        finished = dict.fromkeys(_TERMINAL, 0)
+        finished.update(
+            connection.execute(
+                "SELECT status, COUNT(*) FROM tasks WHERE updated_at >= ? "
+                "AND status IN (?, ?, ?) GROUP BY status",
+                (finished_since_ms, *_TERMINAL),
+            ).fetchall()
+        )
         return {
             "by_status": by_status,
             "queued_by_priority": by_priority,
@@ -629,19 +651,8 @@ class SqliteStore:
                 row[0] or "unknown": dict(zip(names, row[1:], strict=True))
                 for row in rows("assigned_to", "GROUP BY assigned_to")
             },
+            "finished": finished,
         }
-
-    def finished_since(self, since_ms: int) -> dict[str, int]:
-        """Tasks that reached each terminal status at or after ``since_ms`` (a finished
-        task is not updated again, so its ``updated_at`` is when it finished)."""
-        rows = self._reader.execute(
-            "SELECT status, COUNT(*) FROM tasks WHERE updated_at >= ? AND status IN (?, ?, ?) "
-            "GROUP BY status",
-            (since_ms, *_TERMINAL),
-        ).fetchall()
-        counts = dict.fromkeys(_TERMINAL, 0)
-        counts.update(dict(rows))
-        return counts
 
     def load_endpoints(self) -> list[EndpointRow]:
         """Registered endpoints as ``(endpoint_id, url, source, agent_id, approved)``."""
@@ -680,16 +691,44 @@ class SqliteStore:
         return [(int(row[0]), str(row[1]), str(row[2])) for row in rows]
 
     def close(self) -> None:
-        """Wait for the writer, then release both connections."""
+        """Wait for the writer and any aggregate read, then release every connection."""
+        self._writer.close()
+        self._aggregator.close()
+        self._reader.close()
 
-        def close_writer() -> None:
-            connection = getattr(self._writer_local, "connection", None)
+
+class _ConnectionThread:
+    """One thread with a connection of its own (opened there on first use): what runs on
+    it never holds the event loop, and the connection is only ever used by that thread."""
+
+    def __init__(self, path: Path, busy_timeout_s: float, name: str) -> None:
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._local = threading.local()
+
+    def connection(self) -> sqlite3.Connection:
+        """The thread's connection; call on that thread only (from what :meth:`run` runs)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = open_database(self._path, busy_timeout_s=self._busy_timeout_s)
+            self._local.connection = connection
+        return connection
+
+    async def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)`` on the thread, awaited without blocking the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def close(self) -> None:
+        """Wait for what runs on the thread, then close its connection and stop it."""
+
+        def close_connection() -> None:
+            connection = getattr(self._local, "connection", None)
             if connection is not None:
                 connection.close()
 
-        self._writer_executor.submit(close_writer).result()
-        self._writer_executor.shutdown(wait=True)
-        self._reader.close()
+        self._executor.submit(close_connection).result()
+        self._executor.shutdown(wait=True)
 
 
 def _rollback(connection: sqlite3.Connection) -> None:
