@@ -57,6 +57,7 @@ VALID: dict[str, Frame] = {
     "task_failed": {"type": "task_failed", "task_id": "t1", "generation": 1},
     "task_rejected": {"type": "task_rejected", "task_id": "t1"},
     "task_recovering": {"type": "task_recovering", "task_id": "t1"},
+    "state_report": {"type": "state_report", "task_id": "t1", "generation": 1},
     "resource_report": {"type": "resource_report"},
     "ollama_report": {"type": "ollama_report", "ollama_url": "http://127.0.0.1:11434"},
     "wake_result": {"type": "wake_result", "task_id": "t1", "status": "woken"},

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from agentcom import __version__
 from agentcom.config import Settings
@@ -30,6 +30,7 @@ from agentcom.protocol.common import Outbound, TargetType, TaskStatus
 from agentcom.protocol.outbound import (
     AgentJoined,
     AgentLeft,
+    StateReportAck,
     StatusChanged,
     TaskAck,
     TaskAssign,
@@ -583,6 +584,47 @@ class Hub:
         self.queue.requeue(task, f"{agent_id} restarted while running it")
         self._release(agent_id)
         return TaskReassign(task_id=task_id)
+
+    def state_report(self, agent_id: str, frame: frames.StateReport) -> StateReportAck:
+        """After a reconnect: ``continue`` when this agent holds this attempt, else ``abort``.
+
+        Fenced like a completion (owner, generation, unfinished). A ``continue`` ends the
+        hold, and a task still ``assigned`` becomes ``working``: the agent runs it, so the
+        acceptance timeout must not hand it to another agent. An ``abort`` changes nothing.
+        """
+        task = self.queue.get(frame.task_id)
+        held = (
+            task is not None
+            and task.assigned_to == agent_id
+            and task.status in ACTIVE
+            and task.generation == frame.generation
+        )
+        if task is not None and held:
+            self.queue.accept(task)
+            agent = self.presence.agents[agent_id]
+            agent.task_accepted = True
+            agent.held_since = None
+            self.presence.refresh(agent)
+        action: Literal["continue", "abort"] = "continue" if held else "abort"
+        logger.info(
+            "agent %s reports task %s (generation %d, %s): %s",
+            agent_id, frame.task_id, frame.generation, frame.status, action,
+        )  # fmt: skip
+        self._publish(
+            "tasks",
+            {
+                "type": "task_event",
+                "event": "task_state_reported",
+                "task_id": frame.task_id,
+                "agent_id": agent_id,
+                "timestamp": self.clock.now_ms(),
+                "action": action,
+                "reported_status": frame.status,
+                "reported_generation": frame.generation,
+                "generation": task.generation if task is not None else None,
+            },
+        )
+        return StateReportAck(task_id=frame.task_id, action=action)
 
     def _release(self, agent_id: str, schedule: bool = True) -> None:
         agent = self.presence.get(agent_id)

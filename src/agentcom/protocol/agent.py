@@ -34,6 +34,7 @@ __all__ = [
     "OllamaReport",
     "Ping",
     "ResourceReport",
+    "StateReport",
     "StatusUpdate",
     "TaskAccepted",
     "TaskComplete",
@@ -209,6 +210,16 @@ class TaskRecovering(Inbound):
     metadata: JsonObject | None = None
 
 
+class StateReport(Inbound):
+    """After a reconnect, an agent still running a task says which attempt it runs."""
+
+    type: Literal["state_report"]
+    task_id: TaskId
+    generation: Annotated[int, Field(ge=0, le=2**53)]
+    status: ShortText | None = None
+    assigned_at: Number | None = None
+
+
 class ResourceReport(Inbound):
     """Host load figures, used for routing."""
 
@@ -256,6 +267,7 @@ AgentFrame = Annotated[
     | TaskFailed
     | TaskRejected
     | TaskRecovering
+    | StateReport
     | ResourceReport
     | OllamaReport
     | WakeResult,
@@ -267,5 +279,5 @@ AGENT_FRAME_TYPES: tuple[str, ...] = (
     "identify", "ping", "status", "list_agents", "message", "channel_subscribe",
     "channel_unsubscribe", "channel_publish", "channel_history", "list_channels",
     "task_accepted", "task_progress", "task_complete", "task_failed", "task_rejected",
-    "task_recovering", "resource_report", "ollama_report", "wake_result",
+    "task_recovering", "state_report", "resource_report", "ollama_report", "wake_result",
 )  # fmt: skip

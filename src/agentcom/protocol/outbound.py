@@ -206,6 +206,14 @@ class TaskReassign(Outbound):
     task_id: str
 
 
+class StateReportAck(Outbound):
+    """Answer to ``state_report``: keep running the task, or drop it."""
+
+    type: Literal["state_report_ack"] = "state_report_ack"
+    task_id: str
+    action: Literal["continue", "abort"]
+
+
 class OllamaReportAck(Outbound):
     """Reply to ``ollama_report``."""
 

@@ -41,7 +41,7 @@ _KNOWN_TYPES = frozenset(frames.AGENT_FRAME_TYPES)
 # Frames that settle a task are never rate limited: real sidecars ignore rate_limited.
 _UNLIMITED = frozenset(
     {"identify", "task_accepted", "task_complete", "task_failed", "task_rejected",
-     "task_recovering"}
+     "task_recovering", "state_report"}
 )  # fmt: skip
 
 
@@ -75,6 +75,7 @@ class AgentSession:
             "task_failed": self.on_task_failed,
             "task_rejected": self.on_task_rejected,
             "task_recovering": self.on_task_recovering,
+            "state_report": self.on_state_report,
             "resource_report": self.on_resource_report,
             "ollama_report": self.on_ollama_report,
             "wake_result": self.on_wake_result,
@@ -303,6 +304,10 @@ class AgentSession:
         assert self.agent_id is not None
         answer = self.hub.task_recovering(self.agent_id, frame.task_id)
         await self.server.settle(self.connection, answer)
+
+    async def on_state_report(self, frame: frames.StateReport) -> None:
+        assert self.agent_id is not None
+        await self.server.settle(self.connection, self.hub.state_report(self.agent_id, frame))
 
     async def on_resource_report(self, frame: frames.ResourceReport) -> None:
         assert self.agent_id is not None
