@@ -518,6 +518,11 @@ def _print_task(task: dict[str, Any]) -> None:
     print(f"  assigned to: {_cell(task.get('assigned_to'))} (generation {task['generation']})")
     if task.get("waiting_reason"):
         print(f"  waiting: {task['waiting_reason']}")
+    if task.get("depends_on"):
+        print(f"  prerequisites: {', '.join(task['depends_on'])}")
+    if task.get("dependants"):
+        more = task["dependants_total"] - len(task["dependants"])
+        print(f"  dependants: {', '.join(task['dependants'])}{f' and {more} more' if more else ''}")
     if task.get("held_for"):
         print(f"  held: {_hold(task['held_for'])}")
     print(
@@ -593,6 +598,7 @@ async def _task_submit(client: OperatorClient, args: argparse.Namespace) -> int:
         metadata=metadata,
         max_retries=args.max_retries,
         repo=args.repo,
+        depends_on=args.depends_on,
     )
     if not args.wait:
         print(json.dumps(task) if args.json else task["task_id"])
@@ -1355,6 +1361,12 @@ def _task_command(commands: Any) -> None:
         "--max-retries", type=int, metavar="N", help="retries before dead letter (default 3)"
     )
     submit.add_argument("--repo", metavar="URL", help="the repository the task works on")
+    submit.add_argument(
+        "--depends-on",
+        action="append",
+        metavar="ID",
+        help="the full id of a task that must complete first (repeatable)",
+    )
     submit.add_argument(
         "--wait",
         action="store_true",

@@ -49,7 +49,10 @@ from agentcom.protocol.task import (
 )
 from agentcom.store.base import ChangeKey, Store, TaskFilter, TaskPage
 
-__all__ = ["TASK_ID_PREFIX_MIN", "THROUGHPUT_WINDOW_S", "Hub", "Outbox"]
+__all__ = ["DEPENDANTS_SHOWN", "TASK_ID_PREFIX_MIN", "THROUGHPUT_WINDOW_S", "Hub", "Outbox"]
+
+#: Most dependants a task lists when read (``dependants_total`` counts them all).
+DEPENDANTS_SHOWN = 100
 
 logger = logging.getLogger(__name__)
 
@@ -675,16 +678,34 @@ class Hub:
 
     def find_task(self, task_id: str) -> Task:
         """A task in any state; raises ``not_found``. A queued task says why it waits, a
-        task held for its agent says so (``held_for``)."""
+        task held for its agent says so (``held_for``), and every task lists the tasks
+        that depend on it (``dependants``)."""
+        task = self.described(self._task(task_id))
+        dependants, total = self.store.load_dependants(task_id, DEPENDANTS_SHOWN)
+        if not total:
+            return task
+        return task.model_copy(update={"dependants": dependants, "dependants_total": total})
+
+    def _task(self, task_id: str) -> Task:
+        """A task in any state, as the hub holds it; raises ``not_found``."""
         task = self.queue.get(task_id) or self.store.get_task(task_id)
         if task is None:
             raise HubError("not_found", f"no task {task_id}", task_id)
-        return self.described(task)
+        return task
 
     def described(self, task: Task) -> Task:
         """``task``, or a copy that says what the hub does with it at this moment: why a
         queued task waits, for whom and until when an assigned one is held. Neither is
         part of the stored task."""
+        waiting_for = self.queue.dependencies.waiting_for(task.task_id)
+        if waiting_for:
+            pending = [prerequisite for prerequisite in task.depends_on
+                       if prerequisite in waiting_for]  # fmt: skip
+            reason = (
+                f"waiting for {len(pending)} of {len(task.depends_on)} prerequisites: "
+                f"{', '.join(pending)}"
+            )
+            return task.model_copy(update={"waiting_reason": reason, "waiting_for": pending})
         if task.status is TaskStatus.queued and task.task_id not in self.queue.held:
             return task.model_copy(update={"waiting_reason": self._why_waiting(task)})
         holder = self.presence.get(task.assigned_to) if task.assigned_to is not None else None
@@ -775,7 +796,7 @@ class Hub:
         """Cancel an unfinished task; its agent is freed."""
         task = self.queue.get(task_id)
         if task is None:
-            self.find_task(task_id)
+            self._task(task_id)
             raise HubError("invalid_state", "task is already finished", task_id)
         holder = task.assigned_to if task.status in ACTIVE else None
         self.queue.cancel(task)
@@ -834,7 +855,7 @@ class Hub:
 
     def retry(self, task_id: str) -> Task:
         """Move a dead-letter task back to the queue."""
-        task = self.find_task(task_id)
+        task = self._task(task_id)
         if task.status is not TaskStatus.dead_letter:
             raise HubError(
                 "invalid_state", f"task is {task.status.value}, not dead_letter", task_id

@@ -14,6 +14,7 @@ from typing import Any
 
 from agentcom.errors import HubError
 from agentcom.hub.clock import Clock
+from agentcom.hub.dependencies import DependencyIndex
 from agentcom.protocol.common import PRIORITY_RANK, Priority, TaskStatus
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 from agentcom.protocol.task import HistoryEntry, Task, TaskSubmission
@@ -71,15 +72,36 @@ class TaskQueue:
         self.held: dict[str, tuple[int, int]] = {}
         # Tasks whose wait ran out: the router may now fall back to another tier.
         self.may_fall_back: set[str] = set()
+        # Queued tasks kept out of scheduling until their prerequisites complete.
+        self.dependencies = DependencyIndex()
 
     # --- loading and lookup ----------------------------------------------------------
 
     def restore(self, tasks: list[Task]) -> None:
-        """Load unfinished tasks read from the store after a restart."""
+        """Load unfinished tasks read from the store after a restart.
+
+        A queued task waits again for its prerequisites that are unfinished; one whose
+        prerequisite ended in dead letter or was cancelled (the crash came between the
+        two) goes to dead letter now.
+        """
         for task in tasks:
             self.tasks[task.task_id] = task
-            if task.status is TaskStatus.queued:
-                self._enqueue(task)
+        finished: dict[str, Task | None] = {}  # looked up once per prerequisite
+        for task in tasks:
+            if task.status is not TaskStatus.queued or task.task_id not in self.tasks:
+                continue
+            failed = None
+            for prerequisite in task.depends_on:
+                if prerequisite not in self.tasks:
+                    if prerequisite not in finished:
+                        finished[prerequisite] = self._store.get_task(prerequisite)
+                    if _failed(finished[prerequisite]):
+                        failed = prerequisite
+            if failed is not None:
+                self._dependency_failed(task, failed)
+                self._fail_dependants(task.task_id)
+            else:
+                self._place(task)
 
     def reload(self, task_id: str, stored: Task | None) -> Task | None:
         """Replace a task's state in memory by ``stored``, its state in the database.
@@ -95,7 +117,7 @@ class TaskQueue:
             return None
         self.tasks[task_id] = stored
         if stored.status is TaskStatus.queued:
-            self._enqueue(stored)
+            self._place(stored)
         return stored
 
     def get(self, task_id: str) -> Task | None:
@@ -103,9 +125,10 @@ class TaskQueue:
         return self.tasks.get(task_id)
 
     def queued_count(self) -> int:
-        """Tasks waiting for an agent, including those held until a routing target appears."""
+        """Queued tasks: waiting for an agent, held until a routing target appears, or
+        waiting for prerequisites."""
         queued = sum(len(group) for groups in self._queued.values() for group in groups.values())
-        return queued + len(self.held)
+        return queued + len(self.held) + len(self.dependencies)
 
     def queued_by_capability(self) -> dict[str, int]:
         """Queued tasks (held ones included) needing each capability; ``""`` counts the
@@ -167,7 +190,17 @@ class TaskQueue:
         # but joins the end of its group: reordering the group would cost O(n) per task.
         group[task.task_id] = next(self._arrival) if arrival is None else arrival
 
+    def _place(self, task: Task) -> None:
+        """Queue a task, or keep it waiting for its prerequisites that are in memory
+        (unfinished)."""
+        waiting = [prerequisite for prerequisite in task.depends_on if prerequisite in self.tasks]
+        if waiting:
+            self.dependencies.block(task.task_id, waiting)
+        else:
+            self._enqueue(task)
+
     def _dequeue(self, task: Task) -> int | None:
+        self.dependencies.forget(task.task_id)
         self.held.pop(task.task_id, None)
         self.may_fall_back.discard(task.task_id)
         group = self._queued[task.priority].get(frozenset(task.needed_capabilities))
@@ -201,8 +234,26 @@ class TaskQueue:
         """When the earliest held task is due, if any is held."""
         return min((until for until, _ in self.held.values()), default=None)
 
+    def check_prerequisites(self, task_ids: list[str]) -> None:
+        """Refuse prerequisites that do not exist (``unknown_prerequisites``) or that ended
+        in dead letter or were cancelled (``prerequisite_failed``), naming them."""
+        stored = {task_id: self.tasks.get(task_id) or self._store.get_task(task_id)
+                  for task_id in task_ids}  # fmt: skip
+        unknown = [task_id for task_id, task in stored.items() if task is None]
+        if unknown:
+            raise HubError("unknown_prerequisites", f"no such tasks: {', '.join(unknown)}")
+        failed = [f"{task_id} ({task.status.value})" for task_id, task in stored.items()
+                  if _failed(task) and task is not None]  # fmt: skip
+        if failed:
+            raise HubError(
+                "prerequisite_failed",
+                f"prerequisites that will not complete (retry them first): {', '.join(failed)}",
+            )
+
     def submit(self, submission: TaskSubmission) -> Task:
-        """Create a queued task."""
+        """Create a queued task; it waits for its unfinished prerequisites (checked first)."""
+        depends_on = list(dict.fromkeys(submission.depends_on))
+        self.check_prerequisites(depends_on)
         now = self._clock.now_ms()
         max_retries = submission.max_retries
         task = Task(
@@ -221,12 +272,15 @@ class TaskQueue:
             verification_steps=submission.verification_steps,
             skip_verification=submission.skip_verification,
             verification_timeout_ms=submission.verification_timeout_ms,
+            depends_on=depends_on,
             created_at=now,
             updated_at=now,
         )
-        self.tasks[task.task_id] = task
         self._record(task, TaskStatus.queued, "submitted")
-        self._enqueue(task)
+        if depends_on:
+            self._store.stage_dependencies(task.task_id, depends_on)
+        self._place(task)
+        self.tasks[task.task_id] = task
         self._emit("task_submitted", task, {})
         return task
 
@@ -267,9 +321,14 @@ class TaskQueue:
             task.progress = progress
 
     def complete(self, task: Task) -> None:
-        """The task finished; the caller has set result and execution metadata."""
+        """The task finished; the caller has set result and execution metadata.
+
+        The dependants it was the last to block join the queue (the caller schedules).
+        """
         self._record(task, TaskStatus.completed, None)
         self._emit("task_completed", task, {"execution": _dump(task.execution)})
+        for task_id in self.dependencies.completed(task.task_id):
+            self._enqueue(self.tasks[task_id])
 
     def fail(self, task: Task, error: str | None) -> str:
         """The attempt failed: retry (``"retried"``) or dead letter (``"dead_letter"``)."""
@@ -284,7 +343,25 @@ class TaskQueue:
         task.assigned_to = None
         self._record(task, TaskStatus.dead_letter, error)
         self._emit("task_dead_letter", task, {"error": error, "agent_id": holder})
+        self._fail_dependants(task.task_id)
         return "dead_letter"
+
+    def _dependency_failed(self, task: Task, prerequisite: str) -> None:
+        """A queued task goes to dead letter because ``prerequisite`` will not complete."""
+        self.dependencies.forget(task.task_id)
+        error = f"dependency_failed: {prerequisite}"
+        task.last_error = error
+        self._record(task, TaskStatus.dead_letter, error)
+        self._emit("task_dead_letter", task, {"error": error, "agent_id": None})
+
+    def _fail_dependants(self, task_id: str) -> None:
+        """Every task waiting for ``task_id``, and theirs in turn, goes to dead letter."""
+        failed = [task_id]
+        while failed:
+            prerequisite = failed.pop()
+            for dependant in sorted(self.dependencies.waiting_on(prerequisite)):
+                self._dependency_failed(self.tasks[dependant], prerequisite)
+                failed.append(dependant)
 
     def requeue(self, task: Task, reason: str, event: str = "task_requeued") -> None:
         """Put an assigned or working task back in the queue without counting a retry."""
@@ -300,18 +377,21 @@ class TaskQueue:
         self._enqueue(task)
 
     def cancel(self, task: Task) -> None:
-        """Cancel a queued, assigned or working task."""
+        """Cancel a queued, assigned or working task; its dependants go to dead letter."""
         self._dequeue(task)
         self._record(task, TaskStatus.cancelled, "cancelled by an operator")
         self._emit("task_cancelled", task, {})
+        self._fail_dependants(task.task_id)
 
     def retry_dead_letter(self, task: Task) -> None:
-        """Move a dead-letter task back to the queue with its retry count reset."""
+        """Move a dead-letter task back to the queue with its retry count reset; it waits
+        again for its unfinished prerequisites (refused while one of them has failed)."""
+        self.check_prerequisites(task.depends_on)
         task.retry_count = 0
         task.last_error = None
-        self.tasks[task.task_id] = task
         self._record(task, TaskStatus.queued, "retried by an operator")
-        self._enqueue(task)
+        self._place(task)
+        self.tasks[task.task_id] = task
         self._emit("task_requeued", task, {"reason": "operator_retry"})
 
     # --- timeouts --------------------------------------------------------------------
@@ -335,6 +415,11 @@ class TaskQueue:
             ):
                 found.append((task, "no_progress"))
         return found
+
+
+def _failed(task: Task | None) -> bool:
+    """Whether a prerequisite will not complete unless an operator retries it."""
+    return task is not None and task.status in (TaskStatus.dead_letter, TaskStatus.cancelled)
 
 
 def _dump(model: Any) -> Any:

@@ -6,13 +6,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from agentcom.protocol.common import JsonObject, Priority, RequestedTier, TaskStatus, not_blank
+from agentcom.protocol.common import (
+    JsonObject,
+    Priority,
+    RequestedTier,
+    TaskId,
+    TaskStatus,
+    not_blank,
+)
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 
 __all__ = [
     "LISTED_WITHOUT",
     "RESULT_PREVIEW_CHARS",
     "TASK_CURSOR_PATTERN",
+    "MAX_PREREQUISITES",
     "ExecutionMetadata",
     "HistoryEntry",
     "ReclaimReason",
@@ -68,6 +76,9 @@ class TaskHold(BaseModel):
 
 Line = Annotated[str, Field(max_length=2_000)]
 
+#: Most prerequisites one task may name in ``depends_on``.
+MAX_PREREQUISITES = 100
+
 
 class TaskSubmission(BaseModel):
     """What an operator submits; everything but the description has a default."""
@@ -90,6 +101,8 @@ class TaskSubmission(BaseModel):
     skip_verification: bool = False
     # At most 2^53: sidecars read it as a JavaScript number.
     verification_timeout_ms: Annotated[int, Field(ge=0, le=2**53)] | None = None
+    # Tasks that must complete first; each must exist when this one is submitted.
+    depends_on: Annotated[list[TaskId], Field(max_length=MAX_PREREQUISITES)] = []
 
 
 class Task(BaseModel):
@@ -124,6 +137,12 @@ class Task(BaseModel):
     skip_verification: bool = False
     verification_timeout_ms: int | None = None
     progress: int | None = None
+    depends_on: list[str] = []  # prerequisites, as submitted
+    # Computed when read, never stored: prerequisites not completed yet (queued tasks),
+    # and the tasks that name this one in their depends_on (oldest first, capped).
+    waiting_for: list[str] | None = None
+    dependants: list[str] | None = None
+    dependants_total: int | None = None
     waiting_reason: str | None = None
     held_for: TaskHold | None = None  # computed when read, never stored
     last_progress_at: int | None = None

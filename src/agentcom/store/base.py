@@ -13,7 +13,8 @@ __all__ = ["ChangeKey", "EndpointRow", "Store", "TaskFilter", "TaskPage", "Token
 ChangeKey = tuple[str, str]
 """What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
 ``("channel", name)``, ``("subscription", ...)``, ``("message", ...)``, ``("trim", channel)``,
-``("tail", task_id)``, ``("minute", str(minute))`` or ``("minute_trim", "")``."""
+``("dependency", ...)``, ``("tail", task_id)``, ``("minute", str(minute))`` or
+``("minute_trim", "")``."""
 
 EndpointRow = tuple[str, str, str, str | None, bool]
 """A stored endpoint: ``(endpoint_id, url, source, agent_id, approved)``."""
@@ -69,6 +70,12 @@ class Store(Protocol):
 
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit."""
+
+    def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
+        """Queue the links from ``task_id`` to the tasks it depends on."""
+
+    def load_dependants(self, task_id: str, limit: int) -> tuple[list[str], int]:
+        """Up to ``limit`` tasks depending on ``task_id``, oldest first, and their count."""
 
     def stage_endpoint(
         self,

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_update ON tasks (updated_at);
+CREATE TABLE IF NOT EXISTS task_dependencies (
+    prerequisite_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    PRIMARY KEY (prerequisite_id, task_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS endpoints (
     endpoint_id TEXT PRIMARY KEY,
     url TEXT NOT NULL,
@@ -156,6 +161,10 @@ ON CONFLICT (task_id) DO UPDATE SET
     execution_ms = excluded.execution_ms, updated_at = excluded.updated_at, body = excluded.body
 """
 
+
+_INSERT_DEPENDENCY = (
+    "INSERT OR IGNORE INTO task_dependencies (prerequisite_id, task_id) VALUES (?, ?)"
+)
 
 _UPSERT_ENDPOINT = """
 INSERT INTO endpoints (endpoint_id, url, source, agent_id, created_at, approved)
@@ -304,6 +313,27 @@ class SqliteStore:
         """Queue ``task``'s current state for the next commit (last state wins)."""
         self._staged["task", task.task_id] = (_UPSERT_TASK, _task_row(task))
         self._unwritten[task.task_id] = task
+
+    def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
+        """Queue the links from ``task_id`` to the tasks it depends on for the next commit."""
+        for prerequisite in prerequisites:
+            self._staged["dependency", f"{prerequisite}\0{task_id}"] = (
+                _INSERT_DEPENDENCY,
+                (prerequisite, task_id),
+            )
+
+    def load_dependants(self, task_id: str, limit: int) -> tuple[list[str], int]:
+        """Up to ``limit`` ids of the tasks that depend on ``task_id``, oldest first, and
+        how many there are in all."""
+        rows = self._reader.execute(
+            "SELECT d.task_id FROM task_dependencies d JOIN tasks t USING (task_id)"
+            " WHERE d.prerequisite_id = ? ORDER BY t.created_at, t.rowid LIMIT ?",
+            (task_id, limit),
+        ).fetchall()
+        (total,) = self._reader.execute(
+            "SELECT count(*) FROM task_dependencies WHERE prerequisite_id = ?", (task_id,)
+        ).fetchone()
+        return [dependant for (dependant,) in rows], int(total)
 
     def stage_endpoint(
         self,
