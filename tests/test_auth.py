@@ -582,6 +582,7 @@ async def role_targets(
         "task_wait": {"task_id": cancelled["task_id"], "timeout_s": EVENT_TIMEOUT_S},
         "task_route": {"task": {"description": "Refactor the security layer"}},
         "agents_list": {},
+        "agent_restart": {"agent_id": "worker", "reason": "new config"},
         "stats": {},
         "endpoints_list": {},
         "endpoint_add": {"url": "http://127.0.0.1:7", "name": "another"},
@@ -598,7 +599,7 @@ async def role_targets(
 
 
 # Admin requests that change what the hub does but nothing it stores.
-ADMIN_WITHOUT_STORAGE = {"agent_drain", "agent_undrain"}
+ADMIN_WITHOUT_STORAGE = {"agent_drain", "agent_undrain", "agent_restart"}
 
 
 async def outcome(client: OperatorClient, kind: str, fields: Frame) -> tuple[str, str | None]:

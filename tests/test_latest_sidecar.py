@@ -8,13 +8,16 @@ sidecar does, over a real socket, with our own client.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
-from conftest import AgentMaker
-from hubprocess import HubProcess, start_hub
+import pytest
+from conftest import AgentMaker, TokenMaker
+from hubprocess import HubProcess, run_cli_async, start_hub
+from websockets.asyncio.client import ClientConnection, connect
 
-from agentcom.client import AgentClient, OperatorClient
+from agentcom.client import AgentClient, OperatorClient, RequestFailed
 
 Frame = dict[str, Any]
 EVENT_TIMEOUT_S = 10.0
@@ -186,3 +189,78 @@ async def test_a_task_running_across_a_sigkill_of_the_hub_completes_once(
         "queued", "assigned", "working", "completed",
     ]  # fmt: skip
     assert stored["generation"] == assign["generation"]
+
+
+PM2_INFO = {"name": "agentcom-sc1", "status": "online", "uptime_ms": 3_600_000,
+            "restart_count": 2, "memory_bytes": 83_886_080}  # fmt: skip
+
+
+async def sidecar_connect(ws_url: str, agent_id: str, token: str) -> ClientConnection:
+    """Connect and send ``identify()`` as the sidecar builds it under pm2."""
+    connection = await connect(ws_url)
+    await connection.send(json.dumps({
+        "type": "identify", "agent_id": agent_id, "token": token, "name": agent_id,
+        "status": "idle", "capabilities": ["code"], "client_type": "sidecar",
+        "protocol_version": 1, "pm2_info": PM2_INFO,
+    }))  # fmt: skip
+    assert json.loads(await connection.recv())["type"] == "identified"
+    return connection
+
+
+async def next_frame(connection: ClientConnection, frame_type: str) -> Frame:
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while True:
+            frame: Frame = json.loads(await connection.recv())
+            if frame["type"] == frame_type:
+                return frame
+
+
+async def test_an_operator_restarts_a_sidecar_that_reports_pm2_and_restarting(
+    ws_url: str, http_url: str, make_token: TokenMaker, operator: OperatorClient
+) -> None:
+    # given a sidecar under pm2
+    token = make_token("sc1")
+    sidecar = await sidecar_connect(ws_url, "sc1", token)
+    admin, viewer = make_token("root", "admin"), make_token("watcher", "viewer")
+
+    # then agents shows its process
+    listed = await run_cli_async("agents", "--hub", http_url, "--token", viewer)
+    assert "  pm2: agentcom-sc1 online, up 3600 s, 2 restarts, 80 MiB" in listed.stdout
+    assert (await operator.request("agents_list"))[0]["pm2_info"] == PM2_INFO
+
+    # when a viewer, then an admin, asks it to restart
+    refused = await run_cli_async("agents", "restart", "sc1", "--hub", http_url,
+                                  "--token", viewer)  # fmt: skip
+    assert refused.returncode == 1 and "forbidden" in refused.stderr
+    asked = await run_cli_async("agents", "restart", "sc1", "--reason", "new config",
+                                "--hub", http_url, "--token", admin)  # fmt: skip
+    assert asked.stdout.strip() == "asked sc1 to restart", asked
+
+    # then the sidecar is told, and its agent_restarting is accepted and shown
+    assert await next_frame(sidecar, "restart_sidecar") == {
+        "type": "restart_sidecar", "reason": "new config",
+    }  # fmt: skip
+    frame = {"type": "agent_restarting", "reason": "new config", "protocol_version": 1}
+    await sidecar.send(json.dumps(frame))
+    await sidecar.send(json.dumps({"type": "ping", "protocol_version": 1}))
+    assert json.loads(await sidecar.recv())["type"] == "pong"  # no error came first
+    (agent,) = await operator.request("agents_list")
+    assert agent["restarting"]["reason"] == "new config"
+    listed = await run_cli_async("agents", "--hub", http_url, "--token", viewer)
+    assert ": new config" in listed.stdout and "restarting since" in listed.stdout
+
+    # until it comes back
+    await sidecar.close()
+    back = await sidecar_connect(ws_url, "sc1", token)
+    (agent,) = await operator.request("agents_list")
+    assert (agent["state"], agent["restarting"]) == ("idle", None)
+    events = operator.watch(["agents"])
+    assert (await anext(events))["type"] == "snapshot"
+    await back.close()
+    await next_event(events, "agent_disconnected")
+    await events.aclose()
+
+    # and an agent that is not connected cannot be asked
+    with pytest.raises(RequestFailed) as not_connected:
+        await operator.request("agent_restart", agent_id="sc1")
+    assert not_connected.value.code == "not_connected"

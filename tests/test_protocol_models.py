@@ -61,6 +61,7 @@ VALID: dict[str, Frame] = {
     "resource_report": {"type": "resource_report"},
     "ollama_report": {"type": "ollama_report", "ollama_url": "http://127.0.0.1:11434"},
     "wake_result": {"type": "wake_result", "task_id": "t1", "status": "woken"},
+    "agent_restarting": {"type": "agent_restarting"},
 }
 
 

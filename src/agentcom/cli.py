@@ -1004,11 +1004,42 @@ async def _agents(client: OperatorClient, args: argparse.Namespace) -> int:
             for agent in agents
         ],
         empty="no agents",
-        notes=[
-            f"held: {_hold(agent['held_task'])}" if agent.get("held_task") else None
-            for agent in agents
-        ],
+        notes=[_agent_notes(agent) for agent in agents],
     )
+    return EXIT_OK
+
+
+def _agent_notes(agent: dict[str, Any]) -> str | None:
+    """The lines under an agent: its held task, its restart, its pm2 process."""
+    notes = []
+    if agent.get("held_task"):
+        notes.append(f"held: {_hold(agent['held_task'])}")
+    if agent.get("restarting"):
+        restarting = agent["restarting"]
+        notes.append(
+            f"restarting since {_time(restarting['since'])}: "
+            f"{restarting.get('reason') or 'no reason given'}"
+        )
+    if agent.get("pm2_info"):
+        notes.append(f"pm2: {_pm2(agent['pm2_info'])}")
+    return "\n  ".join(notes) or None
+
+
+def _pm2(info: dict[str, Any]) -> str:
+    """The sidecar's process as pm2 reported it, leaving out what it did not say."""
+    parts = [f"{info.get('name') or '-'} {info.get('status') or '-'}"]
+    if info.get("uptime_ms") is not None:
+        parts.append(f"up {info['uptime_ms'] / 1000:.0f} s")
+    if info.get("restart_count") is not None:
+        parts.append(f"{info['restart_count']} restarts")
+    if info.get("memory_bytes") is not None:
+        parts.append(f"{info['memory_bytes'] / 2**20:.0f} MiB")
+    return ", ".join(parts)
+
+
+async def _agent_restart(client: OperatorClient, args: argparse.Namespace) -> int:
+    agent = await client.request("agent_restart", agent_id=args.agent_id, reason=args.reason)
+    print(json.dumps(agent) if args.json else f"asked {agent['agent_id']} to restart")
     return EXIT_OK
 
 
@@ -1434,7 +1465,9 @@ def _task_command(commands: Any) -> None:
 
 
 def _agents_command(commands: Any) -> None:
-    agents = commands.add_parser("agents", help="agents with state and current task (list, drain)")
+    agents = commands.add_parser(
+        "agents", help="agents with state and current task (list, drain, restart)"
+    )
     _operator_command(agents, _agents)  # without ACTION: the list
     agent_commands = agents.add_subparsers(dest="agents_command", metavar="ACTION")
     listing = agent_commands.add_parser("list", help="every known agent (the default)")
@@ -1449,6 +1482,12 @@ def _agents_command(commands: Any) -> None:
     )
     undrain.add_argument("agent_id", metavar="AGENT_ID", help="the agent to undrain")
     _operator_command(undrain, _agent_drain("agent_undrain"))
+    restart = agent_commands.add_parser(
+        "restart", help="ask an agent's sidecar to restart, after its running task (admin)"
+    )
+    restart.add_argument("agent_id", metavar="AGENT_ID", help="the agent to restart")
+    restart.add_argument("--reason", metavar="TEXT", help="told to the sidecar and logged")
+    _operator_command(restart, _agent_restart)
 
 
 def _endpoints_command(commands: Any) -> None:

@@ -43,6 +43,9 @@ class AgentRecord:
     ollama_url: str | None = None
     host: str | None = None  # the address it connected from
     resources: dict[str, Any] = field(default_factory=dict)
+    pm2_info: dict[str, Any] | None = None  # its process as pm2 reported it at identify
+    # Set by agent_restarting ({reason, since}), cleared when it identifies again.
+    restarting: dict[str, Any] | None = None
 
     @property
     def state(self) -> AgentState:
@@ -77,6 +80,8 @@ class AgentRecord:
             "draining": self.draining,
             "ollama_url": self.ollama_url,
             "resources": self.resources,
+            "pm2_info": self.pm2_info,
+            "restarting": self.restarting,
             "held_task": held_task.model_dump(mode="json") if held_task is not None else None,
         }
 

@@ -30,6 +30,7 @@ from agentcom.protocol.common import Outbound, TargetType, TaskStatus
 from agentcom.protocol.outbound import (
     AgentJoined,
     AgentLeft,
+    RestartSidecar,
     StateReportAck,
     StatusChanged,
     TaskAck,
@@ -305,6 +306,10 @@ class Hub:
         agent.last_seen = agent.seen_published_at = now  # agent_connected says it
         agent.host = remote_host
         agent.disconnected_at = None
+        agent.restarting = None
+        agent.pm2_info = (
+            frame.pm2_info.model_dump(mode="json") if frame.pm2_info is not None else None
+        )
         if frame.ollama_url:
             try:
                 self.report_ollama(agent.agent_id, frame.ollama_url, remote_host)
@@ -350,6 +355,29 @@ class Hub:
         for agent in self.presence.connected():
             if agent.agent_id != sender:
                 self._push(agent.agent_id, frame)
+
+    def agent_restarting(self, agent_id: str, reason: str | None) -> None:
+        """The sidecar says it exits to be restarted: shown until it identifies again.
+
+        Its task, if any, stays assigned and follows the usual reconnect grace.
+        """
+        agent = self.presence.agents[agent_id]
+        agent.restarting = {"reason": reason, "since": self.clock.now_ms()}
+        logger.info("agent %s is restarting: %s", agent_id, reason)
+        self._agent_event("agent_restarting", agent)
+
+    def restart_agent(self, agent_id: str, reason: str | None) -> dict[str, Any]:
+        """Ask a connected agent's sidecar to restart (``restart_sidecar``); the sidecar
+        finishes its running task first. Raises ``not_found`` or ``not_connected``."""
+        agent = self.presence.get(agent_id)
+        if agent is None:
+            raise HubError("not_found", f"no agent {agent_id}")
+        if not agent.connected:
+            raise HubError("not_connected", f"agent {agent_id} is not connected")
+        self._push(agent_id, RestartSidecar(reason=reason))
+        logger.info("agent %s asked to restart: %s", agent_id, reason)
+        self._agent_event("agent_restart_requested", agent)
+        return self.agent_view(agent)
 
     def set_status(self, agent_id: str, status: str) -> None:
         """The agent's free-text status."""

@@ -22,6 +22,7 @@ __all__ = [
     "AGENT_FRAME",
     "AGENT_FRAME_TYPES",
     "AgentFrame",
+    "AgentRestarting",
     "ChannelHistory",
     "ChannelPublish",
     "ChannelSubscribe",
@@ -33,6 +34,7 @@ __all__ = [
     "Message",
     "OllamaReport",
     "Ping",
+    "Pm2Info",
     "ResourceReport",
     "StateReport",
     "StatusUpdate",
@@ -50,6 +52,16 @@ Money = Annotated[float, Field(ge=0, le=1e9)]
 Number = Annotated[float, Field(ge=0, le=2**63)]
 
 
+class Pm2Info(Inbound):
+    """``identify.pm2_info``: the sidecar's process as the pm2 process manager sees it."""
+
+    name: ShortText | None = None
+    status: ShortText | None = None
+    uptime_ms: Number | None = None
+    restart_count: Count | None = None
+    memory_bytes: Number | None = None
+
+
 class Identify(Inbound):
     """First frame of every agent connection."""
 
@@ -60,6 +72,7 @@ class Identify(Inbound):
     status: ShortText | None = None
     capabilities: Annotated[list[ShortText], Field(max_length=64)] | None = None
     ollama_url: Url | None = None
+    pm2_info: Pm2Info | None = None
 
 
 class Ping(Inbound):
@@ -239,6 +252,13 @@ class OllamaReport(Inbound):
     ollama_url: Url
 
 
+class AgentRestarting(Inbound):
+    """The sidecar is about to exit so that its process manager restarts it."""
+
+    type: Literal["agent_restarting"]
+    reason: LongText | None = None
+
+
 class WakeResult(Inbound):
     """Outcome of waking an external agent process (informational)."""
 
@@ -270,7 +290,8 @@ AgentFrame = Annotated[
     | StateReport
     | ResourceReport
     | OllamaReport
-    | WakeResult,
+    | WakeResult
+    | AgentRestarting,
     Field(discriminator="type"),
 ]
 
@@ -280,4 +301,5 @@ AGENT_FRAME_TYPES: tuple[str, ...] = (
     "channel_unsubscribe", "channel_publish", "channel_history", "list_channels",
     "task_accepted", "task_progress", "task_complete", "task_failed", "task_rejected",
     "task_recovering", "state_report", "resource_report", "ollama_report", "wake_result",
+    "agent_restarting",
 )  # fmt: skip

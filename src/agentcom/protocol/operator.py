@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
-from agentcom.protocol.common import Inbound, Outbound, Priority, TaskId, TaskStatus
+from agentcom.protocol.common import AgentId, Inbound, Outbound, Priority, TaskId, TaskStatus
 from agentcom.protocol.task import TASK_CURSOR_PATTERN, TaskSubmission
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "OPERATOR_FRAME",
     "OPERATOR_FRAME_TYPES",
     "AgentDrain",
+    "AgentRestart",
     "AgentUndrain",
     "AgentsList",
     "Auth",
@@ -161,6 +162,14 @@ class AgentsList(_Request):
     type: Literal["agents_list"]
 
 
+class AgentRestart(_Request):
+    """Ask a connected sidecar to restart (admin): it is pushed ``restart_sidecar``."""
+
+    type: Literal["agent_restart"]
+    agent_id: AgentId
+    reason: Annotated[str, Field(max_length=2_000)] | None = None
+
+
 class Stats(_Request):
     """Queue counts and execution totals."""
 
@@ -233,6 +242,7 @@ OperatorFrame = Annotated[
     | TaskWait
     | TaskRoute
     | AgentsList
+    | AgentRestart
     | Stats
     | EndpointsList
     | EndpointAdd
@@ -247,7 +257,8 @@ OPERATOR_FRAME_TYPES = ("auth", "task_submit", "task_get", "task_list", "task_ca
                         "task_retry", "task_wait", "task_route", "agents_list", "stats",
                         "endpoints_list", "endpoint_add", "endpoint_remove", "endpoint_approve",
                         "channel_create", "channels_list", "task_requeue", "agent_drain",
-                        "agent_undrain", "task_cancel_many", "task_retry_many")  # fmt: skip
+                        "agent_undrain", "task_cancel_many", "task_retry_many",
+                       "agent_restart")  # fmt: skip
 
 
 class AuthOk(Outbound):

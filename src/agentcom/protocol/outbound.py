@@ -214,6 +214,13 @@ class StateReportAck(Outbound):
     action: Literal["continue", "abort"]
 
 
+class RestartSidecar(Outbound):
+    """Push: an operator asks the sidecar to restart (after its running task, if any)."""
+
+    type: Literal["restart_sidecar"] = "restart_sidecar"
+    reason: str | None
+
+
 class OllamaReportAck(Outbound):
     """Reply to ``ollama_report``."""
 

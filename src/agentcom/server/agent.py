@@ -79,6 +79,7 @@ class AgentSession:
             "resource_report": self.on_resource_report,
             "ollama_report": self.on_ollama_report,
             "wake_result": self.on_wake_result,
+            "agent_restarting": self.on_agent_restarting,
             "channel_subscribe": self.on_channel_subscribe,
             "channel_unsubscribe": self.on_channel_unsubscribe,
             "channel_publish": self.on_channel_publish,
@@ -321,6 +322,11 @@ class AgentSession:
 
     async def on_wake_result(self, frame: frames.WakeResult) -> None:
         logger.info("agent %s wake result for %s: %s", self.agent_id, frame.task_id, frame.status)
+
+    async def on_agent_restarting(self, frame: frames.AgentRestarting) -> None:
+        assert self.agent_id is not None
+        self.hub.agent_restarting(self.agent_id, frame.reason)
+        await self.server.settle()  # publishes it to dashboards
 
     async def on_channel_subscribe(self, frame: frames.ChannelSubscribe) -> None:
         assert self.agent_id is not None

@@ -287,6 +287,8 @@ class OperatorSession:
             return hub.remove_endpoint(request.endpoint_id)
         if isinstance(request, ops.EndpointApprove):
             return hub.approve_endpoint(request.endpoint)
+        if isinstance(request, ops.AgentRestart):
+            return hub.restart_agent(request.agent_id, request.reason)
         return hub.messaging.create_channel(request.name, request.description)
 
     async def _read(self, request: Any) -> Any:
@@ -341,5 +343,5 @@ _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.
 _MUTATIONS = (
     ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.TaskRequeue, ops.TaskCancelMany,
     ops.TaskRetryMany, ops.AgentDrain, ops.AgentUndrain, ops.EndpointAdd, ops.EndpointRemove,
-    ops.EndpointApprove, ops.ChannelCreate,
+    ops.EndpointApprove, ops.ChannelCreate, ops.AgentRestart,
 )  # fmt: skip
