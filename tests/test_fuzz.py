@@ -127,12 +127,14 @@ AGENT_REPLIES: dict[str, frozenset[str]] = {
     "task_failed": frozenset({"task_ack"}),
     "task_rejected": frozenset({"task_ack"}),
     "task_recovering": frozenset({"task_continue", "task_reassign"}),
+    "state_report": frozenset({"state_report_ack"}),
     "ollama_report": frozenset({"ollama_report_ack"}),
 }
-SILENT_FRAMES = frozenset({"task_progress", "resource_report", "wake_result"})  # no reply
+SILENT_FRAMES = frozenset({"task_progress", "resource_report", "wake_result",
+                           "agent_restarting"})  # no reply  # fmt: skip
 PUSHES = frozenset({
     "agent_joined", "agent_left", "status_changed", "message", "channel_message",
-    "channel_agent_joined", "task_cancelled", "rate_limit_warning",
+    "channel_agent_joined", "task_cancelled", "rate_limit_warning", "restart_sidecar",
 })  # fmt: skip
 TOO_MANY_VIOLATIONS = (1008, "too many validation errors")
 
@@ -163,6 +165,8 @@ def agent_frames(agent_id: str, token: str) -> dict[str, Frame]:
         "identify": {
             "type": "identify", "agent_id": agent_id, "token": token, "name": "Fuzz",
             "status": "idle", "capabilities": ["python"], "ollama_url": unused_url(),
+            "pm2_info": {"name": "fuzz", "status": "online", "uptime_ms": 1000,
+                         "restart_count": 0, "memory_bytes": 1.0e6},
         },
         "ping": {"type": "ping"},
         "status": {"type": "status", "status": "thinking"},
@@ -184,7 +188,9 @@ def agent_frames(agent_id: str, token: str) -> dict[str, Frame]:
         "task_accepted": {"type": "task_accepted", **task},
         "task_progress": {
             "type": "task_progress", **task, "progress": 50,
-            "execution_event": {"type": "stdout", "text": "working"},
+            "execution_event": {"type": "stdout", "text": "working", "event_type": "tool_call",
+                                "tool_name": "read_file", "args_summary": "{}",
+                                "result_summary": "OK", "iteration": 1},
         },
         "task_complete": {
             "type": "task_complete", **task, "generation": 1,
@@ -193,6 +199,7 @@ def agent_frames(agent_id: str, token: str) -> dict[str, Frame]:
                 "tokens_in": 1, "tokens_out": 2, "tokens_used": 3, "estimated_cost_usd": 0.5,
                 "equivalent_claude_cost_usd": 1.5, "execution_ms": 12.5,
                 "verification_status": "passed", "verification_attempts": 1,
+                "termination_reason": "final_answer", "iterations_used": 2,
             },
             "tokens_used": 3, "verification_report": {"ok": True},
             "verification_history": [{"ok": True}],
@@ -205,6 +212,11 @@ def agent_frames(agent_id: str, token: str) -> dict[str, Frame]:
             "type": "task_recovering", **task, "last_status": "working", "description": "d",
             "metadata": {"k": "v"},
         },
+        "state_report": {
+            "type": "state_report", **task, "generation": 1, "status": "working",
+            "assigned_at": 1.7e12,
+        },
+        "agent_restarting": {"type": "agent_restarting", "reason": "asked to"},
         "resource_report": {
             "type": "resource_report", "cpu_percent": 12.5, "ram_used_bytes": 1.0e9,
             "ram_total_bytes": 2.0e9, "vram_used_bytes": 0.0, "vram_total_bytes": 8.0e9,
@@ -225,7 +237,7 @@ def operator_frames(token: str) -> dict[str, Frame]:
         "needed_capabilities": [UNSERVED_SKILL], "metadata": {"k": "v", "n": [1, 2.5]},
         "max_retries": 1, "repo": "repo", "branch": "main", "file_hints": ["a.py"],
         "success_criteria": ["works"], "verification_steps": ["pytest"],
-        "skip_verification": False, "verification_timeout_ms": 1000,
+        "skip_verification": False, "verification_timeout_ms": 1000, "depends_on": [],
     }  # fmt: skip
     request = {"request_id": "fuzz-1"}
     task = {**request, "task_id": TASK_ID}
@@ -248,6 +260,8 @@ def operator_frames(token: str) -> dict[str, Frame]:
         "task_wait": {"type": "task_wait", **task, "timeout_s": 1.0},
         "task_route": {"type": "task_route", **request, "task": submission},
         "agents_list": {"type": "agents_list", **request},
+        "agent_restart": {"type": "agent_restart", **request, "agent_id": "nobody",
+                          "reason": "r"},
         "stats": {"type": "stats", **request},
         "endpoints_list": {"type": "endpoints_list", **request},
         "endpoint_add": {"type": "endpoint_add", **request, "url": unused_url(), "name": "fuzz-ep"},

@@ -18,6 +18,7 @@ from hubprocess import HubProcess, run_cli_async, start_hub
 from websockets.asyncio.client import ClientConnection, connect
 
 from agentcom.client import AgentClient, OperatorClient, RequestFailed
+from agentcom.protocol.events import EVENT
 
 Frame = dict[str, Any]
 EVENT_TIMEOUT_S = 10.0
@@ -93,6 +94,7 @@ async def test_state_report_of_the_running_attempt_is_answered_continue(
         "type": "state_report_ack", "task_id": task["task_id"], "action": "continue",
     }  # fmt: skip
     event = await next_event(events, "task_state_reported")
+    EVENT.validate_python(event)  # as documented
     assert (event["agent_id"], event["action"], event["reported_generation"]) == (
         "worker", "continue", assign["generation"],
     )  # fmt: skip
@@ -264,3 +266,77 @@ async def test_an_operator_restarts_a_sidecar_that_reports_pm2_and_restarting(
     with pytest.raises(RequestFailed) as not_connected:
         await operator.request("agent_restart", agent_id="sc1")
     assert not_connected.value.code == "not_connected"
+
+
+def tool_call(assign: Frame, tool: str, iteration: int, args: str | None = None,
+              result: str | None = None) -> Frame:  # fmt: skip
+    """``executeTask()``'s progress emitter for one ``tool_call`` event of an agentic run."""
+    return {
+        "type": "task_progress",
+        "task_id": assign["task_id"],
+        "execution_event": {
+            "event_type": "tool_call", "text": "", "tokens_so_far": None, "model": None,
+            "timestamp": 1795602658887, "tool_name": tool, "args_summary": args,
+            "result_summary": result, "iteration": iteration,
+        },
+        "protocol_version": 1,
+    }  # fmt: skip
+
+
+async def test_an_agentic_run_keeps_its_tool_calls_and_why_it_stopped(
+    make_agent: AgentMaker, operator: OperatorClient, http_url: str, make_token: TokenMaker
+) -> None:
+    # given an agent running a task as an agentic loop, and a watcher
+    agent = await make_agent("worker")
+    task = await operator.submit("fix the bug")
+    assign = await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": task["task_id"]})
+    await agent.receive_type("task_ack")
+    events = operator.watch(["tasks"])
+    assert (await anext(events))["type"] == "snapshot"
+
+    # when it streams two tool calls (each: the call, then its result) and completes
+    calls = [
+        tool_call(assign, "read_file", 1, args='{"path":"app.py"}'),
+        tool_call(assign, "read_file", 1, result="OK: read_file -> def main():"),
+        tool_call(assign, "write_file", 2, args='{"path":"app.py","content":"..."}'),
+        tool_call(assign, "write_file", 2, result="OK: write_file -> written"),
+    ]
+    for frame in calls:
+        await agent.send(frame)
+    published = await next_event(events, "execution_progress")
+    await events.aclose()
+    await agent.send(task_complete(assign, termination_reason="final_answer", iterations_used=3))
+    assert (await agent.receive_type("task_ack"))["status"] == "complete"
+
+    # then the events went out as sent, and the task keeps each call with its result
+    assert published["execution_event"] == calls[0]["execution_event"]
+    stored = await operator.get_task(task["task_id"])
+    agentic = stored["agentic"]
+    assert (agentic["termination_reason"], agentic["iterations_used"]) == ("final_answer", 3)
+    assert agentic["tool_calls_total"] == 2
+    assert [(c["tool_name"], c["iteration"], c["args_summary"], c["result_summary"])
+            for c in agentic["tool_calls"]] == [
+        ("read_file", 1, '{"path":"app.py"}', "OK: read_file -> def main():"),
+        ("write_file", 2, '{"path":"app.py","content":"..."}', "OK: write_file -> written"),
+    ]  # fmt: skip
+
+    # and task show prints them
+    shown = await run_cli_async("task", "show", task["task_id"], "--hub", http_url,
+                                "--token", make_token("watcher", "viewer"))  # fmt: skip
+    assert "  agentic: 2 tool calls; stopped: final_answer after 3 iterations" in shown.stdout
+    assert '#1 read_file {"path":"app.py"} -> OK: read_file -> def main():' in shown.stdout
+
+
+async def test_an_oversized_tool_call_summary_is_refused(
+    make_agent: AgentMaker, operator: OperatorClient
+) -> None:
+    agent = await make_agent("worker")
+    await operator.submit("fix the bug")
+    assign = await agent.receive_type("task_assign")
+    await agent.send(tool_call(assign, "read_file", 1, args="x" * 2001))
+    refused = await agent.receive_type("error")
+    assert refused["error"] == "validation_failed"
+    assert [(e["field"], e["error"]) for e in refused["errors"]] == [
+        ("execution_event.args_summary", "too_long"),
+    ]  # fmt: skip

@@ -542,6 +542,8 @@ def _print_task(task: dict[str, Any]) -> None:
         print(f"  reason: {_cell(decision.get('classification_reason'))}")
     if execution:
         print(f"  execution: {_execution(execution)}")
+    if task.get("agentic"):
+        _print_agentic(task["agentic"])
     output = (task.get("result") or {}).get("output")
     if output is not None:
         print("  output:")
@@ -552,6 +554,23 @@ def _print_task(task: dict[str, Any]) -> None:
     for entry in task.get("history", []):
         line = f"    {_time(entry['at'])}  {entry['status']:<12} {entry.get('detail') or ''}"
         print(line.rstrip())
+
+
+def _print_agentic(run: dict[str, Any]) -> None:
+    """An agentic run's outcome and the tool calls the hub kept, oldest first."""
+    stopped = run.get("termination_reason")
+    iterations = run.get("iterations_used")
+    summary = f"{run['tool_calls_total']} tool calls"
+    if stopped is not None or iterations is not None:
+        summary += f"; stopped: {_cell(stopped)} after {_cell(iterations)} iterations"
+    print(f"  agentic: {summary}")
+    for call in run.get("tool_calls", []):
+        result = call.get("result_summary")
+        tool = f"#{_cell(call.get('iteration'))} {_cell(call.get('tool_name'))}"
+        print(
+            f"    {_time(call['at'])}  {tool} {_cell(call.get('args_summary'))}"
+            f"{f' -> {_cell(result)}' if result else ''}"
+        )
 
 
 _RECLAIMED_BY = {

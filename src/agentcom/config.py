@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(30.0, gt=0, description="Period of the timeout sweep.")
     default_max_retries: int = Field(3, ge=0, le=100, description="Retries before dead letter.")
     history_cap: int = Field(50, ge=2, description="Transitions kept per task (oldest dropped).")
+    tool_calls_kept: int = Field(
+        50, ge=0, description="Tool calls of an agentic run kept per task (oldest dropped)."
+    )
     subscriber_queue: int = Field(
         1000, ge=1, description="Events buffered per subscriber; beyond it the oldest are dropped."
     )

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from agentcom import __version__
 from agentcom.config import Settings
 from agentcom.errors import HubError
+from agentcom.hub.agentic import record_termination, record_tool_call
 from agentcom.hub.agents import AgentRecord, AgentState, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
@@ -538,12 +539,13 @@ class Hub:
                 "timestamp": now}  # fmt: skip
         self._publish("tasks", {**base, "event": "task_progress", "progress": frame.progress})
         if frame.execution_event is not None:
-            progress_event = {**base, "event": "execution_progress",
-                              "execution_event": frame.execution_event}  # fmt: skip
+            event = frame.execution_event.model_dump(mode="json", exclude_unset=True)
+            progress_event = {**base, "event": "execution_progress", "execution_event": event}
             # Viewers get what the tail keeps: names, counts and texts bounded.
             self._publish("tasks", self.execution_tails.add(task.task_id, progress_event))
-            event = frame.execution_event
-            if event.get("event_type") == "error" or event.get("type") == "error":
+            if frame.execution_event.event_type == "tool_call":
+                record_tool_call(task, frame.execution_event, now, self.settings.tool_calls_kept)
+            elif event.get("event_type") == "error" or event.get("type") == "error":
                 # Real sidecars carry a failed execution's reason only here.
                 detail = event.get("text") or event.get("error") or event.get("message")
                 if isinstance(detail, str) and detail:
@@ -559,6 +561,7 @@ class Hub:
         generation = task.generation  # the ack names this attempt even if the task moves on
         result = frame.result
         if result is not None:
+            record_termination(task, result)
             task.result = result.model_dump(mode="json", exclude_unset=True)
             execution = {name: getattr(result, name) for name in _EXECUTION_FIELDS}
             task.execution = ExecutionMetadata(**execution)

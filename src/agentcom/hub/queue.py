@@ -299,6 +299,7 @@ class TaskQueue:
         task.assigned_at = self._clock.now_ms()
         task.last_progress_at = task.assigned_at
         task.progress = None
+        task.agentic = None  # what an agentic run reports belongs to its attempt
         task.complexity = complexity
         task.routing_decision = decision
         self._record(task, TaskStatus.assigned, f"to {agent_id} (generation {task.generation})")

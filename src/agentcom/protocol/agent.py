@@ -27,6 +27,7 @@ __all__ = [
     "ChannelPublish",
     "ChannelSubscribe",
     "ChannelUnsubscribe",
+    "ExecutionEvent",
     "ExecutionResult",
     "Identify",
     "ListAgents",
@@ -150,13 +151,31 @@ class TaskAccepted(Inbound):
     task_id: TaskId
 
 
+class ExecutionEvent(Inbound):
+    """``task_progress.execution_event``: the agentic tool-call fields typed (and bounded),
+    every other key kept as sent."""
+
+    model_config = Inbound.model_config | {"extra": "allow"}
+
+    event_type: ShortText | None = None
+    tool_name: ShortText | None = None
+    args_summary: LongText | None = None
+    result_summary: LongText | None = None
+    iteration: Count | None = None
+
+    @model_validator(mode="after")
+    def _free_form_numbers_are_finite(self) -> ExecutionEvent:
+        only_finite_numbers(self.model_extra)
+        return self
+
+
 class TaskProgress(Inbound):
     """Progress of a running task, optionally with one streamed execution event."""
 
     type: Literal["task_progress"]
     task_id: TaskId
     progress: Annotated[int, Field(ge=0, le=100_000)] | None = None
-    execution_event: JsonObject | None = None
+    execution_event: ExecutionEvent | None = None
 
 
 class ExecutionResult(Inbound):
@@ -167,6 +186,8 @@ class ExecutionResult(Inbound):
     status: ShortText | None = None
     output: Any = None
     error: Annotated[str, Field(max_length=10_000)] | None = None
+    termination_reason: ShortText | None = None  # why an agentic run stopped
+    iterations_used: Count | None = None  # and after how many model turns
     model_used: ShortText | None = None
     tokens_in: Count | None = None
     tokens_out: Count | None = None

@@ -39,6 +39,7 @@ class TaskEvent(_Event):
         "task_submitted", "task_assigned", "task_accepted", "task_progress",
         "execution_progress", "task_completed", "task_failed", "task_retried",
         "task_dead_letter", "task_requeued", "task_reclaimed", "task_cancelled",
+        "task_state_reported",
     ]  # fmt: skip
     task_id: str
     agent_id: str | None  # the agent concerned: holder, reporter, or the one that lost it
@@ -52,6 +53,9 @@ class TaskEvent(_Event):
     error: str | None = None  # task_failed, task_dead_letter
     retry_count: int | None = None  # task_retried
     reason: str | None = None  # task_requeued, task_reclaimed
+    action: Literal["continue", "abort"] | None = None  # task_state_reported: the answer
+    reported_status: str | None = None  # task_state_reported: as the sidecar sent them
+    reported_generation: int | None = None
 
 
 class AgentView(_Event):
@@ -68,6 +72,8 @@ class AgentView(_Event):
     draining: bool  # finishes its current task, is offered no new one
     ollama_url: str | None
     resources: dict[str, Any]
+    pm2_info: dict[str, Any] | None  # its process, as pm2 reported it at identify
+    restarting: dict[str, Any] | None  # {reason, since} from agent_restarting until it is back
     held_task: TaskHold | None  # its task, kept for it since its connection ended
 
 
@@ -77,7 +83,8 @@ class AgentEvent(_Event):
     type: Literal["agent_event"]
     event: Literal[
         "agent_connected", "agent_disconnected", "agent_status", "agent_resources",
-        "agent_endpoint", "agent_seen", "agent_drain",
+        "agent_endpoint", "agent_seen", "agent_drain", "agent_restarting",
+        "agent_restart_requested",
     ]  # fmt: skip
     agent_id: str
     timestamp: int

@@ -21,6 +21,7 @@ __all__ = [
     "RESULT_PREVIEW_CHARS",
     "TASK_CURSOR_PATTERN",
     "MAX_PREREQUISITES",
+    "AgenticRun",
     "ExecutionMetadata",
     "HistoryEntry",
     "ReclaimReason",
@@ -28,6 +29,7 @@ __all__ = [
     "Task",
     "TaskHold",
     "TaskSubmission",
+    "ToolCall",
     "listed_task",
     "parse_task_cursor",
     "task_cursor",
@@ -43,6 +45,26 @@ class ExecutionMetadata(BaseModel):
     estimated_cost_usd: float | None = None
     equivalent_claude_cost_usd: float | None = None
     execution_ms: float | None = None
+
+
+class ToolCall(BaseModel):
+    """One tool call of an agentic run: the call and, once reported, its result."""
+
+    tool_name: str | None = None
+    args_summary: str | None = None
+    result_summary: str | None = None
+    iteration: int | None = None
+    at: int
+
+
+class AgenticRun(BaseModel):
+    """What an agentic run (a model calling tools in a loop) reported for the current
+    attempt: its latest tool calls, and why and after how many iterations it stopped."""
+
+    termination_reason: str | None = None
+    iterations_used: int | None = None
+    tool_calls_total: int = 0
+    tool_calls: list[ToolCall] = []  # the latest ``tool_calls_kept``, oldest first
 
 
 class HistoryEntry(BaseModel):
@@ -129,6 +151,7 @@ class Task(BaseModel):
     execution: ExecutionMetadata | None = None
     tokens_used: int | None = None
     verification_report: dict[str, Any] | None = None
+    agentic: AgenticRun | None = None
     repo: str | None = None
     branch: str | None = None
     file_hints: list[str] = []
@@ -151,8 +174,9 @@ class Task(BaseModel):
     updated_at: int
 
 
-LISTED_WITHOUT = frozenset({"result", "verification_report"})
-"""Fields a task list leaves out: a sidecar may make each as large as a frame."""
+LISTED_WITHOUT = frozenset({"result", "verification_report", "agentic"})
+"""Fields a task list leaves out: a sidecar may make each as large as a frame (``agentic``
+as large as ``tool_calls_kept`` calls)."""
 
 RESULT_PREVIEW_CHARS = 200
 """Characters of a result's ``output`` a task list repeats."""
