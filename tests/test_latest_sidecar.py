@@ -340,3 +340,33 @@ async def test_an_oversized_tool_call_summary_is_refused(
     assert [(e["field"], e["error"]) for e in refused["errors"]] == [
         ("execution_event.args_summary", "too_long"),
     ]  # fmt: skip
+
+
+async def test_a_cancelled_task_frees_its_agent_at_once_and_its_late_completion_is_refused(
+    make_agent: AgentMaker, operator: OperatorClient
+) -> None:
+    # given an agent working on a task, and another task waiting behind it
+    agent = await make_agent("worker")
+    running = await operator.submit("long job")
+    assign = await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": running["task_id"],
+                      "protocol_version": 1})  # fmt: skip
+    await agent.receive_type("task_ack")
+    waiting = await operator.submit("next job")
+
+    # when an operator cancels the running one
+    await operator.request("task_cancel", task_id=running["task_id"])
+
+    # then the agent is told, and is given the next task at once
+    assert (await agent.receive_type("task_cancelled"))["task_id"] == running["task_id"]
+    assert (await agent.receive_type("task_assign"))["task_id"] == waiting["task_id"]
+
+    # and the completion the sidecar sends anyway is refused, changing nothing
+    await agent.send(task_complete(assign))
+    refused = await agent.receive_type("error")
+    assert (refused["error"], refused["task_id"]) == (
+        "task_complete_failed: invalid_state", running["task_id"],
+    )  # fmt: skip
+    assert (await operator.get_task(running["task_id"]))["status"] == "cancelled"
+    (worker,) = await operator.request("agents_list")
+    assert (worker["state"], worker["current_task"]) == ("assigned", waiting["task_id"])
