@@ -9,6 +9,7 @@ with SIGKILL.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from conftest import METADATA, AgentMaker
 from hubprocess import HubProcess, run_cli_async, start_hub
 
 from agentcom.client import AgentClient, OperatorClient, RequestFailed
+from agentcom.config import Settings
 
 Frame = dict[str, Any]
 
@@ -195,4 +197,42 @@ async def test_dependencies_survive_sigkill_between_completion_and_assignment(
                          heartbeat_s=None)  # fmt: skip
     closing.append(tester)
     await tester.connect()
+    assert (await tester.receive_type("task_assign"))["task_id"] == dependant
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """A short busy timeout, so a locked database refuses a commit quickly."""
+    return settings.model_copy(update={"db_busy_timeout_s": 0.2})
+
+
+async def test_a_refused_completion_leaves_its_dependants_waiting(
+    make_agent: AgentMaker, operator: OperatorClient, settings: Settings
+) -> None:
+    # given a prerequisite running, and a dependant no connected agent can run
+    builder = await make_agent("builder", capabilities=["build"])
+    prerequisite = await submit(operator, "build", needed_capabilities=["build"])
+    assign = await builder.receive_type("task_assign")
+    dependant = await submit(operator, "test", prerequisite, needed_capabilities=["test"])
+
+    # when the database is locked by another process as the prerequisite completes
+    lock = sqlite3.connect(settings.db, timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        frame = {"type": "task_complete", "task_id": prerequisite,
+                 "generation": assign["generation"], "result": METADATA}  # fmt: skip
+        await builder.send(frame)
+        assert (await builder.receive_type("error"))["error"] == "store_unavailable"
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+    # then the dependant still waits for it, even for an agent that could run it
+    tester = await make_agent("tester", capabilities=["test"])
+    waiting = await operator.get_task(dependant)
+    assert waiting["waiting_for"] == [prerequisite]
+    assert (await operator.get_task(prerequisite))["status"] == "assigned"
+
+    # and runs once the completion is stored
+    await complete(builder, assign)
     assert (await tester.receive_type("task_assign"))["task_id"] == dependant

@@ -118,7 +118,21 @@ class TaskQueue:
         self.tasks[task_id] = stored
         if stored.status is TaskStatus.queued:
             self._place(stored)
+        if current is None:  # its completion was refused: who it had released waits again
+            self._block_again(task_id)
         return stored
+
+    def _block_again(self, prerequisite: str) -> None:
+        """Queued tasks that depend on ``prerequisite`` wait for it again. A scan of the
+        unfinished tasks, only ever run after the store refused a change."""
+        for task in list(self.tasks.values()):
+            if (
+                task.status is TaskStatus.queued
+                and prerequisite in task.depends_on
+                and task.task_id not in self.dependencies
+            ):
+                self._dequeue(task)
+                self._place(task)
 
     def get(self, task_id: str) -> Task | None:
         """An unfinished task, or None."""
