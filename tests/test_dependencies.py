@@ -236,3 +236,27 @@ async def test_a_refused_completion_leaves_its_dependants_waiting(
     # and runs once the completion is stored
     await complete(builder, assign)
     assert (await tester.receive_type("task_assign"))["task_id"] == dependant
+
+
+async def test_a_failed_chain_is_retried_whole_in_one_request(
+    make_agent: AgentMaker, operator: OperatorClient
+) -> None:
+    # given a chain root <- middle <- leaf in dead letter because the root failed
+    agent = await make_agent("worker")
+    root = await submit(operator, "root", max_retries=0)
+    assign = await agent.receive_type("task_assign")
+    middle = await submit(operator, "middle", root)
+    leaf = await submit(operator, "leaf", middle)
+    assert await fail(agent, assign) == "dead_letter"
+
+    # when all three are retried at once, dependants named first
+    answer = await operator.request("task_retry_many", task_ids=[leaf, middle, root])
+
+    # then each is back (prerequisites retried first), and they run in order
+    assert answer["refused"] == []
+    assert [task["task_id"] for task in answer["changed"]] == [root, middle, leaf]
+    assign = await agent.receive_type("task_assign")
+    for expected in (middle, leaf):
+        await complete(agent, assign)
+        assign = await agent.receive_type("task_assign")
+        assert assign["task_id"] == expected

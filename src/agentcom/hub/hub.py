@@ -884,6 +884,35 @@ class Hub:
                 self.schedule()
         return self.agent_view(agent)
 
+    def retry_many(self, task_ids: list[str]) -> dict[str, Any]:
+        """:meth:`retry` each task, prerequisites before their dependants among them, so a
+        failed chain comes back whole in one request."""
+        tasks: dict[str, Task] = {}
+        unresolved: list[str] = []  # refused, and reported, by for_each_task
+        for task_id in task_ids:
+            try:
+                task = self._task(self.resolve_task_id(task_id))
+            except HubError:
+                unresolved.append(task_id)
+                continue
+            tasks[task.task_id] = task
+        ordered: list[str] = []
+        placed: set[str] = set()
+        for first in tasks:
+            stack = [(first, False)]  # (task id, its prerequisites are placed)
+            while stack:
+                task_id, ready = stack.pop()
+                if task_id in placed:
+                    continue
+                if ready:
+                    placed.add(task_id)
+                    ordered.append(task_id)
+                    continue
+                stack.append((task_id, True))
+                stack.extend((prerequisite, False) for prerequisite in
+                             tasks[task_id].depends_on if prerequisite in tasks)  # fmt: skip
+        return self.for_each_task(self.retry, ordered + unresolved)
+
     def retry(self, task_id: str) -> Task:
         """Move a dead-letter task back to the queue."""
         task = self._task(task_id)

@@ -276,7 +276,7 @@ class OperatorSession:
         if isinstance(request, ops.TaskCancelMany):
             return hub.for_each_task(hub.cancel, request.task_ids)
         if isinstance(request, ops.TaskRetryMany):
-            return hub.for_each_task(hub.retry, request.task_ids)
+            return hub.retry_many(request.task_ids)
         if isinstance(request, ops.TaskRequeue):
             return hub.requeue(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.AgentDrain | ops.AgentUndrain):
