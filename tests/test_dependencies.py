@@ -54,7 +54,7 @@ async def test_a_chain_of_three_runs_in_order(
     first = await submit(operator, "first")
     assign = await agent.receive_type("task_assign")
     second = await submit(operator, "second", first)
-    third = await submit(operator, "third", second)
+    third = await submit(operator, "third", second[:8])  # abbreviated, as the CLI allows
 
     # then only the first runs; the others wait, queued, and say why
     assert assign["task_id"] == first
@@ -63,6 +63,7 @@ async def test_a_chain_of_three_runs_in_order(
     assert waiting["waiting_reason"] == f"waiting for 1 of 1 prerequisites: {first}"
     assert waiting["waiting_for"] == [first] and waiting["depends_on"] == [first]
     assert (await operator.get_task(first))["dependants"] == [second]
+    assert (await operator.get_task(third))["depends_on"] == [second]
 
     # when each completes, the next is assigned at once
     for expected in (second, third):

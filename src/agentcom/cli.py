@@ -1415,7 +1415,8 @@ def _task_command(commands: Any) -> None:
         "--depends-on",
         action="append",
         metavar="ID",
-        help="the full id of a task that must complete first (repeatable)",
+        help="a task that must complete first, by id or its first 6 or more characters "
+        "(repeatable)",
     )
     submit.add_argument(
         "--wait",

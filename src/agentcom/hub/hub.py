@@ -674,10 +674,24 @@ class Hub:
     # --- operator actions -----------------------------------------------------------
 
     def submit(self, submission: TaskSubmission) -> Task:
-        """Queue a new task and try to place it."""
+        """Queue a new task and try to place it. Its prerequisites may be named by
+        abbreviated ids (:meth:`resolve_task_id`); the queue names every unknown one."""
+        if submission.depends_on:
+            resolved = [self._prerequisite_id(task_id) for task_id in submission.depends_on]
+            submission = submission.model_copy(update={"depends_on": resolved})
         task = self.queue.submit(submission)
         self.schedule()
         return task
+
+    def _prerequisite_id(self, task_id: str) -> str:
+        """The full id of an abbreviated prerequisite; one that matches no task is left as
+        given, for the queue to refuse with the other unknown ones."""
+        try:
+            return self.resolve_task_id(task_id)
+        except HubError as error:
+            if error.code == "not_found":
+                return task_id
+            raise
 
     def resolve_task_id(self, task_id: str) -> str:
         """The full id of the one task whose id starts with ``task_id`` (as git abbreviates).
