@@ -1408,3 +1408,39 @@ async def test_an_admin_approves_a_sidecars_endpoint_for_every_agent(
     await expect(watched).to_contain_text("sidecar gpu-box (approved for every agent)")
     await expect(card.get_by_role("button", name=re.compile("^Approve"))).to_have_count(0)
     assert [e["approved"] for e in await operator.request("endpoints_list")] == [True]
+
+
+async def test_task_detail_links_prerequisites_and_dependants_and_shows_tool_calls(
+    make_agent: AgentMaker,
+    operator: OperatorClient,
+    make_token: TokenMaker,
+    open_dashboard: PageOpener,
+) -> None:
+    # given a prerequisite an agentic run completed after one tool call, and its dependant
+    agent, first, generation = await _working_task(operator, make_agent, "worker-1", "build it")
+    second = (await operator.submit("test it", depends_on=[first],
+                                    needed_capabilities=["tester"]))["task_id"]  # fmt: skip
+    for summary in ({"args_summary": '{"cmd":"make"}'}, {"result_summary": "OK: built"}):
+        event = {"event_type": "tool_call", "tool_name": "run", "iteration": 1, **summary}
+        await agent.send({"type": "task_progress", "task_id": first, "execution_event": event})
+    result = {**METADATA, "termination_reason": "final_answer", "iterations_used": 2}
+    await agent.send({"type": "task_complete", "task_id": first, "generation": generation,
+                      "result": result})  # fmt: skip
+    await agent.receive_type("task_ack")
+    page = await open_dashboard(make_token("ops", "admin"))
+
+    # when the operator opens the dependant's detail
+    await _task_row(page, second).get_by_text("test it").click()
+    detail = page.get_by_role("dialog")
+
+    # then it links to its prerequisite, which opens in its place
+    dependencies = _detail_section(detail, "Dependencies")
+    await expect(dependencies.locator("dt")).to_have_text(["Prerequisites"])
+    await dependencies.get_by_role("button", name=first).click()
+    await expect(detail.get_by_role("heading", name=f"Task {first}")).to_be_visible()
+
+    # and the prerequisite links back to it and shows its tool call with its result
+    await expect(_detail_section(detail, "Dependencies").locator("dd")).to_have_text(second)
+    run = _detail_section(detail, "Agentic run")
+    await expect(run).to_contain_text("stopped: final_answer after 2 iterations · 1 tool calls")
+    await expect(run.get_by_role("listitem")).to_contain_text(['#1 run {"cmd":"make"} → OK: built'])

@@ -71,6 +71,39 @@ function result(task) {
   return parts;
 }
 
+/** Prerequisites and dependants, each a link that opens that task here. */
+function dependencies(task, openTask) {
+  const link = (taskId) => h("button", { class: "link task-link", type: "button", text: taskId,
+    onclick: () => openTask(taskId) });
+  const waiting = new Set(task.waiting_for || []);
+  const rows = [];
+  if ((task.depends_on || []).length) {
+    rows.push(h("dt", { text: "Prerequisites" }), h("dd", {}, ...task.depends_on.flatMap((taskId, n) => [
+      n ? ", " : null, link(taskId), waiting.has(taskId) ? " (waiting)" : null])));
+  }
+  if ((task.dependants || []).length) {
+    const more = (task.dependants_total || 0) - task.dependants.length;
+    rows.push(h("dt", { text: "Dependants" }), h("dd", {}, ...task.dependants.flatMap((taskId, n) => [
+      n ? ", " : null, link(taskId)]), more > 0 ? ` and ${more} more` : null));
+  }
+  return rows.length ? h("dl", { class: "facts" }, ...rows) : null;
+}
+
+/** An agentic run: why it stopped, and its tool calls with their results. */
+function agentic(run) {
+  const stopped = run.termination_reason || run.iterations_used
+    ? `stopped: ${run.termination_reason || "–"} after ${run.iterations_used ?? "–"} iterations · ` : "";
+  return [
+    h("p", { class: "detail-meta", text: `${stopped}${run.tool_calls_total} tool calls` }),
+    h("ol", { class: "tool-calls" }, ...(run.tool_calls || []).map((call) => h("li", {},
+      h("time", { text: clockTime(call.at) }),
+      h("span", { class: "tool-name", text: ` #${call.iteration ?? "–"} ${call.tool_name || "–"} ` }),
+      h("span", { class: "detail-text", text: call.args_summary || "" }),
+      call.result_summary ? h("span", { class: "detail-text", text: ` → ${call.result_summary}` }) : null,
+    ))),
+  ];
+}
+
 function history(task) {
   const entries = task.history || [];
   if (!entries.length) return h("p", { class: "empty", text: "No history recorded." });
@@ -176,14 +209,17 @@ export class TaskDetail {
       h("span", { class: `badge priority-${task.priority}`, text: task.priority }),
       ` agent ${task.assigned_to || "–"} · generation ${task.generation} · retries ${task.retry_count}/${task.max_retries}`,
       ` · created ${clockTime(task.created_at)} · updated ${clockTime(task.updated_at)}`);
+    const links = dependencies(task, (taskId) => this.open(taskId));
     const parts = [
       summary,
       task.waiting_reason ? h("p", { class: "waiting", text: `Waiting: ${task.waiting_reason}` }) : null,
       task.held_for ? h("p", { class: "waiting held", text: `Held: ${holdText(task.held_for)}` }) : null,
       buttons.length ? h("div", { class: "detail-actions" }, ...buttons) : null,
       section("Description", h("pre", { class: "description-text", text: task.description || "" })),
+      links ? section("Dependencies", links) : null,
       section("Routing decision", routing(task)),
       section("Execution", execution(task)),
+      task.agentic ? section("Agentic run", ...agentic(task.agentic)) : null,
       section("Result", ...result(task)),
       section("History", history(task)),
     ];
