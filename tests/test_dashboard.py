@@ -1444,3 +1444,37 @@ async def test_task_detail_links_prerequisites_and_dependants_and_shows_tool_cal
     run = _detail_section(detail, "Agentic run")
     await expect(run).to_contain_text("stopped: final_answer after 2 iterations · 1 tool calls")
     await expect(run.get_by_role("listitem")).to_contain_text(['#1 run {"cmd":"make"} → OK: built'])
+
+
+class _Pm2Sidecar(AgentClient):
+    """A sidecar run under pm2: its identify says so, as the latest AgentCom sidecar's does."""
+
+    def identify_frame(self) -> dict[str, object]:
+        frame: dict[str, object] = super().identify_frame()
+        frame["pm2_info"] = {"name": "agentcom-sc1", "status": "online", "uptime_ms": 60_000,
+                             "restart_count": 3, "memory_bytes": 52_428_800}  # fmt: skip
+        return frame
+
+
+async def test_an_admin_restarts_a_sidecar_from_its_card_after_a_confirmation(
+    ws_url: str, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given a sidecar under pm2, and an admin's page
+    sidecar = _Pm2Sidecar(ws_url, "sc1", make_token("sc1"), heartbeat_s=None)
+    await sidecar.connect()
+    page = await open_dashboard(make_token("ops", "admin"))
+    card = page.get_by_role("article", name="Agent sc1")
+    await expect(card.locator(".agent-pm2")).to_have_text(
+        "pm2 agentcom-sc1 online, 3 restarts, 50 MiB"
+    )
+
+    # when the admin clicks Restart, then confirms
+    await card.get_by_role("button", name="Restart agent sc1").click()
+    await card.get_by_role("button", name="Confirm restart: Restart agent sc1").click()
+
+    # then the sidecar is asked, and once it says it restarts, its card says so
+    pushed = await sidecar.receive_type("restart_sidecar")
+    assert pushed == {"type": "restart_sidecar", "reason": "asked from the dashboard"}
+    await sidecar.send({"type": "agent_restarting", "reason": "asked from the dashboard"})
+    await expect(card.locator(".agent-restarting")).to_contain_text(": asked from the dashboard")
+    await sidecar.close()

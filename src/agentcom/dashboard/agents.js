@@ -2,18 +2,29 @@
 
 import { byId, h, reconcileChildren, setAttr, setText } from "./dom.js";
 import { ago, clockTime, holdText, percent, shortId, usage } from "./format.js";
+import { confirmingButton } from "./tasks.js";
 
 const STATE_ORDER = { working: 0, assigned: 1, idle: 2, offline: 3 };
+
+/** The sidecar's process as pm2 reported it when it identified. */
+function pm2Text(info) {
+  const parts = [`pm2 ${info.name || "–"} ${info.status || "–"}`];
+  if (typeof info.restart_count === "number") parts.push(`${info.restart_count} restarts`);
+  if (typeof info.memory_bytes === "number") parts.push(`${Math.round(info.memory_bytes / 2 ** 20)} MiB`);
+  return parts.join(", ");
+}
 
 /** Draws the agents panel, reusing each agent's card between frames. */
 export class AgentCards {
   /**
    * @param {import("./state.js").DashboardState} state
    * @param {(taskId: string) => void} openTask opens a task's detail
+   * @param {{restartAgent, isAdmin}} actions asks a sidecar to restart; whether the token may
    */
-  constructor(state, openTask) {
+  constructor(state, openTask, actions) {
     this.state = state;
     this.openTask = openTask;
+    this.actions = actions;
     this.container = byId("agent-cards");
     this.summary = byId("agents-summary");
     this.cards = new Map();
@@ -53,6 +64,12 @@ export class AgentCards {
     setText(fields.status, reported ? `reports: ${agent.status}` : "");
     // A task kept for the agent since its connection ended: say until when, and why.
     setText(fields.held, agent.held_task ? holdText(agent.held_task) : "");
+    const restarting = agent.restarting;
+    setText(fields.restarting, restarting
+      ? `Restarting since ${clockTime(restarting.since)}: ${restarting.reason || "no reason given"}` : "");
+    setText(fields.pm2, agent.pm2_info ? pm2Text(agent.pm2_info) : "");
+    // Only an admin may ask, and only a connected sidecar can hear it.
+    fields.restart.hidden = !(this.actions.isAdmin() && agent.state !== "offline");
     setText(fields.task, agent.current_task ? shortId(agent.current_task) : "none");
     setAttr(fields.task, "disabled", !agent.current_task);
     setAttr(fields.task, "aria-label", agent.current_task
@@ -90,6 +107,10 @@ export class AgentCards {
       ram: field(),
       vram: field(),
       ollama: field("dd", { class: "mono" }),
+      restarting: h("p", { class: "agent-restarting" }),
+      pm2: h("p", { class: "agent-pm2" }),
+      restart: confirmingButton("Restart", "Confirm restart", `Restart agent ${agentId}`,
+        () => this.actions.restartAgent(agentId)),
     };
     fields.task.addEventListener("click", () => {
       if (fields.task.dataset.taskId) this.openTask(fields.task.dataset.taskId);
@@ -100,6 +121,8 @@ export class AgentCards {
       h("header", { class: "card-head" }, fields.name, fields.state),
       fields.status,
       fields.held,
+      fields.restarting,
+      fields.pm2,
       h("dl", { class: "facts" },
         h("dt", { text: "Current task" }), h("dd", {}, fields.task),
         h("dt", { text: "Capabilities" }), fields.capabilities,
@@ -108,6 +131,7 @@ export class AgentCards {
         h("dt", { text: "RAM" }), fields.ram,
         h("dt", { text: "VRAM" }), fields.vram,
         h("dt", { text: "Ollama" }), fields.ollama),
+      h("div", { class: "detail-actions" }, fields.restart),
     );
     return { element, fields };
   }

@@ -79,11 +79,14 @@ class Dashboard {
       }).catch((error) => {
         throw new Error(ERROR_MESSAGES[error.code] || error.message);
       }),
+      // The agent's card changes with the agent_restart_requested event that follows.
+      restartAgent: (agentId) => this.act("agent_restart", { agent_id: agentId, reason: "asked from the dashboard" },
+        `Agent ${agentId} asked to restart.`, () => {}),
       request: (type, fields) => this.operator.request(type, fields),
       isAdmin: () => this.role === "admin",
       redraw: (...parts) => this.redraw(...parts),
     };
-    this.agents = new AgentCards(this.state, actions.openTask);
+    this.agents = new AgentCards(this.state, actions.openTask, actions);
     this.endpoints = new EndpointCards(this.state, actions);
     this.queue = new QueuePanel(this.state);
     this.costs = new CostPanel(this.state);
