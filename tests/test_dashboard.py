@@ -311,6 +311,18 @@ async def test_execution_output_appears_in_the_live_log_within_a_second(
     await expect(log.locator(".kind-stderr")).to_contain_text("1 warning", timeout=1_000)
     await expect(log.locator(".kind-token")).to_contain_text("128 so far", timeout=1_000)
 
+    # and so do an agentic run's tool calls, as the latest sidecar sends them (empty text)
+    call = {"event_type": "tool_call", "text": "", "tool_name": "read_file", "iteration": 2}
+    await agent.send(progress({**call, "args_summary": '{"path":"app.py"}'}))
+    await agent.send(progress({**call, "result_summary": "OK: 12 lines"}))
+    await expect(log.locator(".kind-tool_call")).to_have_text(
+        [
+            re.compile(r'#2 read_file \{"path":"app.py"\}$'),
+            re.compile("#2 read_file → OK: 12 lines$"),
+        ],
+        timeout=1_000,
+    )
+
 
 async def test_cost_totals_change_after_a_completion_with_metadata(
     hub: HubServer,

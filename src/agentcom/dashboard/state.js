@@ -467,7 +467,12 @@ export class DashboardState {
       const tokens = execution.tokens_so_far ?? execution.tokens ?? "?";
       text = `${tokens} so far${execution.model ? ` · ${execution.model}` : ""}`;
     } else if (kind === "tool_call") {
-      text = String(execution.text ?? execution.tool ?? execution.name ?? "");
+      // An agentic run sends each call (args_summary), then its result (result_summary).
+      const tool = execution.tool_name ?? execution.tool ?? execution.name ?? "";
+      const step = execution.iteration != null ? `#${execution.iteration} ` : "";
+      if (execution.result_summary) text = `${step}${tool} → ${execution.result_summary}`;
+      else if (execution.args_summary) text = `${step}${tool} ${execution.args_summary}`;
+      else text = String(execution.text || `${step}${tool}`);
     } else {
       text = String(execution.text ?? execution.message ?? execution.error ?? "");
     }
