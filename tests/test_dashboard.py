@@ -1422,6 +1422,30 @@ async def test_an_admin_approves_a_sidecars_endpoint_for_every_agent(
     assert [e["approved"] for e in await operator.request("endpoints_list")] == [True]
 
 
+async def test_the_submit_form_takes_prerequisites_and_names_unknown_ones(
+    operator: OperatorClient, make_token: TokenMaker, open_dashboard: PageOpener
+) -> None:
+    # given a queued task and an admin's page
+    first = (await operator.submit("build it", needed_capabilities=["builder"]))["task_id"]
+    page = await open_dashboard(make_token("ops", "admin"))
+
+    # when a task is submitted that depends on it and on a task that does not exist
+    await page.get_by_label("Description").fill("test it")
+    await page.get_by_label("Depends on").fill(f"{first}, {'f' * 32}")
+    await page.get_by_role("button", name="Submit task").click()
+
+    # then it is refused, naming the unknown one
+    await expect(page.locator("#submit-result")).to_contain_text(f"no such tasks: {'f' * 32}")
+
+    # and with the known one alone it is queued, waiting for it
+    await page.get_by_label("Depends on").fill(first)
+    await page.get_by_role("button", name="Submit task").click()
+    await expect(page.locator("#submit-result")).to_contain_text("Queued task")
+    (dependant,) = [task for task in await operator.request("task_list")
+                    if task["description"] == "test it"]  # fmt: skip
+    assert dependant["depends_on"] == [first]
+
+
 async def test_task_detail_links_prerequisites_and_dependants_and_shows_tool_calls(
     make_agent: AgentMaker,
     operator: OperatorClient,

@@ -229,6 +229,9 @@ export class TaskPanels {
       if (capabilities.length) task.needed_capabilities = capabilities;
       const command = String(data.get("shell_command") || "").trim();
       if (command) task.metadata = { shell_command: command };
+      const prerequisites = String(data.get("depends_on") || "")
+        .split(",").map((taskId) => taskId.trim()).filter(Boolean);
+      if (prerequisites.length) task.depends_on = prerequisites;
       const button = form.querySelector("button[type=submit]");
       button.disabled = true;
       setText(result, "Submitting…");
