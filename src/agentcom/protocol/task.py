@@ -18,9 +18,9 @@ from agentcom.protocol.outbound import Complexity, RoutingDecision
 
 __all__ = [
     "LISTED_WITHOUT",
+    "MAX_PREREQUISITES",
     "RESULT_PREVIEW_CHARS",
     "TASK_CURSOR_PATTERN",
-    "MAX_PREREQUISITES",
     "AgenticRun",
     "ExecutionMetadata",
     "HistoryEntry",
