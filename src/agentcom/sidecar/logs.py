@@ -1,0 +1,61 @@
+"""The sidecar's log: one line per connection change and per task step, on stderr.
+
+``text`` lines are for people (``2026-12-06 12:00:00 INFO task 3f2a... completed``);
+``json`` lines carry the same message plus the fields passed as ``extra`` (``event``,
+``task_id``, ``generation``, ``exit_code`` ...) for log collectors and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+__all__ = ["FIELDS", "configure", "log_event"]
+
+FIELDS = ("event", "task_id", "generation", "target", "status", "error", "exit_code", "url")
+"""The ``extra`` keys a JSON line carries when a record has them."""
+
+_LOGGERS = ("agentcom.sidecar", "agentcom.client")
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure(log_format: Literal["text", "json"], level: str) -> None:
+    """Send the sidecar's and the client's records to stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonLines())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        )
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def log_event(
+    logger: logging.Logger, event: str, message: str, *args: Any, level: int = logging.INFO,
+    **fields: Any,
+) -> None:  # fmt: skip
+    """Log ``message % args`` with ``event`` and ``fields`` attached for JSON lines."""
+    logger.log(level, message, *args, extra={"event": event, **fields})

@@ -1,0 +1,407 @@
+"""The sidecar's loop: stay connected, take one task at a time, run it, report it.
+
+Life of a task (each step recorded in the state directory before the hub hears of it):
+
+1. ``task_assign`` → the task is written to the state directory, then ``task_accepted``
+   is sent and the executor chosen by the routing decision starts. A second task while
+   one is held is answered with ``task_rejected`` (the hub requeues it at once).
+2. The executor streams ``task_progress`` and returns an outcome; the ``task_complete``
+   frame (``result.status`` ``success`` or ``failed``) is recorded, then sent. It is sent
+   again after every reconnect until the hub acknowledges it (``task_ack``) or refuses it
+   (stale generation, not assigned): only then is the task forgotten.
+3. ``task_cancelled`` stops the executor at once (process group killed, HTTP request
+   aborted) and forgets the task.
+
+After a crash, the restarted sidecar finds the task in the state directory: a finished
+one's completion is delivered as in step 2; an unfinished one's leftover process group is
+killed and ``task_recovering`` is sent after every identify until the hub answers
+``task_reassign`` (forget it) or ``task_continue`` (run it again under the new generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from agentcom.client import AgentClient
+from agentcom.protocol.common import TargetType
+from agentcom.sidecar.config import SidecarConfig
+from agentcom.sidecar.job import Assignment, Executor, ExecutorFailed, Job, Outcome
+from agentcom.sidecar.logs import log_event
+from agentcom.sidecar.progress import ProgressStream
+from agentcom.sidecar.shell import NO_COMMAND, run_shell
+from agentcom.sidecar.state import HeldTask, StateDir, kill_process_group
+
+__all__ = ["EXECUTORS", "SidecarClient", "SidecarRunner"]
+
+logger = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+
+EXECUTORS: dict[TargetType, Executor] = {TargetType.sidecar: run_shell}
+"""The executor of each routing target (the others are added by their modules)."""
+
+_MAX_ERROR_CHARS = 2000
+_SETTLED_REFUSALS = ("task_complete_failed", "task_fail_failed", "not_assigned")
+
+
+class SidecarClient(AgentClient):
+    """An :class:`AgentClient` that tells the runner each time it has identified.
+
+    Args:
+        config: the sidecar's settings.
+        on_identified: awaited after every successful identify, before frames are read.
+    """
+
+    def __init__(self, config: SidecarConfig, on_identified: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(
+            config.hub_url,
+            config.agent_id,
+            config.token,
+            capabilities=list(config.capabilities),
+            name=config.name,
+            ollama_url=config.ollama_url,
+            heartbeat_s=config.heartbeat_s,
+            backoff_initial_s=config.backoff_initial_s,
+            backoff_max_s=config.backoff_max_s,
+        )
+        self._on_identified = on_identified
+
+    async def connect(self, timeout: float = 10.0) -> Frame:
+        """Connect and identify, then let the runner resend what the hub must hear."""
+        reply = await super().connect(timeout)
+        await self._on_identified()
+        return reply
+
+
+class SidecarRunner:
+    """Holds at most one task; answers the hub's frames; runs executors.
+
+    Args:
+        config: the sidecar's settings.
+        state: the state directory.
+        executors: the executor of each routing target (default :data:`EXECUTORS`).
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        state: StateDir,
+        executors: Mapping[TargetType, Executor] | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.executors = dict(EXECUTORS if executors is None else executors)
+        self.client = SidecarClient(config, self._identified)
+        self.held: HeldTask | None = state.load()
+        self.recovering = self.held is not None and self.held.phase != "finished"
+        self.connections = 0
+        self.stopping = False
+        self._job: asyncio.Task[None] | None = None
+        self._free = asyncio.Event()
+        if self.held is None:
+            self._free.set()
+        self._handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
+            "task_assign": self._assigned,
+            "task_cancelled": self._cancelled,
+            "task_ack": self._acknowledged,
+            "task_continue": self._continue,
+            "task_reassign": self._reassigned,
+            "error": self._refused,
+        }
+        if self.recovering:
+            self._kill_leftover()
+
+    def _kill_leftover(self) -> None:
+        """Kill the process group a crashed run left behind: the hub runs the task again."""
+        held = self.held
+        if held is not None and held.process_group and kill_process_group(held.process_group):
+            log_event(
+                logger, "leftover_killed",
+                "killed process group %d, left running by task %s before the restart",
+                held.process_group, held.task_id, task_id=held.task_id,
+            )  # fmt: skip
+
+    # --- connection -----------------------------------------------------------------
+
+    async def _identified(self) -> None:
+        self.connections += 1
+        log_event(
+            logger, "connected", "connected to %s as %s (connection %d)",
+            self.config.hub_url, self.config.agent_id, self.connections, url=self.config.hub_url,
+        )  # fmt: skip
+        held = self.held
+        if held is None:
+            return
+        if held.phase == "finished" and held.completion is not None:
+            await self._send(held.completion)
+        elif self.recovering:
+            log_event(
+                logger, "recovering", "asking the hub about task %s, held before a restart",
+                held.task_id, task_id=held.task_id,
+            )  # fmt: skip
+            await self._send(
+                {"type": "task_recovering", "task_id": held.task_id, "last_status": held.phase,
+                 "description": held.assign.get("description"),
+                 "metadata": held.assign.get("metadata")}
+            )  # fmt: skip
+
+    async def _send(self, frame: Frame) -> bool:
+        """Send one frame; False when the connection is down (a reconnect resends)."""
+        try:
+            await self.client.send(frame)
+        except (ConnectionClosed, RuntimeError, OSError):
+            return False
+        return True
+
+    async def on_frame(self, client: AgentClient, frame: Frame) -> None:
+        """Called for every frame the hub sends."""
+        handler = self._handlers.get(str(frame.get("type")))
+        if handler is not None:
+            await handler(frame)
+
+    # --- hub frames -----------------------------------------------------------------
+
+    async def _assigned(self, frame: Frame) -> None:
+        try:
+            assignment = Assignment.from_frame(frame)
+        except (KeyError, TypeError, ValueError):
+            logger.warning("ignored a task_assign without a task id or generation: %.200s", frame)
+            return
+        if self.held is not None and self.held.task_id == assignment.task_id:
+            return  # the same assignment again (a resend): one job
+        if self.held is not None or self.stopping:
+            reason = "stopping" if self.stopping else f"busy with task {self.held.task_id}"  # type: ignore[union-attr]
+            await self._send(
+                {"type": "task_rejected", "task_id": assignment.task_id, "reason": reason}
+            )
+            return
+        self._hold(HeldTask(assign=frame))
+        log_event(
+            logger, "assigned", "task %s assigned (generation %d, %s, %s): %.80s",
+            assignment.task_id, assignment.generation,
+            assignment.target.value if assignment.target else "no routing decision",
+            assignment.tier.value if assignment.tier else "no tier", assignment.description,
+            task_id=assignment.task_id, generation=assignment.generation,
+            target=assignment.target.value if assignment.target else None,
+        )  # fmt: skip
+        await self._send({"type": "task_accepted", "task_id": assignment.task_id})
+        self._start(assignment)
+
+    def _hold(self, held: HeldTask) -> None:
+        self.state.save(held)
+        self.held = held
+        self._free.clear()
+
+    def _forget(self) -> None:
+        self.state.clear()
+        self.held = None
+        self.recovering = False
+        self._free.set()
+
+    async def _cancelled(self, frame: Frame) -> None:
+        held = self.held
+        if held is None or held.task_id != frame.get("task_id"):
+            return
+        await self._stop_job()
+        self._forget()
+        log_event(
+            logger, "cancelled", "task %s cancelled by an operator; stopped",
+            held.task_id, task_id=held.task_id,
+        )  # fmt: skip
+
+    async def _acknowledged(self, frame: Frame) -> None:
+        held = self.held
+        if held is None or held.task_id != frame.get("task_id") or held.phase != "finished":
+            return
+        self._forget()
+        log_event(
+            logger, "acknowledged", "task %s reported; the hub says %s",
+            held.task_id, frame.get("status"), task_id=held.task_id, status=frame.get("status"),
+        )  # fmt: skip
+
+    async def _continue(self, frame: Frame) -> None:
+        held = self.held
+        if held is None or held.task_id != frame.get("task_id"):
+            return
+        generation = frame.get("generation")
+        held.assign["generation"] = generation
+        held.phase = "accepting"
+        held.process_group = None
+        self._hold(held)
+        self.recovering = False
+        log_event(
+            logger, "continue", "the hub says continue task %s (generation %s); running it again",
+            held.task_id, generation, task_id=held.task_id, generation=generation,
+        )  # fmt: skip
+        self._start(Assignment.from_frame(held.assign))
+
+    async def _reassigned(self, frame: Frame) -> None:
+        held = self.held
+        if held is None or held.task_id != frame.get("task_id"):
+            return
+        await self._stop_job()
+        self._forget()
+        log_event(
+            logger, "reassigned", "the hub took task %s back (it runs it again)",
+            held.task_id, task_id=held.task_id,
+        )  # fmt: skip
+
+    async def _refused(self, frame: Frame) -> None:
+        held = self.held
+        error = str(frame.get("error"))
+        if held is None or held.task_id != frame.get("task_id"):
+            logger.warning("hub error: %s", error)
+            return
+        if not error.startswith(_SETTLED_REFUSALS):
+            logger.warning("hub error about task %s: %s", held.task_id, error)
+            return
+        # The task is no longer ours (fenced off, cancelled, reassigned): drop it.
+        await self._stop_job()
+        self._forget()
+        log_event(
+            logger, "refused", "the hub refused task %s (%s); dropped it",
+            held.task_id, error, level=logging.WARNING, task_id=held.task_id, error=error,
+        )  # fmt: skip
+
+    # --- execution ------------------------------------------------------------------
+
+    def _start(self, assignment: Assignment) -> None:
+        self._job = asyncio.create_task(self._execute(assignment))
+
+    async def _stop_job(self) -> None:
+        job, self._job = self._job, None
+        if job is not None and not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+
+    def _executor(self, assignment: Assignment) -> Executor:
+        if assignment.target is None:
+            if assignment.shell_command is None:
+                raise ExecutorFailed(f"no routing decision, and {NO_COMMAND}")
+            return run_shell
+        executor = self.executors.get(assignment.target)
+        if executor is None:
+            raise ExecutorFailed(f"this sidecar cannot run {assignment.target.value} tasks")
+        return executor
+
+    def _record_process(self, group: int) -> None:
+        if self.held is not None:
+            self.held.phase = "running"
+            self.held.process_group = group
+            self.state.save(self.held)
+
+    async def _execute(self, assignment: Assignment) -> None:
+        progress = ProgressStream(
+            self._send_progress, assignment.task_id,
+            self.config.progress_interval_s, self.config.max_event_chars,
+        )  # fmt: skip
+        job = Job(assignment, self.config, progress, self._record_process)
+        started = time.monotonic()
+        progress.start()
+        try:
+            outcome = await self._executor(assignment)(job)
+        except ExecutorFailed as exc:
+            outcome = Outcome("failed", error=str(exc))
+        except Exception as exc:
+            logger.exception("task %s: the executor crashed", assignment.task_id)
+            outcome = Outcome("failed", error=f"executor error: {exc!r}")
+        finally:
+            await progress.close()
+        if outcome.error is not None:
+            outcome.error = outcome.error[:_MAX_ERROR_CHARS]
+        await self._finish(assignment, outcome, round((time.monotonic() - started) * 1000))
+
+    async def _send_progress(self, frame: Frame) -> None:
+        await self.client.send(frame)
+
+    async def _finish(self, assignment: Assignment, outcome: Outcome, execution_ms: int) -> None:
+        completion: Frame = {
+            "type": "task_complete",
+            "task_id": assignment.task_id,
+            "generation": assignment.generation,
+            "result": outcome.result(execution_ms),
+        }
+        if outcome.tokens_in is not None or outcome.tokens_out is not None:
+            completion["tokens_used"] = (outcome.tokens_in or 0) + (outcome.tokens_out or 0)
+        held = self.held
+        if held is None or held.task_id != assignment.task_id:
+            return  # cancelled meanwhile
+        held.phase, held.completion = "finished", completion
+        self.state.save(held)
+        self._job = None
+        fields: dict[str, Any] = {"task_id": assignment.task_id, "status": outcome.status}
+        if outcome.status == "success":
+            log_event(
+                logger, "finished", "task %s succeeded in %d ms",
+                assignment.task_id, execution_ms, **fields,
+            )  # fmt: skip
+        else:
+            log_event(
+                logger, "finished", "task %s failed in %d ms: %s",
+                assignment.task_id, execution_ms, outcome.error, error=outcome.error,
+                **fields, **({"exit_code": outcome.extra["exit_code"]}
+                             if "exit_code" in outcome.extra else {}),
+            )  # fmt: skip
+        await self._send(completion)
+
+    # --- stopping -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop`` is set, then finish or give back the task.
+
+        Raises:
+            AuthenticationError: the hub refused the token.
+        """
+        connection = asyncio.create_task(self.client.run(self.on_frame))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({connection, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if connection.done():
+                connection.result()  # run() only returns by raising
+                return
+            await self._wind_down()
+        finally:
+            stopper.cancel()
+            await self.client.close()
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connection
+
+    async def _wind_down(self) -> None:
+        self.stopping = True
+        held = self.held
+        if held is None:
+            log_event(logger, "stopping", "stopping (no task held)")
+            return
+        log_event(
+            logger, "stopping", "stopping: task %s has %g s to finish",
+            held.task_id, self.config.stop_grace_s, task_id=held.task_id,
+        )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._free.wait(), self.config.stop_grace_s)
+        held = self.held
+        if held is None or held.phase == "finished":
+            return  # reported (or to be delivered by the next start)
+        await self._stop_job()
+        if await self._send(
+            {"type": "task_rejected", "task_id": held.task_id, "reason": "sidecar stopping"}
+        ):
+            self._forget()
+            log_event(
+                logger, "given_back", "gave task %s back to the hub",
+                held.task_id, task_id=held.task_id,
+            )  # fmt: skip
+        else:
+            self.recovering = True
+            log_event(
+                logger, "kept", "task %s stopped; the next start asks the hub about it",
+                held.task_id, task_id=held.task_id,
+            )  # fmt: skip

@@ -1,0 +1,112 @@
+"""The state directory: the one task the sidecar holds, written before the hub hears of it.
+
+One file, ``task.json``, replaced atomically (written beside, flushed to disk, renamed,
+the directory flushed) at each step of a task's life:
+
+- ``accepting``: written before ``task_accepted`` is sent; a crash from here on leaves the
+  task to be recovered after the restart (``task_recovering``);
+- ``running``: a shell command runs; the record names its process group, which a restart
+  kills (its output went with the crashed sidecar, and the hub will run it again);
+- ``finished``: the completion frame is recorded before it is sent, so a restart delivers
+  it (with the generation it was assigned with) instead of running the task again.
+
+The file is removed once the hub has acknowledged the outcome, or has taken the task back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["HeldTask", "Phase", "StateDir", "kill_process_group"]
+
+Phase = Literal["accepting", "running", "finished"]
+
+_FILE = "task.json"
+
+
+@dataclass(slots=True)
+class HeldTask:
+    """The task this sidecar holds, as recorded."""
+
+    assign: dict[str, Any]  #: the task_assign frame, as the hub sent it
+    phase: Phase = "accepting"  #: how far it got
+    process_group: int | None = None  #: the shell command's process group while running
+    completion: dict[str, Any] | None = field(default=None)  #: the outcome frame, once finished
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+        task_id: str = self.assign["task_id"]
+        return task_id
+
+
+class StateDir:
+    """The sidecar's state directory (created with mode 0700 when missing).
+
+    Args:
+        path: the directory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @property
+    def task_file(self) -> Path:
+        """Where the held task is recorded."""
+        return self.path / _FILE
+
+    def load(self) -> HeldTask | None:
+        """The task recorded by an earlier run, or None (an unreadable record is set aside
+        as ``task.json.bad`` and treated as none: the hub's timeouts recover that task)."""
+        try:
+            data = json.loads(self.task_file.read_text())
+            return HeldTask(**data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            with contextlib.suppress(OSError):
+                self.task_file.replace(self.path / f"{_FILE}.bad")
+            return None
+
+    def save(self, held: HeldTask) -> None:
+        """Record ``held`` durably: once this returns, a crash cannot lose it."""
+        temporary = self.path / f"{_FILE}.tmp"
+        with temporary.open("w") as file:
+            json.dump(asdict(held), file)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self.task_file)
+        self._sync_directory()
+
+    def clear(self) -> None:
+        """Forget the held task."""
+        with contextlib.suppress(FileNotFoundError):
+            self.task_file.unlink()
+            self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        if os.name != "posix":
+            return
+        descriptor = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def kill_process_group(group: int) -> bool:
+    """SIGKILL every process of ``group``; False when there is none (or it is not ours)."""
+    if os.name != "posix" or group <= 1:
+        return False
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -1,0 +1,63 @@
+"""``agentcom sidecar`` settings: flags over environment over the TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hubprocess import run_cli_async
+
+from agentcom.protocol.common import Tier
+from agentcom.sidecar.config import SidecarConfigError, default_state_dir, load
+
+ENV = {"AGENTCOM_HUB_URL": "ws://env/ws", "AGENTCOM_AGENT_ID": "env-agent"}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_flags_win_over_the_environment_which_wins_over_the_file(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path / "s.toml",
+        'hub_url = "ws://file/ws"\nagent_id = "file-agent"\ntoken = "file-token"\n'
+        "timeout_trivial_s = 5\n",
+    )
+
+    config = load({"agent_id": "flag-agent", "name": None}, toml, ENV)
+
+    assert config.agent_id == "flag-agent"
+    assert config.hub_url == "ws://env/ws"
+    assert config.token == "file-token"
+    assert config.timeout_for(Tier.trivial) == 5
+    assert config.timeout_for(None) == config.timeout_standard_s
+
+
+def test_an_unknown_key_in_the_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    toml = write(tmp_path / "s.toml", 'hub_url = "ws://h/ws"\ntimout_trivial_s = 5\n')
+
+    with pytest.raises(SidecarConfigError, match="timout_trivial_s"):
+        load({"agent_id": "a", "token": "t"}, toml, {})
+
+
+def test_a_missing_token_is_an_error_naming_it() -> None:
+    with pytest.raises(SidecarConfigError, match="token"):
+        load({}, None, ENV)
+
+
+def test_the_default_state_directory_is_under_the_state_home() -> None:
+    assert default_state_dir("gpu-box", {"XDG_STATE_HOME": "/srv/state"}) == Path(
+        "/srv/state/agentcom/sidecar/gpu-box"
+    )
+
+
+async def test_bad_settings_exit_2_with_one_line(tmp_path: Path) -> None:
+    result = await run_cli_async(
+        "sidecar", "--hub", "ws://127.0.0.1:1/ws", "--agent-id", "a",
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("agentcom sidecar: token: ")
+    assert len(result.stderr.splitlines()) == 1

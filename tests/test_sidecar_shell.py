@@ -1,0 +1,312 @@
+"""``agentcom sidecar`` running shell tasks: a real hub, a real sidecar process, real commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TokenMaker
+from realsidecar import RealSidecar, process_gone, watch_pid
+
+from agentcom.client import OperatorClient
+from agentcom.sidecar.config import SidecarConfig
+from agentcom.sidecar.job import Assignment, ExecutorFailed, Job
+from agentcom.sidecar.progress import ProgressStream
+from agentcom.sidecar.shell import run_shell
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and pidfds")
+
+SidecarMaker = Callable[..., RealSidecar]
+
+
+@pytest.fixture
+async def make_sidecar(
+    tmp_path: Path, ws_url: str, make_token: TokenMaker
+) -> AsyncIterator[SidecarMaker]:
+    """Start sidecars (agent ``box-1`` unless told); all are stopped at the end."""
+    started: list[RealSidecar] = []
+    tokens: dict[str, str] = {}
+
+    def make(agent_id: str = "box-1", **options: Any) -> RealSidecar:
+        if agent_id not in tokens:
+            tokens[agent_id] = make_token(agent_id)
+        token = tokens[agent_id]
+        sidecar = RealSidecar(tmp_path, ws_url, agent_id, token, **options).start()
+        started.append(sidecar)
+        return sidecar
+
+    yield make
+    for sidecar in started:  # in a thread: the hub runs in this event loop
+        await asyncio.to_thread(sidecar.stop)
+
+
+async def submit_shell(operator: OperatorClient, command: str, **fields: Any) -> str:
+    """Queue a trivial task that runs ``command``; returns its id."""
+    task = await operator.submit(
+        f"run {command[:40]}",
+        complexity_tier="trivial",
+        metadata={"shell_command": command},
+        **fields,
+    )
+    task_id: str = task["task_id"]
+    return task_id
+
+
+class Streamed:
+    """The execution events the hub publishes for one task, collected in the background."""
+
+    def __init__(self, operator: OperatorClient, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        self.events: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
+        self._watch = operator.watch(["tasks"])
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Streamed:
+        await anext(self._watch)  # the snapshot: from here on, every event is seen
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._reader is not None
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._watch.aclose()
+
+    async def _read(self) -> None:
+        async for frame in self._watch:
+            if frame.get("event") == "execution_progress" and frame["task_id"] == self.task_id:
+                async with self._arrived:
+                    self.events.append(frame["execution_event"])
+                    self._arrived.notify_all()
+
+    async def text_matching(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first match of ``pattern`` in the streamed text, once it has arrived."""
+        async with asyncio.timeout(timeout), self._arrived:
+            while True:
+                text = "".join(event["text"] for event in self.events)
+                match = re.search(pattern, text)
+                if match:
+                    return match
+                await self._arrived.wait()
+
+
+async def test_a_command_that_exits_0_completes_with_its_output(
+    make_sidecar: SidecarMaker, operator: OperatorClient
+) -> None:
+    sidecar = make_sidecar()
+    await sidecar.event("connected")
+
+    task_id = await submit_shell(operator, "echo hello from $(pwd); echo warning >&2")
+    task = await operator.wait_task(task_id, timeout_s=10)
+
+    assert task["status"] == "completed"
+    result = task["result"]
+    assert result["status"] == "success"
+    assert result["exit_code"] == 0
+    assert f"hello from {sidecar.workdir}" in result["output"]
+    assert "warning" in result["output"]
+    assert task["routing_decision"]["target_type"] == "sidecar"
+    finished = await sidecar.event("finished", task_id=task_id)
+    assert finished["status"] == "success"
+    await sidecar.event("acknowledged", task_id=task_id)  # then forgotten
+    assert not (sidecar.state_dir / "task.json").exists()
+
+
+async def test_a_command_that_exits_non_zero_fails_with_its_code_and_output_tail(
+    make_sidecar: SidecarMaker, operator: OperatorClient
+) -> None:
+    sidecar = make_sidecar()
+    await sidecar.event("connected")
+
+    task_id = await submit_shell(
+        operator, "echo step one; echo it broke >&2; exit 3", max_retries=0
+    )
+    task = await operator.wait_task(task_id, timeout_s=10)
+
+    assert task["status"] == "dead_letter"
+    assert task["last_error"] == "exit code 3: it broke"
+    finished = await sidecar.event("finished", task_id=task_id)
+    assert finished["exit_code"] == 3
+    assert finished["status"] == "failed"
+
+
+async def test_a_sidecar_task_without_a_shell_command_fails_at_once_and_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ran"
+    # A description that would leave a trace if it were run as a command.
+    assign = {
+        "task_id": "t1", "generation": 1, "description": f"touch {marker}", "metadata": {},
+        "routing_decision": {"effective_tier": "trivial", "target_type": "sidecar"},
+    }  # fmt: skip
+    config = SidecarConfig(hub_url="ws://unused", agent_id="a", token="t", workdir=tmp_path)
+    sent: list[dict[str, Any]] = []
+
+    async def send(frame: dict[str, Any]) -> None:
+        sent.append(frame)
+
+    job = Job(Assignment.from_frame(assign), config, ProgressStream(send, "t1", 0, 100))
+
+    with pytest.raises(ExecutorFailed, match="no shell command"):
+        await run_shell(job)
+    assert not marker.exists()
+    assert sent == []
+
+
+async def test_many_lines_are_streamed_coalesced_and_bounded(
+    make_sidecar: SidecarMaker, operator: OperatorClient
+) -> None:
+    sidecar = make_sidecar(settings={"max_event_chars": 1000, "progress_interval_s": 0.05})
+    await sidecar.event("connected")
+
+    async with Streamed(operator) as streamed:
+        task_id = await submit_shell(operator, "seq 1 20000")
+        streamed.task_id = task_id
+        task = await operator.wait_task(task_id, timeout_s=20)
+        await streamed.text_matching(r"^1\n2\n3\n")
+
+    expected = "".join(f"{number}\n" for number in range(1, 20001))
+    assert task["status"] == "completed"
+    assert task["result"]["output"].endswith("19999\n20000\n")  # the tail is kept
+    assert len(task["result"]["output"]) <= 8000
+    events = streamed.events
+    # Coalesced: far fewer frames than lines, each within the limit; what was not streamed
+    # is counted, so streamed and dropped add up to the whole output.
+    assert len(events) < 200
+    assert all(len(event["text"]) <= 1000 for event in events)
+    assert all(event["event_type"] == "stdout" for event in events)
+    streamed_chars = sum(len(event["text"]) for event in events)
+    dropped_chars = sum(event.get("dropped_chars", 0) for event in events)
+    assert streamed_chars + dropped_chars == len(expected)
+
+
+async def test_a_command_past_its_tier_timeout_is_killed_with_its_children(
+    make_sidecar: SidecarMaker, operator: OperatorClient
+) -> None:
+    sidecar = make_sidecar(settings={"timeout_trivial_s": 1.0})
+    await sidecar.event("connected")
+
+    async with Streamed(operator) as streamed:
+        task_id = await submit_shell(operator, "sleep 300 & echo child $!; wait", max_retries=0)
+        streamed.task_id = task_id
+        match = await streamed.text_matching(r"child (\d+)")
+        child = watch_pid(int(match[1]))
+        try:
+            task = await operator.wait_task(task_id, timeout_s=20)
+            assert await process_gone(child)
+        finally:
+            os.close(child)
+
+    assert task["status"] == "dead_letter"
+    assert task["last_error"] == "timed out after 1 s (process group killed)"
+
+
+async def test_a_cancelled_task_stops_at_once_and_its_processes_are_gone(
+    make_sidecar: SidecarMaker, operator: OperatorClient
+) -> None:
+    sidecar = make_sidecar()
+    await sidecar.event("connected")
+
+    async with Streamed(operator) as streamed:
+        task_id = await submit_shell(operator, "sleep 300 & echo child $!; wait")
+        streamed.task_id = task_id
+        match = await streamed.text_matching(r"child (\d+)")
+        child = watch_pid(int(match[1]))
+        try:
+            await operator.request("task_cancel", task_id=task_id)
+            await sidecar.event("cancelled", task_id=task_id)
+            assert await process_gone(child)
+        finally:
+            os.close(child)
+
+    assert not (sidecar.state_dir / "task.json").exists()
+    # The sidecar is free: the next task runs.
+    next_id = await submit_shell(operator, "echo next")
+    assert (await operator.wait_task(next_id, timeout_s=10))["status"] == "completed"
+
+
+async def test_a_sidecar_killed_mid_task_kills_the_leftover_and_the_hub_runs_it_again(
+    make_sidecar: SidecarMaker, operator: OperatorClient
+) -> None:
+    sidecar = make_sidecar()
+    await sidecar.event("connected")
+    command = (
+        "if [ -e first-run ]; then echo second run; "
+        "else touch first-run; sleep 300 & echo child $!; wait; fi"
+    )
+
+    async with Streamed(operator) as streamed:
+        task_id = await submit_shell(operator, command)
+        streamed.task_id = task_id
+        match = await streamed.text_matching(r"child (\d+)")
+    assert (sidecar.state_dir / "task.json").exists()  # recorded before it was accepted
+    child = watch_pid(int(match[1]))
+    try:
+        sidecar.kill()
+        assert not await process_gone(child, timeout=0.2)  # a crash leaves it running
+
+        restarted = make_sidecar()
+        await restarted.event("leftover_killed", task_id=task_id)
+        assert await process_gone(child)
+        await restarted.event("recovering", task_id=task_id)
+        await restarted.event("reassigned", task_id=task_id)
+        task = await operator.wait_task(task_id, timeout_s=10)
+    finally:
+        os.close(child)
+
+    assert task["status"] == "completed"
+    assert task["result"]["output"] == "second run\n"
+    assert task["generation"] == 2
+
+
+async def test_sigterm_gives_a_running_task_back_and_exits_0(
+    make_sidecar: SidecarMaker, operator: OperatorClient
+) -> None:
+    sidecar = make_sidecar(args=["--stop-grace", "0"])
+    await sidecar.event("connected")
+
+    async with Streamed(operator) as streamed:
+        task_id = await submit_shell(operator, "sleep 300 & echo child $!; wait")
+        streamed.task_id = task_id
+        match = await streamed.text_matching(r"child (\d+)")
+    child = watch_pid(int(match[1]))
+    try:
+        sidecar.signal(signal.SIGTERM)
+        await sidecar.event("given_back", task_id=task_id)
+        assert await sidecar.wait() == 0
+        assert await process_gone(child)
+    finally:
+        os.close(child)
+
+    task = await operator.get_task(task_id)
+    assert task["status"] == "queued"
+    assert not (sidecar.state_dir / "task.json").exists()
+
+
+async def test_sigterm_lets_a_running_task_finish_within_the_grace(
+    make_sidecar: SidecarMaker, operator: OperatorClient, tmp_path: Path
+) -> None:
+    sidecar = make_sidecar()
+    await sidecar.event("connected")
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+
+    task_id = await submit_shell(operator, f"echo waiting; cat {gate}; echo finished")
+    await sidecar.event("assigned", task_id=task_id)
+    sidecar.signal(signal.SIGTERM)
+    await sidecar.event("stopping", task_id=task_id)
+    gate.write_text("go\n")  # opening the FIFO for writing lets the command end
+
+    assert await sidecar.wait() == 0
+    task = await operator.get_task(task_id)
+    assert task["status"] == "completed"
+    assert task["result"]["output"] == "waiting\ngo\nfinished\n"
