@@ -9,19 +9,27 @@ pidfd, without polling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
+from conftest import TokenMaker
 from hubprocess import CLI, STOP_TIMEOUT_S, LineReader, clean_env
 
-__all__ = ["RealSidecar", "process_gone", "watch_pid"]
+from agentcom.client import OperatorClient
+
+__all__ = [
+    "RealSidecar", "SidecarMaker", "Streamed", "make_sidecar", "process_gone", "watch_pid",
+]  # fmt: skip
 
 
 class RealSidecar:
@@ -163,3 +171,67 @@ async def process_gone(pidfd: int, timeout: float = 10.0) -> bool:
         return False
     finally:
         loop.remove_reader(pidfd)
+
+
+SidecarMaker = Callable[..., RealSidecar]
+
+
+@pytest.fixture
+async def make_sidecar(
+    tmp_path: Path, ws_url: str, make_token: TokenMaker
+) -> AsyncIterator[SidecarMaker]:
+    """Start sidecars (agent ``box-1`` unless told); all are stopped at the end."""
+    started: list[RealSidecar] = []
+    tokens: dict[str, str] = {}
+
+    def make(agent_id: str = "box-1", **options: Any) -> RealSidecar:
+        if agent_id not in tokens:
+            tokens[agent_id] = make_token(agent_id)
+        token = tokens[agent_id]
+        sidecar = RealSidecar(tmp_path, ws_url, agent_id, token, **options).start()
+        started.append(sidecar)
+        return sidecar
+
+    yield make
+    for sidecar in started:  # in a thread: the hub runs in this event loop
+        await asyncio.to_thread(sidecar.stop)
+
+
+class Streamed:
+    """The execution events the hub publishes for one task, collected in the background."""
+
+    def __init__(self, operator: OperatorClient, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        self.events: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
+        self._watch = operator.watch(["tasks"])
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Streamed:
+        await anext(self._watch)  # the snapshot: from here on, every event is seen
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._reader is not None
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._watch.aclose()
+
+    async def _read(self) -> None:
+        async for frame in self._watch:
+            if frame.get("event") == "execution_progress" and frame["task_id"] == self.task_id:
+                async with self._arrived:
+                    self.events.append(frame["execution_event"])
+                    self._arrived.notify_all()
+
+    async def text_matching(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first match of ``pattern`` in the streamed text, once it has arrived."""
+        async with asyncio.timeout(timeout), self._arrived:
+            while True:
+                text = "".join(event["text"] for event in self.events)
+                match = re.search(pattern, text)
+                if match:
+                    return match
+                await self._arrived.wait()

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import re
 import signal
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TokenMaker
-from realsidecar import RealSidecar, process_gone, watch_pid
+from realsidecar import SidecarMaker, Streamed, make_sidecar, process_gone, watch_pid  # noqa: F401
 
 from agentcom.client import OperatorClient
 from agentcom.sidecar.config import SidecarConfig
@@ -22,29 +17,6 @@ from agentcom.sidecar.progress import ProgressStream
 from agentcom.sidecar.shell import run_shell
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and pidfds")
-
-SidecarMaker = Callable[..., RealSidecar]
-
-
-@pytest.fixture
-async def make_sidecar(
-    tmp_path: Path, ws_url: str, make_token: TokenMaker
-) -> AsyncIterator[SidecarMaker]:
-    """Start sidecars (agent ``box-1`` unless told); all are stopped at the end."""
-    started: list[RealSidecar] = []
-    tokens: dict[str, str] = {}
-
-    def make(agent_id: str = "box-1", **options: Any) -> RealSidecar:
-        if agent_id not in tokens:
-            tokens[agent_id] = make_token(agent_id)
-        token = tokens[agent_id]
-        sidecar = RealSidecar(tmp_path, ws_url, agent_id, token, **options).start()
-        started.append(sidecar)
-        return sidecar
-
-    yield make
-    for sidecar in started:  # in a thread: the hub runs in this event loop
-        await asyncio.to_thread(sidecar.stop)
 
 
 async def submit_shell(operator: OperatorClient, command: str, **fields: Any) -> str:
@@ -59,48 +31,9 @@ async def submit_shell(operator: OperatorClient, command: str, **fields: Any) ->
     return task_id
 
 
-class Streamed:
-    """The execution events the hub publishes for one task, collected in the background."""
-
-    def __init__(self, operator: OperatorClient, task_id: str | None = None) -> None:
-        self.task_id = task_id
-        self.events: list[dict[str, Any]] = []
-        self._arrived = asyncio.Condition()
-        self._watch = operator.watch(["tasks"])
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Streamed:
-        await anext(self._watch)  # the snapshot: from here on, every event is seen
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._reader is not None
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-        await self._watch.aclose()
-
-    async def _read(self) -> None:
-        async for frame in self._watch:
-            if frame.get("event") == "execution_progress" and frame["task_id"] == self.task_id:
-                async with self._arrived:
-                    self.events.append(frame["execution_event"])
-                    self._arrived.notify_all()
-
-    async def text_matching(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """The first match of ``pattern`` in the streamed text, once it has arrived."""
-        async with asyncio.timeout(timeout), self._arrived:
-            while True:
-                text = "".join(event["text"] for event in self.events)
-                match = re.search(pattern, text)
-                if match:
-                    return match
-                await self._arrived.wait()
-
-
 async def test_a_command_that_exits_0_completes_with_its_output(
-    make_sidecar: SidecarMaker, operator: OperatorClient
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
 ) -> None:
     sidecar = make_sidecar()
     await sidecar.event("connected")
@@ -122,7 +55,8 @@ async def test_a_command_that_exits_0_completes_with_its_output(
 
 
 async def test_a_command_that_exits_non_zero_fails_with_its_code_and_output_tail(
-    make_sidecar: SidecarMaker, operator: OperatorClient
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
 ) -> None:
     sidecar = make_sidecar()
     await sidecar.event("connected")
@@ -163,7 +97,8 @@ async def test_a_sidecar_task_without_a_shell_command_fails_at_once_and_runs_not
 
 
 async def test_many_lines_are_streamed_coalesced_and_bounded(
-    make_sidecar: SidecarMaker, operator: OperatorClient
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
 ) -> None:
     sidecar = make_sidecar(settings={"max_event_chars": 1000, "progress_interval_s": 0.05})
     await sidecar.event("connected")
@@ -190,7 +125,8 @@ async def test_many_lines_are_streamed_coalesced_and_bounded(
 
 
 async def test_a_command_past_its_tier_timeout_is_killed_with_its_children(
-    make_sidecar: SidecarMaker, operator: OperatorClient
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
 ) -> None:
     sidecar = make_sidecar(settings={"timeout_trivial_s": 1.0})
     await sidecar.event("connected")
@@ -211,7 +147,8 @@ async def test_a_command_past_its_tier_timeout_is_killed_with_its_children(
 
 
 async def test_a_cancelled_task_stops_at_once_and_its_processes_are_gone(
-    make_sidecar: SidecarMaker, operator: OperatorClient
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
 ) -> None:
     sidecar = make_sidecar()
     await sidecar.event("connected")
@@ -235,7 +172,8 @@ async def test_a_cancelled_task_stops_at_once_and_its_processes_are_gone(
 
 
 async def test_a_sidecar_killed_mid_task_kills_the_leftover_and_the_hub_runs_it_again(
-    make_sidecar: SidecarMaker, operator: OperatorClient
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
 ) -> None:
     sidecar = make_sidecar()
     await sidecar.event("connected")
@@ -269,7 +207,8 @@ async def test_a_sidecar_killed_mid_task_kills_the_leftover_and_the_hub_runs_it_
 
 
 async def test_sigterm_gives_a_running_task_back_and_exits_0(
-    make_sidecar: SidecarMaker, operator: OperatorClient
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
 ) -> None:
     sidecar = make_sidecar(args=["--stop-grace", "0"])
     await sidecar.event("connected")
@@ -293,7 +232,9 @@ async def test_sigterm_gives_a_running_task_back_and_exits_0(
 
 
 async def test_sigterm_lets_a_running_task_finish_within_the_grace(
-    make_sidecar: SidecarMaker, operator: OperatorClient, tmp_path: Path
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
+    tmp_path: Path,
 ) -> None:
     sidecar = make_sidecar()
     await sidecar.event("connected")

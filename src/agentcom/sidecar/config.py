@@ -93,6 +93,17 @@ class SidecarConfig(BaseModel):
     wake_command: str | None = Field(
         None, description="Shell command run for a wake task (none: wake tasks fail)."
     )
+    max_answer_chars: int = Field(
+        200_000,
+        ge=80,
+        description="A model's answer is kept for the result up to this many characters; "
+        "the rest is streamed but cut from the result (which then says output_cut).",
+    )
+    claude_model: str = Field(
+        "claude-sonnet-4-5",
+        min_length=1,
+        description="The Claude model used when the routing decision names none.",
+    )
     claude_max_tokens: int = Field(
         4096, ge=1, description="max_tokens of a Claude Messages API request."
     )

@@ -31,9 +31,11 @@ from websockets.exceptions import ConnectionClosed
 
 from agentcom.client import AgentClient
 from agentcom.protocol.common import TargetType
+from agentcom.sidecar.claude import run_claude
 from agentcom.sidecar.config import SidecarConfig
 from agentcom.sidecar.job import Assignment, Executor, ExecutorFailed, Job, Outcome
 from agentcom.sidecar.logs import log_event
+from agentcom.sidecar.ollama import run_ollama
 from agentcom.sidecar.progress import ProgressStream
 from agentcom.sidecar.shell import NO_COMMAND, run_shell
 from agentcom.sidecar.state import HeldTask, StateDir, kill_process_group
@@ -44,8 +46,12 @@ logger = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
 
-EXECUTORS: dict[TargetType, Executor] = {TargetType.sidecar: run_shell}
-"""The executor of each routing target (the others are added by their modules)."""
+EXECUTORS: dict[TargetType, Executor] = {
+    TargetType.sidecar: run_shell,
+    TargetType.ollama: run_ollama,
+    TargetType.claude: run_claude,
+}
+"""The executor of each routing target."""
 
 _MAX_ERROR_CHARS = 2000
 _SETTLED_REFUSALS = ("task_complete_failed", "task_fail_failed", "not_assigned")
