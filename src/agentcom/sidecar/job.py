@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from agentcom.protocol.common import TargetType, Tier
 from agentcom.sidecar.config import SidecarConfig
-from agentcom.sidecar.progress import ProgressStream
+from agentcom.sidecar.progress import ProgressStream, Sender
 
 __all__ = ["Assignment", "Executor", "ExecutorFailed", "Job", "Outcome"]
 
@@ -109,12 +109,14 @@ class Job:
         progress: where output is streamed.
         record_process: called with the process group of a command as soon as it starts,
             so that a restart after a crash can kill it.
+        send: sends one frame to the hub (raises when disconnected).
     """
 
     assignment: Assignment
     config: SidecarConfig
     progress: ProgressStream
     record_process: Callable[[int], None] = lambda group: None
+    send: Sender | None = None
 
     @property
     def timeout_s(self) -> float:

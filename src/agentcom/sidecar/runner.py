@@ -33,12 +33,14 @@ from agentcom.client import AgentClient
 from agentcom.protocol.common import TargetType
 from agentcom.sidecar.claude import run_claude
 from agentcom.sidecar.config import SidecarConfig
+from agentcom.sidecar.dryrun import run_dry
 from agentcom.sidecar.job import Assignment, Executor, ExecutorFailed, Job, Outcome
 from agentcom.sidecar.logs import log_event
 from agentcom.sidecar.ollama import run_ollama
 from agentcom.sidecar.progress import ProgressStream
 from agentcom.sidecar.shell import NO_COMMAND, run_shell
 from agentcom.sidecar.state import HeldTask, StateDir, kill_process_group
+from agentcom.sidecar.wake import run_wake
 
 __all__ = ["EXECUTORS", "SidecarClient", "SidecarRunner"]
 
@@ -50,6 +52,7 @@ EXECUTORS: dict[TargetType, Executor] = {
     TargetType.sidecar: run_shell,
     TargetType.ollama: run_ollama,
     TargetType.claude: run_claude,
+    TargetType.wake: run_wake,
 }
 """The executor of each routing target."""
 
@@ -289,6 +292,8 @@ class SidecarRunner:
                 await job
 
     def _executor(self, assignment: Assignment) -> Executor:
+        if self.config.dry_run:
+            return run_dry
         if assignment.target is None:
             if assignment.shell_command is None:
                 raise ExecutorFailed(f"no routing decision, and {NO_COMMAND}")
@@ -309,7 +314,7 @@ class SidecarRunner:
             self._send_progress, assignment.task_id,
             self.config.progress_interval_s, self.config.max_event_chars,
         )  # fmt: skip
-        job = Job(assignment, self.config, progress, self._record_process)
+        job = Job(assignment, self.config, progress, self._record_process, self._send_progress)
         started = time.monotonic()
         progress.start()
         try:
@@ -326,6 +331,7 @@ class SidecarRunner:
         await self._finish(assignment, outcome, round((time.monotonic() - started) * 1000))
 
     async def _send_progress(self, frame: Frame) -> None:
+        """Send a frame that may be lost (progress, wake_result): raises when disconnected."""
         await self.client.send(frame)
 
     async def _finish(self, assignment: Assignment, outcome: Outcome, execution_ms: int) -> None:

@@ -17,11 +17,12 @@ import os
 import signal
 import subprocess
 from collections import deque
+from collections.abc import Mapping
 
 from agentcom.sidecar.job import ExecutorFailed, Job, Outcome
 from agentcom.sidecar.state import kill_process_group
 
-__all__ = ["NO_COMMAND", "OutputTail", "run_shell"]
+__all__ = ["NO_COMMAND", "OutputTail", "run_command", "run_shell"]
 
 NO_COMMAND = (
     "no shell command: a task routed to the sidecar runs metadata.shell_command, "
@@ -70,8 +71,12 @@ async def _pump(stream: asyncio.StreamReader, event_type: str, job: Job, tail: O
         tail.add(partial)
 
 
-async def _start(command: str, job: Job) -> asyncio.subprocess.Process:
+async def _start(
+    command: str, job: Job, env: Mapping[str, str] | None
+) -> asyncio.subprocess.Process:
     options: dict[str, object] = {}
+    if env is not None:
+        options["env"] = {**os.environ, **env}
     if os.name == "posix":
         options["start_new_session"] = True
     else:  # pragma: no cover - Windows: a process group that CTRL_BREAK can reach
@@ -102,7 +107,12 @@ async def run_shell(job: Job) -> Outcome:
     command = job.assignment.shell_command
     if command is None:
         raise ExecutorFailed(NO_COMMAND)
-    process = await _start(command, job)
+    return await run_command(job, command)
+
+
+async def run_command(job: Job, command: str, env: Mapping[str, str] | None = None) -> Outcome:
+    """Run ``command`` for ``job`` (with ``env`` added to the environment) to its outcome."""
+    process = await _start(command, job, env)
     job.record_process(process.pid)
     assert process.stdout is not None and process.stderr is not None
     tail = OutputTail(job.config.output_tail_chars)
