@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from agentcom.sidecar.config import SidecarConfig
 from agentcom.sidecar.job import Assignment, ExecutorFailed, Job
 from agentcom.sidecar.prices import claude_cost_usd, price_of
 from agentcom.sidecar.progress import ProgressStream
+from agentcom.sidecar.resources import ResourceMeter
 from agentcom.sidecar.wake import NO_WAKE_COMMAND, run_wake
 
 
@@ -94,3 +96,49 @@ def test_prices_come_from_one_table_and_unknown_models_have_none() -> None:
     assert claude_cost_usd("claude-sonnet-4-5-20250929", 1_000_000, 0) == 3.0
     assert price_of("claude-opus-4-1") == price_of("claude-opus-4")
     assert claude_cost_usd("gpt-4o", 100, 100) is None
+
+
+async def test_resource_figures_come_from_proc_and_nvidia_smi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "meminfo").write_text("MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 250 kB\n")
+    (proc / "stat").write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 1 1 1\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '1024, 8192\\n512, 8192\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    meter = ResourceMeter(proc)
+    # Between the two samples: 150 of 200 jiffies busy.
+    (proc / "stat").write_text("cpu  200 0 150 850 0 0 0 0 0 0\n")
+
+    report = await meter.report()
+
+    assert report["cpu_percent"] == 75.0
+    assert (report["ram_used_bytes"], report["ram_total_bytes"]) == (750 * 1024, 1000 * 1024)
+    mib = 1024 * 1024
+    assert (report["vram_used_bytes"], report["vram_total_bytes"]) == (1536 * mib, 16384 * mib)
+
+
+async def test_the_sidecar_reports_its_resources_and_its_ollama_endpoint(
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
+) -> None:
+    ollama_url = "http://127.0.0.1:11434"
+    watch = operator.watch(["agents"])
+    await anext(watch)  # the snapshot
+
+    make_sidecar(args=["--ollama-url", ollama_url])
+    async with asyncio.timeout(10):
+        async for event in watch:
+            if event.get("event") == "agent_resources" and event["agent_id"] == "box-1":
+                break
+    await watch.aclose()
+
+    assert event["agent"]["resources"]["ram_total_bytes"] > 0
+    assert event["agent"]["ollama_url"] == ollama_url
+    endpoints = {entry["endpoint_id"]: entry for entry in await operator.request("endpoints_list")}
+    assert endpoints["box-1-local"]["url"] == ollama_url

@@ -38,6 +38,7 @@ from agentcom.sidecar.job import Assignment, Executor, ExecutorFailed, Job, Outc
 from agentcom.sidecar.logs import log_event
 from agentcom.sidecar.ollama import run_ollama
 from agentcom.sidecar.progress import ProgressStream
+from agentcom.sidecar.resources import ResourceMeter
 from agentcom.sidecar.shell import NO_COMMAND, run_shell
 from agentcom.sidecar.state import HeldTask, StateDir, kill_process_group
 from agentcom.sidecar.wake import run_wake
@@ -114,6 +115,7 @@ class SidecarRunner:
         self.stopping = False
         self._job: asyncio.Task[None] | None = None
         self._free = asyncio.Event()
+        self._report_now = asyncio.Event()
         if self.held is None:
             self._free.set()
         self._handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
@@ -145,6 +147,9 @@ class SidecarRunner:
             logger, "connected", "connected to %s as %s (connection %d)",
             self.config.hub_url, self.config.agent_id, self.connections, url=self.config.hub_url,
         )  # fmt: skip
+        self._report_now.set()
+        if self.config.ollama_url:
+            await self._send({"type": "ollama_report", "ollama_url": self.config.ollama_url})
         held = self.held
         if held is None:
             return
@@ -364,6 +369,15 @@ class SidecarRunner:
             )  # fmt: skip
         await self._send(completion)
 
+    async def _report_periodically(self) -> None:
+        """A resource_report after each identify and every report interval."""
+        meter = ResourceMeter()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_now.wait(), self.config.report_interval_s)
+            self._report_now.clear()
+            await self._send(await meter.report())
+
     # --- stopping -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -373,6 +387,7 @@ class SidecarRunner:
             AuthenticationError: the hub refused the token.
         """
         connection = asyncio.create_task(self.client.run(self.on_frame))
+        reports = asyncio.create_task(self._report_periodically())
         stopper = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({connection, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -382,6 +397,7 @@ class SidecarRunner:
             await self._wind_down()
         finally:
             stopper.cancel()
+            reports.cancel()
             await self.client.close()
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
