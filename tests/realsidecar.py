@@ -146,6 +146,11 @@ class RealSidecar:
         self._join()
         return self.process.returncode
 
+    async def close(self) -> None:
+        """:meth:`stop` in a thread (for the ``closing`` fixture: the hub may run in the
+        test's event loop and must answer the sidecar's close)."""
+        await asyncio.to_thread(self.stop)
+
     def _join(self) -> None:
         if self.stderr is not None:
             self.stderr.join()
