@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import TokenMaker
 from hubprocess import run_cli_async
+from realsidecar import RealSidecar
 
 from agentcom.protocol.common import Tier
 from agentcom.sidecar.config import SidecarConfigError, default_state_dir, load
@@ -61,3 +63,24 @@ async def test_bad_settings_exit_2_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("agentcom sidecar: token: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+async def test_a_second_sidecar_on_the_same_state_directory_exits_2(
+    tmp_path: Path, ws_url: str, make_token: TokenMaker
+) -> None:
+    token = make_token("box-1")
+    first = RealSidecar(tmp_path, ws_url, "box-1", token).start()
+    try:
+        await first.event("connected")
+
+        result = await run_cli_async(
+            "sidecar", "--hub", ws_url, "--agent-id", "box-1", "--token", token,
+            "--state-dir", str(first.state_dir),
+        )  # fmt: skip
+    finally:
+        await first.close()
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"agentcom sidecar: another sidecar is using the state directory {first.state_dir}\n"
+    )

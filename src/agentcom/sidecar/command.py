@@ -1,7 +1,7 @@
 """``agentcom sidecar``: its arguments, and running it until SIGTERM/SIGINT.
 
-Exit status: 0 after a clean stop, 2 for bad settings (one line on stderr saying which),
-4 when the hub refuses the token.
+Exit status: 0 after a clean stop, 2 for bad settings or a state directory another
+sidecar uses (one line on stderr saying which), 4 when the hub refuses the token.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from agentcom.client import AuthenticationError
 from agentcom.sidecar import config as sidecar_config
 from agentcom.sidecar.logs import configure, log_event
 from agentcom.sidecar.runner import SidecarRunner
-from agentcom.sidecar.state import StateDir
+from agentcom.sidecar.state import StateDir, StateDirInUse
 
 __all__ = ["add_arguments", "run"]
 
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = sidecar_config.load(flags, args.config)
         state = StateDir(settings.resolved_state_dir())
-    except sidecar_config.SidecarConfigError as exc:
+        state.lock()
+    except (sidecar_config.SidecarConfigError, StateDirInUse) as exc:
         print(f"agentcom sidecar: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:

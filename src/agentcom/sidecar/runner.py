@@ -188,10 +188,17 @@ class SidecarRunner:
         except (KeyError, TypeError, ValueError):
             logger.warning("ignored a task_assign without a task id or generation: %.200s", frame)
             return
-        if self.held is not None and self.held.task_id == assignment.task_id:
-            return  # the same assignment again (a resend): one job
+        held = self.held
+        if held is not None and held.task_id == assignment.task_id:
+            if held.assign.get("generation") == assignment.generation:
+                return  # the same assignment again (a resend): one job
+            # The hub took the task back (recovery, timeout) and gave it to us again:
+            # the new generation replaces the old attempt.
+            await self._stop_job()
+            self._forget()
         if self.held is not None or self.stopping:
-            reason = "stopping" if self.stopping else f"busy with task {self.held.task_id}"  # type: ignore[union-attr]
+            busy = f"busy with task {self.held.task_id}" if self.held is not None else ""
+            reason = "stopping" if self.stopping else busy
             await self._send(
                 {"type": "task_rejected", "task_id": assignment.task_id, "reason": reason}
             )
@@ -242,7 +249,7 @@ class SidecarRunner:
 
     async def _continue(self, frame: Frame) -> None:
         held = self.held
-        if held is None or held.task_id != frame.get("task_id"):
+        if not self.recovering or held is None or held.task_id != frame.get("task_id"):
             return
         generation = frame.get("generation")
         held.assign["generation"] = generation
@@ -258,8 +265,8 @@ class SidecarRunner:
 
     async def _reassigned(self, frame: Frame) -> None:
         held = self.held
-        if held is None or held.task_id != frame.get("task_id"):
-            return
+        if not self.recovering or held is None or held.task_id != frame.get("task_id"):
+            return  # an answer to an earlier question, about an attempt since replaced
         await self._stop_job()
         self._forget()
         log_event(

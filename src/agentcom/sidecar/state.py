@@ -11,6 +11,8 @@ the directory flushed) at each step of a task's life:
   it (with the generation it was assigned with) instead of running the task again.
 
 The file is removed once the hub has acknowledged the outcome, or has taken the task back.
+A lock file (``lock``, held with ``flock`` while the sidecar runs) keeps a second sidecar
+off the same directory: two would run and report one task twice.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ import os
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
-__all__ = ["HeldTask", "Phase", "StateDir", "kill_process_group"]
+from agentcom.errors import AgentcomError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["HeldTask", "Phase", "StateDir", "StateDirInUse", "kill_process_group"]
 
 Phase = Literal["accepting", "running", "finished"]
 
@@ -46,6 +55,10 @@ class HeldTask:
         return task_id
 
 
+class StateDirInUse(AgentcomError):
+    """Another sidecar runs on this state directory."""
+
+
 class StateDir:
     """The sidecar's state directory (created with mode 0700 when missing).
 
@@ -56,6 +69,25 @@ class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        """Hold the directory's lock until the process ends.
+
+        Raises:
+            StateDirInUse: another process holds it.
+        """
+        if fcntl is None:  # pragma: no cover
+            return
+        handle = (self.path / "lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StateDirInUse(
+                f"another sidecar is using the state directory {self.path}"
+            ) from None
+        self._lock = handle
 
     @property
     def task_file(self) -> Path:
