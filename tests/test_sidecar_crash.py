@@ -4,6 +4,7 @@ finishing a task and hearing the hub acknowledge it. Work is neither lost nor ru
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from conftest import TokenMaker
 from hubprocess import HubProcess, start_hub
 from realsidecar import RealSidecar
+from websockets.asyncio.server import ServerConnection, serve
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.sidecar.state import HeldTask, StateDir
@@ -103,3 +105,51 @@ def test_an_unreadable_state_record_is_set_aside(tmp_path: Path) -> None:
 
     assert state.load() is None
     assert (tmp_path / "task.json.bad").read_text() == "{not json"
+
+
+async def test_a_wake_task_the_hub_says_to_continue_runs_again_under_the_new_generation(
+    tmp_path: Path, closing: list[Any]
+) -> None:
+    # Our hub answers task_continue only for wake tasks, which its router never produces:
+    # a minimal hub written here plays that part of the protocol.
+    assign = {
+        "type": "task_assign", "task_id": "w1", "generation": 3, "description": "wake up",
+        "metadata": {}, "routing_decision": {"effective_tier": "standard", "target_type": "wake"},
+    }  # fmt: skip
+    StateDir(tmp_path / "state").save(HeldTask(assign=assign, phase="running"))
+    received: list[dict[str, Any]] = []
+    completed = asyncio.get_running_loop().create_future()
+
+    async def hub(connection: ServerConnection) -> None:
+        async for raw in connection:
+            frame = json.loads(raw)
+            received.append(frame)
+            if frame["type"] == "identify":
+                await connection.send(json.dumps({"type": "identified", "agent_id": "box-1"}))
+            elif frame["type"] == "task_recovering":
+                await connection.send(
+                    json.dumps({"type": "task_continue", "task_id": "w1", "generation": 4})
+                )
+            elif frame["type"] == "task_complete":
+                ack = {"type": "task_ack", "task_id": "w1", "status": "complete"}
+                await connection.send(json.dumps(ack))
+                completed.done() or completed.set_result(frame)
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        sidecar = RealSidecar(
+            tmp_path, f"ws://127.0.0.1:{port}/ws", "box-1", "token",
+            args=["--wake-command", 'echo "woke for $AGENTCOM_TASK_GENERATION"'],
+        )  # fmt: skip
+        closing.append(sidecar)
+        sidecar.start()
+        await sidecar.event("continue", task_id="w1", generation=4)
+        completion = await asyncio.wait_for(completed, 10)
+        await sidecar.event("acknowledged", task_id="w1")
+
+    recovering = next(frame for frame in received if frame["type"] == "task_recovering")
+    assert recovering["last_status"] == "running"
+    assert completion["generation"] == 4
+    assert completion["result"]["output"] == "woke for 4\n"
+    assert any(frame["type"] == "wake_result" for frame in received)
+    assert not any(frame["type"] == "task_accepted" for frame in received)
