@@ -9,6 +9,7 @@ from conftest import TokenMaker
 from hubprocess import run_cli_async
 from realsidecar import RealSidecar
 
+from agentcom.client import OperatorClient
 from agentcom.protocol.common import Tier
 from agentcom.sidecar.config import SidecarConfigError, default_state_dir, load
 
@@ -84,3 +85,27 @@ async def test_a_second_sidecar_on_the_same_state_directory_exits_2(
     assert result.stderr == (
         f"agentcom sidecar: another sidecar is using the state directory {first.state_dir}\n"
     )
+
+
+async def test_text_logs_are_one_human_line_per_connection_and_per_task_step(
+    tmp_path: Path, ws_url: str, make_token: TokenMaker, operator: OperatorClient
+) -> None:
+    sidecar = RealSidecar(
+        tmp_path, ws_url, "box-1", make_token("box-1"), args=["--log-format", "text"]
+    ).start()
+    try:
+        task = await operator.submit(
+            "say hi", complexity_tier="trivial", metadata={"shell_command": "echo hi"}
+        )
+        await operator.wait_task(task["task_id"], timeout_s=10)
+    finally:
+        await sidecar.close()
+
+    task_id = task["task_id"]
+    assert sidecar.stderr is not None
+    lines = [line.split(" ", 3)[3] for line in sidecar.stderr.rest()]  # after date, time, level
+    assert lines[1] == f"connected to {ws_url} as box-1 (connection 1)"
+    assert lines[2].startswith(f"task {task_id} assigned (generation 1, sidecar, trivial): ")
+    assert lines[3].startswith(f"task {task_id} succeeded in ")
+    assert lines[4] == f"task {task_id} reported; the hub says complete"
+    assert lines[-1] == "sidecar stopped"
