@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from realsidecar import RealSidecar
 from websockets.asyncio.server import ServerConnection, serve
 
 from agentcom.client import AgentClient, OperatorClient
-from agentcom.sidecar.state import HeldTask, StateDir
+from agentcom.sidecar.state import HeldTask, StateDir, kill_leftover_group, process_identity
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs")
 
@@ -153,3 +155,23 @@ async def test_a_wake_task_the_hub_says_to_continue_runs_again_under_the_new_gen
     assert completion["result"]["output"] == "woke for 4\n"
     assert any(frame["type"] == "wake_result" for frame in received)
     assert not any(frame["type"] == "task_accepted" for frame in received)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_leftover_group_is_killed_only_when_it_is_surely_the_recorded_one() -> None:
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        identity = process_identity(process.pid)
+        assert identity is not None
+        boot, _, start = identity.partition(":")
+
+        assert not kill_leftover_group(process.pid, f"{boot}:{int(start) + 1}")  # a later one
+        assert not kill_leftover_group(process.pid, f"another-boot:{start}")
+        assert not kill_leftover_group(process.pid, None)
+        assert process.poll() is None
+
+        assert kill_leftover_group(process.pid, identity)
+        assert process.wait(10) == -signal.SIGKILL
+    finally:
+        process.kill()
+        process.wait()

@@ -40,7 +40,7 @@ from agentcom.sidecar.ollama import run_ollama
 from agentcom.sidecar.progress import ProgressStream
 from agentcom.sidecar.resources import ResourceMeter
 from agentcom.sidecar.shell import NO_COMMAND, run_shell
-from agentcom.sidecar.state import HeldTask, StateDir, kill_process_group
+from agentcom.sidecar.state import HeldTask, StateDir, kill_leftover_group, process_identity
 from agentcom.sidecar.wake import run_wake
 
 __all__ = ["EXECUTORS", "SidecarClient", "SidecarRunner"]
@@ -132,7 +132,11 @@ class SidecarRunner:
     def _kill_leftover(self) -> None:
         """Kill the process group a crashed run left behind: the hub runs the task again."""
         held = self.held
-        if held is not None and held.process_group and kill_process_group(held.process_group):
+        if (
+            held is not None
+            and held.process_group
+            and kill_leftover_group(held.process_group, held.process_identity)
+        ):
             log_event(
                 logger, "leftover_killed",
                 "killed process group %d, left running by task %s before the restart",
@@ -254,7 +258,7 @@ class SidecarRunner:
         generation = frame.get("generation")
         held.assign["generation"] = generation
         held.phase = "accepting"
-        held.process_group = None
+        held.process_group = held.process_identity = None
         self._hold(held)
         self.recovering = False
         log_event(
@@ -319,6 +323,7 @@ class SidecarRunner:
         if self.held is not None:
             self.held.phase = "running"
             self.held.process_group = group
+            self.held.process_identity = process_identity(group)
             self.state.save(self.held)
 
     async def _execute(self, assignment: Assignment) -> None:

@@ -32,7 +32,10 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["HeldTask", "Phase", "StateDir", "StateDirInUse", "kill_process_group"]
+__all__ = [
+    "HeldTask", "Phase", "StateDir", "StateDirInUse", "kill_leftover_group", "kill_process_group",
+    "process_identity",
+]  # fmt: skip
 
 Phase = Literal["accepting", "running", "finished"]
 
@@ -46,6 +49,7 @@ class HeldTask:
     assign: dict[str, Any]  #: the task_assign frame, as the hub sent it
     phase: Phase = "accepting"  #: how far it got
     process_group: int | None = None  #: the shell command's process group while running
+    process_identity: str | None = None  #: boot and start time of its leader (see below)
     completion: dict[str, Any] | None = field(default=None)  #: the outcome frame, once finished
 
     @property
@@ -142,3 +146,44 @@ def kill_process_group(group: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of ``pid``: tells it from a later process given the same
+    number (None off Linux)."""
+    boot, start = _boot_id(), _start_time(pid)
+    return f"{boot}:{start}" if boot and start else None
+
+
+def kill_leftover_group(group: int, identity: str | None) -> bool:
+    """Kill the process group a crashed run left, only when it is surely that group.
+
+    Recorded without an identity (off Linux), or on another boot: nothing is killed. A
+    leader still alive must be the recorded process (same start time). A leader gone while
+    the group lives is safe: a number is not given to a new process while a group uses it.
+    """
+    if identity is None:
+        return False
+    boot, _, start = identity.partition(":")
+    if boot != _boot_id():
+        return False
+    current = _start_time(group)
+    if current is not None and current != start:
+        return False
+    return kill_process_group(group)
