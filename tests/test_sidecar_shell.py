@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -251,3 +252,29 @@ async def test_sigterm_lets_a_running_task_finish_within_the_grace(
     task = await operator.get_task(task_id)
     assert task["status"] == "completed"
     assert task["result"]["output"] == "waiting\ngo\nfinished\n"
+
+
+async def test_a_silent_command_still_shows_progress_so_the_hub_does_not_reclaim_it(
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
+    tmp_path: Path,
+) -> None:
+    sidecar = make_sidecar(settings={"progress_keepalive_s": 0.1})
+    await sidecar.event("connected")
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    watch = operator.watch(["tasks"])
+    await anext(watch)  # the snapshot
+
+    task_id = await submit_shell(operator, f"cat {gate} > /dev/null")
+    bare = 0
+    async with asyncio.timeout(10):
+        async for event in watch:
+            if event.get("event") == "task_progress" and event["task_id"] == task_id:
+                bare += 1
+                if bare == 3:
+                    break
+    await watch.aclose()
+    await asyncio.to_thread(gate.write_text, "go\n")
+
+    assert (await operator.wait_task(task_id, timeout_s=10))["status"] == "completed"

@@ -68,6 +68,12 @@ class SidecarConfig(BaseModel):
         description="At most one task_progress frame per interval; output arriving "
         "meanwhile is coalesced into the next one.",
     )
+    progress_keepalive_s: float = Field(
+        60.0,
+        gt=0,
+        description="A silent run still sends a bare task_progress this often, so the hub "
+        "does not reclaim it as stalled (it does after 5 minutes without progress).",
+    )
     max_event_chars: int = Field(
         4000,
         ge=80,

@@ -8,6 +8,10 @@ at most ``max_chars`` characters. What does not fit in one interval is left out 
 stream, and the event says how many characters were (``dropped_chars``); the executors
 keep the output's tail for the result themselves.
 
+A run that prints nothing for ``keepalive_s`` still sends a bare ``task_progress`` (no
+event) at that interval: the hub reclaims a task that shows no progress for a while
+(5 minutes by default), and a silent command must not look like a dead one.
+
 Progress is fire and forget: a frame that cannot be sent (the connection is down) is
 lost, which only thins the live view.
 """
@@ -44,13 +48,23 @@ class ProgressStream:
         task_id: the task the frames are about.
         interval_s: the least time between two sends.
         max_chars: text per execution event; the rest of an interval's text is dropped.
+        keepalive_s: the longest time without a frame while the run is silent (None: no
+            keepalive).
     """
 
-    def __init__(self, send: Sender, task_id: str, interval_s: float, max_chars: int) -> None:
+    def __init__(
+        self,
+        send: Sender,
+        task_id: str,
+        interval_s: float,
+        max_chars: int,
+        keepalive_s: float | None = None,
+    ) -> None:
         self._send = send
         self.task_id = task_id
         self.interval_s = interval_s
         self.max_chars = max_chars
+        self.keepalive_s = keepalive_s
         self._pending: dict[str, _Pending] = {}
         self._ready = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -72,9 +86,18 @@ class ProgressStream:
 
     async def _flush_periodically(self) -> None:
         while True:
-            await self._ready.wait()
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.keepalive_s)
+            except TimeoutError:
+                await self._send_quietly({"type": "task_progress", "task_id": self.task_id})
+                continue
             await self._flush()
             await asyncio.sleep(self.interval_s)
+
+    async def _send_quietly(self, frame: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionClosed, RuntimeError, OSError):
+            await self._send(frame)
+            self.frames_sent += 1
 
     async def _flush(self) -> None:
         self._ready.clear()
@@ -88,9 +111,7 @@ class ProgressStream:
             if part.dropped:
                 event["dropped_chars"] = part.dropped
             frame = {"type": "task_progress", "task_id": self.task_id, "execution_event": event}
-            with contextlib.suppress(ConnectionClosed, RuntimeError, OSError):
-                await self._send(frame)
-                self.frames_sent += 1
+            await self._send_quietly(frame)
 
     async def close(self) -> None:
         """Stop the periodic sends and send what is left."""

@@ -243,7 +243,12 @@ class SidecarRunner:
 
     async def _acknowledged(self, frame: Frame) -> None:
         held = self.held
-        if held is None or held.task_id != frame.get("task_id") or held.phase != "finished":
+        if (
+            held is None
+            or held.task_id != frame.get("task_id")
+            or held.phase != "finished"
+            or frame.get("status") == "accepted"  # the ack of task_accepted, not of the outcome
+        ):
             return
         self._forget()
         log_event(
@@ -328,8 +333,8 @@ class SidecarRunner:
 
     async def _execute(self, assignment: Assignment) -> None:
         progress = ProgressStream(
-            self._send_progress, assignment.task_id,
-            self.config.progress_interval_s, self.config.max_event_chars,
+            self._send_progress, assignment.task_id, self.config.progress_interval_s,
+            self.config.max_event_chars, self.config.progress_keepalive_s,
         )  # fmt: skip
         job = Job(assignment, self.config, progress, self._record_process, self._send_progress)
         started = time.monotonic()
@@ -425,8 +430,9 @@ class SidecarRunner:
             logger, "stopping", "stopping: task %s has %g s to finish",
             held.task_id, self.config.stop_grace_s, task_id=held.task_id,
         )  # fmt: skip
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._free.wait(), self.config.stop_grace_s)
+        if self._job is not None or held.phase == "finished":  # something to wait for
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._free.wait(), self.config.stop_grace_s)
         held = self.held
         if held is None or held.phase == "finished":
             return  # reported (or to be delivered by the next start)
