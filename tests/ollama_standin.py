@@ -13,7 +13,9 @@ and a free port (stdlib ``http.server`` in a background thread) and answers
 ``POST /api/chat`` streams a chat answer the way Ollama does (one JSON object per line,
 the last with ``done`` and the token counts), as set by :meth:`OllamaStandin.chat`; with
 ``die_after`` it closes the connection after that many pieces, as an Ollama that crashes
-mid-answer does. The request bodies it received are kept in ``chat_requests``.
+mid-answer does; with ``hold`` it sends the pieces and then waits for the client to hang
+up (``chat_abandoned`` is set when it does). The request bodies it received are kept in
+``chat_requests``.
 
 The :func:`make_ollama` and :func:`ollama` fixtures start stand-ins and stop them at the
 end of the test (import them into a test module to use them).
@@ -49,6 +51,7 @@ class _Chat:
     prompt_eval_count: int = 26
     eval_count: int = 298
     die_after: int | None = None
+    hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,10 @@ class _Handler(BaseHTTPRequestHandler):
             line = {"model": model, "message": {"role": "assistant", "content": piece}}
             self.wfile.write(json.dumps({**line, "done": False}).encode() + b"\n")
             self.wfile.flush()
+        if chat.hold:
+            self.rfile.read(1)  # returns once the client has closed the connection
+            standin.chat_abandoned.set()
+            return
         final = {
             "model": model, "message": {"role": "assistant", "content": ""}, "done": True,
             "prompt_eval_count": chat.prompt_eval_count, "eval_count": chat.eval_count,
@@ -142,6 +149,7 @@ class OllamaStandin:
         self._requests: Counter[str] = Counter()
         self._chat = _Chat()
         self.chat_requests: list[dict[str, Any]] = []
+        self.chat_abandoned = threading.Event()
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -226,10 +234,12 @@ class OllamaStandin:
         prompt_eval_count: int = 26,
         eval_count: int = 298,
         die_after: int | None = None,
+        hold: bool = False,
     ) -> None:
-        """Answer ``POST /api/chat`` with ``pieces``, then the counts (or die after some)."""
+        """Answer ``POST /api/chat`` with ``pieces``, then the counts (or die after some,
+        or hold the stream open until the client hangs up)."""
         with self._lock:
-            self._chat = _Chat(tuple(pieces), prompt_eval_count, eval_count, die_after)
+            self._chat = _Chat(tuple(pieces), prompt_eval_count, eval_count, die_after, hold)
 
     # --- requests -----------------------------------------------------------------------
 

@@ -200,6 +200,8 @@ async def make_sidecar(
     yield make
     for sidecar in started:  # in a thread: the hub runs in this event loop
         await asyncio.to_thread(sidecar.stop)
+        # Shown by pytest when the test failed: what the sidecar did.
+        print("\n".join(sidecar.log() + (sidecar.stderr.rest() if sidecar.stderr else [])))
 
 
 class Streamed:

@@ -3,6 +3,7 @@ against stand-in HTTP servers, through a real hub and a real sidecar process."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -166,3 +167,23 @@ async def test_a_claude_error_fails_the_run_with_the_reason(
 
     assert task["status"] == "dead_letter"
     assert task["last_error"].startswith(f"the Claude API at {messages_api.url} {error}")
+
+
+async def test_a_cancelled_ollama_task_aborts_its_request_at_once(
+    hub: HubServer,
+    operator: OperatorClient,
+    make_sidecar: SidecarMaker,  # noqa: F811
+    ollama: OllamaStandin,  # noqa: F811
+) -> None:
+    await serve_ollama(hub, operator, ollama)
+    ollama.chat(["thinking "], hold=True)
+    sidecar = make_sidecar()
+
+    async with Streamed(operator) as streamed:
+        task = await operator.submit("write a haiku about queues", complexity_tier="standard")
+        streamed.task_id = task["task_id"]
+        await streamed.text_matching("thinking")
+        await operator.request("task_cancel", task_id=task["task_id"])
+        await sidecar.event("cancelled", task_id=task["task_id"])
+
+    assert await asyncio.to_thread(ollama.chat_abandoned.wait, 10)

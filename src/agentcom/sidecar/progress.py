@@ -87,7 +87,9 @@ class ProgressStream:
     async def _flush_periodically(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._ready.wait(), self.keepalive_s)
+                # Not wait_for: on Python 3.11 it can swallow the cancel close() sends.
+                async with asyncio.timeout(self.keepalive_s):
+                    await self._ready.wait()
             except TimeoutError:
                 await self._send_quietly({"type": "task_progress", "task_id": self.task_id})
                 continue

@@ -391,7 +391,8 @@ class SidecarRunner:
         meter = ResourceMeter()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_now.wait(), self.config.report_interval_s)
+                async with asyncio.timeout(self.config.report_interval_s):
+                    await self._report_now.wait()
             self._report_now.clear()
             await self._send(await meter.report())
 
@@ -432,7 +433,8 @@ class SidecarRunner:
         )  # fmt: skip
         if self._job is not None or held.phase == "finished":  # something to wait for
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._free.wait(), self.config.stop_grace_s)
+                async with asyncio.timeout(self.config.stop_grace_s):
+                    await self._free.wait()
         held = self.held
         if held is None or held.phase == "finished":
             return  # reported (or to be delivered by the next start)

@@ -131,8 +131,9 @@ async def run_command(job: Job, command: str, env: Mapping[str, str] | None = No
             _kill(process)
             code = await process.wait()
         if not pumps.done():
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(pumps, _DRAIN_AFTER_KILL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_DRAIN_AFTER_KILL_S):
+                    await pumps
     output = tail.text()
     if timed_out:
         error = f"timed out after {job.timeout_s:g} s (process group killed)"
