@@ -242,3 +242,12 @@ class Streamed:
                 if match:
                     return match
                 await self._arrived.wait()
+
+    def accounted_chars(self) -> int:
+        """Characters streamed plus those the sidecar said it left out."""
+        return sum(len(event["text"]) + event.get("dropped_chars", 0) for event in self.events)
+
+    async def all_accounted(self, total: int, timeout: float = 10.0) -> None:
+        """Wait until the events account for ``total`` characters of output."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: self.accounted_chars() >= total)

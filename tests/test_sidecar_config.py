@@ -104,7 +104,7 @@ async def test_text_logs_are_one_human_line_per_connection_and_per_task_step(
     task_id = task["task_id"]
     assert sidecar.stderr is not None
     lines = [line.split(" ", 3)[3] for line in sidecar.stderr.rest()]  # after date, time, level
-    assert lines[1] == f"connected to {ws_url} as box-1 (connection 1)"
+    assert lines[1] == f"connected to {ws_url} and identified as box-1"
     assert lines[2].startswith(f"task {task_id} assigned (generation 1, sidecar, trivial): ")
     assert lines[3].startswith(f"task {task_id} succeeded in ")
     assert lines[4] == f"task {task_id} reported; the hub says complete"

@@ -75,10 +75,11 @@ class SidecarConfig(BaseModel):
         "does not reclaim it as stalled (it does after 5 minutes without progress).",
     )
     max_event_chars: int = Field(
-        4000,
+        2000,
         ge=80,
         description="Text carried by one execution_event; output beyond it within one "
-        "interval is not streamed (the event says how much was left out).",
+        "interval is not streamed (the event says how much was left out). The hub cuts "
+        "longer texts anyway (its execution_event_max_text, 2000 by default).",
     )
     output_tail_chars: int = Field(
         8000,

@@ -1,5 +1,9 @@
 """The sidecar's log: one line per connection change and per task step, on stderr.
 
+Connection changes are logged by :class:`~agentcom.client.AgentClient` (``agentcom.client``);
+a filter names them (``connected``, ``disconnected``, ``unreachable``) so JSON lines
+carry an ``event`` for them too.
+
 ``text`` lines are for people (``2026-12-06 12:00:00 INFO task 3f2a... completed``);
 ``json`` lines carry the same message plus the fields passed as ``extra`` (``event``,
 ``task_id``, ``generation``, ``exit_code`` ...) for log collectors and tests.
@@ -19,6 +23,25 @@ FIELDS = ("event", "task_id", "generation", "target", "status", "error", "exit_c
 """The ``extra`` keys a JSON line carries when a record has them."""
 
 _LOGGERS = ("agentcom.sidecar", "agentcom.client")
+
+_CLIENT_EVENTS = {
+    "connected to %s and identified as %s": "connected",
+    "connection to %s lost (%s); retrying in %.1f s": "disconnected",
+    "cannot connect to %s (%s); retrying in %.1f s": "unreachable",
+}
+"""The client's connection lines (by format string), and the event each one is."""
+
+
+class _NameClientEvents(logging.Filter):
+    """Give the client's connection lines an ``event`` and ``url``, like the sidecar's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = _CLIENT_EVENTS.get(str(record.msg))
+        if event is not None and not hasattr(record, "event"):
+            record.event = event
+            if isinstance(record.args, tuple) and record.args:
+                record.url = record.args[0]
+        return True
 
 
 class _JsonLines(logging.Formatter):
@@ -40,6 +63,7 @@ class _JsonLines(logging.Formatter):
 def configure(log_format: Literal["text", "json"], level: str) -> None:
     """Send the sidecar's and the client's records to stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_NameClientEvents())
     if log_format == "json":
         handler.setFormatter(_JsonLines())
     else:

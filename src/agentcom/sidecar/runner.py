@@ -6,9 +6,10 @@ Life of a task (each step recorded in the state directory before the hub hears o
    is sent and the executor chosen by the routing decision starts. A second task while
    one is held is answered with ``task_rejected`` (the hub requeues it at once).
 2. The executor streams ``task_progress`` and returns an outcome; the ``task_complete``
-   frame (``result.status`` ``success`` or ``failed``) is recorded, then sent. It is sent
-   again after every reconnect until the hub acknowledges it (``task_ack``) or refuses it
-   (stale generation, not assigned): only then is the task forgotten.
+   frame (``result.status`` ``success`` or ``failed``) is recorded, then delivered with
+   :meth:`AgentClient.deliver`, which sends it again on every new connection until the
+   hub acknowledges it (``task_ack``) or refuses it (stale generation, not assigned):
+   only then is the task forgotten.
 3. ``task_cancelled`` stops the executor at once (process group killed, HTTP request
    aborted) and forgets the task.
 
@@ -111,9 +112,9 @@ class SidecarRunner:
         self.client = SidecarClient(config, self._identified)
         self.held: HeldTask | None = state.load()
         self.recovering = self.held is not None and self.held.phase != "finished"
-        self.connections = 0
         self.stopping = False
         self._job: asyncio.Task[None] | None = None
+        self._delivery: asyncio.Task[None] | None = None
         self._free = asyncio.Event()
         self._report_now = asyncio.Event()
         if self.held is None:
@@ -121,7 +122,6 @@ class SidecarRunner:
         self._handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
             "task_assign": self._assigned,
             "task_cancelled": self._cancelled,
-            "task_ack": self._acknowledged,
             "task_continue": self._continue,
             "task_reassign": self._reassigned,
             "error": self._refused,
@@ -146,20 +146,12 @@ class SidecarRunner:
     # --- connection -----------------------------------------------------------------
 
     async def _identified(self) -> None:
-        self.connections += 1
-        log_event(
-            logger, "connected", "connected to %s as %s (connection %d)",
-            self.config.hub_url, self.config.agent_id, self.connections, url=self.config.hub_url,
-        )  # fmt: skip
+        """After each identify (the client logs it): what the hub must hear at once."""
         self._report_now.set()
         if self.config.ollama_url:
             await self._send({"type": "ollama_report", "ollama_url": self.config.ollama_url})
         held = self.held
-        if held is None:
-            return
-        if held.phase == "finished" and held.completion is not None:
-            await self._send(held.completion)
-        elif self.recovering:
+        if held is not None and self.recovering:
             log_event(
                 logger, "recovering", "asking the hub about task %s, held before a restart",
                 held.task_id, task_id=held.task_id,
@@ -225,6 +217,9 @@ class SidecarRunner:
         self._free.clear()
 
     def _forget(self) -> None:
+        delivery, self._delivery = self._delivery, None
+        if delivery is not None and delivery is not asyncio.current_task():
+            delivery.cancel()
         self.state.clear()
         self.held = None
         self.recovering = False
@@ -239,21 +234,6 @@ class SidecarRunner:
         log_event(
             logger, "cancelled", "task %s cancelled by an operator; stopped",
             held.task_id, task_id=held.task_id,
-        )  # fmt: skip
-
-    async def _acknowledged(self, frame: Frame) -> None:
-        held = self.held
-        if (
-            held is None
-            or held.task_id != frame.get("task_id")
-            or held.phase != "finished"
-            or frame.get("status") == "accepted"  # the ack of task_accepted, not of the outcome
-        ):
-            return
-        self._forget()
-        log_event(
-            logger, "acknowledged", "task %s reported; the hub says %s",
-            held.task_id, frame.get("status"), task_id=held.task_id, status=frame.get("status"),
         )  # fmt: skip
 
     async def _continue(self, frame: Frame) -> None:
@@ -289,6 +269,8 @@ class SidecarRunner:
         if held is None or held.task_id != frame.get("task_id"):
             logger.warning("hub error: %s", error)
             return
+        if held.phase == "finished":
+            return  # an answer to the completion: its delivery handles it
         if not error.startswith(_SETTLED_REFUSALS):
             logger.warning("hub error about task %s: %s", held.task_id, error)
             return
@@ -384,7 +366,32 @@ class SidecarRunner:
                 **fields, **({"exit_code": outcome.extra["exit_code"]}
                              if "exit_code" in outcome.extra else {}),
             )  # fmt: skip
-        await self._send(completion)
+        self._start_delivery(completion)
+
+    def _start_delivery(self, completion: Frame) -> None:
+        self._delivery = asyncio.create_task(self._deliver(completion))
+
+    async def _deliver(self, completion: Frame) -> None:
+        """Deliver the recorded completion; forget the task once the hub has answered."""
+        task_id = completion["task_id"]
+        try:
+            answer = await self.client.deliver(completion)
+        except ConnectionError:
+            return  # closing: the record stays, and the next start delivers it
+        if self.held is None or self.held.task_id != task_id:
+            return
+        self._forget()
+        if answer.get("type") == "task_ack":
+            log_event(
+                logger, "acknowledged", "task %s reported; the hub says %s",
+                task_id, answer.get("status"), task_id=task_id, status=answer.get("status"),
+            )  # fmt: skip
+        else:
+            error = str(answer.get("error"))
+            log_event(
+                logger, "refused", "the hub refused the outcome of task %s (%s); dropped it",
+                task_id, error, level=logging.WARNING, task_id=task_id, error=error,
+            )  # fmt: skip
 
     async def _report_periodically(self) -> None:
         """A resource_report after each identify and every report interval."""
@@ -405,6 +412,8 @@ class SidecarRunner:
             AuthenticationError: the hub refused the token.
         """
         connection = asyncio.create_task(self.client.run(self.on_frame))
+        if self.held is not None and self.held.completion is not None:
+            self._start_delivery(self.held.completion)  # recorded before a crash
         reports = asyncio.create_task(self._report_periodically())
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -417,6 +426,9 @@ class SidecarRunner:
             stopper.cancel()
             reports.cancel()
             await self.client.close()
+            if self._delivery is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._delivery
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await connection
