@@ -115,6 +115,7 @@ class SidecarRunner:
         self.stopping = False
         self._job: asyncio.Task[None] | None = None
         self._delivery: asyncio.Task[None] | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._free = asyncio.Event()
         self._report_now = asyncio.Event()
         if self.held is None:
@@ -208,7 +209,9 @@ class SidecarRunner:
             task_id=assignment.task_id, generation=assignment.generation,
             target=assignment.target.value if assignment.target else None,
         )  # fmt: skip
-        await self._send({"type": "task_accepted", "task_id": assignment.task_id})
+        accepted = {"type": "task_accepted", "task_id": assignment.task_id}
+        # Delivered across a reconnect: a task never accepted would go back to the queue.
+        self._accepting = asyncio.create_task(self._deliver_quietly(accepted))
         self._start(assignment)
 
     def _hold(self, held: HeldTask) -> None:
@@ -217,9 +220,10 @@ class SidecarRunner:
         self._free.clear()
 
     def _forget(self) -> None:
-        delivery, self._delivery = self._delivery, None
-        if delivery is not None and delivery is not asyncio.current_task():
-            delivery.cancel()
+        for pending in (self._delivery, self._accepting):
+            if pending is not None and pending is not asyncio.current_task():
+                pending.cancel()
+        self._delivery = self._accepting = None
         self.state.clear()
         self.held = None
         self.recovering = False
@@ -371,6 +375,11 @@ class SidecarRunner:
     def _start_delivery(self, completion: Frame) -> None:
         self._delivery = asyncio.create_task(self._deliver(completion))
 
+    async def _deliver_quietly(self, frame: Frame) -> None:
+        """Deliver ``frame``; a refusal is handled where every error is (``_refused``)."""
+        with contextlib.suppress(ConnectionError):
+            await self.client.deliver(frame)
+
     async def _deliver(self, completion: Frame) -> None:
         """Deliver the recorded completion; forget the task once the hub has answered."""
         task_id = completion["task_id"]
@@ -426,9 +435,10 @@ class SidecarRunner:
             stopper.cancel()
             reports.cancel()
             await self.client.close()
-            if self._delivery is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._delivery
+            for pending in (self._delivery, self._accepting):
+                if pending is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pending
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await connection
