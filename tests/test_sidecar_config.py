@@ -109,3 +109,9 @@ async def test_text_logs_are_one_human_line_per_connection_and_per_task_step(
     assert lines[3].startswith(f"task {task_id} succeeded in ")
     assert lines[4] == f"task {task_id} reported; the hub says complete"
     assert lines[-1] == "sidecar stopped"
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://hub/ws", "ws:///ws", "hub:4000"])
+def test_a_hub_url_that_is_not_one_is_an_error(url: str) -> None:
+    with pytest.raises(SidecarConfigError, match="hub_url: Value error, should"):
+        load({"hub_url": url, "agent_id": "a", "token": "t"}, None, {})

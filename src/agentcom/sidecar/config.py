@@ -14,8 +14,9 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agentcom.errors import AgentcomError
 from agentcom.protocol.common import Tier
@@ -118,6 +119,16 @@ class SidecarConfig(BaseModel):
         60.0, gt=0, description="Longest silence of an Ollama or Claude stream before it fails."
     )
     dry_run: bool = Field(False, description="Accept and complete tasks without running them.")
+
+    @field_validator("hub_url")
+    @classmethod
+    def _hub_url_is_a_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+            raise ValueError("should be the hub's agent endpoint, like ws://HOST:4000/ws")
+        if any(character.isspace() for character in value):
+            raise ValueError("should contain no spaces")
+        return value
 
     def timeout_for(self, tier: Tier | None) -> float:
         """The run time allowed to a task of ``tier`` (standard when unknown)."""
