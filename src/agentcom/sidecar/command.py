@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, help="where shell tasks run (default .)")
     parser.add_argument("--config", type=Path, help="TOML settings file")
     parser.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
+    )
     parser.add_argument("--wake-command", help="shell command run for wake tasks")
     parser.add_argument(
         "--stop-grace", dest="stop_grace_s", type=float, metavar="SECONDS",
