@@ -7,8 +7,10 @@ executors :mod:`~agentcom.sidecar.shell`, :mod:`~agentcom.sidecar.ollama`,
 :mod:`~agentcom.sidecar.claude`, :mod:`~agentcom.sidecar.wake` and
 :mod:`~agentcom.sidecar.dryrun` (the model executors share
 :mod:`~agentcom.sidecar.streaming`), :mod:`~agentcom.sidecar.prices` (the price table),
-:mod:`~agentcom.sidecar.resources` (host figures), :mod:`~agentcom.sidecar.runner` (the
-loop), :mod:`~agentcom.sidecar.logs` and :mod:`~agentcom.sidecar.command` (the CLI entry).
+:mod:`~agentcom.sidecar.resources` (host figures), :mod:`~agentcom.sidecar.execution`
+(choosing and running an executor), :mod:`~agentcom.sidecar.connection` (the client),
+:mod:`~agentcom.sidecar.runner` (the loop), :mod:`~agentcom.sidecar.logs` and
+:mod:`~agentcom.sidecar.command` (the CLI entry).
 See docs/sidecar.md.
 """
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -32,63 +31,22 @@ from websockets.exceptions import ConnectionClosed
 
 from agentcom.client import AgentClient
 from agentcom.protocol.common import TargetType
-from agentcom.sidecar.claude import run_claude
 from agentcom.sidecar.config import SidecarConfig
-from agentcom.sidecar.dryrun import run_dry
-from agentcom.sidecar.job import Assignment, Executor, ExecutorFailed, Job, Outcome
+from agentcom.sidecar.connection import SidecarClient
+from agentcom.sidecar.execution import EXECUTORS, completion_frame, execute
+from agentcom.sidecar.job import Assignment, Executor, Job, Outcome
 from agentcom.sidecar.logs import log_event
-from agentcom.sidecar.ollama import run_ollama
 from agentcom.sidecar.progress import ProgressStream
 from agentcom.sidecar.resources import ResourceMeter
-from agentcom.sidecar.shell import NO_COMMAND, run_shell
 from agentcom.sidecar.state import HeldTask, StateDir, kill_leftover_group, process_identity
-from agentcom.sidecar.wake import run_wake
 
-__all__ = ["EXECUTORS", "SidecarClient", "SidecarRunner"]
+__all__ = ["SidecarRunner"]
 
 logger = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
 
-EXECUTORS: dict[TargetType, Executor] = {
-    TargetType.sidecar: run_shell,
-    TargetType.ollama: run_ollama,
-    TargetType.claude: run_claude,
-    TargetType.wake: run_wake,
-}
-"""The executor of each routing target."""
-
-_MAX_ERROR_CHARS = 2000
 _SETTLED_REFUSALS = ("task_complete_failed", "task_fail_failed", "not_assigned")
-
-
-class SidecarClient(AgentClient):
-    """An :class:`AgentClient` that tells the runner each time it has identified.
-
-    Args:
-        config: the sidecar's settings.
-        on_identified: awaited after every successful identify, before frames are read.
-    """
-
-    def __init__(self, config: SidecarConfig, on_identified: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(
-            config.hub_url,
-            config.agent_id,
-            config.token,
-            capabilities=list(config.capabilities),
-            name=config.name,
-            ollama_url=config.ollama_url,
-            heartbeat_s=config.heartbeat_s,
-            backoff_initial_s=config.backoff_initial_s,
-            backoff_max_s=config.backoff_max_s,
-        )
-        self._on_identified = on_identified
-
-    async def connect(self, timeout: float = 10.0) -> Frame:
-        """Connect and identify, then let the runner resend what the hub must hear."""
-        reply = await super().connect(timeout)
-        await self._on_identified()
-        return reply
 
 
 class SidecarRunner:
@@ -298,18 +256,6 @@ class SidecarRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
 
-    def _executor(self, assignment: Assignment) -> Executor:
-        if self.config.dry_run:
-            return run_dry
-        if assignment.target is None:
-            if assignment.shell_command is None:
-                raise ExecutorFailed(f"no routing decision, and {NO_COMMAND}")
-            return run_shell
-        executor = self.executors.get(assignment.target)
-        if executor is None:
-            raise ExecutorFailed(f"this sidecar cannot run {assignment.target.value} tasks")
-        return executor
-
     def _record_process(self, group: int) -> None:
         if self.held is not None:
             self.held.phase = "running"
@@ -323,34 +269,15 @@ class SidecarRunner:
             self.config.max_event_chars, self.config.progress_keepalive_s,
         )  # fmt: skip
         job = Job(assignment, self.config, progress, self._record_process, self._send_progress)
-        started = time.monotonic()
-        progress.start()
-        try:
-            outcome = await self._executor(assignment)(job)
-        except ExecutorFailed as exc:
-            outcome = Outcome("failed", error=str(exc))
-        except Exception as exc:
-            logger.exception("task %s: the executor crashed", assignment.task_id)
-            outcome = Outcome("failed", error=f"executor error: {exc!r}")
-        finally:
-            await progress.close()
-        if outcome.error is not None:
-            outcome.error = outcome.error[:_MAX_ERROR_CHARS]
-        await self._finish(assignment, outcome, round((time.monotonic() - started) * 1000))
+        outcome, execution_ms = await execute(job, self.executors)
+        await self._finish(assignment, outcome, execution_ms)
 
     async def _send_progress(self, frame: Frame) -> None:
         """Send a frame that may be lost (progress, wake_result): raises when disconnected."""
         await self.client.send(frame)
 
     async def _finish(self, assignment: Assignment, outcome: Outcome, execution_ms: int) -> None:
-        completion: Frame = {
-            "type": "task_complete",
-            "task_id": assignment.task_id,
-            "generation": assignment.generation,
-            "result": outcome.result(execution_ms),
-        }
-        if outcome.tokens_in is not None or outcome.tokens_out is not None:
-            completion["tokens_used"] = (outcome.tokens_in or 0) + (outcome.tokens_out or 0)
+        completion = completion_frame(assignment, outcome, execution_ms)
         held = self.held
         if held is None or held.task_id != assignment.task_id:
             return  # cancelled meanwhile
