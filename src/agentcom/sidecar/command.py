@@ -12,15 +12,17 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import InvalidURI
 
 from agentcom.client import AuthenticationError
 from agentcom.sidecar import config as sidecar_config
 from agentcom.sidecar.logs import configure, log_event
-from agentcom.sidecar.runner import SidecarRunner
 from agentcom.sidecar.state import StateDir, StateDirInUse
+
+if TYPE_CHECKING:
+    from agentcom.sidecar.runner import SidecarRunner
 
 __all__ = ["add_arguments", "run"]
 
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentcom sidecar: cannot use the state directory: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure(settings.log_format, settings.log_level)
+    # Imported here: the executors' HTTP client would slow every other agentcom command.
+    from agentcom.sidecar.runner import SidecarRunner
+
     return asyncio.run(_serve(SidecarRunner(settings, state)))
 
 
