@@ -278,3 +278,17 @@ async def test_a_silent_command_still_shows_progress_so_the_hub_does_not_reclaim
     await asyncio.to_thread(gate.write_text, "go\n")
 
     assert (await operator.wait_task(task_id, timeout_s=10))["status"] == "completed"
+
+
+async def test_a_command_never_sees_the_agent_token_or_the_api_key(
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
+) -> None:
+    secrets = {"AGENTCOM_AGENT_TOKEN": "secret-token", "ANTHROPIC_API_KEY": "sk-secret"}
+    make_sidecar(env={**secrets, "SHARED_SETTING": "visible"})
+    command = 'echo "[$AGENTCOM_AGENT_TOKEN][$ANTHROPIC_API_KEY][$SHARED_SETTING]"'
+
+    task_id = await submit_shell(operator, command)
+    task = await operator.wait_task(task_id, timeout_s=10)
+
+    assert task["result"]["output"] == "[][][visible]\n"

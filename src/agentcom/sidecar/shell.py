@@ -5,13 +5,15 @@ session), so that a timeout, a cancel or a restart after a crash kills it and ev
 it started. Standard output and error are streamed line by line (coalesced by the
 :class:`~agentcom.sidecar.progress.ProgressStream`); the end of the output is kept for the
 result. Exit status 0 is success; anything else, or a timeout, is a failed run carrying
-the exit code and the output's tail. A task without a shell command fails at once: its
+the exit code and the output's tail. The command inherits the sidecar's environment but
+for its secrets (:data:`SECRETS`). A task without a shell command fails at once: its
 description is prose and is never run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import os
 import signal
@@ -22,12 +24,15 @@ from collections.abc import Mapping
 from agentcom.sidecar.job import ExecutorFailed, Job, Outcome
 from agentcom.sidecar.state import kill_process_group
 
-__all__ = ["NO_COMMAND", "OutputTail", "run_command", "run_shell"]
+__all__ = ["NO_COMMAND", "SECRETS", "OutputTail", "run_command", "run_shell"]
 
 NO_COMMAND = (
     "no shell command: a task routed to the sidecar runs metadata.shell_command, "
     "and its description is never run as a command"
 )
+SECRETS = frozenset({"AGENTCOM_AGENT_TOKEN", "ANTHROPIC_API_KEY"})
+"""Variables of the sidecar's environment a command never sees: whoever may submit a task
+must not be able to read the agent's token or the API key."""
 _CHUNK = 65536
 _DRAIN_AFTER_KILL_S = 2.0  # a grandchild that left the group may hold the pipes open
 
@@ -56,8 +61,9 @@ async def _pump(stream: asyncio.StreamReader, event_type: str, job: Job, tail: O
     """Forward ``stream`` line by line (a line longer than the event limit is split)."""
     partial = ""
     limit = job.config.max_event_chars
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks split characters
     while chunk := await stream.read(_CHUNK):
-        partial += chunk.decode(errors="replace")
+        partial += decoder.decode(chunk)
         *lines, partial = partial.split("\n")
         for line in lines:
             job.progress.emit(event_type, line + "\n")
@@ -66,6 +72,7 @@ async def _pump(stream: asyncio.StreamReader, event_type: str, job: Job, tail: O
             job.progress.emit(event_type, partial[:limit])
             tail.add(partial[:limit])
             partial = partial[limit:]
+    partial += decoder.decode(b"", final=True)
     if partial:
         job.progress.emit(event_type, partial)
         tail.add(partial)
@@ -74,9 +81,8 @@ async def _pump(stream: asyncio.StreamReader, event_type: str, job: Job, tail: O
 async def _start(
     command: str, job: Job, env: Mapping[str, str] | None
 ) -> asyncio.subprocess.Process:
-    options: dict[str, object] = {}
-    if env is not None:
-        options["env"] = {**os.environ, **env}
+    inherited = {name: value for name, value in os.environ.items() if name not in SECRETS}
+    options: dict[str, object] = {"env": {**inherited, **(env or {})}}
     if os.name == "posix":
         options["start_new_session"] = True
     else:  # pragma: no cover - Windows: a process group that CTRL_BREAK can reach
