@@ -115,3 +115,17 @@ async def test_text_logs_are_one_human_line_per_connection_and_per_task_step(
 def test_a_hub_url_that_is_not_one_is_an_error(url: str) -> None:
     with pytest.raises(SidecarConfigError, match="hub_url: Value error, should"):
         load({"hub_url": url, "agent_id": "a", "token": "t"}, None, {})
+
+
+async def test_a_refused_token_exits_4_with_the_reason(
+    tmp_path: Path, ws_url: str, make_token: TokenMaker
+) -> None:
+    make_token("box-1")
+    sidecar = RealSidecar(tmp_path, ws_url, "box-1", "ac_not-the-token").start()
+    try:
+        refused = await sidecar.event("refused")
+        assert await sidecar.wait() == 4
+    finally:
+        await sidecar.close()
+
+    assert refused["message"] == "the hub refused this agent: invalid_token"
