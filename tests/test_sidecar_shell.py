@@ -292,3 +292,21 @@ async def test_a_command_never_sees_the_agent_token_or_the_api_key(
     task = await operator.wait_task(task_id, timeout_s=10)
 
     assert task["result"]["output"] == "[][][visible]\n"
+
+
+async def test_a_second_signal_gives_the_task_back_without_waiting_out_the_grace(
+    make_sidecar: SidecarMaker,  # noqa: F811
+    operator: OperatorClient,
+) -> None:
+    sidecar = make_sidecar(args=["--stop-grace", "600"])
+    await sidecar.event("connected")
+    task_id = await submit_shell(operator, "sleep 300")
+    await sidecar.event("assigned", task_id=task_id)
+
+    sidecar.signal(signal.SIGINT)
+    await sidecar.event("stopping", task_id=task_id)
+    sidecar.signal(signal.SIGINT)
+
+    await sidecar.event("given_back", task_id=task_id)
+    assert await sidecar.wait() == 0
+    assert (await operator.get_task(task_id))["status"] == "queued"

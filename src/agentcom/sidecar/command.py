@@ -89,7 +89,7 @@ async def _serve(runner: SidecarRunner) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, runner.request_stop, stop)
     log_event(
         logger, "starting", "sidecar %s starting; state in %s",
         runner.config.agent_id, runner.state.path,

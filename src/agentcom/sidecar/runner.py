@@ -76,6 +76,7 @@ class SidecarRunner:
         self._accepting: asyncio.Task[None] | None = None
         self._free = asyncio.Event()
         self._report_now = asyncio.Event()
+        self._hurry = asyncio.Event()
         if self.held is None:
             self._free.set()
         self._handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
@@ -341,6 +342,13 @@ class SidecarRunner:
 
     # --- stopping -------------------------------------------------------------------
 
+    def request_stop(self, stop: asyncio.Event) -> None:
+        """A stop signal: the first sets ``stop`` (finish within the grace), a second one
+        ends the grace at once (give the task back now)."""
+        if stop.is_set():
+            self._hurry.set()
+        stop.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until ``stop`` is set, then finish or give back the task.
 
@@ -381,9 +389,11 @@ class SidecarRunner:
             held.task_id, self.config.stop_grace_s, task_id=held.task_id,
         )  # fmt: skip
         if self._job is not None or held.phase == "finished":  # something to wait for
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.stop_grace_s):
-                    await self._free.wait()
+            free, hurry = (asyncio.create_task(event.wait()) for event in (self._free, self._hurry))
+            await asyncio.wait({free, hurry}, timeout=self.config.stop_grace_s,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            free.cancel()
+            hurry.cancel()
         held = self.held
         if held is None or held.phase == "finished":
             return  # reported (or to be delivered by the next start)
