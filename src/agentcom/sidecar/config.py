@@ -85,8 +85,9 @@ class SidecarConfig(BaseModel):
     output_tail_chars: int = Field(
         8000,
         ge=80,
+        le=150_000,
         description="The end of a command's output kept for the result; older output is "
-        "dropped (it was streamed).",
+        "dropped (it was streamed). At most 150,000, as max_answer_chars.",
     )
     stop_grace_s: float = Field(
         30.0,
@@ -102,10 +103,13 @@ class SidecarConfig(BaseModel):
         None, description="Shell command run for a wake task (none: wake tasks fail)."
     )
     max_answer_chars: int = Field(
-        200_000,
+        100_000,
         ge=80,
+        le=150_000,
         description="A model's answer is kept for the result up to this many characters; "
-        "the rest is streamed but cut from the result (which then says output_cut).",
+        "the rest is streamed but cut from the result (which then says output_cut). At "
+        "most 150,000: escaped as JSON, that many characters stay under the hub's 1 MiB "
+        "frame limit.",
     )
     claude_model: str = Field(
         "claude-sonnet-4-5",
