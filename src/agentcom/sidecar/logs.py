@@ -11,16 +11,17 @@ carry an ``event`` for them too.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Any, Literal
+
+from agentcom.logs import CONTEXT_FIELDS, JsonFormatter
 
 __all__ = ["FIELDS", "configure", "log_event"]
 
-FIELDS = ("event", "task_id", "generation", "target", "status", "error", "exit_code", "url")
-"""The ``extra`` keys a JSON line carries when a record has them."""
+FIELDS = (*CONTEXT_FIELDS, "target", "status", "error", "exit_code", "url")
+"""The ``extra`` keys a JSON line carries when a record has them: the hub's, and the
+sidecar's own."""
 
 _LOGGERS = ("agentcom.sidecar", "agentcom.client")
 
@@ -44,28 +45,12 @@ class _NameClientEvents(logging.Filter):
         return True
 
 
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in FIELDS:
-            if hasattr(record, name):
-                line[name] = getattr(record, name)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
 def configure(log_format: Literal["text", "json"], level: str) -> None:
     """Send the sidecar's and the client's records to stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_NameClientEvents())
     if log_format == "json":
-        handler.setFormatter(_JsonLines())
+        handler.setFormatter(JsonFormatter(FIELDS))
     else:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
