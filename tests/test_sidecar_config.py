@@ -129,3 +129,16 @@ async def test_a_refused_token_exits_4_with_the_reason(
         await sidecar.close()
 
     assert refused["message"] == "the hub refused this agent: invalid_token"
+
+
+async def test_a_work_directory_that_does_not_exist_exits_2(tmp_path: Path) -> None:
+    result = await run_cli_async(
+        "sidecar", "--hub", "ws://127.0.0.1:1/ws", "--agent-id", "a", "--token", "t",
+        "--state-dir", str(tmp_path / "state"), "--workdir", str(tmp_path / "missing"),
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"agentcom sidecar: workdir: {tmp_path / 'missing'} is not a directory "
+        "(shell tasks run there)\n"
+    )

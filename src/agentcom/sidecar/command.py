@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     flags: dict[str, Any] = {name: getattr(args, name, None) for name in _FLAGS}
     try:
         settings = sidecar_config.load(flags, args.config)
+        if not settings.workdir.is_dir():
+            raise sidecar_config.SidecarConfigError(
+                f"workdir: {settings.workdir} is not a directory (shell tasks run there)"
+            )
         state = StateDir(settings.resolved_state_dir())
         state.lock()
     except (sidecar_config.SidecarConfigError, StateDirInUse) as exc:
