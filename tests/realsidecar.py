@@ -58,7 +58,7 @@ class RealSidecar:
     ) -> None:
         self.state_dir = directory / "state"
         self.workdir = directory / "work"
-        self.workdir.mkdir(exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_file = directory / "sidecar.toml"
         lines = [f"{key} = {json.dumps(value)}" for key, value in (settings or {}).items()]
         self.config_file.write_text("\n".join(lines) + "\n")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TokenMaker
-from hubprocess import run_cli_async
+from hubprocess import HubProcess, run_cli_async
 from realsidecar import RealSidecar
+from test_tls import Certificate, certificate, tls_hub  # noqa: F401
 
 from agentcom.client import OperatorClient
 from agentcom.protocol.common import Tier
@@ -142,3 +144,37 @@ async def test_a_work_directory_that_does_not_exist_exits_2(tmp_path: Path) -> N
         f"agentcom sidecar: workdir: {tmp_path / 'missing'} is not a directory "
         "(shell tasks run there)\n"
     )
+
+
+async def test_over_tls_the_sidecar_trusts_the_ca_file_it_is_given(
+    tmp_path: Path,
+    tls_hub: HubProcess,  # noqa: F811
+    certificate: Certificate,  # noqa: F811
+    closing: list[Any],
+) -> None:
+    token = tls_hub.make_token("tls-box")
+    untrusting = RealSidecar(tmp_path / "a", tls_hub.ws_url, "tls-box", token)
+    closing.append(untrusting)
+    untrusting.start()
+    unreachable = await untrusting.event("unreachable")
+    assert "CERTIFICATE_VERIFY_FAILED" in unreachable["message"]
+    await untrusting.close()
+
+    sidecar = RealSidecar(
+        tmp_path / "b", tls_hub.ws_url, "tls-box", token,
+        env={"AGENTCOM_CAFILE": str(certificate.certfile)},
+    )  # fmt: skip
+    closing.append(sidecar)
+    sidecar.start()
+    await sidecar.event("connected")
+    context = certificate.trusting_context()
+    async with OperatorClient(
+        tls_hub.http_url, tls_hub.make_token("ops", "admin"), ssl=context
+    ) as operator:
+        task = await operator.submit(
+            "say hi", complexity_tier="trivial", metadata={"shell_command": "echo hi"}
+        )
+        done = await operator.wait_task(task["task_id"], timeout_s=10)
+
+    assert done["status"] == "completed"
+    assert done["result"]["output"] == "hi\n"

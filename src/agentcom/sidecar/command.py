@@ -32,7 +32,7 @@ EXIT_OK, EXIT_USAGE, EXIT_TOKEN = 0, 2, 4
 
 _FLAGS = (
     "hub_url", "agent_id", "token", "name", "capabilities", "ollama_url", "state_dir",
-    "workdir", "log_format", "log_level", "wake_command", "stop_grace_s", "dry_run",
+    "workdir", "log_format", "log_level", "wake_command", "stop_grace_s", "dry_run", "cafile",
 )  # fmt: skip
 
 
@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub", dest="hub_url", help="agent endpoint (default $AGENTCOM_HUB_URL)")
     parser.add_argument("--agent-id", help="this agent's id (default $AGENTCOM_AGENT_ID)")
     parser.add_argument("--token", help="its agent token (default $AGENTCOM_AGENT_TOKEN)")
+    parser.add_argument(
+        "--cafile", type=Path,
+        help="PEM certificates to trust for a wss:// hub, e.g. its own self-signed one "
+        "(default $AGENTCOM_CAFILE, else the system's)",
+    )  # fmt: skip
     parser.add_argument("--name", help="display name (default the agent id)")
     parser.add_argument(
         "--capability", dest="capabilities", action="append", metavar="CAP",
@@ -74,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise sidecar_config.SidecarConfigError(
                 f"workdir: {settings.workdir} is not a directory (shell tasks run there)"
             )
+        tls = settings.tls_context()
         state = StateDir(settings.resolved_state_dir())
         state.lock()
     except (sidecar_config.SidecarConfigError, StateDirInUse) as exc:
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: the executors' HTTP client would slow every other agentcom command.
     from agentcom.sidecar.runner import SidecarRunner
 
-    return asyncio.run(_serve(SidecarRunner(settings, state)))
+    return asyncio.run(_serve(SidecarRunner(settings, state, tls=tls)))
 
 
 async def _serve(runner: SidecarRunner) -> int:

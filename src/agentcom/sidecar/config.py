@@ -1,7 +1,8 @@
 """The sidecar's settings: flags, then environment, then a TOML file, then defaults.
 
-Only three environment variables are read here (``AGENTCOM_HUB_URL``,
-``AGENTCOM_AGENT_ID``, ``AGENTCOM_AGENT_TOKEN``, as the demo sidecar reads them); the
+Only four environment variables are read here (``AGENTCOM_HUB_URL``,
+``AGENTCOM_AGENT_ID``, ``AGENTCOM_AGENT_TOKEN``, as the demo sidecar reads them, and
+``AGENTCOM_CAFILE``, as the operator commands read it); the
 Claude executor reads ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL`` itself, when a task
 needs them. A TOML file names every other setting by its field name below; an unknown key
 is an error, so a typo is never silently ignored.
@@ -10,6 +11,7 @@ is an error, so a typo is never silently ignored.
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,7 @@ ENVIRONMENT: dict[str, str] = {
     "hub_url": "AGENTCOM_HUB_URL",
     "agent_id": "AGENTCOM_AGENT_ID",
     "token": "AGENTCOM_AGENT_TOKEN",
+    "cafile": "AGENTCOM_CAFILE",
 }
 """Setting name → the environment variable that sets it (below flags, above the file)."""
 
@@ -43,6 +46,9 @@ class SidecarConfig(BaseModel):
     hub_url: str = Field(min_length=1, description="The hub's agent endpoint (ws:// or wss://).")
     agent_id: str = Field(min_length=1, max_length=128, description="This agent's id.")
     token: str = Field(min_length=1, max_length=256, description="Its agent token.")
+    cafile: Path | None = Field(
+        None, description="PEM certificates to trust for a wss:// hub (default the system's)."
+    )
     name: str | None = Field(None, description="Display name (default the agent id).")
     capabilities: list[str] = Field(default_factory=list, description="Advertised capabilities.")
     ollama_url: str | None = Field(
@@ -141,6 +147,19 @@ class SidecarConfig(BaseModel):
         if tier is Tier.complex:
             return self.timeout_complex_s
         return self.timeout_standard_s
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context trusting ``cafile`` (None: the system's certificates).
+
+        Raises:
+            SidecarConfigError: the file cannot be read or holds no certificate.
+        """
+        if self.cafile is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.cafile))
+        except (OSError, ssl.SSLError) as exc:
+            raise SidecarConfigError(f"cannot use the CA file {self.cafile}: {exc}") from None
 
     def resolved_state_dir(self) -> Path:
         """The state directory: as configured, else :func:`default_state_dir`."""

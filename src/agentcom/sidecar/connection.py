@@ -9,6 +9,7 @@ recover, its Ollama endpoint, its load).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any
 
 from agentcom.client import AgentClient
@@ -23,9 +24,15 @@ class SidecarClient(AgentClient):
     Args:
         config: the sidecar's settings.
         on_identified: awaited after every successful identify, before frames are read.
+        tls: the TLS context for a ``wss://`` hub (None: the system's certificates).
     """
 
-    def __init__(self, config: SidecarConfig, on_identified: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        on_identified: Callable[[], Awaitable[None]],
+        tls: SSLContext | None = None,
+    ) -> None:
         super().__init__(
             config.hub_url,
             config.agent_id,
@@ -36,6 +43,7 @@ class SidecarClient(AgentClient):
             heartbeat_s=config.heartbeat_s,
             backoff_initial_s=config.backoff_initial_s,
             backoff_max_s=config.backoff_max_s,
+            ssl=tls,
         )
         self._on_identified = on_identified
 

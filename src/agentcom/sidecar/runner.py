@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from ssl import SSLContext
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -56,6 +57,7 @@ class SidecarRunner:
         config: the sidecar's settings.
         state: the state directory.
         executors: the executor of each routing target (default :data:`EXECUTORS`).
+        tls: the TLS context for a ``wss://`` hub (None: the system's certificates).
     """
 
     def __init__(
@@ -63,11 +65,12 @@ class SidecarRunner:
         config: SidecarConfig,
         state: StateDir,
         executors: Mapping[TargetType, Executor] | None = None,
+        tls: SSLContext | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.executors = dict(EXECUTORS if executors is None else executors)
-        self.client = SidecarClient(config, self._identified)
+        self.client = SidecarClient(config, self._identified, tls)
         self.held: HeldTask | None = state.load()
         self.recovering = self.held is not None and self.held.phase != "finished"
         self.stopping = False
