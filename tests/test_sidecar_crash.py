@@ -175,3 +175,50 @@ def test_a_leftover_group_is_killed_only_when_it_is_surely_the_recorded_one() ->
     finally:
         process.kill()
         process.wait()
+
+
+async def test_the_task_is_recorded_before_it_is_accepted_and_its_outcome_before_it_is_sent(
+    tmp_path: Path, closing: list[Any]
+) -> None:
+    # A minimal hub that looks at the sidecar's state directory the moment each frame
+    # arrives: what it finds there is what a crash at that moment would leave.
+    state = StateDir(tmp_path / "state")
+    seen: dict[str, Any] = {}
+    done = asyncio.get_running_loop().create_future()
+    assign = {
+        "type": "task_assign", "task_id": "t1", "generation": 5, "description": "say hi",
+        "metadata": {"shell_command": "echo hi"},
+        "routing_decision": {"effective_tier": "trivial", "target_type": "sidecar"},
+    }  # fmt: skip
+
+    async def hub(connection: ServerConnection) -> None:
+        async for raw in connection:
+            frame = json.loads(raw)
+            if frame["type"] == "identify":
+                await connection.send(json.dumps({"type": "identified", "agent_id": "box-1"}))
+                await connection.send(json.dumps(assign))
+            elif frame["type"] in ("task_accepted", "task_complete"):
+                seen[frame["type"]] = (frame, state.load())
+                status = "accepted" if frame["type"] == "task_accepted" else "complete"
+                ack = {"type": "task_ack", "task_id": "t1", "status": status}
+                await connection.send(json.dumps(ack))
+                if status == "complete":
+                    done.done() or done.set_result(None)
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        sidecar = RealSidecar(tmp_path, f"ws://127.0.0.1:{port}/ws", "box-1", "token")
+        closing.append(sidecar)
+        sidecar.start()
+        await asyncio.wait_for(done, 10)
+        await sidecar.event("acknowledged", task_id="t1")
+
+    _, held_when_accepted = seen["task_accepted"]
+    assert held_when_accepted is not None
+    assert held_when_accepted.assign == assign
+    completion, held_when_completed = seen["task_complete"]
+    assert held_when_completed is not None
+    assert held_when_completed.phase == "finished"
+    assert held_when_completed.completion == completion
+    assert completion["generation"] == 5
+    assert state.load() is None  # forgotten once acknowledged
