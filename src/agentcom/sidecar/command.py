@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -99,7 +100,9 @@ async def _serve(runner: SidecarRunner) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, runner.request_stop, stop)
+        # Windows has no signal handlers in asyncio: Ctrl-C there ends at once (status 130).
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, runner.request_stop, stop)
     log_event(
         logger, "starting", "sidecar %s starting; state in %s",
         runner.config.agent_id, runner.state.path,
