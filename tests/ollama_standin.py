@@ -10,6 +10,13 @@ and a free port (stdlib ``http.server`` in a background thread) and answers
 - :meth:`OllamaStandin.slow`: answers only after ``delay_s`` (longer than the hub's check
   timeout). The wait ends early when the stand-in stops, so it never outlives a test.
 
+``POST /api/chat`` streams a chat answer the way Ollama does (one JSON object per line,
+the last with ``done`` and the token counts), as set by :meth:`OllamaStandin.chat`; with
+``die_after`` it closes the connection after that many pieces, as an Ollama that crashes
+mid-answer does; with ``hold`` it sends the pieces and then waits for the client to hang
+up (``chat_abandoned`` is set when it does). The request bodies it received are kept in
+``chat_requests``.
+
 The :func:`make_ollama` and :func:`ollama` fixtures start stand-ins and stop them at the
 end of the test (import them into a test module to use them).
 
@@ -36,6 +43,15 @@ import pytest
 __all__ = ["OllamaMaker", "OllamaStandin", "make_ollama", "ollama"]
 
 _PATHS = ("/api/tags", "/api/ps")
+
+
+@dataclass(frozen=True, slots=True)
+class _Chat:
+    pieces: tuple[str, ...] = ("Hello", " world")
+    prompt_eval_count: int = 26
+    eval_count: int = 298
+    die_after: int | None = None
+    hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,34 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, _models_body(behaviour.loaded))
 
+    def do_POST(self) -> None:
+        standin = self.server.standin
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        chat = standin._chatted(self.path, request)
+        if self.path != "/api/chat":
+            self._send(404, b'{"error":"not found"}')
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()  # no length: the body ends when the connection closes
+        model = request.get("model")
+        for number, piece in enumerate(chat.pieces):
+            if chat.die_after is not None and number >= chat.die_after:
+                return  # the connection closes without the final line
+            line = {"model": model, "message": {"role": "assistant", "content": piece}}
+            self.wfile.write(json.dumps({**line, "done": False}).encode() + b"\n")
+            self.wfile.flush()
+        if chat.hold:
+            self.rfile.read(1)  # returns once the client has closed the connection
+            standin.chat_abandoned.set()
+            return
+        final = {
+            "model": model, "message": {"role": "assistant", "content": ""}, "done": True,
+            "prompt_eval_count": chat.prompt_eval_count, "eval_count": chat.eval_count,
+        }  # fmt: skip
+        self.wfile.write(json.dumps(final).encode() + b"\n")
+
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -103,6 +147,9 @@ class OllamaStandin:
         self._lock = threading.Condition()
         self._behaviour = _Behaviour("healthy")
         self._requests: Counter[str] = Counter()
+        self._chat = _Chat()
+        self.chat_requests: list[dict[str, Any]] = []
+        self.chat_abandoned = threading.Event()
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -181,7 +228,27 @@ class OllamaStandin:
         """Answer healthily, but only after ``delay_s`` seconds."""
         self._set(_Behaviour("slow", tuple(models), (), delay_s=delay_s))
 
+    def chat(
+        self,
+        pieces: Iterable[str],
+        prompt_eval_count: int = 26,
+        eval_count: int = 298,
+        die_after: int | None = None,
+        hold: bool = False,
+    ) -> None:
+        """Answer ``POST /api/chat`` with ``pieces``, then the counts (or die after some,
+        or hold the stream open until the client hangs up)."""
+        with self._lock:
+            self._chat = _Chat(tuple(pieces), prompt_eval_count, eval_count, die_after, hold)
+
     # --- requests -----------------------------------------------------------------------
+
+    def _chatted(self, path: str, request: dict[str, Any]) -> _Chat:
+        with self._lock:
+            self._requests[path] += 1
+            self.chat_requests.append(request)
+            self._lock.notify_all()
+            return self._chat
 
     def _arrived(self, path: str) -> _Behaviour:
         with self._lock:

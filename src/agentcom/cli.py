@@ -42,6 +42,7 @@ from agentcom.hub.auth import Role, hash_token, new_token
 from agentcom.hub.hub import TASK_ID_PREFIX_MIN
 from agentcom.logs import configure_logging
 from agentcom.protocol.common import Tier
+from agentcom.sidecar import command as sidecar_command
 from agentcom.store import tokens
 
 __all__ = ["main"]
@@ -1294,6 +1295,9 @@ def _parser() -> argparse.ArgumentParser:
         help="only this task's events, until it is finished; " + _ID_HELP.removeprefix("the "),
     )
     _operator_command(watch, _watch)
+    sidecar = commands.add_parser("sidecar", help="run a sidecar that executes tasks")
+    sidecar_command.add_arguments(sidecar)
+    sidecar.set_defaults(handler=sidecar_command.run)
     return parser
 
 

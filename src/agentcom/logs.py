@@ -22,7 +22,15 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one line of JSON (no newline inside: tracebacks are escaped)."""
+    """Formats a record as one line of JSON (no newline inside: tracebacks are escaped).
+
+    Args:
+        fields: the record attributes copied when present (default :data:`CONTEXT_FIELDS`).
+    """
+
+    def __init__(self, fields: tuple[str, ...] = CONTEXT_FIELDS) -> None:
+        super().__init__()
+        self.fields = fields
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -31,7 +39,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in CONTEXT_FIELDS:
+        for name in self.fields:
             value = record.__dict__.get(name)
             if value is not None:
                 line[name] = value
