@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -779,6 +780,11 @@ async def test_task_detail_shows_routing_execution_result_and_history(
         ["queued", "assigned", "working", "completed"]
     )
     await expect(timeline.nth(1).locator(".detail-text")).to_contain_text("to worker-1")
+    # and its times read as the command line prints them: UTC, to the second
+    history = (await operator.get_task(task_id))["history"]
+    await expect(timeline.locator("time")).to_have_text(
+        [datetime.fromtimestamp(e["at"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") for e in history]
+    )
 
 
 async def test_status_and_text_filters_narrow_the_task_table(

@@ -78,21 +78,19 @@ export function holdText(hold) {
   return `Task ${hold.task_id} kept for ${hold.agent_id} (${where}) since ${clockTime(hold.since)}; ${until}`;
 }
 
-/** A hub timestamp as local date and time. */
+/**
+ * A hub timestamp as date and time in the one format of agentcom's human output, the
+ * command line's too: UTC to the second, "2026-11-25 10:42:13".
+ */
 export function clockTime(ms) {
   if (typeof ms !== "number" || ms <= 0) return "–";
-  return new Date(ms).toLocaleString();
+  return new Date(ms).toISOString().slice(0, 19).replace("T", " ");
 }
 
-// One formatter for every log line: building one per call is slow at a thousand lines a second.
-const timeOfDayFormat = new Intl.DateTimeFormat(undefined, {
-  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
-});
-
-/** A hub timestamp as local time of day, to the second. */
+/** A hub timestamp as the time of day of {@link clockTime}: "10:42:13" (UTC). */
 export function timeOfDay(ms) {
   if (typeof ms !== "number" || ms <= 0) return "–";
-  return timeOfDayFormat.format(ms);
+  return new Date(ms).toISOString().slice(11, 19);
 }
 
 /** The first characters of a task id: enough to tell tasks apart on screen. */
