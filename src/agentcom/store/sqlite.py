@@ -34,6 +34,7 @@ from agentcom.protocol.task import (
     task_cursor,
 )
 from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TaskPage, TokenRecord
+from agentcom.store.columns import TERMINAL, stats_report, task_columns
 
 __all__ = ["SqliteStore", "open_database"]
 
@@ -145,8 +146,6 @@ CREATE TABLE IF NOT EXISTS write_probe (
 );
 """
 
-_TERMINAL = ("completed", "dead_letter", "cancelled")
-
 _UPSERT_TASK = """
 INSERT INTO tasks (task_id, status, priority, assigned_to, generation, model_used, tokens_in,
     tokens_out, estimated_cost_usd, equivalent_claude_cost_usd, execution_ms, created_at,
@@ -252,26 +251,6 @@ def _add_missing_columns(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE endpoints ADD COLUMN approved INTEGER NOT NULL DEFAULT 0")
 
 
-def _task_row(task: Task) -> tuple[Any, ...]:
-    execution = task.execution
-    return (
-        task.task_id,
-        task.status.value,
-        task.priority.value,
-        task.assigned_to,
-        task.generation,
-        execution.model_used if execution else None,
-        execution.tokens_in if execution else None,
-        execution.tokens_out if execution else None,
-        execution.estimated_cost_usd if execution else None,
-        execution.equivalent_claude_cost_usd if execution else None,
-        execution.execution_ms if execution else None,
-        task.created_at,
-        task.updated_at,
-        task.model_dump_json(),
-    )
-
-
 class SqliteStore:
     """The embedded default store.
 
@@ -311,7 +290,7 @@ class SqliteStore:
 
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit (last state wins)."""
-        self._staged["task", task.task_id] = (_UPSERT_TASK, _task_row(task))
+        self._staged["task", task.task_id] = (_UPSERT_TASK, task_columns(task))
         self._unwritten[task.task_id] = task
 
     def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
@@ -536,7 +515,7 @@ class SqliteStore:
         """Every task not in a terminal state, oldest first."""
         rows = self._reader.execute(
             "SELECT body FROM tasks WHERE status NOT IN (?, ?, ?) ORDER BY created_at",
-            _TERMINAL,
+            TERMINAL,
         ).fetchall()
         return [Task.model_validate_json(body) for (body,) in rows]
 
@@ -653,36 +632,24 @@ class SqliteStore:
                    COALESCE(SUM(execution_ms), 0)
             FROM tasks WHERE status = 'completed' {group}
         """
-        names = ("tasks", "tokens_in", "tokens_out", "estimated_cost_usd",
-                 "equivalent_claude_cost_usd", "execution_ms")  # fmt: skip
 
         def rows(key: str, group: str) -> list[tuple[Any, ...]]:
             return connection.execute(totals_sql.format(key=key, group=group)).fetchall()
 
-        total = rows("'all'", "")[0]
         # A finished task is not updated again, so its updated_at is when it finished.
-        finished = dict.fromkeys(_TERMINAL, 0)
-        finished.update(
-            connection.execute(
-                "SELECT status, COUNT(*) FROM tasks WHERE updated_at >= ? "
-                "AND status IN (?, ?, ?) GROUP BY status",
-                (finished_since_ms, *_TERMINAL),
-            ).fetchall()
+        finished = connection.execute(
+            "SELECT status, COUNT(*) FROM tasks WHERE updated_at >= ? "
+            "AND status IN (?, ?, ?) GROUP BY status",
+            (finished_since_ms, *TERMINAL),
+        ).fetchall()
+        return stats_report(
+            by_status,
+            by_priority,
+            rows("'all'", "")[0][1:],
+            rows("model_used", "GROUP BY model_used"),
+            rows("assigned_to", "GROUP BY assigned_to"),
+            finished,
         )
-        return {
-            "by_status": by_status,
-            "queued_by_priority": by_priority,
-            "totals": dict(zip(names, total[1:], strict=True)),
-            "by_model": {
-                row[0] or "unknown": dict(zip(names, row[1:], strict=True))
-                for row in rows("model_used", "GROUP BY model_used")
-            },
-            "by_agent": {
-                row[0] or "unknown": dict(zip(names, row[1:], strict=True))
-                for row in rows("assigned_to", "GROUP BY assigned_to")
-            },
-            "finished": finished,
-        }
 
     def load_endpoints(self) -> list[EndpointRow]:
         """Registered endpoints as ``(endpoint_id, url, source, agent_id, approved)``."""
