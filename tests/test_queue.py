@@ -1,16 +1,17 @@
-"""The task queue and scheduler without sockets: a real Hub on a real SQLite file.
+"""The task queue and scheduler without sockets: a real Hub on the in-memory store.
 
 The hub is driven with the same typed frames the server decodes (PROTOCOL.md sections 1
 and 2) and inspected through its outbox: the pushes it would send to agents and the
-events it would publish (section 3). Every timeout is driven by the ManualClock.
+events it would publish (section 3). Every timeout is driven by the ManualClock. The
+store is the MemoryStore, which ``test_store_contract.py`` holds to the SQLite store's
+behaviour; what the database itself does is tested in ``test_store.py``.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Priority, TaskStatus, Tier
 from agentcom.protocol.outbound import TaskAck, TaskAssign, TaskCancelled
 from agentcom.protocol.task import Task, TaskSubmission
-from agentcom.store.sqlite import SqliteStore
+from agentcom.store.memory import MemoryStore
 
 # Event names of PROTOCOL.md section 3.
 PROTOCOL_EVENTS = frozenset(
@@ -40,19 +41,13 @@ DomainMaker = Callable[..., Hub]
 
 
 @pytest.fixture
-def make_domain(tmp_path: Path, clock: ManualClock) -> Iterator[DomainMaker]:
-    """Build hubs on a SQLite file in tmp_path; their stores are closed at the end."""
-    stores: list[SqliteStore] = []
+def make_domain(clock: ManualClock) -> DomainMaker:
+    """Build hubs, each on a store of its own."""
 
     def make(**overrides: Any) -> Hub:
-        db = tmp_path / f"hub-{len(stores)}.db"
-        store = SqliteStore(db)
-        stores.append(store)
-        return Hub(store, clock, Settings(db=db, **overrides))
+        return Hub(MemoryStore(), clock, Settings(**overrides))
 
-    yield make
-    for store in stores:
-        store.close()
+    return make
 
 
 @pytest.fixture

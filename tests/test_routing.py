@@ -1,12 +1,11 @@
 """Routing decisions of PROTOCOL.md section 2: tier, target, endpoint, model and fallback.
 
 Most tests ask the Router directly, with a real EndpointRegistry; the last ones run a
-Hub on a real SQLite file to check the wait before a fallback with the ManualClock.
+Hub on the in-memory store to check the wait before a fallback with the ManualClock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Priority, TaskStatus, Tier
 from agentcom.protocol.outbound import Complexity, RoutingDecision, TaskAssign
 from agentcom.protocol.task import Task, TaskSubmission
-from agentcom.store.sqlite import SqliteStore
+from agentcom.store.memory import MemoryStore
 
 NEUTRAL = "Make the thing work as the ticket explains it"  # no signal either way
 DECISION_KEYS = {
@@ -299,12 +298,9 @@ def test_complex_task_goes_to_claude_with_the_configured_model(router: Router) -
 
 
 @pytest.fixture
-def domain(tmp_path: Path, clock: ManualClock) -> Iterator[Hub]:
-    """A hub on a SQLite file, default settings (5 s wait before a fallback)."""
-    db = tmp_path / "routing.db"
-    store = SqliteStore(db)
-    yield Hub(store, clock, Settings(db=db))
-    store.close()
+def domain(clock: ManualClock) -> Hub:
+    """A hub with default settings (5 s wait before a fallback)."""
+    return Hub(MemoryStore(), clock, Settings())
 
 
 def identify(hub: Hub, agent_id: str) -> None:
