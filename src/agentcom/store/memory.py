@@ -41,7 +41,8 @@ _REAL_COLUMNS = frozenset({8, 9, 10})
 
 
 class _StoredTask:
-    """A committed task: its columns, its position and the task as it was staged."""
+    """A committed task: its columns (with its body as JSON), its position, and the body
+    read back, for filters and lists (never handed out: reads return a fresh copy)."""
 
     __slots__ = ("columns", "position", "task")
 
@@ -78,8 +79,7 @@ class MemoryStore:
 
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit (last state wins)."""
-        snapshot = task.model_copy(deep=True)
-        self._staged["task", task.task_id] = (self._write_task, (task_columns(task), snapshot))
+        self._staged["task", task.task_id] = (self._write_task, (task_columns(task),))
         self._unwritten[task.task_id] = task
 
     def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
@@ -182,7 +182,8 @@ class MemoryStore:
     async def check_writable(self) -> None:
         """Memory is always writable."""
 
-    def _write_task(self, columns: TaskColumns, task: Task) -> None:
+    def _write_task(self, columns: TaskColumns) -> None:
+        task = Task.model_validate_json(columns[13])  # as a database would give it back
         stored = self._tasks.get(task.task_id)
         if stored is None:
             self._tasks[task.task_id] = _StoredTask(columns, next(self._positions), task)
@@ -244,7 +245,7 @@ class MemoryStore:
         """Every committed task not in a terminal state, oldest first."""
         unfinished = [s for s in self._tasks.values() if s.columns[1] not in TERMINAL]
         unfinished.sort(key=lambda stored: stored.columns[11])
-        return [stored.task.model_copy(deep=True) for stored in unfinished]
+        return [Task.model_validate_json(stored.columns[13]) for stored in unfinished]
 
     def get_task(self, task_id: str) -> Task | None:
         """One task, or None (including changes not committed yet)."""
@@ -252,7 +253,7 @@ class MemoryStore:
         if unwritten is not None:
             return unwritten
         stored = self._tasks.get(task_id)
-        return stored.task.model_copy(deep=True) if stored is not None else None
+        return Task.model_validate_json(stored.columns[13]) if stored is not None else None
 
     def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
         """Up to ``limit`` task ids that start with ``prefix``, in order, including tasks
