@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agentcom.config import Settings
-from agentcom.errors import HubError
+from agentcom.errors import HubError, StoreError
 from agentcom.hub.clock import ManualClock
 from agentcom.hub.hub import Hub, Outbox
 from agentcom.protocol import agent as frames
@@ -699,3 +699,36 @@ def test_every_transition_publishes_its_protocol_event(domain: Hub, clock: Manua
 
     # then every event name is one of PROTOCOL.md section 3
     assert {event["event"] for event in seen} == PROTOCOL_EVENTS
+
+
+async def test_a_refused_completion_leaves_the_task_with_its_agent_as_stored(
+    clock: ManualClock,
+) -> None:
+    # given a task its agent is working on, stored, on a store whose refusals the hub hears
+    store = MemoryStore()
+    hub = Hub(store, clock, Settings())
+    store.on_refused = hub.forget_refused
+    identify(hub, "worker")
+    task = submit(hub, "build")
+    assign = only_assignment(hub, "worker")
+    accept(hub, "worker", task.task_id)
+    await store.commit()
+
+    # when the store refuses the commit that carries its completion
+    assert complete(hub, "worker", task.task_id, assign.generation).status == "complete"
+    store.refuse_next_commit()
+    with pytest.raises(StoreError):
+        await store.commit()
+
+    # then the task is back as stored, and the worker still holds it: it is offered nothing
+    hub.take_outbox()
+    restored = hub.find_task(task.task_id)
+    assert (restored.status, restored.assigned_to) == (TaskStatus.working, "worker")
+    following = submit(hub, "deploy")
+    assert assignments(hub.take_outbox()) == []
+
+    # and when the completion comes again and is stored, the worker gets the next task
+    assert complete(hub, "worker", task.task_id, assign.generation).status == "complete"
+    await store.commit()
+    assert hub.find_task(task.task_id).status is TaskStatus.completed
+    assert only_assignment(hub, "worker").task_id == following.task_id
