@@ -251,7 +251,7 @@ class StateReport(Inbound):
     task_id: TaskId
     generation: Annotated[int, Field(ge=0, le=2**53)]
     status: ShortText | None = None
-    assigned_at: Number | None = None
+    assigned_at: Count | Number | None = None  #: an integer (milliseconds) stays one
 
 
 class ResourceReport(Inbound):

@@ -13,6 +13,11 @@ Life of a task (each step recorded in the state directory before the hub hears o
 3. ``task_cancelled`` stops the executor at once (process group killed, HTTP request
    aborted) and forgets the task.
 
+After every reconnect the held task is reconciled (:mod:`agentcom.sidecar.reconcile`):
+``state_report`` names the attempt, and a ``state_report_ack`` saying ``abort`` stops and
+forgets it as ``task_cancelled`` does; ``continue``, or a hub that does not know the
+frame, changes nothing.
+
 After a crash, the restarted sidecar finds the task in the state directory: a finished
 one's completion is delivered as in step 2; an unfinished one's leftover process group is
 killed and ``task_recovering`` is sent after every identify until the hub answers
@@ -38,6 +43,7 @@ from agentcom.sidecar.execution import EXECUTORS, completion_frame, execute
 from agentcom.sidecar.job import Assignment, Executor, Job, Outcome
 from agentcom.sidecar.logs import log_event
 from agentcom.sidecar.progress import ProgressStream
+from agentcom.sidecar.reconcile import read_ack, refuses_state_report, state_report
 from agentcom.sidecar.resources import ResourceMeter
 from agentcom.sidecar.state import HeldTask, StateDir, kill_leftover_group, process_identity
 
@@ -80,6 +86,7 @@ class SidecarRunner:
         self._free = asyncio.Event()
         self._report_now = asyncio.Event()
         self._hurry = asyncio.Event()
+        self._reported: tuple[str, int] | None = None  # the attempt the last report named
         if self.held is None:
             self._free.set()
         self._handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
@@ -87,6 +94,7 @@ class SidecarRunner:
             "task_cancelled": self._cancelled,
             "task_continue": self._continue,
             "task_reassign": self._reassigned,
+            "state_report_ack": self._reconciled,
             "error": self._refused,
         }
         if self.recovering:
@@ -124,6 +132,19 @@ class SidecarRunner:
                  "description": held.assign.get("description"),
                  "metadata": held.assign.get("metadata")}
             )  # fmt: skip
+        elif held is not None:
+            await self._report_state(held)
+
+    async def _report_state(self, held: HeldTask) -> None:
+        """Tell the hub which attempt this sidecar holds; it answers continue or abort."""
+        report = state_report(held)
+        self._reported = (held.task_id, held.generation)
+        log_event(
+            logger, "state_reported", "telling the hub task %s (generation %d) is %s",
+            held.task_id, held.generation, report["status"],
+            task_id=held.task_id, generation=held.generation, status=report["status"],
+        )  # fmt: skip
+        await self._send(report)
 
     async def _send(self, frame: Frame) -> bool:
         """Send one frame; False when the connection is down (a reconnect resends)."""
@@ -229,9 +250,40 @@ class SidecarRunner:
             held.task_id, task_id=held.task_id,
         )  # fmt: skip
 
+    async def _reconciled(self, frame: Frame) -> None:
+        """The answer to ``state_report``: ``abort`` stops and forgets the task."""
+        ack, held = read_ack(frame), self.held
+        if (
+            ack is None
+            or held is None
+            or ack.task_id != held.task_id
+            or self._reported != (held.task_id, held.generation)
+        ):
+            return  # about an attempt since replaced (a new assignment of the same task)
+        fields: dict[str, Any] = {"task_id": held.task_id, "generation": held.generation}
+        if ack.action == "continue":
+            log_event(
+                logger, "state_continue", "the hub says continue task %s (generation %d)",
+                held.task_id, held.generation, **fields,
+            )  # fmt: skip
+            return
+        await self._stop_job()
+        self._forget()
+        log_event(
+            logger, "state_abort",
+            "the hub no longer gives task %s (generation %d) to this agent; stopped and dropped it",
+            held.task_id, held.generation, level=logging.WARNING, **fields,
+        )  # fmt: skip
+
     async def _refused(self, frame: Frame) -> None:
         held = self.held
         error = str(frame.get("error"))
+        if refuses_state_report(frame):
+            log_event(
+                logger, "state_report_unknown",
+                "the hub does not know state_report (an older protocol); carrying on",
+            )  # fmt: skip
+            return
         if held is None or held.task_id != frame.get("task_id"):
             logger.warning("hub error: %s", error)
             return

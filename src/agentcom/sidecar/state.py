@@ -58,6 +58,12 @@ class HeldTask:
         task_id: str = self.assign["task_id"]
         return task_id
 
+    @property
+    def generation(self) -> int:
+        """The generation it is held under (the assignment's, or the one ``task_continue``
+        gave)."""
+        return int(self.assign["generation"])
+
 
 class StateDirInUse(AgentcomError):
     """Another sidecar runs on this state directory."""
