@@ -213,3 +213,60 @@ async def test_a_hub_that_does_not_know_state_report_changes_nothing(
     assert completion["generation"] == 2
     assert completion["result"]["output"] == "open\n"
     assert not any(event.get("event") == "state_abort" for event in sidecar.events)
+
+
+async def test_an_abort_about_an_attempt_already_replaced_leaves_the_new_one_running(
+    tmp_path: Path, closing: list[Any]
+) -> None:
+    # A hub may give the task back to the same agent (a new generation) before it answers
+    # the report about the old attempt: the abort names the task, not the attempt, and
+    # must not stop the new run. A minimal stand-in orders the frames so.
+    def assign(generation: int) -> dict[str, Any]:
+        return {
+            "type": "task_assign", "task_id": "t1", "generation": generation,
+            "description": "say which", "metadata": {"shell_command": "echo run"},
+            "routing_decision": {"effective_tier": "trivial", "target_type": "sidecar"},
+        }  # fmt: skip
+
+    completed = asyncio.get_running_loop().create_future()
+    connections = 0
+
+    async def hub(connection: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        async for raw in connection:
+            frame = json.loads(raw)
+            kind = frame["type"]
+            if kind == "identify":
+                await connection.send(json.dumps({"type": "identified", "agent_id": "box-1"}))
+                if connections == 1:
+                    await connection.send(json.dumps(assign(1)))
+            elif kind == "task_accepted" and connections == 1:
+                await connection.close()
+            elif kind == "state_report":
+                await connection.send(json.dumps(assign(2)))
+                ack = {"type": "state_report_ack", "task_id": "t1", "action": "abort"}
+                await connection.send(json.dumps(ack))
+            elif kind == "task_accepted":
+                ack = {"type": "task_ack", "task_id": "t1", "status": "accepted"}
+                await connection.send(json.dumps(ack))
+            elif kind == "task_complete" and frame["generation"] == 2:
+                ack = {"type": "task_ack", "task_id": "t1", "status": "complete"}
+                await connection.send(json.dumps(ack))
+                completed.done() or completed.set_result(frame)
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        sidecar = RealSidecar(
+            tmp_path, f"ws://127.0.0.1:{port}/ws", "box-1", "token", settings=FAST_RECONNECT
+        )
+        closing.append(sidecar)
+        sidecar.start()
+        reported = await sidecar.event("state_reported", task_id="t1")
+        await sidecar.event("assigned", task_id="t1", generation=2)
+        completion = await asyncio.wait_for(completed, 10)
+        await sidecar.event("acknowledged", task_id="t1")
+
+    assert reported["generation"] == 1
+    assert completion["result"]["output"] == "run\n"
+    assert not any(event.get("event") == "state_abort" for event in sidecar.events)
