@@ -98,6 +98,11 @@ async def test_a_completion_recorded_before_a_crash_is_delivered_by_the_restarte
     assert done["status"] == "completed"
     assert done["result"] == completion["result"]
     assert not any(event.get("event") == "assigned" for event in sidecar.events)
+    # A finished attempt is reported (its completion is still to be acknowledged), and
+    # the hub, which still gives it to box-1, says continue.
+    reported = next(event for event in sidecar.events if event.get("event") == "state_reported")
+    assert (reported["generation"], reported["status"]) == (assign["generation"], "completed")
+    assert any(event.get("event") == "state_continue" for event in sidecar.events)
     assert not (sidecar.state_dir / "task.json").exists()
 
 
@@ -155,6 +160,8 @@ async def test_a_wake_task_the_hub_says_to_continue_runs_again_under_the_new_gen
     assert completion["result"]["output"] == "woke for 4\n"
     assert any(frame["type"] == "wake_result" for frame in received)
     assert not any(frame["type"] == "task_accepted" for frame in received)
+    # The run held before the restart died with it: only task_recovering asks about it.
+    assert not any(frame["type"] == "state_report" for frame in received)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
