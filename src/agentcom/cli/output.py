@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from agentcom.protocol.task import ReclaimReason
+
 __all__ = ["cell", "count_line", "describe_hold", "print_task", "say", "table", "usd", "utc_time"]
 
 
@@ -123,7 +125,7 @@ def _print_agentic(run: dict[str, Any]) -> None:
         )
 
 
-_RECLAIMED_BY = {
+_RECLAIMED_BY: dict[ReclaimReason, str] = {
     "disconnect_grace": "requeued at {at} (grace period) unless the agent comes back",
     "acceptance_timeout": "requeued at {at} (not accepted in time) unless the agent accepts it",
     "no_progress": "reclaimed at {at} (no progress) unless the agent reports on it",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args
 
 from agentcom import __version__
 from agentcom.cli.agents import agent_drain, agent_restart, agents_list
@@ -21,6 +21,7 @@ from agentcom.cli.values import PRIORITIES, STATUSES, TIERS, duration_arg, statu
 from agentcom.cli.watch import watch_events
 from agentcom.hub.auth import Role
 from agentcom.hub.hub import TASK_ID_PREFIX_MIN
+from agentcom.protocol.operator import TopicName
 from agentcom.sidecar import command as sidecar_command
 
 __all__ = ["ROLES_AND_ENVIRONMENT", "build_parser", "with_defaults"]
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--topic",
         action="append",
-        choices=["tasks", "agents", "validation"],
+        choices=get_args(TopicName),
         help="only this topic's events (repeatable; default all)",
     )
     watch.add_argument(
@@ -191,7 +192,7 @@ def _token_command(commands: Any) -> None:
     create.add_argument(
         "--role",
         choices=[role.value for role in Role],
-        default="agent",
+        default=Role.agent.value,
         help="agent (a sidecar, the default), viewer or admin (an operator)",
     )
     listing = token_commands.add_parser("list", help="list tokens (never the secrets)")

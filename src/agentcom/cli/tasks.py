@@ -17,6 +17,7 @@ from agentcom.cli.errors import EXIT_FAILED, EXIT_OK, CliError
 from agentcom.cli.output import cell, print_task, say, table, utc_time
 from agentcom.cli.values import UNFINISHED
 from agentcom.client import ConnectionLost, OperatorClient
+from agentcom.protocol.common import TaskStatus
 
 __all__ = [
     "list_filter",
@@ -59,7 +60,7 @@ async def task_submit(client: OperatorClient, args: argparse.Namespace) -> int:
         print(json.dumps(final))
     else:
         print_task(final)
-    return EXIT_OK if final["status"] == "completed" else EXIT_FAILED
+    return EXIT_OK if final["status"] == TaskStatus.completed else EXIT_FAILED
 
 
 async def _wait_across_restarts(client: OperatorClient, task_id: str) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def _bulk_filter(args: argparse.Namespace, request_type: str) -> dict[str, Any] 
             return None
         if args.status:
             raise CliError("--all-dead retries dead-letter tasks: leave out --status")
-        fields["status"] = "dead_letter"
+        fields["status"] = TaskStatus.dead_letter.value
     elif not fields:
         return None
     else:

@@ -1,5 +1,6 @@
 """The values typed on the command line that the CLI checks before asking the hub: task
-statuses, priorities, tiers, durations, task ids."""
+statuses, priorities, tiers, durations, task ids. Every choice comes from the enums of
+:mod:`agentcom.protocol`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import re
 
 from agentcom.hub.hub import TASK_ID_PREFIX_MIN
-from agentcom.protocol.common import Tier
+from agentcom.protocol.common import Priority, TaskStatus, Tier
 
 __all__ = [
     "FINISHED",
@@ -20,11 +21,11 @@ __all__ = [
     "task_id_arg",
 ]
 
-STATUSES = ("queued", "assigned", "working", "completed", "dead_letter", "cancelled")
-PRIORITIES = ("urgent", "high", "normal", "low")
+STATUSES = tuple(status.value for status in TaskStatus)
+PRIORITIES = tuple(priority.value for priority in Priority)
 TIERS = [*(tier.value for tier in Tier), "unknown"]  # as TaskSubmission.complexity_tier takes
-FINISHED = ("completed", "dead_letter", "cancelled")
-UNFINISHED = ["queued", "assigned", "working"]
+FINISHED = (TaskStatus.completed.value, TaskStatus.dead_letter.value, TaskStatus.cancelled.value)
+UNFINISHED = [status for status in STATUSES if status not in FINISHED]
 
 
 def statuses_arg(text: str) -> list[str]:
