@@ -16,6 +16,7 @@ __all__ = ["agent_drain", "agent_restart", "agents_list"]
 
 
 async def agents_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``agents`` / ``agents list``: every known agent, with notes under it."""
     agents = await client.request("agents_list")
     if args.json:
         print(json.dumps(agents))
@@ -68,6 +69,7 @@ def _pm2(info: dict[str, Any]) -> str:
 
 
 async def agent_restart(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``agents restart``: ask the agent's sidecar to restart after its running task."""
     agent = await client.request("agent_restart", agent_id=args.agent_id, reason=args.reason)
     print(json.dumps(agent) if args.json else f"asked {agent['agent_id']} to restart")
     return EXIT_OK
@@ -76,6 +78,8 @@ async def agent_restart(client: OperatorClient, args: argparse.Namespace) -> int
 def agent_drain(
     request_type: str,
 ) -> OperatorAction:
+    """``agents drain`` or ``undrain`` (``request_type`` says which)."""
+
     async def change(client: OperatorClient, args: argparse.Namespace) -> int:
         agent = await client.request(request_type, agent_id=args.agent_id)
         if args.json:

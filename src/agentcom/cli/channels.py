@@ -13,6 +13,7 @@ __all__ = ["channel_create", "channel_list"]
 
 
 async def channel_create(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``channel create``: prints the new channel's name."""
     fields = {"name": args.name}
     if args.description:
         fields["description"] = args.description
@@ -22,6 +23,7 @@ async def channel_create(client: OperatorClient, args: argparse.Namespace) -> in
 
 
 async def channel_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``channel list``: every channel with its subscribers and last sequence number."""
     channels = await client.request("channels_list")
     if args.json:
         print(json.dumps(channels))

@@ -35,8 +35,11 @@ OperatorAction = Callable[[OperatorClient, argparse.Namespace], Awaitable[int]]
 
 
 def operator_handler(
-    action: Callable[[OperatorClient, argparse.Namespace], Awaitable[int]],
+    action: OperatorAction,
 ) -> Callable[[argparse.Namespace], int]:
+    """The handler of an operator command: connect with the token, run ``action``, and
+    turn every failure into a :class:`CliError` with its exit status."""
+
     def run(args: argparse.Namespace) -> int:
         if not args.token:
             raise CliError("no token: pass --token or set AGENTCOM_TOKEN")

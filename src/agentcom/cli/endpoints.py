@@ -15,6 +15,7 @@ __all__ = ["endpoint_add", "endpoint_approve", "endpoint_remove", "endpoints_lis
 
 
 async def endpoints_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``endpoints`` / ``endpoints list``: every endpoint with its health and models."""
     endpoints = await client.request("endpoints_list")
     if args.json:
         print(json.dumps(endpoints))
@@ -56,6 +57,7 @@ def _health(endpoint: dict[str, Any]) -> str:
 
 
 async def endpoint_add(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``endpoints add``: prints the new endpoint's id."""
     fields = {"url": args.url}
     if args.name:
         fields["name"] = args.name
@@ -65,12 +67,14 @@ async def endpoint_add(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 async def endpoint_approve(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``endpoints approve``: an agent's endpoint may serve every agent."""
     endpoint = await client.request("endpoint_approve", endpoint=args.endpoint)
     print(json.dumps(endpoint) if args.json else f"approved {endpoint['endpoint_id']}")
     return EXIT_OK
 
 
 async def endpoint_remove(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``endpoints remove``: the hub forgets the endpoint."""
     endpoint = await client.request("endpoint_remove", endpoint_id=args.endpoint_id)
     print(json.dumps(endpoint) if args.json else f"removed {endpoint['endpoint_id']}")
     return EXIT_OK

@@ -63,6 +63,7 @@ def table(
 
 
 def print_task(task: dict[str, Any]) -> None:
+    """A task as ``task show`` prints it: status, routing, execution, output, history."""
     decision = task.get("routing_decision") or {}
     execution = task.get("execution") or {}
     print(f"task {task['task_id']}  {task['status']}  priority {task['priority']}")

@@ -101,6 +101,7 @@ def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``agentcom`` command line, every command bound to its handler."""
     parser = _Parser(
         prog="agentcom",
         description="Coordinate AI-agent sidecars: run a hub, manage its tokens, and operate\n"
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _operator_command(sub: argparse.ArgumentParser, action: OperatorAction) -> None:
+    """Give ``sub`` the shared options and run ``action`` on a connected client."""
     _shared_options(sub)
     sub.set_defaults(handler=operator_handler(action))
 
@@ -165,6 +167,7 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_command(commands: Any) -> None:
+    """``config show``."""
     config = commands.add_parser("config", help="the settings in effect and their sources")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -178,12 +181,14 @@ def _config_command(commands: Any) -> None:
 
 
 def _serve_command(commands: Any) -> None:
+    """``serve``."""
     serve = commands.add_parser("serve", help="run a hub")
     _serve_settings_options(serve)
     serve.set_defaults(handler=serve_hub)
 
 
 def _token_command(commands: Any) -> None:
+    """``token create|list|revoke``."""
     token = commands.add_parser("token", help="manage tokens (works on the database directly)")
     _shared_options(token, database=True)
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -235,6 +240,7 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _task_command(commands: Any) -> None:
+    """``task submit|list|show|retry|cancel|requeue|route``."""
     task = commands.add_parser("task", help="submit, inspect and change tasks")
     _shared_options(task)
     task_commands = task.add_subparsers(dest="task_command", required=True, metavar="ACTION")
@@ -331,6 +337,7 @@ def _task_command(commands: Any) -> None:
 
 
 def _agents_command(commands: Any) -> None:
+    """``agents [list|drain|undrain|restart]``."""
     agents = commands.add_parser(
         "agents", help="agents with state and current task (list, drain, restart)"
     )
@@ -357,6 +364,7 @@ def _agents_command(commands: Any) -> None:
 
 
 def _endpoints_command(commands: Any) -> None:
+    """``endpoints [list|add|remove|approve]``."""
     endpoints = commands.add_parser(
         "endpoints", help="Ollama endpoints (list, add, remove, approve)"
     )
@@ -381,6 +389,7 @@ def _endpoints_command(commands: Any) -> None:
 
 
 def _channel_command(commands: Any) -> None:
+    """``channel create|list``."""
     channel = commands.add_parser("channel", help="channels agents publish to")
     _shared_options(channel)
     channel_commands = channel.add_subparsers(

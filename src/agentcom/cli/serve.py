@@ -31,6 +31,7 @@ __all__ = ["config_show", "serve_hub"]
 
 
 def serve_hub(args: argparse.Namespace) -> int:
+    """``serve``: check the settings and TLS files, then run the hub until a signal."""
     settings, _ = _settings(args)
     _check_tls_files(settings)
     configure_logging(settings.log_level, settings.log_format)
@@ -127,6 +128,7 @@ class _Encrypted(Exception):
 
 
 def _refuse_passphrase() -> str:
+    """The password callback of the check: a key that asks for one is not checked."""
     raise _Encrypted
 
 
@@ -154,6 +156,7 @@ def _check_tls_files(settings: Settings) -> None:
 
 
 async def _run_hub(settings: Settings) -> int:
+    """Start the hub, print its addresses, and stop it on SIGINT or SIGTERM."""
     from agentcom.server.app import HubServer
     from agentcom.server.memory import return_large_blocks_to_the_system
 

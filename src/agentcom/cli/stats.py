@@ -14,6 +14,7 @@ __all__ = ["show_stats"]
 
 
 async def show_stats(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``stats``: tasks by status, the queue by priority, throughput, agents and costs."""
     stats = await client.request("stats")
     if args.json:
         print(json.dumps(stats))

@@ -31,6 +31,7 @@ __all__ = [
 
 
 async def task_submit(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``task submit``: prints the id, or with ``--wait`` the finished task."""
     metadata = parse_metadata(args.metadata)
     task = await client.submit(
         args.description,
@@ -85,6 +86,7 @@ async def task_across_restarts(client: OperatorClient, task_id: str) -> dict[str
 
 
 async def task_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``task list``: one page of tasks; the next page's cursor goes to stderr."""
     found, next_cursor = await client.list_tasks(
         **list_filter(args), limit=args.limit, cursor=args.cursor
     )
@@ -112,6 +114,7 @@ async def task_list(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 async def task_show(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``task show``: one task, in full."""
     task = await client.get_task(args.task_id)
     if args.json:
         print(json.dumps(task))
@@ -248,6 +251,7 @@ def list_filter(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_metadata(text: str | None) -> dict[str, Any] | None:
+    """``--metadata``: a JSON object, or None when not given."""
     if text is None:
         return None
     try:
@@ -260,6 +264,7 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
 
 
 async def task_route(client: OperatorClient, args: argparse.Namespace) -> int:
+    """``task route``: the routing decision for a task, queueing nothing."""
     task = {"description": args.description, "complexity_tier": args.complexity,
             "file_hints": args.file_hint, "verification_steps": args.verification_step,
             "metadata": parse_metadata(args.metadata), "repo": args.repo}  # fmt: skip

@@ -19,6 +19,7 @@ __all__ = ["on_database", "token_create", "token_list", "token_revoke"]
 
 
 def _db_path(args: argparse.Namespace) -> str:
+    """The database of the token commands: ``--db``, else ``$AGENTCOM_DB``, else ./agentcom.db."""
     return str(args.db or os.environ.get("AGENTCOM_DB") or "agentcom.db")
 
 
@@ -54,6 +55,7 @@ def _existing_db_path(args: argparse.Namespace) -> str:
 
 
 def token_create(args: argparse.Namespace) -> int:
+    """``token create``: prints the new token alone (it is stored hashed)."""
     if not 1 <= len(args.agent_id) <= 128:
         raise CliError("AGENT_ID must be 1 to 128 characters")
     path = _db_path(args)
@@ -67,6 +69,7 @@ def token_create(args: argparse.Namespace) -> int:
 
 
 def token_list(args: argparse.Namespace) -> int:
+    """``token list``: who has a token, with role and date, never the secret."""
     records = tokens.list_tokens(_existing_db_path(args))
     rows = [{"agent_id": r.agent_id, "role": r.role, "created_at": r.created_at} for r in records]
     if args.json:
@@ -81,6 +84,7 @@ def token_list(args: argparse.Namespace) -> int:
 
 
 def token_revoke(args: argparse.Namespace) -> int:
+    """``token revoke``: the agent's token stops working at once."""
     if not tokens.delete_token(_existing_db_path(args), args.agent_id):
         raise CliError(f"no token for {args.agent_id}", EXIT_FAILED)
     print(f"revoked {args.agent_id}", file=sys.stderr)

@@ -66,6 +66,7 @@ async def _watch_task(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 def _describe_event(frame: dict[str, Any]) -> str:
+    """One line for a human: the time, the event and what it concerns."""
     kind = frame.get("type")
     stamp = utc_time(frame.get("timestamp"))
     if kind == "task_event":
