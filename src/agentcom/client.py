@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from ssl import SSLContext
-from typing import Any, Self
+from typing import Any, Self, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
@@ -24,6 +24,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from agentcom.errors import AgentcomError
+from agentcom.protocol.agent import Identify, Ping
+from agentcom.protocol.common import Inbound
+from agentcom.protocol.operator import Auth, Subscribe
 from agentcom.wirelog import library_logger
 
 __all__ = [
@@ -194,6 +197,21 @@ async def _close(connection: ClientConnection) -> None:
     await connection.close()
 
 
+def _frame(model: type[Inbound], **fields: Any) -> Frame:
+    """The frame ``model`` describes, its ``type`` filled in, with ``fields`` as given.
+
+    The values are not checked here: judging them is the hub's job, and its answer to a
+    bad one (a token too long, an agent id it refuses) is what the caller sees.
+    """
+    (frame_type,) = get_args(model.model_fields["type"].annotation)
+    built = model.model_construct(type=frame_type, **fields)
+    frame: Frame = built.model_dump(mode="json", exclude_unset=True, warnings=False)
+    return frame
+
+
+_PING = Ping(type="ping")
+
+
 def _encode(frame: Mapping[str, Any] | BaseModel) -> str:
     if isinstance(frame, BaseModel):
         return frame.model_dump_json(by_alias=True)
@@ -266,18 +284,18 @@ class AgentClient:
 
     def identify_frame(self) -> Frame:
         """The ``identify`` this client sends."""
-        frame: Frame = {
-            "type": "identify",
-            "agent_id": self.agent_id,
-            "token": self.token,
-            "name": self.name or self.agent_id,
-            "status": "idle",
-            "capabilities": self.capabilities,
-            "client_type": "sidecar",
-            "protocol_version": 1,
-        }
-        if self.ollama_url:
-            frame["ollama_url"] = self.ollama_url
+        optional = {"ollama_url": self.ollama_url} if self.ollama_url else {}
+        frame = _frame(
+            Identify,
+            agent_id=self.agent_id,
+            token=self.token,
+            name=self.name or self.agent_id,
+            status="idle",
+            capabilities=self.capabilities,
+            **optional,
+        )
+        # What every sidecar adds and the hub ignores (PROTOCOL.md): no model holds them.
+        frame.update(client_type="sidecar", protocol_version=1)
         return frame
 
     async def connect(self, timeout: float = 10.0) -> Frame:
@@ -299,7 +317,7 @@ class AgentClient:
         try:
             while True:
                 await asyncio.sleep(interval)
-                await self.send({"type": "ping"})
+                await self.send(_PING)
         except (ConnectionClosed, RuntimeError):
             return
 
@@ -494,7 +512,7 @@ class OperatorClient:
         self._connection = await connect(
             url, open_timeout=timeout, max_size=2**26, **_options(url, self.ssl)
         )
-        await self._connection.send(json.dumps({"type": "auth", "token": self.token}))
+        await self._connection.send(json.dumps(_frame(Auth, token=self.token)))
         try:
             reply = json.loads(await asyncio.wait_for(self._connection.recv(), timeout))
         except ConnectionClosed:
@@ -532,7 +550,12 @@ class OperatorClient:
         return (await self._result(request_type, **fields)).get("data")
 
     async def _result(self, request_type: str, **fields: Any) -> dict[str, Any]:
-        """Send one request and return its whole ``result`` frame."""
+        """Send one request and return its whole ``result`` frame.
+
+        The request goes as given, not through its model in :mod:`agentcom.protocol.operator`:
+        callers may send what no model allows (an unknown type, a bad value, padding), and
+        the hub's answer to it is what they want to see.
+        """
         if self._connection is None:
             raise RuntimeError("not connected")
         request_id = str(next(self._ids))
@@ -646,9 +669,8 @@ class OperatorClient:
         connection = await connect(
             url, open_timeout=10.0, max_size=2**26, **_options(url, self.ssl)
         )
-        subscribe: Frame = {"type": "subscribe", "token": self.token}
-        if topics:
-            subscribe["topics"] = topics
+        chosen = {"topics": topics} if topics else {}
+        subscribe = _frame(Subscribe, token=self.token, **chosen)
         try:
             await connection.send(json.dumps(subscribe))
         except ConnectionClosed:
