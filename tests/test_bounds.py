@@ -452,7 +452,7 @@ async def test_abandoned_task_waits_are_forgotten(
     await waiting.connect()
     waits = [asyncio.create_task(waiting.wait_task(task["task_id"])) for _ in range(3)]
     await waiting.request("stats")  # answered after the waits were taken up
-    assert hub.hub.waiter_count() == 3
+    assert hub.waiters.count() == 3
 
     # when a wait times out, and the connection of the others goes
     with pytest.raises(RequestFailed, match="timeout"):
@@ -461,7 +461,7 @@ async def test_abandoned_task_waits_are_forgotten(
     await asyncio.gather(*waits, return_exceptions=True)
 
     # then no wait is left behind
-    await until(lambda: hub.hub.waiter_count() == 0)
+    await until(lambda: hub.waiters.count() == 0)
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{http_url}/metrics")).text
     assert "agentcom_task_waiters 0" in metrics

@@ -8,7 +8,6 @@ nothing is announced before it is durable.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -124,7 +123,6 @@ class Hub:
         self.task_observer: EventSink | None = None
         self.messaging = Messaging(self.presence, store, clock, settings, self._push)
         self._attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
-        self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails(
@@ -193,30 +191,6 @@ class Hub:
                 "agent": self.agent_view(agent),
             },
         )
-
-    def resolve_waiters(self, finished: list[Task]) -> None:
-        """Wake operators waiting for these tasks to finish (call after commit)."""
-        for task in finished:
-            for waiter in self._waiters.pop(task.task_id, ()):
-                if not waiter.done():
-                    waiter.set_result(task)
-
-    def waiter_count(self) -> int:
-        """Operators' ``task_wait`` requests waiting now."""
-        return sum(len(waiters) for waiters in self._waiters.values())
-
-    def wait_until_finished(self, task_id: str) -> asyncio.Future[Task]:
-        """A future resolved with the task once it is completed, dead letter or cancelled."""
-        waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
-        task = self.queue.get(task_id)
-        if task is None:
-            stored = self.store.get_task(task_id)
-            if stored is None:
-                raise HubError("not_found", f"no task {task_id}", task_id)
-            waiter.set_result(stored)
-            return waiter
-        self._waiters.setdefault(task_id, []).append(waiter)
-        return waiter
 
     # --- startup --------------------------------------------------------------------
 
@@ -1031,15 +1005,6 @@ class Hub:
         finally:
             agent.connected = True
             self.presence.refresh(agent)
-
-    def forget_waiter(self, task_id: str, waiter: asyncio.Future[Task]) -> None:
-        """Drop a waiter that is done or gave up (its request timed out, or its connection
-        went); one already resolved is gone already."""
-        waiters = self._waiters.get(task_id)
-        if waiters is not None and waiter in waiters:
-            waiters.remove(waiter)
-            if not waiters:
-                del self._waiters[task_id]
 
     def _assign(self, task: Task, agent: AgentRecord) -> bool:
         """Route and assign; False when the task must wait for a target (it is held)."""

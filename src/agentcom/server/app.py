@@ -34,6 +34,7 @@ from agentcom.server.revocation import RevocationWatch
 from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_open_file_limit
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
+from agentcom.server.waiters import TaskWaiters
 from agentcom.store.base import ChangeKey
 from agentcom.store.lock import DatabaseLock
 from agentcom.store.sqlite import SqliteStore
@@ -65,6 +66,7 @@ class HubServer:
         # a hub that cannot have both must leave the database as it found it.
         self.store: SqliteStore
         self.hub: Hub
+        self.waiters: TaskWaiters  # operators waiting for tasks to finish
         self.store_watch: StoreWatch
         self.auth: Authenticator
         self.revocations: RevocationWatch
@@ -214,6 +216,7 @@ class HubServer:
             busy_timeout_s=settings.db_busy_timeout_s,
         )
         self.hub = Hub(self.store, self.clock, settings)
+        self.waiters = TaskWaiters(self.hub)
         self.store.on_refused = self._forget_refused
         self.store.on_written = self.metrics.observe_commit
         self.hub.task_observer = self.metrics.observe_task
@@ -347,7 +350,7 @@ class HubServer:
                 self.metrics.frames_sent[type(frame)].inc()
             for topic, event in outbox.events:
                 self.pubsub.publish(topic, event)
-            self.hub.resolve_waiters(outbox.finished)
+            self.waiters.resolve(outbox.finished)
             for endpoint_id in outbox.check_endpoints:
                 self.prober.check_soon(endpoint_id)
             if outbox.wake_at_ms is not None:

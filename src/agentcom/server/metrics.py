@@ -434,7 +434,7 @@ class _StateCollector(Collector):
             dropped.add_metric((topic,), count)
         yield dropped
         yield from _connection_figures(server)
-        yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", hub.waiter_count())
+        yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", server.waiters.count())
 
 
 def _connection_figures(server: HubServer) -> Iterator[Metric]:

@@ -296,7 +296,8 @@ class OperatorSession:
         if isinstance(request, ops.TaskGet):
             return hub.find_task(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.TaskWait):
-            waiter = hub.wait_until_finished(request.task_id)
+            waiters = self.server.waiters
+            waiter = waiters.wait_until_finished(request.task_id)
             try:
                 task = await asyncio.wait_for(asyncio.shield(waiter), request.timeout_s)
             except TimeoutError:
@@ -304,7 +305,7 @@ class OperatorSession:
                     "timeout", "the task did not finish in time", request.task_id
                 ) from None
             finally:  # timed out, or cancelled because its connection went
-                hub.forget_waiter(request.task_id, waiter)
+                waiters.forget(request.task_id, waiter)
             return task.model_dump(mode="json")
         if isinstance(request, ops.TaskRoute):
             return hub.route_preview(request.task)
