@@ -24,6 +24,7 @@ from agentcom.hub.history import MINUTE_MS, QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH, TERMINAL, EventSink, TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
+from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Outbound, TargetType, TaskStatus
@@ -34,7 +35,6 @@ from agentcom.protocol.outbound import (
     StateReportAck,
     StatusChanged,
     TaskAck,
-    TaskAssign,
     TaskCancelled,
     TaskContinue,
     TaskReassign,
@@ -123,6 +123,10 @@ class Hub:
         self.task_observer: EventSink | None = None
         self.messaging = Messaging(self.presence, store, clock, settings, self._push)
         self._attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
+        self.scheduler = Scheduler(
+            self.queue, self.presence, self.router, clock, settings,
+            self._push, self._wake_at, self._attempt_errors,
+        )  # fmt: skip
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails(
@@ -150,6 +154,10 @@ class Hub:
 
     def _push(self, agent_id: str, frame: Outbound) -> None:
         self._outbox.pushes.append((agent_id, frame))
+
+    def _wake_at(self, at_ms: int) -> None:
+        wake = self._outbox.wake_at_ms
+        self._outbox.wake_at_ms = at_ms if wake is None else min(wake, at_ms)
 
     def _publish(self, topic: str, event: dict[str, Any]) -> None:
         self._outbox.events.append((topic, event))
@@ -294,7 +302,7 @@ class Hub:
         self._broadcast(agent.agent_id, AgentJoined(agent=agent.info()))
         self._agent_event("agent_connected", agent)
         self.messaging.deliver_inbox(agent.agent_id)
-        self.schedule()
+        self.scheduler.schedule()
         return agent
 
     def disconnect(self, agent_id: str) -> None:
@@ -416,8 +424,8 @@ class Hub:
             endpoint.approved,
         )  # fmt: skip
         self._endpoint_event("endpoint_approved", endpoint)
-        if endpoint.viable and self.queue.release_held(None):
-            self.schedule()
+        if endpoint.viable:
+            self.scheduler.release_all_holds()
         return self.endpoint_view(endpoint)
 
     def remove_endpoint(self, endpoint_id: str) -> dict[str, Any]:
@@ -470,8 +478,8 @@ class Hub:
         elif _checked_view(endpoint) != before:  # models, loaded ones or the error
             self._endpoint_event("endpoint_updated", endpoint)
         # Viable again (healthy, or a model appeared on a healthy endpoint): release waiters.
-        if endpoint.viable and not was_viable and self.queue.release_held(None):
-            self.schedule()
+        if endpoint.viable and not was_viable:
+            self.scheduler.release_all_holds()
 
     # --- task frames from agents ----------------------------------------------------
 
@@ -568,7 +576,7 @@ class Hub:
         if agent_id is not None:
             self._release(agent_id)
         else:
-            self.schedule()
+            self.scheduler.schedule()
         return outcome
 
     def task_rejected(self, agent_id: str, frame: frames.TaskRejected) -> TaskAck:
@@ -577,7 +585,7 @@ class Hub:
         generation = task.generation
         self.queue.requeue(task, f"rejected by {agent_id}: {frame.reason or 'no reason'}")
         self._release(agent_id, schedule=False)
-        self._schedule_excluding(agent_id)
+        self.scheduler.schedule_excluding(agent_id)
         return TaskAck(task_id=task.task_id, status="requeued", generation=generation)
 
     def task_recovering(self, agent_id: str, task_id: str) -> TaskContinue | TaskReassign:
@@ -643,7 +651,7 @@ class Hub:
         agent.held_since = None
         self.presence.refresh(agent)
         if schedule:
-            self.schedule()
+            self.scheduler.schedule()
 
     # --- operator actions -----------------------------------------------------------
 
@@ -654,7 +662,7 @@ class Hub:
             resolved = [self._prerequisite_id(task_id) for task_id in submission.depends_on]
             submission = submission.model_copy(update={"depends_on": resolved})
         task = self.queue.submit(submission)
-        self.schedule()
+        self.scheduler.schedule()
         return task
 
     def _prerequisite_id(self, task_id: str) -> str:
@@ -851,11 +859,11 @@ class Hub:
         holder = task.assigned_to
         self.queue.requeue(task, f"requeued by an operator from {holder}")
         if holder is None:
-            self.schedule()
+            self.scheduler.schedule()
             return task
         self._push(holder, TaskCancelled(task_id=task_id))
         self._release(holder, schedule=False)
-        self._schedule_excluding(holder)
+        self.scheduler.schedule_excluding(holder)
         return task
 
     def set_draining(self, agent_id: str, draining: bool) -> dict[str, Any]:
@@ -869,7 +877,7 @@ class Hub:
             self.presence.refresh(agent)
             self._agent_event("agent_drain", agent)
             if not draining:
-                self.schedule()
+                self.scheduler.schedule()
         return self.agent_view(agent)
 
     def retry_many(self, task_ids: list[str]) -> dict[str, Any]:
@@ -909,7 +917,7 @@ class Hub:
                 "invalid_state", f"task is {task.status.value}, not dead_letter", task_id
             )
         self.queue.retry_dead_letter(task)
-        self.schedule()
+        self.scheduler.schedule()
         return task
 
     def list_tasks(self, task_filter: TaskFilter) -> TaskPage:
@@ -976,89 +984,6 @@ class Hub:
             },
         }
 
-    # --- scheduling -----------------------------------------------------------------
-
-    def schedule(self) -> int:
-        """Give queued tasks to idle agents; returns how many were assigned."""
-        assigned = 0
-        if not self.queue.queued_count():
-            return 0
-        for agent in self.presence.idle_agents():
-            while (task := self.queue.next_for(agent.capabilities)) is not None:
-                if self._assign(task, agent):
-                    assigned += 1
-                    break
-            if not self.queue.queued_count():
-                break
-        return assigned
-
-    def _schedule_excluding(self, agent_id: str) -> None:
-        """Schedule while keeping one agent (which just declined work) out of it."""
-        agent = self.presence.agents.get(agent_id)
-        if agent is None or not agent.connected:
-            self.schedule()
-            return
-        agent.connected = False
-        self.presence.refresh(agent)
-        try:
-            self.schedule()
-        finally:
-            agent.connected = True
-            self.presence.refresh(agent)
-
-    def _assign(self, task: Task, agent: AgentRecord) -> bool:
-        """Route and assign; False when the task must wait for a target (it is held)."""
-        allow_fallback = (
-            task.task_id in self.queue.may_fall_back or self.settings.fallback_wait_s == 0
-        )
-        try:
-            complexity, decision, choice = self.router.decide(task, agent, allow_fallback)
-        except NoViableTarget as no_target:
-            until = self.clock.now_ms() + int(self.settings.fallback_wait_s * 1000)
-            reason = (
-                f"{no_target.reason}: waiting for a {no_target.tier.value} target, "
-                "then falling back"
-            )
-            self.queue.hold(task, until, reason)
-            wake = self._outbox.wake_at_ms
-            self._outbox.wake_at_ms = until if wake is None else min(wake, until)
-            return False
-        if choice is not None and task.repo:
-            choice.endpoint.recent_repos.append(task.repo)
-        self._attempt_errors.pop(task.task_id, None)
-        self.queue.assign(task, agent.agent_id, complexity, decision)
-        agent.current_task = task.task_id
-        agent.task_accepted = False
-        self.presence.refresh(agent)
-        self._push(agent.agent_id, self.assignment_frame(task))
-        return True
-
-    def release_due_holds(self) -> None:
-        """Tasks whose wait for a target ran out go back to the queue, free to fall back."""
-        if self.queue.release_held(self.clock.now_ms()):
-            self.schedule()
-
-    @staticmethod
-    def assignment_frame(task: Task) -> TaskAssign:
-        """The ``task_assign`` push for a task's current assignment."""
-        return TaskAssign(
-            task_id=task.task_id,
-            description=task.description,
-            metadata=task.metadata,
-            generation=task.generation,
-            assigned_at=task.assigned_at or task.updated_at,
-            repo=task.repo,
-            branch=task.branch,
-            file_hints=task.file_hints,
-            success_criteria=task.success_criteria,
-            verification_steps=task.verification_steps,
-            complexity=task.complexity,
-            routing_decision=task.routing_decision,
-            skip_verification=task.skip_verification,
-            verification_timeout_ms=task.verification_timeout_ms,
-            max_verification_retries=0,
-        )
-
     # --- periodic sweep -------------------------------------------------------------
 
     def sweep(self) -> list[str]:
@@ -1091,5 +1016,5 @@ class Hub:
             for agent in self.presence.connected()
             if now - agent.last_seen >= idle_ms
         ]
-        self.schedule()
+        self.scheduler.schedule()
         return silent

@@ -396,7 +396,7 @@ class HubServer:
         task.add_done_callback(self._background.discard)
 
     async def _release_holds(self) -> None:
-        self.hub.release_due_holds()
+        self.hub.scheduler.release_due_holds()
         deadline = self.hub.queue.next_hold_deadline()
         await self.settle()
         if deadline is not None:
@@ -446,7 +446,7 @@ class HubServer:
 
     async def _resume_after_store_recovery(self) -> None:
         """Offer queued work again: tasks whose assignment was refused are queued."""
-        self.hub.schedule()
+        self.hub.scheduler.schedule()
         await self.settle()
 
     async def sweep(self) -> None:
