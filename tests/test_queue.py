@@ -564,7 +564,7 @@ def test_agent_identifying_while_holding_a_task_is_not_offered_new_work(domain: 
 
     # then it is busy with its task, not idle
     assert assignments(domain.take_outbox()) == []
-    snapshot = next(a for a in domain.agents_snapshot() if a["agent_id"] == "flappy")
+    snapshot = next(a for a in domain.views.agents_snapshot() if a["agent_id"] == "flappy")
     assert snapshot["state"] == "assigned"
     assert snapshot["current_task"] == held.task_id
 

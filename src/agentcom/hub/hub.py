@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agentcom import __version__
 from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agentic import record_termination, record_tool_call
-from agentcom.hub.agents import AgentRecord, AgentState, Presence
+from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
 from agentcom.hub.history import MINUTE_MS, QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH, TERMINAL, EventSink, TaskQueue
-from agentcom.hub.routing import NoViableTarget, Router
+from agentcom.hub.routing import Router
 from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.tails import ExecutionTails
+from agentcom.hub.views import HubViews
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Outbound, TargetType, TaskStatus
 from agentcom.protocol.outbound import (
@@ -41,34 +41,19 @@ from agentcom.protocol.outbound import (
 )
 from agentcom.protocol.task import (
     ExecutionMetadata,
-    ReclaimReason,
-    ResultSummary,
     Task,
-    TaskHold,
     TaskSubmission,
-    listed_task,
 )
-from agentcom.store.base import ChangeKey, Store, TaskFilter, TaskPage
+from agentcom.store.base import ChangeKey, Store
 
-__all__ = ["DEPENDANTS_SHOWN", "TASK_ID_PREFIX_MIN", "THROUGHPUT_WINDOW_S", "Hub", "Outbox"]
-
-#: Most dependants a task lists when read (``dependants_total`` counts them all).
-DEPENDANTS_SHOWN = 100
+__all__ = ["TASK_ID_PREFIX_MIN", "Hub", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
 _EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
 TASK_ID_PREFIX_MIN = 6  # the shortest abbreviation of a task id that is looked up
 _CANDIDATES_SHOWN = 10
-THROUGHPUT_WINDOW_S = 3600  # stats count the tasks finished in the last hour
 SEEN_EVENT_INTERVAL_MS = 10_000
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def _host_key(host: str) -> str:
-    """One name per host for matching endpoints to agents: loopback names are one host."""
-    host = host.lower()
-    return "loopback" if host in _LOOPBACK_NAMES else host
 
 
 def _checked_view(endpoint: Endpoint) -> tuple[Any, ...]:
@@ -110,7 +95,6 @@ class Hub:
         self.endpoints = EndpointRegistry(
             settings.endpoint_unhealthy_after, settings.agent_endpoint_hosts
         )
-        self.router = Router(self.endpoints, self._resources_of, settings.claude_model)
         self.queue = TaskQueue(
             store,
             clock,
@@ -123,10 +107,6 @@ class Hub:
         self.task_observer: EventSink | None = None
         self.messaging = Messaging(self.presence, store, clock, settings, self._push)
         self._attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
-        self.scheduler = Scheduler(
-            self.queue, self.presence, self.router, clock, settings,
-            self._push, self._wake_at, self._attempt_errors,
-        )  # fmt: skip
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails(
@@ -138,8 +118,12 @@ class Hub:
             max_task_bytes=settings.execution_tail_bytes,
         )
         self.queue_history = QueueHistory()
-        # Latest resource report per host (see _host_key), for endpoints no agent reported.
-        self._host_resources: dict[str, dict[str, Any]] = {}
+        self.views = HubViews(self)
+        self.router = Router(self.endpoints, self.views.resources_of, settings.claude_model)
+        self.scheduler = Scheduler(
+            self.queue, self.presence, self.router, clock, settings,
+            self._push, self._wake_at, self._attempt_errors,
+        )  # fmt: skip
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -196,7 +180,7 @@ class Hub:
                 "event": name,
                 "agent_id": agent.agent_id,
                 "timestamp": self.clock.now_ms(),
-                "agent": self.agent_view(agent),
+                "agent": self.views.agent_view(agent),
             },
         )
 
@@ -360,7 +344,7 @@ class Hub:
         self._push(agent_id, RestartSidecar(reason=reason))
         logger.info("agent %s asked to restart: %s", agent_id, reason)
         self._agent_event("agent_restart_requested", agent)
-        return self.agent_view(agent)
+        return self.views.agent_view(agent)
 
     def set_status(self, agent_id: str, status: str) -> None:
         """The agent's free-text status."""
@@ -375,7 +359,7 @@ class Hub:
         agent.resources = frame.model_dump(exclude={"type"})
         agent.resources["received_at"] = self.clock.now_ms()
         if agent.host is not None:
-            self._host_resources[_host_key(agent.host)] = agent.resources
+            self.views.note_host_resources(agent.host, agent.resources)
         self._agent_event("agent_resources", agent)
 
     def report_ollama(self, agent_id: str, url: str, remote_host: str | None = None) -> None:
@@ -393,14 +377,6 @@ class Hub:
         if changed or endpoint.healthy is None:
             self._outbox.check_endpoints.append(endpoint.endpoint_id)
 
-    def _resources_of(self, endpoint: Endpoint) -> dict[str, Any] | None:
-        """The latest load report for an endpoint's host: from the agent that reported the
-        endpoint, else from any agent that connected from the endpoint's host."""
-        agent = self.presence.get(endpoint.agent_id) if endpoint.agent_id else None
-        if agent is not None and agent.resources:
-            return agent.resources
-        return self._host_resources.get(_host_key(endpoint.host))
-
     # --- endpoints ------------------------------------------------------------------
 
     def add_endpoint(self, url: str, name: str | None) -> dict[str, Any]:
@@ -413,7 +389,7 @@ class Hub:
             self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "operator", None)
             self._outbox.check_endpoints.append(endpoint.endpoint_id)
             self._endpoint_event("endpoint_added", endpoint)
-        return self.endpoint_view(endpoint)
+        return self.views.endpoint_view(endpoint)
 
     def approve_endpoint(self, reference: str) -> dict[str, Any]:
         """An admin lets an agent's endpoint (by id or URL) serve every agent; tasks held
@@ -426,25 +402,14 @@ class Hub:
         self._endpoint_event("endpoint_approved", endpoint)
         if endpoint.viable:
             self.scheduler.release_all_holds()
-        return self.endpoint_view(endpoint)
+        return self.views.endpoint_view(endpoint)
 
     def remove_endpoint(self, endpoint_id: str) -> dict[str, Any]:
         """Forget an endpoint."""
         endpoint = self.endpoints.remove(endpoint_id)
         self.store.stage_endpoint_removal(endpoint_id)
         self._endpoint_event("endpoint_removed", endpoint)
-        return self.endpoint_view(endpoint)
-
-    def endpoint_view(self, endpoint: Endpoint) -> dict[str, Any]:
-        """An endpoint as operators see it: the registry's view and the load of its host
-        (the latest resource report routing uses, or None)."""
-        view = endpoint.snapshot()
-        view["load"] = self._resources_of(endpoint)
-        return view
-
-    def endpoints_snapshot(self) -> list[dict[str, Any]]:
-        """Every known endpoint, as :meth:`endpoint_view` shows it."""
-        return [self.endpoint_view(endpoint) for endpoint in self.endpoints.endpoints.values()]
+        return self.views.endpoint_view(endpoint)
 
     def _endpoint_event(self, name: str, endpoint: Endpoint) -> None:
         self._publish(
@@ -454,7 +419,7 @@ class Hub:
                 "event": name,
                 "endpoint_id": endpoint.endpoint_id,
                 "timestamp": self.clock.now_ms(),
-                "endpoint": self.endpoint_view(endpoint),
+                "endpoint": self.views.endpoint_view(endpoint),
             },
         )
 
@@ -703,127 +668,11 @@ class Hub:
             )
         return matches[0]
 
-    def find_task(self, task_id: str) -> Task:
-        """A task in any state; raises ``not_found``. A queued task says why it waits, a
-        task held for its agent says so (``held_for``), and every task lists the tasks
-        that depend on it (``dependants``)."""
-        task = self.described(self._task(task_id))
-        dependants, total = self.store.load_dependants(task_id, DEPENDANTS_SHOWN)
-        if not total:
-            return task
-        return task.model_copy(update={"dependants": dependants, "dependants_total": total})
-
-    def _task(self, task_id: str) -> Task:
-        """A task in any state, as the hub holds it; raises ``not_found``."""
-        task = self.queue.get(task_id) or self.store.get_task(task_id)
-        if task is None:
-            raise HubError("not_found", f"no task {task_id}", task_id)
-        return task
-
-    def described(self, task: Task) -> Task:
-        """``task``, or a copy that says what the hub does with it at this moment: why a
-        queued task waits, for whom and until when an assigned one is held. Neither is
-        part of the stored task."""
-        waiting_for = self.queue.dependencies.waiting_for(task.task_id)
-        if waiting_for:
-            pending = [prerequisite for prerequisite in task.depends_on
-                       if prerequisite in waiting_for]  # fmt: skip
-            reason = (
-                f"waiting for {len(pending)} of {len(task.depends_on)} prerequisites: "
-                f"{', '.join(pending)}"
-            )
-            return task.model_copy(update={"waiting_reason": reason, "waiting_for": pending})
-        if task.status is TaskStatus.queued and task.task_id not in self.queue.held:
-            return task.model_copy(update={"waiting_reason": self._why_waiting(task)})
-        holder = self.presence.get(task.assigned_to) if task.assigned_to is not None else None
-        if holder is not None and holder.current_task == task.task_id:
-            hold = self.held_task(holder)
-            if hold is not None:
-                return task.model_copy(update={"held_for": hold})
-        return task
-
-    def _why_waiting(self, task: Task) -> str:
-        connected = self.presence.connected()
-        if not connected:
-            return "no agent is connected"
-        needed = frozenset(task.needed_capabilities)
-        capable = [agent for agent in connected if needed <= agent.capabilities]
-        if not capable:
-            return f"no connected agent has the capabilities {', '.join(sorted(needed))}"
-        reason = f"all {len(capable)} capable agents are busy"
-        holding = [agent.agent_id for agent in capable if agent.held_since is not None]
-        if holding:
-            verb = "holds" if len(holding) == 1 else "hold"
-            reason += (
-                f"; {', '.join(holding)} {verb} a task kept across a reconnect until it"
-                " reports on it or the task is reclaimed (see agentcom agents)"
-            )
-        return reason
-
-    def held_task(self, agent: AgentRecord) -> TaskHold | None:
-        """The hold on ``agent``'s task, if the hub keeps it for the agent without news."""
-        if agent.held_since is None or agent.current_task is None:
-            return None
-        task = self.queue.get(agent.current_task)
-        if task is None:
-            return None
-        reclaim_at, reason = self._reclaim_deadline(task, agent)
-        return TaskHold(
-            task_id=task.task_id,
-            agent_id=agent.agent_id,
-            since=agent.held_since,
-            agent_connected=agent.connected,
-            reclaim_at=reclaim_at,
-            reclaim_reason=reason,
-        )
-
-    def _reclaim_deadline(self, task: Task, agent: AgentRecord) -> tuple[int, ReclaimReason]:
-        """When, and by which timeout, :meth:`sweep` takes ``task`` back from ``agent``
-        (the rules of :meth:`TaskQueue.overdue` and of the disconnect grace)."""
-        settings = self.settings
-        deadline: tuple[int, ReclaimReason]
-        if task.status is TaskStatus.assigned and task.assigned_at is not None:
-            accept_ms = int(settings.accept_timeout_s * 1000)
-            deadline = (task.assigned_at + accept_ms, "acceptance_timeout")
-        else:
-            progressed_at = task.last_progress_at or task.updated_at
-            deadline = (progressed_at + int(settings.reclaim_after_s * 1000), "no_progress")
-        if not agent.connected and agent.disconnected_at is not None:
-            grace_ms = int(settings.disconnect_grace_s * 1000)
-            deadline = min(deadline, (agent.disconnected_at + grace_ms, "disconnect_grace"))
-        return deadline
-
-    def route_preview(self, submission: TaskSubmission) -> dict[str, Any]:
-        """The decision the hub would make for this task now, without queueing it."""
-        now = self.clock.now_ms()
-        task = Task(task_id="preview", status=TaskStatus.queued, priority=submission.priority,
-                    created_at=now, updated_at=now,
-                    **submission.model_dump(exclude={"priority", "max_retries"}))  # fmt: skip
-        try:
-            complexity, decision, _ = self.router.decide(task, None, allow_fallback=False)
-            waits = None
-        except NoViableTarget as no_target:
-            complexity, decision, _ = self.router.decide(task, None, allow_fallback=True)
-            waits = (
-                None
-                if self.settings.fallback_wait_s == 0
-                else (
-                    f"{no_target.reason}: would wait {self.settings.fallback_wait_s:g} s for a "
-                    f"{no_target.tier.value} target, then fall back"
-                )
-            )
-        return {
-            "complexity": complexity.model_dump(mode="json"),
-            "routing_decision": decision.model_dump(mode="json"),
-            "viable_endpoints": len(self.endpoints.viable()),
-            "would_wait": waits,
-        }
-
     def cancel(self, task_id: str) -> Task:
         """Cancel an unfinished task; its agent is freed."""
         task = self.queue.get(task_id)
         if task is None:
-            self._task(task_id)
+            self.views.task(task_id)
             raise HubError("invalid_state", "task is already finished", task_id)
         holder = task.assigned_to if task.status in ACTIVE else None
         self.queue.cancel(task)
@@ -854,7 +703,7 @@ class Hub:
         """
         task = self.queue.get(task_id)
         if task is None or task.status not in ACTIVE:
-            status = (task or self.find_task(task_id)).status.value
+            status = (task or self.views.find_task(task_id)).status.value
             raise HubError("invalid_state", f"task is {status}, not assigned or working", task_id)
         holder = task.assigned_to
         self.queue.requeue(task, f"requeued by an operator from {holder}")
@@ -878,7 +727,7 @@ class Hub:
             self._agent_event("agent_drain", agent)
             if not draining:
                 self.scheduler.schedule()
-        return self.agent_view(agent)
+        return self.views.agent_view(agent)
 
     def retry_many(self, task_ids: list[str]) -> dict[str, Any]:
         """:meth:`retry` each task, prerequisites before their dependants among them, so a
@@ -887,7 +736,7 @@ class Hub:
         unresolved: list[str] = []  # refused, and reported, by for_each_task
         for task_id in task_ids:
             try:
-                task = self._task(self.resolve_task_id(task_id))
+                task = self.views.task(self.resolve_task_id(task_id))
             except HubError:
                 unresolved.append(task_id)
                 continue
@@ -911,7 +760,7 @@ class Hub:
 
     def retry(self, task_id: str) -> Task:
         """Move a dead-letter task back to the queue."""
-        task = self._task(task_id)
+        task = self.views.task(task_id)
         if task.status is not TaskStatus.dead_letter:
             raise HubError(
                 "invalid_state", f"task is {task.status.value}, not dead_letter", task_id
@@ -920,69 +769,10 @@ class Hub:
         self.scheduler.schedule()
         return task
 
-    def list_tasks(self, task_filter: TaskFilter) -> TaskPage:
-        """A page of tasks by filter, from the store (the caller commits first); the
-        limit is cut to ``list_limit_max``."""
-        if task_filter.limit > self.settings.list_limit_max:
-            task_filter = replace(task_filter, limit=self.settings.list_limit_max)
-        return self.store.list_task_page(task_filter)
-
-    def agents_snapshot(self) -> list[dict[str, Any]]:
-        """Every known agent with its state."""
-        return [self.agent_view(agent) for agent in self.presence.agents.values()]
-
-    def agent_view(self, agent: AgentRecord) -> dict[str, Any]:
-        """One agent as dashboards and operators see it, with its task's hold."""
-        return agent.snapshot(self.held_task(agent))
-
-    async def stats(self) -> dict[str, Any]:
-        """Queue counts and execution totals (the caller commits first). The store's part
-        is read off the event loop: it counts every task ever run."""
-        stored = await self.store.read_task_stats(self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000)
-        stats = dict(stored)  # the read may be shared with other callers: add to a copy
-        stats["queue_depth"] = self.queue.queued_count()
-        stats["agents_connected"] = len(self.presence.connected())
-        stats["progress_dropped"] = self.progress_dropped
-        stats["throughput"] = {**stats.pop("finished"), "window_s": THROUGHPUT_WINDOW_S}
-        by_state = dict.fromkeys((state.value for state in AgentState), 0)
-        for agent in self.presence.agents.values():
-            by_state[agent.state.value] += 1
-        stats["agents_by_state"] = by_state
-        return stats
-
-    async def snapshot(self, recent: int = 50) -> dict[str, Any]:
-        """What a dashboard starts from (the caller commits first)."""
-        stats = await self.stats()
-        return {
-            "timestamp": self.clock.now_ms(),
-            "version": __version__,
-            "started_at": self.started_at,
-            "agents": self.agents_snapshot(),
-            "endpoints": self.endpoints_snapshot(),
-            "queue": {
-                "depth": stats["queue_depth"],
-                "by_status": stats["by_status"],
-                "queued_by_priority": stats["queued_by_priority"],
-            },
-            "recent_tasks": self.store.list_task_page(TaskFilter(limit=recent)).tasks,
-            "costs": {
-                "totals": stats["totals"],
-                "by_model": stats["by_model"],
-                "by_agent": stats["by_agent"],
-            },
-            # Held tasks may be older than every recent one; their progress lives in memory.
-            "active_tasks": [
-                listed_task(self.described(task), ResultSummary.of(task.result))
-                for task in self.queue.tasks.values()
-                if task.status in ACTIVE
-            ],
-            "execution_tails": self.execution_tails.snapshot(),
-            "queue_history": self.queue_history.snapshot(self.clock.now_ms()),
-            "timeouts": {
-                "accept_timeout_ms": int(self.settings.accept_timeout_s * 1000),
-                "reclaim_after_ms": int(self.settings.reclaim_after_s * 1000),
-            },
-        }
+    def find_task(self, task_id: str) -> Task:
+        """A task in any state, described as :meth:`HubViews.find_task` does; raises
+        ``not_found``."""
+        return self.views.find_task(task_id)
 
     # --- periodic sweep -------------------------------------------------------------
 

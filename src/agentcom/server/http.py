@@ -185,13 +185,13 @@ class HttpRoutes:
                 return _json(400, {"error": "bad_request", "message": str(exc)})
             if path == "/api/tasks/dead-letter":
                 task_filter = replace(task_filter, status=TaskStatus.dead_letter.value)
-            page = hub.list_tasks(task_filter)
+            page = hub.views.list_tasks(task_filter)
             response = _json(200, page.tasks)
             if page.next_cursor is not None:
                 response.headers["X-Next-Cursor"] = page.next_cursor
             return response
         if path == "/api/tasks/stats":
-            return _json(200, await hub.stats())
+            return _json(200, await hub.views.stats())
         if path.startswith("/api/tasks/"):
             try:  # an abbreviated id is resolved, as on /ws/operator
                 task = hub.find_task(hub.resolve_task_id(path.removeprefix("/api/tasks/")))
@@ -201,9 +201,9 @@ class HttpRoutes:
                 return _json(404, {"error": "not_found"})
             return _json(200, task.model_dump(mode="json"))
         if path == "/api/agents":
-            return _json(200, hub.agents_snapshot())
+            return _json(200, hub.views.agents_snapshot())
         if path == "/api/endpoints":
-            return _json(200, hub.endpoints_snapshot())
+            return _json(200, hub.views.endpoints_snapshot())
         if path == "/api/schemas":
             return _json(200, all_schemas())
         return _json(404, {"error": "not_found"})

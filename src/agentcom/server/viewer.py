@@ -88,7 +88,7 @@ class DashboardSession:
         token_key = server.revocations.track(frame.token, self.connection)
         try:
             await server.store.commit()
-            snapshot = ops.Snapshot(**await server.hub.snapshot())
+            snapshot = ops.Snapshot(**await server.hub.views.snapshot())
             server.send_reply(self.connection, snapshot, f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
             try:
@@ -308,17 +308,17 @@ class OperatorSession:
                 waiters.forget(request.task_id, waiter)
             return task.model_dump(mode="json")
         if isinstance(request, ops.TaskRoute):
-            return hub.route_preview(request.task)
+            return hub.views.route_preview(request.task)
         if isinstance(request, ops.TaskList):
             await self.server.store.commit()
-            return hub.list_tasks(_task_filter(request, hub.clock.now_ms()))
+            return hub.views.list_tasks(_task_filter(request, hub.clock.now_ms()))
         if isinstance(request, ops.AgentsList):
-            return hub.agents_snapshot()
+            return hub.views.agents_snapshot()
         if isinstance(request, ops.Stats):
             await self.server.store.commit()
-            return await hub.stats()
+            return await hub.views.stats()
         if isinstance(request, ops.EndpointsList):
-            return hub.endpoints_snapshot()
+            return hub.views.endpoints_snapshot()
         if isinstance(request, ops.ChannelsList):
             return hub.messaging.list_channels().channels
         raise HubError("unsupported", f"unsupported request {request.type}")

@@ -1,0 +1,270 @@
+"""Read models: what operators, dashboards and the HTTP routes see of the hub's state.
+
+Tasks as described at this moment (why one waits, for whom one is held), agents and
+endpoints with their loads, the route a task would take, the statistics and the
+snapshot a dashboard starts from. Nothing here changes the domain's state, except the
+latest load report per host, which only these views and routing read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from agentcom import __version__
+from agentcom.errors import HubError
+from agentcom.hub.agents import AgentRecord, AgentState
+from agentcom.hub.endpoints import Endpoint
+from agentcom.hub.queue import ACTIVE
+from agentcom.hub.routing import NoViableTarget
+from agentcom.protocol.common import TaskStatus
+from agentcom.protocol.task import (
+    ReclaimReason,
+    ResultSummary,
+    Task,
+    TaskHold,
+    TaskSubmission,
+    listed_task,
+)
+from agentcom.store.base import TaskFilter, TaskPage
+
+if TYPE_CHECKING:
+    from agentcom.hub.hub import Hub
+
+__all__ = ["DEPENDANTS_SHOWN", "THROUGHPUT_WINDOW_S", "HubViews"]
+
+#: Most dependants a task lists when read (``dependants_total`` counts them all).
+DEPENDANTS_SHOWN = 100
+THROUGHPUT_WINDOW_S = 3600  # stats count the tasks finished in the last hour
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_key(host: str) -> str:
+    """One name per host for matching endpoints to agents: loopback names are one host."""
+    host = host.lower()
+    return "loopback" if host in _LOOPBACK_NAMES else host
+
+
+class HubViews:
+    """The hub's state as it is read: built on demand, never stored.
+
+    Args:
+        hub: the domain whose state is shown.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.queue = hub.queue
+        self.presence = hub.presence
+        self.endpoints = hub.endpoints
+        self.store = hub.store
+        self.clock = hub.clock
+        self.settings = hub.settings
+        self.execution_tails = hub.execution_tails
+        self.queue_history = hub.queue_history
+        # Latest resource report per host (see _host_key), for endpoints no agent reported.
+        self._host_resources: dict[str, dict[str, Any]] = {}
+
+    def note_host_resources(self, host: str, resources: dict[str, Any]) -> None:
+        """An agent connected from ``host`` reported its load: endpoints on that host
+        that no agent reported use it."""
+        self._host_resources[_host_key(host)] = resources
+
+    def find_task(self, task_id: str) -> Task:
+        """A task in any state; raises ``not_found``. A queued task says why it waits, a
+        task held for its agent says so (``held_for``), and every task lists the tasks
+        that depend on it (``dependants``)."""
+        task = self.described(self.task(task_id))
+        dependants, total = self.store.load_dependants(task_id, DEPENDANTS_SHOWN)
+        if not total:
+            return task
+        return task.model_copy(update={"dependants": dependants, "dependants_total": total})
+
+    def task(self, task_id: str) -> Task:
+        """A task in any state, as the hub holds it; raises ``not_found``."""
+        task = self.queue.get(task_id) or self.store.get_task(task_id)
+        if task is None:
+            raise HubError("not_found", f"no task {task_id}", task_id)
+        return task
+
+    def described(self, task: Task) -> Task:
+        """``task``, or a copy that says what the hub does with it at this moment: why a
+        queued task waits, for whom and until when an assigned one is held. Neither is
+        part of the stored task."""
+        waiting_for = self.queue.dependencies.waiting_for(task.task_id)
+        if waiting_for:
+            pending = [prerequisite for prerequisite in task.depends_on
+                       if prerequisite in waiting_for]  # fmt: skip
+            reason = (
+                f"waiting for {len(pending)} of {len(task.depends_on)} prerequisites: "
+                f"{', '.join(pending)}"
+            )
+            return task.model_copy(update={"waiting_reason": reason, "waiting_for": pending})
+        if task.status is TaskStatus.queued and task.task_id not in self.queue.held:
+            return task.model_copy(update={"waiting_reason": self._why_waiting(task)})
+        holder = self.presence.get(task.assigned_to) if task.assigned_to is not None else None
+        if holder is not None and holder.current_task == task.task_id:
+            hold = self.held_task(holder)
+            if hold is not None:
+                return task.model_copy(update={"held_for": hold})
+        return task
+
+    def _why_waiting(self, task: Task) -> str:
+        connected = self.presence.connected()
+        if not connected:
+            return "no agent is connected"
+        needed = frozenset(task.needed_capabilities)
+        capable = [agent for agent in connected if needed <= agent.capabilities]
+        if not capable:
+            return f"no connected agent has the capabilities {', '.join(sorted(needed))}"
+        reason = f"all {len(capable)} capable agents are busy"
+        holding = [agent.agent_id for agent in capable if agent.held_since is not None]
+        if holding:
+            verb = "holds" if len(holding) == 1 else "hold"
+            reason += (
+                f"; {', '.join(holding)} {verb} a task kept across a reconnect until it"
+                " reports on it or the task is reclaimed (see agentcom agents)"
+            )
+        return reason
+
+    def held_task(self, agent: AgentRecord) -> TaskHold | None:
+        """The hold on ``agent``'s task, if the hub keeps it for the agent without news."""
+        if agent.held_since is None or agent.current_task is None:
+            return None
+        task = self.queue.get(agent.current_task)
+        if task is None:
+            return None
+        reclaim_at, reason = self._reclaim_deadline(task, agent)
+        return TaskHold(
+            task_id=task.task_id,
+            agent_id=agent.agent_id,
+            since=agent.held_since,
+            agent_connected=agent.connected,
+            reclaim_at=reclaim_at,
+            reclaim_reason=reason,
+        )
+
+    def _reclaim_deadline(self, task: Task, agent: AgentRecord) -> tuple[int, ReclaimReason]:
+        """When, and by which timeout, :meth:`sweep` takes ``task`` back from ``agent``
+        (the rules of :meth:`TaskQueue.overdue` and of the disconnect grace)."""
+        settings = self.settings
+        deadline: tuple[int, ReclaimReason]
+        if task.status is TaskStatus.assigned and task.assigned_at is not None:
+            accept_ms = int(settings.accept_timeout_s * 1000)
+            deadline = (task.assigned_at + accept_ms, "acceptance_timeout")
+        else:
+            progressed_at = task.last_progress_at or task.updated_at
+            deadline = (progressed_at + int(settings.reclaim_after_s * 1000), "no_progress")
+        if not agent.connected and agent.disconnected_at is not None:
+            grace_ms = int(settings.disconnect_grace_s * 1000)
+            deadline = min(deadline, (agent.disconnected_at + grace_ms, "disconnect_grace"))
+        return deadline
+
+    def route_preview(self, submission: TaskSubmission) -> dict[str, Any]:
+        """The decision the hub would make for this task now, without queueing it."""
+        now = self.clock.now_ms()
+        task = Task(task_id="preview", status=TaskStatus.queued, priority=submission.priority,
+                    created_at=now, updated_at=now,
+                    **submission.model_dump(exclude={"priority", "max_retries"}))  # fmt: skip
+        try:
+            complexity, decision, _ = self.hub.router.decide(task, None, allow_fallback=False)
+            waits = None
+        except NoViableTarget as no_target:
+            complexity, decision, _ = self.hub.router.decide(task, None, allow_fallback=True)
+            waits = (
+                None
+                if self.settings.fallback_wait_s == 0
+                else (
+                    f"{no_target.reason}: would wait {self.settings.fallback_wait_s:g} s for a "
+                    f"{no_target.tier.value} target, then fall back"
+                )
+            )
+        return {
+            "complexity": complexity.model_dump(mode="json"),
+            "routing_decision": decision.model_dump(mode="json"),
+            "viable_endpoints": len(self.endpoints.viable()),
+            "would_wait": waits,
+        }
+
+    def list_tasks(self, task_filter: TaskFilter) -> TaskPage:
+        """A page of tasks by filter, from the store (the caller commits first); the
+        limit is cut to ``list_limit_max``."""
+        if task_filter.limit > self.settings.list_limit_max:
+            task_filter = replace(task_filter, limit=self.settings.list_limit_max)
+        return self.store.list_task_page(task_filter)
+
+    def agents_snapshot(self) -> list[dict[str, Any]]:
+        """Every known agent with its state."""
+        return [self.agent_view(agent) for agent in self.presence.agents.values()]
+
+    def agent_view(self, agent: AgentRecord) -> dict[str, Any]:
+        """One agent as dashboards and operators see it, with its task's hold."""
+        return agent.snapshot(self.held_task(agent))
+
+    async def stats(self) -> dict[str, Any]:
+        """Queue counts and execution totals (the caller commits first). The store's part
+        is read off the event loop: it counts every task ever run."""
+        stored = await self.store.read_task_stats(self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000)
+        stats = dict(stored)  # the read may be shared with other callers: add to a copy
+        stats["queue_depth"] = self.queue.queued_count()
+        stats["agents_connected"] = len(self.presence.connected())
+        stats["progress_dropped"] = self.hub.progress_dropped
+        stats["throughput"] = {**stats.pop("finished"), "window_s": THROUGHPUT_WINDOW_S}
+        by_state = dict.fromkeys((state.value for state in AgentState), 0)
+        for agent in self.presence.agents.values():
+            by_state[agent.state.value] += 1
+        stats["agents_by_state"] = by_state
+        return stats
+
+    async def snapshot(self, recent: int = 50) -> dict[str, Any]:
+        """What a dashboard starts from (the caller commits first)."""
+        stats = await self.stats()
+        return {
+            "timestamp": self.clock.now_ms(),
+            "version": __version__,
+            "started_at": self.hub.started_at,
+            "agents": self.agents_snapshot(),
+            "endpoints": self.endpoints_snapshot(),
+            "queue": {
+                "depth": stats["queue_depth"],
+                "by_status": stats["by_status"],
+                "queued_by_priority": stats["queued_by_priority"],
+            },
+            "recent_tasks": self.store.list_task_page(TaskFilter(limit=recent)).tasks,
+            "costs": {
+                "totals": stats["totals"],
+                "by_model": stats["by_model"],
+                "by_agent": stats["by_agent"],
+            },
+            # Held tasks may be older than every recent one; their progress lives in memory.
+            "active_tasks": [
+                listed_task(self.described(task), ResultSummary.of(task.result))
+                for task in self.queue.tasks.values()
+                if task.status in ACTIVE
+            ],
+            "execution_tails": self.execution_tails.snapshot(),
+            "queue_history": self.queue_history.snapshot(self.clock.now_ms()),
+            "timeouts": {
+                "accept_timeout_ms": int(self.settings.accept_timeout_s * 1000),
+                "reclaim_after_ms": int(self.settings.reclaim_after_s * 1000),
+            },
+        }
+
+    def endpoint_view(self, endpoint: Endpoint) -> dict[str, Any]:
+        """An endpoint as operators see it: the registry's view and the load of its host
+        (the latest resource report routing uses, or None)."""
+        view = endpoint.snapshot()
+        view["load"] = self.resources_of(endpoint)
+        return view
+
+    def endpoints_snapshot(self) -> list[dict[str, Any]]:
+        """Every known endpoint, as :meth:`endpoint_view` shows it."""
+        return [self.endpoint_view(endpoint) for endpoint in self.endpoints.endpoints.values()]
+
+    def resources_of(self, endpoint: Endpoint) -> dict[str, Any] | None:
+        """The latest load report for an endpoint's host: from the agent that reported the
+        endpoint, else from any agent that connected from the endpoint's host."""
+        agent = self.presence.get(endpoint.agent_id) if endpoint.agent_id else None
+        if agent is not None and agent.resources:
+            return agent.resources
+        return self._host_resources.get(_host_key(endpoint.host))
