@@ -19,9 +19,10 @@ from agentcom.hub.agentic import record_termination, record_tool_call
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
-from agentcom.hub.history import MINUTE_MS, QueueHistory
+from agentcom.hub.history import QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH, TERMINAL, EventSink, TaskQueue
+from agentcom.hub.recovery import Recovery
 from agentcom.hub.routing import Router
 from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.tails import ExecutionTails
@@ -44,7 +45,7 @@ from agentcom.protocol.task import (
     Task,
     TaskSubmission,
 )
-from agentcom.store.base import ChangeKey, Store
+from agentcom.store.base import Store
 
 __all__ = ["TASK_ID_PREFIX_MIN", "Hub", "Outbox"]
 
@@ -119,6 +120,7 @@ class Hub:
         )
         self.queue_history = QueueHistory()
         self.views = HubViews(self)
+        self.recovery = Recovery(self)
         self.router = Router(self.endpoints, self.views.resources_of, settings.claude_model)
         self.scheduler = Scheduler(
             self.queue, self.presence, self.router, clock, settings,
@@ -183,81 +185,6 @@ class Hub:
                 "agent": self.views.agent_view(agent),
             },
         )
-
-    # --- startup --------------------------------------------------------------------
-
-    def restore(self) -> int:
-        """Reload unfinished tasks; assigned ones wait for their agent's grace period.
-
-        The recent activity dashboards start from (execution tails, the queue's last hour)
-        is reloaded too, and the queue depth at restart recorded.
-        """
-        self.endpoints.restore(self.store.load_endpoints())
-        self.messaging.restore()
-        tasks = self.store.load_unfinished_tasks()
-        self.queue.restore(tasks)
-        now = self.clock.now_ms()
-        self.execution_tails.restore(self.store.load_execution_tails())
-        self.queue_history.restore(self.store.load_queue_history(), now)
-        self.queue_history.observe(now, self.queue.queued_count())
-        for task in tasks:
-            if task.status in ACTIVE and task.assigned_to is not None:
-                agent = self.presence.record(task.assigned_to)
-                agent.current_task = task.task_id
-                agent.task_accepted = task.status is TaskStatus.working
-                agent.disconnected_at = agent.held_since = now
-                # No agent could report progress while the hub was down: the no-progress
-                # clock starts again now, or a long task would be reclaimed at once.
-                task.last_progress_at = max(task.last_progress_at or 0, now)
-        return len(tasks)
-
-    def forget_refused(self, refused: list[ChangeKey]) -> None:
-        """Undo changes the store refused: reload what they touched as it is stored.
-
-        A refused task is back in its stored state (or gone, if it was never stored), and
-        agents are bound to the tasks the database says they hold; endpoints and channels
-        are reloaded when one of theirs was refused.
-        """
-        kinds = {kind for kind, _ in refused}
-        for task_id in dict.fromkeys(name for kind, name in refused if kind == "task"):
-            self._reload_task(task_id)
-        if "endpoint" in kinds:
-            self.endpoints.reload(self.store.load_endpoints())
-        # Recent activity is saved again at the next sweep.
-        self.execution_tails.mark_changed([name for kind, name in refused if kind == "tail"])
-        self.queue_history.mark_changed([int(name) for kind, name in refused if kind == "minute"])
-        if kinds & {"channel", "subscription", "message", "trim"}:
-            self.messaging.reload()
-
-    def stage_recent_activity(self) -> None:
-        """Stage what changed in the execution tails and the queue's last hour since the
-        last call, so a restarted hub shows dashboards the same picture.
-
-        Called at every sweep and when the hub stops, not per event: output streams at
-        hundreds of events a second and need not cost a write each.
-        """
-        for task_id, events in self.execution_tails.take_changes().items():
-            self.store.stage_execution_tail(task_id, events)
-        minutes = self.queue_history.take_changes()
-        if minutes:
-            oldest = self.clock.now_ms() // MINUTE_MS - self.queue_history.minutes + 1
-            self.store.stage_queue_minutes(minutes, oldest)
-
-    def _reload_task(self, task_id: str) -> None:
-        current = self.queue.get(task_id)
-        if current is not None and current.assigned_to is not None:
-            holder = self.presence.get(current.assigned_to)
-            if holder is not None and holder.current_task == task_id:
-                holder.current_task = None
-                holder.task_accepted = False
-                holder.held_since = None
-                self.presence.refresh(holder)
-        stored = self.queue.reload(task_id, self.store.get_task(task_id))
-        if stored is not None and stored.status in ACTIVE and stored.assigned_to is not None:
-            agent = self.presence.record(stored.assigned_to)
-            agent.current_task = task_id
-            agent.task_accepted = stored.status is TaskStatus.working
-            self.presence.refresh(agent)
 
     # --- agent presence -------------------------------------------------------------
 
@@ -781,7 +708,7 @@ class Hub:
         connections must be closed."""
         settings = self.settings
         now = self.clock.now_ms()
-        self.stage_recent_activity()
+        self.recovery.stage_recent_activity()
         self.queue.release_held(now)
         overdue = self.queue.overdue(
             int(settings.accept_timeout_s * 1000), int(settings.reclaim_after_s * 1000)

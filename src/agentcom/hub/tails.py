@@ -3,7 +3,7 @@ mid-run can show what a task printed before it arrived.
 
 Events are published as they come; the tails are kept in memory and saved with the rest of
 the hub's recent activity at every sweep and when the hub stops (see
-:meth:`agentcom.hub.hub.Hub.stage_recent_activity`), so a restarted hub still has them.
+:meth:`agentcom.hub.recovery.Recovery.stage_recent_activity`), so a restarted hub still has them.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ class HubServer:
         try:
             self._lock = DatabaseLock.acquire(self.settings.db, self.url("/ws"))
             self._open_database()
-            restored = self.hub.restore()
+            restored = self.hub.recovery.restore()
         except BaseException:
             await self._abandon_start()
             raise
@@ -303,7 +303,7 @@ class HubServer:
         self.accept_failures.uninstall()
         if not self._database_open:  # never started: nothing to flush
             return
-        self.hub.stage_recent_activity()
+        self.hub.recovery.stage_recent_activity()
         try:
             await self.store.commit()
         except StoreError:
@@ -440,7 +440,7 @@ class HubServer:
         """The store discarded changes it could not write: reload what they touched."""
         self.metrics.store_failures.inc()
         try:
-            self.hub.forget_refused(refused)
+            self.hub.recovery.forget_refused(refused)
         except Exception:  # the database cannot even be read: nothing better to do here
             logger.exception("could not reload %d refused changes", len(refused))
 

@@ -1,0 +1,103 @@
+"""Recovery: the domain's state rebuilt from the database, at start and after the
+store refused a write, and the recent activity saved so that a restart keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentcom.hub.history import MINUTE_MS
+from agentcom.hub.queue import ACTIVE
+from agentcom.protocol.common import TaskStatus
+from agentcom.store.base import ChangeKey
+
+if TYPE_CHECKING:
+    from agentcom.hub.hub import Hub
+
+__all__ = ["Recovery"]
+
+
+class Recovery:
+    """Brings memory back in line with the database.
+
+    Args:
+        hub: the domain whose state is restored.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def restore(self) -> int:
+        """Reload unfinished tasks; assigned ones wait for their agent's grace period.
+
+        The recent activity dashboards start from (execution tails, the queue's last hour)
+        is reloaded too, and the queue depth at restart recorded.
+        """
+        self.hub.endpoints.restore(self.hub.store.load_endpoints())
+        self.hub.messaging.restore()
+        tasks = self.hub.store.load_unfinished_tasks()
+        self.hub.queue.restore(tasks)
+        now = self.hub.clock.now_ms()
+        self.hub.execution_tails.restore(self.hub.store.load_execution_tails())
+        self.hub.queue_history.restore(self.hub.store.load_queue_history(), now)
+        self.hub.queue_history.observe(now, self.hub.queue.queued_count())
+        for task in tasks:
+            if task.status in ACTIVE and task.assigned_to is not None:
+                agent = self.hub.presence.record(task.assigned_to)
+                agent.current_task = task.task_id
+                agent.task_accepted = task.status is TaskStatus.working
+                agent.disconnected_at = agent.held_since = now
+                # No agent could report progress while the hub was down: the no-progress
+                # clock starts again now, or a long task would be reclaimed at once.
+                task.last_progress_at = max(task.last_progress_at or 0, now)
+        return len(tasks)
+
+    def forget_refused(self, refused: list[ChangeKey]) -> None:
+        """Undo changes the store refused: reload what they touched as it is stored.
+
+        A refused task is back in its stored state (or gone, if it was never stored), and
+        agents are bound to the tasks the database says they hold; endpoints and channels
+        are reloaded when one of theirs was refused.
+        """
+        kinds = {kind for kind, _ in refused}
+        for task_id in dict.fromkeys(name for kind, name in refused if kind == "task"):
+            self._reload_task(task_id)
+        if "endpoint" in kinds:
+            self.hub.endpoints.reload(self.hub.store.load_endpoints())
+        # Recent activity is saved again at the next sweep.
+        self.hub.execution_tails.mark_changed([name for kind, name in refused if kind == "tail"])
+        self.hub.queue_history.mark_changed(
+            [int(name) for kind, name in refused if kind == "minute"]
+        )
+        if kinds & {"channel", "subscription", "message", "trim"}:
+            self.hub.messaging.reload()
+
+    def stage_recent_activity(self) -> None:
+        """Stage what changed in the execution tails and the queue's last hour since the
+        last call, so a restarted hub shows dashboards the same picture.
+
+        Called at every sweep and when the hub stops, not per event: output streams at
+        hundreds of events a second and need not cost a write each.
+        """
+        for task_id, events in self.hub.execution_tails.take_changes().items():
+            self.hub.store.stage_execution_tail(task_id, events)
+        minutes = self.hub.queue_history.take_changes()
+        if minutes:
+            oldest = self.hub.clock.now_ms() // MINUTE_MS - self.hub.queue_history.minutes + 1
+            self.hub.store.stage_queue_minutes(minutes, oldest)
+
+    def _reload_task(self, task_id: str) -> None:
+        current = self.hub.queue.get(task_id)
+        if current is not None and current.assigned_to is not None:
+            holder = self.hub.presence.get(current.assigned_to)
+            if holder is not None and holder.current_task == task_id:
+                holder.current_task = None
+                holder.task_accepted = False
+                holder.held_since = None
+                self.hub.presence.refresh(holder)
+        stored = self.hub.queue.reload(task_id, self.hub.store.get_task(task_id))
+        if stored is not None and stored.status in ACTIVE and stored.assigned_to is not None:
+            agent = self.hub.presence.record(stored.assigned_to)
+            agent.current_task = task_id
+            agent.task_accepted = stored.status is TaskStatus.working
+            self.hub.presence.refresh(agent)
