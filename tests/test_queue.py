@@ -104,7 +104,7 @@ def only_assignment(hub: Hub, agent_id: str) -> TaskAssign:
 
 def accept(hub: Hub, agent_id: str, task_id: str) -> TaskAck:
     """The agent accepts its task."""
-    return hub.task_accepted(agent_id, task_id)
+    return hub.task_frames.task_accepted(agent_id, task_id)
 
 
 def complete(hub: Hub, agent_id: str, task_id: str, generation: int, **fields: Any) -> TaskAck:
@@ -112,7 +112,7 @@ def complete(hub: Hub, agent_id: str, task_id: str, generation: int, **fields: A
     frame = frames.TaskComplete.model_validate(
         {"type": "task_complete", "task_id": task_id, "generation": generation, **fields}
     )
-    return hub.task_complete(agent_id, frame)
+    return hub.task_frames.task_complete(agent_id, frame)
 
 
 def fail(hub: Hub, agent_id: str, task_id: str, generation: int, reason: str = "boom") -> TaskAck:
@@ -120,12 +120,12 @@ def fail(hub: Hub, agent_id: str, task_id: str, generation: int, reason: str = "
     frame = frames.TaskFailed.model_validate(
         {"type": "task_failed", "task_id": task_id, "generation": generation, "reason": reason}
     )
-    return hub.task_failed(agent_id, frame)
+    return hub.task_frames.task_failed(agent_id, frame)
 
 
 def progress(hub: Hub, agent_id: str, task_id: str, **fields: Any) -> None:
     """The agent reports progress."""
-    hub.task_progress(
+    hub.task_frames.task_progress(
         agent_id,
         frames.TaskProgress.model_validate({"type": "task_progress", "task_id": task_id, **fields}),
     )
@@ -270,7 +270,7 @@ def test_rejected_task_is_assigned_again_with_a_new_generation(domain: Hub) -> N
     identify(domain, "free")
 
     # when the first agent rejects it
-    ack = domain.task_rejected(
+    ack = domain.task_frames.task_rejected(
         "busy", frames.TaskRejected.model_validate(
             {"type": "task_rejected", "task_id": task.task_id, "reason": "busy"})
     )  # fmt: skip
@@ -692,8 +692,8 @@ def test_every_transition_publishes_its_protocol_event(domain: Hub, clock: Manua
     assert step(acceptance_times_out) == ["task_reclaimed", "task_assigned"]
     identify(domain, "spare")
     domain.take_outbox()
-    assert step(lambda: domain.task_rejected("worker", frames.TaskRejected.model_validate(
-        {"type": "task_rejected", "task_id": other}))) == [
+    rejected = frames.TaskRejected.model_validate({"type": "task_rejected", "task_id": other})
+    assert step(lambda: domain.task_frames.task_rejected("worker", rejected)) == [
         "task_requeued", "task_assigned"]  # fmt: skip
     assert step(lambda: fail(domain, "spare", other, 4)) == ["task_failed", "task_dead_letter"]
 

@@ -371,7 +371,7 @@ def run_task(hub: Hub, agent_id: str, result: dict[str, Any] | None) -> str:
     frame = {"type": "task_complete", "task_id": task.task_id, "generation": task.generation}
     if result is not None:
         frame["result"] = result
-    hub.task_complete(agent_id, frames.TaskComplete.model_validate(frame))
+    hub.task_frames.task_complete(agent_id, frames.TaskComplete.model_validate(frame))
     return task.task_id
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from agentcom.config import Settings
 from agentcom.errors import HubError
-from agentcom.hub.agentic import record_termination, record_tool_call
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
@@ -26,22 +25,18 @@ from agentcom.hub.recovery import Recovery
 from agentcom.hub.routing import Router
 from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.tails import ExecutionTails
+from agentcom.hub.task_frames import TaskFrames
 from agentcom.hub.views import HubViews
 from agentcom.protocol import agent as frames
-from agentcom.protocol.common import Outbound, TargetType, TaskStatus
+from agentcom.protocol.common import Outbound, TaskStatus
 from agentcom.protocol.outbound import (
     AgentJoined,
     AgentLeft,
     RestartSidecar,
-    StateReportAck,
     StatusChanged,
-    TaskAck,
     TaskCancelled,
-    TaskContinue,
-    TaskReassign,
 )
 from agentcom.protocol.task import (
-    ExecutionMetadata,
     Task,
     TaskSubmission,
 )
@@ -51,7 +46,6 @@ __all__ = ["TASK_ID_PREFIX_MIN", "Hub", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
-_EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
 TASK_ID_PREFIX_MIN = 6  # the shortest abbreviation of a task id that is looked up
 _CANDIDATES_SHOWN = 10
 SEEN_EVENT_INTERVAL_MS = 10_000
@@ -106,8 +100,8 @@ class Hub:
         self._outbox = Outbox()
         # Told of every task event (metrics); the hub works the same without it.
         self.task_observer: EventSink | None = None
-        self.messaging = Messaging(self.presence, store, clock, settings, self._push)
-        self._attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
+        self.messaging = Messaging(self.presence, store, clock, settings, self.push)
+        self.attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
         self.execution_tails = ExecutionTails(
@@ -124,8 +118,9 @@ class Hub:
         self.router = Router(self.endpoints, self.views.resources_of, settings.claude_model)
         self.scheduler = Scheduler(
             self.queue, self.presence, self.router, clock, settings,
-            self._push, self._wake_at, self._attempt_errors,
+            self.push, self._wake_at, self.attempt_errors,
         )  # fmt: skip
+        self.task_frames = TaskFrames(self)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -138,14 +133,14 @@ class Hub:
         outbox, self._outbox = self._outbox, Outbox()
         return outbox
 
-    def _push(self, agent_id: str, frame: Outbound) -> None:
+    def push(self, agent_id: str, frame: Outbound) -> None:
         self._outbox.pushes.append((agent_id, frame))
 
     def _wake_at(self, at_ms: int) -> None:
         wake = self._outbox.wake_at_ms
         self._outbox.wake_at_ms = at_ms if wake is None else min(wake, at_ms)
 
-    def _publish(self, topic: str, event: dict[str, Any]) -> None:
+    def publish(self, topic: str, event: dict[str, Any]) -> None:
         self._outbox.events.append((topic, event))
 
     def _task_event(self, name: str, task: Task, extra: dict[str, Any]) -> None:
@@ -162,7 +157,7 @@ class Hub:
             "generation": task.generation,
         }
         event.update(extra)
-        self._publish("tasks", event)
+        self.publish("tasks", event)
         if task.status in TERMINAL:
             self._outbox.finished.append(task)
         if self.task_observer is not None:
@@ -175,7 +170,7 @@ class Hub:
         )  # fmt: skip
 
     def _agent_event(self, name: str, agent: AgentRecord) -> None:
-        self._publish(
+        self.publish(
             "agents",
             {
                 "type": "agent_event",
@@ -248,7 +243,7 @@ class Hub:
     def _broadcast(self, sender: str, frame: Outbound) -> None:
         for agent in self.presence.connected():
             if agent.agent_id != sender:
-                self._push(agent.agent_id, frame)
+                self.push(agent.agent_id, frame)
 
     def agent_restarting(self, agent_id: str, reason: str | None) -> None:
         """The sidecar says it exits to be restarted: shown until it identifies again.
@@ -268,7 +263,7 @@ class Hub:
             raise HubError("not_found", f"no agent {agent_id}")
         if not agent.connected:
             raise HubError("not_connected", f"agent {agent_id} is not connected")
-        self._push(agent_id, RestartSidecar(reason=reason))
+        self.push(agent_id, RestartSidecar(reason=reason))
         logger.info("agent %s asked to restart: %s", agent_id, reason)
         self._agent_event("agent_restart_requested", agent)
         return self.views.agent_view(agent)
@@ -339,7 +334,7 @@ class Hub:
         return self.views.endpoint_view(endpoint)
 
     def _endpoint_event(self, name: str, endpoint: Endpoint) -> None:
-        self._publish(
+        self.publish(
             "agents",
             {
                 "type": "endpoint_event",
@@ -373,168 +368,7 @@ class Hub:
         if endpoint.viable and not was_viable:
             self.scheduler.release_all_holds()
 
-    # --- task frames from agents ----------------------------------------------------
-
-    def _owned_task(self, agent_id: str, task_id: str) -> Task:
-        task = self.queue.get(task_id)
-        if task is None or task.assigned_to != agent_id or task.status not in ACTIVE:
-            raise HubError("not_assigned", f"task {task_id} is not assigned to you", task_id)
-        return task
-
-    def _settling_task(self, agent_id: str, task_id: str, generation: int, prefix: str) -> Task:
-        """The task a completion or failure names, fenced by owner, generation and state."""
-        task = self.queue.get(task_id) or self.store.get_task(task_id)
-        if task is None:
-            raise HubError(f"{prefix}: not_found", f"no task {task_id}", task_id)
-        if task.generation != generation:  # fencing first: a late frame of an old attempt
-            raise HubError(f"{prefix}: stale_generation", None, task_id)
-        if task.assigned_to != agent_id:
-            raise HubError("not_assigned", f"task {task_id} is not assigned to you", task_id)
-        if task.status not in ACTIVE:
-            raise HubError(f"{prefix}: invalid_state", f"task is {task.status.value}", task_id)
-        return task
-
-    def task_accepted(self, agent_id: str, task_id: str) -> TaskAck:
-        """The agent started an assigned task."""
-        task = self._owned_task(agent_id, task_id)
-        self.queue.accept(task)
-        agent = self.presence.agents[agent_id]
-        agent.task_accepted = True
-        agent.held_since = None  # it reported on the task: no longer held without news
-        return TaskAck(task_id=task_id, status="accepted", generation=task.generation)
-
-    def task_progress(self, agent_id: str, frame: frames.TaskProgress) -> None:
-        """Progress: delays reclaim and is published, never persisted."""
-        task = self._owned_task(agent_id, frame.task_id)
-        self.queue.touch(task, frame.progress)
-        self.presence.agents[agent_id].held_since = None  # still running it: not held
-        now = self.clock.now_ms()
-        base = {"type": "task_event", "task_id": task.task_id, "agent_id": agent_id,
-                "timestamp": now}  # fmt: skip
-        self._publish("tasks", {**base, "event": "task_progress", "progress": frame.progress})
-        if frame.execution_event is not None:
-            event = frame.execution_event.model_dump(mode="json", exclude_unset=True)
-            progress_event = {**base, "event": "execution_progress", "execution_event": event}
-            # Viewers get what the tail keeps: names, counts and texts bounded.
-            self._publish("tasks", self.execution_tails.add(task.task_id, progress_event))
-            if frame.execution_event.event_type == "tool_call":
-                record_tool_call(task, frame.execution_event, now, self.settings.tool_calls_kept)
-            elif event.get("event_type") == "error" or event.get("type") == "error":
-                # Real sidecars carry a failed execution's reason only here.
-                detail = event.get("text") or event.get("error") or event.get("message")
-                if isinstance(detail, str) and detail:
-                    # Real sidecars put a failed execution's reason only here; it belongs
-                    # to this attempt alone.
-                    self._attempt_errors[task.task_id] = detail[:2000]
-
-    def task_complete(self, agent_id: str, frame: frames.TaskComplete) -> TaskAck:
-        """A completion, or a failure reported as ``result.status == "failed"``."""
-        task = self._settling_task(
-            agent_id, frame.task_id, frame.generation, "task_complete_failed"
-        )
-        generation = task.generation  # the ack names this attempt even if the task moves on
-        result = frame.result
-        if result is not None:
-            record_termination(task, result)
-            task.result = result.model_dump(mode="json", exclude_unset=True)
-            execution = {name: getattr(result, name) for name in _EXECUTION_FIELDS}
-            task.execution = ExecutionMetadata(**execution)
-        task.tokens_used = (
-            frame.tokens_used
-            if frame.tokens_used is not None
-            else (result.tokens_used if result is not None else None)
-        )
-        task.verification_report = frame.verification_report
-        if result is not None and result.status == "failed":
-            error = result.error or self._attempt_errors.get(task.task_id) or "execution failed"
-            outcome = self._fail(task, error)
-            return TaskAck(task_id=task.task_id, status=outcome, generation=generation)
-        self.queue.complete(task)
-        self._attempt_errors.pop(task.task_id, None)
-        self._release(agent_id)
-        return TaskAck(task_id=task.task_id, status="complete", generation=generation)
-
-    def task_failed(self, agent_id: str, frame: frames.TaskFailed) -> TaskAck:
-        """An explicit failure: retry or dead letter."""
-        task = self._settling_task(agent_id, frame.task_id, frame.generation, "task_fail_failed")
-        generation = task.generation
-        outcome = self._fail(task, frame.error or frame.reason or "failed")
-        return TaskAck(task_id=task.task_id, status=outcome, generation=generation)
-
-    def _fail(self, task: Task, error: str) -> Any:
-        self._attempt_errors.pop(task.task_id, None)
-        agent_id = task.assigned_to
-        outcome = self.queue.fail(task, error)
-        if agent_id is not None:
-            self._release(agent_id)
-        else:
-            self.scheduler.schedule()
-        return outcome
-
-    def task_rejected(self, agent_id: str, frame: frames.TaskRejected) -> TaskAck:
-        """The agent declined: the task goes back to the queue at once."""
-        task = self._owned_task(agent_id, frame.task_id)
-        generation = task.generation
-        self.queue.requeue(task, f"rejected by {agent_id}: {frame.reason or 'no reason'}")
-        self._release(agent_id, schedule=False)
-        self.scheduler.schedule_excluding(agent_id)
-        return TaskAck(task_id=task.task_id, status="requeued", generation=generation)
-
-    def task_recovering(self, agent_id: str, task_id: str) -> TaskContinue | TaskReassign:
-        """After a sidecar restart: continue a task whose execution may live on, else reassign."""
-        task = self.queue.get(task_id)
-        if task is None or task.assigned_to != agent_id or task.status not in ACTIVE:
-            return TaskReassign(task_id=task_id)
-        decision = task.routing_decision
-        if decision is not None and decision.target_type is TargetType.wake:
-            self.presence.agents[agent_id].held_since = None  # it reported on the task
-            return TaskContinue(task_id=task_id, generation=task.generation)
-        self.queue.requeue(task, f"{agent_id} restarted while running it")
-        self._release(agent_id)
-        return TaskReassign(task_id=task_id)
-
-    def state_report(self, agent_id: str, frame: frames.StateReport) -> StateReportAck:
-        """After a reconnect: ``continue`` when this agent holds this attempt, else ``abort``.
-
-        Fenced like a completion (owner, generation, unfinished). A ``continue`` ends the
-        hold, and a task still ``assigned`` becomes ``working``: the agent runs it, so the
-        acceptance timeout must not hand it to another agent. An ``abort`` changes nothing.
-        """
-        task = self.queue.get(frame.task_id)
-        held = (
-            task is not None
-            and task.assigned_to == agent_id
-            and task.status in ACTIVE
-            and task.generation == frame.generation
-        )
-        if task is not None and held:
-            self.queue.accept(task)
-            agent = self.presence.agents[agent_id]
-            agent.task_accepted = True
-            agent.held_since = None
-            self.presence.refresh(agent)
-        action: Literal["continue", "abort"] = "continue" if held else "abort"
-        logger.info(
-            "agent %s reports task %s (generation %d, %s): %s",
-            agent_id, frame.task_id, frame.generation, frame.status, action,
-        )  # fmt: skip
-        self._publish(
-            "tasks",
-            {
-                "type": "task_event",
-                "event": "task_state_reported",
-                "task_id": frame.task_id,
-                "agent_id": agent_id,
-                "timestamp": self.clock.now_ms(),
-                "action": action,
-                "reported_status": frame.status,
-                "reported_generation": frame.generation,
-                "generation": task.generation if task is not None else None,
-            },
-        )
-        return StateReportAck(task_id=frame.task_id, action=action)
-
-    def _release(self, agent_id: str, schedule: bool = True) -> None:
+    def release_agent(self, agent_id: str, schedule: bool = True) -> None:
         agent = self.presence.get(agent_id)
         if agent is None:
             return
@@ -604,8 +438,8 @@ class Hub:
         holder = task.assigned_to if task.status in ACTIVE else None
         self.queue.cancel(task)
         if holder is not None:
-            self._push(holder, TaskCancelled(task_id=task_id))
-            self._release(holder)
+            self.push(holder, TaskCancelled(task_id=task_id))
+            self.release_agent(holder)
         return task
 
     def for_each_task(self, change: Callable[[str], Task], task_ids: list[str]) -> dict[str, Any]:
@@ -637,8 +471,8 @@ class Hub:
         if holder is None:
             self.scheduler.schedule()
             return task
-        self._push(holder, TaskCancelled(task_id=task_id))
-        self._release(holder, schedule=False)
+        self.push(holder, TaskCancelled(task_id=task_id))
+        self.release_agent(holder, schedule=False)
         self.scheduler.schedule_excluding(holder)
         return task
 
@@ -717,7 +551,7 @@ class Hub:
             holder = task.assigned_to
             self.queue.requeue(task, reason, event="task_reclaimed")
             if holder is not None:
-                self._release(holder, schedule=False)
+                self.release_agent(holder, schedule=False)
         grace_ms = int(settings.disconnect_grace_s * 1000)
         for agent in list(self.presence.agents.values()):
             if agent.connected or agent.current_task is None or agent.disconnected_at is None:
@@ -726,7 +560,7 @@ class Hub:
                 held = self.queue.get(agent.current_task)
                 if held is not None and held.assigned_to == agent.agent_id:
                     self.queue.requeue(held, f"{agent.agent_id} did not come back in time")
-                self._release(agent.agent_id, schedule=False)
+                self.release_agent(agent.agent_id, schedule=False)
         idle_ms = int(settings.idle_timeout_s * 1000)
         silent = [
             agent.agent_id

@@ -278,37 +278,39 @@ class AgentSession:
 
     async def on_task_accepted(self, frame: frames.TaskAccepted) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_accepted(self.agent_id, frame.task_id)
+        ack = self.hub.task_frames.task_accepted(self.agent_id, frame.task_id)
         await self.server.settle(self.connection, ack)
 
     async def on_task_progress(self, frame: frames.TaskProgress) -> None:
         assert self.agent_id is not None
-        self.hub.task_progress(self.agent_id, frame)
+        self.hub.task_frames.task_progress(self.agent_id, frame)
         await self.server.settle()
 
     async def on_task_complete(self, frame: frames.TaskComplete) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_complete(self.agent_id, frame)
+        ack = self.hub.task_frames.task_complete(self.agent_id, frame)
         await self.server.settle(self.connection, ack)
 
     async def on_task_failed(self, frame: frames.TaskFailed) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_failed(self.agent_id, frame)
+        ack = self.hub.task_frames.task_failed(self.agent_id, frame)
         await self.server.settle(self.connection, ack)
 
     async def on_task_rejected(self, frame: frames.TaskRejected) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_rejected(self.agent_id, frame)
+        ack = self.hub.task_frames.task_rejected(self.agent_id, frame)
         await self.server.settle(self.connection, ack)
 
     async def on_task_recovering(self, frame: frames.TaskRecovering) -> None:
         assert self.agent_id is not None
-        answer = self.hub.task_recovering(self.agent_id, frame.task_id)
+        answer = self.hub.task_frames.task_recovering(self.agent_id, frame.task_id)
         await self.server.settle(self.connection, answer)
 
     async def on_state_report(self, frame: frames.StateReport) -> None:
         assert self.agent_id is not None
-        await self.server.settle(self.connection, self.hub.state_report(self.agent_id, frame))
+        await self.server.settle(
+            self.connection, self.hub.task_frames.state_report(self.agent_id, frame)
+        )
 
     async def on_resource_report(self, frame: frames.ResourceReport) -> None:
         assert self.agent_id is not None
