@@ -69,7 +69,7 @@ def identify(hub: Hub, agent_id: str, capabilities: list[str] | None = None) -> 
 def submit(hub: Hub, description: str, priority: Priority = Priority.normal, **fields: Any) -> Task:
     """Submit a task; an explicit tier keeps routing out of the way of these tests."""
     fields.setdefault("complexity_tier", Tier.complex)
-    return hub.submit(TaskSubmission(description=description, priority=priority, **fields))
+    return hub.task_ops.submit(TaskSubmission(description=description, priority=priority, **fields))
 
 
 def assignments(outbox: Outbox, agent_id: str | None = None) -> list[TaskAssign]:
@@ -407,7 +407,7 @@ async def test_operator_retry_of_a_dead_letter_task_resets_its_retry_count(domai
     await domain.store.commit()
 
     # when an operator retries it
-    retried = domain.retry(task.task_id)
+    retried = domain.task_ops.retry(task.task_id)
 
     # then it is queued again with a clean slate and assigned with the next generation
     assert retried.retry_count == 0
@@ -425,7 +425,7 @@ async def test_only_a_dead_letter_task_can_be_retried(domain: Hub) -> None:
 
     # when an operator retries it, then it is refused
     with pytest.raises(HubError) as refused:
-        domain.retry(task.task_id)
+        domain.task_ops.retry(task.task_id)
     assert refused.value.code == "invalid_state"
 
 
@@ -438,7 +438,7 @@ async def test_cancelled_queued_task_is_never_assigned(domain: Hub) -> None:
     domain.take_outbox()
 
     # when it is cancelled and an agent then arrives
-    cancelled = domain.cancel(task.task_id)
+    cancelled = domain.task_ops.cancel(task.task_id)
     outbox = domain.take_outbox()
     identify(domain, "worker")
 
@@ -450,7 +450,7 @@ async def test_cancelled_queued_task_is_never_assigned(domain: Hub) -> None:
     stored = domain.store.get_task(task.task_id)
     assert stored is not None and stored.status is TaskStatus.cancelled
     with pytest.raises(HubError) as again:
-        domain.cancel(task.task_id)
+        domain.task_ops.cancel(task.task_id)
     assert again.value.code == "invalid_state"
 
 
@@ -463,7 +463,7 @@ async def test_cancelled_assigned_task_frees_its_agent_and_tells_it(domain: Hub)
     await domain.store.commit()
 
     # when the held task is cancelled
-    domain.cancel(held.task_id)
+    domain.task_ops.cancel(held.task_id)
     outbox = domain.take_outbox()
     await domain.store.commit()
 
@@ -487,7 +487,7 @@ async def test_completion_racing_an_uncommitted_cancel_is_refused(domain: Hub) -
     await domain.store.commit()
 
     # when an operator cancels it and, before that is committed, the agent completes it
-    domain.cancel(task.task_id)
+    domain.task_ops.cancel(task.task_id)
     domain.take_outbox()
     with pytest.raises(HubError) as refused:
         complete(domain, "worker", task.task_id, assign.generation)

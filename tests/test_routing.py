@@ -319,7 +319,9 @@ def test_standard_task_waits_for_an_endpoint_before_falling_back(
 ) -> None:
     # given an idle agent and no Ollama endpoint anywhere
     identify(domain, "worker")
-    task = domain.submit(TaskSubmission(description=NEUTRAL, complexity_tier=Tier.standard))
+    task = domain.task_ops.submit(
+        TaskSubmission(description=NEUTRAL, complexity_tier=Tier.standard)
+    )
 
     # then the task is not assigned during the wait
     assert pushed_assignments(domain) == []
@@ -346,7 +348,7 @@ def test_endpoint_that_turns_healthy_during_the_wait_gets_the_task(
     domain.identify(frames.Identify.model_validate(
         {"type": "identify", "agent_id": "worker", "token": "checked-by-the-edge",
          "ollama_url": "http://10.0.0.7:11434"}), "10.0.0.7")  # fmt: skip
-    domain.submit(TaskSubmission(description=NEUTRAL, complexity_tier=Tier.standard))
+    domain.task_ops.submit(TaskSubmission(description=NEUTRAL, complexity_tier=Tier.standard))
     assert pushed_assignments(domain) == []
 
     # when its health check succeeds and the wait ends

@@ -365,8 +365,9 @@ def identify(hub: Hub, agent_id: str, capabilities: list[str]) -> None:
 
 def run_task(hub: Hub, agent_id: str, result: dict[str, Any] | None) -> str:
     """Submit a task only ``agent_id`` can run, and complete it with ``result``."""
-    task = hub.submit(TaskSubmission(description=f"for {agent_id}", complexity_tier=Tier.complex,
-                                     needed_capabilities=[agent_id]))  # fmt: skip
+    submission = TaskSubmission(description=f"for {agent_id}", complexity_tier=Tier.complex,
+                                needed_capabilities=[agent_id])  # fmt: skip
+    task = hub.task_ops.submit(submission)
     assert task.assigned_to == agent_id
     frame = {"type": "task_complete", "task_id": task.task_id, "generation": task.generation}
     if result is not None:

@@ -194,7 +194,7 @@ class HttpRoutes:
             return _json(200, await hub.views.stats())
         if path.startswith("/api/tasks/"):
             try:  # an abbreviated id is resolved, as on /ws/operator
-                task = hub.find_task(hub.resolve_task_id(path.removeprefix("/api/tasks/")))
+                task = hub.find_task(hub.task_ops.resolve_task_id(path.removeprefix("/api/tasks/")))
             except HubError as error:
                 if error.code != "not_found":
                     return _json(400, {"error": error.code, "message": error.message})

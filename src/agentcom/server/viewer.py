@@ -250,7 +250,7 @@ class OperatorSession:
         """
         if isinstance(request, _TAKES_TASK_ID):
             request = request.model_copy(
-                update={"task_id": self.hub.resolve_task_id(request.task_id)}
+                update={"task_id": self.hub.task_ops.resolve_task_id(request.task_id)}
             )
         if isinstance(request, _MUTATIONS):
             if self.role is not Role.admin:
@@ -268,17 +268,17 @@ class OperatorSession:
     def _mutate(self, request: Any) -> Any:
         hub = self.hub
         if isinstance(request, ops.TaskSubmit):
-            return hub.submit(request.task).model_dump(mode="json")
+            return hub.task_ops.submit(request.task).model_dump(mode="json")
         if isinstance(request, ops.TaskCancel):
-            return hub.cancel(request.task_id).model_dump(mode="json")
+            return hub.task_ops.cancel(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.TaskRetry):
-            return hub.retry(request.task_id).model_dump(mode="json")
+            return hub.task_ops.retry(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.TaskCancelMany):
-            return hub.for_each_task(hub.cancel, request.task_ids)
+            return hub.task_ops.for_each_task(hub.task_ops.cancel, request.task_ids)
         if isinstance(request, ops.TaskRetryMany):
-            return hub.retry_many(request.task_ids)
+            return hub.task_ops.retry_many(request.task_ids)
         if isinstance(request, ops.TaskRequeue):
-            return hub.requeue(request.task_id).model_dump(mode="json")
+            return hub.task_ops.requeue(request.task_id).model_dump(mode="json")
         if isinstance(request, ops.AgentDrain | ops.AgentUndrain):
             return hub.set_draining(request.agent_id, isinstance(request, ops.AgentDrain))
         if isinstance(request, ops.EndpointAdd):
