@@ -16,7 +16,8 @@ from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
-from agentcom.hub.endpoints import Endpoint, EndpointRegistry
+from agentcom.hub.endpoint_ops import EndpointOperations
+from agentcom.hub.endpoints import EndpointRegistry
 from agentcom.hub.history import QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import TERMINAL, EventSink, TaskQueue
@@ -45,12 +46,6 @@ __all__ = ["TASK_ID_PREFIX_MIN", "Hub", "Outbox"]
 logger = logging.getLogger(__name__)
 
 SEEN_EVENT_INTERVAL_MS = 10_000
-
-
-def _checked_view(endpoint: Endpoint) -> tuple[Any, ...]:
-    """What a health check may change that is worth an event: not the time of the check,
-    nor the count of failures of an endpoint that keeps failing the same way."""
-    return endpoint.healthy, endpoint.models, endpoint.loaded, endpoint.last_error
 
 
 @dataclass(slots=True)
@@ -118,6 +113,7 @@ class Hub:
         )  # fmt: skip
         self.task_frames = TaskFrames(self)
         self.task_ops = TaskOperations(self)
+        self.endpoint_ops = EndpointOperations(self)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -136,6 +132,10 @@ class Hub:
     def _wake_at(self, at_ms: int) -> None:
         wake = self._outbox.wake_at_ms
         self._outbox.wake_at_ms = at_ms if wake is None else min(wake, at_ms)
+
+    def check_endpoint_soon(self, endpoint_id: str) -> None:
+        """Ask for a health check of an endpoint once the change is committed."""
+        self._outbox.check_endpoints.append(endpoint_id)
 
     def publish(self, topic: str, event: dict[str, Any]) -> None:
         self._outbox.events.append((topic, event))
@@ -292,78 +292,9 @@ class Hub:
         if changed:
             self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "agent", agent_id)
             self._agent_event("agent_endpoint", agent)
-            self._endpoint_event("endpoint_added", endpoint)
+            self.endpoint_ops.endpoint_event("endpoint_added", endpoint)
         if changed or endpoint.healthy is None:
-            self._outbox.check_endpoints.append(endpoint.endpoint_id)
-
-    # --- endpoints ------------------------------------------------------------------
-
-    def add_endpoint(self, url: str, name: str | None) -> dict[str, Any]:
-        """An operator registers an Ollama endpoint."""
-        try:
-            endpoint, created = self.endpoints.add(url, name)
-        except ValueError as exc:
-            raise HubError("invalid_url", str(exc)) from None
-        if created:
-            self.store.stage_endpoint(endpoint.endpoint_id, endpoint.url, "operator", None)
-            self._outbox.check_endpoints.append(endpoint.endpoint_id)
-            self._endpoint_event("endpoint_added", endpoint)
-        return self.views.endpoint_view(endpoint)
-
-    def approve_endpoint(self, reference: str) -> dict[str, Any]:
-        """An admin lets an agent's endpoint (by id or URL) serve every agent; tasks held
-        for want of an endpoint may then use it."""
-        endpoint = self.endpoints.approve(reference)
-        self.store.stage_endpoint(
-            endpoint.endpoint_id, endpoint.url, endpoint.source, endpoint.agent_id,
-            endpoint.approved,
-        )  # fmt: skip
-        self._endpoint_event("endpoint_approved", endpoint)
-        if endpoint.viable:
-            self.scheduler.release_all_holds()
-        return self.views.endpoint_view(endpoint)
-
-    def remove_endpoint(self, endpoint_id: str) -> dict[str, Any]:
-        """Forget an endpoint."""
-        endpoint = self.endpoints.remove(endpoint_id)
-        self.store.stage_endpoint_removal(endpoint_id)
-        self._endpoint_event("endpoint_removed", endpoint)
-        return self.views.endpoint_view(endpoint)
-
-    def _endpoint_event(self, name: str, endpoint: Endpoint) -> None:
-        self.publish(
-            "agents",
-            {
-                "type": "endpoint_event",
-                "event": name,
-                "endpoint_id": endpoint.endpoint_id,
-                "timestamp": self.clock.now_ms(),
-                "endpoint": self.views.endpoint_view(endpoint),
-            },
-        )
-
-    def apply_endpoint_check(
-        self, endpoint_id: str, models: list[str] | None, loaded: list[str], error: str | None
-    ) -> None:
-        """Record one health check; a change is published, and a newly healthy endpoint
-        releases tasks that were waiting for one."""
-        endpoint = self.endpoints.get(endpoint_id)
-        if endpoint is None:
-            return
-        was_viable = endpoint.viable
-        before = _checked_view(endpoint)  # record_check replaces the lists, never mutates
-        changed = self.endpoints.record_check(
-            endpoint_id, self.clock.now_ms(), models, loaded, error
-        )
-        if changed:
-            state = "endpoint_healthy" if endpoint.healthy else "endpoint_unhealthy"
-            logger.info("endpoint %s is now %s", endpoint_id, state.removeprefix("endpoint_"))
-            self._endpoint_event(state, endpoint)
-        elif _checked_view(endpoint) != before:  # models, loaded ones or the error
-            self._endpoint_event("endpoint_updated", endpoint)
-        # Viable again (healthy, or a model appeared on a healthy endpoint): release waiters.
-        if endpoint.viable and not was_viable:
-            self.scheduler.release_all_holds()
+            self.check_endpoint_soon(endpoint.endpoint_id)
 
     def release_agent(self, agent_id: str, schedule: bool = True) -> None:
         agent = self.presence.get(agent_id)

@@ -78,7 +78,7 @@ class EndpointProber:
         targets = [(e, registry.endpoints[e].url) for e in endpoint_ids if e in registry.endpoints]
         results = await asyncio.gather(*(self._probe(url) for _, url in targets))
         for (endpoint_id, _), (models, loaded, error) in zip(targets, results, strict=True):
-            self._server.hub.apply_endpoint_check(endpoint_id, models, loaded, error)
+            self._server.hub.endpoint_ops.apply_endpoint_check(endpoint_id, models, loaded, error)
         await self._server.settle()
 
     async def _probe(self, url: str) -> tuple[list[str] | None, list[str], str | None]:

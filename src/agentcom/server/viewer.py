@@ -282,11 +282,11 @@ class OperatorSession:
         if isinstance(request, ops.AgentDrain | ops.AgentUndrain):
             return hub.set_draining(request.agent_id, isinstance(request, ops.AgentDrain))
         if isinstance(request, ops.EndpointAdd):
-            return hub.add_endpoint(request.url, request.name)
+            return hub.endpoint_ops.add_endpoint(request.url, request.name)
         if isinstance(request, ops.EndpointRemove):
-            return hub.remove_endpoint(request.endpoint_id)
+            return hub.endpoint_ops.remove_endpoint(request.endpoint_id)
         if isinstance(request, ops.EndpointApprove):
-            return hub.approve_endpoint(request.endpoint)
+            return hub.endpoint_ops.approve_endpoint(request.endpoint)
         if isinstance(request, ops.AgentRestart):
             return hub.restart_agent(request.agent_id, request.reason)
         return hub.messaging.create_channel(request.name, request.description)
