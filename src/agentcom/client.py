@@ -4,6 +4,10 @@
 exponential backoff, task frames delivered across reconnects); :class:`OperatorClient`
 speaks the operator protocol (requests matched to replies by ``request_id``) and can
 stream events from ``/ws/dashboard``, following the hub across restarts.
+
+It is longer than other modules because both clients share the reconnect, backoff and
+event-following machinery kept here, and the CLI, the sidecar, the tests and the
+examples import one module for it.
 """
 
 from __future__ import annotations

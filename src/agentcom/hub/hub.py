@@ -1,9 +1,14 @@
-"""The hub's domain: agents, tasks, scheduling and routing, with no sockets and no SQL.
+"""The hub's domain facade: agents, tasks, scheduling and routing, with no sockets and
+no SQL.
 
-Every public method changes state synchronously, stages durable changes in the store
-and queues what must be sent (pushes to agents, events for subscribers) in the
-outbox. The caller takes the outbox, commits the store, and only then sends: so
-nothing is announced before it is durable.
+The ``Hub`` builds the domain's parts on one store, clock and settings and keeps what
+concerns an agent's presence and the periodic sweep; the rest lives with its job:
+task frames from agents (``task_frames``), operator actions on tasks (``task_ops``) and
+endpoints (``endpoint_ops``), scheduling (``scheduler``), read models (``views``) and
+recovery (``recovery``). Every command changes state synchronously, stages durable
+changes in the store and queues what must be sent (pushes to agents, events for
+subscribers) in the hub's outbox. The caller takes the outbox, commits the store, and
+only then sends: so nothing is announced before it is durable.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The hub process: the websockets server, its connections, and the sweep loop."""
+"""The hub process: the websockets server, its connections, and the sweep loop.
+
+This module is longer than the others because ``HubServer`` owns the process's
+lifecycle (bind, lock, open, restore, serve, stop), ``settle()`` and the timers that call
+the domain; each of those needs the others' state, and the per-connection work already
+lives in ``agent.py``, ``viewer.py`` and ``http.py``."""
 
 from __future__ import annotations
 

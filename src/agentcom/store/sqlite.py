@@ -9,6 +9,10 @@ A transaction that fails (the database is locked past the busy timeout, the disk
 full ...) is refused, not postponed: its changes and every change staged after them are
 discarded, every waiter gets :class:`StoreError`, and :attr:`SqliteStore.on_refused`
 learns what was discarded so the hub can reload it as stored.
+
+This module is longer than the others on purpose: it is the one place that writes SQL
+for the hub, and the schema, its migrations, the writer thread and the readers share
+their connections and locks; split, each part would reach into the others' internals.
 """
 
 from __future__ import annotations
