@@ -19,7 +19,7 @@ import pytest
 from agentcom.config import Settings
 from agentcom.errors import HubError, StoreError
 from agentcom.hub.clock import ManualClock
-from agentcom.hub.hub import Hub, Outbox
+from agentcom.hub.hub import Effects, Hub
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Priority, TaskStatus, Tier
 from agentcom.protocol.outbound import TaskAck, TaskAssign, TaskCancelled
@@ -72,7 +72,7 @@ def submit(hub: Hub, description: str, priority: Priority = Priority.normal, **f
     return hub.task_ops.submit(TaskSubmission(description=description, priority=priority, **fields))
 
 
-def assignments(outbox: Outbox, agent_id: str | None = None) -> list[TaskAssign]:
+def assignments(outbox: Effects, agent_id: str | None = None) -> list[TaskAssign]:
     """``task_assign`` pushes in the outbox, optionally only those to ``agent_id``."""
     return [
         frame
@@ -81,7 +81,7 @@ def assignments(outbox: Outbox, agent_id: str | None = None) -> list[TaskAssign]
     ]
 
 
-def task_events(outbox: Outbox, task_id: str | None = None) -> list[dict[str, Any]]:
+def task_events(outbox: Effects, task_id: str | None = None) -> list[dict[str, Any]]:
     """Events published on topic ``tasks``, optionally only those of one task."""
     return [
         event
@@ -90,7 +90,7 @@ def task_events(outbox: Outbox, task_id: str | None = None) -> list[dict[str, An
     ]
 
 
-def event_names(outbox: Outbox, task_id: str | None = None) -> list[str]:
+def event_names(outbox: Effects, task_id: str | None = None) -> list[str]:
     """Names of the task events in the outbox."""
     return [event["event"] for event in task_events(outbox, task_id)]
 

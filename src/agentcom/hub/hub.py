@@ -14,8 +14,9 @@ only then sends: so nothing is announced before it is durable.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from agentcom.config import Settings
 from agentcom.errors import HubError
@@ -46,16 +47,21 @@ from agentcom.protocol.task import (
 )
 from agentcom.store.base import Store
 
-__all__ = ["TASK_ID_PREFIX_MIN", "Hub", "Outbox"]
+__all__ = ["TASK_ID_PREFIX_MIN", "Effects", "Hub"]
 
 logger = logging.getLogger(__name__)
 
 SEEN_EVENT_INTERVAL_MS = 10_000
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
 
 @dataclass(slots=True)
-class Outbox:
-    """What to send once the staged changes are committed."""
+class Effects:
+    """What a command caused, to be sent once the staged changes are committed: pushes
+    to agents, events for subscribers, the tasks it finished (their waiting operators
+    are woken), endpoints to check, and the earliest time the hub must wake up."""
 
     pushes: list[tuple[str, Outbound]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -67,6 +73,16 @@ class Outbox:
         return bool(
             self.pushes or self.events or self.finished or self.check_endpoints or self.wake_at_ms
         )
+
+    def extend(self, later: Effects) -> None:
+        """Add what ``later`` caused after these effects, in its order."""
+        self.pushes += later.pushes
+        self.events += later.events
+        self.finished += later.finished
+        self.check_endpoints += later.check_endpoints
+        if later.wake_at_ms is not None:
+            wake = self.wake_at_ms
+            self.wake_at_ms = later.wake_at_ms if wake is None else min(wake, later.wake_at_ms)
 
 
 class Hub:
@@ -93,7 +109,7 @@ class Hub:
             history_cap=settings.history_cap,
             default_max_retries=settings.default_max_retries,
         )
-        self._outbox = Outbox()
+        self._outbox = Effects()
         # Told of every task event (metrics); the hub works the same without it.
         self.task_observer: EventSink | None = None
         self.messaging = Messaging(self.presence, store, clock, settings, self.push)
@@ -126,10 +142,23 @@ class Hub:
         """Whether anything waits to be sent or published."""
         return bool(self._outbox)
 
-    def take_outbox(self) -> Outbox:
-        """Everything queued for sending since the last call."""
-        outbox, self._outbox = self._outbox, Outbox()
+    def take_outbox(self) -> Effects:
+        """Everything the hub's own work (liveness, sweeps, timers) queued for sending
+        since the last call."""
+        outbox, self._outbox = self._outbox, Effects()
         return outbox
+
+    def run(
+        self, command: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> tuple[_T, Effects]:
+        """Run one command and return its result with what it caused, apart from the
+        hub's outbox: a command that raises leaves nothing behind, and what others
+        queued is untouched."""
+        outer, self._outbox = self._outbox, Effects()
+        try:
+            return command(*args, **kwargs), self._outbox
+        finally:
+            self._outbox = outer
 
     def push(self, agent_id: str, frame: Outbound) -> None:
         self._outbox.pushes.append((agent_id, frame))

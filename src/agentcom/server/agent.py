@@ -149,7 +149,8 @@ class AgentSession:
         try:
             await self._handlers[frame.type](frame)
         except HubError as error:
-            self.hub.take_outbox()  # a refused frame changes nothing and announces nothing
+            # A refused frame changes nothing and announces nothing: its effects were
+            # dropped with the exception (Hub.run).
             await self.reply(
                 ErrorReply(error=error.code, task_id=error.task_id, message=error.message)
             )
@@ -243,9 +244,9 @@ class AgentSession:
             # Not awaited: an old connection that went dark never answers its closing
             # handshake, and nothing may keep this one waiting for that.
             server.close_in_background(previous, 4001, "replaced")
-        self.hub.identify(frame, peer_host(self.connection))
+        _, effects = self.hub.run(self.hub.identify, frame, peer_host(self.connection))
         logger.info("agent %s identified from %s", frame.agent_id, peer(self.connection))
-        await server.settle()
+        await server.settle(effects=effects)
 
     async def on_repeated_identify(self, frame: frames.Identify) -> None:
         """An identify on an identified connection: checked like the first, changes nothing."""
@@ -265,8 +266,8 @@ class AgentSession:
 
     async def on_status(self, frame: frames.StatusUpdate) -> None:
         assert self.agent_id is not None
-        self.hub.set_status(self.agent_id, frame.status)
-        await self.server.settle(self.connection, StatusUpdated())
+        _, effects = self.hub.run(self.hub.set_status, self.agent_id, frame.status)
+        await self.server.settle(self.connection, StatusUpdated(), effects)
 
     async def on_list_agents(self, frame: frames.ListAgents) -> None:
         agents = [agent.info() for agent in self.hub.presence.connected()]
@@ -274,76 +275,82 @@ class AgentSession:
 
     async def on_message(self, frame: frames.Message) -> None:
         assert self.agent_id is not None
-        await self.server.settle(self.connection, self.hub.messaging.send(self.agent_id, frame))
+        reply, effects = self.hub.run(self.hub.messaging.send, self.agent_id, frame)
+        await self.server.settle(self.connection, reply, effects)
 
     async def on_task_accepted(self, frame: frames.TaskAccepted) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_frames.task_accepted(self.agent_id, frame.task_id)
-        await self.server.settle(self.connection, ack)
+        ack, effects = self.hub.run(
+            self.hub.task_frames.task_accepted, self.agent_id, frame.task_id
+        )
+        await self.server.settle(self.connection, ack, effects)
 
     async def on_task_progress(self, frame: frames.TaskProgress) -> None:
         assert self.agent_id is not None
-        self.hub.task_frames.task_progress(self.agent_id, frame)
-        await self.server.settle()
+        _, effects = self.hub.run(self.hub.task_frames.task_progress, self.agent_id, frame)
+        await self.server.settle(effects=effects)
 
     async def on_task_complete(self, frame: frames.TaskComplete) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_frames.task_complete(self.agent_id, frame)
-        await self.server.settle(self.connection, ack)
+        ack, effects = self.hub.run(self.hub.task_frames.task_complete, self.agent_id, frame)
+        await self.server.settle(self.connection, ack, effects)
 
     async def on_task_failed(self, frame: frames.TaskFailed) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_frames.task_failed(self.agent_id, frame)
-        await self.server.settle(self.connection, ack)
+        ack, effects = self.hub.run(self.hub.task_frames.task_failed, self.agent_id, frame)
+        await self.server.settle(self.connection, ack, effects)
 
     async def on_task_rejected(self, frame: frames.TaskRejected) -> None:
         assert self.agent_id is not None
-        ack = self.hub.task_frames.task_rejected(self.agent_id, frame)
-        await self.server.settle(self.connection, ack)
+        ack, effects = self.hub.run(self.hub.task_frames.task_rejected, self.agent_id, frame)
+        await self.server.settle(self.connection, ack, effects)
 
     async def on_task_recovering(self, frame: frames.TaskRecovering) -> None:
         assert self.agent_id is not None
-        answer = self.hub.task_frames.task_recovering(self.agent_id, frame.task_id)
-        await self.server.settle(self.connection, answer)
+        answer, effects = self.hub.run(
+            self.hub.task_frames.task_recovering, self.agent_id, frame.task_id
+        )
+        await self.server.settle(self.connection, answer, effects)
 
     async def on_state_report(self, frame: frames.StateReport) -> None:
         assert self.agent_id is not None
-        await self.server.settle(
-            self.connection, self.hub.task_frames.state_report(self.agent_id, frame)
-        )
+        ack, effects = self.hub.run(self.hub.task_frames.state_report, self.agent_id, frame)
+        await self.server.settle(self.connection, ack, effects)
 
     async def on_resource_report(self, frame: frames.ResourceReport) -> None:
         assert self.agent_id is not None
-        self.hub.report_resources(self.agent_id, frame)
-        await self.server.settle()  # publishes the new figures to dashboards
+        _, effects = self.hub.run(self.hub.report_resources, self.agent_id, frame)
+        await self.server.settle(effects=effects)  # publishes the new figures to dashboards
 
     async def on_ollama_report(self, frame: frames.OllamaReport) -> None:
         assert self.agent_id is not None
-        self.hub.report_ollama(self.agent_id, frame.ollama_url, peer_host(self.connection))
-        await self.server.settle(self.connection, OllamaReportAck())
+        _, effects = self.hub.run(
+            self.hub.report_ollama, self.agent_id, frame.ollama_url, peer_host(self.connection)
+        )
+        await self.server.settle(self.connection, OllamaReportAck(), effects)
 
     async def on_wake_result(self, frame: frames.WakeResult) -> None:
         logger.info("agent %s wake result for %s: %s", self.agent_id, frame.task_id, frame.status)
 
     async def on_agent_restarting(self, frame: frames.AgentRestarting) -> None:
         assert self.agent_id is not None
-        self.hub.agent_restarting(self.agent_id, frame.reason)
-        await self.server.settle()  # publishes it to dashboards
+        _, effects = self.hub.run(self.hub.agent_restarting, self.agent_id, frame.reason)
+        await self.server.settle(effects=effects)  # publishes it to dashboards
 
     async def on_channel_subscribe(self, frame: frames.ChannelSubscribe) -> None:
         assert self.agent_id is not None
-        reply = self.hub.messaging.subscribe(self.agent_id, frame.channel)
-        await self.server.settle(self.connection, reply)
+        reply, effects = self.hub.run(self.hub.messaging.subscribe, self.agent_id, frame.channel)
+        await self.server.settle(self.connection, reply, effects)
 
     async def on_channel_unsubscribe(self, frame: frames.ChannelUnsubscribe) -> None:
         assert self.agent_id is not None
-        reply = self.hub.messaging.unsubscribe(self.agent_id, frame.channel)
-        await self.server.settle(self.connection, reply)
+        reply, effects = self.hub.run(self.hub.messaging.unsubscribe, self.agent_id, frame.channel)
+        await self.server.settle(self.connection, reply, effects)
 
     async def on_channel_publish(self, frame: frames.ChannelPublish) -> None:
         assert self.agent_id is not None
-        reply = self.hub.messaging.publish(self.agent_id, frame)
-        await self.server.settle(self.connection, reply)
+        reply, effects = self.hub.run(self.hub.messaging.publish, self.agent_id, frame)
+        await self.server.settle(self.connection, reply, effects)
 
     async def on_channel_history(self, frame: frames.ChannelHistory) -> None:
         await self.reply(self.hub.messaging.history(frame))

@@ -24,7 +24,7 @@ from agentcom.errors import ConfigurationError, StoreError
 from agentcom.hub.auth import Authenticator
 from agentcom.hub.clock import Clock, SystemClock
 from agentcom.hub.endpoints import is_loopback
-from agentcom.hub.hub import Hub
+from agentcom.hub.hub import Effects, Hub
 from agentcom.hub.limits import ViolationTracker
 from agentcom.protocol.common import Outbound
 from agentcom.protocol.outbound import ErrorReply
@@ -321,13 +321,19 @@ class HubServer:
     # --- settling: commit, then reply, then push and publish -------------------------
 
     async def settle(
-        self, connection: ServerConnection | None = None, reply: Outbound | None = None
+        self,
+        connection: ServerConnection | None = None,
+        reply: Outbound | None = None,
+        effects: Effects | None = None,
     ) -> bool:
-        """Make staged changes durable, then send ``reply`` and everything they caused.
+        """Make staged changes durable, then send ``reply`` and everything they caused:
+        what the hub's own work queued, then ``effects`` (what a command returned).
 
         Returns False (after telling ``connection``) when the store could not commit.
         """
         outbox = self.hub.take_outbox()
+        if effects:
+            outbox.extend(effects)
         written = self.store.commits
         try:
             await self.store.commit()

@@ -226,8 +226,7 @@ class OperatorSession:
             return
         try:
             data = await self._perform(request)
-        except HubError as error:
-            self.hub.take_outbox()
+        except HubError as error:  # a refused request's effects went with it (Hub.run)
             await self._send(
                 ops.OperatorError(
                     request_id=request.request_id, error=error.code, message=error.message
@@ -259,8 +258,8 @@ class OperatorSession:
                 await self.server.ensure_store_writable()
             except StoreError as exc:
                 raise HubError("store_unavailable", str(exc)) from None
-            data = self._mutate(request)
-            if not await self.server.settle():
+            data, effects = self.hub.run(self._mutate, request)
+            if not await self.server.settle(effects=effects):
                 raise HubError("store_unavailable", "the change could not be stored")
             return data
         return await self._read(request)

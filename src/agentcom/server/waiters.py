@@ -1,7 +1,7 @@
 """Operators waiting for tasks to finish (``task_wait``).
 
 A wait is a connection matter, not a domain one: the domain reports the tasks that
-finished with each settled change (``Outbox.finished``), and the server wakes the
+finished with each settled change (``Effects.finished``), and the server wakes the
 operators waiting for them once the change is committed.
 """
 
