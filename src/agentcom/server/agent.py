@@ -102,9 +102,9 @@ class AgentSession:
                 and self.server.agent_connections.get(self.agent_id) is self.connection
             ):
                 del self.server.agent_connections[self.agent_id]
-                self.hub.disconnect(self.agent_id)
+                _, effects = self.hub.run(self.hub.disconnect, self.agent_id)
                 logger.info("agent %s disconnected", self.agent_id)
-                await self.server.settle()
+                await self.server.settle(effects=effects)
 
     async def _identify_in_time(self) -> bool:
         """Handle frames until the agent identifies; close (1008) a connection that does not."""

@@ -407,9 +407,9 @@ class HubServer:
         task.add_done_callback(self._background.discard)
 
     async def _release_holds(self) -> None:
-        self.hub.scheduler.release_due_holds()
+        _, effects = self.hub.run(self.hub.scheduler.release_due_holds)
         deadline = self.hub.queue.next_hold_deadline()
-        await self.settle()
+        await self.settle(effects=effects)
         if deadline is not None:
             self._wake_at(deadline)
 
@@ -457,8 +457,8 @@ class HubServer:
 
     async def _resume_after_store_recovery(self) -> None:
         """Offer queued work again: tasks whose assignment was refused are queued."""
-        self.hub.scheduler.schedule()
-        await self.settle()
+        _, effects = self.hub.run(self.hub.scheduler.schedule)
+        await self.settle(effects=effects)
 
     async def sweep(self) -> None:
         """Apply every timeout now, and drop agents that went silent.
@@ -467,13 +467,14 @@ class HubServer:
         connection is closed in the background, because a peer that went dark never
         answers the closing handshake and the sweep must not wait for it.
         """
-        for agent_id in self.hub.sweep():
+        silent, effects = self.hub.run(self.hub.sweep)
+        for agent_id in silent:
             connection = self.agent_connections.pop(agent_id, None)
-            self.hub.disconnect(agent_id)
+            effects.extend(self.hub.run(self.hub.disconnect, agent_id)[1])
             if connection is not None:
                 logger.info("agent %s silent for too long; closing", agent_id)
                 self.close_in_background(connection, 1001, "idle timeout")
-        await self.settle()
+        await self.settle(effects=effects)
 
     def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
         """Start closing ``connection`` without waiting for its peer.

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agentcom.hub.hub import Effects
+
 if TYPE_CHECKING:
     from agentcom.server.app import HubServer
 
@@ -77,9 +79,14 @@ class EndpointProber:
         registry = self._server.hub.endpoints
         targets = [(e, registry.endpoints[e].url) for e in endpoint_ids if e in registry.endpoints]
         results = await asyncio.gather(*(self._probe(url) for _, url in targets))
+        hub = self._server.hub
+        effects = Effects()
         for (endpoint_id, _), (models, loaded, error) in zip(targets, results, strict=True):
-            self._server.hub.endpoint_ops.apply_endpoint_check(endpoint_id, models, loaded, error)
-        await self._server.settle()
+            checked = hub.run(
+                hub.endpoint_ops.apply_endpoint_check, endpoint_id, models, loaded, error
+            )
+            effects.extend(checked[1])
+        await self._server.settle(effects=effects)
 
     async def _probe(self, url: str) -> tuple[list[str] | None, list[str], str | None]:
         try:
