@@ -6,9 +6,10 @@ concerns an agent's presence and the periodic sweep; the rest lives with its job
 task frames from agents (``task_frames``), operator actions on tasks (``task_ops``) and
 endpoints (``endpoint_ops``), scheduling (``scheduler``), read models (``views``) and
 recovery (``recovery``). Every command changes state synchronously, stages durable
-changes in the store and queues what must be sent (pushes to agents, events for
-subscribers) in the hub's outbox. The caller takes the outbox, commits the store, and
-only then sends: so nothing is announced before it is durable.
+changes in the store and collects what must be sent (pushes to agents, events for
+subscribers) in an :class:`Effects`, which :meth:`Hub.run` returns with the command's
+result. The caller commits the store and only then sends: so nothing is announced
+before it is durable.
 """
 
 from __future__ import annotations
