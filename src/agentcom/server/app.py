@@ -333,7 +333,10 @@ class HubServer:
         """
         outbox = self.hub.take_outbox()
         if effects:
-            outbox.extend(effects)
+            if outbox:
+                outbox.extend(effects)
+            else:  # the usual case: nothing of the hub's own to send first
+                outbox = effects
         written = self.store.commits
         try:
             await self.store.commit()
