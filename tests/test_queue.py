@@ -707,7 +707,7 @@ async def test_a_refused_completion_leaves_the_task_with_its_agent_as_stored(
     # given a task its agent is working on, stored, on a store whose refusals the hub hears
     store = MemoryStore()
     hub = Hub(store, clock, Settings())
-    store.on_refused = hub.forget_refused
+    store.on_refused = hub.recovery.forget_refused
     identify(hub, "worker")
     task = submit(hub, "build")
     assign = only_assignment(hub, "worker")
