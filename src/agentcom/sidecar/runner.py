@@ -22,6 +22,10 @@ After a crash, the restarted sidecar finds the task in the state directory: a fi
 one's completion is delivered as in step 2; an unfinished one's leftover process group is
 killed and ``task_recovering`` is sent after every identify until the hub answers
 ``task_reassign`` (forget it) or ``task_continue`` (run it again under the new generation).
+
+This module is longer than most because these steps share one piece of state, the task
+held and its record, and each must see what the others did to it; the executors, the
+state directory and the reconciliation already live in modules of their own.
 """
 
 from __future__ import annotations
