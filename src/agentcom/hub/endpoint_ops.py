@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentcom.errors import HubError
 from agentcom.hub.endpoints import Endpoint
+from agentcom.protocol.events import endpoint_event
 
 if TYPE_CHECKING:
     from agentcom.hub.hub import Hub
@@ -71,15 +72,9 @@ class EndpointOperations:
 
     def endpoint_event(self, name: str, endpoint: Endpoint) -> None:
         """Publish an ``endpoint_event`` named ``name`` with the endpoint's view."""
+        view = self.hub.views.endpoint_view(endpoint)
         self.hub.publish(
-            "agents",
-            {
-                "type": "endpoint_event",
-                "event": name,
-                "endpoint_id": endpoint.endpoint_id,
-                "timestamp": self.clock.now_ms(),
-                "endpoint": self.hub.views.endpoint_view(endpoint),
-            },
+            "agents", endpoint_event(name, endpoint.endpoint_id, self.clock.now_ms(), view)
         )
 
     def apply_endpoint_check(

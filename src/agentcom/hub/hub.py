@@ -37,6 +37,7 @@ from agentcom.hub.task_ops import TASK_ID_PREFIX_MIN, TaskOperations
 from agentcom.hub.views import HubViews
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Outbound
+from agentcom.protocol.events import agent_event, task_transition_event
 from agentcom.protocol.outbound import (
     AgentJoined,
     AgentLeft,
@@ -178,17 +179,7 @@ class Hub:
     def _task_event(self, name: str, task: Task, extra: dict[str, Any]) -> None:
         now = self.clock.now_ms()
         self.queue_history.observe(now, self.queue.queued_count(), name == "task_completed")
-        event = {
-            "type": "task_event",
-            "event": name,
-            "task_id": task.task_id,
-            "agent_id": task.assigned_to,
-            "timestamp": now,
-            "status": task.status.value,
-            "priority": task.priority.value,
-            "generation": task.generation,
-        }
-        event.update(extra)
+        event = task_transition_event(name, task, now, extra)
         self.publish("tasks", event)
         if task.status in TERMINAL:
             self._outbox.finished.append(task)
@@ -204,13 +195,7 @@ class Hub:
     def _agent_event(self, name: str, agent: AgentRecord) -> None:
         self.publish(
             "agents",
-            {
-                "type": "agent_event",
-                "event": name,
-                "agent_id": agent.agent_id,
-                "timestamp": self.clock.now_ms(),
-                "agent": self.views.agent_view(agent),
-            },
+            agent_event(name, agent.agent_id, self.clock.now_ms(), self.views.agent_view(agent)),
         )
 
     # --- agent presence -------------------------------------------------------------

@@ -15,6 +15,7 @@ from agentcom.hub.agentic import record_termination, record_tool_call
 from agentcom.hub.queue import ACTIVE
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import TargetType
+from agentcom.protocol.events import execution_progress_event, task_event, task_progress_event
 from agentcom.protocol.outbound import StateReportAck, TaskAck, TaskContinue, TaskReassign
 from agentcom.protocol.task import ExecutionMetadata, Task
 
@@ -79,12 +80,10 @@ class TaskFrames:
         self.queue.touch(task, frame.progress)
         self.presence.agents[agent_id].held_since = None  # still running it: not held
         now = self.clock.now_ms()
-        base = {"type": "task_event", "task_id": task.task_id, "agent_id": agent_id,
-                "timestamp": now}  # fmt: skip
-        self.hub.publish("tasks", {**base, "event": "task_progress", "progress": frame.progress})
+        self.hub.publish("tasks", task_progress_event(task.task_id, agent_id, now, frame.progress))
         if frame.execution_event is not None:
             event = frame.execution_event.model_dump(mode="json", exclude_unset=True)
-            progress_event = {**base, "event": "execution_progress", "execution_event": event}
+            progress_event = execution_progress_event(task.task_id, agent_id, now, event)
             # Viewers get what the tail keeps: names, counts and texts bounded.
             self.hub.publish("tasks", self.execution_tails.add(task.task_id, progress_event))
             if frame.execution_event.event_type == "tool_call":
@@ -190,16 +189,15 @@ class TaskFrames:
         )  # fmt: skip
         self.hub.publish(
             "tasks",
-            {
-                "type": "task_event",
-                "event": "task_state_reported",
-                "task_id": frame.task_id,
-                "agent_id": agent_id,
-                "timestamp": self.clock.now_ms(),
-                "action": action,
-                "reported_status": frame.status,
-                "reported_generation": frame.generation,
-                "generation": task.generation if task is not None else None,
-            },
+            task_event(
+                "task_state_reported",
+                frame.task_id,
+                agent_id,
+                self.clock.now_ms(),
+                action=action,
+                reported_status=frame.status,
+                reported_generation=frame.generation,
+                generation=task.generation if task is not None else None,
+            ),
         )
         return StateReportAck(task_id=frame.task_id, action=action)

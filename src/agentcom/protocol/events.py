@@ -1,7 +1,8 @@
 """The events the hub publishes to subscribers (``/ws/dashboard``, ``agentcom watch``).
 
 The hub builds events as plain dicts on its hot path (one per transition, fanned out to
-every subscriber) and does not validate them as it sends them; these models are their
+every subscriber) and does not validate them as it sends them; the constructor functions
+at the end of this module are the only place that spells their keys. The models are their
 contract: ``/api/schemas`` is generated from them and the tests check every event a live
 hub publishes against them, so the two cannot drift apart.
 """
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from agentcom.protocol.common import Priority, TaskStatus
-from agentcom.protocol.task import ExecutionMetadata, TaskHold
+from agentcom.protocol.task import ExecutionMetadata, Task, TaskHold
 
 __all__ = [
     "EVENT",
@@ -24,6 +25,13 @@ __all__ = [
     "Event",
     "TaskEvent",
     "ValidationEvent",
+    "agent_event",
+    "endpoint_event",
+    "execution_progress_event",
+    "task_event",
+    "task_progress_event",
+    "task_transition_event",
+    "validation_event",
 ]
 
 
@@ -137,3 +145,97 @@ Event = Annotated[
     TaskEvent | AgentEvent | EndpointEvent | ValidationEvent, Field(discriminator="type")
 ]
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+# --- constructors: the hot path builds plain dicts, in the key order subscribers get ---
+
+
+def task_event(
+    event: str, task_id: str, agent_id: str | None, timestamp: int, **fields: Any
+) -> dict[str, Any]:
+    """A ``task_event`` named ``event``, with the optional ``fields`` of :class:`TaskEvent`."""
+    return {
+        "type": "task_event",
+        "event": event,
+        "task_id": task_id,
+        "agent_id": agent_id,
+        "timestamp": timestamp,
+        **fields,
+    }
+
+
+def task_transition_event(
+    event: str, task: Task, timestamp: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A task's transition: its holder, status, priority and generation, then ``extra``
+    (which may name another ``agent_id``: the agent that lost the task)."""
+    built = task_event(
+        event,
+        task.task_id,
+        task.assigned_to,
+        timestamp,
+        status=task.status.value,
+        priority=task.priority.value,
+        generation=task.generation,
+    )
+    built.update(extra)
+    return built
+
+
+def _progress_base(task_id: str, agent_id: str, timestamp: int) -> dict[str, Any]:
+    return {"type": "task_event", "task_id": task_id, "agent_id": agent_id, "timestamp": timestamp}
+
+
+def task_progress_event(
+    task_id: str, agent_id: str, timestamp: int, progress: int | None
+) -> dict[str, Any]:
+    """A ``task_progress`` event: the progress as the sidecar sent it."""
+    return {**_progress_base(task_id, agent_id, timestamp), "event": "task_progress",
+            "progress": progress}  # fmt: skip
+
+
+def execution_progress_event(
+    task_id: str, agent_id: str, timestamp: int, execution_event: dict[str, Any]
+) -> dict[str, Any]:
+    """An ``execution_progress`` event carrying one streamed execution event."""
+    return {**_progress_base(task_id, agent_id, timestamp), "event": "execution_progress",
+            "execution_event": execution_event}  # fmt: skip
+
+
+def agent_event(event: str, agent_id: str, timestamp: int, agent: dict[str, Any]) -> dict[str, Any]:
+    """An ``agent_event`` named ``event`` with the agent's view (:class:`AgentView`)."""
+    return {
+        "type": "agent_event",
+        "event": event,
+        "agent_id": agent_id,
+        "timestamp": timestamp,
+        "agent": agent,
+    }
+
+
+def endpoint_event(
+    event: str, endpoint_id: str, timestamp: int, endpoint: dict[str, Any]
+) -> dict[str, Any]:
+    """An ``endpoint_event`` named ``event`` with the endpoint's view (:class:`EndpointView`)."""
+    return {
+        "type": "endpoint_event",
+        "event": event,
+        "endpoint_id": endpoint_id,
+        "timestamp": timestamp,
+        "endpoint": endpoint,
+    }
+
+
+def validation_event(
+    agent_id: str | None, remote: str, timestamp: int, reply: dict[str, Any], closed: bool
+) -> dict[str, Any]:
+    """A ``validation_event``: a refused frame (``reply`` as viewers may see it) and whether
+    it closed the connection."""
+    return {
+        "type": "validation_event",
+        "agent_id": agent_id,
+        "remote": remote,
+        "timestamp": timestamp,
+        "reply": reply,
+        "closed": closed,
+    }
