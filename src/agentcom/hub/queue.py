@@ -17,7 +17,7 @@ from agentcom.hub.clock import Clock
 from agentcom.hub.dependencies import DependencyIndex
 from agentcom.protocol.common import PRIORITY_RANK, Priority, TaskStatus
 from agentcom.protocol.outbound import Complexity, RoutingDecision
-from agentcom.protocol.task import HistoryEntry, Task, TaskSubmission
+from agentcom.protocol.task import HistoryEntry, Task, TaskSubmission, task_from_submission
 from agentcom.store.base import Store
 
 __all__ = ["ACTIVE", "TASK_ID_LENGTH", "TERMINAL", "EventSink", "TaskQueue", "new_task_id"]
@@ -270,25 +270,12 @@ class TaskQueue:
         self.check_prerequisites(depends_on)
         now = self._clock.now_ms()
         max_retries = submission.max_retries
-        task = Task(
-            task_id=new_task_id(),
-            status=TaskStatus.queued,
-            priority=submission.priority,
-            description=submission.description,
-            metadata=submission.metadata,
-            needed_capabilities=submission.needed_capabilities,
-            complexity_tier=submission.complexity_tier,
-            max_retries=self._default_max_retries if max_retries is None else max_retries,
-            repo=submission.repo,
-            branch=submission.branch,
-            file_hints=submission.file_hints,
-            success_criteria=submission.success_criteria,
-            verification_steps=submission.verification_steps,
-            skip_verification=submission.skip_verification,
-            verification_timeout_ms=submission.verification_timeout_ms,
+        task = task_from_submission(
+            submission,
+            new_task_id(),
+            now,
             depends_on=depends_on,
-            created_at=now,
-            updated_at=now,
+            max_retries=self._default_max_retries if max_retries is None else max_retries,
         )
         self._record(task, TaskStatus.queued, "submitted")
         if depends_on:

@@ -25,6 +25,7 @@ from agentcom.protocol.task import (
     TaskHold,
     TaskSubmission,
     listed_task,
+    task_from_submission,
 )
 from agentcom.store.base import TaskFilter, TaskPage
 
@@ -163,9 +164,9 @@ class HubViews:
     def route_preview(self, submission: TaskSubmission) -> dict[str, Any]:
         """The decision the hub would make for this task now, without queueing it."""
         now = self.clock.now_ms()
-        task = Task(task_id="preview", status=TaskStatus.queued, priority=submission.priority,
-                    created_at=now, updated_at=now,
-                    **submission.model_dump(exclude={"priority", "max_retries"}))  # fmt: skip
+        task = task_from_submission(
+            submission, "preview", now, depends_on=list(submission.depends_on)
+        )
         try:
             complexity, decision, _ = self.hub.router.decide(task, None, allow_fallback=False)
             waits = None

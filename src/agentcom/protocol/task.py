@@ -33,6 +33,7 @@ __all__ = [
     "listed_task",
     "parse_task_cursor",
     "task_cursor",
+    "task_from_submission",
 ]
 
 
@@ -172,6 +173,29 @@ class Task(BaseModel):
     history: list[HistoryEntry] = []
     created_at: int
     updated_at: int
+
+
+_SUBMITTED_AS_IS = tuple(
+    name for name in TaskSubmission.model_fields if name not in ("max_retries", "depends_on")
+)
+"""The submission's fields a new task takes unchanged."""
+
+
+def task_from_submission(
+    submission: TaskSubmission,
+    task_id: str,
+    now: int,
+    *,
+    depends_on: list[str],
+    max_retries: int | None = None,
+) -> Task:
+    """A queued task made of a submission, created at ``now``; ``max_retries`` None keeps
+    the model's default."""
+    fields: dict[str, Any] = {name: getattr(submission, name) for name in _SUBMITTED_AS_IS}
+    if max_retries is not None:
+        fields["max_retries"] = max_retries
+    return Task(task_id=task_id, status=TaskStatus.queued, depends_on=depends_on,
+                created_at=now, updated_at=now, **fields)  # fmt: skip
 
 
 LISTED_WITHOUT = frozenset({"result", "verification_report", "agentic"})
