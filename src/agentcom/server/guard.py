@@ -17,7 +17,7 @@ from websockets.http11 import Request, Response
 from agentcom.hub.clock import Clock
 from agentcom.server.sockets import Peer, peer_of
 
-__all__ = ["Guard"]
+__all__ = ["Guard", "single_header"]
 
 _BROWSER_PATHS = frozenset({"/ws/dashboard", "/ws/operator"})
 _FAILURE_WINDOW_MS = 60_000
@@ -43,7 +43,7 @@ def _refusal(status: int, reason: str, message: str) -> Response:
     return Response(status, reason, headers, body)
 
 
-def _single_header(headers: Headers, name: str) -> str | None:
+def single_header(headers: Headers, name: str) -> str | None:
     """The value of a header sent once; None when it is absent or repeated."""
     values = headers.get_all(name)
     return values[0] if len(values) == 1 else None
@@ -212,7 +212,7 @@ class Guard:
         normalized = origins[0].rstrip("/").lower()
         if normalized in self._allowed_origins or "*" in self._allowed_origins:
             return True
-        host = _single_header(headers, "Host")
+        host = single_header(headers, "Host")
         origin = urlsplit(normalized)
         return (
             host is not None and origin.scheme == self._own_scheme and origin.netloc == host.lower()

@@ -20,6 +20,7 @@ from agentcom.hub.auth import Role
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
 from agentcom.protocol.task import TASK_CURSOR_PATTERN, parse_task_cursor
+from agentcom.server.guard import single_header
 from agentcom.server.inbound import peer
 from agentcom.server.metrics import CONTENT_TYPE
 from agentcom.store.base import TaskFilter
@@ -45,12 +46,6 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
         ]
     )
     return Response(status, _REASONS.get(status, "Error"), headers, body)
-
-
-def _single_header(request: Request, name: str) -> str | None:
-    """A header sent exactly once; a repeated one counts as absent."""
-    values = request.headers.get_all(name)
-    return values[0] if len(values) == 1 else None
 
 
 def _json(status: int, data: Any) -> Response:
@@ -130,7 +125,7 @@ class HttpRoutes:
             return _json(200, self.health())
         if path == "/metrics":
             return _response(200, self.server.metrics.render(), CONTENT_TYPE)
-        host = _single_header(request, "Host")
+        host = single_header(request.headers, "Host")
         if path in ("/", "/dashboard"):
             return dashboard_file("index.html", host, self.server.tls)
         if path.startswith("/dashboard/"):
@@ -147,7 +142,7 @@ class HttpRoutes:
         return _json(404, {"error": "not_found"})
 
     def _authorized(self, request: Request) -> bool:
-        header = _single_header(request, "Authorization") or ""
+        header = single_header(request.headers, "Authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
