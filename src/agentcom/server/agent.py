@@ -14,6 +14,7 @@ from agentcom.hub.auth import Role
 from agentcom.hub.limits import BucketSpec, RateLimiter
 from agentcom.protocol import agent as frames
 from agentcom.protocol.errors import FrameDecoder, FrameRejected, summary_for_viewers
+from agentcom.protocol.events import validation_event
 from agentcom.protocol.outbound import (
     AgentList,
     ErrorReply,
@@ -192,14 +193,13 @@ class AgentSession:
         server = self.server
         server.metrics.violation(reply)
         closing = server.violations.record_failure(self.failures)
-        event = {
-            "type": "validation_event",
-            "agent_id": self.agent_id,
-            "remote": peer(self.connection),
-            "timestamp": server.clock.now_ms(),
-            "reply": summary_for_viewers(reply, _KNOWN_TYPES),  # names and kinds, no values
-            "closed": closing,  # this violation closes the connection (1008)
-        }
+        event = validation_event(
+            self.agent_id,
+            peer(self.connection),
+            server.clock.now_ms(),
+            summary_for_viewers(reply, _KNOWN_TYPES),  # names and kinds, no values
+            closing,  # this violation closes the connection (1008)
+        )
         server.pubsub.publish("validation", event)
         if closing:
             self.closed_for_violations = True
