@@ -137,14 +137,14 @@ class AgentDrain(_Request):
     """Let an agent finish its current task and offer it no new one (admin)."""
 
     type: Literal["agent_drain"]
-    agent_id: Annotated[str, Field(min_length=1, max_length=128)]
+    agent_id: AgentId
 
 
 class AgentUndrain(_Request):
     """End an agent's drain: it is offered work again (admin)."""
 
     type: Literal["agent_undrain"]
-    agent_id: Annotated[str, Field(min_length=1, max_length=128)]
+    agent_id: AgentId
 
 
 class TaskWait(_Request):
