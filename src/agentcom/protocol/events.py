@@ -169,15 +169,16 @@ def task_transition_event(
 ) -> dict[str, Any]:
     """A task's transition: its holder, status, priority and generation, then ``extra``
     (which may name another ``agent_id``: the agent that lost the task)."""
-    built = task_event(
-        event,
-        task.task_id,
-        task.assigned_to,
-        timestamp,
-        status=task.status.value,
-        priority=task.priority.value,
-        generation=task.generation,
-    )
+    built = {  # spelled out rather than through task_event: one per transition
+        "type": "task_event",
+        "event": event,
+        "task_id": task.task_id,
+        "agent_id": task.assigned_to,
+        "timestamp": timestamp,
+        "status": task.status.value,
+        "priority": task.priority.value,
+        "generation": task.generation,
+    }
     built.update(extra)
     return built
 
