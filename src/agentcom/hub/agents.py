@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from agentcom.protocol.events import agent_view
 from agentcom.protocol.outbound import AgentInfo
 from agentcom.protocol.task import TaskHold
 
@@ -68,22 +69,22 @@ class AgentRecord:
 
     def snapshot(self, held_task: TaskHold | None = None) -> dict[str, Any]:
         """The dashboard and operator view; ``held_task`` is its task's hold, if any."""
-        return {
-            "agent_id": self.agent_id,
-            "name": self.name,
-            "status": self.status,
-            "state": self.state.value,
-            "capabilities": sorted(self.capabilities),
-            "connected_at": self.connected_at,
-            "last_seen": self.last_seen,
-            "current_task": self.current_task,
-            "draining": self.draining,
-            "ollama_url": self.ollama_url,
-            "resources": self.resources,
-            "pm2_info": self.pm2_info,
-            "restarting": self.restarting,
-            "held_task": held_task.model_dump(mode="json") if held_task is not None else None,
-        }
+        return agent_view(
+            agent_id=self.agent_id,
+            name=self.name,
+            status=self.status,
+            state=self.state.value,
+            capabilities=sorted(self.capabilities),
+            connected_at=self.connected_at,
+            last_seen=self.last_seen,
+            current_task=self.current_task,
+            draining=self.draining,
+            ollama_url=self.ollama_url,
+            resources=self.resources,
+            pm2_info=self.pm2_info,
+            restarting=self.restarting,
+            held_task=held_task,
+        )
 
 
 class Presence:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agentcom.errors import HubError
+from agentcom.protocol.events import endpoint_view
 from agentcom.store.base import EndpointRow
 
 __all__ = ["Endpoint", "EndpointRegistry", "HostAllowList", "is_loopback", "normalize_url"]
@@ -130,22 +131,23 @@ class Endpoint:
         """Healthy and serving at least one model."""
         return self.healthy is True and bool(self.models)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The API view."""
-        return {
-            "endpoint_id": self.endpoint_id,
-            "url": self.url,
-            "host_port": self.host_port,
-            "source": self.source,
-            "agent_id": self.agent_id,
-            "approved": self.approved,
-            "healthy": self.healthy,
-            "models": list(self.models),
-            "loaded": list(self.loaded),
-            "failures": self.failures,
-            "last_checked": self.last_checked,
-            "last_error": self.last_error,
-        }
+    def view(self, load: dict[str, Any] | None) -> dict[str, Any]:
+        """The API view, with ``load``: the latest resource report of its host."""
+        return endpoint_view(
+            endpoint_id=self.endpoint_id,
+            url=self.url,
+            host_port=self.host_port,
+            source=self.source,
+            agent_id=self.agent_id,
+            approved=self.approved,
+            healthy=self.healthy,
+            models=list(self.models),
+            loaded=list(self.loaded),
+            failures=self.failures,
+            last_checked=self.last_checked,
+            last_error=self.last_error,
+            load=load,
+        )
 
 
 class EndpointRegistry:
@@ -300,7 +302,3 @@ class EndpointRegistry:
     def viable(self) -> list[Endpoint]:
         """Endpoints the router may choose."""
         return [endpoint for endpoint in self.endpoints.values() if endpoint.viable]
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every endpoint, for the API."""
-        return [endpoint.snapshot() for endpoint in self.endpoints.values()]

@@ -254,9 +254,7 @@ class HubViews:
     def endpoint_view(self, endpoint: Endpoint) -> dict[str, Any]:
         """An endpoint as operators see it: the registry's view and the load of its host
         (the latest resource report routing uses, or None)."""
-        view = endpoint.snapshot()
-        view["load"] = self.resources_of(endpoint)
-        return view
+        return endpoint.view(self.resources_of(endpoint))
 
     def endpoints_snapshot(self) -> list[dict[str, Any]]:
         """Every known endpoint, as :meth:`endpoint_view` shows it."""

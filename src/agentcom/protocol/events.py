@@ -26,7 +26,9 @@ __all__ = [
     "TaskEvent",
     "ValidationEvent",
     "agent_event",
+    "agent_view",
     "endpoint_event",
+    "endpoint_view",
     "execution_progress_event",
     "task_event",
     "task_progress_event",
@@ -239,4 +241,74 @@ def validation_event(
         "timestamp": timestamp,
         "reply": reply,
         "closed": closed,
+    }
+
+
+def agent_view(
+    *,
+    agent_id: str,
+    name: str | None,
+    status: str | None,
+    state: str,
+    capabilities: list[str],
+    connected_at: int,
+    last_seen: int,
+    current_task: str | None,
+    draining: bool,
+    ollama_url: str | None,
+    resources: dict[str, Any],
+    pm2_info: dict[str, Any] | None,
+    restarting: dict[str, Any] | None,
+    held_task: TaskHold | None,
+) -> dict[str, Any]:
+    """An agent as dashboards and operators see it (:class:`AgentView`)."""
+    return {
+        "agent_id": agent_id,
+        "name": name,
+        "status": status,
+        "state": state,
+        "capabilities": capabilities,
+        "connected_at": connected_at,
+        "last_seen": last_seen,
+        "current_task": current_task,
+        "draining": draining,
+        "ollama_url": ollama_url,
+        "resources": resources,
+        "pm2_info": pm2_info,
+        "restarting": restarting,
+        "held_task": held_task.model_dump(mode="json") if held_task is not None else None,
+    }
+
+
+def endpoint_view(
+    *,
+    endpoint_id: str,
+    url: str,
+    host_port: str,
+    source: str,
+    agent_id: str | None,
+    approved: bool,
+    healthy: bool | None,
+    models: list[str],
+    loaded: list[str],
+    failures: int,
+    last_checked: int | None,
+    last_error: str | None,
+    load: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """An endpoint as operators see it (:class:`EndpointView`)."""
+    return {
+        "endpoint_id": endpoint_id,
+        "url": url,
+        "host_port": host_port,
+        "source": source,
+        "agent_id": agent_id,
+        "approved": approved,
+        "healthy": healthy,
+        "models": models,
+        "loaded": loaded,
+        "failures": failures,
+        "last_checked": last_checked,
+        "last_error": last_error,
+        "load": load,
     }
