@@ -11,6 +11,7 @@ from pydantic_core import to_json
 
 from agentcom.errors import HubError
 from agentcom.hub.bounded import SizedQueue
+from agentcom.protocol.outbound import channel_entry, channel_message
 
 __all__ = ["Channel", "ChannelMessage", "ChannelRegistry"]
 
@@ -32,16 +33,16 @@ class ChannelMessage:
 
     def as_dict(self) -> dict[str, Any]:
         """The wire and storage form."""
-        return {
-            "channel": self.channel,
-            "seq": self.seq,
-            "id": self.id,
-            "from": self.sender,
-            "payload": self.payload,
-            "message_type": self.message_type,
-            "reply_to": self.reply_to,
-            "timestamp": self.timestamp,
-        }
+        return channel_message(
+            channel=self.channel,
+            seq=self.seq,
+            id=self.id,
+            sender=self.sender,
+            payload=self.payload,
+            message_type=self.message_type,
+            reply_to=self.reply_to,
+            timestamp=self.timestamp,
+        )
 
 
 @dataclass(slots=True)
@@ -63,13 +64,13 @@ class Channel:
 
     def summary(self) -> dict[str, Any]:
         """The ``list_channels`` entry."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "created_at": self.created_at,
-            "subscribers": len(self.subscribers),
-            "last_seq": self.seq,
-        }
+        return channel_entry(
+            name=self.name,
+            description=self.description,
+            created_at=self.created_at,
+            subscribers=len(self.subscribers),
+            last_seq=self.seq,
+        )
 
 
 class ChannelRegistry:

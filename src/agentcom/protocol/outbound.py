@@ -17,6 +17,8 @@ __all__ = [
     "RoutingDecision",
     "TaskAssign",
     "ValidationFailed",
+    "channel_entry",
+    "channel_message",
 ]
 
 
@@ -319,3 +321,40 @@ class ChannelAgentJoined(Outbound):
     type: Literal["channel_agent_joined"] = "channel_agent_joined"
     channel: str
     agent_id: str
+
+
+def channel_message(
+    *,
+    channel: str,
+    seq: int,
+    id: str,
+    sender: str,
+    payload: dict[str, Any],
+    message_type: str | None,
+    reply_to: str | None,
+    timestamp: int,
+) -> dict[str, Any]:
+    """A channel message as ``channel_history`` returns it and the store keeps it."""
+    return {
+        "channel": channel,
+        "seq": seq,
+        "id": id,
+        "from": sender,
+        "payload": payload,
+        "message_type": message_type,
+        "reply_to": reply_to,
+        "timestamp": timestamp,
+    }
+
+
+def channel_entry(
+    *, name: str, description: str | None, created_at: int, subscribers: int, last_seq: int
+) -> dict[str, Any]:
+    """A channel as ``list_channels`` and ``channel_create`` return it."""
+    return {
+        "name": name,
+        "description": description,
+        "created_at": created_at,
+        "subscribers": subscribers,
+        "last_seq": last_seq,
+    }
