@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode
 
 from agentcom.errors import HubError, StoreError
 from agentcom.hub.auth import Role
@@ -49,7 +50,7 @@ async def _first_frame(server: HubServer, connection: ServerConnection) -> str |
         async with asyncio.timeout(server.settings.identify_timeout_s):
             raw = await connection.recv()
     except TimeoutError:
-        await connection.close(1008, "no authentication in time")
+        await connection.close(CloseCode.POLICY_VIOLATION, "no authentication in time")
         return None
     return await text_of(connection, raw)
 
@@ -71,7 +72,7 @@ class DashboardSession:
             frame = DASHBOARD_DECODER.decode(raw)
         except FrameRejected as rejected:
             await server.send(self.connection, rejected.reply)
-            await self.connection.close(1008, "expected subscribe")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "expected subscribe")
             return
         identity = server.auth.role_of(frame.token)
         if identity is None or identity[1] not in _OPERATOR_ROLES:
@@ -79,7 +80,7 @@ class DashboardSession:
             await server.guard.slow_down_after_failure(self.connection)
             message = _refusal_message(identity)
             await server.send(self.connection, ErrorReply(error="invalid_token", message=message))
-            await self.connection.close(1008, "invalid token")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "invalid token")
             return
         who = f"{identity[0]} ({identity[1].value})"
         logger.info("dashboard %s subscribed from %s", who, peer(self.connection))
@@ -192,7 +193,7 @@ class OperatorSession:
             frame = OPERATOR_DECODER.decode(raw)
         except FrameRejected as rejected:
             await self._send(rejected.reply)
-            await self.connection.close(1008, "expected auth")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "expected auth")
             return False
         identity = None
         if isinstance(frame, ops.Auth):
@@ -204,7 +205,7 @@ class OperatorSession:
             await self._send(
                 ops.OperatorError(request_id=None, error="invalid_token", message=message)
             )
-            await self.connection.close(1008, "invalid token")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "invalid token")
             return False
         assert isinstance(frame, ops.Auth)
         self.role = identity[1]
