@@ -31,7 +31,7 @@ from agentcom.server.inbound import peer, peer_host, text_of
 
 if TYPE_CHECKING:
     from agentcom.protocol.common import Outbound
-    from agentcom.server.app import HubServer
+    from agentcom.server.host import SessionHost
 
 __all__ = ["AgentSession"]
 
@@ -50,7 +50,7 @@ _UNLIMITED = frozenset(
 class AgentSession:
     """Handles the frames of one agent connection until it closes."""
 
-    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+    def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.hub = server.hub
         self.connection = connection

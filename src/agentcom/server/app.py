@@ -414,6 +414,10 @@ class HubServer:
         if deadline is not None:
             self._wake_at(deadline)
 
+    async def commit(self) -> None:
+        """Make what is staged durable, so that a read sees it (one group commit)."""
+        await self.store.commit()
+
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame; a connection that closed meanwhile is ignored."""
         with contextlib.suppress(ConnectionClosed):

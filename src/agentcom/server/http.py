@@ -25,7 +25,7 @@ from agentcom.server.metrics import CONTENT_TYPE
 from agentcom.store.base import TaskFilter
 
 if TYPE_CHECKING:
-    from agentcom.server.app import HubServer
+    from agentcom.server.host import SessionHost
 
 __all__ = ["DASHBOARD_FILES", "WEBSOCKET_PATHS", "HttpRoutes", "dashboard_file"]
 
@@ -103,7 +103,7 @@ def dashboard_file(name: str, host: str | None, tls: bool = False) -> Response:
 class HttpRoutes:
     """``/health``, ``/metrics``, ``/dashboard`` and ``/api/*`` (bearer token)."""
 
-    def __init__(self, server: HubServer) -> None:
+    def __init__(self, server: SessionHost) -> None:
         self.server = server
 
     async def process_request(
@@ -177,7 +177,7 @@ class HttpRoutes:
     async def api(self, path: str, query: dict[str, list[str]]) -> Response:
         """The ``/api/*`` routes."""
         hub = self.server.hub
-        await self.server.store.commit()
+        await self.server.commit()
         if path in ("/api/tasks", "/api/tasks/dead-letter"):
             try:
                 task_filter = _task_filter(query, self.server.clock.now_ms())

@@ -21,7 +21,7 @@ from agentcom.server.inbound import peer, text_of
 from agentcom.store.base import TaskFilter, TaskPage
 
 if TYPE_CHECKING:
-    from agentcom.server.app import HubServer
+    from agentcom.server.host import SessionHost
 
 __all__ = ["AGENT_TOKEN_REFUSED", "DashboardSession", "OperatorSession"]
 
@@ -43,7 +43,7 @@ def _refusal_message(identity: tuple[str, Role] | None) -> str | None:
     return None
 
 
-async def _first_frame(server: HubServer, connection: ServerConnection) -> str | None:
+async def _first_frame(server: SessionHost, connection: ServerConnection) -> str | None:
     """The first message, or None once the connection is closed for not sending one in time
     or for sending a binary one."""
     try:
@@ -58,7 +58,7 @@ async def _first_frame(server: HubServer, connection: ServerConnection) -> str |
 class DashboardSession:
     """A viewer: one ``subscribe``, a snapshot, then events until it goes away."""
 
-    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+    def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.connection = connection
 
@@ -88,7 +88,7 @@ class DashboardSession:
         subscription = server.pubsub.subscribe(frame.topics)
         token_key = server.revocations.track(frame.token, self.connection)
         try:
-            await server.store.commit()
+            await server.commit()
             snapshot = ops.Snapshot(**await server.hub.views.snapshot())
             server.send_reply(self.connection, snapshot, f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
@@ -151,7 +151,7 @@ def _rejection(raw: str | bytes, reply: ErrorReply | ValidationFailed) -> Any:
 class OperatorSession:
     """An operator (CLI or page): ``auth``, then requests answered by ``request_id``."""
 
-    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+    def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.hub = server.hub
         self.connection = connection
@@ -310,12 +310,12 @@ class OperatorSession:
         if isinstance(request, ops.TaskRoute):
             return hub.views.route_preview(request.task)
         if isinstance(request, ops.TaskList):
-            await self.server.store.commit()
+            await self.server.commit()
             return hub.views.list_tasks(_task_filter(request, hub.clock.now_ms()))
         if isinstance(request, ops.AgentsList):
             return hub.views.agents_snapshot()
         if isinstance(request, ops.Stats):
-            await self.server.store.commit()
+            await self.server.commit()
             return await hub.views.stats()
         if isinstance(request, ops.EndpointsList):
             return hub.views.endpoints_snapshot()
