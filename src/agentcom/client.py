@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.frames import CloseCode
 
 from agentcom.errors import AgentcomError
 from agentcom.protocol.agent import Identify, Ping
@@ -80,15 +81,12 @@ class ConnectionLost(AgentcomError, ConnectionError):
         self.reason = reason
 
 
-CLOSE_RESTART = 1012  # the hub's close code when it stops or restarts
-
-
 def _is_restart(error: BaseException) -> bool:
     """Whether ``error`` is the hub closing the connection because it stops (1012)."""
     return (
         isinstance(error, ConnectionClosed)
         and error.rcvd is not None
-        and error.rcvd.code == CLOSE_RESTART
+        and error.rcvd.code == CloseCode.SERVICE_RESTART
     )
 
 

@@ -7,6 +7,11 @@ export const BACKOFF = { initialMs: 500, maxMs: 15_000, jitter: 0.2 };
 /** Requests not answered within this long fail (the hub answers in milliseconds). */
 export const REQUEST_TIMEOUT_MS = 15_000;
 
+/** Close codes: the page's own, and the hub's refusals (server/closecodes.py). */
+const CLOSE_NORMAL = 1000;
+const CLOSE_POLICY_VIOLATION = 1008; // with reason "invalid token": refused at once
+const CLOSE_REVOKED = 4003; // the token was revoked while the page was open
+
 /** The URL of a hub WebSocket path, on the host and scheme the page came from. */
 export function socketUrl(path) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -56,7 +61,7 @@ class ReconnectingSocket {
   stop() {
     this.stopped = true;
     clearTimeout(this.retryTimer);
-    if (this.ws) this.ws.close(1000, "page closed");
+    if (this.ws) this.ws.close(CLOSE_NORMAL, "page closed");
     this.ws = null;
   }
 
@@ -88,8 +93,8 @@ class ReconnectingSocket {
       this.ws = null;
       this.disconnected();
       if (this.stopped) return;
-      // 1008 "invalid token": refused at once; 4003: the token was revoked while open.
-      if ((event.code === 1008 && /token/.test(event.reason)) || event.code === 4003) {
+      const refused = event.code === CLOSE_POLICY_VIOLATION && /token/.test(event.reason);
+      if (refused || event.code === CLOSE_REVOKED) {
         this.refuse();
         return;
       }

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode
 
 from agentcom.errors import HubError
 from agentcom.hub.auth import Role
@@ -26,11 +27,12 @@ from agentcom.protocol.outbound import (
     StatusUpdated,
     ValidationFailed,
 )
+from agentcom.server.closecodes import CLOSE_REPLACED
 from agentcom.server.inbound import peer, peer_host, text_of
 
 if TYPE_CHECKING:
     from agentcom.protocol.common import Outbound
-    from agentcom.server.app import HubServer
+    from agentcom.server.host import SessionHost
 
 __all__ = ["AgentSession"]
 
@@ -49,7 +51,7 @@ _UNLIMITED = frozenset(
 class AgentSession:
     """Handles the frames of one agent connection until it closes."""
 
-    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+    def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.hub = server.hub
         self.connection = connection
@@ -115,7 +117,7 @@ class AgentSession:
                     raw = await self.connection.recv()
                     await self.handle(raw)
         except TimeoutError:
-            await self.connection.close(1008, "identify timeout")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "identify timeout")
             return False
         return True
 
@@ -208,7 +210,7 @@ class AgentSession:
                 logger.warning(
                     "agent %s closed for violations; cooldown %d s", self.agent_id, cooldown // 1000
                 )
-            await self.connection.close(1008, "too many validation errors")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "too many validation errors")
 
     # --- identify -------------------------------------------------------------------
 
@@ -229,7 +231,9 @@ class AgentSession:
         remaining_ms = server.violations.cooldown_remaining_ms(frame.agent_id)
         if remaining_ms > 0:
             seconds = -(-remaining_ms // 1000)
-            await self.connection.close(1008, f"cooldown: retry in {seconds} s")
+            await self.connection.close(
+                CloseCode.POLICY_VIOLATION, f"cooldown: retry in {seconds} s"
+            )
             return
         self.agent_id = frame.agent_id
         self._token_key = server.revocations.track(frame.token, self.connection)
@@ -243,7 +247,7 @@ class AgentSession:
         if previous is not None and previous is not self.connection:
             # Not awaited: an old connection that went dark never answers its closing
             # handshake, and nothing may keep this one waiting for that.
-            server.close_in_background(previous, 4001, "replaced")
+            server.close_in_background(previous, CLOSE_REPLACED, "replaced")
         _, effects = self.hub.run(self.hub.identify, frame, peer_host(self.connection))
         logger.info("agent %s identified from %s", frame.agent_id, peer(self.connection))
         await server.settle(effects=effects)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from agentcom.config import Settings
@@ -48,9 +49,6 @@ from agentcom.wirelog import library_logger
 __all__ = ["HubServer"]
 
 logger = logging.getLogger(__name__)
-
-CLOSE_REPLACED = 4001
-CLOSE_RESTART = 1012
 
 
 class HubServer:
@@ -300,7 +298,7 @@ class HubServer:
         if self._server is not None:
             self._server.close(close_connections=False)
             closing = [
-                connection.close(CLOSE_RESTART, "hub restarting")
+                connection.close(CloseCode.SERVICE_RESTART, "hub restarting")
                 for connection in list(self._server.connections)
             ]
             await asyncio.gather(*closing, return_exceptions=True)
@@ -416,6 +414,10 @@ class HubServer:
         if deadline is not None:
             self._wake_at(deadline)
 
+    async def commit(self) -> None:
+        """Make what is staged durable, so that a read sees it (one group commit)."""
+        await self.store.commit()
+
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame; a connection that closed meanwhile is ignored."""
         with contextlib.suppress(ConnectionClosed):
@@ -476,7 +478,7 @@ class HubServer:
             effects.extend(self.hub.run(self.hub.disconnect, agent_id)[1])
             if connection is not None:
                 logger.info("agent %s silent for too long; closing", agent_id)
-                self.close_in_background(connection, 1001, "idle timeout")
+                self.close_in_background(connection, CloseCode.GOING_AWAY, "idle timeout")
         await self.settle(effects=effects)
 
     def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
@@ -516,7 +518,9 @@ class HubServer:
         path = path.rstrip("/") or "/"
         session_type = session_types.get(path)
         if session_type is None or self._stopping:
-            await connection.close(1008 if session_type is None else CLOSE_RESTART)
+            await connection.close(
+                CloseCode.POLICY_VIOLATION if session_type is None else CloseCode.SERVICE_RESTART
+            )
             return
         with self.metrics.connection(path), contextlib.suppress(ConnectionClosed):
             await session_type(self, connection).run()

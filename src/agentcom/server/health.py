@@ -11,7 +11,7 @@ import httpx
 from agentcom.hub.hub import Effects
 
 if TYPE_CHECKING:
-    from agentcom.server.app import HubServer
+    from agentcom.server.host import SessionHost
 
 __all__ = ["EndpointProber", "parse_model_names"]
 
@@ -38,7 +38,7 @@ class EndpointProber:
         timeout_s: a check slower than this counts as a failure.
     """
 
-    def __init__(self, server: HubServer, interval_s: float, timeout_s: float) -> None:
+    def __init__(self, server: SessionHost, interval_s: float, timeout_s: float) -> None:
         self._server = server
         self._interval_s = interval_s
         self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)

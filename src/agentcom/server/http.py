@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from agentcom.server.metrics import CONTENT_TYPE
 from agentcom.store.base import TaskFilter
 
 if TYPE_CHECKING:
-    from agentcom.server.app import HubServer
+    from agentcom.server.host import SessionHost
 
 __all__ = ["DASHBOARD_FILES", "WEBSOCKET_PATHS", "HttpRoutes", "dashboard_file"]
 
@@ -98,7 +99,7 @@ def dashboard_file(name: str, host: str | None, tls: bool = False) -> Response:
 class HttpRoutes:
     """``/health``, ``/metrics``, ``/dashboard`` and ``/api/*`` (bearer token)."""
 
-    def __init__(self, server: HubServer) -> None:
+    def __init__(self, server: SessionHost) -> None:
         self.server = server
 
     async def process_request(
@@ -121,15 +122,12 @@ class HttpRoutes:
             return None
         if path in WEBSOCKET_PATHS:
             return _json(400, {"error": "websocket_required"})
-        if path == "/health":
-            return _json(200, self.health())
-        if path == "/metrics":
-            return _response(200, self.server.metrics.render(), CONTENT_TYPE)
-        host = single_header(request.headers, "Host")
-        if path in ("/", "/dashboard"):
-            return dashboard_file("index.html", host, self.server.tls)
+        page = _PAGES.get(path)
+        if page is not None:
+            return page(self, request)
         if path.startswith("/dashboard/"):
-            return dashboard_file(path.removeprefix("/dashboard/"), host, self.server.tls)
+            name = path.removeprefix("/dashboard/")
+            return dashboard_file(name, single_header(request.headers, "Host"), self.server.tls)
         if path.startswith("/api/"):
             if not self._authorized(request):
                 await self.server.guard.slow_down_after_failure(connection)
@@ -140,6 +138,15 @@ class HttpRoutes:
             )  # when it cuts the client off, the response goes nowhere
             return response
         return _json(404, {"error": "not_found"})
+
+    def _health_page(self, request: Request) -> Response:
+        return _json(200, self.health())
+
+    def _metrics_page(self, request: Request) -> Response:
+        return _response(200, self.server.metrics.render(), CONTENT_TYPE)
+
+    def _dashboard_page(self, request: Request) -> Response:
+        return dashboard_file("index.html", single_header(request.headers, "Host"), self.server.tls)
 
     def _authorized(self, request: Request) -> bool:
         header = single_header(request.headers, "Authorization") or ""
@@ -170,38 +177,75 @@ class HttpRoutes:
         }
 
     async def api(self, path: str, query: dict[str, list[str]]) -> Response:
-        """The ``/api/*`` routes."""
-        hub = self.server.hub
-        await self.server.store.commit()
-        if path in ("/api/tasks", "/api/tasks/dead-letter"):
-            try:
-                task_filter = _task_filter(query, self.server.clock.now_ms())
-            except ValueError as exc:
-                return _json(400, {"error": "bad_request", "message": str(exc)})
-            if path == "/api/tasks/dead-letter":
-                task_filter = replace(task_filter, status=TaskStatus.dead_letter.value)
-            page = hub.views.list_tasks(task_filter)
-            response = _json(200, page.tasks)
-            if page.next_cursor is not None:
-                response.headers["X-Next-Cursor"] = page.next_cursor
-            return response
-        if path == "/api/tasks/stats":
-            return _json(200, await hub.views.stats())
-        if path.startswith("/api/tasks/"):
-            try:  # an abbreviated id is resolved, as on /ws/operator
-                task = hub.find_task(hub.task_ops.resolve_task_id(path.removeprefix("/api/tasks/")))
-            except HubError as error:
-                if error.code != "not_found":
-                    return _json(400, {"error": error.code, "message": error.message})
-                return _json(404, {"error": "not_found"})
-            return _json(200, task.model_dump(mode="json"))
-        if path == "/api/agents":
-            return _json(200, hub.views.agents_snapshot())
-        if path == "/api/endpoints":
-            return _json(200, hub.views.endpoints_snapshot())
-        if path == "/api/schemas":
-            return _json(200, all_schemas())
+        """The ``/api/*`` routes, after a commit so that they read what was announced."""
+        await self.server.commit()
+        route = _API.get(path)
+        if route is not None:
+            return await route(self, query)
+        if path.startswith(_TASK_PREFIX):
+            return self._task(path.removeprefix(_TASK_PREFIX))
         return _json(404, {"error": "not_found"})
+
+    async def _tasks(self, query: dict[str, list[str]], status: str | None = None) -> Response:
+        try:
+            task_filter = _task_filter(query, self.server.clock.now_ms())
+        except ValueError as exc:
+            return _json(400, {"error": "bad_request", "message": str(exc)})
+        if status is not None:
+            task_filter = replace(task_filter, status=status)
+        page = self.server.hub.views.list_tasks(task_filter)
+        response = _json(200, page.tasks)
+        if page.next_cursor is not None:
+            response.headers["X-Next-Cursor"] = page.next_cursor
+        return response
+
+    async def _dead_letter(self, query: dict[str, list[str]]) -> Response:
+        return await self._tasks(query, TaskStatus.dead_letter.value)
+
+    async def _stats(self, query: dict[str, list[str]]) -> Response:
+        return _json(200, await self.server.hub.views.stats())
+
+    async def _agents(self, query: dict[str, list[str]]) -> Response:
+        return _json(200, self.server.hub.views.agents_snapshot())
+
+    async def _endpoints(self, query: dict[str, list[str]]) -> Response:
+        return _json(200, self.server.hub.views.endpoints_snapshot())
+
+    async def _schemas(self, query: dict[str, list[str]]) -> Response:
+        return _json(200, all_schemas())
+
+    def _task(self, task_id: str) -> Response:
+        hub = self.server.hub
+        try:  # an abbreviated id is resolved, as on /ws/operator
+            task = hub.find_task(hub.task_ops.resolve_task_id(task_id))
+        except HubError as error:
+            if error.code != "not_found":
+                return _json(400, {"error": error.code, "message": error.message})
+            return _json(404, {"error": "not_found"})
+        return _json(200, task.model_dump(mode="json"))
+
+
+PageRoute = Callable[[HttpRoutes, Request], Response]
+"""A route answered without authentication."""
+
+ApiRoute = Callable[[HttpRoutes, dict[str, list[str]]], Awaitable[Response]]
+"""An ``/api/*`` route (bearer token), given the query string's values."""
+
+_PAGES: dict[str, PageRoute] = {
+    "/health": HttpRoutes._health_page,
+    "/metrics": HttpRoutes._metrics_page,
+    "/": HttpRoutes._dashboard_page,
+    "/dashboard": HttpRoutes._dashboard_page,
+}
+_API: dict[str, ApiRoute] = {
+    "/api/tasks": HttpRoutes._tasks,
+    "/api/tasks/dead-letter": HttpRoutes._dead_letter,
+    "/api/tasks/stats": HttpRoutes._stats,
+    "/api/agents": HttpRoutes._agents,
+    "/api/endpoints": HttpRoutes._endpoints,
+    "/api/schemas": HttpRoutes._schemas,
+}
+_TASK_PREFIX = "/api/tasks/"  # then a task id, which may be abbreviated
 
 
 def _task_filter(query: dict[str, list[str]], now_ms: int) -> TaskFilter:

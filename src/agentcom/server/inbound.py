@@ -9,10 +9,9 @@ of a type the endpoint does not accept.
 from __future__ import annotations
 
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode
 
-__all__ = ["CLOSE_UNSUPPORTED_DATA", "peer", "peer_host", "text_of"]
-
-CLOSE_UNSUPPORTED_DATA = 1003
+__all__ = ["peer", "peer_host", "text_of"]
 
 
 async def text_of(connection: ServerConnection, message: str | bytes) -> str | None:
@@ -20,7 +19,7 @@ async def text_of(connection: ServerConnection, message: str | bytes) -> str | N
     (the caller stops reading)."""
     if isinstance(message, str):
         return message
-    await connection.close(CLOSE_UNSUPPORTED_DATA, "binary messages are not accepted")
+    await connection.close(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
     return None
 
 

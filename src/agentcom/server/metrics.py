@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -46,8 +46,15 @@ from agentcom.protocol.outbound import ValidationFailed
 from agentcom.protocol.task import Task
 
 if TYPE_CHECKING:
+    from agentcom.hub.clock import Clock
+    from agentcom.hub.hub import Hub
     from agentcom.protocol.outbound import ErrorReply
-    from agentcom.server.app import HubServer
+    from agentcom.pubsub.memory import MemoryPubSub
+    from agentcom.server.guard import Guard
+    from agentcom.server.output import ReplyBudget
+    from agentcom.server.sockets import AcceptFailureLog
+    from agentcom.server.waiters import TaskWaiters
+    from agentcom.store.sqlite import SqliteStore
 
 __all__ = [
     "CONTENT_TYPE",
@@ -56,6 +63,7 @@ __all__ = [
     "BoundedLabel",
     "HubMetrics",
     "LoopLagMonitor",
+    "MetricsSource",
     "requeue_cause",
 ]
 
@@ -175,6 +183,51 @@ def _started_at(task: Task) -> int | None:
     return task.assigned_at
 
 
+class MetricsSource(Protocol):
+    """What the scrape reads of the hub (``HubServer`` is the one implementation): named
+    here so that this module needs nothing of ``app``."""
+
+    @property
+    def restored(self) -> bool:
+        """Whether the hub's state is there to read."""
+
+    @property
+    def clock(self) -> Clock:
+        """The hub's time source."""
+
+    @property
+    def hub(self) -> Hub:
+        """The domain, for the agent and queue gauges."""
+
+    @property
+    def store(self) -> SqliteStore:
+        """The store, for its count of transactions."""
+
+    @property
+    def store_failing(self) -> bool:
+        """Whether the last write failed."""
+
+    @property
+    def pubsub(self) -> MemoryPubSub:
+        """Subscriptions and their drops."""
+
+    @property
+    def waiters(self) -> TaskWaiters:
+        """``task_wait`` requests waiting."""
+
+    @property
+    def guard(self) -> Guard:
+        """Connections admitted and refused."""
+
+    @property
+    def replies(self) -> ReplyBudget:
+        """Reply bytes unread."""
+
+    @property
+    def accept_failures(self) -> AcceptFailureLog:
+        """Failed ``accept()`` calls."""
+
+
 class HubMetrics:
     """Every metric of one hub, in its own registry.
 
@@ -183,7 +236,7 @@ class HubMetrics:
         label_cap: distinct values kept per bounded label (agent ids, models, fields).
     """
 
-    def __init__(self, server: HubServer, label_cap: int) -> None:
+    def __init__(self, server: MetricsSource, label_cap: int) -> None:
         # ``*_created`` series double a scrape and no query here uses them. The switch is
         # the library's, for the whole process: the hub process exports nothing else.
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -345,7 +398,7 @@ class HubMetrics:
 class _StateCollector(Collector):
     """Figures read from the hub's state when scraped, never maintained per frame."""
 
-    def __init__(self, server: HubServer) -> None:
+    def __init__(self, server: MetricsSource) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -440,7 +493,7 @@ class _StateCollector(Collector):
         yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", server.waiters.count())
 
 
-def _connection_figures(server: HubServer) -> Iterator[Metric]:
+def _connection_figures(server: MetricsSource) -> Iterator[Metric]:
     """What the guard and the reply budget hold (docs/operations.md explains the limits)."""
     guard, replies = server.guard, server.replies
     yield _gauge(

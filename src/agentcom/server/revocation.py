@@ -16,14 +16,12 @@ from collections.abc import Callable
 from websockets.asyncio.server import ServerConnection
 
 from agentcom.hub.auth import hash_token
+from agentcom.server.closecodes import CLOSE_REVOKED
 from agentcom.store.base import Store
 
-__all__ = ["CLOSE_REVOKED", "RevocationWatch"]
+__all__ = ["RevocationWatch"]
 
 logger = logging.getLogger(__name__)
-
-CLOSE_REVOKED = 4003
-"""Close code of a session whose token was revoked (reason ``token revoked``)."""
 
 Closer = Callable[[ServerConnection, int, str], None]
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode
 
 from agentcom.errors import HubError, StoreError
 from agentcom.hub.auth import Role
+from agentcom.hub.hub import Hub
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
@@ -20,7 +23,8 @@ from agentcom.server.inbound import peer, text_of
 from agentcom.store.base import TaskFilter, TaskPage
 
 if TYPE_CHECKING:
-    from agentcom.server.app import HubServer
+    from agentcom.protocol.task import Task
+    from agentcom.server.host import SessionHost
 
 __all__ = ["AGENT_TOKEN_REFUSED", "DashboardSession", "OperatorSession"]
 
@@ -42,14 +46,14 @@ def _refusal_message(identity: tuple[str, Role] | None) -> str | None:
     return None
 
 
-async def _first_frame(server: HubServer, connection: ServerConnection) -> str | None:
+async def _first_frame(server: SessionHost, connection: ServerConnection) -> str | None:
     """The first message, or None once the connection is closed for not sending one in time
     or for sending a binary one."""
     try:
         async with asyncio.timeout(server.settings.identify_timeout_s):
             raw = await connection.recv()
     except TimeoutError:
-        await connection.close(1008, "no authentication in time")
+        await connection.close(CloseCode.POLICY_VIOLATION, "no authentication in time")
         return None
     return await text_of(connection, raw)
 
@@ -57,7 +61,7 @@ async def _first_frame(server: HubServer, connection: ServerConnection) -> str |
 class DashboardSession:
     """A viewer: one ``subscribe``, a snapshot, then events until it goes away."""
 
-    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+    def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.connection = connection
 
@@ -71,7 +75,7 @@ class DashboardSession:
             frame = DASHBOARD_DECODER.decode(raw)
         except FrameRejected as rejected:
             await server.send(self.connection, rejected.reply)
-            await self.connection.close(1008, "expected subscribe")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "expected subscribe")
             return
         identity = server.auth.role_of(frame.token)
         if identity is None or identity[1] not in _OPERATOR_ROLES:
@@ -79,7 +83,7 @@ class DashboardSession:
             await server.guard.slow_down_after_failure(self.connection)
             message = _refusal_message(identity)
             await server.send(self.connection, ErrorReply(error="invalid_token", message=message))
-            await self.connection.close(1008, "invalid token")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "invalid token")
             return
         who = f"{identity[0]} ({identity[1].value})"
         logger.info("dashboard %s subscribed from %s", who, peer(self.connection))
@@ -87,7 +91,7 @@ class DashboardSession:
         subscription = server.pubsub.subscribe(frame.topics)
         token_key = server.revocations.track(frame.token, self.connection)
         try:
-            await server.store.commit()
+            await server.commit()
             snapshot = ops.Snapshot(**await server.hub.views.snapshot())
             server.send_reply(self.connection, snapshot, f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
@@ -150,7 +154,7 @@ def _rejection(raw: str | bytes, reply: ErrorReply | ValidationFailed) -> Any:
 class OperatorSession:
     """An operator (CLI or page): ``auth``, then requests answered by ``request_id``."""
 
-    def __init__(self, server: HubServer, connection: ServerConnection) -> None:
+    def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.hub = server.hub
         self.connection = connection
@@ -192,7 +196,7 @@ class OperatorSession:
             frame = OPERATOR_DECODER.decode(raw)
         except FrameRejected as rejected:
             await self._send(rejected.reply)
-            await self.connection.close(1008, "expected auth")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "expected auth")
             return False
         identity = None
         if isinstance(frame, ops.Auth):
@@ -204,7 +208,7 @@ class OperatorSession:
             await self._send(
                 ops.OperatorError(request_id=None, error="invalid_token", message=message)
             )
-            await self.connection.close(1008, "invalid token")
+            await self.connection.close(CloseCode.POLICY_VIOLATION, "invalid token")
             return False
         assert isinstance(frame, ops.Auth)
         self.role = identity[1]
@@ -251,76 +255,56 @@ class OperatorSession:
             request = request.model_copy(
                 update={"task_id": self.hub.task_ops.resolve_task_id(request.task_id)}
             )
-        if isinstance(request, _MUTATIONS):
+        mutation = _MUTATIONS.get(request.type)
+        if mutation is not None:
             if self.role is not Role.admin:
                 raise HubError("forbidden", "this action needs an admin token")
             try:
                 await self.server.ensure_store_writable()
             except StoreError as exc:
                 raise HubError("store_unavailable", str(exc)) from None
-            data, effects = self.hub.run(self._mutate, request)
+            data, effects = self.hub.run(mutation, self.hub, request)
             if not await self.server.settle(effects=effects):
                 raise HubError("store_unavailable", "the change could not be stored")
             return data
-        return await self._read(request)
+        read = _READS.get(request.type)
+        if read is None:
+            raise HubError("unsupported", f"unsupported request {request.type}")
+        return await read(self, request)
 
-    def _mutate(self, request: Any) -> Any:
-        hub = self.hub
-        if isinstance(request, ops.TaskSubmit):
-            return hub.task_ops.submit(request.task).model_dump(mode="json")
-        if isinstance(request, ops.TaskCancel):
-            return hub.task_ops.cancel(request.task_id).model_dump(mode="json")
-        if isinstance(request, ops.TaskRetry):
-            return hub.task_ops.retry(request.task_id).model_dump(mode="json")
-        if isinstance(request, ops.TaskCancelMany):
-            return hub.task_ops.for_each_task(hub.task_ops.cancel, request.task_ids)
-        if isinstance(request, ops.TaskRetryMany):
-            return hub.task_ops.retry_many(request.task_ids)
-        if isinstance(request, ops.TaskRequeue):
-            return hub.task_ops.requeue(request.task_id).model_dump(mode="json")
-        if isinstance(request, ops.AgentDrain | ops.AgentUndrain):
-            return hub.set_draining(request.agent_id, isinstance(request, ops.AgentDrain))
-        if isinstance(request, ops.EndpointAdd):
-            return hub.endpoint_ops.add_endpoint(request.url, request.name)
-        if isinstance(request, ops.EndpointRemove):
-            return hub.endpoint_ops.remove_endpoint(request.endpoint_id)
-        if isinstance(request, ops.EndpointApprove):
-            return hub.endpoint_ops.approve_endpoint(request.endpoint)
-        if isinstance(request, ops.AgentRestart):
-            return hub.restart_agent(request.agent_id, request.reason)
-        return hub.messaging.create_channel(request.name, request.description)
+    async def _task_get(self, request: ops.TaskGet) -> Any:
+        return self.hub.find_task(request.task_id).model_dump(mode="json")
 
-    async def _read(self, request: Any) -> Any:
-        hub = self.hub
-        if isinstance(request, ops.TaskGet):
-            return hub.find_task(request.task_id).model_dump(mode="json")
-        if isinstance(request, ops.TaskWait):
-            waiters = self.server.waiters
-            waiter = waiters.wait_until_finished(request.task_id)
-            try:
-                task = await asyncio.wait_for(asyncio.shield(waiter), request.timeout_s)
-            except TimeoutError:
-                raise HubError(
-                    "timeout", "the task did not finish in time", request.task_id
-                ) from None
-            finally:  # timed out, or cancelled because its connection went
-                waiters.forget(request.task_id, waiter)
-            return task.model_dump(mode="json")
-        if isinstance(request, ops.TaskRoute):
-            return hub.views.route_preview(request.task)
-        if isinstance(request, ops.TaskList):
-            await self.server.store.commit()
-            return hub.views.list_tasks(_task_filter(request, hub.clock.now_ms()))
-        if isinstance(request, ops.AgentsList):
-            return hub.views.agents_snapshot()
-        if isinstance(request, ops.Stats):
-            await self.server.store.commit()
-            return await hub.views.stats()
-        if isinstance(request, ops.EndpointsList):
-            return hub.views.endpoints_snapshot()
-        if isinstance(request, ops.ChannelsList):
-            return hub.messaging.list_channels().channels
-        raise HubError("unsupported", f"unsupported request {request.type}")
+    async def _task_wait(self, request: ops.TaskWait) -> Any:
+        waiters = self.server.waiters
+        waiter = waiters.wait_until_finished(request.task_id)
+        try:
+            task = await asyncio.wait_for(asyncio.shield(waiter), request.timeout_s)
+        except TimeoutError:
+            raise HubError("timeout", "the task did not finish in time", request.task_id) from None
+        finally:  # timed out, or cancelled because its connection went
+            waiters.forget(request.task_id, waiter)
+        return task.model_dump(mode="json")
+
+    async def _task_route(self, request: ops.TaskRoute) -> Any:
+        return self.hub.views.route_preview(request.task)
+
+    async def _task_list(self, request: ops.TaskList) -> Any:
+        await self.server.commit()
+        return self.hub.views.list_tasks(_task_filter(request, self.hub.clock.now_ms()))
+
+    async def _agents_list(self, request: ops.AgentsList) -> Any:
+        return self.hub.views.agents_snapshot()
+
+    async def _stats(self, request: ops.Stats) -> Any:
+        await self.server.commit()
+        return await self.hub.views.stats()
+
+    async def _endpoints_list(self, request: ops.EndpointsList) -> Any:
+        return self.hub.views.endpoints_snapshot()
+
+    async def _channels_list(self, request: ops.ChannelsList) -> Any:
+        return self.hub.messaging.list_channels().channels
 
 
 def _task_filter(request: ops.TaskList, now_ms: int) -> TaskFilter:
@@ -340,8 +324,45 @@ def _task_filter(request: ops.TaskList, now_ms: int) -> TaskFilter:
 
 
 _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.TaskRequeue)
-_MUTATIONS = (
-    ops.TaskSubmit, ops.TaskCancel, ops.TaskRetry, ops.TaskRequeue, ops.TaskCancelMany,
-    ops.TaskRetryMany, ops.AgentDrain, ops.AgentUndrain, ops.EndpointAdd, ops.EndpointRemove,
-    ops.EndpointApprove, ops.ChannelCreate, ops.AgentRestart,
-)  # fmt: skip
+
+
+def _dumped(task: Task) -> Any:
+    return task.model_dump(mode="json")
+
+
+Mutation = Callable[[Hub, Any], Any]
+"""An operator request that changes the hub: run through ``Hub.run``, then settled."""
+
+_MUTATIONS: dict[str, Mutation] = {
+    "task_submit": lambda hub, request: _dumped(hub.task_ops.submit(request.task)),
+    "task_cancel": lambda hub, request: _dumped(hub.task_ops.cancel(request.task_id)),
+    "task_retry": lambda hub, request: _dumped(hub.task_ops.retry(request.task_id)),
+    "task_requeue": lambda hub, request: _dumped(hub.task_ops.requeue(request.task_id)),
+    "task_cancel_many": lambda hub, request: hub.task_ops.for_each_task(
+        hub.task_ops.cancel, request.task_ids
+    ),
+    "task_retry_many": lambda hub, request: hub.task_ops.retry_many(request.task_ids),
+    "agent_drain": lambda hub, request: hub.set_draining(request.agent_id, True),
+    "agent_undrain": lambda hub, request: hub.set_draining(request.agent_id, False),
+    "agent_restart": lambda hub, request: hub.restart_agent(request.agent_id, request.reason),
+    "endpoint_add": lambda hub, request: hub.endpoint_ops.add_endpoint(request.url, request.name),
+    "endpoint_remove": lambda hub, request: hub.endpoint_ops.remove_endpoint(request.endpoint_id),
+    "endpoint_approve": lambda hub, request: hub.endpoint_ops.approve_endpoint(request.endpoint),
+    "channel_create": lambda hub, request: hub.messaging.create_channel(
+        request.name, request.description
+    ),
+}
+
+Read = Callable[[OperatorSession, Any], Awaitable[Any]]
+"""An operator request that changes nothing: answered by a method of the session."""
+
+_READS: dict[str, Read] = {
+    "task_get": OperatorSession._task_get,
+    "task_wait": OperatorSession._task_wait,
+    "task_route": OperatorSession._task_route,
+    "task_list": OperatorSession._task_list,
+    "agents_list": OperatorSession._agents_list,
+    "stats": OperatorSession._stats,
+    "endpoints_list": OperatorSession._endpoints_list,
+    "channels_list": OperatorSession._channels_list,
+}

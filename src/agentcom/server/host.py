@@ -1,0 +1,120 @@
+"""What a connection session may use of the hub that runs it: :class:`SessionHost`.
+
+As a python-websockets connection sees a few members of its server, the sessions
+(``agent.py``, ``viewer.py``, ``http.py``, ``health.py``) see the hub through this
+protocol rather than through :class:`~agentcom.server.app.HubServer` itself: they import
+this module, never ``app``, and a session can be read (and faked) knowing only what is
+named here. ``HubServer`` is the one implementation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from agentcom.config import Settings
+    from agentcom.hub.auth import Authenticator
+    from agentcom.hub.clock import Clock
+    from agentcom.hub.hub import Effects, Hub
+    from agentcom.hub.limits import ViolationTracker
+    from agentcom.protocol.common import Outbound
+    from agentcom.pubsub.memory import MemoryPubSub
+    from agentcom.server.guard import Guard
+    from agentcom.server.metrics import HubMetrics
+    from agentcom.server.output import ReplyBudget
+    from agentcom.server.revocation import RevocationWatch
+    from agentcom.server.waiters import TaskWaiters
+
+__all__ = ["SessionHost"]
+
+
+class SessionHost(Protocol):
+    """The hub as its connection sessions see it: the domain, the shared services of the
+    shell, and the operations that commit, send and close."""
+
+    @property
+    def settings(self) -> Settings:
+        """The hub's configuration."""
+
+    @property
+    def clock(self) -> Clock:
+        """The hub's time source."""
+
+    @property
+    def hub(self) -> Hub:
+        """The domain facade; commands go through ``hub.run`` and their effects to
+        :meth:`settle`."""
+
+    @property
+    def auth(self) -> Authenticator:
+        """Tokens and their roles."""
+
+    @property
+    def guard(self) -> Guard:
+        """Admission: a connection is marked authenticated, bad tokens are slowed down."""
+
+    @property
+    def revocations(self) -> RevocationWatch:
+        """The open sessions of each token, closed when it is revoked."""
+
+    @property
+    def violations(self) -> ViolationTracker:
+        """Protocol violations of agents, and their cooldowns."""
+
+    @property
+    def pubsub(self) -> MemoryPubSub:
+        """Topic fan-out to dashboards."""
+
+    @property
+    def metrics(self) -> HubMetrics:
+        """The hub's Prometheus metrics."""
+
+    @property
+    def replies(self) -> ReplyBudget:
+        """The byte budget of replies written but not read."""
+
+    @property
+    def waiters(self) -> TaskWaiters:
+        """Operators waiting for tasks to finish."""
+
+    @property
+    def agent_connections(self) -> dict[str, ServerConnection]:
+        """The connection of each identified agent (pushes go there)."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the hub serves wss:// and https://."""
+
+    @property
+    def insecure(self) -> bool:
+        """Whether the hub listens beyond loopback without TLS."""
+
+    @property
+    def store_failing(self) -> bool:
+        """The last write failed and none has succeeded since."""
+
+    async def settle(
+        self,
+        connection: ServerConnection | None = None,
+        reply: Outbound | None = None,
+        effects: Effects | None = None,
+    ) -> bool:
+        """Commit what is staged, then send ``reply`` and ``effects``; False (after telling
+        ``connection``) when the store refused the commit."""
+
+    async def commit(self) -> None:
+        """Make what is staged durable, so that a read sees it."""
+
+    async def ensure_store_writable(self) -> None:
+        """Before new work: raise ``StoreError`` while the database cannot be written."""
+
+    async def send(self, connection: ServerConnection, frame: Outbound) -> None:
+        """Send one frame, waiting for the connection to take it."""
+
+    def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
+        """Write a reply to an operator or dashboard within the reply budget."""
+
+    def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """Start closing ``connection`` without waiting for its peer."""
