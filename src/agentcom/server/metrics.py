@@ -7,7 +7,8 @@ Three kinds of figures:
 
 - **Counted as things happen**: frames, task transitions and their histograms, store
   writes. The hot path pays one dict lookup and one increment: label children are bound
-  once and cached by their label values (:class:`_Children`).
+  once and cached by their label values (:class:`_TallyFamily` for counters, plain floats
+  read when scraped; :class:`_Children` for histograms).
 - **Read at scrape time** by :class:`_StateCollector`: agents by state and capability,
   queue depth and age, store and subscriber figures. Nothing is maintained per frame for
   them; a scrape walks the agents once.
@@ -128,6 +129,50 @@ class BoundedLabel:
         return value
 
 
+class _Tally:
+    """One labelled count: a float the hot path adds to (no lock: the hub's counting all
+    happens on its event loop's thread), read by :class:`_TallyFamily` at scrape time."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (1 by default)."""
+        self.value += amount
+
+
+class _TallyFamily(dict[Any, _Tally], Collector):
+    """A labelled counter whose children are :class:`_Tally` objects, found by one dict
+    lookup (keys: a label value, or a tuple of them) and exported when scraped.
+
+    ``prometheus_client``'s own counter takes a lock and checks its state on every
+    increment, about a microsecond each; the frames of one task make some twenty of them.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        super().__init__()
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+
+    def __missing__(self, key: Any) -> _Tally:
+        child = self[key] = _Tally()
+        return child
+
+    # The registry keys its collectors by identity; a dict's equality must not apply.
+    __hash__ = object.__hash__  # type: ignore[assignment]
+    __eq__ = object.__eq__
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for key, child in list(self.items()):
+            values = key if isinstance(key, tuple) else (key,)
+            family.add_metric([str(value) for value in values], child.value)
+        yield family
+
+
 class _Children(dict[Any, Any]):
     """A metric's label children, bound on first use and then found by one dict lookup.
 
@@ -154,7 +199,7 @@ class _SentByClass(dict[type[Outbound], Any]):
     """Children of ``agentcom_frames_sent_total`` by frame class (no per-frame lookup of
     the ``type`` field)."""
 
-    def __init__(self, children: _Children) -> None:
+    def __init__(self, children: _TallyFamily) -> None:
         super().__init__()
         self._children = children
 
@@ -247,8 +292,10 @@ class HubMetrics:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, registry=registry)
 
-        def counters(name: str, doc: str, *labels: str) -> _Children:
-            return _Children(Counter(name, doc, labels, registry=registry))
+        def counters(name: str, doc: str, *labels: str) -> _TallyFamily:
+            family = _TallyFamily(name, doc, labels)
+            registry.register(family)
+            return family
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, registry=registry, buckets=buckets)
