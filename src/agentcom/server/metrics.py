@@ -7,8 +7,8 @@ Three kinds of figures:
 
 - **Counted as things happen**: frames, task transitions and their histograms, store
   writes. The hot path pays one dict lookup and one increment: label children are bound
-  once and cached by their label values (:class:`_TallyFamily` for counters, plain floats
-  read when scraped; :class:`_Children` for histograms).
+  once and cached by their label values (:class:`_TallyFamily` for counters and
+  :class:`_HistogramFamily` for histograms: plain numbers, read when scraped).
 - **Read at scrape time** by :class:`_StateCollector`: agents by state and capability,
   queue depth and age, store and subscriber figures. Nothing is maintained per frame for
   them; a scrape walks the agents once.
@@ -27,20 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from agentcom.protocol.common import Outbound, TaskStatus
 from agentcom.protocol.outbound import ValidationFailed
@@ -173,20 +181,60 @@ class _TallyFamily(dict[Any, _Tally], Collector):
         yield family
 
 
-class _Children(dict[Any, Any]):
-    """A metric's label children, bound on first use and then found by one dict lookup.
+class _Observations:
+    """One labelled histogram: a count per bucket and a sum, added to without a lock (all
+    on the event loop's thread) and read by :class:`_HistogramFamily` at scrape time.
 
-    Keys are a label value, or a tuple of label values for several labels.
+    Args:
+        bounds: the buckets' upper bounds, ascending, ending with infinity; a value equal
+            to a bound counts in that bucket, as Prometheus's ``le`` says.
     """
 
-    def __init__(self, metric: Counter | Histogram) -> None:
-        super().__init__()
-        self._metric = metric
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __missing__(self, key: Any) -> Any:
-        child = self._metric.labels(*key) if isinstance(key, tuple) else self._metric.labels(key)
-        self[key] = child
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        """Count one observation of ``amount``."""
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class _HistogramFamily(dict[Any, _Observations], Collector):
+    """A histogram whose children are :class:`_Observations`, found by one dict lookup
+    (keys: a label value, a tuple of them, or ``()`` without labels), exported when
+    scraped. As :class:`_TallyFamily`, it spares the hot path the library's locks."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], labels: tuple[str, ...]
+    ) -> None:
+        super().__init__()
+        self._name = name
+        self._documentation = documentation
+        self._bounds = buckets if buckets[-1] == math.inf else (*buckets, math.inf)
+        self._labels = labels
+
+    def __missing__(self, key: Any) -> _Observations:
+        child = self[key] = _Observations(self._bounds)
         return child
+
+    __hash__ = object.__hash__  # type: ignore[assignment]
+    __eq__ = object.__eq__
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        for key, child in list(self.items()):
+            values = key if isinstance(key, tuple) else (key,)
+            cumulative = list(accumulate(child.counts))
+            buckets = [
+                (floatToGoString(bound), float(count))  # type: ignore[no-untyped-call]
+                for bound, count in zip(self._bounds, cumulative, strict=True)
+            ]
+            family.add_metric([str(value) for value in values], buckets, child.sum)
+        yield family
 
 
 def _frame_type(frame_class: type[Outbound]) -> str:
@@ -297,11 +345,15 @@ class HubMetrics:
             registry.register(family)
             return family
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, registry=registry, buckets=buckets)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> _Observations:
+            return histograms(name, doc, buckets)[()]
 
-        def histograms(name: str, doc: str, buckets: tuple[float, ...], *labels: str) -> _Children:
-            return _Children(Histogram(name, doc, labels, registry=registry, buckets=buckets))
+        def histograms(
+            name: str, doc: str, buckets: tuple[float, ...], *labels: str
+        ) -> _HistogramFamily:
+            family = _HistogramFamily(name, doc, buckets, labels)
+            registry.register(family)
+            return family
 
         # --- tasks ----------------------------------------------------------------
         self.transitions = counters("agentcom_task_transitions",
