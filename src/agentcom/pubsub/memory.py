@@ -40,8 +40,7 @@ class Subscription:
         dropped_by_topic: dict[str, int] | None = None,
     ) -> None:
         self.topics = frozenset(topics)
-        self._queue: deque[str] = deque()
-        self._queue_topics: deque[str] = deque()  # the topic of each queued event
+        self._queue: deque[tuple[str, str]] = deque()  # (topic, encoded event)
         self._dropped_by_topic = {} if dropped_by_topic is None else dropped_by_topic
         self._max_queue = max_queue
         self._max_bytes = max_bytes
@@ -51,18 +50,18 @@ class Subscription:
         self._dropped = 0
         self.closed = False
 
-    def offer(self, encoded: str, topic: str = "") -> None:
-        """Queue one event of ``topic`` without waiting; drops the oldest while over a
-        bound."""
-        self._queue.append(encoded)
-        self._queue_topics.append(topic)
+    def offer(self, item: tuple[str, str]) -> None:
+        """Queue one ``(topic, encoded event)`` without waiting (the same tuple goes to
+        every subscriber); drops the oldest while over a bound."""
+        self._queue.append(item)
+        encoded = item[1]
         self._queued_bytes += len(encoded)  # ASCII JSON: one byte per character
         while len(self._queue) > 1 and (
             len(self._queue) > self._max_queue
             or self._queued_bytes + self._batch_bytes > self._max_bytes
         ):
-            self._queued_bytes -= len(self._queue.popleft())
-            dropped_topic = self._queue_topics.popleft()
+            dropped_topic, dropped = self._queue.popleft()
+            self._queued_bytes -= len(dropped)
             self._dropped_by_topic[dropped_topic] = self._dropped_by_topic.get(dropped_topic, 0) + 1
             self._dropped += 1
         self._ready.set()
@@ -81,9 +80,8 @@ class Subscription:
         while not self._queue and not self.closed:
             self._ready.clear()
             await self._ready.wait()
-        batch = list(self._queue)
+        batch = [encoded for _, encoded in self._queue]
         self._queue.clear()
-        self._queue_topics.clear()
         self._batch_bytes, self._queued_bytes = self._queued_bytes, 0
         dropped, self._dropped = self._dropped, 0
         return batch, dropped
@@ -129,9 +127,9 @@ class MemoryPubSub:
         subscribers = self._subscribers.get(topic)
         if not subscribers:
             return 0
-        encoded = json.dumps(event, separators=(",", ":"))
+        item = (topic, json.dumps(event, separators=(",", ":")))
         for subscription in subscribers:
-            subscription.offer(encoded, topic)
+            subscription.offer(item)
         return len(subscribers)
 
     def subscriptions(self) -> set[Subscription]:
