@@ -171,6 +171,11 @@ class TaskQueue:
         heads.extend(self.tasks[task_id] for task_id in self.held)
         return min((task.updated_at for task in heads), default=None)
 
+    def has_assignable(self) -> bool:
+        """Whether any queued task may be given to an agent now (tasks held for a routing
+        target or waiting for prerequisites may not)."""
+        return any(group for groups in self._queued.values() for group in groups.values())
+
     def next_for(self, capabilities: frozenset[str]) -> Task | None:
         """The highest-priority, oldest queued task an agent with ``capabilities`` can run."""
         for groups in self._queued.values():

@@ -81,14 +81,14 @@ class Scheduler:
     def schedule(self) -> int:
         """Give queued tasks to idle agents; returns how many were assigned."""
         assigned = 0
-        if not self.queue.queued_count():
+        if not self.queue.has_assignable():
             return 0
         for agent in self.presence.idle_agents():
             while (task := self.queue.next_for(agent.capabilities)) is not None:
                 if self._assign(task, agent):
                     assigned += 1
                     break
-            if not self.queue.queued_count():
+            if not self.queue.has_assignable():
                 break
         return assigned
 
