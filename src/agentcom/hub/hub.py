@@ -183,6 +183,8 @@ class Hub:
         self.publish("tasks", event)
         if task.status in TERMINAL:
             self._outbox.finished.append(task)
+            # However it ended (cancelled, reclaimed into dead letter...), no attempt runs on.
+            self.attempt_errors.pop(task.task_id, None)
         if self.task_observer is not None:
             self.task_observer(name, task, extra)
         agent_id = extra.get("agent_id", task.assigned_to)
