@@ -1270,7 +1270,11 @@ async def test_the_demo_sidecar_takes_the_operators_address_and_says_which_was_m
         assert succeeded(result).splitlines()[0].split()[2] == "completed"
     finally:
         sidecar.terminate()
-        _, log = await asyncio.to_thread(sidecar.communicate, timeout=10)
+        try:
+            _, log = await asyncio.to_thread(sidecar.communicate, timeout=10)
+        except subprocess.TimeoutExpired:
+            sidecar.kill()
+            _, log = await asyncio.to_thread(sidecar.communicate)
     # and its log said which address it used
     assert f"{hub.http_url} is not the agent endpoint; connecting to {hub.ws_url}" in log
 

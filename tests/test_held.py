@@ -184,16 +184,17 @@ async def test_after_a_restart_the_hub_holds_restored_tasks_from_the_restart_on(
     # given a hub stopped while an agent ran a task, its last progress long ago
     first = HubServer(settings, clock=clock, run_sweeps=False)
     await first.start()
-    url = f"http://127.0.0.1:{first.port}"
     admin = make_token("ops", "admin")
     agent = AgentClient(
         f"ws://127.0.0.1:{first.port}/ws", "worker-1", make_token("worker-1"), heartbeat_s=None
     )
-    await agent.connect()
-    async with OperatorClient(url, admin) as operator:
-        assign = await running(agent, operator, "long job")
-    await first.stop()
-    await agent.close()
+    try:
+        await agent.connect()
+        async with OperatorClient(f"http://127.0.0.1:{first.port}", admin) as operator:
+            assign = await running(agent, operator, "long job")
+    finally:
+        await first.stop()
+        await agent.close()
 
     # when the hub starts again on the same database, ten minutes later
     clock.advance(600_000)

@@ -49,16 +49,19 @@ def _fill_with_finished_tasks(db: Path, count: int) -> None:
 
 
 def _time_stats_query(db: Path) -> float:
-    """Seconds one of the aggregate queries behind stats takes here, on its own."""
+    """Seconds one of the aggregate queries behind stats takes here, on its own (the best
+    of three, so that one slow run does not set the bar)."""
     connection = sqlite3.connect(db)
-    started = time.perf_counter()
-    connection.execute(
-        "SELECT model_used, COUNT(*), SUM(tokens_in) FROM tasks "
-        "WHERE status = 'completed' GROUP BY model_used"
-    ).fetchall()
-    elapsed = time.perf_counter() - started
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        connection.execute(
+            "SELECT model_used, COUNT(*), SUM(tokens_in) FROM tasks "
+            "WHERE status = 'completed' GROUP BY model_used"
+        ).fetchall()
+        times.append(time.perf_counter() - started)
     connection.close()
-    return elapsed
+    return min(times)
 
 
 async def test_a_ping_is_answered_while_dashboards_count_a_long_history(
@@ -105,7 +108,7 @@ async def test_a_ping_is_answered_while_dashboards_count_a_long_history(
         queue = snapshot["queue"]
         assert isinstance(queue, dict)
         assert queue["by_status"] == {"completed": FINISHED_TASKS}
-    # and the pings were answered all along, far faster than one counting query takes
-    # (a count run on the event loop would hold each pong back for at least that long)
+    # and the pings were answered all along, faster than one counting query takes (a count
+    # run on the event loop holds a pong back for the whole snapshot: several such queries)
     assert pongs >= 1
-    assert slowest_s < query_s / 2, (slowest_s, query_s)
+    assert slowest_s < query_s, (slowest_s, query_s)
