@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from ssl import SSLContext
 from typing import Any, Self, get_args
@@ -43,6 +44,7 @@ __all__ = [
     "RequestFailed",
     "agent_url",
     "hub_base_url",
+    "trusting",
     "websocket_url",
 ]
 
@@ -175,6 +177,20 @@ def hub_base_url(hub: str) -> str:
     parts = urlsplit(hub if "//" in hub else f"http://{hub}")
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def trusting(cafile: str | None) -> SSLContext | None:
+    """A TLS context that trusts the certificates in ``cafile`` (None: the system's).
+
+    Raises:
+        AgentcomError: the file cannot be read or holds no certificate.
+    """
+    if not cafile:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise AgentcomError(f"cannot use the CA file {cafile}: {exc}") from None
 
 
 def _options(url: str, context: SSLContext | None) -> dict[str, Any]:

@@ -25,8 +25,10 @@ from agentcom.client import (
     OperatorClient,
     RequestFailed,
     hub_base_url,
+    trusting,
     websocket_url,
 )
+from agentcom.errors import AgentcomError
 
 __all__ = ["OperatorAction", "operator_handler"]
 
@@ -146,9 +148,7 @@ def _unreachable(hub: str, exc: BaseException) -> CliError:
 
 def _trusting(cafile: str | None) -> ssl.SSLContext | None:
     """A TLS context that trusts the certificates in ``cafile`` (None: the system's)."""
-    if not cafile:
-        return None
     try:
-        return ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise CliError(f"cannot use the CA file {cafile}: {exc}") from None
+        return trusting(cafile)
+    except AgentcomError as exc:
+        raise CliError(str(exc)) from None

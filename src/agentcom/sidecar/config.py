@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agentcom.client import trusting
 from agentcom.errors import AgentcomError
 from agentcom.protocol.common import Tier
 
@@ -154,12 +155,10 @@ class SidecarConfig(BaseModel):
         Raises:
             SidecarConfigError: the file cannot be read or holds no certificate.
         """
-        if self.cafile is None:
-            return None
         try:
-            return ssl.create_default_context(cafile=str(self.cafile))
-        except (OSError, ssl.SSLError) as exc:
-            raise SidecarConfigError(f"cannot use the CA file {self.cafile}: {exc}") from None
+            return trusting(None if self.cafile is None else str(self.cafile))
+        except AgentcomError as exc:
+            raise SidecarConfigError(str(exc)) from None
 
     def resolved_state_dir(self) -> Path:
         """The state directory: as configured, else :func:`default_state_dir`."""
