@@ -168,13 +168,12 @@ class AgentSession:
         if verdict == "ok":
             return True
         bucket = self.limiter.bucket(tier)
-        if verdict != "warn":
-            self.server.metrics.rate_limited[tier].inc()
         if verdict == "warn":
             await self.reply(
                 RateLimitWarning(tier=tier, remaining=bucket.remaining, capacity=bucket.capacity)
             )
             return True
+        self.server.metrics.rate_limited[tier].inc()
         if tier == "progress":
             self.hub.progress_dropped += 1  # coalesced: the next progress frame supersedes it
             return False

@@ -66,10 +66,6 @@ class RevocationWatch:
             if not sessions:
                 del self._sessions[digest]
 
-    def sessions(self) -> int:
-        """Authenticated sessions tracked now."""
-        return sum(len(sessions) for sessions in self._sessions.values())
-
     def start(self) -> None:
         """Start polling."""
         self._poller = asyncio.create_task(self._poll_forever())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-from agentcom.errors import HubError
 from agentcom.hub.hub import Hub
 from agentcom.protocol.task import Task
 
@@ -34,12 +33,8 @@ class TaskWaiters:
             HubError: ``not_found`` when no task has this id.
         """
         waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
-        task = self.hub.queue.get(task_id)
-        if task is None:
-            stored = self.hub.store.get_task(task_id)
-            if stored is None:
-                raise HubError("not_found", f"no task {task_id}", task_id)
-            waiter.set_result(stored)
+        if self.hub.queue.get(task_id) is None:  # finished, or raises not_found
+            waiter.set_result(self.hub.views.task(task_id))
             return waiter
         self._waiters.setdefault(task_id, []).append(waiter)
         return waiter
