@@ -31,7 +31,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -137,6 +137,9 @@ class BoundedLabel:
         return value
 
 
+_Child = TypeVar("_Child")
+
+
 class _Tally:
     """One labelled count: a float the hot path adds to (no lock: the hub's counting all
     happens on its event loop's thread), read by :class:`_TallyFamily` at scrape time."""
@@ -151,11 +154,12 @@ class _Tally:
         self.value += amount
 
 
-class _TallyFamily(dict[Any, _Tally], Collector):
-    """A labelled counter whose children are :class:`_Tally` objects, found by one dict
-    lookup (keys: a label value, or a tuple of them) and exported when scraped.
+class _Family(dict[Any, _Child], Collector):
+    """A labelled metric whose children are plain Python objects, found by one dict lookup
+    (keys: a label value, a tuple of them, or ``()`` without labels), bound on first use,
+    and exported when scraped.
 
-    ``prometheus_client``'s own counter takes a lock and checks its state on every
+    ``prometheus_client``'s own metric objects take a lock and check their state on every
     increment, about a microsecond each; the frames of one task make some twenty of them.
     """
 
@@ -165,19 +169,35 @@ class _TallyFamily(dict[Any, _Tally], Collector):
         self._documentation = documentation
         self._labels = labels
 
-    def __missing__(self, key: Any) -> _Tally:
-        child = self[key] = _Tally()
+    def _new_child(self) -> _Child:
+        raise NotImplementedError
+
+    def __missing__(self, key: Any) -> _Child:
+        child = self[key] = self._new_child()
         return child
 
     # The registry keys its collectors by identity; a dict's equality must not apply.
     __hash__ = object.__hash__  # type: ignore[assignment]
     __eq__ = object.__eq__
 
+    def _labelled(self) -> list[tuple[list[str], _Child]]:
+        """Each child with its label values, as text."""
+        return [
+            ([str(value) for value in (key if isinstance(key, tuple) else (key,))], child)
+            for key, child in list(self.items())
+        ]
+
+
+class _TallyFamily(_Family[_Tally]):
+    """A labelled counter of :class:`_Tally` children."""
+
+    def _new_child(self) -> _Tally:
+        return _Tally()
+
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
-        for key, child in list(self.items()):
-            values = key if isinstance(key, tuple) else (key,)
-            family.add_metric([str(value) for value in values], child.value)
+        for values, child in self._labelled():
+            family.add_metric(values, child.value)
         yield family
 
 
@@ -203,37 +223,26 @@ class _Observations:
         self.sum += amount
 
 
-class _HistogramFamily(dict[Any, _Observations], Collector):
-    """A histogram whose children are :class:`_Observations`, found by one dict lookup
-    (keys: a label value, a tuple of them, or ``()`` without labels), exported when
-    scraped. As :class:`_TallyFamily`, it spares the hot path the library's locks."""
+class _HistogramFamily(_Family[_Observations]):
+    """A labelled histogram of :class:`_Observations` children."""
 
     def __init__(
         self, name: str, documentation: str, buckets: tuple[float, ...], labels: tuple[str, ...]
     ) -> None:
-        super().__init__()
-        self._name = name
-        self._documentation = documentation
+        super().__init__(name, documentation, labels)
         self._bounds = buckets if buckets[-1] == math.inf else (*buckets, math.inf)
-        self._labels = labels
 
-    def __missing__(self, key: Any) -> _Observations:
-        child = self[key] = _Observations(self._bounds)
-        return child
-
-    __hash__ = object.__hash__  # type: ignore[assignment]
-    __eq__ = object.__eq__
+    def _new_child(self) -> _Observations:
+        return _Observations(self._bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
-        for key, child in list(self.items()):
-            values = key if isinstance(key, tuple) else (key,)
-            cumulative = list(accumulate(child.counts))
+        for values, child in self._labelled():
             buckets = [
                 (floatToGoString(bound), float(count))  # type: ignore[no-untyped-call]
-                for bound, count in zip(self._bounds, cumulative, strict=True)
+                for bound, count in zip(self._bounds, accumulate(child.counts), strict=True)
             ]
-            family.add_metric([str(value) for value in values], buckets, child.sum)
+            family.add_metric(values, buckets, child.sum)
         yield family
 
 
