@@ -326,7 +326,10 @@ class AgentClient:
         if reply.get("type") != "identified":
             await _close(self.connection)
             raise AuthenticationError(str(reply.get("error", reply)))
-        logger.info("connected to %s and identified as %s", self.url, self.agent_id)
+        logger.info(
+            "connected to %s and identified as %s", self.url, self.agent_id,
+            extra={"event": "connected", "url": self.url},
+        )  # fmt: skip
         if self.heartbeat_s:
             self._heartbeat = asyncio.create_task(self._beat(self.heartbeat_s))
         return reply
@@ -415,12 +418,14 @@ class AgentClient:
                     await self._presence_changed(identified=False)
             if self._closing:
                 break
-            message = (
-                "connection to %s lost (%s); retrying in %.1f s"
+            message, event = (
+                ("connection to %s lost (%s); retrying in %.1f s", "disconnected")
                 if was_identified
-                else "cannot connect to %s (%s); retrying in %.1f s"
+                else ("cannot connect to %s (%s); retrying in %.1f s", "unreachable")
             )
-            logger.info(message, self.url, reason, backoff.delay)
+            logger.info(
+                message, self.url, reason, backoff.delay, extra={"event": event, "url": self.url}
+            )
             await backoff.wait()
 
     def _answer(self, frame: Frame) -> None:

@@ -25,30 +25,10 @@ sidecar's own."""
 
 _LOGGERS = ("agentcom.sidecar", "agentcom.client")
 
-_CLIENT_EVENTS = {
-    "connected to %s and identified as %s": "connected",
-    "connection to %s lost (%s); retrying in %.1f s": "disconnected",
-    "cannot connect to %s (%s); retrying in %.1f s": "unreachable",
-}
-"""The client's connection lines (by format string), and the event each one is."""
-
-
-class _NameClientEvents(logging.Filter):
-    """Give the client's connection lines an ``event`` and ``url``, like the sidecar's own."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        event = _CLIENT_EVENTS.get(str(record.msg))
-        if event is not None and not hasattr(record, "event"):
-            record.event = event
-            if isinstance(record.args, tuple) and record.args:
-                record.url = record.args[0]
-        return True
-
 
 def configure(log_format: Literal["text", "json"], level: str) -> None:
     """Send the sidecar's and the client's records to stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_NameClientEvents())
     if log_format == "json":
         handler.setFormatter(JsonFormatter(FIELDS))
     else:
