@@ -64,12 +64,15 @@ class ExecutionTails:
     def add(self, task_id: str, event: dict[str, Any]) -> dict[str, Any]:
         """Keep a bounded copy of one ``execution_progress`` task event; returns that copy
         (what is published too, so viewers never get more than a tail keeps)."""
-        tail = self._tail_of(task_id)
-        kept = dict(event)
-        bounded = self._bounded(event.get("execution_event") or {})
-        kept["execution_event"] = bounded
-        tail.append(kept, _size_of(bounded))
+        kept = self._keep(self._tail_of(task_id), event)
         self._changed.add(task_id)
+        return kept
+
+    def _keep(self, tail: SizedQueue[dict[str, Any]], event: dict[str, Any]) -> dict[str, Any]:
+        """Append a copy of ``event`` with its execution event bounded; returns the copy."""
+        bounded = self._bounded(event.get("execution_event") or {})
+        kept = {**event, "execution_event": bounded}
+        tail.append(kept, _size_of(bounded))
         return kept
 
     def _tail_of(self, task_id: str) -> SizedQueue[dict[str, Any]]:
@@ -124,7 +127,6 @@ class ExecutionTails:
         for task_id, events in tails:
             tail = self._tail_of(task_id)
             for event in events:
-                bounded = self._bounded(event.get("execution_event") or {})
-                tail.append({**event, "execution_event": bounded}, _size_of(bounded))
+                self._keep(tail, event)
             if len(tail) < len(events):
                 self._changed.add(task_id)
