@@ -68,11 +68,15 @@ class TaskFrames:
     def task_accepted(self, agent_id: str, task_id: str) -> TaskAck:
         """The agent started an assigned task."""
         task = self._owned_task(agent_id, task_id)
+        self._running(agent_id, task)
+        return TaskAck(task_id=task_id, status="accepted", generation=task.generation)
+
+    def _running(self, agent_id: str, task: Task) -> None:
+        """The agent says it runs ``task``: working, accepted, no longer held without news."""
         self.queue.accept(task)
         agent = self.presence.agents[agent_id]
         agent.task_accepted = True
-        agent.held_since = None  # it reported on the task: no longer held without news
-        return TaskAck(task_id=task_id, status="accepted", generation=task.generation)
+        agent.held_since = None
 
     def task_progress(self, agent_id: str, frame: frames.TaskProgress) -> None:
         """Progress: delays reclaim and is published, never persisted."""
@@ -177,11 +181,8 @@ class TaskFrames:
             and task.generation == frame.generation
         )
         if task is not None and held:
-            self.queue.accept(task)
-            agent = self.presence.agents[agent_id]
-            agent.task_accepted = True
-            agent.held_since = None
-            self.presence.refresh(agent)
+            self._running(agent_id, task)
+            self.presence.refresh(self.presence.agents[agent_id])
         action: Literal["continue", "abort"] = "continue" if held else "abort"
         logger.info(
             "agent %s reports task %s (generation %d, %s): %s",
