@@ -301,6 +301,9 @@ class Subscribe(Inbound):
     type: Literal["subscribe"]
     token: Annotated[str, Field(max_length=256)]
     topics: Annotated[list[TopicName], Field(max_length=3)] | None = None
+    batch: bool = False
+    """Receive events in ``events`` frames, several at a time, instead of one frame
+    each (fewer, larger frames: what a busy hub can keep up with)."""
 
 
 DashboardFrame = Annotated[Subscribe, Field(discriminator="type")]

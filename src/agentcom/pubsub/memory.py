@@ -9,10 +9,11 @@ the events (an execution event may be as large as an inbound frame).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
+
+from pydantic_core import to_json
 
 __all__ = ["TOPICS", "MemoryPubSub", "Subscription"]
 
@@ -40,7 +41,7 @@ class Subscription:
         dropped_by_topic: dict[str, int] | None = None,
     ) -> None:
         self.topics = frozenset(topics)
-        self._queue: deque[tuple[str, str]] = deque()  # (topic, encoded event)
+        self._queue: deque[tuple[str, bytes]] = deque()  # (topic, encoded event)
         self._dropped_by_topic = {} if dropped_by_topic is None else dropped_by_topic
         self._max_queue = max_queue
         self._max_bytes = max_bytes
@@ -50,12 +51,12 @@ class Subscription:
         self._dropped = 0
         self.closed = False
 
-    def offer(self, item: tuple[str, str]) -> None:
+    def offer(self, item: tuple[str, bytes]) -> None:
         """Queue one ``(topic, encoded event)`` without waiting (the same tuple goes to
         every subscriber); drops the oldest while over a bound."""
         self._queue.append(item)
         encoded = item[1]
-        self._queued_bytes += len(encoded)  # ASCII JSON: one byte per character
+        self._queued_bytes += len(encoded)
         while len(self._queue) > 1 and (
             len(self._queue) > self._max_queue
             or self._queued_bytes + self._batch_bytes > self._max_bytes
@@ -71,7 +72,7 @@ class Subscription:
         """Events waiting for the subscriber to read them."""
         return len(self._queue)
 
-    async def next_batch(self) -> tuple[list[str], int]:
+    async def next_batch(self) -> tuple[list[bytes], int]:
         """Wait for events; returns them all and how many were dropped since the last call.
 
         Calling it again means the previous batch was sent: its bytes stop counting.
@@ -127,7 +128,7 @@ class MemoryPubSub:
         subscribers = self._subscribers.get(topic)
         if not subscribers:
             return 0
-        item = (topic, json.dumps(event, separators=(",", ":")))
+        item = (topic, to_json(event))
         for subscription in subscribers:
             subscription.offer(item)
         return len(subscribers)

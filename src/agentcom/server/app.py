@@ -14,7 +14,6 @@ import ssl
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -34,6 +33,7 @@ from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
+from agentcom.server.inbound import peer
 from agentcom.server.metrics import HubMetrics, LoopLagMonitor
 from agentcom.server.output import ReplyBudget
 from agentcom.server.revocation import RevocationWatch
@@ -41,6 +41,7 @@ from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_op
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.server.waiters import TaskWaiters
+from agentcom.server.writes import encode, send_frames, write_frames
 from agentcom.store.base import ChangeKey
 from agentcom.store.lock import DatabaseLock
 from agentcom.store.sqlite import SqliteStore
@@ -347,19 +348,32 @@ class HubServer:
             return False
         if self.store.commits != written:  # a real write went through, not an empty commit
             self.store_watch.written()
+        # Everything for one connection goes out in one write: an agent's acknowledgement
+        # and the next task it is assigned, typically.
+        writes: dict[ServerConnection, list[bytes]] = {}
+        frames_sent = self.metrics.frames_sent
         if reply is not None and connection is not None:
-            await self.send(connection, reply)
+            writes[connection] = [encode(reply)]
+            frames_sent[type(reply)].inc()
         if outbox:
-            encoded: dict[int, str] = {}
+            encoded: dict[int, bytes] = {}
             for agent_id, frame in outbox.pushes:
                 target = self.agent_connections.get(agent_id)
-                if target is None or not self._reading_pushes(agent_id, target):
+                if target is None:
                     continue
-                text = encoded.get(id(frame))
-                if text is None:
-                    text = encoded[id(frame)] = frame.model_dump_json(by_alias=True)
-                broadcast([target], text)
-                self.metrics.frames_sent[type(frame)].inc()
+                data = encoded.get(id(frame))
+                if data is None:
+                    data = encoded[id(frame)] = encode(frame)
+                pending = writes.get(target)
+                if pending is None:
+                    writes[target] = [data]
+                else:
+                    pending.append(data)
+                frames_sent[type(frame)].inc()
+        for target, frames in writes.items():
+            if self._reading_pushes(target):
+                write_frames(target, frames)
+        if outbox:
             for topic, event in outbox.events:
                 self.pubsub.publish(topic, event)
             self.waiters.resolve(outbox.finished)
@@ -369,10 +383,10 @@ class HubServer:
                 self._wake_at(outbox.wake_at_ms)
         return True
 
-    def _reading_pushes(self, agent_id: str, connection: ServerConnection) -> bool:
+    def _reading_pushes(self, connection: ServerConnection) -> bool:
         """Whether pushes may still be written to an agent's connection.
 
-        Pushes are written without waiting (``broadcast`` has no backpressure), so an
+        Pushes and replies are written without waiting (no backpressure), so an
         agent that stops reading would make the hub buffer every push for it. Past
         ``max_push_buffer_bytes`` unsent, the connection is dropped: the agent reconnects
         like after any drop, and its task is held for the grace period meanwhile.
@@ -384,8 +398,8 @@ class HubServer:
         if unsent <= self.settings.max_push_buffer_bytes:
             return True
         logger.warning(
-            "agent %s is not reading (%d bytes of pushes unsent); dropping its connection",
-            agent_id, unsent,
+            "agent at %s is not reading (%d bytes of pushes unsent); dropping its connection",
+            peer(connection), unsent,
         )  # fmt: skip
         transport.abort()
         return False
@@ -421,7 +435,7 @@ class HubServer:
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame; a connection that closed meanwhile is ignored."""
         with contextlib.suppress(ConnectionClosed):
-            await connection.send(frame.model_dump_json(by_alias=True))
+            await send_frames(connection, (encode(frame),))
             self.metrics.frames_sent[type(frame)].inc()
 
     def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
@@ -432,9 +446,9 @@ class HubServer:
         waited would keep its reply in memory on top of the copy in the write buffer, and
         the budget, not the wait, is what bounds a client that does not read.
         """
-        text = frame.model_dump_json(by_alias=True)
-        if self.replies.admit(connection.transport, len(text), who):
-            broadcast([connection], text)
+        data = encode(frame)
+        if self.replies.admit(connection.transport, len(data), who):
+            write_frames(connection, (data,))
             self.metrics.frames_sent[type(frame)].inc()
 
     # --- sweep ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
 from agentcom.protocol.task import parse_task_cursor
 from agentcom.server.inbound import peer, text_of
+from agentcom.server.writes import encode, events_frame, send_frames
 from agentcom.store.base import TaskFilter, TaskPage
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class DashboardSession:
             server.send_reply(self.connection, snapshot, f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
             try:
-                await self._stream(subscription, reader)
+                await self._stream(subscription, reader, frame.batch)
             finally:
                 reader.cancel()
         finally:
@@ -108,18 +109,24 @@ class DashboardSession:
         async for _ in self.connection:
             pass  # viewers only listen; reading keeps the close handshake working
 
-    async def _stream(self, subscription: Any, reader: asyncio.Task[None]) -> None:
+    async def _stream(self, subscription: Any, reader: asyncio.Task[None], batch: bool) -> None:
         while not reader.done():
             getter = asyncio.ensure_future(subscription.next_batch())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 getter.cancel()
                 return
-            batch, dropped = getter.result()
+            events, dropped = getter.result()
+            if not events and not dropped:
+                continue  # the subscription closed: the reader ends the loop
+            frames: list[bytes] = []
             if dropped:
-                await self.server.send(self.connection, ops.EventsDropped(count=dropped))
-            for encoded in batch:
-                await self.connection.send(encoded)
+                frames.append(encode(ops.EventsDropped(count=dropped)))
+            if batch:
+                frames.append(events_frame(events))
+            else:
+                frames.extend(events)
+            await send_frames(self.connection, frames)
 
 
 def _request_id(raw: str | bytes) -> str | None:
