@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
+from pydantic import Field, TypeAdapter
 
 from agentcom.protocol.common import AgentId, Inbound, Outbound, Priority, TaskId, TaskStatus
 from agentcom.protocol.task import TASK_CURSOR_PATTERN, TaskSubmission
@@ -275,15 +275,8 @@ class OperatorResult(Outbound):
     type: Literal["result"] = "result"
     request_id: str
     data: Any
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(default=None, exclude_if=lambda cursor: cursor is None)
     """For a page of a list: the ``cursor`` of the next page (absent on the last)."""
-
-    @model_serializer(mode="wrap")
-    def _without_absent_cursor(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("next_cursor") is None:
-            data.pop("next_cursor", None)
-        return data
 
 
 class OperatorError(Outbound):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Sequence
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
 from agentcom.server.inbound import peer
 from agentcom.server.metrics import HubMetrics, LoopLagMonitor
-from agentcom.server.output import ReplyBudget
+from agentcom.server.output import ReplyBudget, ReplyQueue
 from agentcom.server.revocation import RevocationWatch
 from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_open_file_limit
 from agentcom.server.storewatch import StoreWatch
@@ -438,18 +439,20 @@ class HubServer:
             await send_frames(connection, (encode(frame),))
             self.metrics.frames_sent[type(frame)].inc()
 
-    def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
-        """Write a reply to an operator or dashboard within :attr:`replies`: a client that
-        leaves too much unread is cut off instead (``who`` names it in the log).
+    def send_replies(
+        self, connection: ServerConnection, frames: Sequence[Outbound], who: str
+    ) -> None:
+        """Write replies to an operator or dashboard now, within :attr:`replies`: a client
+        that leaves too much unread is cut off instead (``who`` names it in the log).
 
-        The reply is written without waiting for the client to read it: a request that
-        waited would keep its reply in memory on top of the copy in the write buffer, and
-        the budget, not the wait, is what bounds a client that does not read.
+        The replies are written without waiting for the client to read them: a request
+        that waited would keep its reply in memory on top of the copy in the write buffer,
+        and the budget, not the wait, is what bounds a client that does not read.
         """
-        data = encode(frame)
-        if self.replies.admit(connection.transport, len(data), who):
-            write_frames(connection, (data,))
-            self.metrics.frames_sent[type(frame)].inc()
+        queue = ReplyQueue(connection, self.replies, who, self.metrics.sent)
+        for frame in frames:
+            queue.add(frame)
+        queue.flush()
 
     # --- sweep ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ named here. ``HubServer`` is the one implementation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -113,8 +114,11 @@ class SessionHost(Protocol):
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame, waiting for the connection to take it."""
 
-    def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
-        """Write a reply to an operator or dashboard within the reply budget."""
+    def send_replies(
+        self, connection: ServerConnection, frames: Sequence[Outbound], who: str
+    ) -> None:
+        """Write replies to an operator or dashboard, in one write, within the reply
+        budget."""
 
     def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
         """Start closing ``connection`` without waiting for its peer."""

@@ -20,6 +20,7 @@ from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
 from agentcom.protocol.task import parse_task_cursor
 from agentcom.server.inbound import peer, text_of
+from agentcom.server.output import ReplyQueue
 from agentcom.server.writes import encode, events_frame, send_frames
 from agentcom.store.base import TaskFilter, TaskPage
 
@@ -94,7 +95,7 @@ class DashboardSession:
         try:
             await server.commit()
             snapshot = ops.Snapshot(**await server.hub.views.snapshot())
-            server.send_reply(self.connection, snapshot, f"dashboard {who}")
+            server.send_replies(self.connection, (snapshot,), f"dashboard {who}")
             reader = asyncio.create_task(self._drain_incoming())
             try:
                 await self._stream(subscription, reader, frame.batch)
@@ -168,6 +169,7 @@ class OperatorSession:
         self.role: Role | None = None
         self.who = "?"  # agent id and role of its token, once authenticated
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._answers: ReplyQueue | None = None  # once authenticated
         self._token_key: str | None = None  # for the revocation watch, once authenticated
 
     async def run(self) -> None:
@@ -181,7 +183,7 @@ class OperatorSession:
                 if raw is None:
                     break
                 if len(self._in_flight) >= _MAX_REQUESTS_IN_FLIGHT:
-                    await self._send(
+                    self._answer(
                         ops.OperatorError(request_id=_request_id(raw), error="too_many_requests")
                     )
                     continue
@@ -196,7 +198,15 @@ class OperatorSession:
             logger.info("operator %s disconnected", self.who)
 
     async def _send(self, frame: Any) -> None:
-        self.server.send_reply(self.connection, frame, f"operator {self.who}")
+        self.server.send_replies(self.connection, (frame,), f"operator {self.who}")
+
+    def _answer(self, frame: Any) -> None:
+        """Answer a request (answers ready in the same turn of the loop share a write)."""
+        if self._answers is None:
+            server = self.server
+            who = f"operator {self.who}"
+            self._answers = ReplyQueue(self.connection, server.replies, who, server.metrics.sent)
+        self._answers.add(frame)
 
     async def _authenticate(self, raw: str | bytes) -> bool:
         try:
@@ -230,28 +240,28 @@ class OperatorSession:
         try:
             request = OPERATOR_DECODER.decode(raw)
         except FrameRejected as rejected:
-            await self._send(_rejection(raw, rejected.reply))
+            self._answer(_rejection(raw, rejected.reply))
             return
         if isinstance(request, ops.Auth):
-            await self._send(ops.OperatorError(request_id=None, error="already_authenticated"))
+            self._answer(ops.OperatorError(request_id=None, error="already_authenticated"))
             return
         try:
             data = await self._perform(request)
         except HubError as error:  # a refused request's effects went with it (Hub.run)
-            await self._send(
+            self._answer(
                 ops.OperatorError(
                     request_id=request.request_id, error=error.code, message=error.message
                 )
             )
             return
         if isinstance(data, TaskPage):
-            await self._send(
+            self._answer(
                 ops.OperatorResult(
                     request_id=request.request_id, data=data.tasks, next_cursor=data.next_cursor
                 )
             )
             return
-        await self._send(ops.OperatorResult(request_id=request.request_id, data=data))
+        self._answer(ops.OperatorResult(request_id=request.request_id, data=data))
 
     async def _perform(self, request: Any) -> Any:
         """Carry out one request; mutations need the admin role and are durable first.
