@@ -13,6 +13,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -48,9 +49,14 @@ from agentcom.store.lock import DatabaseLock
 from agentcom.store.sqlite import SqliteStore
 from agentcom.wirelog import library_logger
 
+if TYPE_CHECKING:
+    from agentcom.server.host import Answer
+
 __all__ = ["HubServer"]
 
 logger = logging.getLogger(__name__)
+
+_NO_EFFECTS = Effects()  # never extended: only effects that hold something are
 
 
 class HubServer:
@@ -331,8 +337,23 @@ class HubServer:
 
         Returns False (after telling ``connection``) when the store could not commit.
         """
+        return await self.settle_all(connection, [(reply, effects or _NO_EFFECTS)])
+
+    async def settle_all(
+        self, connection: ServerConnection | None, answers: Sequence[Answer]
+    ) -> bool:
+        """:meth:`settle` for several frames of one connection at once: one commit, then
+        each answer's reply in order (one write with the pushes for the same connection)
+        and every effect, in order.
+
+        An answer whose effects are None is a plain reply that depends on no change: it
+        is sent even when the commit fails; every other answer gets ``store_unavailable``
+        then. Returns False when the store could not commit.
+        """
         outbox = self.hub.take_outbox()
-        if effects:
+        for _, effects in answers:
+            if not effects:
+                continue
             if outbox:
                 outbox.extend(effects)
             else:  # the usual case: nothing of the hub's own to send first
@@ -345,17 +366,26 @@ class HubServer:
             # (_forget_refused): the outbox announces what never happened, so it goes too.
             self.store_watch.failed(exc)
             if connection is not None:
-                await self.send(connection, _store_error(str(exc)))
+                refused = _store_error(str(exc))
+                for reply, effects in answers:
+                    if effects is None and reply is not None:
+                        await self.send(connection, reply)
+                    elif effects is not None:
+                        await self.send(connection, refused)
             return False
         if self.store.commits != written:  # a real write went through, not an empty commit
             self.store_watch.written()
         # Everything for one connection goes out in one write: an agent's acknowledgement
         # and the next task it is assigned, typically.
-        writes: dict[ServerConnection, list[bytes]] = {}
+        writes: dict[ServerConnection, tuple[str | None, list[bytes]]] = {}
         frames_sent = self.metrics.frames_sent
-        if reply is not None and connection is not None:
-            writes[connection] = [encode(reply)]
-            frames_sent[type(reply)].inc()
+        if connection is not None:
+            replies = [encode(reply) for reply, _ in answers if reply is not None]
+            if replies:
+                writes[connection] = (None, replies)
+                for reply, _ in answers:
+                    if reply is not None:
+                        frames_sent[type(reply)].inc()
         if outbox:
             encoded: dict[int, bytes] = {}
             for agent_id, frame in outbox.pushes:
@@ -367,12 +397,12 @@ class HubServer:
                     data = encoded[id(frame)] = encode(frame)
                 pending = writes.get(target)
                 if pending is None:
-                    writes[target] = [data]
+                    writes[target] = (agent_id, [data])
                 else:
-                    pending.append(data)
+                    pending[1].append(data)
                 frames_sent[type(frame)].inc()
-        for target, frames in writes.items():
-            if self._reading_pushes(target):
+        for target, (holder, frames) in writes.items():
+            if self._reading_pushes(target, holder):
                 write_frames(target, frames)
         if outbox:
             for topic, event in outbox.events:
@@ -384,7 +414,7 @@ class HubServer:
                 self._wake_at(outbox.wake_at_ms)
         return True
 
-    def _reading_pushes(self, connection: ServerConnection) -> bool:
+    def _reading_pushes(self, connection: ServerConnection, agent_id: str | None) -> bool:
         """Whether pushes may still be written to an agent's connection.
 
         Pushes and replies are written without waiting (no backpressure), so an
@@ -399,8 +429,8 @@ class HubServer:
         if unsent <= self.settings.max_push_buffer_bytes:
             return True
         logger.warning(
-            "agent at %s is not reading (%d bytes of pushes unsent); dropping its connection",
-            peer(connection), unsent,
+            "agent %s is not reading (%d bytes of pushes unsent); dropping its connection",
+            agent_id or f"at {peer(connection)}", unsent,
         )  # fmt: skip
         transport.abort()
         return False

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from agentcom.server.revocation import RevocationWatch
     from agentcom.server.waiters import TaskWaiters
 
+    Answer = tuple[Outbound | None, Effects | None]
+    """A frame's answer waiting for a commit: its reply, and what its command caused
+    (None: a plain reply, which needs no commit)."""
+
 __all__ = ["SessionHost"]
 
 
@@ -104,6 +108,14 @@ class SessionHost(Protocol):
     ) -> bool:
         """Commit what is staged, then send ``reply`` and ``effects``; False (after telling
         ``connection``) when the store refused the commit."""
+
+    async def settle_all(
+        self,
+        connection: ServerConnection | None,
+        answers: Sequence[Answer],
+    ) -> bool:
+        """:meth:`settle` for several frames of one connection: one commit, then their
+        replies in order (a reply with None effects is sent even if the commit fails)."""
 
     async def commit(self) -> None:
         """Make what is staged durable, so that a read sees it."""
