@@ -192,7 +192,7 @@ class TaskQueue:
     def has_assignable(self) -> bool:
         """Whether any queued task may be given to an agent now (tasks held for a routing
         target or waiting for prerequisites may not)."""
-        return any(group for groups in self._queued.values() for group in groups.values())
+        return self._queued_total > 0
 
     def next_for(self, capabilities: frozenset[str]) -> Task | None:
         """The highest-priority, oldest queued task an agent with ``capabilities`` can run."""
