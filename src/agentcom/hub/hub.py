@@ -319,6 +319,7 @@ class Hub:
             self.check_endpoint_soon(endpoint.endpoint_id)
 
     def release_agent(self, agent_id: str, schedule: bool = True) -> None:
+        """The agent holds no task any more; then, unless told not to, schedule."""
         agent = self.presence.get(agent_id)
         if agent is None:
             return

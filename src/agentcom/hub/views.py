@@ -9,14 +9,18 @@ latest load report per host, which only these views and routing read.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agentcom import __version__
+from agentcom.config import Settings
 from agentcom.errors import HubError
-from agentcom.hub.agents import AgentRecord, AgentState
-from agentcom.hub.endpoints import Endpoint
-from agentcom.hub.queue import ACTIVE
-from agentcom.hub.routing import NoViableTarget
+from agentcom.hub.agents import AgentRecord, AgentState, Presence
+from agentcom.hub.clock import Clock
+from agentcom.hub.endpoints import Endpoint, EndpointRegistry
+from agentcom.hub.history import QueueHistory
+from agentcom.hub.queue import ACTIVE, TaskQueue
+from agentcom.hub.routing import NoViableTarget, Router
+from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol.common import TaskStatus
 from agentcom.protocol.task import (
     ReclaimReason,
@@ -27,12 +31,9 @@ from agentcom.protocol.task import (
     listed_task,
     task_from_submission,
 )
-from agentcom.store.base import TaskFilter, TaskPage
+from agentcom.store.base import Store, TaskFilter, TaskPage
 
-if TYPE_CHECKING:
-    from agentcom.hub.hub import Hub
-
-__all__ = ["DEPENDANTS_SHOWN", "THROUGHPUT_WINDOW_S", "HubViews"]
+__all__ = ["DEPENDANTS_SHOWN", "THROUGHPUT_WINDOW_S", "HubViews", "ViewsHub"]
 
 #: Most dependants a task lists when read (``dependants_total`` counts them all).
 DEPENDANTS_SHOWN = 100
@@ -46,6 +47,23 @@ def _host_key(host: str) -> str:
     return "loopback" if host in _LOOPBACK_NAMES else host
 
 
+class ViewsHub(Protocol):
+    """What the views read of the hub's facade (``Hub`` is the one implementation): its
+    parts, when it started and how many progress frames it dropped."""
+
+    queue: TaskQueue
+    presence: Presence
+    endpoints: EndpointRegistry
+    router: Router
+    store: Store
+    clock: Clock
+    settings: Settings
+    execution_tails: ExecutionTails
+    queue_history: QueueHistory
+    started_at: int
+    progress_dropped: int
+
+
 class HubViews:
     """The hub's state as it is read: built on demand, never stored.
 
@@ -53,7 +71,7 @@ class HubViews:
         hub: the domain whose state is shown.
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: ViewsHub) -> None:
         self.hub = hub
         self.queue = hub.queue
         self.presence = hub.presence
