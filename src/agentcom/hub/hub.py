@@ -36,7 +36,7 @@ from agentcom.hub.task_frames import TaskFrames
 from agentcom.hub.task_ops import TASK_ID_PREFIX_MIN, TaskOperations
 from agentcom.hub.views import HubViews
 from agentcom.protocol import agent as frames
-from agentcom.protocol.common import Outbound
+from agentcom.protocol.common import Outbound, dumped_or_none
 from agentcom.protocol.events import agent_event, task_transition_event
 from agentcom.protocol.outbound import (
     AgentJoined,
@@ -215,9 +215,7 @@ class Hub:
         agent.host = remote_host
         agent.disconnected_at = None
         agent.restarting = None
-        agent.pm2_info = (
-            frame.pm2_info.model_dump(mode="json") if frame.pm2_info is not None else None
-        )
+        agent.pm2_info = dumped_or_none(frame.pm2_info)
         if frame.ollama_url:
             try:
                 self.report_ollama(agent.agent_id, frame.ollama_url, remote_host)

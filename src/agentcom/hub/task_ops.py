@@ -13,7 +13,7 @@ from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.views import HubViews
 from agentcom.protocol.common import Outbound, TaskStatus
 from agentcom.protocol.outbound import TaskCancelled
-from agentcom.protocol.task import Task, TaskSubmission
+from agentcom.protocol.task import Task, TaskSubmission, dumped_task
 from agentcom.store.base import Store
 
 __all__ = ["TASK_ID_PREFIX_MIN", "TaskOperations", "TaskOpsHub"]
@@ -120,7 +120,7 @@ class TaskOperations:
         refused: list[dict[str, Any]] = []
         for task_id in dict.fromkeys(task_ids):
             try:
-                changed.append(change(self.resolve_task_id(task_id)).model_dump(mode="json"))
+                changed.append(dumped_task(change(self.resolve_task_id(task_id))))
             except HubError as error:
                 refused.append({"task_id": task_id, "error": error.code, "message": error.message})
         return {"changed": changed, "refused": refused}

@@ -25,6 +25,7 @@ __all__ = [
     "TaskId",
     "TaskStatus",
     "Tier",
+    "dumped_or_none",
     "not_blank",
     "only_finite_numbers",
 ]
@@ -75,6 +76,11 @@ def not_blank(value: str) -> str:
     if value.isspace():
         raise PydanticCustomError("string_blank", "String should contain more than whitespace")
     return value
+
+
+def dumped_or_none(model: BaseModel | None) -> dict[str, Any] | None:
+    """A model nested in a published dict: its JSON object, or None for none."""
+    return model.model_dump(mode="json") if model is not None else None
 
 
 class Inbound(BaseModel):

@@ -20,7 +20,7 @@ from agentcom.errors import HubError
 from agentcom.hub.auth import Role
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
-from agentcom.protocol.task import TASK_CURSOR_PATTERN, parse_task_cursor
+from agentcom.protocol.task import TASK_CURSOR_PATTERN, dumped_task, parse_task_cursor
 from agentcom.server.guard import single_header
 from agentcom.server.inbound import peer
 from agentcom.server.metrics import CONTENT_TYPE
@@ -222,7 +222,7 @@ class HttpRoutes:
             if error.code != "not_found":
                 return _json(400, {"error": error.code, "message": error.message})
             return _json(404, {"error": "not_found"})
-        return _json(200, task.model_dump(mode="json"))
+        return _json(200, dumped_task(task))
 
 
 PageRoute = Callable[[HttpRoutes, Request], Response]

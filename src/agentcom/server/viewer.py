@@ -18,12 +18,11 @@ from agentcom.hub.hub import Hub
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
-from agentcom.protocol.task import parse_task_cursor
+from agentcom.protocol.task import dumped_task, parse_task_cursor
 from agentcom.server.inbound import peer, text_of
 from agentcom.store.base import TaskFilter, TaskPage
 
 if TYPE_CHECKING:
-    from agentcom.protocol.task import Task
     from agentcom.server.host import SessionHost
 
 __all__ = ["AGENT_TOKEN_REFUSED", "DashboardSession", "OperatorSession"]
@@ -273,7 +272,7 @@ class OperatorSession:
         return await read(self, request)
 
     async def _task_get(self, request: ops.TaskGet) -> Any:
-        return self.hub.find_task(request.task_id).model_dump(mode="json")
+        return dumped_task(self.hub.find_task(request.task_id))
 
     async def _task_wait(self, request: ops.TaskWait) -> Any:
         waiters = self.server.waiters
@@ -284,7 +283,7 @@ class OperatorSession:
             raise HubError("timeout", "the task did not finish in time", request.task_id) from None
         finally:  # timed out, or cancelled because its connection went
             waiters.forget(request.task_id, waiter)
-        return task.model_dump(mode="json")
+        return dumped_task(task)
 
     async def _task_route(self, request: ops.TaskRoute) -> Any:
         return self.hub.views.route_preview(request.task)
@@ -326,18 +325,14 @@ def _task_filter(request: ops.TaskList, now_ms: int) -> TaskFilter:
 _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.TaskRequeue)
 
 
-def _dumped(task: Task) -> Any:
-    return task.model_dump(mode="json")
-
-
 Mutation = Callable[[Hub, Any], Any]
 """An operator request that changes the hub: run through ``Hub.run``, then settled."""
 
 _MUTATIONS: dict[str, Mutation] = {
-    "task_submit": lambda hub, request: _dumped(hub.task_ops.submit(request.task)),
-    "task_cancel": lambda hub, request: _dumped(hub.task_ops.cancel(request.task_id)),
-    "task_retry": lambda hub, request: _dumped(hub.task_ops.retry(request.task_id)),
-    "task_requeue": lambda hub, request: _dumped(hub.task_ops.requeue(request.task_id)),
+    "task_submit": lambda hub, request: dumped_task(hub.task_ops.submit(request.task)),
+    "task_cancel": lambda hub, request: dumped_task(hub.task_ops.cancel(request.task_id)),
+    "task_retry": lambda hub, request: dumped_task(hub.task_ops.retry(request.task_id)),
+    "task_requeue": lambda hub, request: dumped_task(hub.task_ops.requeue(request.task_id)),
     "task_cancel_many": lambda hub, request: hub.task_ops.for_each_task(
         hub.task_ops.cancel, request.task_ids
     ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agentcom.protocol.task import Task
+from agentcom.protocol.task import Task, task_body
 
 __all__ = ["STAT_FIELDS", "TERMINAL", "TaskColumns", "stats_report", "task_columns"]
 
@@ -48,7 +48,7 @@ def task_columns(task: Task) -> TaskColumns:
         execution.execution_ms if execution else None,
         task.created_at,
         task.updated_at,
-        task.model_dump_json(),
+        task_body(task),
     )
 
 
