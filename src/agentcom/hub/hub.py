@@ -27,7 +27,7 @@ from agentcom.hub.endpoint_ops import EndpointOperations
 from agentcom.hub.endpoints import EndpointRegistry
 from agentcom.hub.history import QueueHistory
 from agentcom.hub.messaging import Messaging
-from agentcom.hub.queue import TERMINAL, EventSink, TaskQueue
+from agentcom.hub.queue import EventSink, TaskQueue
 from agentcom.hub.recovery import Recovery
 from agentcom.hub.routing import Router
 from agentcom.hub.scheduler import Scheduler
@@ -36,7 +36,7 @@ from agentcom.hub.task_frames import TaskFrames
 from agentcom.hub.task_ops import TASK_ID_PREFIX_MIN, TaskOperations
 from agentcom.hub.views import HubViews
 from agentcom.protocol import agent as frames
-from agentcom.protocol.common import Outbound, dumped_or_none
+from agentcom.protocol.common import TERMINAL, Outbound, dumped_or_none
 from agentcom.protocol.events import agent_event, task_transition_event
 from agentcom.protocol.outbound import (
     AgentJoined,

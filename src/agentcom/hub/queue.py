@@ -15,15 +15,19 @@ from typing import Any
 from agentcom.errors import HubError
 from agentcom.hub.clock import Clock
 from agentcom.hub.dependencies import DependencyIndex
-from agentcom.protocol.common import PRIORITY_RANK, Priority, TaskStatus, dumped_or_none
+from agentcom.protocol.common import (
+    ACTIVE,
+    PRIORITY_RANK,
+    TERMINAL,
+    Priority,
+    TaskStatus,
+    dumped_or_none,
+)
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 from agentcom.protocol.task import HistoryEntry, Task, TaskSubmission, task_from_submission
 from agentcom.store.base import Store
 
-__all__ = ["ACTIVE", "TASK_ID_LENGTH", "TERMINAL", "EventSink", "TaskQueue", "new_task_id"]
-
-TERMINAL = frozenset({TaskStatus.completed, TaskStatus.dead_letter, TaskStatus.cancelled})
-ACTIVE = frozenset({TaskStatus.assigned, TaskStatus.working})
+__all__ = ["TASK_ID_LENGTH", "EventSink", "TaskQueue", "new_task_id"]
 
 # (event name, task, extra fields) -> None
 EventSink = Callable[[str, Task, dict[str, Any]], None]

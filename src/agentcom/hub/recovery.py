@@ -11,9 +11,9 @@ from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import EndpointRegistry
 from agentcom.hub.history import MINUTE_MS, QueueHistory
 from agentcom.hub.messaging import Messaging
-from agentcom.hub.queue import ACTIVE, TaskQueue
+from agentcom.hub.queue import TaskQueue
 from agentcom.hub.tails import ExecutionTails
-from agentcom.protocol.common import TaskStatus
+from agentcom.protocol.common import ACTIVE, TaskStatus
 from agentcom.store.base import ChangeKey, Store
 
 __all__ = ["Recovery", "RecoveryHub"]

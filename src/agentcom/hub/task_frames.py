@@ -15,11 +15,11 @@ from agentcom.errors import HubError
 from agentcom.hub.agentic import record_termination, record_tool_call
 from agentcom.hub.agents import Presence
 from agentcom.hub.clock import Clock
-from agentcom.hub.queue import ACTIVE, TaskQueue
+from agentcom.hub.queue import TaskQueue
 from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol import agent as frames
-from agentcom.protocol.common import TargetType
+from agentcom.protocol.common import ACTIVE, TargetType
 from agentcom.protocol.events import execution_progress_event, task_event, task_progress_event
 from agentcom.protocol.outbound import StateReportAck, TaskAck, TaskContinue, TaskReassign
 from agentcom.protocol.task import ExecutionMetadata, Task

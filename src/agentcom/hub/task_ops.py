@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agentcom.errors import HubError
-from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH, TaskQueue
+from agentcom.hub.queue import TASK_ID_LENGTH, TaskQueue
 from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.views import HubViews
-from agentcom.protocol.common import Outbound, TaskStatus
+from agentcom.protocol.common import ACTIVE, Outbound, TaskStatus
 from agentcom.protocol.outbound import TaskCancelled
 from agentcom.protocol.task import Task, TaskSubmission, dumped_task
 from agentcom.store.base import Store

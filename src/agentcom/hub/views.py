@@ -18,10 +18,10 @@ from agentcom.hub.agents import AgentRecord, AgentState, Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import Endpoint, EndpointRegistry
 from agentcom.hub.history import QueueHistory
-from agentcom.hub.queue import ACTIVE, TaskQueue
+from agentcom.hub.queue import TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
 from agentcom.hub.tails import ExecutionTails
-from agentcom.protocol.common import TaskStatus
+from agentcom.protocol.common import ACTIVE, TaskStatus
 from agentcom.protocol.task import (
     ReclaimReason,
     ResultSummary,

@@ -10,7 +10,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "ACTIVE",
     "PRIORITY_RANK",
+    "TERMINAL",
     "AgentId",
     "ChannelName",
     "CostTier",
@@ -121,6 +123,13 @@ class TaskStatus(StrEnum):
     completed = "completed"  # finished successfully (terminal)
     dead_letter = "dead_letter"  # failed more than max_retries times; an operator may retry
     cancelled = "cancelled"  # cancelled by an operator (terminal)
+
+
+TERMINAL = frozenset({TaskStatus.completed, TaskStatus.dead_letter, TaskStatus.cancelled})
+"""The statuses of a finished task (one an operator retries leaves ``dead_letter``)."""
+
+ACTIVE = frozenset({TaskStatus.assigned, TaskStatus.working})
+"""The statuses of a task an agent holds."""
 
 
 class Tier(StrEnum):

@@ -29,7 +29,13 @@ from typing import Any
 from agentcom.errors import StoreError
 from agentcom.protocol.task import ResultSummary, Task, listed_task, task_cursor, task_from_body
 from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TaskPage, TokenRecord
-from agentcom.store.columns import STAT_FIELDS, TERMINAL, TaskColumns, stats_report, task_columns
+from agentcom.store.columns import (
+    STAT_FIELDS,
+    TERMINAL_VALUES,
+    TaskColumns,
+    stats_report,
+    task_columns,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -243,7 +249,7 @@ class MemoryStore:
 
     def load_unfinished_tasks(self) -> list[Task]:
         """Every committed task not in a terminal state, oldest first."""
-        unfinished = [s for s in self._tasks.values() if s.columns[1] not in TERMINAL]
+        unfinished = [s for s in self._tasks.values() if s.columns[1] not in TERMINAL_VALUES]
         unfinished.sort(key=lambda stored: stored.columns[11])
         return [task_from_body(stored.columns[13]) for stored in unfinished]
 
@@ -301,7 +307,7 @@ class MemoryStore:
             by_status[status] = by_status.get(status, 0) + 1
             if status == "queued":
                 by_priority[columns[2]] = by_priority.get(columns[2], 0) + 1
-            if status in TERMINAL and columns[12] >= finished_since_ms:
+            if status in TERMINAL_VALUES and columns[12] >= finished_since_ms:
                 finished[status] = finished.get(status, 0) + 1
             if status == "completed":
                 completed.append(columns)

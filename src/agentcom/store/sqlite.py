@@ -39,7 +39,7 @@ from agentcom.protocol.task import (
     task_from_body,
 )
 from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TaskPage, TokenRecord
-from agentcom.store.columns import TERMINAL, stats_report, task_columns
+from agentcom.store.columns import TERMINAL_VALUES, stats_report, task_columns
 
 __all__ = ["SqliteStore", "open_database"]
 
@@ -520,7 +520,7 @@ class SqliteStore:
         """Every task not in a terminal state, oldest first."""
         rows = self._reader.execute(
             "SELECT body FROM tasks WHERE status NOT IN (?, ?, ?) ORDER BY created_at",
-            TERMINAL,
+            TERMINAL_VALUES,
         ).fetchall()
         return [task_from_body(body) for (body,) in rows]
 
@@ -645,7 +645,7 @@ class SqliteStore:
         finished = connection.execute(
             "SELECT status, COUNT(*) FROM tasks WHERE updated_at >= ? "
             "AND status IN (?, ?, ?) GROUP BY status",
-            (finished_since_ms, *TERMINAL),
+            (finished_since_ms, *TERMINAL_VALUES),
         ).fetchall()
         return stats_report(
             by_status,
