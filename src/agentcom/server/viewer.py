@@ -18,9 +18,9 @@ from agentcom.hub.hub import Hub
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
-from agentcom.protocol.task import dumped_task, parse_task_cursor
+from agentcom.protocol.task import dumped_task
 from agentcom.server.inbound import peer, text_of
-from agentcom.store.base import TaskFilter, TaskPage
+from agentcom.store.base import TaskFilter, TaskPage, task_filter
 
 if TYPE_CHECKING:
     from agentcom.server.host import SessionHost
@@ -308,18 +308,11 @@ class OperatorSession:
 
 def _task_filter(request: ops.TaskList, now_ms: int) -> TaskFilter:
     """The store's filter for a ``task_list`` request (``since_s`` counts back from now)."""
-    status = request.status
-    return TaskFilter(
-        status=tuple(one.value for one in status)
-        if isinstance(status, list)
-        else (status.value if status else None),
-        priority=request.priority.value if request.priority else None,
-        agent=request.agent,
-        limit=request.limit,
-        updated_since=None if request.since_s is None else now_ms - int(request.since_s * 1000),
-        capability=request.capability,
-        after=parse_task_cursor(request.cursor) if request.cursor else None,
-    )
+    return task_filter(
+        now_ms, status=request.status, priority=request.priority, agent=request.agent,
+        capability=request.capability, since_s=request.since_s, limit=request.limit,
+        cursor=request.cursor,
+    )  # fmt: skip
 
 
 _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.TaskRequeue)
