@@ -12,6 +12,7 @@ from agentcom.hub.queue import TASK_ID_LENGTH, TaskQueue
 from agentcom.hub.scheduler import Scheduler
 from agentcom.hub.views import HubViews
 from agentcom.protocol.common import ACTIVE, Outbound, TaskStatus
+from agentcom.protocol.operator import bulk_change, refused_change
 from agentcom.protocol.outbound import TaskCancelled
 from agentcom.protocol.task import Task, TaskSubmission, dumped_task
 from agentcom.store.base import Store
@@ -122,8 +123,8 @@ class TaskOperations:
             try:
                 changed.append(dumped_task(change(self.resolve_task_id(task_id))))
             except HubError as error:
-                refused.append({"task_id": task_id, "error": error.code, "message": error.message})
-        return {"changed": changed, "refused": refused}
+                refused.append(refused_change(task_id, error.code, error.message))
+        return bulk_change(changed, refused)
 
     def requeue(self, task_id: str) -> Task:
         """Take an assigned or working task from its agent and queue it again at once.

@@ -22,6 +22,7 @@ from agentcom.hub.queue import TaskQueue
 from agentcom.hub.routing import NoViableTarget, Router
 from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol.common import ACTIVE, TaskStatus
+from agentcom.protocol.operator import route_preview, stats_reply
 from agentcom.protocol.task import (
     ReclaimReason,
     ResultSummary,
@@ -198,12 +199,7 @@ class HubViews:
                     f"{no_target.tier.value} target, then fall back"
                 )
             )
-        return {
-            "complexity": complexity.model_dump(mode="json"),
-            "routing_decision": decision.model_dump(mode="json"),
-            "viable_endpoints": len(self.endpoints.viable()),
-            "would_wait": waits,
-        }
+        return route_preview(complexity, decision, len(self.endpoints.viable()), waits)
 
     def list_tasks(self, task_filter: TaskFilter) -> TaskPage:
         """A page of tasks by filter, from the store (the caller commits first); the
@@ -224,16 +220,18 @@ class HubViews:
         """Queue counts and execution totals (the caller commits first). The store's part
         is read off the event loop: it counts every task ever run."""
         stored = await self.store.read_task_stats(self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000)
-        stats = dict(stored)  # the read may be shared with other callers: add to a copy
-        stats["queue_depth"] = self.queue.queued_count()
-        stats["agents_connected"] = len(self.presence.connected())
-        stats["progress_dropped"] = self.hub.progress_dropped
-        stats["throughput"] = {**stats.pop("finished"), "window_s": THROUGHPUT_WINDOW_S}
         by_state = dict.fromkeys((state.value for state in AgentState), 0)
         for agent in self.presence.agents.values():
             by_state[agent.state.value] += 1
-        stats["agents_by_state"] = by_state
-        return stats
+        # The read may be shared with other callers: the reply is a new dict.
+        return stats_reply(
+            stored,
+            queue_depth=self.queue.queued_count(),
+            agents_connected=len(self.presence.connected()),
+            progress_dropped=self.hub.progress_dropped,
+            window_s=THROUGHPUT_WINDOW_S,
+            agents_by_state=by_state,
+        )
 
     async def snapshot(self, recent: int = 50) -> dict[str, Any]:
         """What a dashboard starts from (the caller commits first)."""
