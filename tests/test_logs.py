@@ -11,6 +11,7 @@ from hubprocess import HubProcess
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.logs import JsonFormatter
+from agentcom.sidecar.config import load as load_sidecar_settings
 
 
 async def test_json_log_tells_each_transition_once_with_its_ids_and_no_token(
@@ -87,3 +88,14 @@ def test_json_lines_escape_tracebacks_and_keep_only_known_fields() -> None:
     assert parsed["task_id"] == "abc"
     assert "ValueError: bad" in parsed["exception"]
     assert "s3cret" not in line
+
+
+def test_the_sidecar_takes_its_log_level_in_any_case(tmp_path: Path) -> None:
+    # given a level in small letters, as a flag and in the settings file
+    required = {"hub_url": "ws://hub/ws", "agent_id": "a", "token": "t"}
+    toml = tmp_path / "sidecar.toml"
+    toml.write_text('log_level = "warning"\n')
+
+    # then each is the level logging names in capitals
+    assert load_sidecar_settings({**required, "log_level": "info"}, None, {}).log_level == "INFO"
+    assert load_sidecar_settings(required, toml, {}).log_level == "WARNING"

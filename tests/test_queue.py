@@ -22,6 +22,7 @@ from agentcom.hub.clock import ManualClock
 from agentcom.hub.hub import Effects, Hub
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Priority, TaskStatus, Tier
+from agentcom.protocol.operator import BulkChange, RoutePreview, StatsReply
 from agentcom.protocol.outbound import TaskAck, TaskAssign, TaskCancelled
 from agentcom.protocol.task import Task, TaskSubmission
 from agentcom.store.memory import MemoryStore
@@ -732,3 +733,28 @@ async def test_a_refused_completion_leaves_the_task_with_its_agent_as_stored(
     await store.commit()
     assert hub.find_task(task.task_id).status is TaskStatus.completed
     assert only_assignment(hub, "worker").task_id == following.task_id
+
+
+async def test_stats_route_preview_and_bulk_change_replies_have_their_models_shape(
+    domain: Hub,
+) -> None:
+    # given an agent that completed a task with execution figures, and a queued task
+    identify(domain, "worker")
+    done = submit(domain, "counted")
+    accept(domain, "worker", done.task_id)
+    complete(domain, "worker", done.task_id, 1,
+             result={"status": "success", "model_used": "m", "tokens_in": 3})  # fmt: skip
+    queued = submit(domain, "waiting")
+    await domain.store.commit()
+
+    # when the statistics, a route preview and a bulk cancel are asked for
+    stats = await domain.views.stats()
+    preview = domain.views.route_preview(TaskSubmission(description="a dry run"))
+    bulk = domain.task_ops.for_each_task(domain.task_ops.cancel, [queued.task_id, "unknown-id"])
+
+    # then each reply is what its model of the operator protocol describes
+    assert StatsReply.model_validate(stats).by_model["m"].tokens_in == 3
+    assert RoutePreview.model_validate(preview).viable_endpoints == 0
+    change = BulkChange.model_validate(bulk)
+    assert [task.task_id for task in change.changed] == [queued.task_id]
+    assert [refusal.task_id for refusal in change.refused] == ["unknown-id"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,7 +19,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings", "setting_sources"]
+__all__ = ["Settings", "load_settings", "setting_sources", "upper_cased"]
+
+
+def upper_cased(value: Any) -> Any:
+    """A log level given in any case (``info``), in the capitals ``logging`` names it with."""
+    return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -30,20 +35,15 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(4000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     db: Path = Field(Path("agentcom.db"), description="SQLite database file.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO", description="Python logging level."
-    )
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(upper_cased)
+    ] = Field("INFO", description="Python logging level.")
 
     log_format: Literal["text", "json"] = Field(
         "text",
         description="text: one human line per record; json: one JSON object per line "
         "(time, level, logger, message, and task_id, agent_id, generation when known).",
     )
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_case_level(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
 
     max_frame_bytes: int = Field(
         1_048_576, ge=1024, description="Larger inbound frames close the connection with 1009."

@@ -8,10 +8,9 @@ import argparse
 import re
 
 from agentcom.hub.hub import TASK_ID_PREFIX_MIN
-from agentcom.protocol.common import Priority, TaskStatus, Tier
+from agentcom.protocol.common import TERMINAL, Priority, TaskStatus, Tier
 
 __all__ = [
-    "FINISHED",
     "PRIORITIES",
     "STATUSES",
     "TIERS",
@@ -24,8 +23,7 @@ __all__ = [
 STATUSES = tuple(status.value for status in TaskStatus)
 PRIORITIES = tuple(priority.value for priority in Priority)
 TIERS = [*(tier.value for tier in Tier), "unknown"]  # as TaskSubmission.complexity_tier takes
-FINISHED = (TaskStatus.completed.value, TaskStatus.dead_letter.value, TaskStatus.cancelled.value)
-UNFINISHED = [status for status in STATUSES if status not in FINISHED]
+UNFINISHED = [status for status in STATUSES if status not in TERMINAL]
 
 
 def statuses_arg(text: str) -> list[str]:

@@ -10,8 +10,8 @@ from typing import Any
 from agentcom.cli.errors import EXIT_OK
 from agentcom.cli.output import say, utc_time
 from agentcom.cli.tasks import task_across_restarts
-from agentcom.cli.values import FINISHED
 from agentcom.client import OperatorClient
+from agentcom.protocol.common import TERMINAL
 
 __all__ = ["watch_events"]
 
@@ -54,13 +54,13 @@ async def _watch_task(client: OperatorClient, args: argparse.Namespace) -> int:
             # the hub was away.
             task = await task_across_restarts(client, task_id)
             print(json.dumps(task) if as_json else f"task {task_id} {task['status']}", flush=True)
-            if task["status"] in FINISHED:
+            if task["status"] in TERMINAL:
                 break
             continue
         if frame.get("task_id") != task_id:
             continue
         print(json.dumps(frame) if as_json else _describe_event(frame), flush=True)
-        if frame.get("status") in FINISHED and frame.get("event") != "task_failed":
+        if frame.get("status") in TERMINAL and frame.get("event") != "task_failed":
             break
     return EXIT_OK
 

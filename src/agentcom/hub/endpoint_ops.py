@@ -5,16 +5,17 @@ their health checks, and the events that announce each change.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agentcom.errors import HubError
-from agentcom.hub.endpoints import Endpoint
+from agentcom.hub.clock import Clock
+from agentcom.hub.endpoints import Endpoint, EndpointRegistry
+from agentcom.hub.scheduler import Scheduler
+from agentcom.hub.views import HubViews
 from agentcom.protocol.events import endpoint_event
+from agentcom.store.base import Store
 
-if TYPE_CHECKING:
-    from agentcom.hub.hub import Hub
-
-__all__ = ["EndpointOperations"]
+__all__ = ["EndpointOperations", "EndpointOpsHub"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,23 @@ def _checked_view(endpoint: Endpoint) -> tuple[Any, ...]:
     return endpoint.healthy, endpoint.models, endpoint.loaded, endpoint.last_error
 
 
+class EndpointOpsHub(Protocol):
+    """What operator actions on endpoints use of the hub's facade (``Hub`` is the one
+    implementation): its parts and two commands."""
+
+    endpoints: EndpointRegistry
+    store: Store
+    clock: Clock
+    scheduler: Scheduler
+    views: HubViews
+
+    def publish(self, topic: str, event: dict[str, Any]) -> None:
+        """Publish an event once the change is committed."""
+
+    def check_endpoint_soon(self, endpoint_id: str) -> None:
+        """Ask for a health check of an endpoint once the change is committed."""
+
+
 class EndpointOperations:
     """What operators and health checks do to the endpoint registry.
 
@@ -32,7 +50,7 @@ class EndpointOperations:
         hub: the domain whose endpoints change (its registry, store and outbox).
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: EndpointOpsHub) -> None:
         self.hub = hub
         self.endpoints = hub.endpoints
         self.store = hub.store

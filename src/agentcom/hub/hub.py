@@ -27,7 +27,7 @@ from agentcom.hub.endpoint_ops import EndpointOperations
 from agentcom.hub.endpoints import EndpointRegistry
 from agentcom.hub.history import QueueHistory
 from agentcom.hub.messaging import Messaging
-from agentcom.hub.queue import TERMINAL, EventSink, TaskQueue
+from agentcom.hub.queue import EventSink, TaskQueue
 from agentcom.hub.recovery import Recovery
 from agentcom.hub.routing import Router
 from agentcom.hub.scheduler import Scheduler
@@ -36,7 +36,7 @@ from agentcom.hub.task_frames import TaskFrames
 from agentcom.hub.task_ops import TASK_ID_PREFIX_MIN, TaskOperations
 from agentcom.hub.views import HubViews
 from agentcom.protocol import agent as frames
-from agentcom.protocol.common import Outbound
+from agentcom.protocol.common import TERMINAL, Outbound, dumped_or_none
 from agentcom.protocol.events import agent_event, task_transition_event
 from agentcom.protocol.outbound import (
     AgentJoined,
@@ -215,9 +215,7 @@ class Hub:
         agent.host = remote_host
         agent.disconnected_at = None
         agent.restarting = None
-        agent.pm2_info = (
-            frame.pm2_info.model_dump(mode="json") if frame.pm2_info is not None else None
-        )
+        agent.pm2_info = dumped_or_none(frame.pm2_info)
         if frame.ollama_url:
             try:
                 self.report_ollama(agent.agent_id, frame.ollama_url, remote_host)
@@ -319,6 +317,7 @@ class Hub:
             self.check_endpoint_soon(endpoint.endpoint_id)
 
     def release_agent(self, agent_id: str, schedule: bool = True) -> None:
+        """The agent holds no task any more; then, unless told not to, schedule."""
         agent = self.presence.get(agent_id)
         if agent is None:
             return

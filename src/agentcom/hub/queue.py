@@ -15,15 +15,19 @@ from typing import Any
 from agentcom.errors import HubError
 from agentcom.hub.clock import Clock
 from agentcom.hub.dependencies import DependencyIndex
-from agentcom.protocol.common import PRIORITY_RANK, Priority, TaskStatus
+from agentcom.protocol.common import (
+    ACTIVE,
+    PRIORITY_RANK,
+    TERMINAL,
+    Priority,
+    TaskStatus,
+    dumped_or_none,
+)
 from agentcom.protocol.outbound import Complexity, RoutingDecision
 from agentcom.protocol.task import HistoryEntry, Task, TaskSubmission, task_from_submission
 from agentcom.store.base import Store
 
-__all__ = ["ACTIVE", "TASK_ID_LENGTH", "TERMINAL", "EventSink", "TaskQueue", "new_task_id"]
-
-TERMINAL = frozenset({TaskStatus.completed, TaskStatus.dead_letter, TaskStatus.cancelled})
-ACTIVE = frozenset({TaskStatus.assigned, TaskStatus.working})
+__all__ = ["TASK_ID_LENGTH", "EventSink", "TaskQueue", "new_task_id"]
 
 # (event name, task, extra fields) -> None
 EventSink = Callable[[str, Task, dict[str, Any]], None]
@@ -356,7 +360,7 @@ class TaskQueue:
         The dependants it was the last to block join the queue (the caller schedules).
         """
         self._record(task, TaskStatus.completed, None)
-        self._emit("task_completed", task, {"execution": _dump(task.execution)})
+        self._emit("task_completed", task, {"execution": dumped_or_none(task.execution)})
         for task_id in self.dependencies.completed(task.task_id):
             self._enqueue(self.tasks[task_id])
 
@@ -450,7 +454,3 @@ class TaskQueue:
 def _failed(task: Task | None) -> bool:
     """Whether a prerequisite will not complete unless an operator retries it."""
     return task is not None and task.status in (TaskStatus.dead_letter, TaskStatus.cancelled)
-
-
-def _dump(model: Any) -> Any:
-    return model.model_dump(mode="json") if model is not None else None

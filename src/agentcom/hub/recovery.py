@@ -4,17 +4,33 @@ store refused a write, and the recent activity saved so that a restart keeps it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from agentcom.hub.history import MINUTE_MS
-from agentcom.hub.queue import ACTIVE
-from agentcom.protocol.common import TaskStatus
-from agentcom.store.base import ChangeKey
+from agentcom.hub.agents import Presence
+from agentcom.hub.clock import Clock
+from agentcom.hub.endpoints import EndpointRegistry
+from agentcom.hub.history import MINUTE_MS, QueueHistory
+from agentcom.hub.messaging import Messaging
+from agentcom.hub.queue import TaskQueue
+from agentcom.hub.tails import ExecutionTails
+from agentcom.protocol.common import ACTIVE, TaskStatus
+from agentcom.store.base import ChangeKey, Store
 
-if TYPE_CHECKING:
-    from agentcom.hub.hub import Hub
+__all__ = ["Recovery", "RecoveryHub"]
 
-__all__ = ["Recovery"]
+
+class RecoveryHub(Protocol):
+    """What recovery uses of the hub's facade (``Hub`` is the one implementation): the
+    parts whose state it reloads or saves."""
+
+    store: Store
+    clock: Clock
+    queue: TaskQueue
+    presence: Presence
+    endpoints: EndpointRegistry
+    messaging: Messaging
+    execution_tails: ExecutionTails
+    queue_history: QueueHistory
 
 
 class Recovery:
@@ -24,7 +40,7 @@ class Recovery:
         hub: the domain whose state is restored.
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: RecoveryHub) -> None:
         self.hub = hub
 
     def restore(self) -> int:

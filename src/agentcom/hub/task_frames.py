@@ -8,25 +8,48 @@ running attempt) before it changes the task; a refusal is a ``HubError``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
+from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agentic import record_termination, record_tool_call
-from agentcom.hub.queue import ACTIVE
+from agentcom.hub.agents import Presence
+from agentcom.hub.clock import Clock
+from agentcom.hub.queue import TaskQueue
+from agentcom.hub.scheduler import Scheduler
+from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol import agent as frames
-from agentcom.protocol.common import TargetType
+from agentcom.protocol.common import ACTIVE, TargetType
 from agentcom.protocol.events import execution_progress_event, task_event, task_progress_event
 from agentcom.protocol.outbound import StateReportAck, TaskAck, TaskContinue, TaskReassign
 from agentcom.protocol.task import ExecutionMetadata, Task
+from agentcom.store.base import Store
 
-if TYPE_CHECKING:
-    from agentcom.hub.hub import Hub
-
-__all__ = ["TaskFrames"]
+__all__ = ["FramesHub", "TaskFrames"]
 
 logger = logging.getLogger(__name__)
 
 _EXECUTION_FIELDS = tuple(ExecutionMetadata.model_fields)
+
+
+class FramesHub(Protocol):
+    """What task frames use of the hub's facade (``Hub`` is the one implementation):
+    its parts, the error each running attempt reported, and two commands."""
+
+    queue: TaskQueue
+    presence: Presence
+    store: Store
+    clock: Clock
+    settings: Settings
+    execution_tails: ExecutionTails
+    scheduler: Scheduler
+    attempt_errors: dict[str, str]
+
+    def publish(self, topic: str, event: dict[str, Any]) -> None:
+        """Publish an event once the change is committed."""
+
+    def release_agent(self, agent_id: str, schedule: bool = True) -> None:
+        """The agent holds no task any more; then, unless told not to, schedule."""
 
 
 class TaskFrames:
@@ -36,7 +59,7 @@ class TaskFrames:
         hub: the domain the frames change (its queue, agents and outbox).
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: FramesHub) -> None:
         self.hub = hub
         self.queue = hub.queue
         self.presence = hub.presence

@@ -5,21 +5,38 @@ and the resolving of abbreviated task ids they accept.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agentcom.errors import HubError
-from agentcom.hub.queue import ACTIVE, TASK_ID_LENGTH
-from agentcom.protocol.common import TaskStatus
+from agentcom.hub.queue import TASK_ID_LENGTH, TaskQueue
+from agentcom.hub.scheduler import Scheduler
+from agentcom.hub.views import HubViews
+from agentcom.protocol.common import ACTIVE, Outbound, TaskStatus
+from agentcom.protocol.operator import bulk_change, refused_change
 from agentcom.protocol.outbound import TaskCancelled
-from agentcom.protocol.task import Task, TaskSubmission
+from agentcom.protocol.task import Task, TaskSubmission, dumped_task
+from agentcom.store.base import Store
 
-if TYPE_CHECKING:
-    from agentcom.hub.hub import Hub
-
-__all__ = ["TASK_ID_PREFIX_MIN", "TaskOperations"]
+__all__ = ["TASK_ID_PREFIX_MIN", "TaskOperations", "TaskOpsHub"]
 
 TASK_ID_PREFIX_MIN = 6  # the shortest abbreviation of a task id that is looked up
 _CANDIDATES_SHOWN = 10
+
+
+class TaskOpsHub(Protocol):
+    """What operator actions on tasks use of the hub's facade (``Hub`` is the one
+    implementation): its parts and two commands."""
+
+    queue: TaskQueue
+    store: Store
+    scheduler: Scheduler
+    views: HubViews
+
+    def push(self, agent_id: str, frame: Outbound) -> None:
+        """Send a frame to an agent once the change is committed."""
+
+    def release_agent(self, agent_id: str, schedule: bool = True) -> None:
+        """The agent holds no task any more; then, unless told not to, schedule."""
 
 
 class TaskOperations:
@@ -29,7 +46,7 @@ class TaskOperations:
         hub: the domain the actions change (its queue, scheduler and outbox).
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: TaskOpsHub) -> None:
         self.hub = hub
         self.queue = hub.queue
         self.store = hub.store
@@ -104,10 +121,10 @@ class TaskOperations:
         refused: list[dict[str, Any]] = []
         for task_id in dict.fromkeys(task_ids):
             try:
-                changed.append(change(self.resolve_task_id(task_id)).model_dump(mode="json"))
+                changed.append(dumped_task(change(self.resolve_task_id(task_id))))
             except HubError as error:
-                refused.append({"task_id": task_id, "error": error.code, "message": error.message})
-        return {"changed": changed, "refused": refused}
+                refused.append(refused_change(task_id, error.code, error.message))
+        return bulk_change(changed, refused)
 
     def requeue(self, task_id: str) -> Task:
         """Take an assigned or working task from its agent and queue it again at once.

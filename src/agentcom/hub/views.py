@@ -9,15 +9,20 @@ latest load report per host, which only these views and routing read.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agentcom import __version__
+from agentcom.config import Settings
 from agentcom.errors import HubError
-from agentcom.hub.agents import AgentRecord, AgentState
-from agentcom.hub.endpoints import Endpoint
-from agentcom.hub.queue import ACTIVE
-from agentcom.hub.routing import NoViableTarget
-from agentcom.protocol.common import TaskStatus
+from agentcom.hub.agents import AgentRecord, AgentState, Presence
+from agentcom.hub.clock import Clock
+from agentcom.hub.endpoints import Endpoint, EndpointRegistry
+from agentcom.hub.history import QueueHistory
+from agentcom.hub.queue import TaskQueue
+from agentcom.hub.routing import NoViableTarget, Router
+from agentcom.hub.tails import ExecutionTails
+from agentcom.protocol.common import ACTIVE, TaskStatus
+from agentcom.protocol.operator import route_preview, stats_reply
 from agentcom.protocol.task import (
     ReclaimReason,
     ResultSummary,
@@ -27,12 +32,9 @@ from agentcom.protocol.task import (
     listed_task,
     task_from_submission,
 )
-from agentcom.store.base import TaskFilter, TaskPage
+from agentcom.store.base import Store, TaskFilter, TaskPage
 
-if TYPE_CHECKING:
-    from agentcom.hub.hub import Hub
-
-__all__ = ["DEPENDANTS_SHOWN", "THROUGHPUT_WINDOW_S", "HubViews"]
+__all__ = ["DEPENDANTS_SHOWN", "THROUGHPUT_WINDOW_S", "HubViews", "ViewsHub"]
 
 #: Most dependants a task lists when read (``dependants_total`` counts them all).
 DEPENDANTS_SHOWN = 100
@@ -46,6 +48,23 @@ def _host_key(host: str) -> str:
     return "loopback" if host in _LOOPBACK_NAMES else host
 
 
+class ViewsHub(Protocol):
+    """What the views read of the hub's facade (``Hub`` is the one implementation): its
+    parts, when it started and how many progress frames it dropped."""
+
+    queue: TaskQueue
+    presence: Presence
+    endpoints: EndpointRegistry
+    router: Router
+    store: Store
+    clock: Clock
+    settings: Settings
+    execution_tails: ExecutionTails
+    queue_history: QueueHistory
+    started_at: int
+    progress_dropped: int
+
+
 class HubViews:
     """The hub's state as it is read: built on demand, never stored.
 
@@ -53,7 +72,7 @@ class HubViews:
         hub: the domain whose state is shown.
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: ViewsHub) -> None:
         self.hub = hub
         self.queue = hub.queue
         self.presence = hub.presence
@@ -180,12 +199,7 @@ class HubViews:
                     f"{no_target.tier.value} target, then fall back"
                 )
             )
-        return {
-            "complexity": complexity.model_dump(mode="json"),
-            "routing_decision": decision.model_dump(mode="json"),
-            "viable_endpoints": len(self.endpoints.viable()),
-            "would_wait": waits,
-        }
+        return route_preview(complexity, decision, len(self.endpoints.viable()), waits)
 
     def list_tasks(self, task_filter: TaskFilter) -> TaskPage:
         """A page of tasks by filter, from the store (the caller commits first); the
@@ -206,16 +220,18 @@ class HubViews:
         """Queue counts and execution totals (the caller commits first). The store's part
         is read off the event loop: it counts every task ever run."""
         stored = await self.store.read_task_stats(self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000)
-        stats = dict(stored)  # the read may be shared with other callers: add to a copy
-        stats["queue_depth"] = self.queue.queued_count()
-        stats["agents_connected"] = len(self.presence.connected())
-        stats["progress_dropped"] = self.hub.progress_dropped
-        stats["throughput"] = {**stats.pop("finished"), "window_s": THROUGHPUT_WINDOW_S}
         by_state = dict.fromkeys((state.value for state in AgentState), 0)
         for agent in self.presence.agents.values():
             by_state[agent.state.value] += 1
-        stats["agents_by_state"] = by_state
-        return stats
+        # The read may be shared with other callers: the reply is a new dict.
+        return stats_reply(
+            stored,
+            queue_depth=self.queue.queued_count(),
+            agents_connected=len(self.presence.connected()),
+            progress_dropped=self.hub.progress_dropped,
+            window_s=THROUGHPUT_WINDOW_S,
+            agents_by_state=by_state,
+        )
 
     async def snapshot(self, recent: int = 50) -> dict[str, Any]:
         """What a dashboard starts from (the caller commits first)."""

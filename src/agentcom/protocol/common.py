@@ -10,7 +10,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "ACTIVE",
     "PRIORITY_RANK",
+    "TERMINAL",
     "AgentId",
     "ChannelName",
     "CostTier",
@@ -25,6 +27,7 @@ __all__ = [
     "TaskId",
     "TaskStatus",
     "Tier",
+    "dumped_or_none",
     "not_blank",
     "only_finite_numbers",
 ]
@@ -77,6 +80,11 @@ def not_blank(value: str) -> str:
     return value
 
 
+def dumped_or_none(model: BaseModel | None) -> dict[str, Any] | None:
+    """A model nested in a published dict: its JSON object, or None for none."""
+    return model.model_dump(mode="json") if model is not None else None
+
+
 class Inbound(BaseModel):
     """Base of every frame a peer sends: strict types, unknown fields ignored."""
 
@@ -115,6 +123,13 @@ class TaskStatus(StrEnum):
     completed = "completed"  # finished successfully (terminal)
     dead_letter = "dead_letter"  # failed more than max_retries times; an operator may retry
     cancelled = "cancelled"  # cancelled by an operator (terminal)
+
+
+TERMINAL = frozenset({TaskStatus.completed, TaskStatus.dead_letter, TaskStatus.cancelled})
+"""The statuses of a finished task (one an operator retries leaves ``dead_letter``)."""
+
+ACTIVE = frozenset({TaskStatus.assigned, TaskStatus.working})
+"""The statuses of a task an agent holds."""
 
 
 class Tier(StrEnum):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from agentcom.protocol.common import Priority, TaskStatus
+from agentcom.protocol.common import Priority, TaskStatus, dumped_or_none
 from agentcom.protocol.task import ExecutionMetadata, Task, TaskHold
 
 __all__ = [
@@ -276,7 +276,7 @@ def agent_view(
         "resources": resources,
         "pm2_info": pm2_info,
         "restarting": restarting,
-        "held_task": held_task.model_dump(mode="json") if held_task is not None else None,
+        "held_task": dumped_or_none(held_task),
     }
 
 

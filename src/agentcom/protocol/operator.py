@@ -2,16 +2,21 @@
 
 Operator connections start with ``auth``; every later frame is a request carrying a
 ``request_id`` that its single reply (``result`` or ``error``) repeats.
+
+Longer than most modules, on purpose: it is one protocol in one place, a short model for
+each request and reply and for the data of the results that are not a task or a view.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
 from agentcom.protocol.common import AgentId, Inbound, Outbound, Priority, TaskId, TaskStatus
-from agentcom.protocol.task import TASK_CURSOR_PATTERN, TaskSubmission
+from agentcom.protocol.outbound import Complexity, RoutingDecision
+from agentcom.protocol.task import TASK_CURSOR_PATTERN, Task, TaskSubmission
 
 __all__ = [
     "DASHBOARD_FRAME",
@@ -24,6 +29,7 @@ __all__ = [
     "AgentsList",
     "Auth",
     "AuthOk",
+    "BulkChange",
     "ChannelCreate",
     "ChannelsList",
     "DashboardFrame",
@@ -31,11 +37,15 @@ __all__ = [
     "EndpointRemove",
     "EndpointsList",
     "EventsDropped",
+    "ExecutionTotals",
     "OperatorError",
     "OperatorFrame",
     "OperatorResult",
+    "RefusedChange",
+    "RoutePreview",
     "Snapshot",
     "Stats",
+    "StatsReply",
     "Subscribe",
     "TaskCancel",
     "TaskCancelMany",
@@ -47,7 +57,12 @@ __all__ = [
     "TaskRoute",
     "TaskSubmit",
     "TaskWait",
+    "Throughput",
     "TopicName",
+    "bulk_change",
+    "refused_change",
+    "route_preview",
+    "stats_reply",
 ]
 
 RequestId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -336,3 +351,115 @@ class EventsDropped(Outbound):
 
     type: Literal["events_dropped"] = "events_dropped"
     count: int
+
+
+# --- the data of some results -------------------------------------------------------------
+# Each reply below has a model, which states its shape (the tests check the hub's replies
+# against it), and a constructor, which the hub calls: it returns the plain dict, as the
+# constructors of events.py do, so a reply pays for no validation.
+
+
+class ExecutionTotals(Outbound):
+    """Execution figures summed over a group of completed tasks."""
+
+    tasks: int
+    tokens_in: int
+    tokens_out: int
+    estimated_cost_usd: float
+    equivalent_claude_cost_usd: float
+    execution_ms: float
+
+
+class Throughput(Outbound):
+    """The tasks that reached each terminal status in the last ``window_s`` seconds."""
+
+    completed: int
+    dead_letter: int
+    cancelled: int
+    window_s: int
+
+
+class StatsReply(Outbound):
+    """The data of a ``stats`` result (and of ``/api/tasks/stats``)."""
+
+    by_status: dict[str, int]
+    queued_by_priority: dict[str, int]
+    totals: ExecutionTotals
+    by_model: dict[str, ExecutionTotals]  # "unknown": completed without a model
+    by_agent: dict[str, ExecutionTotals]
+    queue_depth: int
+    agents_connected: int
+    progress_dropped: int  # task_progress frames coalesced under rate limiting
+    throughput: Throughput
+    agents_by_state: dict[str, int]
+
+
+def stats_reply(
+    stored: Mapping[str, Any],
+    *,
+    queue_depth: int,
+    agents_connected: int,
+    progress_dropped: int,
+    window_s: int,
+    agents_by_state: dict[str, int],
+) -> dict[str, Any]:
+    """A :class:`StatsReply`: what the store counted (``read_task_stats``, whose
+    ``finished`` becomes ``throughput``) and what the hub holds in memory."""
+    return {
+        "by_status": stored["by_status"],
+        "queued_by_priority": stored["queued_by_priority"],
+        "totals": stored["totals"],
+        "by_model": stored["by_model"],
+        "by_agent": stored["by_agent"],
+        "queue_depth": queue_depth,
+        "agents_connected": agents_connected,
+        "progress_dropped": progress_dropped,
+        "throughput": {**stored["finished"], "window_s": window_s},
+        "agents_by_state": agents_by_state,
+    }
+
+
+class RoutePreview(Outbound):
+    """The data of a ``task_route`` result: what the hub would decide for the task now."""
+
+    complexity: Complexity
+    routing_decision: RoutingDecision
+    viable_endpoints: int
+    would_wait: str | None  # why and how long it would wait for its tier's target
+
+
+def route_preview(
+    complexity: Complexity, decision: RoutingDecision, viable_endpoints: int, would_wait: str | None
+) -> dict[str, Any]:
+    """A :class:`RoutePreview`."""
+    return {
+        "complexity": complexity.model_dump(mode="json"),
+        "routing_decision": decision.model_dump(mode="json"),
+        "viable_endpoints": viable_endpoints,
+        "would_wait": would_wait,
+    }
+
+
+class RefusedChange(Outbound):
+    """A task a bulk change left as it was, and why."""
+
+    task_id: str  # as the request named it
+    error: str
+    message: str | None
+
+
+class BulkChange(Outbound):
+    """The data of a ``task_cancel_many`` or ``task_retry_many`` result."""
+
+    changed: list[Task]
+    refused: list[RefusedChange]
+
+
+def refused_change(task_id: str, error: str, message: str | None) -> dict[str, Any]:
+    """A :class:`RefusedChange`."""
+    return {"task_id": task_id, "error": error, "message": message}
+
+
+def bulk_change(changed: list[dict[str, Any]], refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """A :class:`BulkChange` of tasks as ``task_get`` returns them and of refusals."""
+    return {"changed": changed, "refused": refused}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -12,6 +13,7 @@ from agentcom.protocol.common import (
     RequestedTier,
     TaskId,
     TaskStatus,
+    dumped_or_none,
     not_blank,
 )
 from agentcom.protocol.outbound import Complexity, RoutingDecision
@@ -30,9 +32,12 @@ __all__ = [
     "TaskHold",
     "TaskSubmission",
     "ToolCall",
+    "dumped_task",
     "listed_task",
     "parse_task_cursor",
+    "task_body",
     "task_cursor",
+    "task_from_body",
     "task_from_submission",
 ]
 
@@ -179,6 +184,19 @@ class Task(BaseModel):
     updated_at: int
 
 
+def dumped_task(task: Task) -> dict[str, Any]:
+    """A task's wire shape: the JSON object operators and the HTTP API get of a task."""
+    return task.model_dump(mode="json")
+
+
+#: A task as JSON text, the object of :func:`dumped_task`, as a store keeps it. Bound
+#: straight to pydantic's encoder: every change of a task writes one.
+task_body: Callable[[Task], str] = Task.model_dump_json
+
+#: The task a store kept as :func:`task_body`.
+task_from_body: Callable[[str], Task] = Task.model_validate_json
+
+
 _SUBMITTED_AS_IS = tuple(
     name for name in TaskSubmission.model_fields if name not in ("max_retries", "depends_on")
 )
@@ -238,7 +256,7 @@ class ResultSummary(BaseModel):
 def listed_task(task: Task, summary: ResultSummary | None) -> dict[str, Any]:
     """A task as lists carry it: without :data:`LISTED_WITHOUT`, with ``result_summary``."""
     listed = task.model_dump(mode="json", exclude=set(LISTED_WITHOUT))
-    listed["result_summary"] = summary.model_dump(mode="json") if summary is not None else None
+    listed["result_summary"] = dumped_or_none(summary)
     return listed
 
 

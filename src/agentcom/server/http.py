@@ -20,11 +20,11 @@ from agentcom.errors import HubError
 from agentcom.hub.auth import Role
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
-from agentcom.protocol.task import TASK_CURSOR_PATTERN, parse_task_cursor
+from agentcom.protocol.task import TASK_CURSOR_PATTERN, dumped_task
 from agentcom.server.guard import single_header
 from agentcom.server.inbound import peer
 from agentcom.server.metrics import CONTENT_TYPE
-from agentcom.store.base import TaskFilter
+from agentcom.store.base import TaskFilter, task_filter
 
 if TYPE_CHECKING:
     from agentcom.server.host import SessionHost
@@ -222,7 +222,7 @@ class HttpRoutes:
             if error.code != "not_found":
                 return _json(400, {"error": error.code, "message": error.message})
             return _json(404, {"error": "not_found"})
-        return _json(200, task.model_dump(mode="json"))
+        return _json(200, dumped_task(task))
 
 
 PageRoute = Callable[[HttpRoutes, Request], Response]
@@ -249,28 +249,30 @@ _TASK_PREFIX = "/api/tasks/"  # then a task id, which may be abbreviated
 
 
 def _task_filter(query: dict[str, list[str]], now_ms: int) -> TaskFilter:
+    """The store's filter for the query string of ``/api/tasks``; a bad value raises
+    ``ValueError``, whose message the 400 reply carries."""
+
     def one(name: str) -> str | None:
         values = query.get(name)
         return values[-1] if values else None
 
-    status, priority, limit, cursor = one("status"), one("priority"), one("limit"), one("cursor")
+    status, priority_name = one("status"), one("priority")
+    limit, cursor = one("limit"), one("cursor")
     statuses = None
     if status is not None:  # one status or several, comma-separated
-        statuses = tuple(TaskStatus(name).value for name in status.split(","))
-    if priority is not None:
-        Priority(priority)
+        statuses = [TaskStatus(name) for name in status.split(",")]
+    priority = Priority(priority_name) if priority_name is not None else None
     count = int(limit) if limit is not None else 100
     if not 1 <= count <= 1000:
         raise ValueError("limit must be between 1 and 1000")
     since_s = one("since_s")
-    updated_since = None
+    seconds = None
     if since_s is not None:
         seconds = float(since_s)
         if not 0 < seconds < math.inf:
             raise ValueError("since_s must be a positive number of seconds")
-        updated_since = now_ms - int(seconds * 1000)
     if cursor is not None and not _CURSOR.fullmatch(cursor):
         raise ValueError("cursor must be a next_cursor the hub gave")
-    return TaskFilter(status=statuses, priority=priority, agent=one("agent"), limit=count,
-                      updated_since=updated_since, capability=one("capability"),
-                      after=parse_task_cursor(cursor) if cursor is not None else None)  # fmt: skip
+    return task_filter(now_ms, status=statuses, priority=priority, agent=one("agent"),
+                       capability=one("capability"), since_s=seconds, limit=count,
+                       cursor=cursor)  # fmt: skip

@@ -18,14 +18,13 @@ from agentcom.hub.hub import Hub
 from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
-from agentcom.protocol.task import parse_task_cursor
+from agentcom.protocol.task import dumped_task
 from agentcom.server.inbound import peer, text_of
 from agentcom.server.output import ReplyQueue
 from agentcom.server.writes import encode, events_frame, send_frames
-from agentcom.store.base import TaskFilter, TaskPage
+from agentcom.store.base import TaskFilter, TaskPage, task_filter
 
 if TYPE_CHECKING:
-    from agentcom.protocol.task import Task
     from agentcom.server.host import SessionHost
 
 __all__ = ["AGENT_TOKEN_REFUSED", "DashboardSession", "OperatorSession"]
@@ -290,7 +289,7 @@ class OperatorSession:
         return await read(self, request)
 
     async def _task_get(self, request: ops.TaskGet) -> Any:
-        return self.hub.find_task(request.task_id).model_dump(mode="json")
+        return dumped_task(self.hub.find_task(request.task_id))
 
     async def _task_wait(self, request: ops.TaskWait) -> Any:
         waiters = self.server.waiters
@@ -301,7 +300,7 @@ class OperatorSession:
             raise HubError("timeout", "the task did not finish in time", request.task_id) from None
         finally:  # timed out, or cancelled because its connection went
             waiters.forget(request.task_id, waiter)
-        return task.model_dump(mode="json")
+        return dumped_task(task)
 
     async def _task_route(self, request: ops.TaskRoute) -> Any:
         return self.hub.views.route_preview(request.task)
@@ -326,35 +325,24 @@ class OperatorSession:
 
 def _task_filter(request: ops.TaskList, now_ms: int) -> TaskFilter:
     """The store's filter for a ``task_list`` request (``since_s`` counts back from now)."""
-    status = request.status
-    return TaskFilter(
-        status=tuple(one.value for one in status)
-        if isinstance(status, list)
-        else (status.value if status else None),
-        priority=request.priority.value if request.priority else None,
-        agent=request.agent,
-        limit=request.limit,
-        updated_since=None if request.since_s is None else now_ms - int(request.since_s * 1000),
-        capability=request.capability,
-        after=parse_task_cursor(request.cursor) if request.cursor else None,
-    )
+    return task_filter(
+        now_ms, status=request.status, priority=request.priority, agent=request.agent,
+        capability=request.capability, since_s=request.since_s, limit=request.limit,
+        cursor=request.cursor,
+    )  # fmt: skip
 
 
 _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.TaskRequeue)
-
-
-def _dumped(task: Task) -> Any:
-    return task.model_dump(mode="json")
 
 
 Mutation = Callable[[Hub, Any], Any]
 """An operator request that changes the hub: run through ``Hub.run``, then settled."""
 
 _MUTATIONS: dict[str, Mutation] = {
-    "task_submit": lambda hub, request: _dumped(hub.task_ops.submit(request.task)),
-    "task_cancel": lambda hub, request: _dumped(hub.task_ops.cancel(request.task_id)),
-    "task_retry": lambda hub, request: _dumped(hub.task_ops.retry(request.task_id)),
-    "task_requeue": lambda hub, request: _dumped(hub.task_ops.requeue(request.task_id)),
+    "task_submit": lambda hub, request: dumped_task(hub.task_ops.submit(request.task)),
+    "task_cancel": lambda hub, request: dumped_task(hub.task_ops.cancel(request.task_id)),
+    "task_retry": lambda hub, request: dumped_task(hub.task_ops.retry(request.task_id)),
+    "task_requeue": lambda hub, request: dumped_task(hub.task_ops.requeue(request.task_id)),
     "task_cancel_many": lambda hub, request: hub.task_ops.for_each_task(
         hub.task_ops.cancel, request.task_ids
     ),

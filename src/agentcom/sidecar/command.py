@@ -58,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML settings file")
     parser.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
     parser.add_argument(
-        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
-    )
+        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="any case (default INFO)",
+    )  # fmt: skip
     parser.add_argument("--wake-command", help="shell command run for wake tasks")
     parser.add_argument(
         "--stop-grace", dest="stop_grace_s", type=float, metavar="SECONDS",

@@ -1,8 +1,10 @@
 """The sidecar's settings: flags, then environment, then a TOML file, then defaults.
 
-Only four environment variables are read here (``AGENTCOM_HUB_URL``,
-``AGENTCOM_AGENT_ID``, ``AGENTCOM_AGENT_TOKEN``, as the demo sidecar reads them, and
-``AGENTCOM_CAFILE``, as the operator commands read it); the
+As the hub's :class:`agentcom.config.Settings`, :class:`SidecarConfig` is a
+pydantic-settings model whose sources are ranked in that order; :func:`load` gives them
+the flags, the environment and the file. Only four environment variables are read here
+(``AGENTCOM_HUB_URL``, ``AGENTCOM_AGENT_ID``, ``AGENTCOM_AGENT_TOKEN``, as the demo
+sidecar reads them, and ``AGENTCOM_CAFILE``, as the operator commands read it); the
 Claude executor reads ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL`` itself, when a task
 needs them. A TOML file names every other setting by its field name below; an unknown key
 is an error, so a typo is never silently ignored.
@@ -14,13 +16,22 @@ import os
 import ssl
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from agentcom.client import trusting
+from agentcom.config import upper_cased
 from agentcom.errors import AgentcomError
 from agentcom.protocol.common import Tier
 
@@ -39,10 +50,38 @@ class SidecarConfigError(AgentcomError):
     """The settings are missing, unreadable or invalid; the message says which."""
 
 
-class SidecarConfig(BaseModel):
+class _Environment(PydanticBaseSettingsSource):
+    """The settings named by :data:`ENVIRONMENT` that ``environ`` sets (an empty variable
+    counts as unset); no other variable is read."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = ENVIRONMENT.get(field_name)
+        value = self.environ.get(variable) if variable is not None else None
+        return value or None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {
+            name: self.get_field_value(field, name)[0]
+            for name, field in self.settings_cls.model_fields.items()
+        }
+        return {name: value for name, value in found.items() if value is not None}
+
+
+# What load() reads beside the flags: the environment and the TOML file's values. Unset,
+# a SidecarConfig built directly holds the values it is given and the defaults only.
+_LOADING: ContextVar[tuple[Mapping[str, str], dict[str, Any]] | None] = ContextVar(
+    "agentcom_sidecar_loading", default=None
+)
+
+
+class SidecarConfig(BaseSettings):
     """Every setting of ``agentcom sidecar``, with its default and its behaviour at the limit."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, case_sensitive=True)
 
     hub_url: str = Field(min_length=1, description="The hub's agent endpoint (ws:// or wss://).")
     agent_id: str = Field(min_length=1, max_length=128, description="This agent's id.")
@@ -60,7 +99,9 @@ class SidecarConfig(BaseModel):
     )
     workdir: Path = Field(Path("."), description="Where shell tasks run.")
     log_format: Literal["text", "json"] = Field("text", description="One line per event.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(upper_cased)
+    ] = Field("INFO", description="Python logging level (any case).")
     timeout_trivial_s: float = Field(
         600.0, gt=0, description="A trivial task running longer is killed and fails."
     )
@@ -131,6 +172,24 @@ class SidecarConfig(BaseModel):
     )
     dry_run: bool = Field(False, description="Accept and complete tasks without running them.")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        loading = _LOADING.get()
+        if loading is None:
+            return (init_settings,)
+        environ, in_file = loading
+        # load() reads the file itself, so that a missing or broken one is an error that
+        # says so; its values then rank below the environment's.
+        file_settings = InitSettingsSource(settings_cls, init_kwargs=in_file)
+        return init_settings, _Environment(settings_cls, environ), file_settings
+
     @field_validator("hub_url")
     @classmethod
     def _hub_url_is_a_url(cls, value: str) -> str:
@@ -200,12 +259,12 @@ def load(
         SidecarConfigError: the file cannot be read, or a setting is missing or invalid.
     """
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = _read_toml(config_file) if config_file else {}
-    for name, variable in ENVIRONMENT.items():
-        if environ.get(variable):
-            values[name] = environ[variable]
-    values.update({name: value for name, value in flags.items() if value not in (None, [])})
+    in_file = _read_toml(config_file) if config_file else {}
+    given = {name: value for name, value in flags.items() if value not in (None, [])}
+    loading = _LOADING.set((environ, in_file))
     try:
-        return SidecarConfig.model_validate(values)
+        return SidecarConfig(**given)
     except ValidationError as exc:
         raise SidecarConfigError(_problems(exc)) from None
+    finally:
+        _LOADING.reset(loading)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agentcom.protocol.task import Task
+from agentcom.protocol.common import Priority, TaskStatus
+from agentcom.protocol.task import Task, parse_task_cursor
 
-__all__ = ["ChangeKey", "EndpointRow", "Store", "TaskFilter", "TaskPage", "TokenRecord"]
+__all__ = [
+    "ChangeKey",
+    "EndpointRow",
+    "Store",
+    "TaskFilter",
+    "TaskPage",
+    "TokenRecord",
+    "task_filter",
+]
 
 ChangeKey = tuple[str, str]
 """What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
@@ -46,6 +55,37 @@ class TaskFilter:
     updated_since: int | None = None
     capability: str | None = None
     after: tuple[int, int] | None = None
+
+
+def task_filter(
+    now_ms: int,
+    *,
+    status: TaskStatus | Sequence[TaskStatus] | None = None,
+    priority: Priority | None = None,
+    agent: str | None = None,
+    capability: str | None = None,
+    since_s: float | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> TaskFilter:
+    """The filter of a task list as operators and the HTTP API ask for it, their values
+    already checked: ``status`` one or several (kept as one, or as a tuple), tasks updated
+    in the last ``since_s`` seconds before ``now_ms``, ``cursor`` a ``next_cursor`` the
+    hub gave."""
+    statuses: str | tuple[str, ...] | None
+    if isinstance(status, TaskStatus):
+        statuses = status.value
+    else:
+        statuses = None if status is None else tuple(one.value for one in status)
+    return TaskFilter(
+        status=statuses,
+        priority=priority.value if priority is not None else None,
+        agent=agent,
+        limit=limit,
+        updated_since=None if since_s is None else now_ms - int(since_s * 1000),
+        capability=capability,
+        after=parse_task_cursor(cursor) if cursor is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agentcom.protocol.task import Task
+from agentcom.protocol.common import TERMINAL, TaskStatus
+from agentcom.protocol.task import Task, task_body
 
-__all__ = ["STAT_FIELDS", "TERMINAL", "TaskColumns", "stats_report", "task_columns"]
+__all__ = ["STAT_FIELDS", "TERMINAL_VALUES", "TaskColumns", "stats_report", "task_columns"]
 
-TERMINAL = ("completed", "dead_letter", "cancelled")
-"""The statuses a task never leaves."""
+TERMINAL_VALUES = tuple(status.value for status in TaskStatus if status in TERMINAL)
+"""The terminal statuses as a store keeps them, in the order of :class:`TaskStatus`."""
 
 STAT_FIELDS = ("tasks", "tokens_in", "tokens_out", "estimated_cost_usd",
                "equivalent_claude_cost_usd", "execution_ms")  # fmt: skip
@@ -48,7 +49,7 @@ def task_columns(task: Task) -> TaskColumns:
         execution.execution_ms if execution else None,
         task.created_at,
         task.updated_at,
-        task.model_dump_json(),
+        task_body(task),
     )
 
 
@@ -66,7 +67,7 @@ def stats_report(
     ``by_model`` and ``by_agent`` is the model (or agent, None for none) followed by the
     same fields over its completed tasks; ``finished`` counts tasks per terminal status.
     """
-    counted = dict.fromkeys(TERMINAL, 0)
+    counted = dict.fromkeys(TERMINAL_VALUES, 0)
     counted.update(finished)
     return {
         "by_status": dict(by_status),

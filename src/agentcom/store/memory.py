@@ -27,9 +27,15 @@ from collections.abc import Callable
 from typing import Any
 
 from agentcom.errors import StoreError
-from agentcom.protocol.task import ResultSummary, Task, listed_task, task_cursor
+from agentcom.protocol.task import ResultSummary, Task, listed_task, task_cursor, task_from_body
 from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TaskPage, TokenRecord
-from agentcom.store.columns import STAT_FIELDS, TERMINAL, TaskColumns, stats_report, task_columns
+from agentcom.store.columns import (
+    STAT_FIELDS,
+    TERMINAL_VALUES,
+    TaskColumns,
+    stats_report,
+    task_columns,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -183,7 +189,7 @@ class MemoryStore:
         """Memory is always writable."""
 
     def _write_task(self, columns: TaskColumns) -> None:
-        task = Task.model_validate_json(columns[13])  # as a database would give it back
+        task = task_from_body(columns[13])  # as a database would give it back
         stored = self._tasks.get(task.task_id)
         if stored is None:
             self._tasks[task.task_id] = _StoredTask(columns, next(self._positions), task)
@@ -243,9 +249,9 @@ class MemoryStore:
 
     def load_unfinished_tasks(self) -> list[Task]:
         """Every committed task not in a terminal state, oldest first."""
-        unfinished = [s for s in self._tasks.values() if s.columns[1] not in TERMINAL]
+        unfinished = [s for s in self._tasks.values() if s.columns[1] not in TERMINAL_VALUES]
         unfinished.sort(key=lambda stored: stored.columns[11])
-        return [Task.model_validate_json(stored.columns[13]) for stored in unfinished]
+        return [task_from_body(stored.columns[13]) for stored in unfinished]
 
     def get_task(self, task_id: str) -> Task | None:
         """One task, or None (including changes not committed yet)."""
@@ -253,7 +259,7 @@ class MemoryStore:
         if unwritten is not None:
             return unwritten
         stored = self._tasks.get(task_id)
-        return Task.model_validate_json(stored.columns[13]) if stored is not None else None
+        return task_from_body(stored.columns[13]) if stored is not None else None
 
     def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
         """Up to ``limit`` task ids that start with ``prefix``, in order, including tasks
@@ -301,7 +307,7 @@ class MemoryStore:
             by_status[status] = by_status.get(status, 0) + 1
             if status == "queued":
                 by_priority[columns[2]] = by_priority.get(columns[2], 0) + 1
-            if status in TERMINAL and columns[12] >= finished_since_ms:
+            if status in TERMINAL_VALUES and columns[12] >= finished_since_ms:
                 finished[status] = finished.get(status, 0) + 1
             if status == "completed":
                 completed.append(columns)

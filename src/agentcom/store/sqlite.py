@@ -36,9 +36,10 @@ from agentcom.protocol.task import (
     Task,
     listed_task,
     task_cursor,
+    task_from_body,
 )
 from agentcom.store.base import ChangeKey, EndpointRow, TaskFilter, TaskPage, TokenRecord
-from agentcom.store.columns import TERMINAL, stats_report, task_columns
+from agentcom.store.columns import TERMINAL_VALUES, stats_report, task_columns
 
 __all__ = ["SqliteStore", "open_database"]
 
@@ -525,9 +526,9 @@ class SqliteStore:
         """Every task not in a terminal state, oldest first."""
         rows = self._reader.execute(
             "SELECT body FROM tasks WHERE status NOT IN (?, ?, ?) ORDER BY created_at",
-            TERMINAL,
+            TERMINAL_VALUES,
         ).fetchall()
-        return [Task.model_validate_json(body) for (body,) in rows]
+        return [task_from_body(body) for (body,) in rows]
 
     def get_task(self, task_id: str) -> Task | None:
         """One task, or None (including changes not written yet)."""
@@ -537,7 +538,7 @@ class SqliteStore:
         row = self._reader.execute(
             "SELECT body FROM tasks WHERE task_id = ?", (task_id,)
         ).fetchone()
-        return Task.model_validate_json(row[0]) if row else None
+        return task_from_body(row[0]) if row else None
 
     def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
         """Up to ``limit`` task ids that start with ``prefix``, in order, including tasks
@@ -602,7 +603,7 @@ class SqliteStore:
             summary = None
             if has_result:
                 summary = ResultSummary(status=status, output_preview=preview, output_chars=chars)
-            tasks.append(listed_task(Task.model_validate_json(body), summary))
+            tasks.append(listed_task(task_from_body(body), summary))
         more = len(rows) > task_filter.limit
         last = rows[task_filter.limit - 1] if more else None
         return TaskPage(tasks, task_cursor(last[5], last[6]) if last is not None else None)
@@ -650,7 +651,7 @@ class SqliteStore:
         finished = connection.execute(
             "SELECT status, COUNT(*) FROM tasks WHERE updated_at >= ? "
             "AND status IN (?, ?, ?) GROUP BY status",
-            (finished_since_ms, *TERMINAL),
+            (finished_since_ms, *TERMINAL_VALUES),
         ).fetchall()
         return stats_report(
             by_status,
