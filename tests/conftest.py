@@ -1,4 +1,5 @@
-"""Fixtures: a real hub on a free loopback port, a real SQLite file, a manual clock."""
+"""Fixtures: a real hub on a free loopback port, a real SQLite file, a PostgreSQL database
+of its own, a manual clock."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from hubprocess import HubProcess
+from pg import fresh_database
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
@@ -57,6 +59,14 @@ def settings(tmp_path: Path) -> Settings:
         fallback_wait_s=0,  # no Ollama here: standard tasks fall back at once
         auth_failures_before_delay=1000,  # tests of the slow-down set their own
     )
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a new PostgreSQL database for this test (``tests/pg.py``), dropped at the
+    end; the test fails when PostgreSQL cannot be reached."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

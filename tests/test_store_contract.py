@@ -1,7 +1,9 @@
-"""The Store contract, run against SqliteStore (a real file in tmp_path) and MemoryStore.
+"""The Store contract, run against SqliteStore (a real file in tmp_path), PostgresStore (a
+database of its own on the real server) and MemoryStore.
 
 Every test here runs once per store, so the in-memory store the domain's unit tests use
-cannot drift from the SQLite store the hub runs on: what staged changes are visible to,
+cannot drift from the stores the hub runs on, nor these from each other: what staged
+changes are visible to,
 commit, pages and cursors, filters, prefix lookups, stats, dependencies, endpoints,
 channels, tails, queue minutes, tokens, revocations and refused commits.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from agentcom.errors import StoreError
@@ -23,18 +26,22 @@ from agentcom.protocol.task import ExecutionMetadata, Task, parse_task_cursor
 from agentcom.store import tokens
 from agentcom.store.base import ChangeKey, TaskFilter
 from agentcom.store.memory import MemoryStore
+from agentcom.store.postgres import PostgresStore
 from agentcom.store.sqlite import SqliteStore
+
+AnyStore = SqliteStore | PostgresStore | MemoryStore
 
 
 @dataclass
 class Backend:
     """A store under test and the ways to act on it from outside the Store protocol."""
 
-    store: SqliteStore | MemoryStore
-    db: Path | None
+    store: AnyStore
+    db: Path | str | None
 
     def save_token(self, agent_id: str, token_hash: str, role: str) -> None:
-        """Write a token as the CLI does (straight to the database, for SQLite)."""
+        """Write a token as the CLI does (straight to the database, for SQLite and
+        PostgreSQL)."""
         if self.db is not None:
             tokens.save_token(self.db, agent_id, token_hash, role)
         else:
@@ -49,9 +56,22 @@ class Backend:
         return self.store.delete_token(agent_id)
 
     def refusing(self) -> AbstractContextManager[None]:
-        """While open, the next commit is refused (for SQLite: another connection holds
-        the database locked past the store's busy timeout)."""
-        return _locked(self.db) if self.db is not None else _refused(self.store)
+        """While open, the next commit is refused: another connection holds the database
+        (SQLite) or the tasks table (PostgreSQL) locked against writers past the store's
+        busy timeout."""
+        if isinstance(self.db, Path):
+            return _locked(self.db)
+        if isinstance(self.db, str):
+            return _tasks_locked(self.db)
+        return _refused(self.store)
+
+
+@contextmanager
+def _tasks_locked(url: str) -> Iterator[None]:
+    # EXCLUSIVE: writers wait for it, readers do not (as SQLite's in WAL mode).
+    with psycopg.connect(url, autocommit=True) as lock, lock.transaction():
+        lock.execute("LOCK TABLE tasks IN EXCLUSIVE MODE")
+        yield
 
 
 @contextmanager
@@ -66,18 +86,21 @@ def _locked(db: Path) -> Iterator[None]:
 
 
 @contextmanager
-def _refused(store: SqliteStore | MemoryStore) -> Iterator[None]:
+def _refused(store: AnyStore) -> Iterator[None]:
     assert isinstance(store, MemoryStore)
     store.refuse_next_commit("locked")
     yield
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each store in turn, closed at the end."""
     if request.param == "sqlite":
         db = tmp_path / "contract.db"
         opened = Backend(SqliteStore(db, busy_timeout_s=0.05), db)
+    elif request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        opened = Backend(PostgresStore(url, busy_timeout_s=0.05), url)
     else:
         opened = Backend(MemoryStore(), None)
     yield opened
@@ -172,6 +195,25 @@ async def test_a_refused_commit_discards_everything_staged_and_says_what(
     assert store.get_task(f"{2:032x}") is None
     await store.commit()
     assert ids(store.list_task_page(TaskFilter()).tasks) == [1]
+
+
+async def test_text_with_a_nul_character_is_stored_and_found(backend: Backend) -> None:
+    store = backend.store
+    # given a task whose description, capability, model name and output hold a NUL
+    # (PostgreSQL refuses NUL in text: that must not refuse the commit); SQLite's JSON
+    # functions end a text at a NUL, so lists and filters are not asked about it here
+    execution = ExecutionMetadata(model_used="qwen\x00", tokens_in=1)
+    task = make_task(1, TaskStatus.completed, needed_capabilities=["g\x00"],
+                     execution=execution, result={"output": "x\x00y"})  # fmt: skip
+    task.description = "a\x00b"
+    store.stage_task(task)
+    await store.commit()
+
+    # then it comes back whole, listed and counted
+    assert store.get_task(task.task_id) == task
+    [listed] = store.list_task_page(TaskFilter()).tasks
+    assert listed["description"] == "a\x00b"
+    assert (await store.read_task_stats(0))["totals"]["tokens_in"] == 1
 
 
 # --- lists, cursors, filters, prefixes ----------------------------------------------

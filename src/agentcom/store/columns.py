@@ -14,7 +14,15 @@ from typing import Any
 from agentcom.protocol.common import TERMINAL, TaskStatus
 from agentcom.protocol.task import Task, task_body
 
-__all__ = ["STAT_FIELDS", "TERMINAL_VALUES", "TaskColumns", "stats_report", "task_columns"]
+__all__ = [
+    "STAT_FIELDS",
+    "TERMINAL_VALUES",
+    "TaskColumns",
+    "TaskFields",
+    "stats_report",
+    "task_columns",
+    "task_fields",
+]
 
 TERMINAL_VALUES = tuple(status.value for status in TaskStatus if status in TERMINAL)
 """The terminal statuses as a store keeps them, in the order of :class:`TaskStatus`."""
@@ -23,17 +31,28 @@ STAT_FIELDS = ("tasks", "tokens_in", "tokens_out", "estimated_cost_usd",
                "equivalent_claude_cost_usd", "execution_ms")  # fmt: skip
 """The execution totals of a group of completed tasks, in the order of each totals row."""
 
+TaskFields = tuple[
+    str, str, str, str | None, int, str | None, int | None, int | None,
+    float | None, float | None, float | None, int, int,
+]  # fmt: skip
+"""``(task_id, status, priority, assigned_to, generation, model_used, tokens_in,
+tokens_out, estimated_cost_usd, equivalent_claude_cost_usd, execution_ms, created_at,
+updated_at)``: what lists filter on and statistics add up."""
+
 TaskColumns = tuple[
     str, str, str, str | None, int, str | None, int | None, int | None,
     float | None, float | None, float | None, int, int, str,
 ]  # fmt: skip
-"""``(task_id, status, priority, assigned_to, generation, model_used, tokens_in,
-tokens_out, estimated_cost_usd, equivalent_claude_cost_usd, execution_ms, created_at,
-updated_at, body)``: the body is the task as JSON."""
+""":data:`TaskFields` followed by the body, the task as JSON."""
 
 
 def task_columns(task: Task) -> TaskColumns:
     """``task``'s typed columns and its body (see :data:`TaskColumns`)."""
+    return (*task_fields(task), task_body(task))
+
+
+def task_fields(task: Task) -> TaskFields:
+    """``task``'s typed columns (see :data:`TaskFields`)."""
     execution = task.execution
     return (
         task.task_id,
@@ -49,7 +68,6 @@ def task_columns(task: Task) -> TaskColumns:
         execution.execution_ms if execution else None,
         task.created_at,
         task.updated_at,
-        task_body(task),
     )
 
 
