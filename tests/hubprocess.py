@@ -144,8 +144,8 @@ class HubProcess:
 
     Args:
         directory: a temporary directory for the database and the hub's log.
-        db: the SQLite file (default ``directory / "hub.db"``); pass the same file to a
-            second instance to restart a hub on the same state.
+        db: the SQLite file (default ``directory / "hub.db"``) or a PostgreSQL URL; pass
+            the same one to a second instance to restart a hub on the same state.
         env: extra environment variables (``AGENTCOM_DISCONNECT_GRACE_S`` ...), on top of
             :data:`HUB_TEST_ENV`.
         port: the port to listen on; 0 (the default) picks a free one. Pass the port of a
@@ -161,7 +161,7 @@ class HubProcess:
     def __init__(
         self,
         directory: Path,
-        db: Path | None = None,
+        db: Path | str | None = None,
         env: Mapping[str, str] | None = None,
         port: int = 0,
         serve_args: Sequence[str] = (),
@@ -171,7 +171,7 @@ class HubProcess:
         self.directory = directory
         self.log_pipe = log_pipe
         self.open_files = open_files
-        self.db = db or directory / "hub.db"
+        self.db: Path | str = db or directory / "hub.db"
         self.requested_port = port
         self.serve_args = list(serve_args)
         self.scheme = "ws"  # what the hub announced: "wss" when it serves TLS

@@ -19,12 +19,29 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings", "setting_sources", "upper_cased"]
+from agentcom.store.location import POSTGRES_SCHEMES
+
+__all__ = ["Settings", "load_settings", "path_or_postgres_url", "setting_sources", "upper_cased"]
 
 
 def upper_cased(value: Any) -> Any:
     """A log level given in any case (``info``), in the capitals ``logging`` names it with."""
     return value.upper() if isinstance(value, str) else value
+
+
+def path_or_postgres_url(value: Any) -> Any:
+    """A database given as text: a PostgreSQL URL stays a string, anything else is a SQLite
+    file's path; a URL of another kind is refused (ValueError)."""
+    if not isinstance(value, str):
+        return value
+    scheme, separator, _ = value.partition("://")
+    if not separator or "/" in scheme:
+        return Path(value)
+    if f"{scheme.lower()}://" in POSTGRES_SCHEMES:
+        return value
+    raise ValueError(
+        f"a database is a SQLite file path or a postgresql:// URL, not a {scheme}:// URL"
+    )
 
 
 class Settings(BaseSettings):
@@ -34,7 +51,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(4000, ge=0, le=65535, description="TCP port (0 picks a free one).")
-    db: Path = Field(Path("agentcom.db"), description="SQLite database file.")
+    db: Annotated[Path | str, BeforeValidator(path_or_postgres_url)] = Field(
+        Path("agentcom.db"),
+        description="The database: a SQLite file (created when missing), or a PostgreSQL "
+        "database as a postgresql:// (or postgres://) URL, e.g. "
+        "postgresql://agentcom@db.internal/agentcom (its tables are created when missing).",
+    )
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(upper_cased)
     ] = Field("INFO", description="Python logging level.")

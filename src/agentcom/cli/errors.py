@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "EXIT_DATABASE_IN_USE",
     "EXIT_FAILED",
@@ -40,8 +42,9 @@ exit status:
 
 
 def reason_of(exc: BaseException) -> str:
-    """What went wrong, never empty (some errors have no message: a reset, a timeout)."""
-    text = str(exc).strip()
+    """What went wrong, on one line, never empty (some errors have no message: a reset, a
+    timeout; a database driver's may span several lines)."""
+    text = re.sub(r"\s*\n\s*", " ", str(exc).strip())
     if text:
         return text
     return "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__

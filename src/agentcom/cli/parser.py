@@ -40,7 +40,8 @@ environment:
                    the sidecars' ws://HOST:PORT/ws is understood too
   AGENTCOM_TOKEN   a viewer or admin token for operator commands (--token)
   AGENTCOM_CAFILE  PEM certificates to trust for an https:// hub (--cafile)
-  AGENTCOM_DB      the SQLite file of `serve` and `token` (--db), default ./agentcom.db
+  AGENTCOM_DB      the database of `serve` and `token` (--db): a SQLite file, default
+                   ./agentcom.db, or a postgresql://USER@HOST/NAME URL
   AGENTCOM_CONFIG  a TOML settings file for `serve` and `config show` (--config)
   AGENTCOM_<NAME>  any hub setting, e.g. AGENTCOM_PORT=4100, AGENTCOM_IDLE_TIMEOUT_S=120;
                    `agentcom config show` lists them with their values and sources
@@ -66,7 +67,9 @@ def _shared_options(parser: argparse.ArgumentParser, *, database: bool = False) 
     unset = argparse.SUPPRESS
     if database:
         parser.add_argument(
-            "--db", default=unset, help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)"
+            "--db",
+            default=unset,
+            help="SQLite file or postgresql:// URL (default $AGENTCOM_DB or ./agentcom.db)",
         )
         return
     parser.add_argument(
@@ -150,7 +153,9 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
     """The flags of ``serve`` that are settings (``config show`` takes them too)."""
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 4000)")
-    parser.add_argument("--db", help="SQLite file (default $AGENTCOM_DB or ./agentcom.db)")
+    parser.add_argument(
+        "--db", help="SQLite file or postgresql:// URL (default $AGENTCOM_DB or ./agentcom.db)"
+    )
     parser.add_argument("--config", help="TOML settings file (default $AGENTCOM_CONFIG)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument(

@@ -9,9 +9,7 @@ import asyncio
 import errno
 import json
 import os
-import re
 import signal
-import sqlite3
 import ssl
 import tomllib
 from pathlib import Path
@@ -24,8 +22,10 @@ from agentcom import __version__
 from agentcom.cli.errors import EXIT_DATABASE_IN_USE, EXIT_FAILED, EXIT_OK, CliError, reason_of
 from agentcom.cli.output import table
 from agentcom.config import Settings, load_settings, setting_sources
-from agentcom.errors import ConfigurationError, DatabaseInUse, StoreError
+from agentcom.errors import ConfigurationError, DatabaseInUse
 from agentcom.logs import configure_logging
+from agentcom.store.location import hide_password, shown
+from agentcom.store.open import database_errors
 
 __all__ = ["config_show", "serve_hub"]
 
@@ -107,8 +107,8 @@ def _masked(name: str, value: Any) -> Any:
         return None
     if name in _SECRET_SETTINGS:
         return f"{str(value)[:6]}..." if value else value
-    if isinstance(value, str) and "@" in value and "://" in value:
-        return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:****@", value)
+    if isinstance(value, str) and "://" in value:
+        return hide_password(value)
     if isinstance(value, list):
         return [_masked(name, item) for item in value]
     return value
@@ -166,8 +166,8 @@ async def _run_hub(settings: Settings) -> int:
         await server.start()
     except DatabaseInUse as exc:
         raise CliError(str(exc), EXIT_DATABASE_IN_USE) from None
-    except (sqlite3.Error, StoreError) as exc:
-        message = f"cannot use the database {settings.db}: {reason_of(exc)}"
+    except database_errors(settings.db) as exc:
+        message = f"cannot use the database {shown(settings.db)}: {reason_of(exc)}"
         raise CliError(message, EXIT_FAILED) from None
     except ConfigurationError as exc:
         raise CliError(str(exc)) from None

@@ -1,19 +1,20 @@
-"""``token create|list|revoke``: tokens written and read on the database directly, with
-no hub running."""
+"""``token create|list|revoke``: tokens written and read on the database directly (a
+SQLite file or a PostgreSQL URL), whether hubs run or not."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 
-from agentcom.cli.errors import EXIT_FAILED, EXIT_OK, CliError
+from agentcom.cli.errors import EXIT_FAILED, EXIT_OK, CliError, reason_of
 from agentcom.cli.output import table, utc_time
 from agentcom.hub.auth import hash_token, new_token
 from agentcom.store import tokens
+from agentcom.store.location import is_postgres_url, shown
+from agentcom.store.open import database_errors
 
 __all__ = ["on_database", "token_create", "token_list", "token_revoke"]
 
@@ -27,25 +28,28 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def on_database(handler: Handler) -> Handler:
-    """Report a database that cannot be opened or written as one line, not a traceback."""
+    """Report a database that cannot be opened or written as one line, not a traceback
+    (a URL's password left out)."""
 
     def run(args: argparse.Namespace) -> int:
-        if os.path.isdir(_db_path(args)):
-            message = f"cannot use the database {_db_path(args)}: it is a directory"
+        db = _db_path(args)
+        if not is_postgres_url(db) and os.path.isdir(db):
+            message = f"cannot use the database {db}: it is a directory"
             raise CliError(message, EXIT_FAILED)
         try:
             return handler(args)
-        except sqlite3.Error as exc:
-            message = f"cannot use the database {_db_path(args)}: {exc}"
+        except database_errors(db) as exc:
+            message = f"cannot use the database {shown(db)}: {reason_of(exc)}"
             raise CliError(message, EXIT_FAILED) from None
 
     return run
 
 
 def _existing_db_path(args: argparse.Namespace) -> str:
-    """The database of a command that must not create one: a missing file is an error."""
+    """The database of a command that must not create one: a missing file is an error
+    (a PostgreSQL database without agentcom's tables is refused when opened)."""
     path = _db_path(args)
-    if not os.path.lexists(path):
+    if not is_postgres_url(path) and not os.path.lexists(path):
         raise CliError(
             f"the database {path} does not exist (the token commands use --db, "
             "else $AGENTCOM_DB, else ./agentcom.db)",
@@ -59,7 +63,7 @@ def token_create(args: argparse.Namespace) -> int:
     if not 1 <= len(args.agent_id) <= 128:
         raise CliError("AGENT_ID must be 1 to 128 characters")
     path = _db_path(args)
-    creating = not os.path.lexists(path)
+    creating = not is_postgres_url(path) and not os.path.lexists(path)
     token = new_token()
     tokens.save_token(path, args.agent_id, hash_token(token), args.role)
     if creating:

@@ -44,9 +44,9 @@ from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.server.waiters import TaskWaiters
 from agentcom.server.writes import encode, send_frames, write_frames
-from agentcom.store.base import ChangeKey
-from agentcom.store.lock import DatabaseLock
-from agentcom.store.sqlite import SqliteStore
+from agentcom.store.base import ChangeKey, ObservedStore
+from agentcom.store.location import shown
+from agentcom.store.open import HubLock, lock_database, open_store
 from agentcom.wirelog import library_logger
 
 if TYPE_CHECKING:
@@ -75,13 +75,13 @@ class HubServer:
         self.clock = clock or SystemClock()
         # The database is opened by start(), once the port and the database lock are held:
         # a hub that cannot have both must leave the database as it found it.
-        self.store: SqliteStore
+        self.store: ObservedStore
         self.hub: Hub
         self.waiters: TaskWaiters  # operators waiting for tasks to finish
         self.store_watch: StoreWatch
         self.auth: Authenticator
         self.revocations: RevocationWatch
-        self._lock: DatabaseLock | None = None
+        self._lock: HubLock | None = None
         self._database_open = False
         self._ready = asyncio.Event()  # set once state is restored, or once start failed
         self._restored = False
@@ -137,15 +137,17 @@ class HubServer:
         """Listen, take the database, restore its state, then serve.
 
         In that order, so that a hub that cannot have its port or its database changes
-        nothing: the port is bound first, then the database lock is taken
-        (:class:`DatabaseLock`), and only then is the database opened (created when
-        missing) and restored. Requests that arrive meanwhile wait until it is restored.
+        nothing: the port is bound first, then the database lock is taken (a lock file
+        next to a SQLite database, an advisory lock in PostgreSQL: ``store/open.py``), and
+        only then is the database opened (created when missing) and restored. Requests
+        that arrive meanwhile wait until it is restored.
 
         Raises:
             OSError: the port cannot be bound (taken, not permitted ...).
             DatabaseInUse: another hub process serves the database.
-            StoreError: the database's lock file cannot be opened, or it is a directory.
-            sqlite3.Error: the database cannot be opened or read.
+            StoreError: the database's lock file cannot be opened, or it is a directory;
+                the PostgreSQL server cannot be reached or its schema made.
+            sqlite3.Error, psycopg.Error: the database cannot be opened or read.
             ConfigurationError: asked to listen beyond loopback without TLS and without
                 ``insecure`` (checked before anything else).
         """
@@ -196,13 +198,13 @@ class HubServer:
             logger=library_logger("websockets.server"),  # its DEBUG lines print tokens
         )
         try:
-            self._lock = DatabaseLock.acquire(self.settings.db, self.url("/ws"))
+            self._lock = lock_database(self.settings.db, self.url("/ws"))
             self._open_database()
             restored = self.hub.recovery.restore()
         except BaseException:
             await self._abandon_start()
             raise
-        logger.info("restored %d unfinished tasks from %s", restored, self.settings.db)
+        logger.info("restored %d unfinished tasks from %s", restored, shown(self.settings.db))
         logger.info(
             "open-file limit %d: at most %d connections (%d unauthenticated, %d per address)",
             open_files, self.guard.max_connections,
@@ -221,11 +223,7 @@ class HubServer:
     def _open_database(self) -> None:
         """Open the store (creating the database when missing) and the domain on it."""
         settings = self.settings
-        self.store = SqliteStore(
-            settings.db,
-            batch_max=settings.commit_batch_max,
-            busy_timeout_s=settings.db_busy_timeout_s,
-        )
+        self.store = open_store(settings)
         self.hub = Hub(self.store, self.clock, settings)
         self.waiters = TaskWaiters(self.hub)
         self.store.on_refused = self._forget_refused

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from agentcom.server.output import ReplyBudget
     from agentcom.server.sockets import AcceptFailureLog
     from agentcom.server.waiters import TaskWaiters
-    from agentcom.store.sqlite import SqliteStore
+    from agentcom.store.base import ObservedStore
 
 __all__ = [
     "CONTENT_TYPE",
@@ -302,7 +302,7 @@ class MetricsSource(Protocol):
         """The domain, for the agent and queue gauges."""
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> ObservedStore:
         """The store, for its count of transactions."""
 
     @property
@@ -484,7 +484,7 @@ class HubMetrics:
                 self.cost[model, kind].inc(cost)
 
     def observe_commit(self, seconds: float, changes: int) -> None:
-        """One transaction written (``SqliteStore.on_written``)."""
+        """One transaction written (``ObservedStore.on_written``)."""
         self.commit_seconds.observe(seconds)
         self.commit_batch.observe(changes)
 

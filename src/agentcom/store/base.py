@@ -12,6 +12,7 @@ from agentcom.protocol.task import Task, parse_task_cursor
 __all__ = [
     "ChangeKey",
     "EndpointRow",
+    "ObservedStore",
     "Store",
     "TaskFilter",
     "TaskPage",
@@ -200,3 +201,13 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Flush and release the database."""
+
+
+class ObservedStore(Store, Protocol):
+    """A store a hub runs on: its transactions are counted and timed for the metrics."""
+
+    commits: int
+    """Transactions written so far (a commit with nothing staged writes none)."""
+
+    on_written: Callable[[float, int], None] | None
+    """Told the duration (seconds) and the number of changes of each written transaction."""

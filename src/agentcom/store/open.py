@@ -1,0 +1,72 @@
+"""Open the database a ``db`` setting names: a SQLite file, or PostgreSQL by URL.
+
+The one place that chooses between the two: the hub (``server/app.py``) takes its lock
+and opens its store here, the token commands (``store/tokens.py``) their connections.
+The PostgreSQL modules (and psycopg) are imported only when a URL asks for them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Protocol
+
+from agentcom.config import Settings
+from agentcom.errors import StoreError
+from agentcom.store.base import ObservedStore
+from agentcom.store.location import is_postgres_url
+from agentcom.store.lock import DatabaseLock
+from agentcom.store.sqlite import SqliteStore
+
+__all__ = ["HubLock", "database_errors", "lock_database", "open_store"]
+
+
+class HubLock(Protocol):
+    """What a hub holds while it serves a database (one hub per database)."""
+
+    def release(self) -> None:
+        """Free the lock; later calls do nothing."""
+
+
+def lock_database(db: Path | str, address: str) -> HubLock:
+    """Take the lock of ``db`` for this hub, reachable at ``address``.
+
+    Raises:
+        DatabaseInUse: another hub serves the database.
+        StoreError: the lock cannot be taken (a directory, an unreachable server ...).
+    """
+    if is_postgres_url(db):
+        from agentcom.store.pglock import PostgresLock
+
+        return PostgresLock.acquire(str(db), address)
+    return DatabaseLock.acquire(db, address)
+
+
+def open_store(settings: Settings) -> ObservedStore:
+    """The store of ``settings.db``, with its schema in place.
+
+    Raises:
+        StoreError: the PostgreSQL server cannot be reached, or the schema cannot be made.
+        sqlite3.Error: the SQLite file cannot be opened or created.
+    """
+    if is_postgres_url(settings.db):
+        from agentcom.store.postgres import PostgresStore
+
+        return PostgresStore(
+            str(settings.db),
+            batch_max=settings.commit_batch_max,
+            busy_timeout_s=settings.db_busy_timeout_s,
+        )
+    return SqliteStore(
+        settings.db, batch_max=settings.commit_batch_max, busy_timeout_s=settings.db_busy_timeout_s
+    )
+
+
+def database_errors(db: Path | str) -> tuple[type[Exception], ...]:
+    """The exceptions by which the database ``db`` names says it cannot be used: what a
+    command reports as one line instead of a traceback."""
+    if is_postgres_url(db):
+        import psycopg
+
+        return (psycopg.Error, StoreError)
+    return (sqlite3.Error, StoreError)
