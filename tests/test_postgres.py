@@ -16,12 +16,15 @@ import psycopg
 import pytest
 from conftest import METADATA
 from hubprocess import CliResult, HubProcess, closed_port, run_cli, run_cli_async
+from pydantic import ValidationError
 
 from agentcom.client import AgentClient, OperatorClient
+from agentcom.config import Settings
 from agentcom.errors import StoreError
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.task import Task
 from agentcom.store.base import TaskFilter
+from agentcom.store.pgschema import MIGRATIONS
 from agentcom.store.postgres import PostgresStore
 
 EXIT_DATABASE_IN_USE = 5
@@ -171,6 +174,43 @@ async def test_a_writer_connection_the_server_ended_is_replaced(pg_url: str) -> 
             _task(3).task_id, _task(1).task_id]  # fmt: skip
     finally:
         store.close()
+
+
+async def test_stores_opened_at_once_on_an_empty_database_make_the_schema_once(
+    pg_url: str,
+) -> None:
+    # when four processes' worth of stores open an empty database at the same instant
+    stores = await asyncio.gather(*(asyncio.to_thread(PostgresStore, pg_url) for _ in range(4)))
+    for store in stores:
+        store.close()
+
+    # then each found the schema made, once, at the version this agentcom knows
+    with psycopg.connect(pg_url) as connection:
+        versions = connection.execute("SELECT version FROM schema_version").fetchall()
+    assert versions == [(len(MIGRATIONS),)]
+
+
+def test_a_database_made_by_a_newer_agentcom_is_refused(pg_url: str) -> None:
+    PostgresStore(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute("UPDATE schema_version SET version = version + 1")
+
+    with pytest.raises(StoreError, match="made by a newer agentcom"):
+        PostgresStore(pg_url)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("postgresql://u@h/d", "postgresql://u@h/d"), ("POSTGRES://u@h/d", "POSTGRES://u@h/d"),
+     ("hub.db", Path("hub.db")), ("./odd://name.db", Path("./odd://name.db"))],
+)  # fmt: skip
+def test_the_db_setting_is_a_path_or_a_postgresql_url(given: str, expected: Path | str) -> None:
+    assert Settings(db=given).db == expected
+
+
+def test_the_db_setting_refuses_another_kind_of_url() -> None:
+    with pytest.raises(ValidationError, match="not a mysql:// URL"):
+        Settings(db="mysql://u@h/d")
 
 
 def _task(n: int) -> Task:
