@@ -14,9 +14,15 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["TOPICS", "MemoryPubSub", "Subscription"]
+__all__ = ["TOPICS", "MemoryPubSub", "Subscription", "encode_event"]
 
 TOPICS = ("tasks", "agents", "validation")
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """``event`` as subscribers receive it: compact JSON, ASCII only (so its length in
+    characters is its size in bytes, and it never holds a raw line break)."""
+    return json.dumps(event, separators=(",", ":"))
 
 
 class Subscription:
@@ -123,11 +129,21 @@ class MemoryPubSub:
         subscription.close()
 
     def publish(self, topic: str, event: dict[str, Any]) -> int:
-        """Offer ``event`` to every subscriber of ``topic``; returns how many got it."""
+        """Offer ``event`` to every subscriber of ``topic``; returns how many got it.
+
+        The event is encoded only when someone subscribes to ``topic``.
+        """
+        if not self._subscribers.get(topic):
+            return 0
+        return self.offer(topic, encode_event(event))
+
+    def offer(self, topic: str, encoded: str) -> int:
+        """Offer an event already encoded (:func:`encode_event`) to every subscriber of
+        ``topic``; returns how many got it."""
         subscribers = self._subscribers.get(topic)
         if not subscribers:
             return 0
-        item = (topic, json.dumps(event, separators=(",", ":")))
+        item = (topic, encoded)
         for subscription in subscribers:
             subscription.offer(item)
         return len(subscribers)
