@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from agentcom.pubsub.link import ClusterLink, Notice
+
 __all__ = ["TOPICS", "MemoryPubSub", "Subscription", "encode_event"]
 
 TOPICS = ("tasks", "agents", "validation")
@@ -54,6 +56,7 @@ class Subscription:
         self._batch_bytes = 0
         self._ready = asyncio.Event()
         self._dropped = 0
+        self._notice: Notice | None = None
         self.closed = False
 
     def offer(self, item: tuple[str, str]) -> None:
@@ -72,18 +75,35 @@ class Subscription:
             self._dropped += 1
         self._ready.set()
 
+    def missed(self, count: int) -> None:
+        """Count ``count`` events the subscriber will never get (lost before they reached
+        this process); reported with the next batch like dropped ones."""
+        self._dropped += count
+        self._ready.set()
+
+    def notify(self, notice: Notice) -> None:
+        """Tell the reader ``notice`` with the next batch (it replaces an unread one)."""
+        self._notice = notice
+        self._ready.set()
+
+    def take_notice(self) -> Notice | None:
+        """The notice not yet read, if any; it is read once."""
+        notice, self._notice = self._notice, None
+        return notice
+
     @property
     def queued(self) -> int:
         """Events waiting for the subscriber to read them."""
         return len(self._queue)
 
     async def next_batch(self) -> tuple[list[str], int]:
-        """Wait for events; returns them all and how many were dropped since the last call.
+        """Wait for events, a count of missed ones or a notice (:meth:`take_notice`);
+        returns the events and how many were dropped since the last call.
 
         Calling it again means the previous batch was sent: its bytes stop counting.
         """
         self._batch_bytes = 0
-        while not self._queue and not self.closed:
+        while not self._queue and not self._dropped and self._notice is None and not self.closed:
             self._ready.clear()
             await self._ready.wait()
         batch = [encoded for _, encoded in self._queue]
@@ -112,6 +132,17 @@ class MemoryPubSub:
         # Events dropped from slow subscribers' queues since start, by topic.
         self.dropped_by_topic: dict[str, int] = {}
         self._subscribers: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
+
+    @property
+    def cluster_link(self) -> ClusterLink | None:
+        """None: events stay within this process."""
+        return None
+
+    async def start(self) -> None:
+        """Nothing runs in the background."""
+
+    async def stop(self) -> None:
+        """Nothing runs in the background."""
 
     def subscribe(self, topics: Iterable[str] | None = None) -> Subscription:
         """A new subscription to ``topics`` (all topics when None)."""
@@ -155,3 +186,14 @@ class MemoryPubSub:
     def subscriber_count(self) -> int:
         """Distinct live subscriptions."""
         return len(self.subscriptions())
+
+    def notify_all(self, notice: Notice) -> None:
+        """Give every live subscription ``notice``."""
+        for subscription in self.subscriptions():
+            subscription.notify(notice)
+
+    def missed(self, topic: str, count: int) -> None:
+        """Tell every subscriber of ``topic`` that ``count`` events of it were lost before
+        they reached this process."""
+        for subscription in self._subscribers.get(topic, ()):
+            subscription.missed(count)
