@@ -19,10 +19,12 @@ from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
 from agentcom.protocol.task import dumped_task
+from agentcom.pubsub.link import Notice
 from agentcom.server.inbound import peer, text_of
 from agentcom.store.base import TaskFilter, TaskPage, task_filter
 
 if TYPE_CHECKING:
+    from agentcom.pubsub.memory import Subscription
     from agentcom.server.host import SessionHost
 
 __all__ = ["AGENT_TOKEN_REFUSED", "DashboardSession", "OperatorSession"]
@@ -63,6 +65,7 @@ class DashboardSession:
     def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.connection = connection
+        self.who = "dashboard ?"  # its token's agent id and role, once subscribed
 
     async def run(self) -> None:
         """Authenticate, send the snapshot, stream events; drops are reported."""
@@ -89,10 +92,9 @@ class DashboardSession:
         server.guard.authenticated(self.connection)
         subscription = server.pubsub.subscribe(frame.topics)
         token_key = server.revocations.track(frame.token, self.connection)
+        self.who = f"dashboard {who}"
         try:
-            await server.commit()
-            snapshot = ops.Snapshot(**await server.hub.views.snapshot())
-            server.send_reply(self.connection, snapshot, f"dashboard {who}")
+            await self._send_snapshot()
             reader = asyncio.create_task(self._drain_incoming())
             try:
                 await self._stream(subscription, reader)
@@ -103,11 +105,21 @@ class DashboardSession:
             server.pubsub.unsubscribe(subscription)
             logger.info("dashboard %s disconnected", who)
 
+    async def _send_snapshot(self) -> None:
+        """The state as it stands, read after a commit so that it holds what was announced."""
+        await self.server.commit()
+        snapshot = ops.Snapshot(**await self.server.hub.views.snapshot())
+        self.server.send_reply(self.connection, snapshot, self.who)
+
     async def _drain_incoming(self) -> None:
         async for _ in self.connection:
             pass  # viewers only listen; reading keeps the close handshake working
 
-    async def _stream(self, subscription: Any, reader: asyncio.Task[None]) -> None:
+    async def _stream(self, subscription: Subscription, reader: asyncio.Task[None]) -> None:
+        """Send each batch of events, after what the subscription says about its stream:
+        a count of lost events, that other nodes' events may be missing (the link between
+        hub nodes is down), or, when it is back, a fresh snapshot in place of the events
+        queued so far (they are older than it)."""
         while not reader.done():
             getter = asyncio.ensure_future(subscription.next_batch())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -115,6 +127,13 @@ class DashboardSession:
                 getter.cancel()
                 return
             batch, dropped = getter.result()
+            notice = subscription.take_notice()
+            if notice is Notice.resync:
+                await self._send_snapshot()
+                continue
+            if notice is Notice.events_may_be_missing:
+                missing = ops.EventsDropped(count=0, reason="cluster_link_down")
+                await self.server.send(self.connection, missing)
             if dropped:
                 await self.server.send(self.connection, ops.EventsDropped(count=dropped))
             for encoded in batch:
