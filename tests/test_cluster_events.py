@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hubprocess import HubProcess
+from hubprocess import CliProcess, HubProcess
 from redis.asyncio import Redis
 from redisnodes import REDIS_PORT, REDIS_URL, new_cluster, require_redis
 from tcpproxy import BlackHoleProxy
@@ -240,20 +240,27 @@ async def test_a_redis_outage_is_reported_and_dashboards_resync_when_it_ends(
 async def test_dashboards_learn_of_a_killed_listener_and_the_hub_reconnects(
     cluster: Cluster, dashboards: list[Dashboard], closing: list[Any]
 ) -> None:
-    # given two nodes and a dashboard on B
+    # given two nodes, a dashboard and `agentcom watch` on B
     a, b = await cluster.start("node-a"), await cluster.start("node-b")
     on_b = await open_dashboard(b, dashboards)
+    with CliProcess("watch", *b.operator_args(b.make_token("watcher", "viewer"))) as watch:
+        assert (await watch.next_line()).startswith("connected: ")
 
-    # when Redis kills B's listening connection
-    name = f"agentcom:{cluster.name}:node-b:listen"
-    async with Redis.from_url(REDIS_URL) as admin:
-        clients = await admin.client_list(_type="pubsub")
-        killed = next(client["id"] for client in clients if client["name"] == name)
-        await admin.client_kill_filter(_id=killed)
+        # when Redis kills B's listening connection
+        name = f"agentcom:{cluster.name}:node-b:listen"
+        async with Redis.from_url(REDIS_URL) as admin:
+            clients = await admin.client_list(_type="pubsub")
+            killed = next(client["id"] for client in clients if client["name"] == name)
+            await admin.client_kill_filter(_id=killed)
 
-    # then B's dashboard hears of the gap, then re-syncs from a snapshot
-    await on_b.wait_for(lambda frame: frame.get("reason") == "cluster_link_down")
-    await on_b.wait_for(lambda frame: frame.get("type") == "snapshot")
+        # then B's dashboard hears of the gap, then re-syncs from a snapshot
+        await on_b.wait_for(lambda frame: frame.get("reason") == "cluster_link_down")
+        await on_b.wait_for(lambda frame: frame.get("type") == "snapshot")
+        # and so does `agentcom watch`, in words
+        assert (await watch.next_line()).endswith(
+            " events from other hub nodes may be missing (their link is down)"
+        )
+        assert (await watch.next_line()).startswith("re-synced: ")
     # and the events of a task run on A reach it again
     task_id = await run_one_task(a, closing)
     assert (await task_events_on(on_b, task_id, "task_completed"))[-1] == "task_completed"
@@ -291,3 +298,21 @@ def test_config_show_stars_the_password_of_the_redis_url(tmp_path: Path) -> None
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["pubsub"]["value"] == "redis://:****@cache:6379/0"
     assert "s3cret" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--pubsub", "http://cache:6379", "must be memory or a redis:// or rediss:// URL"),
+        ("--pubsub", "redis://cache:port/0", "the port of the Redis URL must be a number"),
+        ("--cluster", "prod cluster", "must be 1 to 48 characters among"),
+        ("--cluster", "x" * 49, "must be 1 to 48 characters among"),
+        ("--node-id", "web:1", "must be 1 to 128 characters among"),
+    ],
+)
+def test_a_bad_pubsub_setting_is_refused_with_one_line(flag: str, value: str, message: str) -> None:
+    from hubprocess import run_cli
+
+    result = run_cli("serve", "--port", "0", flag, value)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1

@@ -165,6 +165,10 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ValueError("must be memory or a redis:// or rediss:// URL with a host")
+        try:
+            parts.port  # noqa: B018 (reading it checks it)
+        except ValueError:
+            raise ValueError("the port of the Redis URL must be a number up to 65535") from None
         return value
 
     @field_validator("cluster")
