@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,9 @@ __all__ = [
     "Hub",
     "SidecarTally",
     "Worker",
+    "cpu_sample",
     "cpu_seconds",
+    "cpu_used",
     "die_with_parent",
     "hub_metrics",
     "latency_summary",
@@ -144,6 +147,38 @@ def machine_busy_seconds() -> float | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_sample(pids: dict[str, int]) -> dict[str, float | None]:
+    """CPU seconds so far of each named child, of this process (``driver``) and of the
+    whole machine (``machine``)."""
+    sample = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    sample["driver"] = time.process_time()
+    sample["machine"] = machine_busy_seconds()
+    return sample
+
+
+def cpu_used(
+    before: dict[str, float | None],
+    after: dict[str, float | None],
+    wall_s: float,
+    processes: tuple[str, ...],
+) -> tuple[dict[str, dict[str, float]], float | None]:
+    """CPU each entry of two samples used over ``wall_s`` (seconds and percent of one core),
+    and the percent of one core the machine spent beyond ``processes`` (None if unknown)."""
+    cpu = {}
+    for name, start in before.items():
+        end = after.get(name)
+        if start is not None and end is not None:
+            cpu[name] = {
+                "seconds": round(end - start, 2),
+                "percent_of_one_core": round(100 * (end - start) / wall_s, 1),
+            }
+    machine = cpu.pop("machine", None)
+    if machine is None:
+        return cpu, None
+    ours = sum(cpu[name]["seconds"] for name in processes if name in cpu)
+    return cpu, round(100 * max(0.0, machine["seconds"] - ours) / wall_s, 1)
 
 
 def source_revision() -> str | None:

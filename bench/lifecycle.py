@@ -6,26 +6,43 @@ Usage (from the repository root, with the project's virtualenv)::
     python bench/lifecycle.py --agents 5 --tasks 500 --json
     python bench/lifecycle.py --agents 50 --tasks 20000 --rate 400      # paced submits
     python bench/lifecycle.py --agents 50 --tasks 5000 --profile-hub /tmp/hub.prof
+    python bench/lifecycle.py --agents 50 --tasks 20000 --relay-seconds 0   # no baseline
 
 What it does:
 
 1. creates a temporary directory with a SQLite database, one agent token per simulated
    sidecar and one admin token (written straight to the database, as
    ``agentcom token create`` does);
-2. starts the hub as a subprocess (``python -m agentcom.cli serve --port 0``) and reads
+2. unless ``--relay-seconds 0``, measures a baseline: a bare relay, the ``websockets``
+   asyncio echo server in a subprocess of this script (``--relay-server``), driven from
+   another (``--relay-clients``) over one connection per sidecar plus one per operator
+   connection (``--agents`` + ``--operators``: the sockets the tasks' round trips travel
+   on). Each connection sends a JSON text frame of about 300 bytes (a sidecar's
+   ``task_complete``) and reads its echo, back to back, for ``--relay-seconds`` (3);
+   neither side parses the frames, and compression is off as in the hub by default.
+   Both are stopped before the hub starts;
+3. starts the hub as a subprocess (``python -m agentcom.cli serve --port 0``) and reads
    its ``agentcom <version> hub on ws://HOST:PORT/ws`` line; with ``--profile-hub`` the
    hub runs instead under cProfile in a subprocess of this script (``--serve-profiled``);
-3. starts the sidecars in another subprocess of this script (``--sidecars``): one
+4. starts the sidecars in another subprocess of this script (``--sidecars``): one
    :class:`~agentcom.client.AgentClient` per agent which answers every ``task_assign``
    with ``task_accepted``, one ``task_progress`` carrying an ``execution_event`` and a
    ``task_complete`` with the generation and full execution metadata;
-4. subscribes to ``/ws/dashboard`` (topic ``tasks``) and submits the no-op tasks through
+5. subscribes to ``/ws/dashboard`` (topic ``tasks``) and submits the no-op tasks through
    the operator protocol, ``--window`` requests in flight on each of ``--operators``
    connections (the hub serves at most 32 at once per connection), optionally paced at
    ``--rate`` tasks/s;
-5. prints throughput, submit->assign and submit->complete latency (p50/p99), events
+6. prints throughput, submit->assign and submit->complete latency (p50/p99), events
    received and dropped, the hub's peak RSS (``VmHWM``), CPU time per process, store
-   commits, and what the sidecars saw; ``--json`` prints one JSON object instead.
+   commits, what the sidecars saw and the relay baseline; ``--json`` prints one JSON
+   object instead.
+
+The relay gives the hub's throughput a yardstick measured on the same machine in the
+same run. A task costs four request/response round trips (submit, assign/accepted,
+progress, complete), so the relay's ``relay_round_trips_per_s`` divided by four is
+``relay_ceiling_tasks_per_s``, the task rate of a hub that did nothing but move frames
+over as many connections, and ``hub_to_relay_ratio`` is ``tasks_per_s`` over that
+ceiling. The relay's CPU per process is reported with it (under ``relay``).
 
 Latencies are measured on this process's monotonic clock from the moment a submit
 request is handed to the operator connection (before the hub has seen it) to the
@@ -67,10 +84,10 @@ from _common import (
     HUB_OPERATOR_CAP,
     Children,
     SidecarTally,
-    cpu_seconds,
+    cpu_sample,
+    cpu_used,
     hub_metrics,
     latency_summary,
-    machine_busy_seconds,
     make_tokens,
     memory_mib,
     run_sidecars,
@@ -79,14 +96,31 @@ from _common import (
     thread_cpu_seconds,
     wait_for_idle_agents,
 )
+from _relay import ROUND_TRIPS_PER_TASK, compare_with_relay, drive_echo, measure_relay, serve_echo
 
 from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
+from agentcom.hub.queue import new_task_id
 
 NO_OP_TASK: dict[str, Any] = {"complexity_tier": "trivial", "metadata": {"shell_command": "true"}}
 
 
 # --- sidecars (a subprocess: --sidecars) -----------------------------------------------
+
+
+def no_op_completion(task_id: str, generation: int, execution_ms: float) -> dict[str, Any]:
+    """The ``task_complete`` frame of a no-op task, with full execution metadata."""
+    result = {
+        "status": "success",
+        "output": "ok",
+        "model_used": "bench-no-op",
+        "tokens_in": 12,
+        "tokens_out": 3,
+        "estimated_cost_usd": 0.0,
+        "equivalent_claude_cost_usd": 0.000081,
+        "execution_ms": execution_ms,
+    }
+    return {"type": "task_complete", "task_id": task_id, "generation": generation, "result": result}
 
 
 async def run_no_op_task(client: AgentClient, frame: dict[str, Any]) -> None:
@@ -96,24 +130,8 @@ async def run_no_op_task(client: AgentClient, frame: dict[str, Any]) -> None:
     await client.send({"type": "task_accepted", "task_id": task_id})
     event = {"event_type": "stdout", "text": "ok", "timestamp": time.time_ns() // 1_000_000}
     await client.send({"type": "task_progress", "task_id": task_id, "execution_event": event})
-    result = {
-        "status": "success",
-        "output": "ok",
-        "model_used": "bench-no-op",
-        "tokens_in": 12,
-        "tokens_out": 3,
-        "estimated_cost_usd": 0.0,
-        "equivalent_claude_cost_usd": 0.000081,
-        "execution_ms": round((time.perf_counter() - started) * 1000, 3),
-    }
-    await client.send(
-        {
-            "type": "task_complete",
-            "task_id": task_id,
-            "generation": frame["generation"],
-            "result": result,
-        }
-    )
+    execution_ms = round((time.perf_counter() - started) * 1000, 3)
+    await client.send(no_op_completion(task_id, frame["generation"], execution_ms))
 
 
 async def answer_with_no_op(client: AgentClient, frame: dict[str, Any]) -> None:
@@ -285,6 +303,13 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     script = str(Path(__file__).resolve())
     try:
         agents, admin = make_tokens(db, args.agents)
+        relay = None
+        if args.relay_seconds:
+            connections = args.agents + args.operators
+            frame = json.dumps(no_op_completion(new_task_id(), 1, 0.123))
+            relay = await measure_relay(
+                children, workdir, script, connections, frame, args.relay_seconds
+            )
         if args.profile_hub:
             command = [
                 sys.executable,
@@ -320,6 +345,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
         await sidecars.wait_ready(90)
         figures = await drive(args, hub.http_url, admin, hub.process.pid, sidecars.process.pid)
+        figures.update(compare_with_relay(figures["tasks_per_s"], relay))
         figures["sidecars"] = await sidecars.finish()
         figures["workdir"] = str(workdir)
         return figures
@@ -347,12 +373,7 @@ async def drive(
         background.append(asyncio.create_task(watch_tasks(operators[0], seen, subscribed, done)))
         async with asyncio.timeout(30):
             await subscribed.wait()
-        cpu_before = {
-            "hub": cpu_seconds(hub_pid),
-            "sidecars": cpu_seconds(sidecars_pid),
-            "driver": time.process_time(),
-            "machine": machine_busy_seconds(),
-        }
+        cpu_before = cpu_sample({"hub": hub_pid, "sidecars": sidecars_pid})
         threads_before = thread_cpu_seconds(hub_pid)
         start = time.perf_counter()
         indices = iter(range(args.tasks))
@@ -370,12 +391,7 @@ async def drive(
             done.set()
         await wait_until_done(seen, done, args.timeout, args.stall_timeout)
         finished = time.perf_counter()
-        cpu_after = {
-            "hub": cpu_seconds(hub_pid),
-            "sidecars": cpu_seconds(sidecars_pid),
-            "driver": time.process_time(),
-            "machine": machine_busy_seconds(),
-        }
+        cpu_after = cpu_sample({"hub": hub_pid, "sidecars": sidecars_pid})
         threads_after = thread_cpu_seconds(hub_pid)
         stats = await operators[0].request("stats")
     finally:
@@ -413,19 +429,7 @@ def summarize(
     to_assign = [seen.assigned[t] - sent for t, sent in seen.sent.items() if t in seen.assigned]
     to_complete = [seen.completed[t] - sent for t, sent in seen.sent.items() if t in seen.completed]
     round_trip = [seen.replied[t] - sent for t, sent in seen.sent.items()]
-    cpu = {}
-    for name, before in cpu_before.items():
-        after = cpu_after.get(name)
-        if before is not None and after is not None:
-            cpu[name] = {
-                "seconds": round(after - before, 2),
-                "percent_of_one_core": round(100 * (after - before) / wall_s, 1),
-            }
-    machine = cpu.pop("machine", None)
-    ours = sum(cpu[name]["seconds"] for name in ("hub", "sidecars", "driver") if name in cpu)
-    other_load = None
-    if machine is not None:
-        other_load = round(100 * max(0.0, machine["seconds"] - ours) / wall_s, 1)
+    cpu, other_load = cpu_used(cpu_before, cpu_after, wall_s, ("hub", "sidecars", "driver"))
     commits = metrics.get("agentcom_store_commits_total")
     return {
         "agentcom_version": __version__,
@@ -468,6 +472,13 @@ def summarize(
     }
 
 
+def cpu_text(cpu: dict[str, dict[str, float]]) -> str:
+    """CPU figures as ``name seconds s (percent%)``, two spaces apart."""
+    return "  ".join(
+        f"{name} {used['seconds']} s ({used['percent_of_one_core']}%)" for name, used in cpu.items()
+    )
+
+
 def print_text(figures: dict[str, Any]) -> None:
     """The human-readable report."""
 
@@ -505,11 +516,7 @@ def print_text(figures: dict[str, Any]) -> None:
         f"  hub peak RSS        {figures['hub_peak_rss_mib']} MiB (VmHWM; VmRSS at end "
         f"{figures['hub_rss_end_mib']} MiB)"
     )
-    cpu = "  ".join(
-        f"{name} {c['seconds']} s ({c['percent_of_one_core']}%)"
-        for name, c in figures["cpu"].items()
-    )
-    print(f"  CPU during run      {cpu}")
+    print(f"  CPU during run      {cpu_text(figures['cpu'])}")
     print(f"  hub CPU per task    {figures['hub_cpu_ms_per_task']} ms")
     other = figures["other_processes_cpu_percent"]
     print(
@@ -531,6 +538,22 @@ def print_text(figures: dict[str, Any]) -> None:
     )
     if figures["submit_errors"]:
         print(f"  submit errors       {figures['submit_errors']}")
+    relay = figures["relay"]
+    if relay is not None:
+        print(
+            f"  bare relay          {figures['relay_round_trips_per_s']} round trips/s "
+            f"({relay['frame_bytes']}-byte frames, {relay['connections']} connections, "
+            f"{relay['seconds']} s)"
+        )
+        print(
+            f"  relay CPU           {cpu_text(relay['cpu'])}; other processes "
+            f"{relay['other_processes_cpu_percent']}%"
+        )
+        print(
+            f"  relay ceiling       {figures['relay_ceiling_tasks_per_s']} tasks/s "
+            f"({ROUND_TRIPS_PER_TASK} round trips a task); hub at "
+            f"{figures['hub_to_relay_ratio']} of it"
+        )
 
 
 def print_profile(path: str, limit: int) -> None:
@@ -577,7 +600,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-top", type=int, default=30, help="functions shown per profile table"
     )
+    parser.add_argument(
+        "--relay-seconds",
+        type=float,
+        default=3,
+        help="seconds of the bare websockets relay baseline run first (0: none)",
+    )
     parser.add_argument("--sidecars", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--relay-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--relay-clients", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--serve-profiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -590,6 +621,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.agents < 1 or args.tasks < 1 or args.operators < 1:
         parser.error("--agents, --tasks and --operators must be at least 1")
+    if args.relay_seconds < 0:
+        parser.error("--relay-seconds must be 0 (no relay) or more")
     return args
 
 
@@ -604,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.sidecars:
         return asyncio.run(run_sidecars(Path(args.spec), answer_with_no_op, SidecarTally()))
+    if args.relay_server:
+        return asyncio.run(serve_echo())
+    if args.relay_clients:
+        return asyncio.run(drive_echo(Path(args.spec)))
     if args.serve_profiled:
         asyncio.run(serve_until_stopped(Path(args.db), "127.0.0.1", Path(args.profile_out)))
         return 0

@@ -276,7 +276,10 @@ def operator_frames(token: str) -> dict[str, Frame]:
 
 def dashboard_frames(token: str) -> dict[str, Frame]:
     """The one dashboard frame, every optional field filled in."""
-    return {"subscribe": {"type": "subscribe", "token": token, "topics": ["tasks", "agents"]}}
+    return {
+        "subscribe": {"type": "subscribe", "token": token, "topics": ["tasks", "agents"],
+                      "batch": True}
+    }  # fmt: skip
 
 
 # --- payloads ---------------------------------------------------------------------------------

@@ -239,3 +239,41 @@ async def test_events_lost_upstream_are_counted_for_the_subscribers_of_their_top
     batch, dropped = await asyncio.wait_for(agents.next_batch(), 1)
     assert (decoded(batch), dropped) == ([{"n": 1}], 0)
     assert pubsub.dropped_by_topic == {}
+
+
+async def test_batched_dashboard_gets_the_same_events_in_fewer_frames(
+    hub: HubServer, make_token: TokenMaker
+) -> None:
+    # given two dashboards on the same topics, one asking for batches
+    token = make_token("viewer", "viewer")
+    url = f"ws://127.0.0.1:{hub.port}/ws/dashboard"
+    async with connect(url) as single, connect(url) as batched:
+        await single.send(json.dumps({"type": "subscribe", "token": token}))
+        await batched.send(json.dumps({"type": "subscribe", "token": token, "batch": True}))
+        for dashboard in (single, batched):
+            snapshot = json.loads(await asyncio.wait_for(dashboard.recv(), 5))
+            assert snapshot["type"] == "snapshot"
+
+        # when several events are published at once, on several topics
+        total = SUBSCRIBER_QUEUE  # within the queue: none is dropped
+        topics = ("tasks", "agents", "validation")
+        for seq in range(total):
+            assert hub.pubsub.publish(topics[seq % 3], {"seq": seq, "text": "é\u2028"}) == 2
+
+        async def events(dashboard: Any) -> tuple[list[dict[str, Any]], int]:
+            received: list[dict[str, Any]] = []
+            frames = 0
+            async with asyncio.timeout(5):
+                while len(received) < total:
+                    frame = json.loads(await dashboard.recv())
+                    frames += 1
+                    received.extend(frame["events"] if frame.get("type") == "events" else [frame])
+            return received, frames
+
+        one_by_one, single_frames = await events(single)
+        in_batches, batched_frames = await events(batched)
+
+    # then both got every event, in order, alike; the batched one in fewer frames
+    assert one_by_one == in_batches == [{"seq": n, "text": "é\u2028"} for n in range(total)]
+    assert single_frames == total
+    assert batched_frames < total

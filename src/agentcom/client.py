@@ -646,7 +646,8 @@ class OperatorClient:
         connection = await self._subscribe(topics)
         try:
             async for raw in connection:
-                yield _watched(raw)
+                for frame in _watched(raw):
+                    yield frame
         finally:
             await _close(connection)
 
@@ -669,10 +670,11 @@ class OperatorClient:
             try:
                 connection = await self._subscribe(topics)
                 async for raw in connection:
-                    frame = _watched(raw)
+                    watched = _watched(raw)
                     connected_once, outage = True, False
                     backoff.reset()
-                    yield frame
+                    for frame in watched:
+                        yield frame
                 reason = "the hub closed the connection"
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
                 if not connected_once:
@@ -693,7 +695,7 @@ class OperatorClient:
             url, open_timeout=10.0, max_size=2**26, **_options(url, self.ssl)
         )
         chosen = {"topics": topics} if topics else {}
-        subscribe = _frame(Subscribe, token=self.token, **chosen)
+        subscribe = _frame(Subscribe, token=self.token, batch=True, **chosen)
         try:
             await connection.send(json.dumps(subscribe))
         except ConnectionClosed:
@@ -702,9 +704,14 @@ class OperatorClient:
         return connection
 
 
-def _watched(raw: str | bytes) -> Frame:
-    """One frame from ``/ws/dashboard``; an error reply (a refused token) raises."""
+def _watched(raw: str | bytes) -> list[Frame]:
+    """The frames in one message from ``/ws/dashboard`` (an ``events`` frame carries
+    several); an error reply (a refused token) raises."""
     frame: Frame = json.loads(raw)
-    if frame.get("type") == "error":
+    kind = frame.get("type")
+    if kind == "events":
+        events: list[Frame] = frame["events"]
+        return events
+    if kind == "error":
         raise AuthenticationError(str(frame.get("error")))
-    return frame
+    return [frame]

@@ -139,12 +139,17 @@ export class DashboardFeed extends ReconnectingSocket {
   }
 
   greet() {
-    return { type: "subscribe", token: this.token };
+    // batch: events arrive several to a frame, as {"type":"events","events":[...]}
+    return { type: "subscribe", token: this.token, batch: true };
   }
 
   receive(frame) {
     if (frame.type === "error") {
       if (frame.error === "invalid_token") throw new TokenRefused(frame);
+      return;
+    }
+    if (frame.type === "events") {
+      for (const event of frame.events) this.onFrame(event);
       return;
     }
     if (frame.type === "snapshot") this.established();

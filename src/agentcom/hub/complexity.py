@@ -33,17 +33,32 @@ _TRIVIAL_WORDS = (
 )  # fmt: skip
 
 
-def _patterns(words: tuple[str, ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    compiled = []
-    for word in words:
-        keyword = word.rstrip("*")
-        end = "" if word.endswith("*") else r"\b"
-        compiled.append((keyword, re.compile(r"\b" + re.escape(keyword) + end)))
-    return tuple(compiled)
+@dataclass(frozen=True, slots=True)
+class _Keywords:
+    """A list of keywords and one pattern finding them all in one pass over a text."""
+
+    words: tuple[str, ...]  # without their "*", in the list's order
+    pattern: re.Pattern[str]
+
+    def found_in(self, text: str) -> list[str]:
+        """The keywords found in text, each once, in the list's order."""
+        found = {match.group(1) for match in self.pattern.finditer(text)}
+        return [word for word in self.words if word in found] if found else []
 
 
-_COMPLEX = _patterns(_COMPLEX_WORDS)
-_TRIVIAL = _patterns(_TRIVIAL_WORDS)
+def _keywords(words: tuple[str, ...]) -> _Keywords:
+    # A zero-width match at each position where some keyword starts, capturing it: every
+    # keyword is found wherever it occurs, even inside another one's match ("spelling"
+    # in "fix spelling"), as if each were searched for alone.
+    alternatives = [
+        re.escape(word.rstrip("*")) + ("" if word.endswith("*") else r"\b") for word in words
+    ]
+    pattern = re.compile(r"(?=\b(" + "|".join(alternatives) + "))")
+    return _Keywords(tuple(word.rstrip("*") for word in words), pattern)
+
+
+_COMPLEX = _keywords(_COMPLEX_WORDS)
+_TRIVIAL = _keywords(_TRIVIAL_WORDS)
 
 _COMPLEX_AT = 3  # score at or above: complex
 _TRIVIAL_AT = -2  # score at or below: trivial
@@ -59,11 +74,6 @@ class Inference:
     signals: tuple[str, ...]
 
 
-def _matches(text: str, patterns: tuple[tuple[str, re.Pattern[str]], ...]) -> list[str]:
-    """The keywords found in text."""
-    return [word for word, pattern in patterns if pattern.search(text)]
-
-
 def infer_complexity(
     description: str, file_hints: int = 0, verification_steps: int = 0
 ) -> Inference:
@@ -71,8 +81,8 @@ def infer_complexity(
     text = description.lower()
     score = 0
     signals: list[str] = []
-    complex_found = _matches(text, _COMPLEX)
-    trivial_found = _matches(text, _TRIVIAL)
+    complex_found = _COMPLEX.found_in(text)
+    trivial_found = _TRIVIAL.found_in(text)
     if complex_found:
         score += min(5, 2 + len(complex_found))
         signals.append("complex keywords: " + ", ".join(complex_found[:4]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
+from pydantic import Field, TypeAdapter
 
 from agentcom.protocol.common import AgentId, Inbound, Outbound, Priority, TaskId, TaskStatus
 from agentcom.protocol.outbound import Complexity, RoutingDecision
@@ -290,15 +290,8 @@ class OperatorResult(Outbound):
     type: Literal["result"] = "result"
     request_id: str
     data: Any
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(default=None, exclude_if=lambda cursor: cursor is None)
     """For a page of a list: the ``cursor`` of the next page (absent on the last)."""
-
-    @model_serializer(mode="wrap")
-    def _without_absent_cursor(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("next_cursor") is None:
-            data.pop("next_cursor", None)
-        return data
 
 
 class OperatorError(Outbound):
@@ -316,6 +309,9 @@ class Subscribe(Inbound):
     type: Literal["subscribe"]
     token: Annotated[str, Field(max_length=256)]
     topics: Annotated[list[TopicName], Field(max_length=3)] | None = None
+    batch: bool = False
+    """Receive events in ``events`` frames, several at a time, instead of one frame
+    each (fewer, larger frames: what a busy hub can keep up with)."""
 
 
 DashboardFrame = Annotated[Subscribe, Field(discriminator="type")]

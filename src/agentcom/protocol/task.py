@@ -70,7 +70,9 @@ class AgenticRun(BaseModel):
     termination_reason: str | None = None
     iterations_used: int | None = None
     tool_calls_total: int = 0
-    tool_calls: list[ToolCall] = []  # the latest ``tool_calls_kept``, oldest first
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list
+    )  # the latest ``tool_calls_kept``, oldest first
 
 
 class HistoryEntry(BaseModel):
@@ -118,19 +120,21 @@ class TaskSubmission(BaseModel):
     complexity_tier: RequestedTier | None = None
     needed_capabilities: Annotated[
         list[Annotated[str, Field(max_length=256)]], Field(max_length=64)
-    ] = []
-    metadata: JsonObject = {}
+    ] = Field(default_factory=list)
+    metadata: JsonObject = Field(default_factory=dict)
     max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
     repo: Annotated[str, Field(max_length=512)] | None = None
     branch: Annotated[str, Field(max_length=256)] | None = None
-    file_hints: Annotated[list[Line], Field(max_length=200)] = []
-    success_criteria: Annotated[list[Line], Field(max_length=100)] = []
-    verification_steps: Annotated[list[Line], Field(max_length=100)] = []
+    file_hints: Annotated[list[Line], Field(max_length=200)] = Field(default_factory=list)
+    success_criteria: Annotated[list[Line], Field(max_length=100)] = Field(default_factory=list)
+    verification_steps: Annotated[list[Line], Field(max_length=100)] = Field(default_factory=list)
     skip_verification: bool = False
     # At most 2^53: sidecars read it as a JavaScript number.
     verification_timeout_ms: Annotated[int, Field(ge=0, le=2**53)] | None = None
     # Tasks that must complete first; each must exist when this one is submitted.
-    depends_on: Annotated[list[TaskId], Field(max_length=MAX_PREREQUISITES)] = []
+    depends_on: Annotated[list[TaskId], Field(max_length=MAX_PREREQUISITES)] = Field(
+        default_factory=list
+    )
 
 
 class Task(BaseModel):
@@ -142,8 +146,8 @@ class Task(BaseModel):
     status: TaskStatus
     priority: Priority
     description: str
-    metadata: dict[str, Any] = {}
-    needed_capabilities: list[str] = []
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    needed_capabilities: list[str] = Field(default_factory=list)
     complexity: Complexity | None = None
     complexity_tier: RequestedTier | None = None
     routing_decision: RoutingDecision | None = None
@@ -160,13 +164,13 @@ class Task(BaseModel):
     agentic: AgenticRun | None = None
     repo: str | None = None
     branch: str | None = None
-    file_hints: list[str] = []
-    success_criteria: list[str] = []
-    verification_steps: list[str] = []
+    file_hints: list[str] = Field(default_factory=list)
+    success_criteria: list[str] = Field(default_factory=list)
+    verification_steps: list[str] = Field(default_factory=list)
     skip_verification: bool = False
     verification_timeout_ms: int | None = None
     progress: int | None = None
-    depends_on: list[str] = []  # prerequisites, as submitted
+    depends_on: list[str] = Field(default_factory=list)  # prerequisites, as submitted
     # Computed when read, never stored: prerequisites not completed yet (queued tasks),
     # and the tasks that name this one in their depends_on (oldest first, capped).
     waiting_for: list[str] | None = None
@@ -175,7 +179,7 @@ class Task(BaseModel):
     waiting_reason: str | None = None
     held_for: TaskHold | None = None  # computed when read, never stored
     last_progress_at: int | None = None
-    history: list[HistoryEntry] = []
+    history: list[HistoryEntry] = Field(default_factory=list)
     created_at: int
     updated_at: int
 

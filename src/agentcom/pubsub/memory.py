@@ -9,10 +9,11 @@ the events (an execution event may be as large as an inbound frame).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
+
+from pydantic_core import to_json
 
 from agentcom.pubsub.link import ClusterLink, Notice
 
@@ -21,10 +22,10 @@ __all__ = ["TOPICS", "MemoryPubSub", "Subscription", "encode_event"]
 TOPICS = ("tasks", "agents", "validation")
 
 
-def encode_event(event: dict[str, Any]) -> str:
-    """``event`` as subscribers receive it: compact JSON, ASCII only (so its length in
-    characters is its size in bytes, and it never holds a raw line break)."""
-    return json.dumps(event, separators=(",", ":"))
+def encode_event(event: dict[str, Any]) -> bytes:
+    """``event`` as subscribers receive it: compact UTF-8 JSON (which never holds a raw
+    line break: JSON escapes them in strings)."""
+    return to_json(event)
 
 
 class Subscription:
@@ -48,7 +49,7 @@ class Subscription:
         dropped_by_topic: dict[str, int] | None = None,
     ) -> None:
         self.topics = frozenset(topics)
-        self._queue: deque[tuple[str, str]] = deque()  # (topic, encoded event)
+        self._queue: deque[tuple[str, bytes]] = deque()  # (topic, encoded event)
         self._dropped_by_topic = {} if dropped_by_topic is None else dropped_by_topic
         self._max_queue = max_queue
         self._max_bytes = max_bytes
@@ -59,12 +60,12 @@ class Subscription:
         self._notice: Notice | None = None
         self.closed = False
 
-    def offer(self, item: tuple[str, str]) -> None:
+    def offer(self, item: tuple[str, bytes]) -> None:
         """Queue one ``(topic, encoded event)`` without waiting (the same tuple goes to
         every subscriber); drops the oldest while over a bound."""
         self._queue.append(item)
         encoded = item[1]
-        self._queued_bytes += len(encoded)  # ASCII JSON: one byte per character
+        self._queued_bytes += len(encoded)
         while len(self._queue) > 1 and (
             len(self._queue) > self._max_queue
             or self._queued_bytes + self._batch_bytes > self._max_bytes
@@ -96,7 +97,7 @@ class Subscription:
         """Events waiting for the subscriber to read them."""
         return len(self._queue)
 
-    async def next_batch(self) -> tuple[list[str], int]:
+    async def next_batch(self) -> tuple[list[bytes], int]:
         """Wait for events, a count of missed ones or a notice (:meth:`take_notice`);
         returns the events and how many were dropped since the last call.
 
@@ -168,7 +169,7 @@ class MemoryPubSub:
             return 0
         return self.offer(topic, encode_event(event))
 
-    def offer(self, topic: str, encoded: str) -> int:
+    def offer(self, topic: str, encoded: bytes) -> int:
         """Offer an event already encoded (:func:`encode_event`) to every subscriber of
         ``topic``; returns how many got it."""
         subscribers = self._subscribers.get(topic)

@@ -120,7 +120,7 @@ class RedisPubSub:
         self._reconnect_max_s = reconnect_max_s
         self._outbox_events = outbox_events
         self._outbox_max_bytes = outbox_bytes
-        self._outbox: deque[tuple[str, str]] = deque()
+        self._outbox: deque[tuple[str, bytes]] = deque()
         self._outbox_bytes = 0
         self._outbox_ready = asyncio.Event()
         self._lost: dict[str, int] = {}  # events not sent since the last message, by topic
@@ -336,8 +336,8 @@ class RedisPubSub:
         if data.startswith(self._own_prefix):
             return
         try:
-            header, _, body = data.decode("ascii").partition("\n")
-            version, _node, lost = header.split(" ")
+            head, _, body = data.partition(b"\n")
+            version, _node, lost = head.decode("ascii").split(" ")
             missed = [] if lost == "-" else [part.split("=") for part in lost.split(",")]
             counts = [(topic, int(count)) for topic, count in missed]
         except ValueError:  # not ours, or another version's: skip it
@@ -348,10 +348,11 @@ class RedisPubSub:
         for topic, count in counts:
             self.local.missed(topic, count)
         received = 0
-        for line in body.split("\n"):
+        # An encoded event never holds a raw line break (JSON escapes them in strings).
+        for line in body.split(b"\n"):
             if line:
-                topic, _, encoded = line.partition(" ")
-                self.local.offer(topic, encoded)
+                name, _, encoded = line.partition(b" ")
+                self.local.offer(name.decode("ascii", "replace"), encoded)
                 received += 1
         self.link.received += received
 
@@ -372,7 +373,7 @@ class RedisPubSub:
             if self._stopping and not self._outbox:
                 return
 
-    async def _send(self, batch: list[tuple[str, str]]) -> None:
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
         """Publish ``batch`` in one pipeline; on failure count it as not sent."""
         assert self._send_client is not None
         lost, self._lost = self._lost, {}
@@ -395,20 +396,21 @@ class RedisPubSub:
             return
         self.link.sent += len(batch)
 
-    def _messages(self, batch: list[tuple[str, str]], lost: dict[str, int]) -> list[str]:
+    def _messages(self, batch: list[tuple[str, bytes]], lost: dict[str, int]) -> list[bytes]:
         """``batch`` as messages of about :data:`MESSAGE_BYTES`; the first one says what
         was ``lost``."""
-        missed = ",".join(f"{topic}={count}" for topic, count in lost.items()) or "-"
-        head = f"{_VERSION} {self.node_id} "
-        messages: list[str] = []
-        parts = [head, missed, "\n"]
+        missed = (",".join(f"{topic}={count}" for topic, count in lost.items()) or "-").encode()
+        head = f"{_VERSION} {self.node_id} ".encode()
+        messages: list[bytes] = []
+        parts = [head, missed, b"\n"]
         size = len(head) + len(missed) + 1
         for topic, encoded in batch:
-            line_size = len(topic) + len(encoded) + 2
+            name = topic.encode()
+            line_size = len(name) + len(encoded) + 2
             if len(parts) > 3 and size + line_size > MESSAGE_BYTES:
-                messages.append("".join(parts))
-                parts, size = [head, "-\n"], len(head) + 2
-            parts += (topic, " ", encoded, "\n")
+                messages.append(b"".join(parts))
+                parts, size = [head, b"-\n"], len(head) + 2
+            parts += (name, b" ", encoded, b"\n")
             size += line_size
-        messages.append("".join(parts))
+        messages.append(b"".join(parts))
         return messages

@@ -28,11 +28,12 @@ from agentcom.protocol.outbound import (
     ValidationFailed,
 )
 from agentcom.server.closecodes import CLOSE_REPLACED
-from agentcom.server.inbound import peer, peer_host, text_of
+from agentcom.server.inbound import frames_waiting, peer, peer_host, text_of
 
 if TYPE_CHECKING:
+    from agentcom.hub.hub import Effects
     from agentcom.protocol.common import Outbound
-    from agentcom.server.host import SessionHost
+    from agentcom.server.host import Answer, SessionHost
 
 __all__ = ["AgentSession"]
 
@@ -57,6 +58,8 @@ class AgentSession:
         self.connection = connection
         self.agent_id: str | None = None
         self._token_key: str | None = None  # for the revocation watch, once identified
+        # Answers to this agent's frames waiting for the commit of what they changed.
+        self._unsettled: list[Answer] = []
         settings = server.settings
         self.limiter = RateLimiter(
             {
@@ -97,7 +100,15 @@ class AgentSession:
                 return
             async for raw in self.connection:
                 await self.handle(raw)
+                # While more frames of this agent are already received, the answers wait
+                # for them: a sidecar that sends task_accepted, task_progress and
+                # task_complete together has them made durable by one commit and answered
+                # in one write.
+                if self._unsettled and not frames_waiting(self.connection):
+                    await self.settle_waiting()
         finally:
+            if self._unsettled:  # answered if the connection is still open; committed anyway
+                await self.settle_waiting()
             if self._token_key is not None:
                 self.server.revocations.forget(self._token_key, self.connection)
             if (
@@ -158,8 +169,8 @@ class AgentSession:
                 ErrorReply(error=error.code, task_id=error.task_id, message=error.message)
             )
             return
-        if self.hub.has_outbox():  # left by a handler that answers without settling (ping,
-            await self.server.settle()  # list_agents...): now and then an agent_seen event
+        if self.hub.has_outbox() and not self._unsettled:  # left by a handler that answers
+            await self.server.settle()  # without settling (ping...): now and then agent_seen
 
     async def within_rate(self, frame_type: str) -> bool:
         """Spend a rate-limit token; False (after telling the agent) when none is left."""
@@ -181,8 +192,22 @@ class AgentSession:
         return False
 
     async def reply(self, frame: Outbound) -> None:
-        """Send a frame to this agent."""
-        await self.server.send(self.connection, frame)
+        """Send a frame to this agent (after the answers still waiting for a commit)."""
+        if self._unsettled:
+            self._unsettled.append((frame, None))
+        else:
+            await self.server.send(self.connection, frame)
+
+    async def settle(self, reply: Outbound | None, effects: Effects) -> None:
+        """Answer a frame once what it changed is durable (after the frame is handled:
+        see :meth:`run`)."""
+        self._unsettled.append((reply, effects))
+
+    async def settle_waiting(self) -> None:
+        """Commit, then send every answer waiting, in order."""
+        while self._unsettled:
+            answers, self._unsettled = self._unsettled, []
+            await self.server.settle_all(self.connection, answers)
 
     async def reject(self, reply: ErrorReply | ValidationFailed) -> None:
         """Answer a bad frame, count the violation, and close after too many."""
@@ -203,6 +228,7 @@ class AgentSession:
         )
         server.pubsub.publish("validation", event)
         if closing:
+            await self.settle_waiting()  # what came before is answered before the close
             self.closed_for_violations = True
             if self.agent_id is not None:
                 cooldown = server.violations.punish(self.agent_id)
@@ -270,7 +296,7 @@ class AgentSession:
     async def on_status(self, frame: frames.StatusUpdate) -> None:
         assert self.agent_id is not None
         _, effects = self.hub.run(self.hub.set_status, self.agent_id, frame.status)
-        await self.server.settle(self.connection, StatusUpdated(), effects)
+        await self.settle(StatusUpdated(), effects)
 
     async def on_list_agents(self, frame: frames.ListAgents) -> None:
         agents = [agent.info() for agent in self.hub.presence.connected()]
@@ -279,58 +305,58 @@ class AgentSession:
     async def on_message(self, frame: frames.Message) -> None:
         assert self.agent_id is not None
         reply, effects = self.hub.run(self.hub.messaging.send, self.agent_id, frame)
-        await self.server.settle(self.connection, reply, effects)
+        await self.settle(reply, effects)
 
     async def on_task_accepted(self, frame: frames.TaskAccepted) -> None:
         assert self.agent_id is not None
         ack, effects = self.hub.run(
             self.hub.task_frames.task_accepted, self.agent_id, frame.task_id
         )
-        await self.server.settle(self.connection, ack, effects)
+        await self.settle(ack, effects)
 
     async def on_task_progress(self, frame: frames.TaskProgress) -> None:
         assert self.agent_id is not None
         _, effects = self.hub.run(self.hub.task_frames.task_progress, self.agent_id, frame)
-        await self.server.settle(effects=effects)
+        await self.settle(None, effects)
 
     async def on_task_complete(self, frame: frames.TaskComplete) -> None:
         assert self.agent_id is not None
         ack, effects = self.hub.run(self.hub.task_frames.task_complete, self.agent_id, frame)
-        await self.server.settle(self.connection, ack, effects)
+        await self.settle(ack, effects)
 
     async def on_task_failed(self, frame: frames.TaskFailed) -> None:
         assert self.agent_id is not None
         ack, effects = self.hub.run(self.hub.task_frames.task_failed, self.agent_id, frame)
-        await self.server.settle(self.connection, ack, effects)
+        await self.settle(ack, effects)
 
     async def on_task_rejected(self, frame: frames.TaskRejected) -> None:
         assert self.agent_id is not None
         ack, effects = self.hub.run(self.hub.task_frames.task_rejected, self.agent_id, frame)
-        await self.server.settle(self.connection, ack, effects)
+        await self.settle(ack, effects)
 
     async def on_task_recovering(self, frame: frames.TaskRecovering) -> None:
         assert self.agent_id is not None
         answer, effects = self.hub.run(
             self.hub.task_frames.task_recovering, self.agent_id, frame.task_id
         )
-        await self.server.settle(self.connection, answer, effects)
+        await self.settle(answer, effects)
 
     async def on_state_report(self, frame: frames.StateReport) -> None:
         assert self.agent_id is not None
         ack, effects = self.hub.run(self.hub.task_frames.state_report, self.agent_id, frame)
-        await self.server.settle(self.connection, ack, effects)
+        await self.settle(ack, effects)
 
     async def on_resource_report(self, frame: frames.ResourceReport) -> None:
         assert self.agent_id is not None
         _, effects = self.hub.run(self.hub.report_resources, self.agent_id, frame)
-        await self.server.settle(effects=effects)  # publishes the new figures to dashboards
+        await self.settle(None, effects)  # publishes the new figures to dashboards
 
     async def on_ollama_report(self, frame: frames.OllamaReport) -> None:
         assert self.agent_id is not None
         _, effects = self.hub.run(
             self.hub.report_ollama, self.agent_id, frame.ollama_url, peer_host(self.connection)
         )
-        await self.server.settle(self.connection, OllamaReportAck(), effects)
+        await self.settle(OllamaReportAck(), effects)
 
     async def on_wake_result(self, frame: frames.WakeResult) -> None:
         logger.info("agent %s wake result for %s: %s", self.agent_id, frame.task_id, frame.status)
@@ -338,22 +364,22 @@ class AgentSession:
     async def on_agent_restarting(self, frame: frames.AgentRestarting) -> None:
         assert self.agent_id is not None
         _, effects = self.hub.run(self.hub.agent_restarting, self.agent_id, frame.reason)
-        await self.server.settle(effects=effects)  # publishes it to dashboards
+        await self.settle(None, effects)  # publishes it to dashboards
 
     async def on_channel_subscribe(self, frame: frames.ChannelSubscribe) -> None:
         assert self.agent_id is not None
         reply, effects = self.hub.run(self.hub.messaging.subscribe, self.agent_id, frame.channel)
-        await self.server.settle(self.connection, reply, effects)
+        await self.settle(reply, effects)
 
     async def on_channel_unsubscribe(self, frame: frames.ChannelUnsubscribe) -> None:
         assert self.agent_id is not None
         reply, effects = self.hub.run(self.hub.messaging.unsubscribe, self.agent_id, frame.channel)
-        await self.server.settle(self.connection, reply, effects)
+        await self.settle(reply, effects)
 
     async def on_channel_publish(self, frame: frames.ChannelPublish) -> None:
         assert self.agent_id is not None
         reply, effects = self.hub.run(self.hub.messaging.publish, self.agent_id, frame)
-        await self.server.settle(self.connection, reply, effects)
+        await self.settle(reply, effects)
 
     async def on_channel_history(self, frame: frames.ChannelHistory) -> None:
         await self.reply(self.hub.messaging.history(frame))

@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Sequence
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -34,21 +35,28 @@ from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
+from agentcom.server.inbound import peer
 from agentcom.server.metrics import HubMetrics, LoopLagMonitor
-from agentcom.server.output import ReplyBudget
+from agentcom.server.output import ReplyBudget, ReplyQueue
 from agentcom.server.revocation import RevocationWatch
 from agentcom.server.sockets import AcceptFailureLog, listening_socket, raise_open_file_limit
 from agentcom.server.storewatch import StoreWatch
 from agentcom.server.viewer import DashboardSession, OperatorSession
 from agentcom.server.waiters import TaskWaiters
+from agentcom.server.writes import encode, send_frames, write_frames
 from agentcom.store.base import ChangeKey
 from agentcom.store.lock import DatabaseLock
 from agentcom.store.sqlite import SqliteStore
 from agentcom.wirelog import library_logger
 
+if TYPE_CHECKING:
+    from agentcom.server.host import Answer
+
 __all__ = ["HubServer"]
 
 logger = logging.getLogger(__name__)
+
+_NO_EFFECTS = Effects()  # never extended: only effects that hold something are
 
 
 class HubServer:
@@ -331,8 +339,23 @@ class HubServer:
 
         Returns False (after telling ``connection``) when the store could not commit.
         """
+        return await self.settle_all(connection, [(reply, effects or _NO_EFFECTS)])
+
+    async def settle_all(
+        self, connection: ServerConnection | None, answers: Sequence[Answer]
+    ) -> bool:
+        """:meth:`settle` for several frames of one connection at once: one commit, then
+        each answer's reply in order (one write with the pushes for the same connection)
+        and every effect, in order.
+
+        An answer whose effects are None is a plain reply that depends on no change: it
+        is sent even when the commit fails; every other answer gets ``store_unavailable``
+        then. Returns False when the store could not commit.
+        """
         outbox = self.hub.take_outbox()
-        if effects:
+        for _, effects in answers:
+            if not effects:
+                continue
             if outbox:
                 outbox.extend(effects)
             else:  # the usual case: nothing of the hub's own to send first
@@ -345,23 +368,45 @@ class HubServer:
             # (_forget_refused): the outbox announces what never happened, so it goes too.
             self.store_watch.failed(exc)
             if connection is not None:
-                await self.send(connection, _store_error(str(exc)))
+                refused = _store_error(str(exc))
+                for reply, effects in answers:
+                    if effects is None and reply is not None:
+                        await self.send(connection, reply)
+                    elif effects is not None:
+                        await self.send(connection, refused)
             return False
         if self.store.commits != written:  # a real write went through, not an empty commit
             self.store_watch.written()
-        if reply is not None and connection is not None:
-            await self.send(connection, reply)
+        # Everything for one connection goes out in one write: an agent's acknowledgement
+        # and the next task it is assigned, typically.
+        writes: dict[ServerConnection, tuple[str | None, list[bytes]]] = {}
+        frames_sent = self.metrics.frames_sent
+        if connection is not None:
+            replies = [encode(reply) for reply, _ in answers if reply is not None]
+            if replies:
+                writes[connection] = (None, replies)
+                for reply, _ in answers:
+                    if reply is not None:
+                        frames_sent[type(reply)].inc()
         if outbox:
-            encoded: dict[int, str] = {}
+            encoded: dict[int, bytes] = {}
             for agent_id, frame in outbox.pushes:
                 target = self.agent_connections.get(agent_id)
-                if target is None or not self._reading_pushes(agent_id, target):
+                if target is None:
                     continue
-                text = encoded.get(id(frame))
-                if text is None:
-                    text = encoded[id(frame)] = frame.model_dump_json(by_alias=True)
-                broadcast([target], text)
-                self.metrics.frames_sent[type(frame)].inc()
+                data = encoded.get(id(frame))
+                if data is None:
+                    data = encoded[id(frame)] = encode(frame)
+                pending = writes.get(target)
+                if pending is None:
+                    writes[target] = (agent_id, [data])
+                else:
+                    pending[1].append(data)
+                frames_sent[type(frame)].inc()
+        for target, (holder, frames) in writes.items():
+            if self._reading_pushes(target, holder):
+                write_frames(target, frames)
+        if outbox:
             for topic, event in outbox.events:
                 self.pubsub.publish(topic, event)
             self.waiters.resolve(outbox.finished)
@@ -371,10 +416,10 @@ class HubServer:
                 self._wake_at(outbox.wake_at_ms)
         return True
 
-    def _reading_pushes(self, agent_id: str, connection: ServerConnection) -> bool:
+    def _reading_pushes(self, connection: ServerConnection, agent_id: str | None) -> bool:
         """Whether pushes may still be written to an agent's connection.
 
-        Pushes are written without waiting (``broadcast`` has no backpressure), so an
+        Pushes and replies are written without waiting (no backpressure), so an
         agent that stops reading would make the hub buffer every push for it. Past
         ``max_push_buffer_bytes`` unsent, the connection is dropped: the agent reconnects
         like after any drop, and its task is held for the grace period meanwhile.
@@ -387,7 +432,7 @@ class HubServer:
             return True
         logger.warning(
             "agent %s is not reading (%d bytes of pushes unsent); dropping its connection",
-            agent_id, unsent,
+            agent_id or f"at {peer(connection)}", unsent,
         )  # fmt: skip
         transport.abort()
         return False
@@ -423,21 +468,23 @@ class HubServer:
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame; a connection that closed meanwhile is ignored."""
         with contextlib.suppress(ConnectionClosed):
-            await connection.send(frame.model_dump_json(by_alias=True))
+            await send_frames(connection, (encode(frame),))
             self.metrics.frames_sent[type(frame)].inc()
 
-    def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
-        """Write a reply to an operator or dashboard within :attr:`replies`: a client that
-        leaves too much unread is cut off instead (``who`` names it in the log).
+    def send_replies(
+        self, connection: ServerConnection, frames: Sequence[Outbound], who: str
+    ) -> None:
+        """Write replies to an operator or dashboard now, within :attr:`replies`: a client
+        that leaves too much unread is cut off instead (``who`` names it in the log).
 
-        The reply is written without waiting for the client to read it: a request that
-        waited would keep its reply in memory on top of the copy in the write buffer, and
-        the budget, not the wait, is what bounds a client that does not read.
+        The replies are written without waiting for the client to read them: a request
+        that waited would keep its reply in memory on top of the copy in the write buffer,
+        and the budget, not the wait, is what bounds a client that does not read.
         """
-        text = frame.model_dump_json(by_alias=True)
-        if self.replies.admit(connection.transport, len(text), who):
-            broadcast([connection], text)
-            self.metrics.frames_sent[type(frame)].inc()
+        queue = ReplyQueue(connection, self.replies, who, self.metrics.sent)
+        for frame in frames:
+            queue.add(frame)
+        queue.flush()
 
     # --- sweep ----------------------------------------------------------------------
 

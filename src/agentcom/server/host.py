@@ -9,6 +9,7 @@ named here. ``HubServer`` is the one implementation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from agentcom.server.output import ReplyBudget
     from agentcom.server.revocation import RevocationWatch
     from agentcom.server.waiters import TaskWaiters
+
+    Answer = tuple[Outbound | None, Effects | None]
+    """A frame's answer waiting for a commit: its reply, and what its command caused
+    (None: a plain reply, which needs no commit)."""
 
 __all__ = ["SessionHost"]
 
@@ -104,6 +109,14 @@ class SessionHost(Protocol):
         """Commit what is staged, then send ``reply`` and ``effects``; False (after telling
         ``connection``) when the store refused the commit."""
 
+    async def settle_all(
+        self,
+        connection: ServerConnection | None,
+        answers: Sequence[Answer],
+    ) -> bool:
+        """:meth:`settle` for several frames of one connection: one commit, then their
+        replies in order (a reply with None effects is sent even if the commit fails)."""
+
     async def commit(self) -> None:
         """Make what is staged durable, so that a read sees it."""
 
@@ -113,8 +126,11 @@ class SessionHost(Protocol):
     async def send(self, connection: ServerConnection, frame: Outbound) -> None:
         """Send one frame, waiting for the connection to take it."""
 
-    def send_reply(self, connection: ServerConnection, frame: Outbound, who: str) -> None:
-        """Write a reply to an operator or dashboard within the reply budget."""
+    def send_replies(
+        self, connection: ServerConnection, frames: Sequence[Outbound], who: str
+    ) -> None:
+        """Write replies to an operator or dashboard, in one write, within the reply
+        budget."""
 
     def close_in_background(self, connection: ServerConnection, code: int, reason: str) -> None:
         """Start closing ``connection`` without waiting for its peer."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode
 
-__all__ = ["peer", "peer_host", "text_of"]
+__all__ = ["frames_waiting", "peer", "peer_host", "text_of"]
 
 
 async def text_of(connection: ServerConnection, message: str | bytes) -> str | None:
@@ -33,3 +33,14 @@ def peer_host(connection: ServerConnection) -> str | None:
     """The remote host (address) of a connection, None when it is not known."""
     address = connection.remote_address
     return str(address[0]) if address else None
+
+
+def frames_waiting(connection: ServerConnection) -> bool:
+    """Whether a whole message from the peer is already received and waiting to be read.
+
+    Reads websockets' receive buffer (``recv_messages``, the asyncio implementation's
+    frame queue); where that is not available, says no, which only costs batching.
+    """
+    frames = getattr(getattr(connection, "recv_messages", None), "frames", None)
+    queue = getattr(frames, "queue", None)
+    return bool(queue) and queue[0].fin  # type: ignore[index]

@@ -428,6 +428,10 @@ class HubMetrics:
 
     # --- hooks --------------------------------------------------------------------
 
+    def sent(self, kind: type[Outbound]) -> None:
+        """One frame of class ``kind`` written to a client."""
+        self.frames_sent[kind].inc()
+
     def observe_task(self, name: str, task: Task, extra: dict[str, Any]) -> None:
         """One task event of the hub (``Hub.task_observer``)."""
         now = self._server.clock.now_ms()

@@ -17,8 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
-__all__ = ["ReplyBudget"]
+from websockets.asyncio.server import ServerConnection
+
+from agentcom.protocol.common import Outbound
+from agentcom.server.writes import encode, write_frames
+
+__all__ = ["ReplyBudget", "ReplyQueue"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +89,56 @@ class ReplyBudget:
         self._backlogged.discard(transport)
         self.cut_off += 1
         transport.abort()
+
+
+class ReplyQueue:
+    """The replies to one client's requests, admitted by the budget as each is made and
+    written together at the end of the event loop's turn: the answers to many requests
+    that one group commit made durable share one socket write.
+
+    Once ``batch_bytes`` wait, they are written at once, so that large replies are never
+    held here and the budget sees each in the write buffer before admitting the next.
+
+    Args:
+        connection: the client.
+        budget: the hub's reply budget.
+        who: names the client in the log when it is cut off.
+        on_sent: told the type of each reply admitted (for metrics).
+    """
+
+    def __init__(
+        self,
+        connection: ServerConnection,
+        budget: ReplyBudget,
+        who: str,
+        on_sent: Callable[[type[Outbound]], None],
+        batch_bytes: int = 64 * 1024,
+    ) -> None:
+        self._connection = connection
+        self._budget = budget
+        self.who = who
+        self._on_sent = on_sent
+        self._batch_bytes = batch_bytes
+        self._batch: list[bytes] = []
+        self._batched = 0
+
+    def add(self, frame: Outbound) -> None:
+        """Queue a reply (dropped, and the client cut off, when over budget)."""
+        data = encode(frame)
+        if self._batch and self._batched + len(data) > self._batch_bytes:
+            self.flush()
+        if not self._budget.admit(self._connection.transport, self._batched + len(data), self.who):
+            return
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._batch.append(data)
+        self._batched += len(data)
+        self._on_sent(type(frame))
+        if self._batched >= self._batch_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what waits, in one write."""
+        if self._batch:
+            batch, self._batch, self._batched = self._batch, [], 0
+            write_frames(self._connection, batch)

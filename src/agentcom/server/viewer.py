@@ -21,6 +21,8 @@ from agentcom.protocol.outbound import ErrorReply, ValidationFailed
 from agentcom.protocol.task import dumped_task
 from agentcom.pubsub.link import Notice
 from agentcom.server.inbound import peer, text_of
+from agentcom.server.output import ReplyQueue
+from agentcom.server.writes import encode, events_frame, send_frames
 from agentcom.store.base import TaskFilter, TaskPage, task_filter
 
 if TYPE_CHECKING:
@@ -97,7 +99,7 @@ class DashboardSession:
             await self._send_snapshot()
             reader = asyncio.create_task(self._drain_incoming())
             try:
-                await self._stream(subscription, reader)
+                await self._stream(subscription, reader, frame.batch)
             finally:
                 reader.cancel()
         finally:
@@ -109,35 +111,45 @@ class DashboardSession:
         """The state as it stands, read after a commit so that it holds what was announced."""
         await self.server.commit()
         snapshot = ops.Snapshot(**await self.server.hub.views.snapshot())
-        self.server.send_reply(self.connection, snapshot, self.who)
+        self.server.send_replies(self.connection, (snapshot,), self.who)
 
     async def _drain_incoming(self) -> None:
         async for _ in self.connection:
             pass  # viewers only listen; reading keeps the close handshake working
 
-    async def _stream(self, subscription: Subscription, reader: asyncio.Task[None]) -> None:
-        """Send each batch of events, after what the subscription says about its stream:
-        a count of lost events, that other nodes' events may be missing (the link between
-        hub nodes is down), or, when it is back, a fresh snapshot in place of the events
-        queued so far (they are older than it)."""
+    async def _stream(
+        self, subscription: Subscription, reader: asyncio.Task[None], batch: bool
+    ) -> None:
+        """Send each batch of events (as one ``events`` frame when the viewer asked for
+        batches), after what the subscription says about its stream: a count of lost
+        events, that other nodes' events may be missing (the link between hub nodes is
+        down), or, when it is back, a fresh snapshot in place of the events queued so far
+        (they are older than it)."""
         while not reader.done():
             getter = asyncio.ensure_future(subscription.next_batch())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 getter.cancel()
                 return
-            batch, dropped = getter.result()
+            events, dropped = getter.result()
+            if subscription.closed:
+                return
             notice = subscription.take_notice()
             if notice is Notice.resync:
                 await self._send_snapshot()
                 continue
+            frames: list[bytes] = []
             if notice is Notice.events_may_be_missing:
-                missing = ops.EventsDropped(count=0, reason="cluster_link_down")
-                await self.server.send(self.connection, missing)
+                frames.append(encode(ops.EventsDropped(count=0, reason="cluster_link_down")))
             if dropped:
-                await self.server.send(self.connection, ops.EventsDropped(count=dropped))
-            for encoded in batch:
-                await self.connection.send(encoded)
+                frames.append(encode(ops.EventsDropped(count=dropped)))
+            if events:
+                if batch:
+                    frames.append(events_frame(events))
+                else:
+                    frames.extend(events)
+            if frames:
+                await send_frames(self.connection, frames)
 
 
 def _request_id(raw: str | bytes) -> str | None:
@@ -179,6 +191,7 @@ class OperatorSession:
         self.role: Role | None = None
         self.who = "?"  # agent id and role of its token, once authenticated
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._answers: ReplyQueue | None = None  # once authenticated
         self._token_key: str | None = None  # for the revocation watch, once authenticated
 
     async def run(self) -> None:
@@ -192,7 +205,7 @@ class OperatorSession:
                 if raw is None:
                     break
                 if len(self._in_flight) >= _MAX_REQUESTS_IN_FLIGHT:
-                    await self._send(
+                    self._answer(
                         ops.OperatorError(request_id=_request_id(raw), error="too_many_requests")
                     )
                     continue
@@ -207,7 +220,15 @@ class OperatorSession:
             logger.info("operator %s disconnected", self.who)
 
     async def _send(self, frame: Any) -> None:
-        self.server.send_reply(self.connection, frame, f"operator {self.who}")
+        self.server.send_replies(self.connection, (frame,), f"operator {self.who}")
+
+    def _answer(self, frame: Any) -> None:
+        """Answer a request (answers ready in the same turn of the loop share a write)."""
+        if self._answers is None:
+            server = self.server
+            who = f"operator {self.who}"
+            self._answers = ReplyQueue(self.connection, server.replies, who, server.metrics.sent)
+        self._answers.add(frame)
 
     async def _authenticate(self, raw: str | bytes) -> bool:
         try:
@@ -241,28 +262,28 @@ class OperatorSession:
         try:
             request = OPERATOR_DECODER.decode(raw)
         except FrameRejected as rejected:
-            await self._send(_rejection(raw, rejected.reply))
+            self._answer(_rejection(raw, rejected.reply))
             return
         if isinstance(request, ops.Auth):
-            await self._send(ops.OperatorError(request_id=None, error="already_authenticated"))
+            self._answer(ops.OperatorError(request_id=None, error="already_authenticated"))
             return
         try:
             data = await self._perform(request)
         except HubError as error:  # a refused request's effects went with it (Hub.run)
-            await self._send(
+            self._answer(
                 ops.OperatorError(
                     request_id=request.request_id, error=error.code, message=error.message
                 )
             )
             return
         if isinstance(data, TaskPage):
-            await self._send(
+            self._answer(
                 ops.OperatorResult(
                     request_id=request.request_id, data=data.tasks, next_cursor=data.next_cursor
                 )
             )
             return
-        await self._send(ops.OperatorResult(request_id=request.request_id, data=data))
+        self._answer(ops.OperatorResult(request_id=request.request_id, data=data))
 
     async def _perform(self, request: Any) -> Any:
         """Carry out one request; mutations need the admin role and are durable first.

@@ -294,8 +294,9 @@ class SqliteStore:
     # --- writes -----------------------------------------------------------------------
 
     def stage_task(self, task: Task) -> None:
-        """Queue ``task``'s current state for the next commit (last state wins)."""
-        self._staged["task", task.task_id] = (_UPSERT_TASK, task_columns(task))
+        """Queue ``task`` for the next commit: the state it has when that commit starts is
+        written (so a task changed several times before a commit is encoded once)."""
+        self._staged["task", task.task_id] = (_UPSERT_TASK, (task,))
         self._unwritten[task.task_id] = task
 
     def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
@@ -432,7 +433,12 @@ class SqliteStore:
     async def _write_pending(self) -> None:
         try:
             while self._waiters:
-                rows = list(self._staged.items())
+                rows = [
+                    (key, (_UPSERT_TASK, task_columns(params[0])))
+                    if statement is _UPSERT_TASK
+                    else (key, (statement, params))
+                    for key, (statement, params) in self._staged.items()
+                ]
                 self._staged.clear()
                 waiters, self._waiters = self._waiters, []
                 try:
