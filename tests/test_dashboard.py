@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import METADATA, AgentMaker, TokenMaker
+from conftest import METADATA, AgentMaker, TokenMaker, hub_with
 from ollama_standin import OllamaStandin, make_ollama, ollama  # noqa: F401
 from playwright.async_api import (
     Browser,
@@ -29,17 +29,20 @@ from playwright.async_api import (
     async_playwright,
     expect,
 )
+from redisnodes import REDIS_PORT, new_cluster, require_redis
+from tcpproxy import BlackHoleProxy
 
 from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
+from agentcom.hub.auth import hash_token, new_token
 from agentcom.hub.clock import ManualClock
 from agentcom.hub.history import QueueHistory
 from agentcom.hub.tails import ExecutionTails
 from agentcom.server.app import HubServer
 from agentcom.server.http import DASHBOARD_FILES
 from agentcom.server.viewer import AGENT_TOKEN_REFUSED
-from agentcom.store.tokens import delete_token
+from agentcom.store.tokens import delete_token, save_token
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -49,7 +52,7 @@ LAUNCH_ARGS = [
 GIB = 1024**3
 UNKNOWN = "\N{EN DASH}"  # what the page shows for a value it does not have
 
-PageOpener = Callable[[str], Awaitable[Page]]
+PageOpener = Callable[..., Awaitable[Page]]  # (token, hub_url=None)
 
 
 @dataclass
@@ -95,13 +98,13 @@ async def open_dashboard(browser: Browser, http_url: str) -> AsyncIterator[PageO
     contexts: list[BrowserContext] = []
     problems = PageProblems()
 
-    async def open_page(token: str) -> Page:
+    async def open_page(token: str, hub_url: str | None = None) -> Page:
         context = await browser.new_context(viewport={"width": 1280, "height": 900})
         contexts.append(context)
         page = await context.new_page()
         page.on("pageerror", lambda error: problems.messages.append(str(error)))
         page.on("console", problems.on_console)
-        await page.goto(f"{http_url}/dashboard#token={token}")
+        await page.goto(f"{hub_url or http_url}/dashboard#token={token}")
         await expect(page.locator("#connection")).to_have_text("Live")
         return page
 
@@ -678,6 +681,42 @@ async def test_dropped_events_are_counted_and_the_task_table_resyncs(
         assert (await operator.get_task(task_id))["status"] == "queued"
     await expect(page.locator("#status-queued")).to_have_text("3")
     await expect(page.locator("#status-working")).to_have_text("0")
+
+
+async def test_the_page_says_other_nodes_events_may_be_missing_until_it_resyncs(
+    settings: Settings, open_dashboard: PageOpener
+) -> None:
+    # given a hub node whose path to Redis runs through a proxy, and the page open on it
+    require_redis()
+    proxy = await BlackHoleProxy(REDIS_PORT).start()
+    linked = settings.model_copy(
+        update={
+            "db": settings.db.with_name("linked.db"),
+            "pubsub": f"redis://127.0.0.1:{proxy.port}/0",
+            "cluster": new_cluster(),
+            "pubsub_ping_interval_s": 0.2,
+            "pubsub_timeout_s": 0.5,
+            "pubsub_reconnect_max_s": 0.2,
+        }
+    )
+    token = new_token()
+    try:
+        async with hub_with(linked) as hub:
+            save_token(linked.db, "ops", hash_token(token), "admin")
+            page = await open_dashboard(token, hub.url("", websocket=False))
+            notes = page.locator("#dropped")
+
+            # when the path to Redis goes dark
+            proxy.go_dark()
+
+            # then the page says that other nodes' events may be missing
+            await expect(notes).to_have_text("events from other hub nodes may be missing")
+
+            # and once the path is back, the hub sends a snapshot and the note goes
+            proxy.go_light()
+            await expect(notes).to_be_hidden()
+    finally:
+        await proxy.close()
 
 
 async def test_cancel_on_a_queued_task_needs_a_second_click(

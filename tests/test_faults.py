@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hubprocess import HubProcess, run_cli_async, start_hub
 from sidecars import SidecarProcess
+from tcpproxy import BlackHoleProxy
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
@@ -133,75 +134,6 @@ def agent_event(name: str, agent_id: str) -> Callable[[Frame], bool]:
     return lambda event: event.get("event") == name and event.get("agent_id") == agent_id
 
 
-class BlackHoleProxy:
-    """A TCP proxy on loopback that can go dark: from :meth:`go_dark` on it swallows every
-    byte in both directions and closes nothing, as a dead network path does.
-
-    Args:
-        target_port: the hub's port on 127.0.0.1.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.dark = False
-        self.swallowed = 0  # bytes dropped since going dark
-        self.hub_hung_up = asyncio.Event()  # the hub ended one of its connections (FIN or RST)
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._pumps: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> BlackHoleProxy:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        """The agent endpoint, reached through the proxy."""
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}/ws"
-
-    def go_dark(self) -> None:
-        """Stop forwarding; both sockets of every relayed connection stay open."""
-        self.dark = True
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hub_reader, hub_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers += [writer, hub_writer]
-        for source, sink, from_hub in ((reader, hub_writer, False), (hub_reader, writer, True)):
-            pump = asyncio.create_task(self._pump(source, sink, from_hub))
-            self._pumps.add(pump)
-            pump.add_done_callback(self._pumps.discard)
-
-    async def _pump(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, from_hub: bool
-    ) -> None:
-        with contextlib.suppress(OSError):
-            try:
-                while data := await source.read(65536):
-                    if self.dark:
-                        self.swallowed += len(data)
-                        continue
-                    sink.write(data)
-                    await sink.drain()
-            finally:
-                if from_hub:
-                    self.hub_hung_up.set()
-            if not self.dark:  # an end that closed while the path was still up
-                sink.close()
-
-    async def close(self) -> None:
-        """Close every socket (the dark connections end now) and stop listening."""
-        for writer in self._writers:
-            writer.close()
-        for pump in list(self._pumps):
-            pump.cancel()
-        await asyncio.gather(*self._pumps, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 @pytest.fixture
 async def proxies() -> AsyncIterator[list[BlackHoleProxy]]:
     """Proxies a test starts; all are closed at the end (before the hubs are stopped)."""
@@ -209,6 +141,11 @@ async def proxies() -> AsyncIterator[list[BlackHoleProxy]]:
     yield started
     for proxy in started:
         await proxy.close()
+
+
+def agent_url(proxy: BlackHoleProxy) -> str:
+    """The agent endpoint of the hub behind ``proxy``, reached through it."""
+    return f"ws://127.0.0.1:{proxy.port}/ws"
 
 
 async def start_proxy(proxies: list[BlackHoleProxy], hub: HubProcess) -> BlackHoleProxy:
@@ -315,7 +252,7 @@ async def test_a_dark_connection_is_detected_by_keepalive_and_its_task_requeued(
 
     # given a sidecar behind the proxy working on a task, and an idle one
     dark = await connect_agent(
-        proxy.url, "dark", hub.make_token("dark"), closing, capabilities=["gpu"]
+        agent_url(proxy), "dark", hub.make_token("dark"), closing, capabilities=["gpu"]
     )
     task_id = (await operator.submit("compile", needed_capabilities=["gpu"]))["task_id"]
     assert (await dark.receive_type("task_assign"))["task_id"] == task_id
@@ -344,7 +281,7 @@ async def test_a_dark_connection_is_detected_by_keepalive_and_its_task_requeued(
     assert agents["dark"]["state"] == "offline"
     # the hub dropped its end; the sidecar saw nothing: its socket is still open, and its
     # pongs went nowhere
-    await asyncio.wait_for(proxy.hub_hung_up.wait(), timeout=10)
+    await asyncio.wait_for(proxy.target_hung_up.wait(), timeout=10)
     assert dark.connection is not None and dark.connection.state is State.OPEN
     assert proxy.swallowed > 0
     print(
@@ -375,7 +312,12 @@ async def test_the_sweep_drops_several_silent_agents_without_waiting_for_their_c
     tasks: dict[str, str] = {}
     for name in names:
         agent = await connect_agent(
-            proxy.url, name, hub.make_token(name), closing, capabilities=[name], heartbeat_s=0.2
+            agent_url(proxy),
+            name,
+            hub.make_token(name),
+            closing,
+            capabilities=[name],
+            heartbeat_s=0.2,
         )
         task_id = (await operator.submit(f"job for {name}", needed_capabilities=[name]))["task_id"]
         assert (await agent.receive_type("task_assign"))["task_id"] == task_id
@@ -436,7 +378,7 @@ async def test_a_sidecar_reconnecting_past_its_dark_connection_is_identified_at_
     token = hub.make_token("roamer")
 
     # given a sidecar working on a task over a path that then goes dark
-    first = await connect_agent(proxy.url, "roamer", token, closing)
+    first = await connect_agent(agent_url(proxy), "roamer", token, closing)
     task_id = (await operator.submit("long job"))["task_id"]
     assign = await first.receive_type("task_assign")
     await first.send({"type": "task_accepted", "task_id": task_id})

@@ -16,6 +16,7 @@ from conftest import TokenMaker
 from websockets.asyncio.client import connect
 
 from agentcom.config import Settings
+from agentcom.pubsub import Notice
 from agentcom.pubsub.memory import MemoryPubSub
 from agentcom.server.app import HubServer
 
@@ -204,6 +205,40 @@ async def test_dashboard_that_stops_reading_is_told_how_many_events_it_missed(
         assert after - before - 1 == frames[n]["count"]
     # and what followed the last loss is the newest events, the subscriber queue's worth
     assert seqs[-SUBSCRIBER_QUEUE:] == list(range(total - SUBSCRIBER_QUEUE, total))
+
+
+async def test_a_notice_wakes_the_reader_and_the_latest_one_wins() -> None:
+    # given a subscriber waiting for events
+    pubsub = MemoryPubSub(max_queue=10)
+    subscription = pubsub.subscribe(["tasks"])
+    reader = asyncio.ensure_future(subscription.next_batch())
+    await asyncio.sleep(0)
+    assert not reader.done()
+
+    # when it is told that events may be missing, then to re-sync, before it reads
+    pubsub.notify_all(Notice.events_may_be_missing)
+    pubsub.notify_all(Notice.resync)
+
+    # then it wakes with no events, and reads the latest notice once
+    assert await asyncio.wait_for(reader, 1) == ([], 0)
+    assert subscription.take_notice() is Notice.resync
+    assert subscription.take_notice() is None
+
+
+async def test_events_lost_upstream_are_counted_for_the_subscribers_of_their_topic() -> None:
+    # given a subscriber of tasks and one of agents
+    pubsub = MemoryPubSub(max_queue=10)
+    tasks, agents = pubsub.subscribe(["tasks"]), pubsub.subscribe(["agents"])
+
+    # when three task events are reported lost before they reached this process
+    pubsub.missed("tasks", 3)
+    pubsub.publish("agents", {"n": 1})
+
+    # then the tasks subscriber is told of three missed, without the slow-reader metric
+    assert await asyncio.wait_for(tasks.next_batch(), 1) == ([], 3)
+    batch, dropped = await asyncio.wait_for(agents.next_batch(), 1)
+    assert (decoded(batch), dropped) == ([{"n": 1}], 0)
+    assert pubsub.dropped_by_topic == {}
 
 
 async def test_batched_dashboard_gets_the_same_events_in_fewer_frames(

@@ -7,11 +7,15 @@ Precedence, highest first: command-line flags, environment, the TOML file named 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +25,15 @@ from pydantic_settings import (
 
 from agentcom.store.location import POSTGRES_SCHEMES
 
-__all__ = ["Settings", "load_settings", "path_or_postgres_url", "setting_sources", "upper_cased"]
+__all__ = [
+    "NAME_PATTERN",
+    "Settings",
+    "load_settings",
+    "new_node_id",
+    "path_or_postgres_url",
+    "setting_sources",
+    "upper_cased",
+]
 
 
 def upper_cased(value: Any) -> Any:
@@ -42,6 +54,17 @@ def path_or_postgres_url(value: Any) -> Any:
     raise ValueError(
         f"a database is a SQLite file path or a postgresql:// URL, not a {scheme}:// URL"
     )
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+"""The characters of a cluster name and a node id: they go into Redis channel names and
+message headers, so no space, colon or line break."""
+
+
+def new_node_id() -> str:
+    """A node id for a hub started without one: its host name and a random suffix."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "node"
+    return f"{host}-{secrets.token_hex(3)}"
 
 
 class Settings(BaseSettings):
@@ -110,6 +133,81 @@ class Settings(BaseSettings):
         description="Bytes of events buffered per subscriber, counting the batch being sent; "
         "beyond it the oldest are dropped (the newest event is always kept).",
     )
+    pubsub: str = Field(
+        "memory",
+        description="Where events fan out: memory (within this hub process only) or a "
+        "redis:// or rediss:// URL: every hub node of the cluster then sees every node's "
+        "events through that Redis.",
+    )
+    cluster: str = Field(
+        "agentcom",
+        description="The name of this hub's cluster: prefixes every Redis key and channel, "
+        "so several clusters can share one Redis (1 to 48 of A-Z a-z 0-9 _ . -).",
+    )
+    node_id: str = Field(
+        default_factory=new_node_id,
+        description="This hub node's name within its cluster (1 to 128 of A-Z a-z 0-9 _ . -); "
+        "default: the host name and a random suffix, new at every start.",
+    )
+    pubsub_ping_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="With Redis: a PING goes on the listening connection after this long "
+        "without traffic, so that a connection that died silently is noticed.",
+    )
+    pubsub_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="With Redis: connecting, a PING's answer and a batch of outgoing events "
+        "must each take less than this; beyond it the link counts as down and is rebuilt.",
+    )
+    pubsub_reconnect_max_s: float = Field(
+        5.0,
+        gt=0,
+        description="With Redis: the longest wait between two reconnect attempts (they "
+        "start at 0.1 s and double).",
+    )
+    pubsub_outbox_events: int = Field(
+        10_000,
+        ge=1,
+        description="With Redis: events waiting to be sent to the other nodes; beyond it "
+        "(Redis too slow) new ones are dropped and counted, and the other nodes are told.",
+    )
+    pubsub_outbox_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=65536,
+        description="With Redis: bytes of events waiting to be sent to the other nodes; "
+        "beyond it new ones are dropped and counted, and the other nodes are told.",
+    )
+
+    @field_validator("pubsub")
+    @classmethod
+    def _memory_or_redis_url(cls, value: str) -> str:
+        if value == "memory":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError("must be memory or a redis:// or rediss:// URL with a host")
+        try:
+            parts.port  # noqa: B018 (reading it checks it)
+        except ValueError:
+            raise ValueError("the port of the Redis URL must be a number up to 65535") from None
+        return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _short_cluster_name(cls, value: str) -> str:
+        if not 1 <= len(value) <= 48 or not NAME_PATTERN.fullmatch(value):
+            raise ValueError("must be 1 to 48 characters among A-Z a-z 0-9 _ . -")
+        return value
+
+    @field_validator("node_id")
+    @classmethod
+    def _plain_node_id(cls, value: str) -> str:
+        if not 1 <= len(value) <= 128 or not NAME_PATTERN.fullmatch(value):
+            raise ValueError("must be 1 to 128 characters among A-Z a-z 0-9 _ . -")
+        return value
+
     execution_tail_tasks: int = Field(
         20,
         ge=0,

@@ -156,6 +156,21 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db", help="SQLite file or postgresql:// URL (default $AGENTCOM_DB or ./agentcom.db)"
     )
+    parser.add_argument(
+        "--pubsub",
+        help="memory (default) or redis://HOST:PORT/DB: share events with the other hub "
+        "nodes of the cluster through Redis ($AGENTCOM_PUBSUB)",
+    )
+    parser.add_argument(
+        "--cluster",
+        help="cluster name, the prefix of every Redis key and channel (default agentcom; "
+        "$AGENTCOM_CLUSTER)",
+    )
+    parser.add_argument(
+        "--node-id",
+        help="this node's name in the cluster (default: host name and a random suffix; "
+        "$AGENTCOM_NODE_ID)",
+    )
     parser.add_argument("--config", help="TOML settings file (default $AGENTCOM_CONFIG)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument(

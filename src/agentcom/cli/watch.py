@@ -21,8 +21,11 @@ async def watch_events(client: OperatorClient, args: argparse.Namespace) -> int:
     if args.task is not None:
         return await _watch_task(client, args)
     snapshots = 0
+    reconnecting = False
 
     def lost(reason: str) -> None:
+        nonlocal reconnecting
+        reconnecting = True
         say(f"{reason}; reconnecting...")
 
     async for frame in client.follow(args.topic or None, lost):
@@ -30,7 +33,11 @@ async def watch_events(client: OperatorClient, args: argparse.Namespace) -> int:
             print(json.dumps(frame), flush=True)
         elif frame.get("type") == "snapshot":
             snapshots += 1
-            state = "connected" if snapshots == 1 else "reconnected"
+            # A snapshot without a reconnect: the hub's link to the other nodes came back.
+            state = (
+                "connected" if snapshots == 1 else "reconnected" if reconnecting else "re-synced"
+            )
+            reconnecting = False
             agents, depth = len(frame["agents"]), frame["queue"]["depth"]
             print(f"{state}: {agents} agents, queue depth {depth}", flush=True)
         elif frame.get("event") != "agent_seen":  # a heartbeat: noise in a human's stream
@@ -78,6 +85,8 @@ def _describe_event(frame: dict[str, Any]) -> str:
         return f"{stamp} {frame['event']:<18} task {frame['task_id']} agent {agent}{extra}"
     if kind == "agent_event":
         return f"{stamp} {frame['event']:<18} agent {frame['agent_id']}"
+    if kind == "events_dropped" and frame.get("reason") == "cluster_link_down":
+        return f"{stamp} events from other hub nodes may be missing (their link is down)"
     if kind == "events_dropped":
         return f"{stamp} events dropped: {frame['count']}"
     return f"{stamp} {kind} {json.dumps(frame)[:120]}"

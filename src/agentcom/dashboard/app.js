@@ -333,8 +333,11 @@ class Dashboard {
       setAttr(info, "title", startedAt ? `started ${clockTime(startedAt)}` : null);
     }
     const dropped = byId("dropped");
-    dropped.hidden = this.state.dropped === 0;
-    setText(dropped, `${count(this.state.dropped)} events dropped`);
+    const notes = [];
+    if (this.state.dropped) notes.push(`${count(this.state.dropped)} events dropped`);
+    if (this.state.clusterGap) notes.push("events from other hub nodes may be missing");
+    dropped.hidden = notes.length === 0;
+    setText(dropped, notes.join(" · "));
   }
 
   drawLogFilter() {

@@ -140,6 +140,7 @@ export class DashboardState {
     this.validationDrops = [];
     this.history = new MinuteSeries();
     this.dropped = 0;
+    this.clusterGap = false; // the hub lost its link to the other hub nodes: until the next snapshot
     this.snapshots = 0;
     this.clockOffset = 0; // hub time minus browser time
     this.dirty = new Set();
@@ -183,6 +184,7 @@ export class DashboardState {
         break;
       case "events_dropped":
         this.dropped += frame.count;
+        if (frame.reason === "cluster_link_down") this.clusterGap = true;
         this.wantStats = true;
         this.wantList = true;
         this.mark("status");
@@ -195,6 +197,7 @@ export class DashboardState {
   applySnapshot(snapshot) {
     this.clockOffset = snapshot.timestamp - Date.now();
     this.snapshots += 1;
+    this.clusterGap = false; // a snapshot re-syncs what the link's outage may have hidden
     this.agents = new Map(snapshot.agents.map((agent) => [agent.agent_id, { ...agent }]));
     this.endpoints = new Map((snapshot.endpoints || []).map((endpoint) => [endpoint.endpoint_id, endpoint]));
     this.hub = { version: snapshot.version || null, started_at: snapshot.started_at || null };

@@ -347,10 +347,13 @@ class Snapshot(Outbound):
 
 
 class EventsDropped(Outbound):
-    """The subscriber fell behind and lost this many events."""
+    """Events the subscriber will not get: ``count`` lost (it fell behind, or another hub
+    node could not send them), or, with ``reason`` ``cluster_link_down``, an unknown number
+    from other hub nodes from now on, until a new ``snapshot`` re-syncs it."""
 
     type: Literal["events_dropped"] = "events_dropped"
     count: int
+    reason: Literal["cluster_link_down"] | None = None
 
 
 # --- the data of some results -------------------------------------------------------------

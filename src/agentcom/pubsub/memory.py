@@ -15,9 +15,17 @@ from typing import Any
 
 from pydantic_core import to_json
 
-__all__ = ["TOPICS", "MemoryPubSub", "Subscription"]
+from agentcom.pubsub.link import ClusterLink, Notice
+
+__all__ = ["TOPICS", "MemoryPubSub", "Subscription", "encode_event"]
 
 TOPICS = ("tasks", "agents", "validation")
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """``event`` as subscribers receive it: compact UTF-8 JSON (which never holds a raw
+    line break: JSON escapes them in strings)."""
+    return to_json(event)
 
 
 class Subscription:
@@ -49,6 +57,7 @@ class Subscription:
         self._batch_bytes = 0
         self._ready = asyncio.Event()
         self._dropped = 0
+        self._notice: Notice | None = None
         self.closed = False
 
     def offer(self, item: tuple[str, bytes]) -> None:
@@ -67,18 +76,35 @@ class Subscription:
             self._dropped += 1
         self._ready.set()
 
+    def missed(self, count: int) -> None:
+        """Count ``count`` events the subscriber will never get (lost before they reached
+        this process); reported with the next batch like dropped ones."""
+        self._dropped += count
+        self._ready.set()
+
+    def notify(self, notice: Notice) -> None:
+        """Tell the reader ``notice`` with the next batch (it replaces an unread one)."""
+        self._notice = notice
+        self._ready.set()
+
+    def take_notice(self) -> Notice | None:
+        """The notice not yet read, if any; it is read once."""
+        notice, self._notice = self._notice, None
+        return notice
+
     @property
     def queued(self) -> int:
         """Events waiting for the subscriber to read them."""
         return len(self._queue)
 
     async def next_batch(self) -> tuple[list[bytes], int]:
-        """Wait for events; returns them all and how many were dropped since the last call.
+        """Wait for events, a count of missed ones or a notice (:meth:`take_notice`);
+        returns the events and how many were dropped since the last call.
 
         Calling it again means the previous batch was sent: its bytes stop counting.
         """
         self._batch_bytes = 0
-        while not self._queue and not self.closed:
+        while not self._queue and not self._dropped and self._notice is None and not self.closed:
             self._ready.clear()
             await self._ready.wait()
         batch = [encoded for _, encoded in self._queue]
@@ -108,6 +134,17 @@ class MemoryPubSub:
         self.dropped_by_topic: dict[str, int] = {}
         self._subscribers: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
 
+    @property
+    def cluster_link(self) -> ClusterLink | None:
+        """None: events stay within this process."""
+        return None
+
+    async def start(self) -> None:
+        """Nothing runs in the background."""
+
+    async def stop(self) -> None:
+        """Nothing runs in the background."""
+
     def subscribe(self, topics: Iterable[str] | None = None) -> Subscription:
         """A new subscription to ``topics`` (all topics when None)."""
         subscription = Subscription(
@@ -124,11 +161,21 @@ class MemoryPubSub:
         subscription.close()
 
     def publish(self, topic: str, event: dict[str, Any]) -> int:
-        """Offer ``event`` to every subscriber of ``topic``; returns how many got it."""
+        """Offer ``event`` to every subscriber of ``topic``; returns how many got it.
+
+        The event is encoded only when someone subscribes to ``topic``.
+        """
+        if not self._subscribers.get(topic):
+            return 0
+        return self.offer(topic, encode_event(event))
+
+    def offer(self, topic: str, encoded: bytes) -> int:
+        """Offer an event already encoded (:func:`encode_event`) to every subscriber of
+        ``topic``; returns how many got it."""
         subscribers = self._subscribers.get(topic)
         if not subscribers:
             return 0
-        item = (topic, to_json(event))
+        item = (topic, encoded)
         for subscription in subscribers:
             subscription.offer(item)
         return len(subscribers)
@@ -140,3 +187,14 @@ class MemoryPubSub:
     def subscriber_count(self) -> int:
         """Distinct live subscriptions."""
         return len(self.subscriptions())
+
+    def notify_all(self, notice: Notice) -> None:
+        """Give every live subscription ``notice``."""
+        for subscription in self.subscriptions():
+            subscription.notify(notice)
+
+    def missed(self, topic: str, count: int) -> None:
+        """Tell every subscriber of ``topic`` that ``count`` events of it were lost before
+        they reached this process."""
+        for subscription in self._subscribers.get(topic, ()):
+            subscription.missed(count)

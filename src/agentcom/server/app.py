@@ -30,7 +30,7 @@ from agentcom.hub.hub import Effects, Hub
 from agentcom.hub.limits import ViolationTracker
 from agentcom.protocol.common import Outbound
 from agentcom.protocol.outbound import ErrorReply
-from agentcom.pubsub.memory import MemoryPubSub
+from agentcom.pubsub import PubSub, make_pubsub
 from agentcom.server.agent import AgentSession
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
@@ -85,7 +85,7 @@ class HubServer:
         self._database_open = False
         self._ready = asyncio.Event()  # set once state is restored, or once start failed
         self._restored = False
-        self.pubsub = MemoryPubSub(settings.subscriber_queue, settings.subscriber_queue_bytes)
+        self.pubsub: PubSub = make_pubsub(settings, self.clock)
         self.violations = ViolationTracker(self.clock)
         self.guard = Guard(
             self.clock,
@@ -211,6 +211,7 @@ class HubServer:
             self.settings.max_unauthenticated_connections,
             self.settings.max_connections_per_address,
         )  # fmt: skip
+        await self.pubsub.start()  # connects in the background: a Redis outage delays nothing
         self._restored = True
         self._ready.set()
         if self._run_sweeps:
@@ -310,6 +311,7 @@ class HubServer:
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
         self.accept_failures.uninstall()
+        await self.pubsub.stop()  # after the sessions: their last events go out first
         if not self._database_open:  # never started: nothing to flush
             return
         self.hub.recovery.stage_recent_activity()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from agentcom.hub.hub import Effects, Hub
     from agentcom.hub.limits import ViolationTracker
     from agentcom.protocol.common import Outbound
-    from agentcom.pubsub.memory import MemoryPubSub
+    from agentcom.pubsub.base import PubSub
     from agentcom.server.guard import Guard
     from agentcom.server.metrics import HubMetrics
     from agentcom.server.output import ReplyBudget
@@ -69,7 +69,7 @@ class SessionHost(Protocol):
         """Protocol violations of agents, and their cooldowns."""
 
     @property
-    def pubsub(self) -> MemoryPubSub:
+    def pubsub(self) -> PubSub:
         """Topic fan-out to dashboards."""
 
     @property

@@ -160,7 +160,9 @@ class HttpRoutes:
         """Liveness and headline figures (no authentication).
 
         ``status`` is ``degraded`` while the database cannot be written (``store`` says
-        ``failing``): the hub answers, but refuses new work.
+        ``failing``): the hub answers, but refuses new work. ``pubsub`` says where events
+        fan out and, with Redis, whether the link to the other nodes is up and since when;
+        a Redis outage leaves ``status`` alone (tasks keep flowing).
         """
         hub = self.server.hub
         now = self.server.clock.now_ms()
@@ -174,6 +176,19 @@ class HttpRoutes:
             "uptime_s": round((now - hub.started_at) / 1000, 3),
             "agents_connected": len(hub.presence.connected()),
             "queue_depth": hub.queue.queued_count(),
+            "pubsub": self._pubsub_health(),
+        }
+
+    def _pubsub_health(self) -> dict[str, Any]:
+        link = self.server.pubsub.cluster_link
+        if link is None:
+            return {"kind": "memory"}
+        return {
+            "kind": link.kind,
+            "cluster": link.cluster,
+            "node_id": link.node_id,
+            "state": "connected" if link.connected else "disconnected",
+            "since": link.since_ms,
         }
 
     async def api(self, path: str, query: dict[str, list[str]]) -> Response:

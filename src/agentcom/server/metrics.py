@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from agentcom.hub.clock import Clock
     from agentcom.hub.hub import Hub
     from agentcom.protocol.outbound import ErrorReply
-    from agentcom.pubsub.memory import MemoryPubSub
+    from agentcom.pubsub.base import PubSub
     from agentcom.server.guard import Guard
     from agentcom.server.output import ReplyBudget
     from agentcom.server.sockets import AcceptFailureLog
@@ -310,7 +310,7 @@ class MetricsSource(Protocol):
         """Whether the last write failed."""
 
     @property
-    def pubsub(self) -> MemoryPubSub:
+    def pubsub(self) -> PubSub:
         """Subscriptions and their drops."""
 
     @property
@@ -601,8 +601,37 @@ class _StateCollector(Collector):
         for topic, count in sorted(server.pubsub.dropped_by_topic.items()):
             dropped.add_metric((topic,), count)
         yield dropped
+        yield from _cluster_figures(server)
         yield from _connection_figures(server)
         yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", server.waiters.count())
+
+
+def _cluster_figures(server: MetricsSource) -> Iterator[Metric]:
+    """The link to the other hub nodes, when events go through Redis."""
+    link = server.pubsub.cluster_link
+    if link is None:
+        return
+    yield _gauge(
+        "agentcom_cluster_link_up",
+        "1 while the link to the other hub nodes (Redis) is up, 0 while it is down.",
+        int(link.connected),
+    )
+    yield _counter(
+        "agentcom_cluster_events_sent", "Events of this node sent to the other nodes.", link.sent
+    )
+    yield _counter(
+        "agentcom_cluster_events_received",
+        "Events of other nodes delivered to this node's subscribers.",
+        link.received,
+    )
+    yield _counter(
+        "agentcom_cluster_events_dropped",
+        "Events of this node not sent to the other nodes (link down, or Redis too slow).",
+        link.dropped,
+    )
+    yield _counter(
+        "agentcom_cluster_link_losses", "Times the link to the other nodes went down.", link.losses
+    )
 
 
 def _connection_figures(server: MetricsSource) -> Iterator[Metric]:

@@ -19,12 +19,14 @@ from agentcom.protocol import operator as ops
 from agentcom.protocol.errors import FrameDecoder, FrameRejected
 from agentcom.protocol.outbound import ErrorReply, ValidationFailed
 from agentcom.protocol.task import dumped_task
+from agentcom.pubsub.link import Notice
 from agentcom.server.inbound import peer, text_of
 from agentcom.server.output import ReplyQueue
 from agentcom.server.writes import encode, events_frame, send_frames
 from agentcom.store.base import TaskFilter, TaskPage, task_filter
 
 if TYPE_CHECKING:
+    from agentcom.pubsub.memory import Subscription
     from agentcom.server.host import SessionHost
 
 __all__ = ["AGENT_TOKEN_REFUSED", "DashboardSession", "OperatorSession"]
@@ -65,6 +67,7 @@ class DashboardSession:
     def __init__(self, server: SessionHost, connection: ServerConnection) -> None:
         self.server = server
         self.connection = connection
+        self.who = "dashboard ?"  # its token's agent id and role, once subscribed
 
     async def run(self) -> None:
         """Authenticate, send the snapshot, stream events; drops are reported."""
@@ -91,10 +94,9 @@ class DashboardSession:
         server.guard.authenticated(self.connection)
         subscription = server.pubsub.subscribe(frame.topics)
         token_key = server.revocations.track(frame.token, self.connection)
+        self.who = f"dashboard {who}"
         try:
-            await server.commit()
-            snapshot = ops.Snapshot(**await server.hub.views.snapshot())
-            server.send_replies(self.connection, (snapshot,), f"dashboard {who}")
+            await self._send_snapshot()
             reader = asyncio.create_task(self._drain_incoming())
             try:
                 await self._stream(subscription, reader, frame.batch)
@@ -105,11 +107,24 @@ class DashboardSession:
             server.pubsub.unsubscribe(subscription)
             logger.info("dashboard %s disconnected", who)
 
+    async def _send_snapshot(self) -> None:
+        """The state as it stands, read after a commit so that it holds what was announced."""
+        await self.server.commit()
+        snapshot = ops.Snapshot(**await self.server.hub.views.snapshot())
+        self.server.send_replies(self.connection, (snapshot,), self.who)
+
     async def _drain_incoming(self) -> None:
         async for _ in self.connection:
             pass  # viewers only listen; reading keeps the close handshake working
 
-    async def _stream(self, subscription: Any, reader: asyncio.Task[None], batch: bool) -> None:
+    async def _stream(
+        self, subscription: Subscription, reader: asyncio.Task[None], batch: bool
+    ) -> None:
+        """Send each batch of events (as one ``events`` frame when the viewer asked for
+        batches), after what the subscription says about its stream: a count of lost
+        events, that other nodes' events may be missing (the link between hub nodes is
+        down), or, when it is back, a fresh snapshot in place of the events queued so far
+        (they are older than it)."""
         while not reader.done():
             getter = asyncio.ensure_future(subscription.next_batch())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -117,16 +132,24 @@ class DashboardSession:
                 getter.cancel()
                 return
             events, dropped = getter.result()
-            if not events and not dropped:
-                continue  # the subscription closed: the reader ends the loop
+            if subscription.closed:
+                return
+            notice = subscription.take_notice()
+            if notice is Notice.resync:
+                await self._send_snapshot()
+                continue
             frames: list[bytes] = []
+            if notice is Notice.events_may_be_missing:
+                frames.append(encode(ops.EventsDropped(count=0, reason="cluster_link_down")))
             if dropped:
                 frames.append(encode(ops.EventsDropped(count=dropped)))
-            if batch:
-                frames.append(events_frame(events))
-            else:
-                frames.extend(events)
-            await send_frames(self.connection, frames)
+            if events:
+                if batch:
+                    frames.append(events_frame(events))
+                else:
+                    frames.extend(events)
+            if frames:
+                await send_frames(self.connection, frames)
 
 
 def _request_id(raw: str | bytes) -> str | None:
