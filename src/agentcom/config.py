@@ -2,6 +2,9 @@
 
 Precedence, highest first: command-line flags, environment, the TOML file named by
 ``AGENTCOM_CONFIG`` (or ``--config``), then the defaults below.
+
+Longer than most modules because every setting is declared here with its default, bounds
+and help text (``config show`` and docs/configuration.md read them from this one model).
 """
 
 from __future__ import annotations

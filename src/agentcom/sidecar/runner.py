@@ -26,6 +26,10 @@ killed and ``task_recovering`` is sent after every identify until the hub answer
 This module is longer than most because these steps share one piece of state, the task
 held and its record, and each must see what the others did to it; the executors, the
 state directory and the reconciliation already live in modules of their own.
+
+The module is a little over the usual size because the loop's steps share the state
+directory and the connection; each executor, the reconcile step and the logs live
+elsewhere.
 """
 
 from __future__ import annotations
