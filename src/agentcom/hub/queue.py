@@ -217,7 +217,7 @@ class TaskQueue:
         now = self._clock.now_ms()
         task.status = status
         task.updated_at = now
-        task.history.append(HistoryEntry(status=status.value, at=now, detail=detail))
+        task.history.append(HistoryEntry(status=status._value_, at=now, detail=detail))
         if len(task.history) > self._history_cap:
             del task.history[: len(task.history) - self._history_cap]
         self._store.stage_task(task)

@@ -177,8 +177,8 @@ def task_transition_event(
         "task_id": task.task_id,
         "agent_id": task.assigned_to,
         "timestamp": timestamp,
-        "status": task.status.value,
-        "priority": task.priority.value,
+        "status": task.status._value_,  # the plain str, without the slow `.value`
+        "priority": task.priority._value_,
         "generation": task.generation,
     }
     built.update(extra)

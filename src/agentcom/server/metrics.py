@@ -443,13 +443,15 @@ class HubMetrics:
             self.run_time["failed"].observe(_seconds(_started_at(task), now) or 0.0)
             self.agent_tasks[self._agent_label(task.assigned_to or NONE), "failed"].inc()
             return
+        # Statuses, priorities, tiers and targets are StrEnums: each is its own label value
+        # (equal to it, with the same hash), without the cost of reading ``.value``.
         decision = task.routing_decision
-        tier = decision.effective_tier.value if decision is not None else NONE
-        target = decision.target_type.value if decision is not None else NONE
-        self.transitions[task.status.value, task.priority.value, tier, target].inc()
+        tier = decision.effective_tier if decision is not None else NONE
+        target = decision.target_type if decision is not None else NONE
+        self.transitions[task.status, task.priority, tier, target].inc()
         if name == "task_assigned":
             wait = _seconds(_queued_since(task), task.assigned_at or now)
-            self.queue_wait[task.priority.value].observe(wait or 0.0)
+            self.queue_wait[task.priority].observe(wait or 0.0)
         elif name == "task_accepted":
             self.accept_delay.observe(_seconds(task.assigned_at, now) or 0.0)
         elif name == "task_completed":
@@ -459,9 +461,9 @@ class HubMetrics:
         elif name == "task_dead_letter":
             reason = "retries_exhausted" if task.max_retries else "no_retries"
             self.dead_letters[reason].inc()
-            self.end_to_end[task.status.value].observe(_seconds(task.created_at, now) or 0.0)
+            self.end_to_end[task.status].observe(_seconds(task.created_at, now) or 0.0)
         elif name == "task_cancelled":
-            self.end_to_end[task.status.value].observe(_seconds(task.created_at, now) or 0.0)
+            self.end_to_end[task.status].observe(_seconds(task.created_at, now) or 0.0)
         elif name in ("task_requeued", "task_reclaimed"):
             cause = requeue_cause(str(extra.get("reason", "")))
             if cause == "rejected":
@@ -471,7 +473,7 @@ class HubMetrics:
 
     def _completed(self, task: Task, now: int) -> None:
         self.run_time["completed"].observe(_seconds(_started_at(task), now) or 0.0)
-        self.end_to_end[task.status.value].observe(_seconds(task.created_at, now) or 0.0)
+        self.end_to_end[task.status].observe(_seconds(task.created_at, now) or 0.0)
         self.agent_tasks[self._agent_label(task.assigned_to or NONE), "completed"].inc()
         execution = task.execution
         if execution is None:

@@ -56,8 +56,8 @@ def task_fields(task: Task) -> TaskFields:
     execution = task.execution
     return (
         task.task_id,
-        task.status.value,
-        task.priority.value,
+        task.status._value_,  # the plain str (`.value` is a slow descriptor)
+        task.priority._value_,
         task.assigned_to,
         task.generation,
         execution.model_used if execution else None,
