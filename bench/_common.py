@@ -226,14 +226,15 @@ def hub_metrics(base_url: str) -> dict[str, float]:
 # --- tokens ------------------------------------------------------------------------------
 
 
-def make_token(db: Path, agent_id: str, role: str) -> str:
-    """A new token for ``agent_id`` with ``role``, written to ``db`` as the CLI does."""
+def make_token(db: Path | str, agent_id: str, role: str) -> str:
+    """A new token for ``agent_id`` with ``role``, written to ``db`` (a SQLite file or a
+    PostgreSQL URL, whose tables it creates when missing) as the CLI does."""
     token = new_token()
     save_token(db, agent_id, hash_token(token), role)
     return token
 
 
-def make_tokens(db: Path, agents: int) -> tuple[list[tuple[str, str]], str]:
+def make_tokens(db: Path | str, agents: int) -> tuple[list[tuple[str, str]], str]:
     """One agent token per sidecar and one admin token, written to ``db``."""
     pairs = [
         (f"bench-agent-{number:03d}", make_token(db, f"bench-agent-{number:03d}", "agent"))

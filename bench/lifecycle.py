@@ -76,6 +76,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,63 @@ from _common import (
     thread_cpu_seconds,
     wait_for_idle_agents,
 )
+from _postgres import ScratchDatabase, backend_cpu_used
 from _relay import ROUND_TRIPS_PER_TASK, compare_with_relay, drive_echo, measure_relay, serve_echo
 
 from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.hub.queue import new_task_id
+from agentcom.store.location import is_postgres_url, shown
 
 NO_OP_TASK: dict[str, Any] = {"complexity_tier": "trivial", "metadata": {"shell_command": "true"}}
+
+SQLITE, POSTGRESQL = "sqlite", "postgresql"  # the databases a run can be on
+
+
+def _figure(*keys: str) -> Callable[[dict[str, Any]], Any]:
+    """Reads a run's figure by its path of keys (None where missing)."""
+
+    def read(figures: dict[str, Any]) -> Any:
+        value: Any = figures
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    return read
+
+
+# The figures compared between the databases: key in "comparison", label, where in a run.
+COMPARED: tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("tasks_per_s", "tasks/s", _figure("tasks_per_s")),
+    ("hub_cpu_ms_per_task", "hub CPU ms/task", _figure("hub_cpu_ms_per_task")),
+    ("database_cpu_ms_per_task", "PG server CPU ms/task", _figure("database_cpu_ms_per_task")),
+    (
+        "hub_and_database_cpu_ms_per_task",
+        "hub + database CPU ms/task",
+        _figure("hub_and_database_cpu_ms_per_task"),
+    ),
+    ("submit_to_assign_p50_ms", "submit->assign p50 ms", _figure("submit_to_assign", "p50_ms")),
+    ("submit_to_assign_p99_ms", "submit->assign p99 ms", _figure("submit_to_assign", "p99_ms")),
+    (
+        "submit_to_complete_p50_ms",
+        "submit->complete p50 ms",
+        _figure("submit_to_complete", "p50_ms"),
+    ),
+    (
+        "submit_to_complete_p99_ms",
+        "submit->complete p99 ms",
+        _figure("submit_to_complete", "p99_ms"),
+    ),
+    ("store_commits", "store commits", _figure("store_commits")),
+    ("tasks_per_commit", "tasks per commit", _figure("tasks_per_commit")),
+    ("hub_peak_rss_mib", "hub peak RSS MiB", _figure("hub_peak_rss_mib")),
+    ("events_dropped", "dashboard events dropped", _figure("events_dropped")),
+    (
+        "other_processes_cpu_percent",
+        "other processes % of a core",
+        _figure("other_processes_cpu_percent"),
+    ),
+)
 
 
 # --- sidecars (a subprocess: --sidecars) -----------------------------------------------
@@ -143,7 +194,7 @@ async def answer_with_no_op(client: AgentClient, frame: dict[str, Any]) -> None:
 # --- profiled hub (a subprocess: --serve-profiled) -------------------------------------
 
 
-async def serve_until_stopped(db: Path, host: str, profile_out: Path) -> None:
+async def serve_until_stopped(db: Path | str, host: str, profile_out: Path) -> None:
     """Run a hub under cProfile until SIGTERM/SIGINT, then write the profile."""
     import cProfile
 
@@ -295,14 +346,52 @@ async def wait_until_done(
             return
 
 
+def hub_command(script: str, db: Path | str, profile_out: Path | None) -> list[str]:
+    """How to start the hub on ``db``: ``agentcom serve``, or this script's profiled hub."""
+    if profile_out is not None:
+        return [
+            sys.executable,
+            script,
+            "--serve-profiled",
+            "--db",
+            str(db),
+            "--profile-out",
+            str(profile_out),
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "agentcom.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--db",
+        str(db),
+        "--log-level",
+        "WARNING",
+    ]
+
+
+def profile_path(profile_hub: str | None, database: str) -> Path | None:
+    """Where the profiled hub on ``database`` saves its profile: ``--profile-hub`` for
+    SQLite, with ``.postgresql`` appended for PostgreSQL."""
+    if profile_hub is None:
+        return None
+    path = Path(profile_hub).resolve()
+    return path if database == SQLITE else path.with_name(f"{path.name}.{database}")
+
+
 async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Set up, run, measure and tear down; returns the figures."""
+    """Set up, run on each database, measure and tear down; returns the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="agentcom-bench-", dir=args.workdir))
-    db = workdir / "hub.db"
     children = Children()
     script = str(Path(__file__).resolve())
+    scratch: ScratchDatabase | None = None
     try:
-        agents, admin = make_tokens(db, args.agents)
+        if args.pg:  # first, so that a URL that does not work fails before the runs
+            scratch = ScratchDatabase(args.pg)
         relay = None
         if args.relay_seconds:
             connections = args.agents + args.operators
@@ -310,57 +399,80 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             relay = await measure_relay(
                 children, workdir, script, connections, frame, args.relay_seconds
             )
-        if args.profile_hub:
-            command = [
-                sys.executable,
-                script,
-                "--serve-profiled",
-                "--db",
-                str(db),
-                "--profile-out",
-                str(Path(args.profile_hub).resolve()),
-            ]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "agentcom.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--db",
-                str(db),
-                "--log-level",
-                "WARNING",
-            ]
-        hub = await children.start_hub(command, workdir / "hub.log")
-        spec = workdir / "sidecars.json"
-        spec.write_text(json.dumps({"url": hub.ws_url, "agents": agents}))
-        sidecars = await children.start_worker(
-            "sidecars",
-            [sys.executable, script, "--sidecars", "--spec", str(spec)],
-            workdir / "sidecars.log",
-        )
-        await sidecars.wait_ready(90)
-        figures = await drive(args, hub.http_url, admin, hub.process.pid, sidecars.process.pid)
-        figures.update(compare_with_relay(figures["tasks_per_s"], relay))
-        figures["sidecars"] = await sidecars.finish()
-        figures["workdir"] = str(workdir)
-        return figures
+        runs = {SQLITE: await run_on(args, children, workdir, script, workdir / "hub.db", None)}
+        if scratch is not None:
+            runs[POSTGRESQL] = await run_on(args, children, workdir, script, scratch.url, scratch)
+        for figures in runs.values():
+            figures.update(compare_with_relay(figures["tasks_per_s"], relay))
+        report = dict(runs[SQLITE])
+        report["runs"] = runs
+        report["comparison"] = compare_runs(runs) if len(runs) > 1 else None
+        report["workdir"] = str(workdir)
+        return report
     finally:
         await children.stop_all()
+        if scratch is not None:
+            drop_scratch(scratch)
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def drive(
-    args: argparse.Namespace, hub_url: str, admin: str, hub_pid: int, sidecars_pid: int
+def drop_scratch(scratch: ScratchDatabase) -> None:
+    """Drop the PostgreSQL database of the run; says so on stderr when it cannot."""
+    try:
+        scratch.drop()
+    except Exception as exc:  # the run's own outcome matters more: report and go on
+        print(
+            f"could not drop PostgreSQL database {scratch.name}: {exc}; drop it by hand",
+            file=sys.stderr,
+        )
+
+
+async def run_on(
+    args: argparse.Namespace,
+    children: Children,
+    workdir: Path,
+    script: str,
+    db: Path | str,
+    scratch: ScratchDatabase | None,
 ) -> dict[str, Any]:
-    """Submit and observe the tasks; collect every figure while the hub still runs."""
+    """The workload on a hub serving ``db`` (PostgreSQL when ``scratch`` is given), every
+    child stopped at the end; the run's figures."""
+    database = POSTGRESQL if scratch is not None else SQLITE
+    suffix = "" if database == SQLITE else f"-{database}"
+    if not args.quiet:
+        print(f"running on {database}", file=sys.stderr, flush=True)
+    agents, admin = make_tokens(db, args.agents)
+    command = hub_command(script, db, profile_path(args.profile_hub, database))
+    hub = await children.start_hub(command, workdir / f"hub{suffix}.log")
+    spec = workdir / f"sidecars{suffix}.json"
+    spec.write_text(json.dumps({"url": hub.ws_url, "agents": agents}))
+    sidecars = await children.start_worker(
+        "sidecars",
+        [sys.executable, script, "--sidecars", "--spec", str(spec)],
+        workdir / f"sidecars{suffix}.log",
+    )
+    await sidecars.wait_ready(90)
+    figures = await drive(args, hub.http_url, admin, hub.process.pid, sidecars.process.pid, scratch)
+    figures["sidecars"] = await sidecars.finish()
+    await children.stop_all()
+    figures["database"] = database
+    figures["database_location"] = shown(db)
+    return figures
+
+
+async def drive(
+    args: argparse.Namespace,
+    hub_url: str,
+    admin: str,
+    hub_pid: int,
+    sidecars_pid: int,
+    scratch: ScratchDatabase | None,
+) -> dict[str, Any]:
+    """Submit and observe the tasks; collect every figure while the hub still runs (with
+    ``scratch``, the CPU of the PostgreSQL processes serving its database too)."""
     seen = Observations(expected=args.tasks)
     subscribed, done = asyncio.Event(), asyncio.Event()
     confirmed: list[float] = []
@@ -373,6 +485,7 @@ async def drive(
         background.append(asyncio.create_task(watch_tasks(operators[0], seen, subscribed, done)))
         async with asyncio.timeout(30):
             await subscribed.wait()
+        backends_before = scratch.backend_cpu() if scratch is not None else {}
         cpu_before = cpu_sample({"hub": hub_pid, "sidecars": sidecars_pid})
         threads_before = thread_cpu_seconds(hub_pid)
         start = time.perf_counter()
@@ -393,6 +506,7 @@ async def drive(
         finished = time.perf_counter()
         cpu_after = cpu_sample({"hub": hub_pid, "sidecars": sidecars_pid})
         threads_after = thread_cpu_seconds(hub_pid)
+        backends_after = scratch.backend_cpu() if scratch is not None else {}
         stats = await operators[0].request("stats")
     finally:
         for task in background:
@@ -403,6 +517,9 @@ async def drive(
     for name in threads_before:
         cpu_before[f"hub_{name}"] = threads_before[name]
         cpu_after[f"hub_{name}"] = threads_after[name]
+    if scratch is not None:  # None: the server's processes are not on this machine
+        cpu_before["postgres"] = 0.0
+        cpu_after["postgres"] = backend_cpu_used(backends_before, backends_after)
     return summarize(
         args, seen, stats, metrics, cpu_before, cpu_after, start, finished, confirmed, hub_pid
     )
@@ -429,8 +546,12 @@ def summarize(
     to_assign = [seen.assigned[t] - sent for t, sent in seen.sent.items() if t in seen.assigned]
     to_complete = [seen.completed[t] - sent for t, sent in seen.sent.items() if t in seen.completed]
     round_trip = [seen.replied[t] - sent for t, sent in seen.sent.items()]
-    cpu, other_load = cpu_used(cpu_before, cpu_after, wall_s, ("hub", "sidecars", "driver"))
+    cpu, other_load = cpu_used(
+        cpu_before, cpu_after, wall_s, ("hub", "sidecars", "driver", "postgres")
+    )
     commits = metrics.get("agentcom_store_commits_total")
+    # SQLite works inside the hub's process; PostgreSQL in the server's own processes.
+    with_database = ("hub", "postgres") if "postgres" in cpu_before else ("hub",)
     return {
         "agentcom_version": __version__,
         "source_revision": source_revision(),
@@ -465,11 +586,31 @@ def summarize(
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
         "store_commits": commits,
         "tasks_per_commit": round(completed / commits, 2) if commits else None,
-        "hub_cpu_ms_per_task": round(1000 * cpu["hub"]["seconds"] / completed, 3)
-        if completed and "hub" in cpu
-        else None,
+        "hub_cpu_ms_per_task": per_task_ms(cpu, ("hub",), completed),
+        "database_cpu_ms_per_task": per_task_ms(cpu, ("postgres",), completed),
+        "hub_and_database_cpu_ms_per_task": per_task_ms(cpu, with_database, completed),
         "frames_received_by_hub": metrics.get("agentcom_frames_received_total"),
     }
+
+
+def per_task_ms(
+    cpu: dict[str, dict[str, float]], names: tuple[str, ...], tasks: int
+) -> float | None:
+    """Milliseconds of CPU the processes ``names`` used per task (None unless all measured)."""
+    if not tasks or any(name not in cpu for name in names):
+        return None
+    return round(1000 * sum(cpu[name]["seconds"] for name in names) / tasks, 3)
+
+
+def compare_runs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The main figures of each run side by side, with PostgreSQL's over SQLite's."""
+    compared = {}
+    for name, _label, read in COMPARED:
+        values = {database: read(figures) for database, figures in runs.items()}
+        sqlite, postgresql = values.get(SQLITE), values.get(POSTGRESQL)
+        ratio = round(postgresql / sqlite, 3) if sqlite and postgresql is not None else None
+        compared[name] = {**values, "postgresql_over_sqlite": ratio}
+    return compared
 
 
 def cpu_text(cpu: dict[str, dict[str, float]]) -> str:
@@ -479,8 +620,18 @@ def cpu_text(cpu: dict[str, dict[str, float]]) -> str:
     )
 
 
-def print_text(figures: dict[str, Any]) -> None:
-    """The human-readable report."""
+def print_text(report: dict[str, Any]) -> None:
+    """The human-readable report: each run, the comparison, the relay baseline."""
+    runs = report["runs"]
+    for figures in runs.values():
+        print_run(figures)
+    if report["comparison"] is not None:
+        print_comparison(report["comparison"], list(runs))
+    print_relay(report)
+
+
+def print_run(figures: dict[str, Any]) -> None:
+    """One run's figures."""
 
     def latency(name: str) -> str:
         data = figures[name]
@@ -492,7 +643,7 @@ def print_text(figures: dict[str, Any]) -> None:
     rate = figures["rate_limit_per_s"] or "unlimited"
     print(
         f"agentcom {figures['agentcom_version']} ({figures['source_revision']}) lifecycle bench "
-        f"on {figures['cpus']} CPUs: "
+        f"on {figures['cpus']} CPUs, {figures['database']} ({figures['database_location']}): "
         f"N={figures['agents']} agents, M={figures['tasks']} tasks, "
         f"{figures['operators']}x{figures['window_per_operator']} submits in flight, rate {rate}"
     )
@@ -517,7 +668,13 @@ def print_text(figures: dict[str, Any]) -> None:
         f"{figures['hub_rss_end_mib']} MiB)"
     )
     print(f"  CPU during run      {cpu_text(figures['cpu'])}")
-    print(f"  hub CPU per task    {figures['hub_cpu_ms_per_task']} ms")
+    per_task = f"  hub CPU per task    {figures['hub_cpu_ms_per_task']} ms"
+    if figures["database"] == POSTGRESQL:
+        per_task += (
+            f"; PostgreSQL server {figures['database_cpu_ms_per_task']} ms; together "
+            f"{figures['hub_and_database_cpu_ms_per_task']} ms"
+        )
+    print(per_task)
     other = figures["other_processes_cpu_percent"]
     print(
         f"  other processes     {other}% of one core during the run; load average at end "
@@ -538,22 +695,42 @@ def print_text(figures: dict[str, Any]) -> None:
     )
     if figures["submit_errors"]:
         print(f"  submit errors       {figures['submit_errors']}")
+    if figures["hub_to_relay_ratio"] is not None:
+        print(f"  hub to relay ratio  {figures['hub_to_relay_ratio']} (relay baseline below)")
+
+
+def print_comparison(comparison: dict[str, dict[str, Any]], databases: list[str]) -> None:
+    """The runs' main figures side by side, with PostgreSQL's over SQLite's."""
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    print(" vs ".join(databases))
+    print(f"  {'':28}" + "".join(f"{name:>12}" for name in databases) + f"{'pg/sqlite':>12}")
+    for key, label, _read in COMPARED:
+        row = comparison[key]
+        values = "".join(f"{cell(row[name]):>12}" for name in databases)
+        print(f"  {label:28}{values}{cell(row['postgresql_over_sqlite']):>12}")
+
+
+def print_relay(figures: dict[str, Any]) -> None:
+    """The bare relay baseline, when it ran."""
     relay = figures["relay"]
-    if relay is not None:
-        print(
-            f"  bare relay          {figures['relay_round_trips_per_s']} round trips/s "
-            f"({relay['frame_bytes']}-byte frames, {relay['connections']} connections, "
-            f"{relay['seconds']} s)"
-        )
-        print(
-            f"  relay CPU           {cpu_text(relay['cpu'])}; other processes "
-            f"{relay['other_processes_cpu_percent']}%"
-        )
-        print(
-            f"  relay ceiling       {figures['relay_ceiling_tasks_per_s']} tasks/s "
-            f"({ROUND_TRIPS_PER_TASK} round trips a task); hub at "
-            f"{figures['hub_to_relay_ratio']} of it"
-        )
+    if relay is None:
+        return
+    print(
+        f"bare relay            {figures['relay_round_trips_per_s']} round trips/s "
+        f"({relay['frame_bytes']}-byte frames, {relay['connections']} connections, "
+        f"{relay['seconds']} s)"
+    )
+    print(
+        f"  relay CPU           {cpu_text(relay['cpu'])}; other processes "
+        f"{relay['other_processes_cpu_percent']}%"
+    )
+    print(
+        f"  relay ceiling       {figures['relay_ceiling_tasks_per_s']} tasks/s "
+        f"({ROUND_TRIPS_PER_TASK} round trips a task)"
+    )
 
 
 def print_profile(path: str, limit: int) -> None:
@@ -601,6 +778,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile-top", type=int, default=30, help="functions shown per profile table"
     )
     parser.add_argument(
+        "--pg",
+        metavar="URL",
+        help="also run on a new PostgreSQL database, created (and dropped at the end) through "
+        "this postgresql:// URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres",
+    )
+    parser.add_argument(
         "--relay-seconds",
         type=float,
         default=3,
@@ -621,6 +804,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.agents < 1 or args.tasks < 1 or args.operators < 1:
         parser.error("--agents, --tasks and --operators must be at least 1")
+    if args.pg is not None and not is_postgres_url(args.pg):
+        parser.error("--pg takes a postgresql:// (or postgres://) URL")
     if args.relay_seconds < 0:
         parser.error("--relay-seconds must be 0 (no relay) or more")
     return args
@@ -642,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.relay_clients:
         return asyncio.run(drive_echo(Path(args.spec)))
     if args.serve_profiled:
-        asyncio.run(serve_until_stopped(Path(args.db), "127.0.0.1", Path(args.profile_out)))
+        db = args.db if is_postgres_url(args.db) else Path(args.db)
+        asyncio.run(serve_until_stopped(db, "127.0.0.1", Path(args.profile_out)))
         return 0
     try:
         figures = asyncio.run(main_async(args))
@@ -656,13 +842,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, indent=2))
     else:
         print_text(figures)
-    if args.profile_hub:
+    for database in figures["runs"] if args.profile_hub else ():
+        path = str(profile_path(args.profile_hub, database))
         if args.json:
-            with open(f"{args.profile_hub}.txt", "w") as out, contextlib.redirect_stdout(out):
-                print_profile(args.profile_hub, args.profile_top)
+            with open(f"{path}.txt", "w") as out, contextlib.redirect_stdout(out):
+                print_profile(path, args.profile_top)
         else:
-            print_profile(args.profile_hub, args.profile_top)
-    return 0 if figures["completed"] >= args.tasks else 1
+            print_profile(path, args.profile_top)
+    every_run_completed = all(run["completed"] >= args.tasks for run in figures["runs"].values())
+    return 0 if every_run_completed else 1
 
 
 if __name__ == "__main__":
