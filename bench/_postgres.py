@@ -35,9 +35,9 @@ def database_url(server_url: str, name: str) -> str:
         for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         if key != "dbname"
     ]
-    return urllib.parse.urlunsplit(
-        parts._replace(path="/" + name, query=urllib.parse.urlencode(query))
-    )
+    # Not urlunsplit: it would drop the empty host of postgresql:///db?host=/socket/dir.
+    url = f"{parts.scheme}://{parts.netloc}/{name}"
+    return f"{url}?{urllib.parse.urlencode(query)}" if query else url
 
 
 class ScratchDatabase:
