@@ -1,4 +1,5 @@
-"""End-to-end lifecycle benchmark: a real hub, real sidecars, real sockets, SQLite.
+"""End-to-end lifecycle benchmark: a real hub, real sidecars, real sockets, SQLite (and
+PostgreSQL with ``--pg``).
 
 Usage (from the repository root, with the project's virtualenv)::
 
@@ -7,12 +8,14 @@ Usage (from the repository root, with the project's virtualenv)::
     python bench/lifecycle.py --agents 50 --tasks 20000 --rate 400      # paced submits
     python bench/lifecycle.py --agents 50 --tasks 5000 --profile-hub /tmp/hub.prof
     python bench/lifecycle.py --agents 50 --tasks 20000 --relay-seconds 0   # no baseline
+    python bench/lifecycle.py --agents 50 --tasks 5000 \
+        --pg postgresql://postgres@127.0.0.1:5432/postgres     # SQLite, then PostgreSQL
 
 What it does:
 
-1. creates a temporary directory with a SQLite database, one agent token per simulated
-   sidecar and one admin token (written straight to the database, as
-   ``agentcom token create`` does);
+1. creates a temporary directory; with ``--pg URL``, also a new PostgreSQL database
+   named ``agentcom_bench_<random hex>``, through a connection to the database ``URL``
+   names (a maintenance database such as ``postgres``; its user needs ``CREATEDB``);
 2. unless ``--relay-seconds 0``, measures a baseline: a bare relay, the ``websockets``
    asyncio echo server in a subprocess of this script (``--relay-server``), driven from
    another (``--relay-clients``) over one connection per sidecar plus one per operator
@@ -21,8 +24,13 @@ What it does:
    ``task_complete``) and reads its echo, back to back, for ``--relay-seconds`` (3);
    neither side parses the frames, and compression is off as in the hub by default.
    Both are stopped before the hub starts;
-3. starts the hub as a subprocess (``python -m agentcom.cli serve --port 0``) and reads
-   its ``agentcom <version> hub on ws://HOST:PORT/ws`` line; with ``--profile-hub`` the
+3. for each database in turn, SQLite (``hub.db`` in the directory) first, this step to
+   step 5 (the hub and the sidecars stopped before the next database): writes one agent
+   token per simulated sidecar and one admin token straight to the database, as
+   ``agentcom token create`` does (``store/tokens.py``, for either database; it makes
+   the PostgreSQL tables), starts the hub as a subprocess
+   (``python -m agentcom.cli serve --port 0 --db ...``) and reads its
+   ``agentcom <version> hub on ws://HOST:PORT/ws`` line; with ``--profile-hub`` the
    hub runs instead under cProfile in a subprocess of this script (``--serve-profiled``);
 4. starts the sidecars in another subprocess of this script (``--sidecars``): one
    :class:`~agentcom.client.AgentClient` per agent which answers every ``task_assign``
@@ -32,10 +40,28 @@ What it does:
    the operator protocol, ``--window`` requests in flight on each of ``--operators``
    connections (the hub serves at most 32 at once per connection), optionally paced at
    ``--rate`` tasks/s;
-6. prints throughput, submit->assign and submit->complete latency (p50/p99), events
-   received and dropped, the hub's peak RSS (``VmHWM``), CPU time per process, store
-   commits, what the sidecars saw and the relay baseline; ``--json`` prints one JSON
-   object instead.
+6. prints, for each database, throughput, submit->assign and submit->complete latency
+   (p50/p99), events received and dropped, the hub's peak RSS (``VmHWM``), CPU time per
+   process, store commits; then with ``--pg`` a table of the main figures, "sqlite vs
+   postgresql", with PostgreSQL's over SQLite's; then the relay baseline. ``--json``
+   prints one JSON object instead (below).
+
+The JSON object keeps at its top level the figures of the SQLite run, as before ``--pg``
+existed, with the relay's. ``runs`` holds every run's figures by database (``sqlite``,
+and ``postgresql`` with ``--pg``), each with its own ``hub_to_relay_ratio``, and
+``comparison`` (None without ``--pg``) each compared figure as ``{"sqlite": ...,
+"postgresql": ..., "postgresql_over_sqlite": ...}``. ``database`` and
+``database_location`` say which database a set of figures is for (a URL without its
+password).
+
+The PostgreSQL server does in its own processes the work the SQLite store does in the
+hub's writer thread. When the server runs on this machine, the CPU of the server
+processes connected to the run's database (found in ``pg_stat_activity``) is reported
+as ``postgres`` under ``cpu``, per task as ``database_cpu_ms_per_task``, and with the
+hub's as ``hub_and_database_cpu_ms_per_task`` (for SQLite, the hub's alone): compare
+that figure across databases, not ``hub_cpu_ms_per_task``. The server's shared processes
+(WAL writer, checkpointer ...) count among the other processes. A server elsewhere
+leaves these figures None.
 
 The relay gives the hub's throughput a yardstick measured on the same machine in the
 same run. A task costs four request/response round trips (submit, assign/accepted,
@@ -53,13 +79,23 @@ the burst takes to drain, not the hub's per-task cost. Use ``--rate`` below the
 saturated throughput for latency at a given load.
 
 Besides those figures it reports the hub's CPU time per task and split between its
-event-loop thread and its other threads (the SQLite writer), the source revision
+event-loop thread and its other threads (the store's writer), the source revision
 measured, and how much CPU other processes used during the run: on a shared machine
 that last figure says how far to trust the others. ``AGENTCOM_*`` variables in the
 environment reach the hub (e.g. ``AGENTCOM_SUBSCRIBER_QUEUE=10000``).
 
+With ``--profile-hub PATH`` the SQLite hub's profile goes to ``PATH`` and the PostgreSQL
+hub's to ``PATH.postgresql``; both are printed (with ``--json``, written to ``.txt``
+files beside them). Profiling slows the hub: compare profiled runs only with each other.
+
 Every process the benchmark starts is stopped when it ends, fails or is interrupted
-(SIGINT/SIGTERM); on Linux the children also get SIGTERM if this process dies.
+(SIGINT/SIGTERM); on Linux the children also get SIGTERM if this process dies. The
+PostgreSQL database is then dropped, its sessions ended first; only a benchmark killed
+outright (SIGKILL) leaves one behind, to drop by hand.
+
+This file is long because it holds the benchmark's subprocess modes (sidecars, relay,
+profiled hub) beside the driver, so that it runs as one script; the report (comparison
+and printing) is in ``_lifecycle_report.py``.
 """
 
 from __future__ import annotations
@@ -76,7 +112,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,8 +132,9 @@ from _common import (
     thread_cpu_seconds,
     wait_for_idle_agents,
 )
+from _lifecycle_report import POSTGRESQL, SQLITE, compare_runs, print_profile, print_text
 from _postgres import ScratchDatabase, backend_cpu_used
-from _relay import ROUND_TRIPS_PER_TASK, compare_with_relay, drive_echo, measure_relay, serve_echo
+from _relay import compare_with_relay, drive_echo, measure_relay, serve_echo
 
 from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
@@ -106,54 +142,6 @@ from agentcom.hub.queue import new_task_id
 from agentcom.store.location import is_postgres_url, shown
 
 NO_OP_TASK: dict[str, Any] = {"complexity_tier": "trivial", "metadata": {"shell_command": "true"}}
-
-SQLITE, POSTGRESQL = "sqlite", "postgresql"  # the databases a run can be on
-
-
-def _figure(*keys: str) -> Callable[[dict[str, Any]], Any]:
-    """Reads a run's figure by its path of keys (None where missing)."""
-
-    def read(figures: dict[str, Any]) -> Any:
-        value: Any = figures
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
-
-    return read
-
-
-# The figures compared between the databases: key in "comparison", label, where in a run.
-COMPARED: tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...] = (
-    ("tasks_per_s", "tasks/s", _figure("tasks_per_s")),
-    ("hub_cpu_ms_per_task", "hub CPU ms/task", _figure("hub_cpu_ms_per_task")),
-    ("database_cpu_ms_per_task", "PG server CPU ms/task", _figure("database_cpu_ms_per_task")),
-    (
-        "hub_and_database_cpu_ms_per_task",
-        "hub + database CPU ms/task",
-        _figure("hub_and_database_cpu_ms_per_task"),
-    ),
-    ("submit_to_assign_p50_ms", "submit->assign p50 ms", _figure("submit_to_assign", "p50_ms")),
-    ("submit_to_assign_p99_ms", "submit->assign p99 ms", _figure("submit_to_assign", "p99_ms")),
-    (
-        "submit_to_complete_p50_ms",
-        "submit->complete p50 ms",
-        _figure("submit_to_complete", "p50_ms"),
-    ),
-    (
-        "submit_to_complete_p99_ms",
-        "submit->complete p99 ms",
-        _figure("submit_to_complete", "p99_ms"),
-    ),
-    ("store_commits", "store commits", _figure("store_commits")),
-    ("tasks_per_commit", "tasks per commit", _figure("tasks_per_commit")),
-    ("hub_peak_rss_mib", "hub peak RSS MiB", _figure("hub_peak_rss_mib")),
-    ("events_dropped", "dashboard events dropped", _figure("events_dropped")),
-    (
-        "other_processes_cpu_percent",
-        "other processes % of a core",
-        _figure("other_processes_cpu_percent"),
-    ),
-)
 
 
 # --- sidecars (a subprocess: --sidecars) -----------------------------------------------
@@ -600,146 +588,6 @@ def per_task_ms(
     if not tasks or any(name not in cpu for name in names):
         return None
     return round(1000 * sum(cpu[name]["seconds"] for name in names) / tasks, 3)
-
-
-def compare_runs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The main figures of each run side by side, with PostgreSQL's over SQLite's."""
-    compared = {}
-    for name, _label, read in COMPARED:
-        values = {database: read(figures) for database, figures in runs.items()}
-        sqlite, postgresql = values.get(SQLITE), values.get(POSTGRESQL)
-        ratio = round(postgresql / sqlite, 3) if sqlite and postgresql is not None else None
-        compared[name] = {**values, "postgresql_over_sqlite": ratio}
-    return compared
-
-
-def cpu_text(cpu: dict[str, dict[str, float]]) -> str:
-    """CPU figures as ``name seconds s (percent%)``, two spaces apart."""
-    return "  ".join(
-        f"{name} {used['seconds']} s ({used['percent_of_one_core']}%)" for name, used in cpu.items()
-    )
-
-
-def print_text(report: dict[str, Any]) -> None:
-    """The human-readable report: each run, the comparison, the relay baseline."""
-    runs = report["runs"]
-    for figures in runs.values():
-        print_run(figures)
-    if report["comparison"] is not None:
-        print_comparison(report["comparison"], list(runs))
-    print_relay(report)
-
-
-def print_run(figures: dict[str, Any]) -> None:
-    """One run's figures."""
-
-    def latency(name: str) -> str:
-        data = figures[name]
-        return (
-            f"p50 {data['p50_ms']} ms  p99 {data['p99_ms']} ms  max {data['max_ms']} ms  "
-            f"(n={data['n']})"
-        )
-
-    rate = figures["rate_limit_per_s"] or "unlimited"
-    print(
-        f"agentcom {figures['agentcom_version']} ({figures['source_revision']}) lifecycle bench "
-        f"on {figures['cpus']} CPUs, {figures['database']} ({figures['database_location']}): "
-        f"N={figures['agents']} agents, M={figures['tasks']} tasks, "
-        f"{figures['operators']}x{figures['window_per_operator']} submits in flight, rate {rate}"
-    )
-    print(
-        f"  elapsed (first submit -> last completion) {figures['elapsed_s']} s; "
-        f"submit phase {figures['submit_phase_s']} s ({figures['submits_per_s']} submits/s)"
-    )
-    print(
-        f"  throughput          {figures['tasks_per_s']} tasks/s ({figures['completed']} completed)"
-    )
-    print(f"  submit -> assign    {latency('submit_to_assign')}")
-    print(f"  submit -> complete  {latency('submit_to_complete')}")
-    print(f"  submit round trip   {latency('submit_round_trip')}")
-    print(f"  latency basis: {figures['latency_basis']}")
-    events = sum(figures["events_received"].values())
-    print(
-        f"  dashboard events    {events} received, {figures['events_dropped']} dropped"
-        + ("; completion confirmed by stats" if figures["completion_confirmed_by_stats"] else "")
-    )
-    print(
-        f"  hub peak RSS        {figures['hub_peak_rss_mib']} MiB (VmHWM; VmRSS at end "
-        f"{figures['hub_rss_end_mib']} MiB)"
-    )
-    print(f"  CPU during run      {cpu_text(figures['cpu'])}")
-    per_task = f"  hub CPU per task    {figures['hub_cpu_ms_per_task']} ms"
-    if figures["database"] == POSTGRESQL:
-        per_task += (
-            f"; PostgreSQL server {figures['database_cpu_ms_per_task']} ms; together "
-            f"{figures['hub_and_database_cpu_ms_per_task']} ms"
-        )
-    print(per_task)
-    other = figures["other_processes_cpu_percent"]
-    print(
-        f"  other processes     {other}% of one core during the run; load average at end "
-        f"{figures['load_average_at_end']}"
-    )
-    if other is not None and other > 20:
-        print("  WARNING: the machine was busy with other work; these figures are noisy")
-    print(
-        f"  store commits       {figures['store_commits']} "
-        f"({figures['tasks_per_commit']} tasks per commit); hub frames received "
-        f"{figures['frames_received_by_hub']}; progress coalesced "
-        f"{figures['progress_coalesced_by_hub']}"
-    )
-    sidecars = figures.get("sidecars") or {}
-    print(
-        f"  sidecars            acks {sidecars.get('acks')}  errors {sidecars.get('errors')}  "
-        f"connects {sidecars.get('connects')}"
-    )
-    if figures["submit_errors"]:
-        print(f"  submit errors       {figures['submit_errors']}")
-    if figures["hub_to_relay_ratio"] is not None:
-        print(f"  hub to relay ratio  {figures['hub_to_relay_ratio']} (relay baseline below)")
-
-
-def print_comparison(comparison: dict[str, dict[str, Any]], databases: list[str]) -> None:
-    """The runs' main figures side by side, with PostgreSQL's over SQLite's."""
-
-    def cell(value: Any) -> str:
-        return "-" if value is None else str(value)
-
-    print(" vs ".join(databases))
-    print(f"  {'':28}" + "".join(f"{name:>12}" for name in databases) + f"{'pg/sqlite':>12}")
-    for key, label, _read in COMPARED:
-        row = comparison[key]
-        values = "".join(f"{cell(row[name]):>12}" for name in databases)
-        print(f"  {label:28}{values}{cell(row['postgresql_over_sqlite']):>12}")
-
-
-def print_relay(figures: dict[str, Any]) -> None:
-    """The bare relay baseline, when it ran."""
-    relay = figures["relay"]
-    if relay is None:
-        return
-    print(
-        f"bare relay            {figures['relay_round_trips_per_s']} round trips/s "
-        f"({relay['frame_bytes']}-byte frames, {relay['connections']} connections, "
-        f"{relay['seconds']} s)"
-    )
-    print(
-        f"  relay CPU           {cpu_text(relay['cpu'])}; other processes "
-        f"{relay['other_processes_cpu_percent']}%"
-    )
-    print(
-        f"  relay ceiling       {figures['relay_ceiling_tasks_per_s']} tasks/s "
-        f"({ROUND_TRIPS_PER_TASK} round trips a task)"
-    )
-
-
-def print_profile(path: str, limit: int) -> None:
-    """The profiled hub's top functions by own time and by cumulative time."""
-    import pstats
-
-    for order in ("tottime", "cumulative"):
-        print(f"\n--- hub profile ({path}), top {limit} by {order} ---")
-        pstats.Stats(path, stream=sys.stdout).strip_dirs().sort_stats(order).print_stats(limit)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
