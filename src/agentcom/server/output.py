@@ -141,4 +141,4 @@ class ReplyQueue:
         """Write what waits, in one write."""
         if self._batch:
             batch, self._batch, self._batched = self._batch, [], 0
-            write_frames(self._connection, batch)
+            write_frames(self._connection, batch, now=True)
