@@ -807,3 +807,19 @@ async def test_error_replies_leave_the_connection_and_other_agents_working(
     )
     assert (await clumsy.receive_type("task_ack"))["status"] == "complete"
     await assert_nothing_pending(other)
+
+
+async def test_frames_sent_in_a_burst_are_answered_each_in_order(
+    hub: HubServer, make_agent: AgentMaker
+) -> None:
+    # given an agent that sends frames back to back without reading (frames no rate limit
+    # applies to, refused because it holds none of those tasks)
+    agent = await make_agent()
+    burst = 300  # far more than the answers allowed to wait for the frames after them
+    for n in range(burst):
+        await agent.send({"type": "task_accepted", "task_id": f"{n:032x}"})
+
+    # then every frame gets its own answer, in the order the frames were sent
+    for n in range(burst):
+        refused = await agent.receive(5)
+        assert refused["type"] == "error" and refused["task_id"] == f"{n:032x}", refused

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 DECODER = FrameDecoder(frames.AGENT_FRAME, frames.AGENT_FRAME_TYPES)
 _KNOWN_TYPES = frozenset(frames.AGENT_FRAME_TYPES)
 
+_MAX_UNSETTLED = 32
+"""Answers that may wait for the frames received after them (one commit for all)."""
+
 # Frames that settle a task are never rate limited: real sidecars ignore rate_limited.
 _UNLIMITED = frozenset(
     {"identify", "task_accepted", "task_complete", "task_failed", "task_rejected",
@@ -103,8 +106,11 @@ class AgentSession:
                 # While more frames of this agent are already received, the answers wait
                 # for them: a sidecar that sends task_accepted, task_progress and
                 # task_complete together has them made durable by one commit and answered
-                # in one write.
-                if self._unsettled and not frames_waiting(self.connection):
+                # in one write. A peer that never stops sending is answered every
+                # _MAX_UNSETTLED frames all the same.
+                if self._unsettled and (
+                    len(self._unsettled) >= _MAX_UNSETTLED or not frames_waiting(self.connection)
+                ):
                     await self.settle_waiting()
         finally:
             if self._unsettled:  # answered if the connection is still open; committed anyway
