@@ -418,6 +418,31 @@ class Settings(BaseSettings):
         description="While the database cannot be written, the hub tries a small "
         "probe write this often; the first that succeeds ends the refusal of new work.",
     )
+    standby: bool = Field(
+        False,
+        description="When another hub already serves the database, wait as its standby "
+        "instead of exiting (status 5): listen, answer 503 to everything (/health says "
+        "standby and names the serving hub), and take over when its lock comes free.",
+    )
+    standby_retry_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often a standby tries to take the database's lock: at most this "
+        "long passes between the serving hub's end and the standby's takeover.",
+    )
+    lock_check_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="PostgreSQL: how often the serving hub checks that the session holding "
+        "its lock is alive (retaking the lock if the session ended and nobody took it); a "
+        "hub that lost its lock to another stops serving (exit status 6).",
+    )
+    lock_check_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="PostgreSQL: how long the serving hub may fail to tell whether it "
+        "still holds its lock (the server unreachable) before it stops serving (exit 6).",
+    )
     metrics_label_cap: int = Field(
         100,
         ge=1,

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentcomError", "ConfigurationError", "DatabaseInUse", "HubError", "StoreError"]
+__all__ = [
+    "AgentcomError",
+    "ConfigurationError",
+    "DatabaseInUse",
+    "HubError",
+    "LockLost",
+    "StoreError",
+]
 
 
 class AgentcomError(Exception):
@@ -63,3 +70,9 @@ class DatabaseInUse(AgentcomError):
 class ConfigurationError(AgentcomError):
     """The settings ask for something the hub refuses to do (listen in clear beyond
     loopback ...); the message says which setting changes it."""
+
+
+class LockLost(AgentcomError):
+    """The serving hub no longer holds its database's lock (its PostgreSQL session ended
+    and another hub took the lock, or it could not tell in time): it must stop serving,
+    since another hub may be serving the same database."""

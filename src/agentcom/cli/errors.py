@@ -8,6 +8,7 @@ import re
 __all__ = [
     "EXIT_DATABASE_IN_USE",
     "EXIT_FAILED",
+    "EXIT_LOCK_LOST",
     "EXIT_OK",
     "EXIT_STATUS",
     "EXIT_TOKEN",
@@ -18,7 +19,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TOKEN = 0, 1, 2, 3, 4
-EXIT_DATABASE_IN_USE = 5
+EXIT_DATABASE_IN_USE, EXIT_LOCK_LOST = 5, 6
 
 
 EXIT_STATUS = """\
@@ -35,7 +36,10 @@ exit status:
   3    cannot reach the hub: down, wrong --hub, TLS failure, not a hub, or it refused
        the connection (HTTP 429 too many connections, 503 stopping)
   4    the hub refused the token (unknown, revoked, or an agent token)
-  5    `serve`: another hub already serves the database (one database, one hub)
+  5    `serve`: another hub already serves the database (one database, one hub);
+       with --standby it waits instead
+  6    `serve`: the hub stepped down: it lost its PostgreSQL lock session and another
+       hub holds the lock now (or it could not tell within lock_check_timeout_s)
   130  interrupted (Ctrl-C); `task submit --wait` first says that the task stays
        queued, with its id (the task is not cancelled)
 """

@@ -184,6 +184,13 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="allow listening beyond loopback without TLS (tokens in clear)",
     )
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        default=None,
+        help="when another hub serves the database, wait as its standby and take over "
+        "when it ends, instead of exiting ($AGENTCOM_STANDBY)",
+    )
 
 
 def _config_command(commands: Any) -> None:

@@ -19,10 +19,17 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from agentcom import __version__
-from agentcom.cli.errors import EXIT_DATABASE_IN_USE, EXIT_FAILED, EXIT_OK, CliError, reason_of
+from agentcom.cli.errors import (
+    EXIT_DATABASE_IN_USE,
+    EXIT_FAILED,
+    EXIT_LOCK_LOST,
+    EXIT_OK,
+    CliError,
+    reason_of,
+)
 from agentcom.cli.output import table
 from agentcom.config import Settings, load_settings, setting_sources
-from agentcom.errors import ConfigurationError, DatabaseInUse
+from agentcom.errors import ConfigurationError, DatabaseInUse, LockLost
 from agentcom.logs import configure_logging
 from agentcom.store.location import hide_password, shown
 from agentcom.store.open import database_errors
@@ -56,6 +63,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
         "certfile": args.certfile,
         "keyfile": args.keyfile,
         "insecure": args.insecure,
+        "standby": args.standby,
     }
     try:
         return load_settings(args.config, **flags), setting_sources(args.config, **flags)
@@ -188,8 +196,19 @@ async def _run_hub(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):  # before the lines a supervisor waits for
         loop.add_signal_handler(signum, stop.set)
+    if server.serving_elsewhere is not None:
+        print(f"standby: {server.serving_elsewhere}; taking over when it ends", flush=True)
     print(f"agentcom {__version__} hub on {server.url('/ws')}", flush=True)
     print(f"dashboard: {server.url('/dashboard', websocket=False)}", flush=True)
-    await stop.wait()
+    stopped, ended = asyncio.create_task(stop.wait()), asyncio.create_task(server.ended.wait())
+    await asyncio.wait((stopped, ended), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    ended.cancel()
     await server.stop()
+    failure = server.failure
+    if isinstance(failure, LockLost):
+        raise CliError(f"stepped down: {failure}", EXIT_LOCK_LOST)
+    if failure is not None:
+        message = f"cannot use the database {shown(settings.db)}: {reason_of(failure)}"
+        raise CliError(message, EXIT_FAILED)
     return EXIT_OK

@@ -22,7 +22,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from agentcom.config import Settings
-from agentcom.errors import ConfigurationError, StoreError
+from agentcom.errors import ConfigurationError, DatabaseInUse, LockLost, StoreError
 from agentcom.hub.auth import Authenticator
 from agentcom.hub.clock import Clock, SystemClock
 from agentcom.hub.endpoints import is_loopback
@@ -32,6 +32,7 @@ from agentcom.protocol.common import Outbound
 from agentcom.protocol.outbound import ErrorReply
 from agentcom.pubsub import PubSub, make_pubsub
 from agentcom.server.agent import AgentSession
+from agentcom.server.failover import LockWatch, wait_for_lock
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
 from agentcom.server.http import HttpRoutes
@@ -82,6 +83,14 @@ class HubServer:
         self.auth: Authenticator
         self.revocations: RevocationWatch
         self._lock: HubLock | None = None
+        self._lock_watch: LockWatch | None = None
+        # While standing by: who serves the database (the last refusal names it).
+        self.serving_elsewhere: DatabaseInUse | None = None
+        self._standby: asyncio.Task[None] | None = None
+        self._stop_requested = asyncio.Event()
+        # Set when the hub ends by itself (a takeover that failed, a lock lost), with why.
+        self.ended = asyncio.Event()
+        self.failure: BaseException | None = None
         self._database_open = False
         self._ready = asyncio.Event()  # set once state is restored, or once start failed
         self._restored = False
@@ -115,6 +124,7 @@ class HubServer:
         self._wake_at_ms: int | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._open_files = 0
 
     @property
     def port(self) -> int:
@@ -171,12 +181,15 @@ class HubServer:
             refusal = self.guard.admit(connection, request)
             if refusal is not None:
                 return refusal
+            standby = self.serving_elsewhere
+            if standby is not None and not self._restored:
+                return http.standby_answer(request, standby)
             await self._ready.wait()
             if not self._restored:  # the start failed: the hub is going away
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "hub stopping\n")
             return await http.process_request(connection, request)
 
-        open_files = self._limit_connections_to_descriptors()
+        self._open_files = self._limit_connections_to_descriptors()
         sock = listening_socket(
             self.settings.host, self.settings.port, self.guard.accept, self.guard.release
         )
@@ -199,15 +212,72 @@ class HubServer:
         )
         try:
             self._lock = lock_database(self.settings.db, self.url("/ws"))
-            self._open_database()
-            restored = self.hub.recovery.restore()
+        except DatabaseInUse as exc:
+            if not self.settings.standby:
+                await self._abandon_start()
+                raise
+            self.serving_elsewhere = exc
+            logger.info("standby: %s; taking over when it ends", exc)
+            self._standby = asyncio.create_task(self._stand_by())
+            return
         except BaseException:
             await self._abandon_start()
             raise
+        try:
+            await self._serve_database()
+        except BaseException:
+            await self._abandon_start()
+            raise
+
+    @property
+    def standing_by(self) -> bool:
+        """Whether the hub waits as a standby for the database another hub serves."""
+        return self.serving_elsewhere is not None and not self._restored
+
+    async def _stand_by(self) -> None:
+        """Wait for the database's lock, then serve it as a hub that just started would."""
+
+        def refused(exc: DatabaseInUse) -> None:
+            self.serving_elsewhere = exc
+
+        lock = await wait_for_lock(
+            self.settings.db, self.url("/ws"), self.settings.standby_retry_s,
+            self._stop_requested, refused,
+        )  # fmt: skip
+        if lock is None:
+            return
+        self._lock = lock
+        logger.info("standby taking over the database %s", shown(self.settings.db))
+        try:
+            await self._serve_database()
+        except Exception as exc:
+            logger.exception("the standby could not take over the database")
+            if self._database_open:
+                self.store.close()
+                self._database_open = False
+            lock.release()
+            self._end(exc)
+
+    def _end(self, failure: BaseException) -> None:
+        """The hub ends by itself: whoever runs it stops it and reports ``failure``."""
+        if self.failure is None:
+            self.failure = failure
+        self.ended.set()
+
+    def _lock_lost(self, reason: str) -> None:
+        """Another hub may serve the database now: stop serving it, write nothing more."""
+        logger.error("stepping down: %s; this hub stops serving the database", reason)
+        self._end(LockLost(reason))
+
+    async def _serve_database(self) -> None:
+        """With the lock held: open the database, restore, serve."""
+        assert self._lock is not None
+        self._open_database()
+        restored = self.hub.recovery.restore()
         logger.info("restored %d unfinished tasks from %s", restored, shown(self.settings.db))
         logger.info(
             "open-file limit %d: at most %d connections (%d unauthenticated, %d per address)",
-            open_files, self.guard.max_connections,
+            self._open_files, self.guard.max_connections,
             self.settings.max_unauthenticated_connections,
             self.settings.max_connections_per_address,
         )  # fmt: skip
@@ -219,6 +289,13 @@ class HubServer:
             self.prober.start()
             self.revocations.start()
             self.loop_lag.start()
+        if self._lock.can_be_lost:
+            settings = self.settings
+            self._lock_watch = LockWatch(
+                self._lock, self.clock, settings.lock_check_interval_s,
+                settings.lock_check_timeout_s, self._lock_lost,
+            )  # fmt: skip
+            self._lock_watch.start()
         logger.info("agentcom hub listening on %s", self.url("/ws"))
 
     def _open_database(self) -> None:
@@ -293,6 +370,11 @@ class HubServer:
         if self._stopping:
             return
         self._stopping = True
+        self._stop_requested.set()
+        if self._standby is not None:  # let an attempt at the lock under way end first
+            await asyncio.gather(self._standby, return_exceptions=True)
+        if self._lock_watch is not None:
+            await self._lock_watch.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._wake_handle is not None:
@@ -312,13 +394,18 @@ class HubServer:
             await self._server.wait_closed()
         self.accept_failures.uninstall()
         await self.pubsub.stop()  # after the sessions: their last events go out first
-        if not self._database_open:  # never started: nothing to flush
+        if not self._database_open:  # never served (a standby): nothing to flush
+            if self.serving_elsewhere is not None:
+                logger.info("agentcom standby stopped")
             return
-        self.hub.recovery.stage_recent_activity()
-        try:
-            await self.store.commit()
-        except StoreError:
-            logger.exception("final commit failed")
+        if isinstance(self.failure, LockLost):  # another hub may write now: not this one
+            logger.warning("stepped down: what was not yet written is left unwritten")
+        else:
+            self.hub.recovery.stage_recent_activity()
+            try:
+                await self.store.commit()
+            except StoreError:
+                logger.exception("final commit failed")
         self.store.close()
         if self._lock is not None:
             self._lock.release()

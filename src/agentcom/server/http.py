@@ -16,7 +16,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from agentcom import __version__
-from agentcom.errors import HubError
+from agentcom.errors import DatabaseInUse, HubError
 from agentcom.hub.auth import Role
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
@@ -34,7 +34,7 @@ __all__ = ["DASHBOARD_FILES", "WEBSOCKET_PATHS", "HttpRoutes", "dashboard_file"]
 WEBSOCKET_PATHS = frozenset({"/ws", "/ws/dashboard", "/ws/operator"})
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed"}  # fmt: skip
+            405: "Method Not Allowed", 503: "Service Unavailable"}  # fmt: skip
 
 
 def _response(status: int, body: bytes, content_type: str) -> Response:
@@ -138,6 +138,28 @@ class HttpRoutes:
             )  # when it cuts the client off, the response goes nowhere
             return response
         return _json(404, {"error": "not_found"})
+
+    def standby_answer(self, request: Request, serving: DatabaseInUse) -> Response:
+        """What a standby answers to every request, WebSocket upgrades included: 503, so
+        that a load balancer sends it nothing; on ``/health``, who serves the database."""
+        path = urlsplit(request.path).path.rstrip("/") or "/"
+        if path != "/health":
+            response = _response(503, b"hub on standby\n", "text/plain; charset=utf-8")
+        else:
+            response = _json(
+                503,
+                {
+                    "status": "standby",
+                    "version": __version__,
+                    "database": serving.database,
+                    "serving_hub": {
+                        "pid": serving.pid, "host": serving.host, "address": serving.address,
+                    },
+                },
+            )  # fmt: skip
+        if self.server.tls:
+            response.headers["Strict-Transport-Security"] = _HSTS
+        return response
 
     def _health_page(self, request: Request) -> Response:
         return _json(200, self.health())

@@ -67,9 +67,16 @@ class DatabaseLock:
     Use :meth:`acquire`; :meth:`release` (or the end of the process) frees it.
     """
 
+    can_be_lost = False
+    """The kernel holds a ``flock`` for as long as its process lives: nothing to watch."""
+
     def __init__(self, path: Path, descriptor: int) -> None:
         self.path = path
         self._descriptor: int | None = descriptor
+
+    def check(self) -> bool | None:
+        """Whether the lock is held: until :meth:`release`, always."""
+        return self._descriptor is not None
 
     @classmethod
     def acquire(cls, database: Path | str, address: str) -> DatabaseLock:

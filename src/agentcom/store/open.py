@@ -24,6 +24,15 @@ __all__ = ["HubLock", "database_errors", "lock_database", "open_store"]
 class HubLock(Protocol):
     """What a hub holds while it serves a database (one hub per database)."""
 
+    @property
+    def can_be_lost(self) -> bool:
+        """Whether the lock can go while the hub lives (a PostgreSQL session that ends),
+        so the hub must :meth:`check` it now and then."""
+
+    def check(self) -> bool | None:
+        """Whether the hub still holds the lock (retaking it if it can): True, False
+        (another hub holds it, or did since), None (cannot tell now). Blocks."""
+
     def release(self) -> None:
         """Free the lock; later calls do nothing."""
 

@@ -8,6 +8,13 @@ the lock taken. PostgreSQL drops the lock when that session ends, however the hu
 row says which server session wrote it: a refused hub names the holder only when that
 session is the one holding the lock, never a dead hub whose row was not yet replaced.
 
+The session can end while the hub lives (the server restarted, the session terminated,
+the network cut): the lock is then free for another hub. :meth:`PostgresLock.check`,
+called by the serving hub every ``lock_check_interval_s``, says whether it still holds
+it, and retakes it on a new session when nobody else took it meanwhile: the
+``hub_owner`` row still being the one this hub wrote proves that, since every hub writes
+its own row before it opens the database.
+
 Advisory locks belong to one database: hubs on two databases of one server do not meet.
 The token commands take no lock, as with SQLite; PostgreSQL's own locking protects
 every transaction.
@@ -16,9 +23,11 @@ every transaction.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
+from typing import Any
 
 import psycopg
 
@@ -29,6 +38,8 @@ from agentcom.store.pgconnection import PgConnection, connect, one_line
 from agentcom.store.pgschema import HUB_LOCK, ensure_schema, has_schema
 
 __all__ = ["PostgresLock"]
+
+logger = logging.getLogger(__name__)
 
 _RECORD_OWNER = """
 INSERT INTO hub_owner (id, backend_pid, pid, host, address, since)
@@ -47,15 +58,34 @@ WHERE held.locktype = 'advisory' AND held.granted AND held.objsubid = 2
 """
 
 
+# Whether this session holds the hub's lock.
+_HELD = """
+SELECT count(*) FROM pg_locks
+WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted AND objsubid = 2
+  AND classid::bigint = %s AND objid::bigint = %s
+"""
+
+_OWNER_ROW = "SELECT backend_pid, pid, host, since FROM hub_owner WHERE id = 1"
+
+_MOVE_OWNER = (
+    "UPDATE hub_owner SET backend_pid = pg_backend_pid() WHERE id = 1 AND backend_pid = %s"
+)
+
+
 class PostgresLock:
     """Held while one hub serves a PostgreSQL database; see the module docstring.
 
     Use :meth:`acquire`; :meth:`release` (or the end of the process) frees it.
     """
 
-    def __init__(self, url: str, connection: PgConnection) -> None:
+    can_be_lost = True
+    """The lock lives in a session, which can end while the hub lives."""
+
+    def __init__(self, url: str, connection: PgConnection, owner: tuple[Any, ...]) -> None:
         self.url = url
         self._connection: PgConnection | None = connection
+        self._owner = owner  # the hub_owner row as this hub wrote it (without address)
+        self._released = False
 
     @classmethod
     def acquire(cls, url: str, address: str) -> PostgresLock:
@@ -75,17 +105,68 @@ class PostgresLock:
                 raise DatabaseInUse(shown(url), owner.pid, owner.host, owner.address)
             ensure_schema(connection)
             since = time.time_ns() // 1_000_000
-            connection.execute(_RECORD_OWNER, (os.getpid(), socket.gethostname(), address, since))
+            pid, host = os.getpid(), socket.gethostname()
+            connection.execute(_RECORD_OWNER, (pid, host, address, since))
+            written = (connection.info.backend_pid, pid, host, since)
         except psycopg.Error as exc:
             connection.close()
             raise StoreError(one_line(exc)) from None
         except BaseException:
             connection.close()
             raise
-        return cls(url, connection)
+        return cls(url, connection, written)
+
+    def check(self) -> bool | None:
+        """Whether this hub still holds the lock: True (held, or retaken on a new session
+        because its session had ended and nobody took the lock meanwhile), False
+        (another hub holds it, or held it since), None (cannot tell now: the server
+        cannot be reached). Blocks; call it on a thread.
+        """
+        if self._released:
+            return False
+        connection = self._connection
+        if connection is not None:
+            try:
+                row = connection.execute(_HELD, HUB_LOCK).fetchone()
+            except psycopg.Error:
+                row = None
+            if row and row[0]:
+                return True
+            self._connection = None
+            with contextlib.suppress(psycopg.Error):
+                connection.close()
+        return self._retake()
+
+    def _retake(self) -> bool | None:
+        """Take the lock again on a new session, if nobody held it since this hub did."""
+        try:
+            connection = connect(self.url)
+        except StoreError:
+            return None
+        try:
+            row = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", HUB_LOCK).fetchone()
+            if not (row and row[0]):
+                connection.close()
+                return False
+            owner = connection.execute(_OWNER_ROW).fetchone()
+            if owner is None or tuple(owner) != self._owner:
+                connection.close()  # another hub served meanwhile: this one's state is stale
+                return False
+            connection.execute(_MOVE_OWNER, (self._owner[0],))
+        except psycopg.Error:
+            connection.close()
+            return None
+        self._owner = (connection.info.backend_pid, *self._owner[1:])
+        if self._released:  # released while retaking: let go at once
+            connection.close()
+            return False
+        self._connection = connection
+        logger.warning("the session holding the database's lock ended; the lock is retaken")
+        return True
 
     def release(self) -> None:
         """Free the lock (later calls do nothing), naming nobody as the hub any more."""
+        self._released = True
         if self._connection is None:
             return
         connection, self._connection = self._connection, None
