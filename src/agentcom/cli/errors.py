@@ -34,7 +34,7 @@ exit status:
        token, invalid setting, an unreadable or invalid config, certificate, key or CA
        file
   3    cannot reach the hub: down, wrong --hub, TLS failure, not a hub, or it refused
-       the connection (HTTP 429 too many connections, 503 stopping)
+       the connection (HTTP 429 too many connections, 503 stopping or standby)
   4    the hub refused the token (unknown, revoked, or an agent token)
   5    `serve`: another hub already serves the database (one database, one hub);
        with --standby it waits instead
