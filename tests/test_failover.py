@@ -245,17 +245,33 @@ def lock_holder(connection: psycopg.Connection[tuple[Any, ...]]) -> int:
     return pid
 
 
+def contend(url: str, connections: list[psycopg.Connection[tuple[Any, ...]]]) -> bool:
+    """Wait (at most 5 s) for the hub's lock on a new session, kept in ``connections``;
+    False when another session took it first."""
+    connection = psycopg.connect(url, autocommit=True)
+    connections.append(connection)
+    connection.execute("SET lock_timeout = '5s'")
+    try:
+        connection.execute("SELECT pg_advisory_lock(%s, %s)", HUB_LOCK)
+    except psycopg.errors.LockNotAvailable:
+        return False
+    return True
+
+
 async def test_a_hub_whose_lock_session_ends_steps_down_when_another_holds_the_lock(
     tmp_path: Path, pg_url: str, pair: list[HubProcess]
 ) -> None:
     # given two hubs on one PostgreSQL database, and a connection open on the serving one
     active, standby = start_pair(pair, tmp_path, pg_url)
     connection = await websockets.connect(active.ws_url, open_timeout=5)
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        # when the session holding its lock is terminated, and another session takes the
-        # lock before the serving hub can retake it
-        admin.execute("SELECT pg_terminate_backend(%s)", (lock_holder(admin),))
-        admin.execute("SELECT pg_advisory_lock(%s, %s)", HUB_LOCK)  # waits for it to go
+    contenders: list[psycopg.Connection[tuple[Any, ...]]] = []
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            # when the session holding its lock is terminated, and another session waits
+            # for the lock (the test's, or the standby's if it tries first), so that the
+            # serving hub cannot retake it
+            admin.execute("SELECT pg_terminate_backend(%s)", (lock_holder(admin),))
+        await asyncio.to_thread(contend, pg_url, contenders)
 
         # then the serving hub steps down: its connections closed 1012, exit status 6
         await asyncio.wait_for(connection.wait_closed(), 20)
@@ -265,9 +281,11 @@ async def test_a_hub_whose_lock_session_ends_steps_down_when_another_holds_the_l
         assert "stepping down: another hub holds the database's lock" in log
         assert "stepped down:" in log
         assert standby.process is not None and standby.process.poll() is None
+    finally:
+        for contender in contenders:  # the lock is free again
+            contender.close()
 
-        # and once the lock is free, the standby takes over
-        admin.execute("SELECT pg_advisory_unlock(%s, %s)", HUB_LOCK)
+    # and the standby takes over (at once if it took the lock before the test did)
     await standby.await_log("standby taking over")
     await standby.await_log("agentcom hub listening")
     assert (await health(standby.http_url))[0] == 200
