@@ -1,6 +1,7 @@
 """Active and standby: a second ``agentcom serve --standby`` on a database another hub
 serves waits, answering 503, and takes over when that hub ends; a PostgreSQL hub whose
-lock session ends steps down when another hub holds the lock.
+lock session ends steps down when another hub holds the lock, and none of its writes
+lands once another hub took the database over.
 
 Real processes throughout (the lock is a lock between processes), real PostgreSQL, and
 Debian's HAProxy in front of two hubs, checking their ``/health``.
@@ -24,7 +25,7 @@ from gated import Frame, GatedSidecar
 from haproxy import HaProxy
 from hubprocess import HubProcess
 
-from agentcom.client import OperatorClient
+from agentcom.client import OperatorClient, RequestFailed
 from agentcom.store.pgschema import HUB_LOCK
 
 EXIT_LOCK_LOST = 6
@@ -313,3 +314,37 @@ async def test_a_hub_whose_lock_session_ends_retakes_the_lock_when_nobody_took_i
     with pytest.raises(RuntimeError, match="already served by another hub"):
         second.start()
     assert second.process is not None and second.process.returncode == 5
+
+
+async def test_once_another_hub_took_the_database_the_old_hub_writes_nothing_more(
+    tmp_path: Path, pg_url: str, pair: list[HubProcess]
+) -> None:
+    # given a hub on PostgreSQL that checks its lock rarely, with an operator connected
+    hub = HubProcess(
+        tmp_path, db=pg_url, env={"AGENTCOM_LOCK_CHECK_INTERVAL_S": "600"}, log_pipe=True
+    )
+    pair.append(hub)
+    hub.start()
+    admin = hub.make_token("ops", "admin")
+    async with OperatorClient(hub.http_url, admin) as operator:
+        await operator.submit("written while this hub serves")
+
+        # when its lock's session ends and another hub takes the database over, as a
+        # standby does: the lock, then the hub_owner row, before anything else
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (lock_holder(other),))
+            other.execute("SELECT pg_advisory_lock(%s, %s)", HUB_LOCK)
+            other.execute(
+                "UPDATE hub_owner SET backend_pid = pg_backend_pid(), pid = 1, host = 'other',"
+                " since = since + 1 WHERE id = 1"
+            )
+
+            # then the old hub's next write is refused, long before its next lock check
+            with pytest.raises(RequestFailed) as refused:
+                await operator.submit("written after another hub took over")
+            assert refused.value.code == "store_unavailable"
+            descriptions = [
+                row[0] for row in other.execute("SELECT body::json->>'description' FROM tasks")
+            ]
+    assert descriptions == ["written while this hub serves"]
+    await hub.await_log("another hub serves this database now")

@@ -440,8 +440,8 @@ class Settings(BaseSettings):
     lock_check_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="PostgreSQL: how long the serving hub may fail to tell whether it "
-        "still holds its lock (the server unreachable) before it stops serving (exit 6).",
+        description="PostgreSQL: how long one check of the hub's lock may take before it "
+        "counts as 'cannot tell' (the hub keeps serving; its writes are fenced).",
     )
     metrics_label_cap: int = Field(
         100,

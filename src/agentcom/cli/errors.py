@@ -39,7 +39,7 @@ exit status:
   5    `serve`: another hub already serves the database (one database, one hub);
        with --standby it waits instead
   6    `serve`: the hub stepped down: it lost its PostgreSQL lock session and another
-       hub holds the lock now (or it could not tell within lock_check_timeout_s)
+       hub holds the lock now (or held it meanwhile)
   130  interrupted (Ctrl-C); `task submit --wait` first says that the task stays
        queued, with its id (the task is not cancelled)
 """

@@ -292,8 +292,8 @@ class HubServer:
         if self._lock.can_be_lost:
             settings = self.settings
             self._lock_watch = LockWatch(
-                self._lock, self.clock, settings.lock_check_interval_s,
-                settings.lock_check_timeout_s, self._lock_lost,
+                self._lock, settings.lock_check_interval_s, settings.lock_check_timeout_s,
+                self._lock_lost,
             )  # fmt: skip
             self._lock_watch.start()
         logger.info("agentcom hub listening on %s", self.url("/ws"))
@@ -301,7 +301,8 @@ class HubServer:
     def _open_database(self) -> None:
         """Open the store (creating the database when missing) and the domain on it."""
         settings = self.settings
-        self.store = open_store(settings)
+        assert self._lock is not None
+        self.store = open_store(settings, self._lock.fence)
         self.hub = Hub(self.store, self.clock, settings)
         self.waiters = TaskWaiters(self.hub)
         self.store.on_refused = self._forget_refused

@@ -9,8 +9,9 @@ and restores, like any hub at start.
 The serving hub watches its lock where it can be lost (:class:`LockWatch`): a PostgreSQL
 advisory lock lives in a session, which may end (the server restarted, the session
 terminated, the network cut) while the hub lives, and another hub may then take the
-lock. A hub that finds its lock taken, or cannot tell within ``lock_check_timeout_s``,
-steps down: it must not serve a database another hub may be serving.
+lock. A hub that finds its lock taken steps down: it must not serve a database another
+hub serves. Until it finds out, its writes are fenced by the store itself (see
+:mod:`agentcom.store.postgres`): none lands after another hub took over.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agentcom.errors import DatabaseInUse, StoreError
-from agentcom.hub.clock import Clock
 from agentcom.store.open import HubLock, lock_database
 
 __all__ = ["LockWatch", "wait_for_lock"]
@@ -68,27 +68,30 @@ async def wait_for_lock(
 
 class LockWatch:
     """Checks a lock that can be lost every ``interval_s``; calls ``on_lost`` once, with
-    the reason, when another hub holds it or when it cannot be told for ``timeout_s``.
+    the reason, when another hub holds it (or held it since).
+
+    While the lock cannot be confirmed (the server unreachable, a check that takes longer
+    than ``timeout_s``), the hub keeps serving: every write it makes checks in its own
+    transaction that it is still the database's hub (``fence`` of the lock), so nothing
+    it writes can land after another hub took over, and it cannot write anything at all
+    while the server is unreachable. The next check that gets an answer decides.
 
     Args:
         lock: the serving hub's lock.
-        clock: time source for the timeout.
         interval_s: time between checks.
-        timeout_s: how long the lock may go unconfirmed (the server unreachable, a check
-            that hangs) before the hub gives it up.
+        timeout_s: how long one check may take before it counts as "cannot tell" (it goes
+            on in the background and its answer is read at the next round).
         on_lost: told why; the watch ends after calling it.
     """
 
     def __init__(
         self,
         lock: HubLock,
-        clock: Clock,
         interval_s: float,
         timeout_s: float,
         on_lost: Callable[[str], None],
     ) -> None:
         self._lock = lock
-        self._clock = clock
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._on_lost = on_lost
@@ -105,32 +108,26 @@ class LockWatch:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _watch(self) -> None:
-        unknown_since: int | None = None
+        unknown = False
+        check: asyncio.Future[bool | None] | None = None
         while True:
             await asyncio.sleep(self._interval_s)
+            if check is None:  # never two checks at once: a slow one is waited for
+                check = asyncio.ensure_future(asyncio.to_thread(self._lock.check))
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    held = await asyncio.to_thread(self._lock.check)
+                    held = await asyncio.shield(check)
+                check = None
             except TimeoutError:
-                self._on_lost(f"checking the database's lock took over {self._timeout_s:g} s")
-                return
-            if held is True:
-                if unknown_since is not None:
-                    logger.warning("the database's lock is held again")
-                unknown_since = None
-            elif held is False:
+                held = None
+            if held is False:
                 self._on_lost("another hub holds the database's lock")
                 return
-            else:
-                now = self._clock.now_ms()
-                if unknown_since is None:
-                    unknown_since = now
-                    logger.warning(
-                        "cannot tell whether this hub still holds the database's lock; "
-                        "stepping down unless it is confirmed within %g s", self._timeout_s,
-                    )  # fmt: skip
-                elif now - unknown_since >= self._timeout_s * 1000:
-                    self._on_lost(
-                        f"could not confirm the database's lock for {self._timeout_s:g} s"
-                    )
-                    return
+            if held is None and not unknown:
+                logger.warning(
+                    "cannot tell whether this hub still holds the database's lock; it keeps "
+                    "serving (its writes check they are still the database's hub's)"
+                )
+            elif held is True and unknown:
+                logger.warning("the database's lock is held again")
+            unknown = held is None

@@ -68,6 +68,7 @@ class DatabaseLock:
     """
 
     can_be_lost = False
+    fence = None  # an flock is the process's until it ends: writes need no check
     """The kernel holds a ``flock`` for as long as its process lives: nothing to watch."""
 
     def __init__(self, path: Path, descriptor: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agentcom.config import Settings
 from agentcom.errors import StoreError
@@ -33,6 +33,11 @@ class HubLock(Protocol):
         """Whether the hub still holds the lock (retaking it if it can): True, False
         (another hub holds it, or did since), None (cannot tell now). Blocks."""
 
+    @property
+    def fence(self) -> tuple[Any, ...] | None:
+        """What every write of this hub checks it is still the hub of the database (None:
+        nothing to check, the lock cannot be lost while the hub lives)."""
+
     def release(self) -> None:
         """Free the lock; later calls do nothing."""
 
@@ -51,8 +56,9 @@ def lock_database(db: Path | str, address: str) -> HubLock:
     return DatabaseLock.acquire(db, address)
 
 
-def open_store(settings: Settings) -> ObservedStore:
-    """The store of ``settings.db``, with its schema in place.
+def open_store(settings: Settings, fence: tuple[Any, ...] | None = None) -> ObservedStore:
+    """The store of ``settings.db``, with its schema in place; with ``fence`` (the lock's
+    :attr:`HubLock.fence`), a write that finds another hub serving the database is refused.
 
     Raises:
         StoreError: the PostgreSQL server cannot be reached, or the schema cannot be made.
@@ -63,6 +69,7 @@ def open_store(settings: Settings) -> ObservedStore:
 
         return PostgresStore(
             str(settings.db),
+            fence=fence,
             batch_max=settings.commit_batch_max,
             busy_timeout_s=settings.db_busy_timeout_s,
         )

@@ -116,6 +116,12 @@ class PostgresLock:
             raise
         return cls(url, connection, written)
 
+    @property
+    def fence(self) -> tuple[Any, ...]:
+        """``(pid, host, since)`` of the ``hub_owner`` row this hub wrote: the store checks
+        the row is still this in every write transaction (see :mod:`agentcom.store.postgres`)."""
+        return self._owner[1:]
+
     def check(self) -> bool | None:
         """Whether this hub still holds the lock: True (held, or retaken on a new session
         because its session had ended and nobody took the lock meanwhile), False

@@ -49,6 +49,8 @@ ON CONFLICT (task_id) DO UPDATE SET
 
 _LISTED_WITHOUT = set(LISTED_WITHOUT)
 
+_OWNER_FOR_SHARE = "SELECT pid, host, since FROM hub_owner WHERE id = 1 FOR SHARE"
+
 
 def _open(connection: PgConnection) -> bool:
     return not connection.closed
@@ -85,8 +87,15 @@ class PostgresStore(SqlStore[PgConnection]):
     # StoreError: a connection that had to be opened again could not be.
     _REFUSALS = (psycopg.Error, OSError, StoreError)
 
-    def __init__(self, url: str, batch_max: int = 2000, busy_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        batch_max: int = 2000,
+        busy_timeout_s: float = 10.0,
+        fence: tuple[Any, ...] | None = None,
+    ) -> None:
         self.url = url
+        self._fence = fence
         self._busy_timeout_s = busy_timeout_s
         reader = self._connect()
         try:
@@ -123,6 +132,15 @@ class PostgresStore(SqlStore[PgConnection]):
     @contextmanager
     def _transaction(self, connection: PgConnection) -> Iterator[None]:
         with connection.transaction():
+            if self._fence is not None:
+                # The hub_owner row, locked until this transaction ends, must still be the
+                # one this hub wrote: a hub taking over rewrites it, and waits for this
+                # lock to do so. So no write of this hub lands after another hub started
+                # serving (and read the state it restores), whatever became of the
+                # session holding the advisory lock.
+                owner = connection.execute(_OWNER_FOR_SHARE).fetchone()
+                if owner is None or tuple(owner) != self._fence:
+                    raise StoreError("another hub serves this database now")
             yield
 
     def _task_row(self, task: Task) -> tuple[Any, ...]:
