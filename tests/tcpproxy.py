@@ -11,7 +11,9 @@ __all__ = ["BlackHoleProxy"]
 
 class BlackHoleProxy:
     """A TCP proxy on loopback that can go dark: from :meth:`go_dark` on it swallows every
-    byte in both directions and closes nothing, as a dead network path does.
+    byte in both directions and closes nothing, as a dead network path does. It can also
+    be cut (:meth:`cut`): every relayed connection is dropped and new ones are closed as
+    soon as they arrive, as when the target's host is down, until :meth:`restore`.
 
     Args:
         target_port: the port on 127.0.0.1 it relays to (a hub's, Redis's...).
@@ -20,6 +22,7 @@ class BlackHoleProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.dark = False
+        self.refusing = False
         self.swallowed = 0  # bytes dropped since going dark
         self.target_hung_up = asyncio.Event()  # the target ended a connection (FIN or RST)
         self._server: asyncio.Server | None = None
@@ -45,7 +48,23 @@ class BlackHoleProxy:
         """Forward again (what was swallowed meanwhile stays lost)."""
         self.dark = False
 
+    def cut(self) -> None:
+        """Drop every relayed connection (both ends closed at once) and close each new one
+        as soon as it is accepted, until :meth:`restore`."""
+        self.refusing = True
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        """Relay new connections again, after :meth:`cut` or :meth:`go_dark`."""
+        self.refusing = False
+        self.dark = False
+
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         target_reader, target_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers += [writer, target_writer]
         pairs = ((reader, target_writer, False), (target_reader, writer, True))

@@ -412,6 +412,13 @@ class Settings(BaseSettings):
         description="How long a database write waits for a lock held by another "
         "process before it fails: the request is refused with store_unavailable.",
     )
+    db_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="PostgreSQL only: how long a read may wait for the server before its "
+        "connection is dropped and it fails (a write waits this on top of the busy "
+        "timeout), so that a server behind a silent network never holds the hub.",
+    )
     store_retry_interval_s: float = Field(
         1.0,
         gt=0,

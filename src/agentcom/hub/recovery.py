@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agentcom.errors import StoreError
+
 from agentcom.hub.agents import Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import EndpointRegistry
@@ -42,6 +44,9 @@ class Recovery:
 
     def __init__(self, hub: RecoveryHub) -> None:
         self.hub = hub
+        # Refused changes whose stored state could not be read (the database is
+        # unreachable): reloaded by reload_pending before the store counts as working.
+        self._pending: list[ChangeKey] = []
 
     def restore(self) -> int:
         """Reload unfinished tasks; assigned ones wait for their agent's grace period.
@@ -76,17 +81,50 @@ class Recovery:
         are reloaded when one of theirs was refused.
         """
         kinds = {kind for kind, _ in refused}
-        for task_id in dict.fromkeys(name for kind, name in refused if kind == "task"):
-            self._reload_task(task_id)
+        task_ids = list(dict.fromkeys(name for kind, name in refused if kind == "task"))
+        for index, task_id in enumerate(task_ids):
+            try:
+                self._reload_task(task_id)
+            except StoreError:
+                self._pend([("task", name) for name in task_ids[index:]], forget=True)
+                break
         if "endpoint" in kinds:
-            self.hub.endpoints.reload(self.hub.store.load_endpoints())
+            try:
+                self.hub.endpoints.reload(self.hub.store.load_endpoints())
+            except StoreError:
+                self._pend([("endpoint", "")])
         # Recent activity is saved again at the next sweep.
         self.hub.execution_tails.mark_changed([name for kind, name in refused if kind == "tail"])
         self.hub.queue_history.mark_changed(
             [int(name) for kind, name in refused if kind == "minute"]
         )
         if kinds & {"channel", "subscription", "message", "trim"}:
-            self.hub.messaging.reload()
+            try:
+                self.hub.messaging.reload()
+            except StoreError:
+                self._pend([("channel", "")])
+
+    @property
+    def pending(self) -> bool:
+        """Whether refused changes wait to be reloaded (see :meth:`reload_pending`)."""
+        return bool(self._pending)
+
+    def reload_pending(self) -> None:
+        """Reload what refused changes touched and could not be read back when they were
+        refused. Raises StoreError while the database still cannot be read (what is left
+        stays pending)."""
+        pending, self._pending = self._pending, []
+        self.forget_refused(pending)
+
+    def _pend(self, keys: list[ChangeKey], forget: bool = False) -> None:
+        """Keep ``keys`` for :meth:`reload_pending`; with ``forget``, their tasks leave
+        memory meanwhile: their state in memory was never stored, and what is stored
+        cannot be read now (a task's agent asking about it then reads the database)."""
+        for key in keys:
+            if key not in self._pending:
+                self._pending.append(key)
+            if forget:
+                self.hub.queue.reload(key[1], None)
 
     def stage_recent_activity(self) -> None:
         """Stage what changed in the execution tails and the queue's last hour since the

@@ -309,8 +309,9 @@ class HubServer:
         self.store.on_written = self.metrics.observe_commit
         self.hub.task_observer = self.metrics.observe_task
         self.store_watch = StoreWatch(
-            self.store, settings.store_retry_interval_s, self._resume_after_store_recovery
-        )
+            self.store, settings.store_retry_interval_s, self._resume_after_store_recovery,
+            self.hub.recovery.reload_pending,
+        )  # fmt: skip
         self.auth = Authenticator(self.store)
         self.revocations = RevocationWatch(
             self.store, settings.token_check_interval_s, self.close_in_background,

@@ -16,7 +16,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from agentcom import __version__
-from agentcom.errors import DatabaseInUse, HubError
+from agentcom.errors import DatabaseInUse, HubError, StoreError
 from agentcom.hub.auth import Role
 from agentcom.protocol.common import Priority, TaskStatus
 from agentcom.protocol.schemas import all_schemas
@@ -129,10 +129,13 @@ class HttpRoutes:
             name = path.removeprefix("/dashboard/")
             return dashboard_file(name, single_header(request.headers, "Host"), self.server.tls)
         if path.startswith("/api/"):
-            if not self._authorized(request):
-                await self.server.guard.slow_down_after_failure(connection)
-                return _json(401, {"error": "unauthorized"})
-            response = await self.api(path, parse_qs(parts.query))
+            try:
+                if not self._authorized(request):
+                    await self.server.guard.slow_down_after_failure(connection)
+                    return _json(401, {"error": "unauthorized"})
+                response = await self.api(path, parse_qs(parts.query))
+            except StoreError as exc:  # the database cannot be read now (PostgreSQL down)
+                response = _json(503, {"error": "store_unavailable", "message": str(exc)})
             self.server.replies.admit(
                 connection.transport, len(response.body), f"HTTP client {peer(connection)}"
             )  # when it cuts the client off, the response goes nowhere
@@ -182,7 +185,8 @@ class HttpRoutes:
         """Liveness and headline figures (no authentication).
 
         ``status`` is ``degraded`` while the database cannot be written (``store`` says
-        ``failing``): the hub answers, but refuses new work. ``pubsub`` says where events
+        ``failing``, ``store_error`` what the database last said, e.g. that it is
+        unreachable): the hub answers, but refuses new work. ``pubsub`` says where events
         fan out and, with Redis, whether the link to the other nodes is up and since when;
         a Redis outage leaves ``status`` alone (tasks keep flowing).
         """
@@ -192,6 +196,7 @@ class HttpRoutes:
         return {
             "status": "degraded" if failing else "ok",
             "store": "failing" if failing else "ok",
+            "store_error": self.server.store_watch.error if failing else None,
             "version": __version__,
             # Listening beyond loopback without TLS (--insecure): tokens travel in clear.
             "insecure": self.server.insecure,

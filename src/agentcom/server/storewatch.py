@@ -25,6 +25,9 @@ class StoreWatch:
         store: the store written to and probed.
         retry_interval_s: time between probes while failing.
         on_recovered: awaited after a probe succeeded (to offer queued work again).
+        catch_up: called after a probe succeeded, before the store counts as working
+            (to reload what refused changes touched); a StoreError it raises keeps the
+            store failing.
     """
 
     def __init__(
@@ -32,15 +35,19 @@ class StoreWatch:
         store: Store,
         retry_interval_s: float,
         on_recovered: Callable[[], Awaitable[object]],
+        catch_up: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._retry_interval_s = retry_interval_s
         self._on_recovered = on_recovered
+        self._catch_up = catch_up
+        self.error: str | None = None  # what the failing store last said
         self.failing = False
         self._prober: asyncio.Task[None] | None = None
 
     def failed(self, error: StoreError) -> None:
         """A write failed: refuse new work and start probing."""
+        self.error = str(error)
         if self.failing:
             return
         logger.error("store failing; refusing new work until it recovers: %s", error)
@@ -61,7 +68,12 @@ class StoreWatch:
         """
         if self.failing:
             await self._store.check_writable()
+            self._caught_up()
             self.written()
+
+    def _caught_up(self) -> None:
+        if self._catch_up is not None:
+            self._catch_up()
 
     async def stop(self) -> None:
         """Stop probing."""
@@ -74,7 +86,9 @@ class StoreWatch:
             await asyncio.sleep(self._retry_interval_s)
             try:
                 await self._store.check_writable()
-            except StoreError:
+                self._caught_up()
+            except StoreError as exc:
+                self.error = str(exc)
                 continue
             if self.failing:
                 self.written()

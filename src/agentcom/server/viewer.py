@@ -276,6 +276,13 @@ class OperatorSession:
                 )
             )
             return
+        except StoreError as error:  # a read the database could not answer (PostgreSQL down)
+            self._answer(
+                ops.OperatorError(
+                    request_id=request.request_id, error="store_unavailable", message=str(error)
+                )
+            )
+            return
         if isinstance(data, TaskPage):
             self._answer(
                 ops.OperatorResult(
@@ -304,7 +311,9 @@ class OperatorSession:
                 raise HubError("store_unavailable", str(exc)) from None
             data, effects = self.hub.run(mutation, self.hub, request)
             if not await self.server.settle(effects=effects):
-                raise HubError("store_unavailable", "the change could not be stored")
+                raise HubError(
+                    "store_unavailable", "the database could not store the change; try again later"
+                )
             return data
         read = _READS.get(request.type)
         if read is None:

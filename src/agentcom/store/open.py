@@ -72,6 +72,7 @@ def open_store(settings: Settings, fence: tuple[Any, ...] | None = None) -> Obse
             fence=fence,
             batch_max=settings.commit_batch_max,
             busy_timeout_s=settings.db_busy_timeout_s,
+            timeout_s=settings.db_timeout_s,
         )
     return SqliteStore(
         settings.db, batch_max=settings.commit_batch_max, busy_timeout_s=settings.db_busy_timeout_s

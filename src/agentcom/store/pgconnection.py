@@ -10,12 +10,22 @@ channel name sent with one would make a whole group commit fail, and every chang
 refused. :func:`scrubbed` replaces it with U+FFFD in every text parameter, of writes and
 reads alike, so a value is found under the name it was stored with. Bodies are JSON, in
 which a NUL is already written ``\\u0000`` and kept as it is.
+
+libpq waits for an answer as long as the network lets it: a server behind a path that
+went silent (no FIN, no RST) holds the caller forever, and a read holds the event loop.
+:class:`Deadlines` bounds each use of a connection: one that outlasts its bound has its
+socket shut down, so the driver raises at once and the connection counts as closed.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -23,7 +33,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agentcom.errors import StoreError
 
-__all__ = ["CONNECT_TIMEOUT_S", "PgConnection", "connect", "native", "one_line", "scrubbed"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "Deadlines",
+    "PgConnection",
+    "connect",
+    "native",
+    "one_line",
+    "scrubbed",
+]
 
 PgConnection = psycopg.Connection[tuple[Any, ...]]
 
@@ -48,14 +66,85 @@ def connect(url: str, lock_timeout_s: float | None = None) -> PgConnection:
         parameters = conninfo_to_dict(url)
         parameters.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         parameters.setdefault("application_name", "agentcom")
+        if lock_timeout_s is not None:  # set by the startup packet: no round trip of its own
+            milliseconds = max(1, int(lock_timeout_s * 1000))
+            options = f"{parameters.get('options') or ''} -c lock_timeout={milliseconds}ms"
+            parameters["options"] = options.strip()
         conninfo = make_conninfo("", **parameters)
         connection: PgConnection = psycopg.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
         raise StoreError(one_line(exc)) from None
-    if lock_timeout_s is not None:
-        milliseconds = max(1, int(lock_timeout_s * 1000))
-        connection.execute("SELECT set_config('lock_timeout', %s, false)", (f"{milliseconds}ms",))
     return connection
+
+
+class Deadlines:
+    """Bounds on the uses of connections (see the module docstring).
+
+    A use is bounded by :meth:`bound`; a thread of its own, woken every ``tick_s``,
+    shuts down the socket of every use past its bound. A use is found out at most
+    ``tick_s`` after its bound.
+
+    Args:
+        tick_s: how often the bounds are checked.
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        self._tick_s = tick_s
+        self._lock = threading.Lock()
+        self._armed: dict[int, tuple[float, int]] = {}  # a use: (its deadline, its socket)
+        self._next = 0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.expired = 0  # uses whose socket was shut down, for tests and logs
+
+    @contextmanager
+    def bound(self, connection: PgConnection, seconds: float) -> Iterator[None]:
+        """What runs inside may use ``connection`` for ``seconds``; past them its socket
+        is shut down (what runs then fails with ``psycopg.OperationalError``)."""
+        try:
+            fd = connection.pgconn.socket
+        except psycopg.Error:  # no socket: the connection is closed, the use fails anyway
+            yield
+            return
+        with self._lock:
+            self._next += 1
+            key = self._next
+            self._armed[key] = (time.monotonic() + seconds, fd)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="pg-deadlines", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:  # once out, the socket is never touched again (it may be reused)
+                self._armed.pop(key, None)
+
+    def stop(self) -> None:
+        """Stop checking (later uses are not bounded)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._tick_s):
+            now = time.monotonic()
+            with self._lock:
+                for key, (deadline, fd) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[key]
+                        self.expired += 1
+                        _shut_down(fd)
+
+
+def _shut_down(fd: int) -> None:
+    """End the connection of socket ``fd`` both ways; the descriptor stays its owner's."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already gone
+        pass
 
 
 def one_line(exc: BaseException) -> str:

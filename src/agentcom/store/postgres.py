@@ -11,11 +11,21 @@ the verification report, the agentic run: ``rest``) and what they say of the res
 (``result_summary``, made when the task is staged), so a list never reads a result; the
 whole task is the two JSON objects spliced. A connection the server ended (a restart, an
 administrator) is replaced by a new one at its next use.
+
+An unreachable server never holds the hub: every use of a connection is bounded
+(:class:`agentcom.store.pgconnection.Deadlines`): a read on the event loop's thread by
+``timeout_s``, a write transaction or a statistics read by the lock wait plus
+``timeout_s``. A read whose connection is lost fails with :class:`StoreError`; the next
+one opens a new connection on a thread of its own and waits for it ``timeout_s`` at
+most, and the reads after it fail at once while that attempt is still under way: while
+the server cannot be reached, reads cost the event loop almost nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as Pending
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,7 +34,14 @@ import psycopg
 from agentcom.errors import StoreError
 from agentcom.protocol.task import LISTED_WITHOUT, ResultSummary, Task
 from agentcom.store.columns import task_fields
-from agentcom.store.pgconnection import PgConnection, connect, native, scrubbed
+from agentcom.store.pgconnection import (
+    Deadlines,
+    PgConnection,
+    connect,
+    native,
+    one_line,
+    scrubbed,
+)
 from agentcom.store.pgschema import ensure_schema
 from agentcom.store.sqlbase import SqlStore
 from agentcom.store.sqlwrites import ConnectionThread
@@ -56,6 +73,11 @@ def _open(connection: PgConnection) -> bool:
     return not connection.closed
 
 
+def _close_opened(attempt: Future[PgConnection]) -> None:
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
+
+
 class PostgresStore(SqlStore[PgConnection]):
     """The store of a PostgreSQL database, with the semantics of the SQLite store.
 
@@ -65,6 +87,8 @@ class PostgresStore(SqlStore[PgConnection]):
         batch_max: most staged changes handed to the driver in one ``executemany``.
         busy_timeout_s: how long a statement waits for a lock held by another session
             before it fails (a write is then refused), as SQLite's busy timeout.
+        timeout_s: how long a read may wait for the server (a write: on top of
+            ``busy_timeout_s``) before its connection is dropped and it fails.
 
     Raises:
         StoreError: the server cannot be reached, or the schema cannot be made.
@@ -93,35 +117,76 @@ class PostgresStore(SqlStore[PgConnection]):
         batch_max: int = 2000,
         busy_timeout_s: float = 10.0,
         fence: tuple[Any, ...] | None = None,
+        timeout_s: float = 2.0,
     ) -> None:
         self.url = url
         self._fence = fence
         self._busy_timeout_s = busy_timeout_s
+        self._timeout_s = timeout_s
+        self._deadlines = Deadlines(tick_s=min(timeout_s / 4, 0.5))
+        self._reconnector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-reconnect")
+        self._reconnecting: Future[PgConnection] | None = None
         reader = self._connect()
         try:
             ensure_schema(reader)
         except BaseException:
             reader.close()
+            self._deadlines.stop()
+            self._reconnector.shutdown()
             raise
         super().__init__(
             reader,
-            ConnectionThread(self._connect, "pg-writer", alive=_open),
-            ConnectionThread(self._connect, "pg-stats", alive=_open),
+            ConnectionThread(self._reconnect, "pg-writer", alive=_open),
+            ConnectionThread(self._reconnect, "pg-stats", alive=_open),
             batch_max,
         )
 
     def _connect(self) -> PgConnection:
         return connect(self.url, lock_timeout_s=self._busy_timeout_s)
 
+    def _reconnect(self) -> PgConnection:
+        try:
+            return self._connect()
+        except StoreError as exc:
+            raise StoreError(f"the database is unreachable: {exc}") from None
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self._reader.closed:  # the server ended the session: the next read reconnects
-            self._reader = self._connect()
-        return self._fetch(self._reader, sql, params)
+        return self._fetch(self._live_reader(), sql, params)
+
+    def _live_reader(self) -> PgConnection:
+        """The reader, or a new one when the server ended its session (see the module
+        docstring); raises StoreError when there is none to be had now."""
+        if not self._reader.closed:
+            return self._reader
+        attempt, wait_s = self._reconnecting, 0.0
+        if attempt is None:
+            attempt = self._reconnecting = self._reconnector.submit(self._reconnect)
+            wait_s = self._timeout_s
+        try:
+            fresh = attempt.result(timeout=wait_s)
+        except Pending:
+            raise StoreError("the database is unreachable: no connection yet") from None
+        except StoreError:
+            self._reconnecting = None
+            raise
+        self._reconnecting = None
+        self._reader.close()
+        self._reader = fresh
+        return fresh
 
     def _fetch(
         self, connection: PgConnection, sql: str, params: Sequence[Any] = ()
     ) -> list[tuple[Any, ...]]:
-        return connection.execute(native(sql), scrubbed(params)).fetchall()
+        bound = self._timeout_s
+        if connection is not self._reader:  # statistics, on their thread: maybe long
+            bound += self._busy_timeout_s
+        try:
+            with self._deadlines.bound(connection, bound):
+                return connection.execute(native(sql), scrubbed(params)).fetchall()
+        except psycopg.Error as exc:
+            if connection.closed:
+                raise StoreError(f"the database is unreachable: {one_line(exc)}") from None
+            raise StoreError(f"the database read failed: {one_line(exc)}") from None
 
     def _execute_many(
         self, connection: PgConnection, sql: str, rows: list[tuple[Any, ...]]
@@ -131,17 +196,33 @@ class PostgresStore(SqlStore[PgConnection]):
 
     @contextmanager
     def _transaction(self, connection: PgConnection) -> Iterator[None]:
-        with connection.transaction():
-            if self._fence is not None:
-                # The hub_owner row, locked until this transaction ends, must still be the
-                # one this hub wrote: a hub taking over rewrites it, and waits for this
-                # lock to do so. So no write of this hub lands after another hub started
-                # serving (and read the state it restores), whatever became of the
-                # session holding the advisory lock.
-                owner = connection.execute(_OWNER_FOR_SHARE).fetchone()
-                if owner is None or tuple(owner) != self._fence:
-                    raise StoreError("another hub serves this database now")
-            yield
+        try:
+            with (
+                self._deadlines.bound(connection, self._busy_timeout_s + self._timeout_s),
+                connection.transaction(),
+            ):
+                if self._fence is not None:
+                    # The hub_owner row, locked until this transaction ends, must still be
+                    # the one this hub wrote: a hub taking over rewrites it, and waits for
+                    # this lock to do so. So no write of this hub lands after another hub
+                    # started serving (and read the state it restores), whatever became of
+                    # the session holding the advisory lock.
+                    owner = connection.execute(_OWNER_FOR_SHARE).fetchone()
+                    if owner is None or tuple(owner) != self._fence:
+                        raise StoreError("another hub serves this database now")
+                yield
+        except psycopg.Error as exc:
+            if connection.closed:
+                raise StoreError(f"the database is unreachable: {one_line(exc)}") from None
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self._deadlines.stop()
+        self._reconnector.shutdown(wait=False, cancel_futures=True)
+        attempt = self._reconnecting
+        if attempt is not None:  # a connection that came too late: nobody will use it
+            attempt.add_done_callback(_close_opened)
 
     def _task_row(self, task: Task) -> tuple[Any, ...]:
         summary = ResultSummary.of(task.result)
