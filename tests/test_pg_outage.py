@@ -94,8 +94,12 @@ class Setup:
         assign = await self.worker.receive_type("task_assign")
         await self.worker.send({"type": "task_accepted", "task_id": working["task_id"]})
         assert (await self.worker.receive_type("task_ack"))["status"] == "accepted"
-        self.complete = {"type": "task_complete", "task_id": working["task_id"],
-                         "generation": assign["generation"], "result": {"status": "success"}}  # fmt: skip
+        self.complete = {
+            "type": "task_complete",
+            "task_id": working["task_id"],
+            "generation": assign["generation"],
+            "result": {"status": "success"},
+        }
         return self
 
     async def ping(self) -> float:

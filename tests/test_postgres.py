@@ -168,7 +168,9 @@ async def test_a_writer_connection_the_server_ended_is_replaced(pg_url: str) -> 
         store.stage_task(_task(3))
         await store.commit()
         await store.check_writable()
-        with pytest.raises(psycopg.OperationalError):  # the reader finds out at its next read
+        with pytest.raises(
+            StoreError, match="unreachable"
+        ):  # the reader finds out at its next read
             store.list_task_page(TaskFilter())
         assert [task["task_id"] for task in store.list_task_page(TaskFilter()).tasks] == [
             _task(3).task_id, _task(1).task_id]  # fmt: skip

@@ -540,6 +540,9 @@ class OperatorClient:
             reply = json.loads(await asyncio.wait_for(self._connection.recv(), timeout))
         except ConnectionClosed:
             raise AuthenticationError("invalid_token") from None
+        if reply.get("type") == "error" and reply.get("error") == "store_unavailable":
+            await _close(self._connection)  # the hub could not check the token now
+            raise RequestFailed("store_unavailable", reply.get("message"))
         if reply.get("type") != "auth_ok":
             await _close(self._connection)
             raise AuthenticationError(str(reply.get("error", "invalid_token")))

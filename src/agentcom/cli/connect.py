@@ -55,6 +55,8 @@ def operator_handler(
                 await client.connect()
             except AuthenticationError:
                 raise CliError("the hub refused the token", EXIT_TOKEN) from None
+            except RequestFailed as exc:  # store_unavailable: the token cannot be checked now
+                raise CliError(str(exc), EXIT_FAILED) from None
             except InvalidURI as exc:
                 raise CliError(f"bad hub URL {args.hub!r}: {reason_of(exc)}") from None
             except (OSError, InvalidHandshake, ConnectionClosed, ValueError) as exc:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from agentcom.errors import StoreError
-
 from agentcom.hub.agents import Presence
 from agentcom.hub.clock import Clock
 from agentcom.hub.endpoints import EndpointRegistry

@@ -580,6 +580,11 @@ class HubServer:
         """The last write failed and no write has succeeded since: new work is refused."""
         return self.store_watch.failing
 
+    @property
+    def store_error(self) -> str | None:
+        """While the store fails: what the database last said (e.g. that it is unreachable)."""
+        return self.store_watch.error if self.store_watch.failing else None
+
     async def ensure_store_writable(self) -> None:
         """Before new work: while the store is failing, probe it; raise StoreError if the
         probe fails too."""

@@ -100,6 +100,10 @@ class SessionHost(Protocol):
     def store_failing(self) -> bool:
         """The last write failed and none has succeeded since."""
 
+    @property
+    def store_error(self) -> str | None:
+        """While the store fails: what the database last said (e.g. that it is unreachable)."""
+
     async def settle(
         self,
         connection: ServerConnection | None = None,

@@ -196,7 +196,7 @@ class HttpRoutes:
         return {
             "status": "degraded" if failing else "ok",
             "store": "failing" if failing else "ok",
-            "store_error": self.server.store_watch.error if failing else None,
+            "store_error": self.server.store_error,
             "version": __version__,
             # Listening beyond loopback without TLS (--insecure): tokens travel in clear.
             "insecure": self.server.insecure,

@@ -239,7 +239,14 @@ class OperatorSession:
             return False
         identity = None
         if isinstance(frame, ops.Auth):
-            identity = self.server.auth.role_of(frame.token)
+            try:
+                identity = self.server.auth.role_of(frame.token)
+            except StoreError as exc:  # the token cannot be checked now (PostgreSQL down)
+                await self._send(
+                    ops.OperatorError(request_id=None, error="store_unavailable", message=str(exc))
+                )
+                await self.connection.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
+                return False
         if identity is None or identity[1] not in _OPERATOR_ROLES:
             logger.info("operator from %s refused: invalid token", peer(self.connection))
             await self.server.guard.slow_down_after_failure(self.connection)
