@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode
 
-from agentcom.errors import HubError
+from agentcom.errors import HubError, StoreError
 from agentcom.hub.auth import Role
 from agentcom.hub.limits import BucketSpec, RateLimiter
 from agentcom.protocol import agent as frames
@@ -156,7 +156,10 @@ class AgentSession:
         frames_received[frame.type].inc()
         if self.agent_id is None:
             if isinstance(frame, frames.Identify):
-                await self.on_identify(frame)
+                try:
+                    await self.on_identify(frame)
+                except StoreError as exc:  # the token cannot be checked now (PostgreSQL down)
+                    await self.reply(ErrorReply(error="store_unavailable", message=str(exc)))
             else:
                 await self.reply(ErrorReply(error="not_identified"))
             return
@@ -168,6 +171,11 @@ class AgentSession:
             return
         try:
             await self._handlers[frame.type](frame)
+        except StoreError as exc:  # a read the database could not answer (PostgreSQL down)
+            task_id = getattr(frame, "task_id", None)
+            await self.reply(
+                ErrorReply(error="store_unavailable", task_id=task_id, message=str(exc))
+            )
         except HubError as error:
             # A refused frame changes nothing and announces nothing: its effects were
             # dropped with the exception (Hub.run).

@@ -216,6 +216,18 @@ class PostgresStore(SqlStore[PgConnection]):
                 raise StoreError(f"the database is unreachable: {one_line(exc)}") from None
             raise
 
+    async def check_writable(self) -> None:
+        """The probe write; once it succeeds, a reader lost meanwhile is replaced at once
+        (on the writer's thread), so reads work again with writes, not at a later try."""
+        await super().check_writable()
+        if self._reader.closed:
+            fresh = await self._writer.run(self._reconnect)
+            attempt, self._reconnecting = self._reconnecting, None
+            if attempt is not None:  # an older attempt, maybe stuck on the dead path
+                attempt.add_done_callback(_close_opened)
+            self._reader.close()
+            self._reader = fresh
+
     def close(self) -> None:
         super().close()
         self._deadlines.stop()
