@@ -89,9 +89,16 @@ class RevocationWatch:
         return closed
 
     async def _poll_forever(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self._interval_s)
             try:
                 self.check()
-            except Exception:  # a failed read (database locked ...) is retried next time
-                logger.exception("checking for revoked tokens failed")
+            except Exception as exc:  # a failed read (database locked ...) is retried
+                if not failing:  # said once per outage, not every interval
+                    logger.warning("checking for revoked tokens failed: %s; retrying", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.info("checking for revoked tokens works again")
+                failing = False
