@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hubprocess import CliProcess, HubProcess
+from recorded import Recorded
 from redis.asyncio import Redis
 from redisnodes import REDIS_PORT, REDIS_URL, new_cluster, require_redis
 from tcpproxy import BlackHoleProxy
@@ -75,13 +76,12 @@ async def proxies() -> AsyncIterator[list[BlackHoleProxy]]:
         await proxy.close()
 
 
-class Dashboard:
+class Dashboard(Recorded):
     """A ``/ws/dashboard`` connection: every frame it got, the first snapshot aside."""
 
     def __init__(self, hub: HubProcess, token: str) -> None:
+        super().__init__()
         self.operator = OperatorClient(hub.http_url, token)
-        self.frames: list[Frame] = []
-        self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> Dashboard:
@@ -93,18 +93,7 @@ class Dashboard:
 
     async def _read(self, stream: AsyncIterator[Frame]) -> None:
         async for frame in stream:
-            async with self._changed:
-                self.frames.append(frame)
-                self._changed.notify_all()
-
-    async def wait_for(self, match: Callable[[Frame], bool], timeout: float = 10.0) -> Frame:
-        """The first frame (received already or to come) that ``match`` accepts."""
-        async with asyncio.timeout(timeout), self._changed:
-            while True:
-                found = next((frame for frame in self.frames if match(frame)), None)
-                if found is not None:
-                    return found
-                await self._changed.wait()
+            await self.add(frame)
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from hubprocess import HubProcess, run_cli_async, start_hub
+from recorded import Recorded
 from sidecars import SidecarProcess
 from tcpproxy import BlackHoleProxy
 from websockets.exceptions import ConnectionClosed
@@ -71,12 +72,11 @@ def entries(task: Frame, status: str) -> list[Frame]:
     return [entry for entry in task["history"] if entry["status"] == status]
 
 
-class EventLog:
+class EventLog(Recorded):
     """Every event a hub publishes, read from ``/ws/dashboard`` by a background task."""
 
     def __init__(self, operator: OperatorClient, topics: list[str]) -> None:
-        self.events: list[Frame] = []
-        self._changed = asyncio.Condition()
+        super().__init__()
         self._subscribed = asyncio.Event()
         self._reader = asyncio.create_task(self._read(operator, topics))
 
@@ -85,22 +85,16 @@ class EventLog:
             if frame.get("type") == "snapshot":
                 self._subscribed.set()
                 continue
-            async with self._changed:
-                self.events.append(frame)
-                self._changed.notify_all()
+            await self.add(frame)
 
     async def subscribed(self, timeout: float = 10.0) -> None:
         """Return once the hub has sent the snapshot: later events are all seen."""
         await asyncio.wait_for(self._subscribed.wait(), timeout)
 
-    async def wait_for(self, match: Callable[[Frame], bool], timeout: float = 20.0) -> Frame:
-        """The first event (seen already or to come) for which ``match`` is true."""
-        async with asyncio.timeout(timeout), self._changed:
-            while True:
-                found = next((event for event in self.events if match(event)), None)
-                if found is not None:
-                    return found
-                await self._changed.wait()
+    @property
+    def events(self) -> list[Frame]:
+        """The events seen so far, oldest first."""
+        return self.frames
 
     async def close(self) -> None:
         self._reader.cancel()
