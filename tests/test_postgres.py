@@ -218,3 +218,31 @@ def test_the_db_setting_refuses_another_kind_of_url() -> None:
 def _task(n: int) -> Task:
     return Task(task_id=f"{n:032x}", status=TaskStatus.queued, priority=Priority.normal,
                 description=f"task {n}", created_at=n, updated_at=n)  # fmt: skip
+
+
+def test_the_server_is_asked_to_notice_a_lost_hub_within_seconds(pg_url: str) -> None:
+    # given a connection the hub opens (the one holding its lock among them)
+    from agentcom.store.pgconnection import connect
+
+    connection = connect(pg_url, lock_timeout_s=1.5)
+    try:
+        # then the server probes an idle peer after 10 s, gives up after 3 unanswered
+        # probes 5 s apart, or after 30 s of unacknowledged data, and ends the session
+        shown = {
+            name: connection.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval",
+                         "tcp_keepalives_count", "tcp_user_timeout", "lock_timeout")
+        }  # fmt: skip
+    finally:
+        connection.close()
+    assert shown == {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                     "tcp_keepalives_count": "3", "tcp_user_timeout": "30000",
+                     "lock_timeout": "1500ms"}  # fmt: skip
+
+    # and options the URL gives win
+    separator = "&" if "?" in pg_url else "?"
+    connection = connect(f"{pg_url}{separator}options=-c%20tcp_keepalives_idle%3D77")
+    try:
+        assert connection.execute("SHOW tcp_keepalives_idle").fetchone() == ("77",)
+    finally:
+        connection.close()

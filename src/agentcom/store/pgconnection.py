@@ -35,6 +35,7 @@ from agentcom.errors import StoreError
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "DEAD_PEER_OPTIONS",
     "Deadlines",
     "PgConnection",
     "connect",
@@ -48,6 +49,20 @@ PgConnection = psycopg.Connection[tuple[Any, ...]]
 CONNECT_TIMEOUT_S = 10
 """How long opening a connection may take unless the URL says (``connect_timeout``);
 libpq would otherwise wait as long as the network lets it."""
+
+DEAD_PEER_OPTIONS = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+    " -c tcp_user_timeout=30000"
+)
+"""Asked of the server for each of the hub's sessions (unless the URL's ``options`` set
+them): notice within about 30 s that the hub's machine is gone (keepalives unanswered,
+or data unacknowledged), and end the session, rather than after the system's two hours.
+It matters most for the session holding the hub's lock: until it ends, a standby cannot
+take over."""
+
+_CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                      "keepalives_count": 3}  # fmt: skip
+"""The same on the hub's side of each connection: a server that went away is noticed."""
 
 
 def connect(url: str, lock_timeout_s: float | None = None) -> PgConnection:
@@ -66,10 +81,14 @@ def connect(url: str, lock_timeout_s: float | None = None) -> PgConnection:
         parameters = conninfo_to_dict(url)
         parameters.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         parameters.setdefault("application_name", "agentcom")
-        if lock_timeout_s is not None:  # set by the startup packet: no round trip of its own
-            milliseconds = max(1, int(lock_timeout_s * 1000))
-            options = f"{parameters.get('options') or ''} -c lock_timeout={milliseconds}ms"
-            parameters["options"] = options.strip()
+        for name, value in _CLIENT_KEEPALIVES.items():
+            parameters.setdefault(name, value)
+        # Set by the startup packet, no round trip of their own; the URL's own options
+        # come last, so they win.
+        options = DEAD_PEER_OPTIONS
+        if lock_timeout_s is not None:
+            options += f" -c lock_timeout={max(1, int(lock_timeout_s * 1000))}ms"
+        parameters["options"] = f"{options} {parameters.get('options') or ''}".strip()
         conninfo = make_conninfo("", **parameters)
         connection: PgConnection = psycopg.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
