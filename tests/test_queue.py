@@ -284,6 +284,32 @@ def test_rejected_task_is_assigned_again_with_a_new_generation(domain: Hub) -> N
     assert [frame.generation for frame in second] == [first.generation + 1]
 
 
+def test_an_agent_that_declined_a_task_is_offered_nothing_until_its_next_frame(
+    domain: Hub, clock: ManualClock
+) -> None:
+    # given the only agent, given a task
+    identify(domain, "stopping")
+    task = submit(domain, "anything")
+    only_assignment(domain, "stopping")
+
+    # when it declines it (a sidecar stopping gives its task back before it goes)
+    domain.task_frames.task_rejected(
+        "stopping", frames.TaskRejected.model_validate(
+            {"type": "task_rejected", "task_id": task.task_id, "reason": "sidecar stopping"})
+    )  # fmt: skip
+
+    # then the task waits, queued, whatever schedules meanwhile (a sweep)
+    clock.advance(1_000)
+    domain.sweep()
+    assert assignments(domain.take_outbox(), "stopping") == []
+    assert domain.find_task(task.task_id).status is TaskStatus.queued
+
+    # and once the agent sends anything again, it may have work
+    domain.seen("stopping")
+    again = assignments(domain.take_outbox(), "stopping")
+    assert [frame.task_id for frame in again] == [task.task_id]
+
+
 def test_unaccepted_task_is_reclaimed_after_the_acceptance_timeout(
     domain: Hub, clock: ManualClock
 ) -> None:

@@ -41,6 +41,9 @@ class AgentRecord:
     # holding the task ends (or the hub restarts), cleared once it reports on the task.
     held_since: int | None = None
     draining: bool = False  # an operator asked: finish the current task, take no new one
+    # It declined the task it was given (task_rejected): it is offered nothing until its
+    # next frame, so a sidecar that is stopping, or busy, is not handed work back at once.
+    declined: bool = False
     ollama_url: str | None = None
     host: str | None = None  # the address it connected from
     resources: dict[str, Any] = field(default_factory=dict)
@@ -106,9 +109,9 @@ class Presence:
         return agent
 
     def refresh(self, agent: AgentRecord) -> None:
-        """Re-file the agent in the idle set after its state changed (a draining agent is
-        never offered work)."""
-        if agent.state is AgentState.idle and not agent.draining:
+        """Re-file the agent in the idle set after its state changed (a draining agent, or
+        one that just declined a task, is not offered work)."""
+        if agent.state is AgentState.idle and not agent.draining and not agent.declined:
             self._idle.setdefault(agent.agent_id, None)
         else:
             self._idle.pop(agent.agent_id, None)

@@ -215,6 +215,7 @@ class Hub:
         agent.host = remote_host
         agent.disconnected_at = None
         agent.restarting = None
+        agent.declined = False
         agent.pm2_info = dumped_or_none(frame.pm2_info)
         if frame.ollama_url:
             try:
@@ -247,6 +248,10 @@ class Hub:
         without an event per frame."""
         agent = self.presence.agents[agent_id]
         now = agent.last_seen = self.clock.now_ms()
+        if agent.declined:  # it declined a task before this frame: work may come again
+            agent.declined = False
+            self.presence.refresh(agent)
+            self.scheduler.schedule()
         if now - agent.seen_published_at >= SEEN_EVENT_INTERVAL_MS:
             agent.seen_published_at = now
             self._agent_event("agent_seen", agent)

@@ -168,12 +168,15 @@ class TaskFrames:
         return outcome
 
     def task_rejected(self, agent_id: str, frame: frames.TaskRejected) -> TaskAck:
-        """The agent declined: the task goes back to the queue at once."""
+        """The agent declined: the task goes back to the queue at once, and the agent is
+        offered nothing until it sends another frame."""
         task = self._owned_task(agent_id, frame.task_id)
         generation = task.generation
         self.queue.requeue(task, f"rejected by {agent_id}: {frame.reason or 'no reason'}")
+        agent = self.presence.agents[agent_id]
+        agent.declined = True  # offered nothing until its next frame (Hub.seen)
         self.hub.release_agent(agent_id, schedule=False)
-        self.scheduler.schedule_excluding(agent_id)
+        self.scheduler.schedule()
         return TaskAck(task_id=task.task_id, status="requeued", generation=generation)
 
     def task_recovering(self, agent_id: str, task_id: str) -> TaskContinue | TaskReassign:
