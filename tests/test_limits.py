@@ -459,14 +459,17 @@ async def test_failure_rejection_and_recovery_are_never_rate_limited(
     rejected = await agent.receive_type("task_ack")
     await agent.send({"type": "task_recovering", "task_id": task["task_id"]})
     recovered = await agent.receive(5)
+    # (a frame after the rejection: the agent may be offered the task again)
+    again = await agent.receive_type("task_assign")
 
     # then each one is answered
     assert failed["status"] == "retried"
     assert retry["generation"] == first["generation"] + 1
     assert rejected["status"] == "requeued"
     assert recovered == {"type": "task_reassign", "task_id": task["task_id"]}
+    assert again["generation"] == first["generation"] + 2
     stored = await operator.get_task(task["task_id"])
-    assert (stored["status"], stored["retry_count"]) == ("queued", 1)
+    assert (stored["status"], stored["retry_count"]) == ("assigned", 1)
 
 
 async def test_progress_flood_is_coalesced_silently_and_counted(
