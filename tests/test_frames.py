@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AgentMaker, TokenMaker
+from conftest import METADATA, AgentMaker, TokenMaker
 from ollama_standin import OllamaStandin
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -823,3 +823,38 @@ async def test_frames_sent_in_a_burst_are_answered_each_in_order(
     for n in range(burst):
         refused = await agent.receive(5)
         assert refused["type"] == "error" and refused["task_id"] == f"{n:032x}", refused
+
+
+async def test_frames_that_arrive_together_are_made_durable_by_one_commit(
+    hub: HubServer, ws_url: str, make_token: TokenMaker, operator: OperatorClient
+) -> None:
+    # given an agent holding a task
+    async with connect(ws_url) as agent:
+        await agent.send(json.dumps({"type": "identify", "agent_id": "worker",
+                                     "token": make_token("worker")}))  # fmt: skip
+        assert json.loads(await agent.recv())["type"] == "identified"
+        task = await operator.submit("one commit", complexity_tier="complex")
+        while (assign := json.loads(await agent.recv()))["type"] != "task_assign":
+            pass
+        task_id = task["task_id"]
+
+        # when it sends task_accepted, task_progress and task_complete in one TCP write
+        commits = hub.store.commits
+        for frame in (
+            {"type": "task_accepted", "task_id": task_id},
+            {"type": "task_progress", "task_id": task_id, "progress": 50},
+            {"type": "task_complete", "task_id": task_id,
+             "generation": assign["generation"], "result": METADATA},
+        ):  # fmt: skip
+            agent.protocol.send_text(json.dumps(frame).encode())
+        agent.send_data()
+
+        # then both acknowledgements come, in order, after a single commit for all three
+        acks = []
+        async with asyncio.timeout(5):
+            while len(acks) < 2:
+                frame = json.loads(await agent.recv())
+                if frame["type"] == "task_ack":
+                    acks.append(frame["status"])
+    assert acks == ["accepted", "complete"]
+    assert hub.store.commits == commits + 1

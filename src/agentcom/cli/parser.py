@@ -239,7 +239,7 @@ def _token_command(commands: Any) -> None:
 _ID_HELP = f"the task's id, or its first {TASK_ID_PREFIX_MIN} or more characters"
 
 
-def _filter_options(parser: argparse.ArgumentParser, *, default_status: str | None = None) -> None:
+def _filter_options(parser: argparse.ArgumentParser) -> None:
     """The task filter of ``task list`` and the bulk actions."""
     parser.add_argument(
         "--status",

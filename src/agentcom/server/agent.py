@@ -28,7 +28,7 @@ from agentcom.protocol.outbound import (
     ValidationFailed,
 )
 from agentcom.server.closecodes import CLOSE_REPLACED
-from agentcom.server.inbound import frames_waiting, peer, peer_host, text_of
+from agentcom.server.inbound import message_waiting, peer, peer_host, received_frames, text_of
 
 if TYPE_CHECKING:
     from agentcom.hub.hub import Effects
@@ -63,6 +63,7 @@ class AgentSession:
         self._token_key: str | None = None  # for the revocation watch, once identified
         # Answers to this agent's frames waiting for the commit of what they changed.
         self._unsettled: list[Answer] = []
+        self._received = received_frames(connection)  # looked up once, read per frame
         settings = server.settings
         self.limiter = RateLimiter(
             {
@@ -109,7 +110,7 @@ class AgentSession:
                 # in one write. A peer that never stops sending is answered every
                 # _MAX_UNSETTLED frames all the same.
                 if self._unsettled and (
-                    len(self._unsettled) >= _MAX_UNSETTLED or not frames_waiting(self.connection)
+                    len(self._unsettled) >= _MAX_UNSETTLED or not message_waiting(self._received)
                 ):
                     await self.settle_waiting()
         finally:

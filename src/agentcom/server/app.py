@@ -469,12 +469,13 @@ class HubServer:
         writes: dict[ServerConnection, tuple[str | None, list[bytes]]] = {}
         frames_sent = self.metrics.frames_sent
         if connection is not None:
-            replies = [encode(reply) for reply, _ in answers if reply is not None]
+            replies: list[bytes] = []
+            for reply, _ in answers:
+                if reply is not None:
+                    replies.append(encode(reply))
+                    frames_sent[type(reply)].inc()
             if replies:
                 writes[connection] = (None, replies)
-                for reply, _ in answers:
-                    if reply is not None:
-                        frames_sent[type(reply)].inc()
         if outbox:
             encoded: dict[int, bytes] = {}
             for agent_id, frame in outbox.pushes:

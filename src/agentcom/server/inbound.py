@@ -8,10 +8,12 @@ of a type the endpoint does not accept.
 
 from __future__ import annotations
 
-from websockets.asyncio.server import ServerConnection
-from websockets.frames import CloseCode
+from collections import deque
 
-__all__ = ["frames_waiting", "peer", "peer_host", "text_of"]
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode, Frame
+
+__all__ = ["message_waiting", "peer", "peer_host", "received_frames", "text_of"]
 
 
 async def text_of(connection: ServerConnection, message: str | bytes) -> str | None:
@@ -35,12 +37,16 @@ def peer_host(connection: ServerConnection) -> str | None:
     return str(address[0]) if address else None
 
 
-def frames_waiting(connection: ServerConnection) -> bool:
-    """Whether a whole message from the peer is already received and waiting to be read.
-
-    Reads websockets' receive buffer (``recv_messages``, the asyncio implementation's
-    frame queue); where that is not available, says no, which only costs batching.
-    """
+def received_frames(connection: ServerConnection) -> deque[Frame] | None:
+    """The frames received on ``connection`` and not read yet, oldest first: websockets'
+    receive buffer (``recv_messages``, the asyncio implementation's frame queue, which
+    keeps the same deque for the connection's life). None where it is not available: the
+    caller then answers each frame on its own, which only costs batching."""
     frames = getattr(getattr(connection, "recv_messages", None), "frames", None)
     queue = getattr(frames, "queue", None)
-    return bool(queue) and queue[0].fin  # type: ignore[index]
+    return queue if isinstance(queue, deque) else None
+
+
+def message_waiting(received: deque[Frame] | None) -> bool:
+    """Whether a whole message waits in ``received`` (:func:`received_frames`)."""
+    return bool(received) and received[0].fin  # type: ignore[index]
