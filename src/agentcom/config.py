@@ -450,6 +450,23 @@ class Settings(BaseSettings):
         description="PostgreSQL: how long one check of the hub's lock may take before it "
         "counts as 'cannot tell' (the hub keeps serving; its writes are fenced).",
     )
+    node_heartbeat_s: float = Field(
+        1.0,
+        gt=0,
+        description="Nodes sharing a database: how often each node records in it that it is alive.",
+    )
+    node_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Nodes sharing a database: a node silent this long counts as gone; its "
+        "agents' tasks are then held for disconnect_grace_s, then given to other agents.",
+    )
+    queue_poll_s: float = Field(
+        2.0,
+        gt=0,
+        description="Nodes sharing a database: how often a node re-reads the unfinished "
+        "tasks, in case a wake-up from another node was lost (Redis down).",
+    )
     metrics_label_cap: int = Field(
         100,
         ge=1,
@@ -461,6 +478,17 @@ class Settings(BaseSettings):
         gt=0,
         description="Period of the timer whose lateness is agentcom_event_loop_lag_seconds.",
     )
+
+    @property
+    def shares_database(self) -> bool:
+        """Whether this node serves its database together with other nodes: a PostgreSQL
+        database and a Redis pubsub, not as a standby."""
+        return (
+            isinstance(self.db, str)
+            and self.db.startswith(POSTGRES_SCHEMES)
+            and self.pubsub != "memory"
+            and not self.standby
+        )
 
     @classmethod
     def settings_customise_sources(

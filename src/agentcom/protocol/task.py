@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
 from agentcom.protocol.common import (
     JsonObject,
@@ -28,6 +28,7 @@ __all__ = [
     "HistoryEntry",
     "ReclaimReason",
     "ResultSummary",
+    "StoredState",
     "Task",
     "TaskHold",
     "TaskSubmission",
@@ -137,6 +138,10 @@ class TaskSubmission(BaseModel):
     )
 
 
+StoredState = tuple[str, int, str | None]
+"""A task row's ``(status, generation, assigned_to)``: what a shared queue fences on."""
+
+
 class Task(BaseModel):
     """A task as stored, returned by the API and carried in events."""
 
@@ -182,6 +187,14 @@ class Task(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
     created_at: int
     updated_at: int
+    # The (status, generation, assigned_to) of the stored row this object was read from
+    # or last written as; None for a task never stored. Hub nodes sharing a database write
+    # a task only where its row still is in that state (store/sqlwrites.py).
+    _stored_as: StoredState | None = PrivateAttr(default=None)
+
+    def stored_state(self) -> StoredState:
+        """What a conditional write checks of a row: status, generation and owner."""
+        return (self.status._value_, self.generation, self.assigned_to)
 
 
 def dumped_task(task: Task) -> dict[str, Any]:

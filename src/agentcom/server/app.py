@@ -211,7 +211,9 @@ class HubServer:
             logger=library_logger("websockets.server"),  # its DEBUG lines print tokens
         )
         try:
-            self._lock = lock_database(self.settings.db, self.url("/ws"))
+            self._lock = lock_database(
+                self.settings.db, self.url("/ws"), self.settings.shares_database
+            )
         except DatabaseInUse as exc:
             if not self.settings.standby:
                 await self._abandon_start()

@@ -42,16 +42,19 @@ class HubLock(Protocol):
         """Free the lock; later calls do nothing."""
 
 
-def lock_database(db: Path | str, address: str) -> HubLock:
-    """Take the lock of ``db`` for this hub, reachable at ``address``.
+def lock_database(db: Path | str, address: str, shared: bool = False) -> HubLock:
+    """Take the lock of ``db`` for this hub, reachable at ``address`` (``shared``: as one
+    of the nodes serving a PostgreSQL database together).
 
     Raises:
         DatabaseInUse: another hub serves the database.
         StoreError: the lock cannot be taken (a directory, an unreachable server ...).
     """
     if is_postgres_url(db):
-        from agentcom.store.pglock import PostgresLock
+        from agentcom.store.pglock import PostgresLock, SharedLock
 
+        if shared:
+            return SharedLock.acquire(str(db))
         return PostgresLock.acquire(str(db), address)
     return DatabaseLock.acquire(db, address)
 
@@ -70,6 +73,7 @@ def open_store(settings: Settings, fence: tuple[Any, ...] | None = None) -> Obse
         return PostgresStore(
             str(settings.db),
             fence=fence,
+            shared=settings.shares_database,
             batch_max=settings.commit_batch_max,
             busy_timeout_s=settings.db_busy_timeout_s,
             timeout_s=settings.db_timeout_s,

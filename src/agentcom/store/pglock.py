@@ -37,7 +37,7 @@ from agentcom.store.lock import HubOwner
 from agentcom.store.pgconnection import PgConnection, connect, one_line
 from agentcom.store.pgschema import HUB_LOCK, ensure_schema, has_schema
 
-__all__ = ["PostgresLock"]
+__all__ = ["PostgresLock", "SharedLock"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +190,58 @@ def _holder(connection: PgConnection) -> HubOwner:
         return HubOwner()
     pid, host, address = row
     return HubOwner(pid=pid, host=host, address=address)
+
+
+class SharedLock:
+    """Held by each of the hub nodes that serve one database together: the hub's lock
+    taken in shared mode (``pg_try_advisory_lock_shared``), so nodes do not exclude each
+    other but a hub serving the database alone (which takes it exclusively) and these
+    nodes do. The nodes' writes are fenced row by row instead (store/sqlwrites.py).
+
+    Use :meth:`acquire`; :meth:`release` (or the end of the process) frees it.
+    """
+
+    can_be_lost = False
+    """Losing the session only lets a lone hub start beside the nodes: its writes and
+    theirs are both fenced by the rows they change, so nothing is written twice."""
+
+    fence = None
+    """No hub_owner row: each write checks the rows it changes."""
+
+    def __init__(self, connection: PgConnection) -> None:
+        self._connection: PgConnection | None = connection
+
+    @classmethod
+    def acquire(cls, url: str) -> SharedLock:
+        """Take the lock in shared mode without waiting; the schema is created or migrated
+        if needed, once it is held.
+
+        Raises:
+            DatabaseInUse: a hub serves the database alone (naming it where its row says).
+            StoreError: the server cannot be reached, or the schema cannot be made.
+        """
+        connection = connect(url)
+        try:
+            query = "SELECT pg_try_advisory_lock_shared(%s, %s)"
+            row = connection.execute(query, HUB_LOCK).fetchone()
+            if not (row and row[0]):
+                owner = _holder(connection)
+                raise DatabaseInUse(shown(url), owner.pid, owner.host, owner.address)
+            ensure_schema(connection)
+        except psycopg.Error as exc:
+            connection.close()
+            raise StoreError(one_line(exc)) from None
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection)
+
+    def check(self) -> bool | None:
+        """Always True: see :attr:`can_be_lost`."""
+        return True
+
+    def release(self) -> None:
+        """Free the lock; later calls do nothing."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()

@@ -64,6 +64,17 @@ ON CONFLICT (task_id) DO UPDATE SET
     rest = excluded.rest, result_summary = excluded.result_summary
 """
 
+# The same write where the stored row still has the status, generation and owner this
+# node read or last wrote (nodes sharing the database); a task never stored (all three
+# NULL) is only inserted. RETURNING tells which rows were written.
+_WRITE_TASK_IF = (
+    _UPSERT_TASK
+    + """WHERE tasks.status = CAST(? AS text) AND tasks.generation = CAST(? AS bigint)
+    AND tasks.assigned_to IS NOT DISTINCT FROM CAST(? AS text)
+RETURNING 1
+"""
+)
+
 _LISTED_WITHOUT = set(LISTED_WITHOUT)
 
 _OWNER_FOR_SHARE = "SELECT pid, host, since FROM hub_owner WHERE id = 1 FOR SHARE"
@@ -95,6 +106,7 @@ class PostgresStore(SqlStore[PgConnection]):
     """
 
     _UPSERT_TASK = _UPSERT_TASK
+    _WRITE_TASK_IF = _WRITE_TASK_IF
     # A replaced tail takes a new position: it counts as the most recently written.
     _UPSERT_TAIL = (
         "INSERT INTO execution_tails (task_id, last_at, events) VALUES (?, ?, ?) "
@@ -118,6 +130,7 @@ class PostgresStore(SqlStore[PgConnection]):
         busy_timeout_s: float = 10.0,
         fence: tuple[Any, ...] | None = None,
         timeout_s: float = 2.0,
+        shared: bool = False,
     ) -> None:
         self.url = url
         self._fence = fence
@@ -140,6 +153,7 @@ class PostgresStore(SqlStore[PgConnection]):
             ConnectionThread(self._reconnect, "pg-stats", alive=_open),
             batch_max,
         )
+        self.shared = shared
 
     def _connect(self) -> PgConnection:
         return connect(self.url, lock_timeout_s=self._busy_timeout_s)
@@ -193,6 +207,21 @@ class PostgresStore(SqlStore[PgConnection]):
     ) -> None:
         with connection.cursor() as cursor:
             cursor.executemany(native(sql), [scrubbed(row) for row in rows])
+
+    def _execute_checked(
+        self, connection: PgConnection, sql: str, rows: list[tuple[Any, ...]]
+    ) -> list[int]:
+        missed = []
+        with connection.cursor() as cursor:
+            cursor.executemany(native(sql), [scrubbed(row) for row in rows], returning=True)
+            index = 0
+            while True:
+                if cursor.fetchone() is None:
+                    missed.append(index)
+                index += 1
+                if not cursor.nextset():
+                    break
+        return missed
 
     @contextmanager
     def _transaction(self, connection: PgConnection) -> Iterator[None]:

@@ -105,7 +105,11 @@ class SqlStore(SqlWrites[C]):
             f"ORDER BY created_at, {self._POSITION}",
             TERMINAL_VALUES,
         )
-        return [task_from_body(body) for (body,) in rows]
+        tasks = [task_from_body(body) for (body,) in rows]
+        if self.shared:
+            for task in tasks:
+                task._stored_as = task.stored_state()
+        return tasks
 
     def get_task(self, task_id: str) -> Task | None:
         """One task, or None (including changes not written yet)."""
@@ -113,7 +117,12 @@ class SqlStore(SqlWrites[C]):
         if unwritten is not None:
             return unwritten
         rows = self._read(f"SELECT {self._BODY} FROM tasks WHERE task_id = ?", (task_id,))
-        return task_from_body(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        task = task_from_body(rows[0][0])
+        if self.shared:  # its row is in the state the object has
+            task._stored_as = task.stored_state()
+        return task
 
     def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
         """Up to ``limit`` task ids that start with ``prefix``, in order, including tasks

@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from agentcom.errors import StoreError
-from agentcom.protocol.task import Task
+from agentcom.protocol.task import StoredState, Task
 from agentcom.store.base import ChangeKey
 
 __all__ = ["Change", "Connection", "ConnectionThread", "SqlWrites"]
@@ -51,6 +51,9 @@ C = TypeVar("C", bound=Connection)
 
 Change = tuple[str, tuple[Any, ...]]
 """A staged change: the statement and its parameters."""
+
+_NEVER_STORED = (None, None, None)
+"""The expected state of a task never stored: no row may match it, so it is inserted."""
 
 _INSERT_DEPENDENCY = (
     "INSERT INTO task_dependencies (prerequisite_id, task_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -148,6 +151,10 @@ class SqlWrites(Generic[C]):
     """Writes ``(task_id, last_at, events)``; a replaced tail counts as the newest written."""
     _REFUSALS: ClassVar[tuple[type[Exception], ...]]
     """The exceptions by which the database refuses a transaction."""
+    _WRITE_TASK_IF: ClassVar[str | None] = None
+    """Writes the row :meth:`_task_row` makes followed by the ``(status, generation,
+    assigned_to)`` the stored row must still have (all None: the row must not exist),
+    returning a row when it wrote; None where the database is never shared."""
 
     def __init__(self, writer: ConnectionThread[C], batch_max: int) -> None:
         self._writer = writer
@@ -158,6 +165,13 @@ class SqlWrites(Generic[C]):
         self._waiters: list[asyncio.Future[None]] = []
         self._writing = False
         self._writer_task: asyncio.Task[None] | None = None
+        # Hub nodes share the database: a task is written only where its row is still
+        # in the state this node read or last wrote (see _conditional_rows).
+        self.shared = False
+        # Told the ids of tasks whose write found their row changed by another node: the
+        # write (and what was staged on that task object since) is discarded, the rest
+        # of the transaction committed.
+        self.on_conflict: Callable[[list[str]], None] | None = None
         self.commits = 0  # transactions written, for metrics
         # Told the keys of the changes a failed transaction discarded, before any waiter
         # hears of the failure.
@@ -178,6 +192,11 @@ class SqlWrites(Generic[C]):
 
     def _task_row(self, task: Task) -> tuple[Any, ...]:
         """The parameters of :attr:`_UPSERT_TASK` for ``task``."""
+        raise NotImplementedError
+
+    def _execute_checked(self, connection: C, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Run ``sql`` once per row, inside the current transaction; returns the indexes
+        of the rows for which it returned nothing (their condition did not hold)."""
         raise NotImplementedError
 
     def stage_task(self, task: Task) -> None:
@@ -258,18 +277,25 @@ class SqlWrites(Generic[C]):
     async def _write_pending(self) -> None:
         try:
             while self._waiters:
-                rows = [
-                    (key, (statement, self._task_row(params[0])))
-                    if statement is self._UPSERT_TASK
-                    else (key, (statement, params))
-                    for key, (statement, params) in self._staged.items()
-                ]
+                if self.shared:
+                    rows, written = self._conditional_rows()
+                else:
+                    rows, written = (
+                        [
+                            (key, (statement, self._task_row(params[0])))
+                            if statement is self._UPSERT_TASK
+                            else (key, (statement, params))
+                            for key, (statement, params) in self._staged.items()
+                        ],
+                        [],
+                    )
                 self._staged.clear()
                 waiters, self._waiters = self._waiters, []
                 try:
+                    conflicts: set[str] = set()
                     if rows:
                         started = time.perf_counter()
-                        await self._writer.run(self._write_rows, rows)
+                        conflicts = await self._writer.run(self._write_rows, rows)
                         self.commits += 1
                         if self.on_written is not None:
                             self.on_written(time.perf_counter() - started, len(rows))
@@ -279,11 +305,53 @@ class SqlWrites(Generic[C]):
                 for (kind, name), _ in rows:
                     if kind == "task" and ("task", name) not in self._staged:
                         self._unwritten.pop(name, None)
+                for task, state in written:
+                    if task.task_id not in conflicts:
+                        task._stored_as = state
+                if conflicts:
+                    self._conflicted(conflicts, written)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
         finally:
             self._writing = False
+
+    def _conditional_rows(
+        self,
+    ) -> tuple[list[tuple[ChangeKey, Change]], list[tuple[Task, StoredState]]]:
+        """The staged changes as rows, each task's written only where its row is still in
+        the state its object was read or last written in (a task never stored: only
+        where no row exists). Returns the rows and each written task with the state its
+        row will have."""
+        statement_if = self._WRITE_TASK_IF
+        assert statement_if is not None
+        rows: list[tuple[ChangeKey, Change]] = []
+        written: list[tuple[Task, StoredState]] = []
+        for key, (statement, params) in self._staged.items():
+            if statement is self._UPSERT_TASK:
+                task: Task = params[0]
+                expected = task._stored_as or _NEVER_STORED
+                rows.append((key, (statement_if, (*self._task_row(task), *expected))))
+                written.append((task, task.stored_state()))
+            else:
+                rows.append((key, (statement, params)))
+        return rows, written
+
+    def _conflicted(self, task_ids: set[str], written: list[tuple[Task, StoredState]]) -> None:
+        """Tasks whose write lost to another node's: what was staged on the same objects
+        since is dropped too (it was made from the state that lost), then the hub hears."""
+        for task, _ in written:
+            if task.task_id not in task_ids:
+                continue
+            staged = self._staged.get(("task", task.task_id))
+            if staged is not None and staged[1][0] is task:
+                del self._staged["task", task.task_id]
+            if self._unwritten.get(task.task_id) is task:
+                del self._unwritten[task.task_id]
+        logger.info("%d task writes lost to another node: %s", len(task_ids),
+                    ", ".join(sorted(task_ids)[:5]))  # fmt: skip
+        if self.on_conflict is not None:
+            self.on_conflict(sorted(task_ids))
 
     def _refuse(
         self, keys: list[ChangeKey], waiters: list[asyncio.Future[None]], exc: Exception
@@ -324,14 +392,22 @@ class SqlWrites(Generic[C]):
         with self._transaction(connection):
             self._execute_many(connection, _WRITE_PROBE, [(time.time_ns() // 1_000_000,)])
 
-    def _write_rows(self, changes: list[tuple[ChangeKey, Change]]) -> None:
+    def _write_rows(self, changes: list[tuple[ChangeKey, Change]]) -> set[str]:
         """Write every change in one transaction (one durable commit), grouped by
-        statement in the order each statement was first staged."""
+        statement in the order each statement was first staged. Returns the ids of the
+        tasks whose conditional write found their row changed (nothing written for them)."""
         by_statement: dict[str, list[tuple[Any, ...]]] = {}
         for _, (statement, params) in changes:
             by_statement.setdefault(statement, []).append(params)
+        conflicts: set[str] = set()
         connection = self._writer.connection()
         with self._transaction(connection):
             for statement, rows in by_statement.items():
                 for start in range(0, len(rows), self._batch_max):
-                    self._execute_many(connection, statement, rows[start : start + self._batch_max])
+                    batch = rows[start : start + self._batch_max]
+                    if statement is self._WRITE_TASK_IF:
+                        missed = self._execute_checked(connection, statement, batch)
+                        conflicts.update(batch[index][0] for index in missed)
+                    else:
+                        self._execute_many(connection, statement, batch)
+        return conflicts
