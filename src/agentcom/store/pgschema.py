@@ -20,13 +20,16 @@ import psycopg
 from agentcom.errors import StoreError
 from agentcom.store.pgconnection import PgConnection, one_line
 
-__all__ = ["HUB_LOCK", "MIGRATIONS", "SCHEMA_LOCK", "ensure_schema", "has_schema"]
+__all__ = ["HUB_LOCK", "LEADER_LOCK", "MIGRATIONS", "SCHEMA_LOCK", "ensure_schema", "has_schema"]
 
 _LOCK_CLASS = 0x61676E74  # "agnt": the first key of agentcom's advisory locks
 SCHEMA_LOCK = (_LOCK_CLASS, 1)
 """The advisory lock (two-key form) held while the schema is created or migrated."""
 HUB_LOCK = (_LOCK_CLASS, 2)
 """The advisory lock held by the hub that serves the database (store/pglock.py)."""
+LEADER_LOCK = (_LOCK_CLASS, 3)
+"""The advisory lock held by the leader of the hub nodes sharing the database, the one
+that runs the sweeps and reclaims (store/pgnodes.py)."""
 
 _VERSION_1 = """
 CREATE TABLE tasks (
@@ -143,7 +146,25 @@ CREATE TABLE hub_owner (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_VERSION_1,)
+# Several hub nodes on one database: which are alive, and which node each agent is
+# connected to. Times are the database's clock in ms, never a node's.
+_VERSION_2 = """
+CREATE TABLE hub_nodes (
+    node_id text COLLATE "C" PRIMARY KEY,
+    address text,
+    started_at bigint NOT NULL,
+    heartbeat_at bigint NOT NULL
+);
+-- An agent is connected to one node at most: its newest connection.
+CREATE TABLE agent_sessions (
+    agent_id text COLLATE "C" PRIMARY KEY,
+    node_id text COLLATE "C" NOT NULL,
+    connected_at bigint NOT NULL
+);
+CREATE INDEX agent_sessions_by_node ON agent_sessions (node_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_VERSION_1, _VERSION_2)
 """Each version's migration, in order: applying the first N gives schema version N."""
 
 
