@@ -15,6 +15,7 @@ before it is durable.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -36,7 +37,7 @@ from agentcom.hub.task_frames import TaskFrames
 from agentcom.hub.task_ops import TASK_ID_PREFIX_MIN, TaskOperations
 from agentcom.hub.views import HubViews
 from agentcom.protocol import agent as frames
-from agentcom.protocol.common import TERMINAL, Outbound, dumped_or_none
+from agentcom.protocol.common import ACTIVE, TERMINAL, Outbound, TaskStatus, dumped_or_none
 from agentcom.protocol.events import agent_event, task_transition_event
 from agentcom.protocol.outbound import (
     AgentJoined,
@@ -49,7 +50,7 @@ from agentcom.protocol.task import (
 )
 from agentcom.store.base import Store
 
-__all__ = ["TASK_ID_PREFIX_MIN", "Effects", "Hub"]
+__all__ = ["TASK_ID_PREFIX_MIN", "ConflictLog", "Effects", "Hub"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ class Effects:
     finished: list[Task] = field(default_factory=list)
     check_endpoints: list[str] = field(default_factory=list)
     wake_at_ms: int | None = None
+    # Nodes sharing a database: the conflict log's position when these effects began
+    # (a task whose write lost after it was changed from a state that did not hold), and
+    # the tasks they touched whose writes lost, once settled.
+    mark: int = 0
+    lost: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(
@@ -87,6 +93,30 @@ class Effects:
             self.wake_at_ms = later.wake_at_ms if wake is None else min(wake, later.wake_at_ms)
 
 
+class ConflictLog:
+    """Tasks whose writes lost to another node's (nodes sharing a database), in order:
+    what was decided from their earlier state, and not yet sent, must not be sent."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.seq = 0
+        self._log: deque[tuple[int, str]] = deque(maxlen=keep)
+
+    def record(self, task_ids: list[str]) -> None:
+        """Writes of these tasks lost."""
+        for task_id in task_ids:
+            self.seq += 1
+            self._log.append((self.seq, task_id))
+
+    def since(self, mark: int) -> set[str]:
+        """The tasks whose writes lost after ``mark`` (a past :attr:`seq`)."""
+        found = set()
+        for seq, task_id in reversed(self._log):
+            if seq <= mark:
+                break
+            found.add(task_id)
+        return found
+
+
 class Hub:
     """Agents, tasks, scheduling and routing.
 
@@ -100,6 +130,10 @@ class Hub:
         self.store = store
         self.clock = clock
         self.settings = settings
+        # Other nodes serve the same database: they change tasks too (see ConflictLog,
+        # Recovery.refresh, and the sweep).
+        self.shared = settings.shares_database
+        self.conflicts = ConflictLog()
         self.presence = Presence()
         self.endpoints = EndpointRegistry(
             settings.endpoint_unhealthy_after, settings.agent_endpoint_hosts
@@ -114,6 +148,9 @@ class Hub:
         self._outbox = Effects()
         # Told of every task event (metrics); the hub works the same without it.
         self.task_observer: EventSink | None = None
+        # Told when an agent connects (True) or disconnects (False): nodes sharing a
+        # database record where each agent is (server/cluster.py).
+        self.presence_observer: Callable[[str, bool], None] | None = None
         self.messaging = Messaging(self.presence, store, clock, settings, self.push)
         self.attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
         self.started_at = clock.now_ms()
@@ -147,7 +184,7 @@ class Hub:
     def take_outbox(self) -> Effects:
         """Everything the hub's own work (liveness, sweeps, timers) queued for sending
         since the last call."""
-        outbox, self._outbox = self._outbox, Effects()
+        outbox, self._outbox = self._outbox, Effects(mark=self.conflicts.seq)
         return outbox
 
     def run(
@@ -156,7 +193,7 @@ class Hub:
         """Run one command and return its result with what it caused, apart from the
         hub's outbox: a command that raises leaves nothing behind, and what others
         queued is untouched."""
-        outer, self._outbox = self._outbox, Effects()
+        outer, self._outbox = self._outbox, Effects(mark=self.conflicts.seq)
         try:
             return command(*args, **kwargs), self._outbox
         finally:
@@ -222,12 +259,35 @@ class Hub:
                 self.report_ollama(agent.agent_id, frame.ollama_url, remote_host)
             except HubError:
                 logger.warning("agent %s reported an invalid ollama_url", agent.agent_id)
+        if self.shared and agent.current_task is None:
+            self._bind_held_task(agent)
         self.presence.refresh(agent)
         self._broadcast(agent.agent_id, AgentJoined(agent=agent.info()))
         self._agent_event("agent_connected", agent)
+        if self.presence_observer is not None:
+            self.presence_observer(agent.agent_id, True)
         self.messaging.deliver_inbox(agent.agent_id)
         self.scheduler.schedule()
         return agent
+
+    def _bind_held_task(self, agent: AgentRecord) -> None:
+        """An agent arriving at this node may hold a task it ran through another node."""
+        for task in self.queue.tasks.values():
+            if task.assigned_to == agent.agent_id and task.status in ACTIVE:
+                agent.current_task = task.task_id
+                agent.task_accepted = task.status is TaskStatus.working
+                return
+
+    def reclaim_orphaned(self, agent_ids: set[str]) -> None:
+        """Nodes sharing a database: these agents hold tasks but have been connected to no
+        live node for the reconnect grace; their tasks go back to the queue."""
+        for task in list(self.queue.tasks.values()):
+            holder = task.assigned_to
+            if holder in agent_ids and task.status in ACTIVE:
+                self.queue.requeue(task, f"{holder} did not come back in time")
+                if holder is not None:
+                    self.release_agent(holder, schedule=False)
+        self.scheduler.schedule()
 
     def disconnect(self, agent_id: str) -> None:
         """An agent's connection ended; its task is held for the grace period."""
@@ -241,6 +301,8 @@ class Hub:
         self.presence.refresh(agent)
         self._broadcast(agent_id, AgentLeft(agent_id=agent_id))
         self._agent_event("agent_disconnected", agent)
+        if self.presence_observer is not None:
+            self.presence_observer(agent_id, False)
 
     def seen(self, agent_id: str) -> None:
         """Any frame from the agent: it is alive. Dashboards hear of it (``agent_seen``)
@@ -356,6 +418,11 @@ class Hub:
 
     # --- periodic sweep -------------------------------------------------------------
 
+    def _holds(self, task: Task) -> bool:
+        """Whether ``task`` is held by an agent of this node."""
+        holder = self.presence.get(task.assigned_to) if task.assigned_to is not None else None
+        return holder is not None and holder.current_task == task.task_id
+
     def sweep(self) -> list[str]:
         """Apply every timeout and save recent activity; returns the agents whose
         connections must be closed."""
@@ -366,6 +433,8 @@ class Hub:
         overdue = self.queue.overdue(
             int(settings.accept_timeout_s * 1000), int(settings.reclaim_after_s * 1000)
         )
+        if self.shared:  # another node's agent reports its progress to that node only
+            overdue = [(task, reason) for task, reason in overdue if self._holds(task)]
         for task, reason in overdue:
             holder = task.assigned_to
             self.queue.requeue(task, reason, event="task_reclaimed")
@@ -377,7 +446,9 @@ class Hub:
                 continue
             if now - agent.disconnected_at >= grace_ms:
                 held = self.queue.get(agent.current_task)
-                if held is not None and held.assigned_to == agent.agent_id:
+                # Shared: it may have come back through another node; the leader decides
+                # from the database (reclaim_orphaned).
+                if held is not None and held.assigned_to == agent.agent_id and not self.shared:
                     self.queue.requeue(held, f"{agent.agent_id} did not come back in time")
                 self.release_agent(agent.agent_id, schedule=False)
         idle_ms = int(settings.idle_timeout_s * 1000)

@@ -126,23 +126,29 @@ class TaskQueue:
             else:
                 self._place(task)
 
-    def reload(self, task_id: str, stored: Task | None) -> Task | None:
+    def reload(self, task_id: str, stored: Task | None, refused: bool = True) -> Task | None:
         """Replace a task's state in memory by ``stored``, its state in the database.
 
-        For a change the store refused: a task that was never stored is forgotten, and a
-        stored one is back where it was (queued tasks join the end of their group).
+        For a change the store refused (``refused``), or one another node made: a task
+        that was never stored is forgotten, and a stored one is back where it was (queued
+        tasks join the end of their group).
         Returns the task now in memory, or None when it is unknown or finished.
         """
         current = self.tasks.pop(task_id, None)
         if current is not None:
             self._dequeue(current)
+        if stored is not None and stored.status is TaskStatus.completed:
+            # Completed elsewhere (another node sharing the database): who it was the
+            # last to block joins the queue here too.
+            for task_id_ready in self.dependencies.completed(task_id):
+                self._enqueue(self.tasks[task_id_ready])
         if stored is None or stored.status in TERMINAL:
             return None
         self.tasks[task_id] = stored
         if stored.status is TaskStatus.queued:
             self._place(stored)
-        if current is None:  # its completion was refused: who it had released waits again
-            self._block_again(task_id)
+        if current is None and refused:  # its completion was refused: who it had
+            self._block_again(task_id)  # released waits again
         return stored
 
     def _block_again(self, prerequisite: str) -> None:

@@ -15,9 +15,17 @@ from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import TaskQueue
 from agentcom.hub.tails import ExecutionTails
 from agentcom.protocol.common import ACTIVE, TaskStatus
+from agentcom.protocol.task import Task
 from agentcom.store.base import ChangeKey, Store
 
 __all__ = ["Recovery", "RecoveryHub"]
+
+
+class _Unread:
+    """No state given: read it from the database."""
+
+
+_UNREAD = _Unread()
 
 
 class RecoveryHub(Protocol):
@@ -26,6 +34,7 @@ class RecoveryHub(Protocol):
 
     store: Store
     clock: Clock
+    shared: bool
     queue: TaskQueue
     presence: Presence
     endpoints: EndpointRegistry
@@ -61,6 +70,8 @@ class Recovery:
         self.hub.execution_tails.restore(self.hub.store.load_execution_tails())
         self.hub.queue_history.restore(self.hub.store.load_queue_history(), now)
         self.hub.queue_history.observe(now, self.hub.queue.queued_count())
+        if self.hub.shared:  # other nodes' agents hold them: bound when they identify here
+            return len(tasks)
         for task in tasks:
             if task.status in ACTIVE and task.assigned_to is not None:
                 agent = self.hub.presence.record(task.assigned_to)
@@ -139,7 +150,18 @@ class Recovery:
             oldest = self.hub.clock.now_ms() // MINUTE_MS - self.hub.queue_history.minutes + 1
             self.hub.store.stage_queue_minutes(minutes, oldest)
 
-    def _reload_task(self, task_id: str) -> None:
+    def refresh(self, stored: dict[str, Task | None]) -> None:
+        """Tasks another node changed, as read from the database just now: memory takes
+        the stored state (where this node has no write of its own pending for the task:
+        that write, fenced, decides). Agents here are bound to what the database says
+        they hold."""
+        for task_id, task in stored.items():
+            if not self.hub.store.has_unwritten(task_id):
+                self._reload_task(task_id, task, refused=False)
+
+    def _reload_task(
+        self, task_id: str, stored: Task | _Unread | None = _UNREAD, refused: bool = True
+    ) -> None:
         current = self.hub.queue.get(task_id)
         if current is not None and current.assigned_to is not None:
             holder = self.hub.presence.get(current.assigned_to)
@@ -148,8 +170,12 @@ class Recovery:
                 holder.task_accepted = False
                 holder.held_since = None
                 self.hub.presence.refresh(holder)
-        stored = self.hub.queue.reload(task_id, self.hub.store.get_task(task_id))
+        if isinstance(stored, _Unread):
+            stored = self.hub.store.get_task(task_id)
+        stored = self.hub.queue.reload(task_id, stored, refused)
         if stored is not None and stored.status in ACTIVE and stored.assigned_to is not None:
+            if self.hub.shared and self.hub.presence.get(stored.assigned_to) is None:
+                return  # another node's agent
             agent = self.hub.presence.record(stored.assigned_to)
             agent.current_task = task_id
             agent.task_accepted = stored.status is TaskStatus.working

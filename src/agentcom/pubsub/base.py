@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -18,6 +18,10 @@ class PubSub(Protocol):
 
     #: Events dropped from slow local subscribers' queues since start, by topic.
     dropped_by_topic: dict[str, int]
+
+    #: Told of each event another node published (topic, encoded event); never called
+    #: by a pubsub that reaches no other node.
+    on_remote: Callable[[str, bytes], None] | None
 
     @property
     def cluster_link(self) -> ClusterLink | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic_core import to_json
@@ -132,6 +132,7 @@ class MemoryPubSub:
         self._max_bytes = max_bytes
         # Events dropped from slow subscribers' queues since start, by topic.
         self.dropped_by_topic: dict[str, int] = {}
+        self.on_remote: Callable[[str, bytes], None] | None = None  # no other node here
         self._subscribers: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
 
     @property

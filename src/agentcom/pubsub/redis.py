@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -131,6 +131,9 @@ class RedisPubSub:
         self._send_client: Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
+        # Told of each event another node published (topic, encoded event), before local
+        # subscribers get it: how nodes sharing a database hear of each other's changes.
+        self.on_remote: Callable[[str, bytes], None] | None = None
 
     # --- what the server uses, as of MemoryPubSub ---------------------------------------
 
@@ -352,7 +355,10 @@ class RedisPubSub:
         for line in body.split(b"\n"):
             if line:
                 name, _, encoded = line.partition(b" ")
-                self.local.offer(name.decode("ascii", "replace"), encoded)
+                topic = name.decode("ascii", "replace")
+                if self.on_remote is not None:
+                    self.on_remote(topic, encoded)
+                self.local.offer(topic, encoded)
                 received += 1
         self.link.received += received
 

@@ -13,7 +13,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -32,6 +32,7 @@ from agentcom.protocol.common import Outbound
 from agentcom.protocol.outbound import ErrorReply
 from agentcom.pubsub import PubSub, make_pubsub
 from agentcom.server.agent import AgentSession
+from agentcom.server.cluster import SharedNode, SharedStore
 from agentcom.server.failover import LockWatch, wait_for_lock
 from agentcom.server.guard import Guard
 from agentcom.server.health import EndpointProber
@@ -123,6 +124,7 @@ class HubServer:
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at_ms: int | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.shared: SharedNode | None = None  # nodes sharing the database: this one's part
         self._stopping = False
         self._open_files = 0
 
@@ -284,6 +286,8 @@ class HubServer:
             self.settings.max_connections_per_address,
         )  # fmt: skip
         await self.pubsub.start()  # connects in the background: a Redis outage delays nothing
+        if self.shared is not None:
+            self.shared.start()
         self._restored = True
         self._ready.set()
         if self._run_sweeps:
@@ -310,6 +314,8 @@ class HubServer:
         self.store.on_refused = self._forget_refused
         self.store.on_written = self.metrics.observe_commit
         self.hub.task_observer = self.metrics.observe_task
+        if settings.shares_database:
+            self._join_nodes()
         self.store_watch = StoreWatch(
             self.store, settings.store_retry_interval_s, self._resume_after_store_recovery,
             self.hub.recovery.reload_pending,
@@ -320,6 +326,19 @@ class HubServer:
             self.hub.token_revoked,
         )  # fmt: skip
         self._database_open = True
+
+    def _join_nodes(self) -> None:
+        """Serve the database with the other nodes that share it (server/cluster.py)."""
+        from agentcom.store.pgnodes import NodeRegistry
+
+        directory = NodeRegistry(
+            str(self.settings.db), self.settings.node_id, self.url("/ws"),
+            self.settings.db_timeout_s,
+        )  # fmt: skip
+        self.shared = SharedNode(self, cast(SharedStore, self.store), directory)
+        self.store.on_conflict = self.shared.conflicted
+        self.hub.presence_observer = self.shared.presence
+        self.pubsub.on_remote = self.shared.remote_event
 
     async def _abandon_start(self) -> None:
         """Undo a start that failed after binding: stop listening, let go of the database.
@@ -397,6 +416,8 @@ class HubServer:
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
         self.accept_failures.uninstall()
+        if self.shared is not None:
+            await self.shared.stop()
         await self.pubsub.stop()  # after the sessions: their last events go out first
         if not self._database_open:  # never served (a standby): nothing to flush
             if self.serving_elsewhere is not None:
@@ -442,13 +463,6 @@ class HubServer:
         then. Returns False when the store could not commit.
         """
         outbox = self.hub.take_outbox()
-        for _, effects in answers:
-            if not effects:
-                continue
-            if outbox:
-                outbox.extend(effects)
-            else:  # the usual case: nothing of the hub's own to send first
-                outbox = effects
         written = self.store.commits
         try:
             await self.store.commit()
@@ -466,6 +480,16 @@ class HubServer:
             return False
         if self.store.commits != written:  # a real write went through, not an empty commit
             self.store_watch.written()
+        conflicts = self.hub.conflicts.seq
+        if outbox.mark != conflicts or any(e and e.mark != conflicts for _, e in answers):
+            answers = self._drop_lost(outbox, answers)  # another node's write won
+        for _, effects in answers:
+            if not effects:
+                continue
+            if outbox:
+                outbox.extend(effects)
+            else:  # the usual case: nothing of the hub's own to send first
+                outbox = effects
         # Everything for one connection goes out in one write: an agent's acknowledgement
         # and the next task it is assigned, typically.
         writes: dict[ServerConnection, tuple[str | None, list[bytes]]] = {}
@@ -505,6 +529,23 @@ class HubServer:
             if outbox.wake_at_ms is not None:
                 self._wake_at(outbox.wake_at_ms)
         return True
+
+    def _drop_lost(self, outbox: Effects, answers: Sequence[Answer]) -> list[Answer]:
+        """Nodes sharing a database: what was decided from a task's state that another
+        node changed first (its write lost) is not sent: pushes and events naming the
+        task go, an agent's frame about it is answered ``not_assigned``, and the effects
+        say which of their tasks were lost (an operator's request is then refused)."""
+        kept: list[Answer] = []
+        for part in (outbox, *(effects for _, effects in answers)):
+            if part:
+                _drop_lost_effects(part, self.hub.conflicts.since(part.mark))
+        for reply, effects in answers:
+            task_id = getattr(reply, "task_id", None)
+            if effects is not None and task_id is not None and task_id in effects.lost:
+                message = f"task {task_id} changed on another hub node first; not applied"
+                reply = ErrorReply(error="not_assigned", task_id=task_id, message=message)
+            kept.append((reply, effects))
+        return kept
 
     def _reading_pushes(self, connection: ServerConnection, agent_id: str | None) -> bool:
         """Whether pushes may still be written to an agent's connection.
@@ -668,6 +709,20 @@ class HubServer:
             return
         with self.metrics.connection(path), contextlib.suppress(ConnectionClosed):
             await session_type(self, connection).run()
+
+
+def _drop_lost_effects(effects: Effects, lost: set[str]) -> None:
+    """Remove from ``effects`` what concerns tasks in ``lost``; record those it touched."""
+    if not lost:
+        return
+    touched = {event.get("task_id") for _, event in effects.events}
+    touched.update(getattr(frame, "task_id", None) for _, frame in effects.pushes)
+    effects.lost = frozenset(lost.intersection(touched))
+    if not effects.lost:
+        return
+    effects.pushes = [(a, f) for a, f in effects.pushes if getattr(f, "task_id", None) not in lost]
+    effects.events = [(t, e) for t, e in effects.events if e.get("task_id") not in lost]
+    effects.finished = [task for task in effects.finished if task.task_id not in lost]
 
 
 def _store_error(detail: str) -> Outbound:

@@ -321,6 +321,12 @@ class OperatorSession:
                 raise HubError(
                     "store_unavailable", "the database could not store the change; try again later"
                 )
+            if effects.lost:  # nodes sharing a database: another node changed it first
+                raise HubError(
+                    "conflict",
+                    f"another hub node changed {', '.join(sorted(effects.lost))} first; "
+                    "nothing was changed: look again and retry",
+                )
             return data
         read = _READS.get(request.type)
         if read is None:

@@ -112,6 +112,9 @@ class Store(Protocol):
     def stage_task(self, task: Task) -> None:
         """Queue ``task``'s current state for the next commit."""
 
+    def has_unwritten(self, task_id: str) -> bool:
+        """Whether a change of ``task_id`` is staged or being written."""
+
     def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
         """Queue the links from ``task_id`` to the tasks it depends on."""
 
@@ -211,3 +214,7 @@ class ObservedStore(Store, Protocol):
 
     on_written: Callable[[float, int], None] | None
     """Told the duration (seconds) and the number of changes of each written transaction."""
+
+    on_conflict: Callable[[list[str]], None] | None
+    """Told the ids of tasks whose conditional write lost to another node's (a database
+    shared by several nodes; never called otherwise)."""

@@ -80,6 +80,7 @@ class MemoryStore:
         self.commits = 0  # commits that applied changes, as SqliteStore counts transactions
         self.on_refused: Callable[[list[ChangeKey]], None] | None = None
         self.on_written: Callable[[float, int], None] | None = None
+        self.on_conflict: Callable[[list[str]], None] | None = None  # never shared
 
     # --- writes -----------------------------------------------------------------------
 
@@ -87,6 +88,10 @@ class MemoryStore:
         """Queue ``task``'s current state for the next commit (last state wins)."""
         self._staged["task", task.task_id] = (self._write_task, (task_columns(task),))
         self._unwritten[task.task_id] = task
+
+    def has_unwritten(self, task_id: str) -> bool:
+        """Whether a change of ``task_id`` is staged or being written."""
+        return task_id in self._unwritten
 
     def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
         """Queue the links from ``task_id`` to the tasks it depends on for the next commit."""

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from agentcom.protocol.task import (
     ResultSummary,
+    StoredState,
     Task,
     listed_task,
     task_cursor,
@@ -123,6 +124,32 @@ class SqlStore(SqlWrites[C]):
         if self.shared:  # its row is in the state the object has
             task._stored_as = task.stored_state()
         return task
+
+    def get_tasks(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """The stored state of each of ``task_ids`` that exists (nodes sharing the database:
+        what another node changed), read at once."""
+        found: dict[str, Task] = {}
+        for start in range(0, len(task_ids), 500):
+            chunk = task_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(f"SELECT {self._BODY} FROM tasks WHERE task_id IN ({marks})", chunk)
+            for (body,) in rows:
+                task = task_from_body(body)
+                task._stored_as = task.stored_state()
+                found[task.task_id] = task
+        return found
+
+    def unfinished_states(self) -> dict[str, StoredState]:
+        """``(status, generation, assigned_to)`` of every unfinished task, by id: what a
+        node sharing the database compares its memory with."""
+        rows = self._read(
+            "SELECT task_id, status, generation, assigned_to FROM tasks "
+            "WHERE status NOT IN (?, ?, ?)",
+            TERMINAL_VALUES,
+        )
+        return {
+            task_id: (status, generation, holder) for task_id, status, generation, holder in rows
+        }
 
     def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
         """Up to ``limit`` task ids that start with ``prefix``, in order, including tasks

@@ -205,6 +205,10 @@ class SqlWrites(Generic[C]):
         self._staged["task", task.task_id] = (self._UPSERT_TASK, (task,))
         self._unwritten[task.task_id] = task
 
+    def has_unwritten(self, task_id: str) -> bool:
+        """Whether a change of ``task_id`` is staged or being written."""
+        return task_id in self._unwritten
+
     def stage_dependencies(self, task_id: str, prerequisites: list[str]) -> None:
         """Queue the links from ``task_id`` to the tasks it depends on for the next commit."""
         for prerequisite in prerequisites:

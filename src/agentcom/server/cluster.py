@@ -1,0 +1,313 @@
+"""A node among several serving one PostgreSQL database (``Settings.shares_database``).
+
+Every node keeps the unfinished tasks in memory, as a lone hub does, and schedules them
+to its own agents; the database decides between nodes. Each task write is conditional
+(its row must still be as this node read or last wrote it: ``store/sqlwrites.py``), so of
+two nodes giving one task to their agents, one write lands and the other is reported
+here: the loser reloads the task, sends nothing it had decided from the stale state
+(:meth:`HubServer.settle_all` drops it) and schedules again.
+
+Memory follows the other nodes' changes three ways:
+
+- **wake-ups**: every task event another node publishes through Redis names a task;
+  this node re-reads those tasks (a batch per loop turn, one query) and schedules. A
+  task submitted on one node thus reaches an idle agent of another within a Redis hop
+  and a read.
+- **a slow poll** every ``queue_poll_s``: the unfinished tasks' states are compared with
+  memory and those that differ are re-read: what a lost wake-up (Redis down) missed.
+- **conflicts**: a write that lost re-reads its task at once.
+
+Who is connected where lives in the database too (:class:`agentcom.store.pgnodes.NodeRegistry`):
+each node records its heartbeat and its agents' sessions. One node at a time leads
+(an advisory lock, taken over when its holder's session ends): it gives back to the queue
+the tasks of agents connected to no live node for ``disconnect_grace_s``, whether their
+node died or they did. A node applies the acceptance and no-progress timeouts only to its
+own agents' tasks: they report their progress to it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from typing import TYPE_CHECKING, Protocol
+
+from agentcom.errors import StoreError
+from agentcom.hub.hub import Effects, Hub
+from agentcom.protocol.common import TERMINAL
+from agentcom.protocol.task import StoredState, Task
+
+if TYPE_CHECKING:
+    from agentcom.config import Settings
+    from agentcom.store.pgnodes import Orphans
+
+__all__ = ["NodeDirectory", "SharedNode", "SharedStore"]
+
+logger = logging.getLogger(__name__)
+
+# The start of a task event as encoded (protocol/events.py builds them in this order):
+# transitions and state reports name their event before the task; progress does not,
+# and changes nothing stored.
+_TASK_CHANGE = re.compile(rb'\{"type":"task_event","event":"task_[a-z_]+","task_id":"([^"]+)"')
+
+
+class SharedStore(Protocol):
+    """The reads a shared node makes beyond the store interface (``store/sqlbase.py``)."""
+
+    def get_tasks(self, task_ids: list[str]) -> dict[str, Task]:
+        """The stored state of each task that exists."""
+
+    def unfinished_states(self) -> dict[str, StoredState]:
+        """``(status, generation, assigned_to)`` of every unfinished task."""
+
+
+class NodeDirectory(Protocol):
+    """Nodes' heartbeats, agents' sessions and the leadership, in the database
+    (:class:`agentcom.store.pgnodes.NodeRegistry`)."""
+
+    async def heartbeat(self) -> bool:
+        """This node is alive; True when its row was written anew (its sessions too must
+        be recorded again)."""
+
+    async def agent_connected(self, agent_id: str) -> int:
+        """The agent's session is this node's now; returns when it began."""
+
+    async def agent_disconnected(self, agent_id: str, connected_at: int) -> None:
+        """The agent's session that began at ``connected_at`` here ended."""
+
+    async def try_lead(self) -> bool:
+        """Whether this node leads (taking the leadership if it is free)."""
+
+    async def orphaned_agents(self, node_timeout_ms: int) -> Orphans:
+        """The database's time, and the agents holding tasks connected to no live node."""
+
+    async def leave(self) -> None:
+        """This node stops: its row and sessions go, and its leadership."""
+
+    async def close(self) -> None:
+        """Release every connection."""
+
+
+class SharedHost(Protocol):
+    """What the shared node uses of the server (``HubServer``)."""
+
+    hub: Hub
+    settings: Settings
+
+    async def settle(self, *, effects: Effects) -> bool:
+        """Commit, then send what ``effects`` hold."""
+
+
+class SharedNode:
+    """This node's part in sharing the database; see the module docstring.
+
+    Args:
+        host: the server whose domain and settle it uses.
+        store: the shared store's reads.
+        directory: heartbeats, sessions and leadership.
+    """
+
+    def __init__(self, host: SharedHost, store: SharedStore, directory: NodeDirectory) -> None:
+        self.host = host
+        self.store = store
+        self.directory = directory
+        self.leading = False
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._sessions: dict[str, int] = {}  # agent id -> when its session here began
+        self._session_ops: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._resync_sessions = False
+        self._orphaned_since: dict[str, int] = {}  # agent id -> database time first seen
+        self._tasks: list[asyncio.Task[None]] = []
+        self._settling: set[asyncio.Task[bool]] = set()
+
+    def start(self) -> None:
+        """Start following other nodes, heartbeats and sessions."""
+        self._tasks = [
+            asyncio.create_task(self._refresh_forever(), name="shared refresh"),
+            asyncio.create_task(self._poll_forever(), name="shared poll"),
+            asyncio.create_task(self._beat_forever(), name="shared heartbeat"),
+            asyncio.create_task(self._sessions_forever(), name="shared sessions"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop; this node's sessions and leadership leave the database."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._settling, return_exceptions=True)
+        self._tasks = []
+        try:
+            await self.directory.leave()
+        except StoreError as exc:
+            logger.warning("could not remove this node from the database: %s", exc)
+        with contextlib.suppress(StoreError):
+            await self.directory.close()
+
+    # --- following the other nodes ------------------------------------------------------
+
+    def remote_event(self, topic: str, encoded: bytes) -> None:
+        """Another node published an event: a task it changed is re-read here."""
+        if topic != "tasks":
+            return
+        found = _TASK_CHANGE.match(encoded)
+        if found is not None:
+            self._dirty.add(found.group(1).decode("ascii", "replace"))
+            self._wake.set()
+
+    def conflicted(self, task_ids: list[str]) -> None:
+        """Writes of these tasks lost to another node's: reload them and schedule again
+        (the store calls this before the commit's waiters resume)."""
+        hub = self.host.hub
+        hub.conflicts.record(task_ids)
+
+        def reload() -> None:
+            hub.recovery.forget_refused([("task", task_id) for task_id in task_ids])
+            hub.scheduler.schedule()
+
+        try:
+            _, effects = hub.run(reload)
+        except StoreError as exc:
+            logger.warning("could not re-read %d tasks another node changed: %s",
+                           len(task_ids), exc)  # fmt: skip
+            self._dirty.update(task_ids)
+            return
+        if effects:
+            self._settle_soon(effects)
+
+    def _settle_soon(self, effects: Effects) -> None:
+        task = asyncio.create_task(self.host.settle(effects=effects))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(0)  # the other wake-ups of this loop turn join the batch
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await self.refresh(sorted(dirty))
+            except StoreError as exc:
+                logger.warning("could not re-read tasks other nodes changed: %s", exc)
+                self._dirty.update(dirty)  # the poll wakes this again
+            except Exception:
+                logger.exception("refreshing tasks other nodes changed failed")
+
+    async def refresh(self, task_ids: list[str]) -> None:
+        """Re-read ``task_ids`` and take their stored state, then schedule."""
+        if not task_ids:
+            return
+        found = self.store.get_tasks(task_ids)
+        stored: dict[str, Task | None] = {task_id: found.get(task_id) for task_id in task_ids}
+        hub = self.host.hub
+
+        def take() -> None:
+            hub.recovery.refresh(stored)
+            hub.scheduler.schedule()
+
+        _, effects = hub.run(take)
+        # Operators here waiting for a task another node finished are answered.
+        effects.finished += [task for task in found.values() if task.status in TERMINAL]
+        await self.host.settle(effects=effects)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.host.settings.queue_poll_s)
+            try:
+                self.poll()
+            except StoreError as exc:
+                logger.warning("could not read the queue's state: %s", exc)
+            except Exception:
+                logger.exception("polling the queue failed")
+
+    def poll(self) -> None:
+        """Compare the unfinished tasks in the database with memory; re-read those that
+        differ (a wake-up was lost)."""
+        stored = self.store.unfinished_states()
+        tasks = self.host.hub.queue.tasks
+        differ = {
+            task_id
+            for task_id, state in stored.items()
+            if (task := tasks.get(task_id)) is None or task.stored_state() != state
+        }
+        differ.update(task_id for task_id in tasks if task_id not in stored)
+        has_unwritten = self.host.hub.store.has_unwritten
+        differ = {task_id for task_id in differ if not has_unwritten(task_id)}
+        if differ:
+            logger.info("%d tasks changed by other nodes were missed; re-reading them",
+                        len(differ))  # fmt: skip
+            self._dirty.update(differ)
+            self._wake.set()
+
+    # --- sessions, heartbeats, leadership -----------------------------------------------
+
+    def presence(self, agent_id: str, connected: bool) -> None:
+        """An agent identified here (its session moves to this node), or its connection
+        here ended."""
+        self._session_ops.put_nowait((agent_id, connected))
+
+    def agent_connected(self, agent_id: str) -> None:
+        """Record again that an agent is connected here."""
+        self._session_ops.put_nowait((agent_id, True))
+
+    async def _sessions_forever(self) -> None:
+        while True:
+            agent_id, connected = await self._session_ops.get()
+            try:
+                if connected:
+                    self._sessions[agent_id] = await self.directory.agent_connected(agent_id)
+                elif agent_id in self._sessions:
+                    began = self._sessions.pop(agent_id)
+                    await self.directory.agent_disconnected(agent_id, began)
+            except StoreError as exc:
+                logger.warning("could not record agent %s's session: %s", agent_id, exc)
+                self._resync_sessions = True
+
+    async def _beat_forever(self) -> None:
+        settings = self.host.settings
+        while True:
+            try:
+                await self.beat()
+            except StoreError as exc:
+                logger.warning("heartbeat failed: %s", exc)
+                self._resync_sessions = True
+            except Exception:
+                logger.exception("heartbeat failed")
+            await asyncio.sleep(settings.node_heartbeat_s)
+
+    async def beat(self) -> None:
+        """One heartbeat: record this node alive, and while leading, give back the tasks of
+        agents no live node has had for the reconnect grace."""
+        if await self.directory.heartbeat() or self._resync_sessions:
+            self._resync_sessions = False
+            for agent in self.host.hub.presence.connected():
+                self.agent_connected(agent.agent_id)
+        try:
+            leading = await self.directory.try_lead()
+        except StoreError:
+            leading = False
+        if leading != self.leading:
+            logger.info("this node %s the cluster's sweeps",
+                        "leads" if leading else "no longer leads")  # fmt: skip
+            self.leading = leading
+            self._orphaned_since.clear()
+        if leading:
+            await self._reclaim_orphans()
+
+    async def _reclaim_orphans(self) -> None:
+        settings = self.host.settings
+        now, orphans = await self.directory.orphaned_agents(int(settings.node_timeout_s * 1000))
+        since = {agent_id: self._orphaned_since.get(agent_id, now) for agent_id in orphans}
+        grace_ms = int(settings.disconnect_grace_s * 1000)
+        due = {agent_id for agent_id, first in since.items() if now - first >= grace_ms}
+        self._orphaned_since = {a: t for a, t in since.items() if a not in due}
+        if due:
+            logger.info(
+                "agents connected to no live node for %.0f s: %s; their tasks go back to the "
+                "queue", settings.disconnect_grace_s, ", ".join(sorted(due)),
+            )  # fmt: skip
+            hub = self.host.hub
+            _, effects = hub.run(hub.reclaim_orphaned, due)
+            with contextlib.suppress(StoreError):
+                await self.host.settle(effects=effects)

@@ -1,0 +1,204 @@
+"""Several real hub processes serving one PostgreSQL database together, with Redis
+between them (``--db postgresql://... --pubsub redis://... --cluster C``).
+
+Each test has a database of its own (``pg_url``) and a cluster name of its own; a
+PostgreSQL or Redis that does not answer fails these tests, never skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import METADATA
+from hubprocess import HubProcess, run_cli_async
+from redisnodes import REDIS_URL, new_cluster, require_redis
+
+from agentcom.client import AgentClient, OperatorClient
+
+Frame = dict[str, Any]
+
+NODE_ENV = {
+    "AGENTCOM_NODE_HEARTBEAT_S": "0.2",
+    "AGENTCOM_NODE_TIMEOUT_S": "1",
+    "AGENTCOM_PUBSUB_PING_INTERVAL_S": "0.2",
+    "AGENTCOM_PUBSUB_TIMEOUT_S": "0.5",
+    "AGENTCOM_PUBSUB_RECONNECT_MAX_S": "0.2",
+}
+
+
+class Nodes:
+    """Hub processes of one cluster, all on the test's database."""
+
+    def __init__(self, directory: Path, url: str) -> None:
+        self.directory = directory
+        self.url = url
+        self.cluster = new_cluster()
+        self.hubs: list[HubProcess] = []
+
+    async def start(self, node_id: str, **env: str) -> HubProcess:
+        """A node, returned once it serves and its link to Redis is up."""
+        directory = self.directory / node_id
+        directory.mkdir(exist_ok=True)
+        flags = ["--pubsub", REDIS_URL, "--cluster", self.cluster, "--node-id", node_id]
+        hub = HubProcess(directory, db=self.url, env={**NODE_ENV, **env}, serve_args=flags,
+                         log_pipe=True)  # fmt: skip
+        self.hubs.append(hub)
+        hub.start()
+        await hub.await_log("connected to Redis")
+        return hub
+
+    async def token(self, agent_id: str, role: str = "agent") -> str:
+        created = await run_cli_async("token", "create", agent_id, "--role", role, "--db", self.url)
+        assert created.returncode == 0, created
+        return created.stdout.strip()
+
+    def stop(self) -> None:
+        for hub in self.hubs:
+            hub.stop()
+
+
+@pytest.fixture
+def nodes(pg_url: str, tmp_path: Path) -> Iterator[Nodes]:
+    require_redis()
+    started = Nodes(tmp_path, pg_url)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+class Completions:
+    """Task ids whose completion agents had acknowledged, awaited until a count is reached."""
+
+    def __init__(self) -> None:
+        self.task_ids: list[str] = []
+        self._changed = asyncio.Event()
+
+    def add(self, task_id: str) -> None:
+        self.task_ids.append(task_id)
+        self._changed.set()
+
+    async def reach(self, count: int, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.task_ids) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Worker:
+    """An agent that accepts and completes every task it is given, recording each
+    ``task_assign`` it received."""
+
+    def __init__(self, client: AgentClient, completed: Completions) -> None:
+        self.client = client
+        self.completed = completed
+        self.assigned: list[Frame] = []
+        self.acks: list[Frame] = []
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> Worker:
+        await self.client.connect()
+        self._loop = asyncio.create_task(self._work())
+        return self
+
+    async def _work(self) -> None:
+        while True:
+            frame = await self.client.receive()
+            if frame["type"] == "task_assign":
+                self.assigned.append(frame)
+                task_id, generation = frame["task_id"], frame["generation"]
+                await self.client.send({"type": "task_accepted", "task_id": task_id})
+                await self.client.send({"type": "task_complete", "task_id": task_id,
+                                        "generation": generation, "result": METADATA})  # fmt: skip
+            elif frame["type"] in ("task_ack", "error"):
+                self.acks.append(frame)
+                if frame.get("status") == "complete":
+                    self.completed.add(frame["task_id"])
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop
+        await self.client.close()
+
+
+async def _workers(
+    hub: HubProcess, nodes: Nodes, names: list[str], completed: Completions | None = None
+) -> list[Worker]:
+    workers = []
+    for name in names:
+        client = AgentClient(hub.ws_url, name, await nodes.token(name), heartbeat_s=None)
+        workers.append(await Worker(client, completed or Completions()).start())
+    return workers
+
+
+async def test_a_burst_submitted_on_two_nodes_runs_each_task_once_on_agents_of_both(
+    nodes: Nodes,
+) -> None:
+    # given two nodes on one database, four agents on each
+    first = await nodes.start("n1")
+    second = await nodes.start("n2")
+    ops = await nodes.token("ops", "admin")
+    completed = Completions()
+    workers = await _workers(first, nodes, [f"a{i}" for i in range(4)], completed)
+    workers += await _workers(second, nodes, [f"b{i}" for i in range(4)], completed)
+    operators = [OperatorClient(hub.http_url, ops) for hub in (first, second)]
+    try:
+        for operator in operators:
+            await operator.connect()
+
+        # when 200 tasks are submitted alternately on both nodes, 20 at a time
+        submitted = []
+        for start in range(0, 200, 20):
+            submitted += await asyncio.gather(
+                *(operators[i % 2].submit(f"task {i}") for i in range(start, start + 20))
+            )
+        task_ids = {task["task_id"] for task in submitted}
+        await completed.reach(200, timeout=60)
+        finished = [await operators[0].get_task(task_id) for task_id in sorted(task_ids)]
+    finally:
+        for operator in operators:
+            await operator.close()
+        for worker in workers:
+            await worker.close()
+
+    # then each task was assigned once, to one agent, and completed by it
+    assignments = [(frame["task_id"], frame["generation"]) for w in workers for frame in w.assigned]
+    assert sorted(assignments) == sorted((task_id, 1) for task_id in task_ids)
+    assert {task["status"] for task in finished} == {"completed"}
+    by_agent = {frame["task_id"]: w.client.agent_id for w in workers for frame in w.assigned}
+    assert {task["task_id"]: task["assigned_to"] for task in finished} == by_agent
+    # ... agents of both nodes ran some, and no agent was refused an acknowledged frame
+    assert {agent[0] for agent in by_agent.values()} == {"a", "b"}
+    assert [ack for w in workers for ack in w.acks if ack["type"] == "error"] == []
+    assert sorted(completed.task_ids) == sorted(task_ids)
+
+
+async def test_a_task_submitted_on_one_node_wakes_an_idle_agent_of_another(
+    nodes: Nodes,
+) -> None:
+    # given two nodes that poll the queue only every minute, and an agent on the second
+    first = await nodes.start("n1", AGENTCOM_QUEUE_POLL_S="60")
+    second = await nodes.start("n2", AGENTCOM_QUEUE_POLL_S="60")
+    ops = await nodes.token("ops", "admin")
+    [worker] = await _workers(second, nodes, ["b0"])
+    try:
+        async with OperatorClient(first.http_url, ops) as operator:
+            # when tasks are submitted on the first node
+            for _ in range(5):
+                started = time.perf_counter()
+                task = await operator.submit("wake up")
+                done = await operator.wait_task(task["task_id"], timeout_s=10)
+
+                # then the agent of the second node runs each, long before a poll
+                assert (done["status"], done["assigned_to"]) == ("completed", "b0")
+                assert time.perf_counter() - started < 30
+    finally:
+        await worker.close()
