@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from conftest import METADATA
+from gated import GatedSidecar
+from haproxy import HaProxy
 from hubprocess import HubProcess, run_cli_async
 from redisnodes import REDIS_URL, new_cluster, require_redis
 
@@ -202,3 +204,102 @@ async def test_a_task_submitted_on_one_node_wakes_an_idle_agent_of_another(
                 assert time.perf_counter() - started < 30
     finally:
         await worker.close()
+
+
+async def _holder(hubs: list[HubProcess], agent_id: str) -> HubProcess:
+    """The node whose log says ``agent_id`` identified there first."""
+    waits = {
+        asyncio.ensure_future(hub.await_log(f"agent {agent_id} identified")): hub for hub in hubs
+    }
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in pending:
+        waiting.cancel()
+    return waits[done.pop()]
+
+
+async def test_behind_haproxy_a_killed_nodes_agent_finishes_its_task_through_another_node(
+    nodes: Nodes, tmp_path: Path, closing: list[Any]
+) -> None:
+    # given two nodes behind HAProxy and an agent connected through it, running a task
+    first = await nodes.start("n1")
+    second = await nodes.start("n2")
+    ops = await nodes.token("ops", "admin")
+    assert first.port is not None and second.port is not None
+    with HaProxy(tmp_path, [first.port, second.port]) as proxy:
+        agent = GatedSidecar(proxy.ws_url, "worker", await nodes.token("worker"),
+                             backoff_initial_s=0.05, backoff_max_s=0.2)  # fmt: skip
+        closing.append(agent)
+        holder = await _holder([first, second], "worker")
+        survivor = second if holder is first else first
+        operator = OperatorClient(survivor.http_url, ops)
+        closing.append(operator)
+        await operator.connect()
+        submitted = await operator.submit("survive the node", complexity_tier="complex")
+        assign = await agent.next_assign()
+
+        # when the node the agent is connected to is killed outright
+        killed_at = time.monotonic()
+        holder.kill()
+
+        # then the agent reconnects through HAProxy to the other node, and its completion
+        # is accepted there: the task completed once, by it, with its metadata
+        agent.finish(assign["task_id"])
+        answer = await agent.answer(assign["task_id"], assign["generation"])
+        completed_after = time.monotonic() - killed_at
+        if answer.get("status") != "complete":
+            survivor.stop()
+            assert survivor.stderr is not None
+            raise AssertionError("\n".join([str(answer), *survivor.stderr.rest()]))
+        print(f"\nnode killed behind HAProxy: its agent's task completed through the other "
+              f"node {completed_after:.3f} s after SIGKILL")  # fmt: skip
+        task = await operator.get_task(submitted["task_id"])
+        assert (task["status"], task["assigned_to"], task["generation"]) == (
+            "completed", "worker", 1)  # fmt: skip
+        assert [entry["status"] for entry in task["history"]].count("completed") == 1
+        assert task["execution"]["tokens_out"] == METADATA["tokens_out"]
+        # and new work runs
+        await operator.submit("after the node died", complexity_tier="complex")
+        again = await agent.next_assign()
+        agent.finish(again["task_id"])
+        assert (await agent.answer(again["task_id"], again["generation"]))["status"] == "complete"
+
+
+async def test_the_task_of_an_agent_that_does_not_come_back_goes_to_another_after_the_grace(
+    nodes: Nodes, closing: list[Any]
+) -> None:
+    # given an agent of the first node running a task
+    first = await nodes.start("n1", AGENTCOM_DISCONNECT_GRACE_S="1")
+    second = await nodes.start("n2", AGENTCOM_DISCONNECT_GRACE_S="1")
+    ops = await nodes.token("ops", "admin")
+    lost = AgentClient(first.ws_url, "lost", await nodes.token("lost"),
+                       capabilities=["gpu"], heartbeat_s=None)  # fmt: skip
+    closing.append(lost)
+    await lost.connect()
+    operator = OperatorClient(second.http_url, ops)
+    closing.append(operator)
+    await operator.connect()
+    submitted = await operator.submit("long job", needed_capabilities=["gpu"])
+    assign = await lost.receive_type("task_assign")
+    await lost.send({"type": "task_accepted", "task_id": assign["task_id"]})
+    assert (await lost.receive_type("task_ack"))["status"] == "accepted"
+
+    # when that node is killed and the agent never comes back
+    first.kill()
+    rescuer = Worker(
+        AgentClient(
+            second.ws_url,
+            "rescuer",
+            await nodes.token("rescuer"),
+            capabilities=["gpu"],
+            heartbeat_s=None,
+        ),  # fmt: skip
+        Completions(),
+    )
+    await rescuer.start()
+    closing.append(rescuer)
+
+    # then the surviving node gives the task to another agent once the grace has passed
+    done = await operator.wait_task(submitted["task_id"], timeout_s=20)
+    assert (done["status"], done["assigned_to"], done["generation"]) == ("completed", "rescuer", 2)
+    details = [entry.get("detail") or "" for entry in done["history"]]
+    assert any("lost did not come back in time" in detail for detail in details)

@@ -275,6 +275,8 @@ class AgentSession:
                 CloseCode.POLICY_VIOLATION, f"cooldown: retry in {seconds} s"
             )
             return
+        if server.shared is not None:  # its tasks as stored, whichever node it came from
+            await server.shared.refresh_agent(frame.agent_id)
         self.agent_id = frame.agent_id
         self._token_key = server.revocations.track(frame.token, self.connection)
         server.guard.authenticated(self.connection)

@@ -61,6 +61,9 @@ class SharedStore(Protocol):
     def unfinished_states(self) -> dict[str, StoredState]:
         """``(status, generation, assigned_to)`` of every unfinished task."""
 
+    def active_task_ids_of(self, agent_id: str) -> list[str]:
+        """The tasks assigned to ``agent_id`` that it has not finished."""
+
 
 class NodeDirectory(Protocol):
     """Nodes' heartbeats, agents' sessions and the leadership, in the database
@@ -210,6 +213,18 @@ class SharedNode:
         # Operators here waiting for a task another node finished are answered.
         effects.finished += [task for task in found.values() if task.status in TERMINAL]
         await self.host.settle(effects=effects)
+
+    async def refresh_agent(self, agent_id: str) -> None:
+        """Before an agent identifies here: its tasks as stored now, whatever this node
+        heard (the node it was connected to may have died before its events went out).
+        Raises StoreError when the database cannot be read."""
+        task_ids = set(self.store.active_task_ids_of(agent_id))
+        task_ids.update(
+            task.task_id
+            for task in self.host.hub.queue.tasks.values()
+            if task.assigned_to == agent_id
+        )
+        await self.refresh(sorted(task_ids))
 
     async def _poll_forever(self) -> None:
         while True:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from agentcom.hub.limits import ViolationTracker
     from agentcom.protocol.common import Outbound
     from agentcom.pubsub.base import PubSub
+    from agentcom.server.cluster import SharedNode
     from agentcom.server.guard import Guard
     from agentcom.server.metrics import HubMetrics
     from agentcom.server.output import ReplyBudget
@@ -87,6 +88,10 @@ class SessionHost(Protocol):
     @property
     def agent_connections(self) -> dict[str, ServerConnection]:
         """The connection of each identified agent (pushes go there)."""
+
+    @property
+    def shared(self) -> SharedNode | None:
+        """This node's part among nodes sharing the database; None for a lone hub."""
 
     @property
     def tls(self) -> bool:

@@ -162,6 +162,8 @@ CREATE TABLE agent_sessions (
     connected_at bigint NOT NULL
 );
 CREATE INDEX agent_sessions_by_node ON agent_sessions (node_id);
+-- The unfinished tasks of one agent (a node reads them when the agent arrives).
+CREATE INDEX tasks_active_by_agent ON tasks (assigned_to) WHERE status IN ('assigned', 'working');
 """
 
 MIGRATIONS: tuple[str, ...] = (_VERSION_1, _VERSION_2)

@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from agentcom.protocol.common import ACTIVE
 from agentcom.protocol.task import (
     ResultSummary,
     StoredState,
@@ -138,6 +139,14 @@ class SqlStore(SqlWrites[C]):
                 task._stored_as = task.stored_state()
                 found[task.task_id] = task
         return found
+
+    def active_task_ids_of(self, agent_id: str) -> list[str]:
+        """The tasks assigned to ``agent_id`` that it has not finished, as stored."""
+        rows = self._read(
+            "SELECT task_id FROM tasks WHERE assigned_to = ? AND status IN (?, ?)",
+            (agent_id, *(status.value for status in ACTIVE)),
+        )
+        return [task_id for (task_id,) in rows]
 
     def unfinished_states(self) -> dict[str, StoredState]:
         """``(status, generation, assigned_to)`` of every unfinished task, by id: what a
