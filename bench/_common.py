@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ __all__ = [
     "cpu_used",
     "die_with_parent",
     "hub_metrics",
+    "hubs_cpu_sample",
     "latency_summary",
     "log_tail",
     "machine_busy_seconds",
@@ -57,6 +58,7 @@ __all__ = [
     "run_sidecars",
     "run_until_signalled",
     "source_revision",
+    "spread",
     "stop_on_signal_or_eof",
     "stop_process",
     "thread_cpu_seconds",
@@ -67,6 +69,7 @@ LISTENING = re.compile(r"hub on ws://(?P<host>[^\s:]+):(?P<port>\d+)/ws")
 HUB_OPERATOR_CAP = 32  # requests the hub serves at once per operator connection
 
 Result = TypeVar("Result")
+Item = TypeVar("Item")
 OnFrame = Callable[[AgentClient, dict[str, Any]], Awaitable[None]]
 
 
@@ -158,6 +161,22 @@ def cpu_sample(pids: dict[str, int]) -> dict[str, float | None]:
     return sample
 
 
+def hubs_cpu_sample(hub_pids: dict[str, int], others: dict[str, int]) -> dict[str, float | None]:
+    """:func:`cpu_sample` of ``others`` and of hub nodes (``hub_pids``, by node name):
+    ``hub`` is the nodes' total (None unless each was read), ``hub_loop_thread`` and
+    ``hub_other_threads`` their event-loop and other threads' totals, and with several
+    nodes each node's own figure is under ``hub_<name>`` too."""
+    own = {name: cpu_seconds(pid) for name, pid in hub_pids.items()}
+    found = [seconds for seconds in own.values() if seconds is not None]
+    sample: dict[str, float | None] = {"hub": sum(found) if len(found) == len(own) else None}
+    threads = [thread_cpu_seconds(pid) for pid in hub_pids.values()]
+    for part in ("loop_thread", "other_threads"):
+        sample[f"hub_{part}"] = sum(split[part] for split in threads)
+    if len(own) > 1:
+        sample.update({f"hub_{name}": seconds for name, seconds in own.items()})
+    return {**sample, **cpu_sample(others)}
+
+
 def cpu_used(
     before: dict[str, float | None],
     after: dict[str, float | None],
@@ -221,6 +240,12 @@ def hub_metrics(base_url: str) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 found[name] = found.get(name, 0.0) + float(value)
     return found
+
+
+def spread(items: Sequence[Item], parts: int) -> list[list[Item]]:
+    """``items`` dealt round-robin into ``parts`` lists, item ``i`` into list ``i % parts``:
+    how :func:`run_sidecars` spreads its agents over several hub nodes."""
+    return [list(items[part::parts]) for part in range(parts)]
 
 
 # --- tokens ------------------------------------------------------------------------------
@@ -300,9 +325,15 @@ async def read_marker(
                 if found:
                     return found
     except TimeoutError:
-        pass
+        raise RuntimeError(
+            f"the {name} did not start within {timeout_s} s; stderr tail:\n{log_tail(log)}"
+        ) from None
+    # Its stdout ended first: the child is exiting (e.g. a hub refusing the database).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), 5)
     raise RuntimeError(
-        f"the {name} did not start within {timeout_s} s; stderr tail:\n{log_tail(log)}"
+        f"the {name} exited (code {process.returncode}) before it started; stderr tail:\n"
+        f"{log_tail(log)}"
     )
 
 
@@ -394,7 +425,7 @@ class Children:
     """Every child a benchmark started; :meth:`stop_all` ends each one of them."""
 
     def __init__(self) -> None:
-        self.hub: Hub | None = None
+        self.hubs: list[Hub] = []
         self.workers: list[Worker] = []
         self._drains: list[asyncio.Task[None]] = []
 
@@ -423,16 +454,19 @@ class Children:
         self._drains.append(asyncio.create_task(drain()))
 
     async def start_hub(
-        self, command: list[str], log: Path, env: dict[str, str] | None = None
+        self, command: list[str], log: Path, env: dict[str, str] | None = None, name: str = "hub"
     ) -> Hub:
-        """Start a hub and wait for its ``hub on ws://HOST:PORT/ws`` line (30 s at most)."""
+        """Start a hub (one more, when some run already: the nodes of a cluster) and wait
+        for its ``hub on ws://HOST:PORT/ws`` line (30 s at most); ``name`` is how errors
+        call it. Raises RuntimeError, with its log's tail, when it exits or stays silent."""
         process = await self.spawn(command, log, env=env)
-        self.hub = Hub(process, "", "", log)
-        listening = await read_marker(process, "hub", LISTENING, 30, log)
+        hub = Hub(process, "", "", log)
+        self.hubs.append(hub)  # stopped by stop_all even if it never says where it listens
+        listening = await read_marker(process, name, LISTENING, 30, log)
         self.drain_stdout(process)
         address = f"{listening['host']}:{listening['port']}"
-        self.hub.http_url, self.hub.ws_url = f"http://{address}", f"ws://{address}/ws"
-        return self.hub
+        hub.http_url, hub.ws_url = f"http://{address}", f"ws://{address}/ws"
+        return hub
 
     async def start_worker(
         self,
@@ -446,19 +480,18 @@ class Children:
         self.workers.append(worker)
         return worker
 
-    async def stop_hub(self, grace_s: float = 60) -> int | None:
-        """SIGTERM the hub (SIGKILL after ``grace_s``); its exit code."""
-        hub, self.hub = self.hub, None
-        if hub is None:
-            return None
-        await stop_process(hub.process, grace_s)
-        return hub.process.returncode
+    async def stop_hubs(self, grace_s: float = 60) -> list[int | None]:
+        """SIGTERM every hub at once (SIGKILL after ``grace_s``); their exit codes, in the
+        order they were started."""
+        hubs, self.hubs = self.hubs, []
+        await asyncio.gather(*(stop_process(hub.process, grace_s) for hub in hubs))
+        return [hub.process.returncode for hub in hubs]
 
     async def stop_all(self) -> None:
-        """Stop the workers, then the hub, and stop reading their output."""
+        """Stop the workers, then the hubs, and stop reading their output."""
         workers, self.workers = self.workers, []
         await asyncio.gather(*(worker.finish() for worker in workers), return_exceptions=True)
-        await self.stop_hub()
+        await self.stop_hubs()
         for drain in self._drains:
             drain.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
@@ -475,12 +508,21 @@ async def run_until_signalled(benchmark: Awaitable[Result]) -> Result:
     return await benchmark
 
 
-async def wait_for_idle_agents(operator: OperatorClient, count: int, timeout_s: float = 30) -> None:
-    """Until the hub lists ``count`` idle agents."""
+async def wait_for_idle_agents(
+    operator: OperatorClient,
+    count: int,
+    timeout_s: float = 30,
+    among: Collection[str] | None = None,
+) -> None:
+    """Until the hub lists ``count`` idle agents (counting only the ids ``among``, when
+    given: a node's own sidecars, whether or not it also lists the other nodes')."""
     async with asyncio.timeout(timeout_s):
         while True:
             agents = await operator.request("agents_list")
-            if sum(1 for agent in agents if agent["state"] == "idle") >= count:
+            idle = [agent for agent in agents if agent["state"] == "idle"]
+            if among is not None:
+                idle = [agent for agent in idle if agent["agent_id"] in among]
+            if len(idle) >= count:
                 return
             await asyncio.sleep(0.1)
 
@@ -563,9 +605,12 @@ async def run_sidecars(
     """The sidecar worker: connect every agent of the spec and answer frames until stopped.
 
     The spec (JSON) names the hub (``url``) and the agents (``agents``: [id, token]
-    pairs). Every frame is counted in ``tally`` before ``on_frame`` sees it.
+    pairs); with ``urls``, a list of hub nodes' agent endpoints, the agents are spread
+    over them round-robin instead (agent ``i`` on ``urls[i % len(urls)]``). Every frame is
+    counted in ``tally`` before ``on_frame`` sees it.
     """
     spec = json.loads(spec_path.read_text())
+    urls = spec.get("urls") or [spec["url"]]
     stop = stop_on_signal_or_eof()
 
     async def count_then_handle(client: AgentClient, frame: dict[str, Any]) -> None:
@@ -578,11 +623,11 @@ async def run_sidecars(
         await on_frame(client, frame)
 
     clients, connected = [], []
-    for agent_id, token in spec["agents"]:
+    for index, (agent_id, token) in enumerate(spec["agents"]):
         ready = asyncio.Event()
         clients.append(
             client_class(
-                spec["url"],
+                urls[index % len(urls)],
                 agent_id,
                 token,
                 heartbeat_s=15.0,

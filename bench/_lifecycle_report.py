@@ -1,7 +1,8 @@
 """The lifecycle benchmark's report: its runs' figures compared and printed for people.
 
 ``lifecycle.py`` measures; this module only reads the figures it made (one dict per run,
-by database, as its ``--json`` output describes).
+by case: a database on one hub node or several, as its ``--json`` output describes) and
+names the cases.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ __all__ = [
     "COMPARED",
     "POSTGRESQL",
     "SQLITE",
+    "case_label",
+    "case_name",
     "compare_runs",
     "cpu_text",
     "print_profile",
@@ -23,6 +26,22 @@ __all__ = [
 ]
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"  # the databases a run can be on
+
+
+def case_name(database: str, nodes: int) -> str:
+    """A run's key in ``runs``: its database, with ``_<N>_nodes`` on several hub nodes."""
+    return database if nodes == 1 else f"{database}_{nodes}_nodes"
+
+
+def case_label(database: str, nodes: int) -> str:
+    """A run's name for people: ``postgresql``, ``postgresql on 2 nodes``."""
+    return database if nodes == 1 else f"{database} on {nodes} nodes"
+
+
+def _heading(figures: dict[str, Any]) -> str:
+    """A run's column heading in the comparison: ``sqlite``, ``postgresql``, ``pg 2 nodes``."""
+    nodes = figures.get("nodes", 1)
+    return figures["database"] if nodes == 1 else f"pg {nodes} nodes"
 
 
 def _figure(*keys: str) -> Callable[[dict[str, Any]], Any]:
@@ -71,14 +90,32 @@ COMPARED: tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...] = (
 )
 
 
+def _ratio(numerator: Any, denominator: Any) -> float | None:
+    """``numerator / denominator`` to three decimals (None when either is missing or 0)."""
+    return round(numerator / denominator, 3) if denominator and numerator is not None else None
+
+
+def _ratios(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """The ratios compared: (key, heading, numerator's run, denominator's run). PostgreSQL
+    on one node over SQLite, and PostgreSQL on several nodes over one."""
+    found = [(f"{POSTGRESQL}_over_{SQLITE}", "pg/sqlite", POSTGRESQL, SQLITE)]
+    for name, figures in runs.items():
+        nodes = figures.get("nodes", 1)
+        if nodes > 1:
+            found.append((f"{name}_over_{POSTGRESQL}", f"{nodes} nodes/1", name, POSTGRESQL))
+    return found
+
+
 def compare_runs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The main figures of each run side by side, with PostgreSQL's over SQLite's."""
+    """The main figures of each run side by side (None for a run that did not run), with
+    PostgreSQL's over SQLite's and, for several nodes, theirs over one node's."""
     compared = {}
-    for name, _label, read in COMPARED:
-        values = {database: read(figures) for database, figures in runs.items()}
-        sqlite, postgresql = values.get(SQLITE), values.get(POSTGRESQL)
-        ratio = round(postgresql / sqlite, 3) if sqlite and postgresql is not None else None
-        compared[name] = {**values, "postgresql_over_sqlite": ratio}
+    for key, _label, read in COMPARED:
+        values = {name: read(figures) for name, figures in runs.items()}
+        compared[key] = values | {
+            ratio: _ratio(values.get(numerator), values.get(denominator))
+            for ratio, _heading, numerator, denominator in _ratios(runs)
+        }
     return compared
 
 
@@ -93,9 +130,13 @@ def print_text(report: dict[str, Any]) -> None:
     """The human-readable report: each run, the comparison, the relay baseline."""
     runs = report["runs"]
     for figures in runs.values():
-        print_run(figures)
+        if "error" in figures:
+            label = case_label(figures["database"], figures["nodes"])
+            print(f"{label} ({figures['database_location']}): did not run: {figures['error']}")
+        else:
+            print_run(figures)
     if report["comparison"] is not None:
-        print_comparison(report["comparison"], list(runs))
+        print_comparison(report["comparison"], runs)
     print_relay(report)
 
 
@@ -110,9 +151,12 @@ def print_run(figures: dict[str, Any]) -> None:
         )
 
     rate = figures["rate_limit_per_s"] or "unlimited"
+    nodes = figures.get("nodes", 1)
+    where = "" if nodes == 1 else f" on {nodes} hub nodes"
     print(
         f"agentcom {figures['agentcom_version']} ({figures['source_revision']}) lifecycle bench "
-        f"on {figures['cpus']} CPUs, {figures['database']} ({figures['database_location']}): "
+        f"on {figures['cpus']} CPUs, {figures['database']} ({figures['database_location']})"
+        f"{where}: "
         f"N={figures['agents']} agents, M={figures['tasks']} tasks, "
         f"{figures['operators']}x{figures['window_per_operator']} submits in flight, rate {rate}"
     )
@@ -132,12 +176,16 @@ def print_run(figures: dict[str, Any]) -> None:
         f"  dashboard events    {events} received, {figures['events_dropped']} dropped"
         + ("; completion confirmed by stats" if figures["completion_confirmed_by_stats"] else "")
     )
+    largest = " of the largest node" if nodes > 1 else ""
     print(
-        f"  hub peak RSS        {figures['hub_peak_rss_mib']} MiB (VmHWM; VmRSS at end "
-        f"{figures['hub_rss_end_mib']} MiB)"
+        f"  hub peak RSS        {figures['hub_peak_rss_mib']} MiB{largest} (VmHWM; VmRSS at "
+        f"end {figures['hub_rss_end_mib']} MiB)"
     )
     print(f"  CPU during run      {cpu_text(figures['cpu'])}")
-    per_task = f"  hub CPU per task    {figures['hub_cpu_ms_per_task']} ms"
+    if nodes > 1:
+        print_nodes(figures["hub_nodes"])
+    every = f" (all {nodes} nodes)" if nodes > 1 else ""
+    per_task = f"  hub CPU per task    {figures['hub_cpu_ms_per_task']} ms{every}"
     if figures["database"] == POSTGRESQL:
         per_task += (
             f"; PostgreSQL server {figures['database_cpu_ms_per_task']} ms; together "
@@ -168,23 +216,38 @@ def print_run(figures: dict[str, Any]) -> None:
         print(f"  hub to relay ratio  {figures['hub_to_relay_ratio']} (relay baseline below)")
 
 
-def print_comparison(comparison: dict[str, dict[str, Any]], databases: list[str]) -> None:
-    """The runs' main figures side by side, with PostgreSQL's over SQLite's."""
+def print_nodes(nodes: list[dict[str, Any]]) -> None:
+    """Each hub node's share of a run on several."""
+    for node in nodes:
+        print(
+            f"  {node['node']:<20}{node['agents']} sidecars, {node['submits']} submits; "
+            f"CPU {node['hub_cpu_s']} s; frames received {node['frames_received_by_hub']}; "
+            f"store commits {node['store_commits']}; peak RSS {node['hub_peak_rss_mib']} MiB"
+        )
+
+
+def print_comparison(
+    comparison: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any]]
+) -> None:
+    """The runs' main figures side by side, with the ratios of :func:`compare_runs`."""
 
     def cell(value: Any) -> str:
         return "-" if value is None else str(value)
 
-    print(" vs ".join(databases))
-    print(f"  {'':28}" + "".join(f"{name:>12}" for name in databases) + f"{'pg/sqlite':>12}")
+    headings = {name: _heading(figures) for name, figures in runs.items()}
+    ratios = [(key, heading) for key, heading, _top, _bottom in _ratios(runs)]
+    print(" vs ".join(case_label(run["database"], run["nodes"]) for run in runs.values()))
+    columns = [*headings.values(), *(heading for _key, heading in ratios)]
+    print(f"  {'':28}" + "".join(f"{heading:>12}" for heading in columns))
     for key, label, _read in COMPARED:
         row = comparison[key]
-        values = "".join(f"{cell(row[name]):>12}" for name in databases)
-        print(f"  {label:28}{values}{cell(row['postgresql_over_sqlite']):>12}")
+        cells = [*(row[name] for name in headings), *(row[ratio] for ratio, _heading in ratios)]
+        print(f"  {label:28}" + "".join(f"{cell(value):>12}" for value in cells))
 
 
 def print_relay(figures: dict[str, Any]) -> None:
     """The bare relay baseline, when it ran."""
-    relay = figures["relay"]
+    relay = figures.get("relay")
     if relay is None:
         return
     print(

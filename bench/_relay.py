@@ -159,15 +159,15 @@ async def measure_relay(
     }
 
 
-def compare_with_relay(tasks_per_s: float, relay: dict[str, Any] | None) -> dict[str, Any]:
+def compare_with_relay(tasks_per_s: float | None, relay: dict[str, Any] | None) -> dict[str, Any]:
     """The relay's details and rate, the task rate it could carry and the hub's share of
-    that (None without a relay run)."""
+    that (None without a relay run, the share None without a task rate)."""
     if relay is None:
         rate = ceiling = ratio = None
     else:
         rate = relay["round_trips"] / max(relay["seconds"], 1e-9)
         ceiling = rate / ROUND_TRIPS_PER_TASK
-        ratio = round(tasks_per_s / ceiling, 3) if ceiling else None
+        ratio = round(tasks_per_s / ceiling, 3) if ceiling and tasks_per_s is not None else None
     return {
         "relay": relay,
         "relay_round_trips_per_s": None if rate is None else round(rate, 1),

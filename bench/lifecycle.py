@@ -1,5 +1,5 @@
 """End-to-end lifecycle benchmark: a real hub, real sidecars, real sockets, SQLite (and
-PostgreSQL with ``--pg``).
+PostgreSQL with ``--pg``, on several hub nodes too with ``--nodes``).
 
 Usage (from the repository root, with the project's virtualenv)::
 
@@ -10,12 +10,16 @@ Usage (from the repository root, with the project's virtualenv)::
     python bench/lifecycle.py --agents 50 --tasks 20000 --relay-seconds 0   # no baseline
     python bench/lifecycle.py --agents 50 --tasks 5000 \
         --pg postgresql://postgres@127.0.0.1:5432/postgres     # SQLite, then PostgreSQL
+    python bench/lifecycle.py --agents 50 --tasks 5000 --rate 500 --nodes 2 \
+        --pg postgresql://postgres@127.0.0.1:5432/postgres     # ... then PostgreSQL x2
 
 What it does:
 
 1. creates a temporary directory; with ``--pg URL``, also a new PostgreSQL database
-   named ``agentcom_bench_<random hex>``, through a connection to the database ``URL``
-   names (a maintenance database such as ``postgres``; its user needs ``CREATEDB``);
+   named ``agentcom_bench_<random hex>`` (with ``--nodes N``, a second one for the run on
+   N nodes), through a connection to the database ``URL`` names (a maintenance database
+   such as ``postgres``; its user needs ``CREATEDB``); with ``--nodes N``, checks that
+   the Redis of ``--redis`` (``redis://127.0.0.1:6379/0``) answers;
 2. unless ``--relay-seconds 0``, measures a baseline: a bare relay, the ``websockets``
    asyncio echo server in a subprocess of this script (``--relay-server``), driven from
    another (``--relay-clients``) over one connection per sidecar plus one per operator
@@ -24,35 +28,50 @@ What it does:
    ``task_complete``) and reads its echo, back to back, for ``--relay-seconds`` (3);
    neither side parses the frames, and compression is off as in the hub by default.
    Both are stopped before the hub starts;
-3. for each database in turn, SQLite (``hub.db`` in the directory) first, this step to
-   step 5 (the hub and the sidecars stopped before the next database): writes one agent
+3. for each case in turn, SQLite (``hub.db`` in the directory) first, then PostgreSQL
+   on one hub node, then with ``--nodes N`` PostgreSQL on N nodes, this step to step 5
+   (the hubs and the sidecars stopped before the next case): writes one agent
    token per simulated sidecar and one admin token straight to the database, as
    ``agentcom token create`` does (``store/tokens.py``, for either database; it makes
    the PostgreSQL tables), starts the hub as a subprocess
    (``python -m agentcom.cli serve --port 0 --db ...``) and reads its
    ``agentcom <version> hub on ws://HOST:PORT/ws`` line; with ``--profile-hub`` the
-   hub runs instead under cProfile in a subprocess of this script (``--serve-profiled``);
-4. starts the sidecars in another subprocess of this script (``--sidecars``): one
+   hub runs instead under cProfile in a subprocess of this script (``--serve-profiled``).
+   On N nodes it starts N hubs, one after another, on the same database, each on a port
+   of its own with ``--pubsub <--redis> --cluster bench-<random hex> --node-id node<i>``
+   (a cluster name new for the run);
+4. starts the sidecars in another subprocess of this script (``--sidecars``), agent
+   ``i`` connected to node ``i % N`` on N nodes (round-robin): one
    :class:`~agentcom.client.AgentClient` per agent which answers every ``task_assign``
    with ``task_accepted``, one ``task_progress`` carrying an ``execution_event`` and a
    ``task_complete`` with the generation and full execution metadata;
-5. subscribes to ``/ws/dashboard`` (topic ``tasks``) and submits the no-op tasks through
-   the operator protocol, ``--window`` requests in flight on each of ``--operators``
-   connections (the hub serves at most 32 at once per connection), optionally paced at
-   ``--rate`` tasks/s;
-6. prints, for each database, throughput, submit->assign and submit->complete latency
+5. subscribes to ``/ws/dashboard`` (topic ``tasks``) on the first node and submits the
+   no-op tasks through the operator protocol, ``--window`` requests in flight on each of
+   ``--operators`` connections to each node (the hub serves at most 32 at once per
+   connection), all drawing from one sequence of tasks, optionally paced at ``--rate``
+   tasks/s in all;
+6. prints, for each case, throughput, submit->assign and submit->complete latency
    (p50/p99), events received and dropped, the hub's peak RSS (``VmHWM``), CPU time per
-   process, store commits; then with ``--pg`` a table of the main figures, "sqlite vs
-   postgresql", with PostgreSQL's over SQLite's; then the relay baseline. ``--json``
-   prints one JSON object instead (below).
+   process, store commits, and on N nodes each node's share; then with ``--pg`` a table
+   of the main figures, one column per case, with PostgreSQL's over SQLite's and N
+   nodes' over one node's; then the relay baseline. ``--json`` prints one JSON object
+   instead (below).
 
 The JSON object keeps at its top level the figures of the SQLite run, as before ``--pg``
-existed, with the relay's. ``runs`` holds every run's figures by database (``sqlite``,
-and ``postgresql`` with ``--pg``), each with its own ``hub_to_relay_ratio``, and
-``comparison`` (None without ``--pg``) each compared figure as ``{"sqlite": ...,
-"postgresql": ..., "postgresql_over_sqlite": ...}``. ``database`` and
-``database_location`` say which database a set of figures is for (a URL without its
-password).
+existed, with the relay's. ``runs`` holds every run's figures by case (``sqlite``, and
+``postgresql`` with ``--pg``, ``postgresql_<N>_nodes`` with ``--nodes N``), each with
+its own ``hub_to_relay_ratio``, and ``comparison`` (None without ``--pg``) each compared
+figure as ``{"sqlite": ..., "postgresql": ..., "postgresql_over_sqlite": ...}``, plus
+``"postgresql_<N>_nodes"`` and ``"postgresql_<N>_nodes_over_postgresql"`` with
+``--nodes``. ``case``, ``database``, ``nodes`` and ``database_location`` say what a set
+of figures is for (a URL without its password). A case whose hub or sidecars did not
+start holds only those and ``error`` (the other cases still run; the exit code is 2).
+
+On N nodes the hub's figures are the nodes' totals: CPU (``hub``; each node's as
+``hub_node<i>`` too), store commits, frames received, progress coalesced; peak RSS is
+the largest node's; ``hub_nodes`` lists each node's sidecars, submits and own figures.
+The dashboard is on the first node, so the latency of a task assigned on another one
+includes the event's way through Redis.
 
 The PostgreSQL server does in its own processes the work the SQLite store does in the
 hub's writer thread. When the server runs on this machine, the CPU of the server
@@ -84,14 +103,16 @@ measured, and how much CPU other processes used during the run: on a shared mach
 that last figure says how far to trust the others. ``AGENTCOM_*`` variables in the
 environment reach the hub (e.g. ``AGENTCOM_SUBSCRIBER_QUEUE=10000``).
 
-With ``--profile-hub PATH`` the SQLite hub's profile goes to ``PATH`` and the PostgreSQL
-hub's to ``PATH.postgresql``; both are printed (with ``--json``, written to ``.txt``
-files beside them). Profiling slows the hub: compare profiled runs only with each other.
+With ``--profile-hub PATH`` the SQLite hub's profile goes to ``PATH``, the PostgreSQL
+hub's to ``PATH.postgresql`` and that of node ``i`` of N to
+``PATH.postgresql_<N>_nodes.node<i>``; all are printed (with ``--json``, written to
+``.txt`` files beside them). Profiling slows the hub: compare profiled runs only with
+each other.
 
 Every process the benchmark starts is stopped when it ends, fails or is interrupted
 (SIGINT/SIGTERM); on Linux the children also get SIGTERM if this process dies. The
-PostgreSQL database is then dropped, its sessions ended first; only a benchmark killed
-outright (SIGKILL) leaves one behind, to drop by hand.
+PostgreSQL databases are then dropped, their sessions ended first; only a benchmark
+killed outright (SIGKILL) leaves them behind, to drop by hand.
 
 This file is long because it holds the benchmark's subprocess modes (sidecars, relay,
 profiled hub) beside the driver, so that it runs as one script; the report (comparison
@@ -106,6 +127,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -119,20 +141,29 @@ from typing import Any
 from _common import (
     HUB_OPERATOR_CAP,
     Children,
+    Hub,
     SidecarTally,
-    cpu_sample,
     cpu_used,
     hub_metrics,
+    hubs_cpu_sample,
     latency_summary,
     make_tokens,
     memory_mib,
     run_sidecars,
     run_until_signalled,
     source_revision,
-    thread_cpu_seconds,
+    spread,
     wait_for_idle_agents,
 )
-from _lifecycle_report import POSTGRESQL, SQLITE, compare_runs, print_profile, print_text
+from _lifecycle_report import (
+    POSTGRESQL,
+    SQLITE,
+    case_label,
+    case_name,
+    compare_runs,
+    print_profile,
+    print_text,
+)
 from _postgres import ScratchDatabase, backend_cpu_used
 from _relay import compare_with_relay, drive_echo, measure_relay, serve_echo
 
@@ -140,6 +171,8 @@ from agentcom import __version__
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.hub.queue import new_task_id
 from agentcom.store.location import is_postgres_url, shown
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 NO_OP_TASK: dict[str, Any] = {"complexity_tier": "trivial", "metadata": {"shell_command": "true"}}
 
@@ -182,14 +215,18 @@ async def answer_with_no_op(client: AgentClient, frame: dict[str, Any]) -> None:
 # --- profiled hub (a subprocess: --serve-profiled) -------------------------------------
 
 
-async def serve_until_stopped(db: Path | str, host: str, profile_out: Path) -> None:
-    """Run a hub under cProfile until SIGTERM/SIGINT, then write the profile."""
+async def serve_until_stopped(
+    db: Path | str, host: str, profile_out: Path, cluster: dict[str, str | None]
+) -> None:
+    """Run a hub under cProfile until SIGTERM/SIGINT, then write the profile; ``cluster``
+    holds its ``pubsub``, ``cluster`` and ``node_id`` settings (None: the default)."""
     import cProfile
 
     from agentcom.config import load_settings
     from agentcom.server.app import HubServer
 
-    server = HubServer(load_settings(host=host, port=0, db=db, log_level="WARNING"))
+    settings = load_settings(host=host, port=0, db=db, log_level="WARNING", **cluster)
+    server = HubServer(settings)
     await server.start()
     print(f"agentcom {__version__} hub on ws://{host}:{server.port}/ws", flush=True)
     stop = asyncio.Event()
@@ -220,6 +257,7 @@ class Observations:
     events: Counter[str] = field(default_factory=Counter)
     dropped: int = 0
     submit_errors: Counter[str] = field(default_factory=Counter)
+    submitted_via: Counter[str] = field(default_factory=Counter)  # by hub node
     first_sent: float | None = None
     last_replied: float | None = None
     expected: int = 0  # completions to wait for: M, then the submits that succeeded
@@ -259,8 +297,10 @@ async def submit_tasks(
     window: int,
     rate: float | None,
     start: float,
+    node: str,
 ) -> None:
-    """Submit from the shared index iterator, ``window`` requests in flight."""
+    """Submit from the shared index iterator, ``window`` requests in flight, through an
+    operator connection to the hub node ``node``."""
 
     async def worker() -> None:
         for index in indices:
@@ -278,6 +318,7 @@ async def submit_tasks(
             seen.sent[task["task_id"]] = sent
             seen.replied[task["task_id"]] = replied
             seen.last_replied = replied
+            seen.submitted_via[node] += 1
 
     await asyncio.gather(*(worker() for _ in range(window)))
 
@@ -334,52 +375,102 @@ async def wait_until_done(
             return
 
 
-def hub_command(script: str, db: Path | str, profile_out: Path | None) -> list[str]:
-    """How to start the hub on ``db``: ``agentcom serve``, or this script's profiled hub."""
+@dataclass(frozen=True)
+class Case:
+    """A configuration the workload runs on: a database, served by one hub node or more."""
+
+    database: str  # SQLITE or POSTGRESQL
+    nodes: int = 1
+
+    @property
+    def name(self) -> str:
+        """Its key in the report's ``runs``."""
+        return case_name(self.database, self.nodes)
+
+    def suffix(self, node: int | None = None) -> str:
+        """What its files' names carry: ``-postgresql``, ``-postgresql_2_nodes-node1``."""
+        suffix = "" if self.name == SQLITE else f"-{self.name}"
+        return suffix if node is None or self.nodes == 1 else f"{suffix}-node{node}"
+
+
+@dataclass
+class Node:
+    """One hub node of a run: its name in the figures, its process and its sidecars."""
+
+    name: str
+    hub: Hub
+    agent_ids: list[str]
+
+
+@dataclass
+class NodeReading:
+    """What a node reported once the run was over."""
+
+    node: Node
+    stats: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def planned_cases(args: argparse.Namespace) -> list[Case]:
+    """SQLite; with ``--pg``, PostgreSQL on one node; with ``--nodes N`` too, on N nodes."""
+    cases = [Case(SQLITE)]
+    if args.pg:
+        cases.append(Case(POSTGRESQL))
+        if args.nodes > 1:
+            cases.append(Case(POSTGRESQL, args.nodes))
+    return cases
+
+
+def check_redis(url: str) -> None:
+    """Raise RuntimeError unless the Redis at ``url`` answers a PING."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
+            client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise RuntimeError(f"cannot reach Redis for --nodes at {url}: {exc}") from None
+
+
+def hub_command(
+    script: str, db: Path | str, profile_out: Path | None, cluster_args: list[str]
+) -> list[str]:
+    """How to start a hub on ``db``: ``agentcom serve``, or this script's profiled hub;
+    ``cluster_args`` (``--pubsub``, ``--cluster``, ``--node-id``) go to either."""
     if profile_out is not None:
-        return [
-            sys.executable,
-            script,
-            "--serve-profiled",
-            "--db",
-            str(db),
-            "--profile-out",
-            str(profile_out),
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "agentcom.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--db",
-        str(db),
-        "--log-level",
-        "WARNING",
-    ]
+        profiled = ["--serve-profiled", "--db", str(db), "--profile-out", str(profile_out)]
+        return [sys.executable, script, *profiled, *cluster_args]
+    serve = ["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)]
+    return [sys.executable, "-m", "agentcom.cli", *serve, "--log-level", "WARNING", *cluster_args]
 
 
-def profile_path(profile_hub: str | None, database: str) -> Path | None:
-    """Where the profiled hub on ``database`` saves its profile: ``--profile-hub`` for
-    SQLite, with ``.postgresql`` appended for PostgreSQL."""
+def profile_path(profile_hub: str | None, case: Case, node: int) -> Path | None:
+    """Where a profiled hub saves its profile: ``--profile-hub`` for SQLite, with
+    ``.postgresql`` appended for PostgreSQL, ``.postgresql_2_nodes.node1`` for a node."""
     if profile_hub is None:
         return None
     path = Path(profile_hub).resolve()
-    return path if database == SQLITE else path.with_name(f"{path.name}.{database}")
+    if case.name == SQLITE:
+        return path
+    node_part = f".node{node}" if case.nodes > 1 else ""
+    return path.with_name(f"{path.name}.{case.name}{node_part}")
 
 
 async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Set up, run on each database, measure and tear down; returns the figures."""
+    """Set up, run each case, measure and tear down; returns the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="agentcom-bench-", dir=args.workdir))
     children = Children()
     script = str(Path(__file__).resolve())
-    scratch: ScratchDatabase | None = None
+    scratches: dict[str, ScratchDatabase] = {}
     try:
-        if args.pg:  # first, so that a URL that does not work fails before the runs
-            scratch = ScratchDatabase(args.pg)
+        cases = planned_cases(args)
+        # First, so that a URL that does not work fails before the runs. A database of its
+        # own for each case: none starts on the tasks another left.
+        for case in cases:
+            if case.database == POSTGRESQL:
+                scratches[case.name] = ScratchDatabase(args.pg)
+        if args.pg and args.nodes > 1:
+            check_redis(args.redis)
         relay = None
         if args.relay_seconds:
             connections = args.agents + args.operators
@@ -387,11 +478,12 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             relay = await measure_relay(
                 children, workdir, script, connections, frame, args.relay_seconds
             )
-        runs = {SQLITE: await run_on(args, children, workdir, script, workdir / "hub.db", None)}
-        if scratch is not None:
-            runs[POSTGRESQL] = await run_on(args, children, workdir, script, scratch.url, scratch)
+        runs = {}
+        for case in cases:
+            scratch = scratches.get(case.name)
+            runs[case.name] = await run_case(args, children, workdir, script, case, scratch)
         for figures in runs.values():
-            figures.update(compare_with_relay(figures["tasks_per_s"], relay))
+            figures.update(compare_with_relay(figures.get("tasks_per_s"), relay))
         report = dict(runs[SQLITE])
         report["runs"] = runs
         report["comparison"] = compare_runs(runs) if len(runs) > 1 else None
@@ -399,7 +491,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         return report
     finally:
         await children.stop_all()
-        if scratch is not None:
+        for scratch in scratches.values():
             drop_scratch(scratch)
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
@@ -418,73 +510,135 @@ def drop_scratch(scratch: ScratchDatabase) -> None:
         )
 
 
+async def run_case(
+    args: argparse.Namespace,
+    children: Children,
+    workdir: Path,
+    script: str,
+    case: Case,
+    scratch: ScratchDatabase | None,
+) -> dict[str, Any]:
+    """The workload on ``case`` (on ``scratch``'s database when given, else the SQLite
+    file), every child stopped at the end: the run's figures, or only ``error`` when a hub
+    node or the sidecars did not start (the other cases still run)."""
+    db: Path | str = scratch.url if scratch is not None else workdir / "hub.db"
+    if not args.quiet:
+        print(f"running on {case_label(case.name, case.nodes)}", file=sys.stderr, flush=True)
+    try:
+        figures = await run_on(args, children, workdir, script, case, db, scratch)
+    except RuntimeError as error:
+        figures = {"error": str(error)}
+    finally:
+        await children.stop_all()
+    figures.update(case=case.name, database=case.database, nodes=case.nodes)
+    figures["database_location"] = shown(db)
+    return figures
+
+
+async def start_nodes(
+    args: argparse.Namespace,
+    children: Children,
+    workdir: Path,
+    script: str,
+    case: Case,
+    db: Path | str,
+) -> list[Hub]:
+    """Start the case's hub nodes one after another on ``db``; several share it in a
+    cluster of this run's own, their events going through the Redis of ``--redis``."""
+    cluster = f"bench-{secrets.token_hex(6)}"
+    hubs = []
+    for node in range(case.nodes):
+        cluster_args = []
+        if case.nodes > 1:
+            cluster_args = [
+                "--pubsub",
+                args.redis,
+                "--cluster",
+                cluster,
+                "--node-id",
+                f"node{node}",
+            ]
+        profile_out = profile_path(args.profile_hub, case, node)
+        command = hub_command(script, db, profile_out, cluster_args)
+        log = workdir / f"hub{case.suffix(node)}.log"
+        name = "hub" if case.nodes == 1 else f"hub node{node}"
+        hubs.append(await children.start_hub(command, log, name=name))
+    return hubs
+
+
 async def run_on(
     args: argparse.Namespace,
     children: Children,
     workdir: Path,
     script: str,
+    case: Case,
     db: Path | str,
     scratch: ScratchDatabase | None,
 ) -> dict[str, Any]:
-    """The workload on a hub serving ``db`` (PostgreSQL when ``scratch`` is given), every
-    child stopped at the end; the run's figures."""
-    database = POSTGRESQL if scratch is not None else SQLITE
-    suffix = "" if database == SQLITE else f"-{database}"
-    if not args.quiet:
-        print(f"running on {database}", file=sys.stderr, flush=True)
+    """Start the case's hub nodes, the sidecars (spread over the nodes round-robin) and the
+    workload; the run's figures, taken while every child still runs."""
     agents, admin = make_tokens(db, args.agents)
-    command = hub_command(script, db, profile_path(args.profile_hub, database))
-    hub = await children.start_hub(command, workdir / f"hub{suffix}.log")
-    spec = workdir / f"sidecars{suffix}.json"
-    spec.write_text(json.dumps({"url": hub.ws_url, "agents": agents}))
+    hubs = await start_nodes(args, children, workdir, script, case, db)
+    spec = workdir / f"sidecars{case.suffix()}.json"
+    spec.write_text(json.dumps({"urls": [hub.ws_url for hub in hubs], "agents": agents}))
     sidecars = await children.start_worker(
         "sidecars",
         [sys.executable, script, "--sidecars", "--spec", str(spec)],
-        workdir / f"sidecars{suffix}.log",
+        workdir / f"sidecars{case.suffix()}.log",
     )
     await sidecars.wait_ready(90)
-    figures = await drive(args, hub.http_url, admin, hub.process.pid, sidecars.process.pid, scratch)
+    agent_ids = spread([agent_id for agent_id, _token in agents], len(hubs))
+    nodes = [Node(f"node{index}", hub, agent_ids[index]) for index, hub in enumerate(hubs)]
+    figures = await drive(args, nodes, admin, sidecars.process.pid, scratch)
     figures["sidecars"] = await sidecars.finish()
-    await children.stop_all()
-    figures["database"] = database
-    figures["database_location"] = shown(db)
+    if args.profile_hub:
+        figures["profiles"] = [
+            str(profile_path(args.profile_hub, case, node)) for node in range(case.nodes)
+        ]
     return figures
 
 
 async def drive(
     args: argparse.Namespace,
-    hub_url: str,
+    nodes: list[Node],
     admin: str,
-    hub_pid: int,
     sidecars_pid: int,
     scratch: ScratchDatabase | None,
 ) -> dict[str, Any]:
-    """Submit and observe the tasks; collect every figure while the hub still runs (with
-    ``scratch``, the CPU of the PostgreSQL processes serving its database too)."""
+    """Submit and observe the tasks, ``--operators`` connections to each node submitting
+    and the first node's dashboard watching; collect every figure while the hubs still
+    run (with ``scratch``, the CPU of the PostgreSQL processes serving its database too)."""
     seen = Observations(expected=args.tasks)
     subscribed, done = asyncio.Event(), asyncio.Event()
     confirmed: list[float] = []
-    operators = [OperatorClient(hub_url, admin) for _ in range(args.operators)]
+    operators = {
+        node.name: [OperatorClient(node.hub.http_url, admin) for _ in range(args.operators)]
+        for node in nodes
+    }
+    every_operator = [operator for own in operators.values() for operator in own]
+    first = every_operator[0]  # the first node's: the dashboard and the watchdog
+    hub_pids = {node.name: node.hub.process.pid for node in nodes}
     background: list[asyncio.Task[None]] = []
     try:
-        for operator in operators:
+        for operator in every_operator:
             await operator.connect()
-        await wait_for_idle_agents(operators[0], args.agents)
-        background.append(asyncio.create_task(watch_tasks(operators[0], seen, subscribed, done)))
+        for node in nodes:  # each node lists its own sidecars, whatever else it lists
+            await wait_for_idle_agents(
+                operators[node.name][0], len(node.agent_ids), among=node.agent_ids
+            )
+        background.append(asyncio.create_task(watch_tasks(first, seen, subscribed, done)))
         async with asyncio.timeout(30):
             await subscribed.wait()
         backends_before = scratch.backend_cpu() if scratch is not None else {}
-        cpu_before = cpu_sample({"hub": hub_pid, "sidecars": sidecars_pid})
-        threads_before = thread_cpu_seconds(hub_pid)
+        cpu_before = hubs_cpu_sample(hub_pids, {"sidecars": sidecars_pid})
         start = time.perf_counter()
         indices = iter(range(args.tasks))
         background.append(asyncio.create_task(report_progress(seen, args.tasks, args.quiet)))
-        background.append(
-            asyncio.create_task(watchdog(operators[0], seen, args.tasks, done, confirmed))
-        )
+        background.append(asyncio.create_task(watchdog(first, seen, args.tasks, done, confirmed)))
         submitters = [
-            submit_tasks(operator, seen, indices, args.tasks, args.window, args.rate, start)
-            for operator in operators
+            submit_tasks(operator, seen, indices, args.tasks, args.window, args.rate, start, name)
+            for name, own in operators.items()
+            for operator in own
         ]
         await asyncio.gather(*submitters)
         seen.expected = len(seen.replied)
@@ -492,52 +646,80 @@ async def drive(
             done.set()
         await wait_until_done(seen, done, args.timeout, args.stall_timeout)
         finished = time.perf_counter()
-        cpu_after = cpu_sample({"hub": hub_pid, "sidecars": sidecars_pid})
-        threads_after = thread_cpu_seconds(hub_pid)
+        cpu_after = hubs_cpu_sample(hub_pids, {"sidecars": sidecars_pid})
         backends_after = scratch.backend_cpu() if scratch is not None else {}
-        stats = await operators[0].request("stats")
+        readings = [
+            NodeReading(node, await operators[node.name][0].request("stats")) for node in nodes
+        ]
     finally:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await asyncio.gather(*(operator.close() for operator in operators), return_exceptions=True)
-    metrics = await asyncio.to_thread(hub_metrics, hub_url)
-    for name in threads_before:
-        cpu_before[f"hub_{name}"] = threads_before[name]
-        cpu_after[f"hub_{name}"] = threads_after[name]
+        await asyncio.gather(
+            *(operator.close() for operator in every_operator), return_exceptions=True
+        )
+    for reading in readings:
+        reading.metrics = await asyncio.to_thread(hub_metrics, reading.node.hub.http_url)
     if scratch is not None:  # None: the server's processes are not on this machine
         cpu_before["postgres"] = 0.0
         cpu_after["postgres"] = backend_cpu_used(backends_before, backends_after)
-    return summarize(
-        args, seen, stats, metrics, cpu_before, cpu_after, start, finished, confirmed, hub_pid
-    )
+    return summarize(args, seen, readings, cpu_before, cpu_after, start, finished, confirmed)
+
+
+def total(values: list[float | None]) -> float | None:
+    """The sum of figures read from each node (None unless every node gave one)."""
+    found = [value for value in values if value is not None]
+    return sum(found) if values and len(found) == len(values) else None
+
+
+def node_figures(
+    reading: NodeReading, seen: Observations, cpu: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """One node's share of a run: its sidecars, the submits sent to it, its own figures."""
+    node = reading.node
+    used = cpu.get(f"hub_{node.name}", cpu.get("hub"))  # a single node's is the total
+    return {
+        "node": node.name,
+        "hub_pid": node.hub.process.pid,
+        "hub_url": node.hub.http_url,
+        "agents": len(node.agent_ids),
+        "submits": seen.submitted_via[node.name],
+        "hub_cpu_s": None if used is None else used["seconds"],
+        "hub_peak_rss_mib": memory_mib(node.hub.process.pid, "VmHWM"),
+        "store_commits": reading.metrics.get("agentcom_store_commits_total"),
+        "frames_received_by_hub": reading.metrics.get("agentcom_frames_received_total"),
+        "progress_coalesced_by_hub": reading.stats.get("progress_dropped"),
+    }
 
 
 def summarize(
     args: argparse.Namespace,
     seen: Observations,
-    stats: dict[str, Any],
-    metrics: dict[str, float],
+    readings: list[NodeReading],
     cpu_before: dict[str, float | None],
     cpu_after: dict[str, float | None],
     start: float,
     finished: float,
     confirmed: list[float],
-    hub_pid: int,
 ) -> dict[str, Any]:
-    """Turn the observations into the reported figures."""
+    """Turn the observations into the reported figures; per-process figures of the hub
+    are the nodes' totals (peak RSS: the largest node's), each node's in ``hub_nodes``."""
     first = seen.first_sent or start
     last_completion = max(seen.completed.values(), default=finished)
     end = confirmed[0] if confirmed and len(seen.completed) < len(seen.replied) else last_completion
     wall_s = max(end - first, 1e-9)
-    completed = int(stats["by_status"].get("completed", 0))
+    # The store's counts: every node shares them, the first node's answer will do.
+    completed = int(readings[0].stats["by_status"].get("completed", 0))
     to_assign = [seen.assigned[t] - sent for t, sent in seen.sent.items() if t in seen.assigned]
     to_complete = [seen.completed[t] - sent for t, sent in seen.sent.items() if t in seen.completed]
     round_trip = [seen.replied[t] - sent for t, sent in seen.sent.items()]
     cpu, other_load = cpu_used(
         cpu_before, cpu_after, wall_s, ("hub", "sidecars", "driver", "postgres")
     )
-    commits = metrics.get("agentcom_store_commits_total")
+    nodes = [node_figures(reading, seen, cpu) for reading in readings]
+    commits = total([node["store_commits"] for node in nodes])
+    peaks = [node["hub_peak_rss_mib"] for node in nodes if node["hub_peak_rss_mib"] is not None]
+    ends = [memory_mib(reading.node.hub.process.pid, "VmRSS") for reading in readings]
     # SQLite works inside the hub's process; PostgreSQL in the server's own processes.
     with_database = ("hub", "postgres") if "postgres" in cpu_before else ("hub",)
     return {
@@ -545,7 +727,7 @@ def summarize(
         "source_revision": source_revision(),
         "agents": args.agents,
         "tasks": args.tasks,
-        "operators": args.operators,
+        "operators": args.operators * len(readings),
         "window_per_operator": args.window,
         "rate_limit_per_s": args.rate,
         "cpus": os.cpu_count(),
@@ -565,10 +747,11 @@ def summarize(
         "completion_confirmed_by_stats": bool(confirmed)
         and len(seen.completed) < len(seen.replied),
         "submit_errors": dict(seen.submit_errors),
-        "progress_coalesced_by_hub": stats.get("progress_dropped"),
-        "hub_pid": hub_pid,
-        "hub_peak_rss_mib": memory_mib(hub_pid, "VmHWM"),
-        "hub_rss_end_mib": memory_mib(hub_pid, "VmRSS"),
+        "progress_coalesced_by_hub": total([node["progress_coalesced_by_hub"] for node in nodes]),
+        "hub_pid": nodes[0]["hub_pid"],
+        "hub_peak_rss_mib": max(peaks, default=None),
+        "hub_rss_end_mib": max((end for end in ends if end is not None), default=None),
+        "hub_nodes": nodes,
         "cpu": cpu,
         "other_processes_cpu_percent": other_load,
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
@@ -577,7 +760,7 @@ def summarize(
         "hub_cpu_ms_per_task": per_task_ms(cpu, ("hub",), completed),
         "database_cpu_ms_per_task": per_task_ms(cpu, ("postgres",), completed),
         "hub_and_database_cpu_ms_per_task": per_task_ms(cpu, with_database, completed),
-        "frames_received_by_hub": metrics.get("agentcom_frames_received_total"),
+        "frames_received_by_hub": total([node["frames_received_by_hub"] for node in nodes]),
     }
 
 
@@ -632,6 +815,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "this postgresql:// URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres",
     )
     parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="with --pg, also run PostgreSQL on this many hub nodes sharing a new database, "
+        "sidecars and submits spread over them (default 1: no such run)",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        default=DEFAULT_REDIS,
+        help=f"the Redis the nodes of --nodes share events through (default {DEFAULT_REDIS})",
+    )
+    parser.add_argument(
         "--relay-seconds",
         type=float,
         default=3,
@@ -644,6 +840,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serve-profiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    parser.add_argument("--pubsub", help=argparse.SUPPRESS)
+    parser.add_argument("--cluster", help=argparse.SUPPRESS)
+    parser.add_argument("--node-id", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.window <= HUB_OPERATOR_CAP:
         parser.error(
@@ -654,6 +853,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--agents, --tasks and --operators must be at least 1")
     if args.pg is not None and not is_postgres_url(args.pg):
         parser.error("--pg takes a postgresql:// (or postgres://) URL")
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
+    if args.nodes > 1 and args.pg is None:
+        parser.error("--nodes runs hub nodes on a PostgreSQL database: it needs --pg")
     if args.relay_seconds < 0:
         parser.error("--relay-seconds must be 0 (no relay) or more")
     return args
@@ -676,29 +879,31 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(drive_echo(Path(args.spec)))
     if args.serve_profiled:
         db = args.db if is_postgres_url(args.db) else Path(args.db)
-        asyncio.run(serve_until_stopped(db, "127.0.0.1", Path(args.profile_out)))
+        cluster = {"pubsub": args.pubsub, "cluster": args.cluster, "node_id": args.node_id}
+        asyncio.run(serve_until_stopped(db, "127.0.0.1", Path(args.profile_out), cluster))
         return 0
     try:
         figures = asyncio.run(main_async(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; every started process was stopped", file=sys.stderr)
         return 130
-    except RuntimeError as error:  # a child that did not start: its stderr tail is in the message
+    except RuntimeError as error:  # no PostgreSQL, no Redis, a relay that did not start
         print(f"lifecycle bench: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
         print_text(figures)
-    for database in figures["runs"] if args.profile_hub else ():
-        path = str(profile_path(args.profile_hub, database))
+    for path in (path for run in figures["runs"].values() for path in run.get("profiles", ())):
         if args.json:
             with open(f"{path}.txt", "w") as out, contextlib.redirect_stdout(out):
                 print_profile(path, args.profile_top)
         else:
             print_profile(path, args.profile_top)
-    every_run_completed = all(run["completed"] >= args.tasks for run in figures["runs"].values())
-    return 0 if every_run_completed else 1
+    runs = figures["runs"].values()
+    if any("error" in run for run in runs):
+        return 2
+    return 0 if all(run["completed"] >= args.tasks for run in runs) else 1
 
 
 if __name__ == "__main__":

@@ -742,7 +742,7 @@ async def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         pids = {"sidecars": [w.process.pid for w in workers], "dashboards": dashboards.process.pid}
         figures["sidecar_workers"] = [await worker.finish() for worker in workers]
         figures["dashboard_worker"] = await dashboards.finish()
-        figures["hub_exit_code"] = await children.stop_hub()
+        (figures["hub_exit_code"],) = await children.stop_hubs()
         figures["hub_log_errors"] = log_lines(
             workdir / "hub.log", ("ERROR", "CRITICAL", "Traceback")
         )
