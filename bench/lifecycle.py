@@ -116,7 +116,8 @@ killed outright (SIGKILL) leaves them behind, to drop by hand.
 
 This file is long because it holds the benchmark's subprocess modes (sidecars, relay,
 profiled hub) beside the driver, so that it runs as one script; the report (comparison
-and printing) is in ``_lifecycle_report.py``.
+and printing) is in ``_lifecycle_report.py``, the cases and how their hubs start in
+``_lifecycle_nodes.py``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -155,11 +155,11 @@ from _common import (
     spread,
     wait_for_idle_agents,
 )
+from _lifecycle_nodes import Case, check_redis, planned_cases, profile_path, start_nodes
 from _lifecycle_report import (
     POSTGRESQL,
     SQLITE,
     case_label,
-    case_name,
     compare_runs,
     print_profile,
     print_text,
@@ -375,24 +375,6 @@ async def wait_until_done(
             return
 
 
-@dataclass(frozen=True)
-class Case:
-    """A configuration the workload runs on: a database, served by one hub node or more."""
-
-    database: str  # SQLITE or POSTGRESQL
-    nodes: int = 1
-
-    @property
-    def name(self) -> str:
-        """Its key in the report's ``runs``."""
-        return case_name(self.database, self.nodes)
-
-    def suffix(self, node: int | None = None) -> str:
-        """What its files' names carry: ``-postgresql``, ``-postgresql_2_nodes-node1``."""
-        suffix = "" if self.name == SQLITE else f"-{self.name}"
-        return suffix if node is None or self.nodes == 1 else f"{suffix}-node{node}"
-
-
 @dataclass
 class Node:
     """One hub node of a run: its name in the figures, its process and its sidecars."""
@@ -411,51 +393,6 @@ class NodeReading:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def planned_cases(args: argparse.Namespace) -> list[Case]:
-    """SQLite; with ``--pg``, PostgreSQL on one node; with ``--nodes N`` too, on N nodes."""
-    cases = [Case(SQLITE)]
-    if args.pg:
-        cases.append(Case(POSTGRESQL))
-        if args.nodes > 1:
-            cases.append(Case(POSTGRESQL, args.nodes))
-    return cases
-
-
-def check_redis(url: str) -> None:
-    """Raise RuntimeError unless the Redis at ``url`` answers a PING."""
-    import redis
-
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
-            client.ping()
-    except (redis.RedisError, ValueError) as exc:
-        raise RuntimeError(f"cannot reach Redis for --nodes at {url}: {exc}") from None
-
-
-def hub_command(
-    script: str, db: Path | str, profile_out: Path | None, cluster_args: list[str]
-) -> list[str]:
-    """How to start a hub on ``db``: ``agentcom serve``, or this script's profiled hub;
-    ``cluster_args`` (``--pubsub``, ``--cluster``, ``--node-id``) go to either."""
-    if profile_out is not None:
-        profiled = ["--serve-profiled", "--db", str(db), "--profile-out", str(profile_out)]
-        return [sys.executable, script, *profiled, *cluster_args]
-    serve = ["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)]
-    return [sys.executable, "-m", "agentcom.cli", *serve, "--log-level", "WARNING", *cluster_args]
-
-
-def profile_path(profile_hub: str | None, case: Case, node: int) -> Path | None:
-    """Where a profiled hub saves its profile: ``--profile-hub`` for SQLite, with
-    ``.postgresql`` appended for PostgreSQL, ``.postgresql_2_nodes.node1`` for a node."""
-    if profile_hub is None:
-        return None
-    path = Path(profile_hub).resolve()
-    if case.name == SQLITE:
-        return path
-    node_part = f".node{node}" if case.nodes > 1 else ""
-    return path.with_name(f"{path.name}.{case.name}{node_part}")
-
-
 async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Set up, run each case, measure and tear down; returns the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="agentcom-bench-", dir=args.workdir))
@@ -463,7 +400,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     script = str(Path(__file__).resolve())
     scratches: dict[str, ScratchDatabase] = {}
     try:
-        cases = planned_cases(args)
+        cases = planned_cases(args.pg is not None, args.nodes)
         # First, so that a URL that does not work fails before the runs. A database of its
         # own for each case: none starts on the tasks another left.
         for case in cases:
@@ -535,37 +472,6 @@ async def run_case(
     return figures
 
 
-async def start_nodes(
-    args: argparse.Namespace,
-    children: Children,
-    workdir: Path,
-    script: str,
-    case: Case,
-    db: Path | str,
-) -> list[Hub]:
-    """Start the case's hub nodes one after another on ``db``; several share it in a
-    cluster of this run's own, their events going through the Redis of ``--redis``."""
-    cluster = f"bench-{secrets.token_hex(6)}"
-    hubs = []
-    for node in range(case.nodes):
-        cluster_args = []
-        if case.nodes > 1:
-            cluster_args = [
-                "--pubsub",
-                args.redis,
-                "--cluster",
-                cluster,
-                "--node-id",
-                f"node{node}",
-            ]
-        profile_out = profile_path(args.profile_hub, case, node)
-        command = hub_command(script, db, profile_out, cluster_args)
-        log = workdir / f"hub{case.suffix(node)}.log"
-        name = "hub" if case.nodes == 1 else f"hub node{node}"
-        hubs.append(await children.start_hub(command, log, name=name))
-    return hubs
-
-
 async def run_on(
     args: argparse.Namespace,
     children: Children,
@@ -578,7 +484,7 @@ async def run_on(
     """Start the case's hub nodes, the sidecars (spread over the nodes round-robin) and the
     workload; the run's figures, taken while every child still runs."""
     agents, admin = make_tokens(db, args.agents)
-    hubs = await start_nodes(args, children, workdir, script, case, db)
+    hubs = await start_nodes(children, workdir, script, case, db, args.redis, args.profile_hub)
     spec = workdir / f"sidecars{case.suffix()}.json"
     spec.write_text(json.dumps({"urls": [hub.ws_url for hub in hubs], "agents": agents}))
     sidecars = await children.start_worker(
