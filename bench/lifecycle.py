@@ -460,7 +460,7 @@ async def run_case(
     node or the sidecars did not start (the other cases still run)."""
     db: Path | str = scratch.url if scratch is not None else workdir / "hub.db"
     if not args.quiet:
-        print(f"running on {case_label(case.name, case.nodes)}", file=sys.stderr, flush=True)
+        print(f"running on {case_label(case.database, case.nodes)}", file=sys.stderr, flush=True)
     try:
         figures = await run_on(args, children, workdir, script, case, db, scratch)
     except RuntimeError as error:
