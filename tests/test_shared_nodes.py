@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import METADATA
 from gated import GatedSidecar
 from haproxy import HaProxy
-from hubprocess import HubProcess, run_cli_async
+from hubprocess import HubProcess, closed_port, run_cli_async
 from redisnodes import REDIS_URL, new_cluster, require_redis
 
 from agentcom.client import AgentClient, OperatorClient
@@ -43,16 +44,18 @@ class Nodes:
         self.cluster = new_cluster()
         self.hubs: list[HubProcess] = []
 
-    async def start(self, node_id: str, **env: str) -> HubProcess:
-        """A node, returned once it serves and its link to Redis is up."""
+    async def start(self, node_id: str, redis_url: str = REDIS_URL, **env: str) -> HubProcess:
+        """A node, returned once it serves and its link to Redis is up (if Redis answers
+        at ``redis_url``)."""
         directory = self.directory / node_id
         directory.mkdir(exist_ok=True)
-        flags = ["--pubsub", REDIS_URL, "--cluster", self.cluster, "--node-id", node_id]
+        flags = ["--pubsub", redis_url, "--cluster", self.cluster, "--node-id", node_id]
         hub = HubProcess(directory, db=self.url, env={**NODE_ENV, **env}, serve_args=flags,
                          log_pipe=True)  # fmt: skip
         self.hubs.append(hub)
         hub.start()
-        await hub.await_log("connected to Redis")
+        if redis_url == REDIS_URL:
+            await hub.await_log("connected to Redis")
         return hub
 
     async def token(self, agent_id: str, role: str = "agent") -> str:
@@ -303,3 +306,55 @@ async def test_the_task_of_an_agent_that_does_not_come_back_goes_to_another_afte
     assert (done["status"], done["assigned_to"], done["generation"]) == ("completed", "rescuer", 2)
     details = [entry.get("detail") or "" for entry in done["history"]]
     assert any("lost did not come back in time" in detail for detail in details)
+
+
+async def _health(hub: HubProcess) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(f"{hub.http_url}/health")
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_one_node_leads_and_another_takes_over_when_it_stops(nodes: Nodes) -> None:
+    # given two nodes, the first of which leads
+    first = await nodes.start("n1")
+    await first.await_log("this node leads")
+    second = await nodes.start("n2")
+
+    # then /health and /metrics say so on each
+    assert (await _health(first))["node"] == {
+        "node_id": "n1", "leader": True, "heartbeat": "ok", "heartbeat_error": None}  # fmt: skip
+    assert (await _health(second))["node"]["leader"] is False
+    async with httpx.AsyncClient(timeout=5) as http:
+        metrics = (await http.get(f"{second.http_url}/metrics")).text
+    assert "agentcom_node_leader 0.0" in metrics
+    assert "agentcom_task_write_conflicts_total 0.0" in metrics
+
+    # when the leader stops, the other node leads
+    first.stop()
+    await second.await_log("this node leads")
+    assert (await _health(second))["node"]["leader"] is True
+
+
+async def test_with_redis_unreachable_tasks_still_reach_other_nodes_by_the_poll(
+    nodes: Nodes,
+) -> None:
+    # given two nodes whose Redis does not answer, polling the queue every 200 ms
+    unreachable = f"redis://127.0.0.1:{closed_port()}/0"
+    fast_poll = {"AGENTCOM_QUEUE_POLL_S": "0.2"}
+    first = await nodes.start("n1", redis_url=unreachable, **fast_poll)
+    second = await nodes.start("n2", redis_url=unreachable, **fast_poll)
+    ops = await nodes.token("ops", "admin")
+    [worker] = await _workers(second, nodes, ["b0"])
+    try:
+        async with OperatorClient(first.http_url, ops) as operator:
+            # when a task is submitted on the first node
+            task = await operator.submit("no redis")
+
+            # then the agent of the second node runs it, and the first sees it done
+            done = await operator.wait_task(task["task_id"], timeout_s=20)
+        assert (done["status"], done["assigned_to"]) == ("completed", "b0")
+        assert (await _health(first))["pubsub"]["state"] == "disconnected"
+    finally:
+        await worker.close()

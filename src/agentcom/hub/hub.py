@@ -278,16 +278,20 @@ class Hub:
                 agent.task_accepted = task.status is TaskStatus.working
                 return
 
-    def reclaim_orphaned(self, agent_ids: set[str]) -> None:
+    def reclaim_orphaned(self, agent_ids: set[str]) -> int:
         """Nodes sharing a database: these agents hold tasks but have been connected to no
-        live node for the reconnect grace; their tasks go back to the queue."""
+        live node for the reconnect grace; their tasks go back to the queue. Returns how
+        many."""
+        reclaimed = 0
         for task in list(self.queue.tasks.values()):
             holder = task.assigned_to
             if holder in agent_ids and task.status in ACTIVE:
                 self.queue.requeue(task, f"{holder} did not come back in time")
+                reclaimed += 1
                 if holder is not None:
                     self.release_agent(holder, schedule=False)
         self.scheduler.schedule()
+        return reclaimed
 
     def disconnect(self, agent_id: str) -> None:
         """An agent's connection ended; its task is held for the grace period."""

@@ -124,6 +124,11 @@ class SharedNode:
         self._orphaned_since: dict[str, int] = {}  # agent id -> database time first seen
         self._tasks: list[asyncio.Task[None]] = []
         self._settling: set[asyncio.Task[bool]] = set()
+        # For /health and /metrics.
+        self.refreshed = 0  # tasks re-read because another node changed them
+        self.missed = 0  # of which the poll found (their wake-up was lost)
+        self.reclaimed = 0  # tasks given back after their agent's grace, while leading
+        self.heartbeat_error: str | None = None  # while heartbeats fail: why
 
     def start(self) -> None:
         """Start following other nodes, heartbeats and sessions."""
@@ -202,6 +207,7 @@ class SharedNode:
         if not task_ids:
             return
         found = self.store.get_tasks(task_ids)
+        self.refreshed += len(task_ids)
         stored: dict[str, Task | None] = {task_id: found.get(task_id) for task_id in task_ids}
         hub = self.host.hub
 
@@ -252,6 +258,7 @@ class SharedNode:
         if differ:
             logger.info("%d tasks changed by other nodes were missed; re-reading them",
                         len(differ))  # fmt: skip
+            self.missed += len(differ)
             self._dirty.update(differ)
             self._wake.set()
 
@@ -284,8 +291,11 @@ class SharedNode:
         while True:
             try:
                 await self.beat()
+                self.heartbeat_error = None
             except StoreError as exc:
-                logger.warning("heartbeat failed: %s", exc)
+                if self.heartbeat_error is None:  # once per outage
+                    logger.warning("heartbeat failed: %s", exc)
+                self.heartbeat_error = str(exc)
                 self._resync_sessions = True
             except Exception:
                 logger.exception("heartbeat failed")
@@ -323,6 +333,7 @@ class SharedNode:
                 "queue", settings.disconnect_grace_s, ", ".join(sorted(due)),
             )  # fmt: skip
             hub = self.host.hub
-            _, effects = hub.run(hub.reclaim_orphaned, due)
+            reclaimed, effects = hub.run(hub.reclaim_orphaned, due)
+            self.reclaimed += reclaimed
             with contextlib.suppress(StoreError):
                 await self.host.settle(effects=effects)

@@ -204,6 +204,21 @@ class HttpRoutes:
             "agents_connected": len(hub.presence.connected()),
             "queue_depth": hub.queue.queued_count(),
             "pubsub": self._pubsub_health(),
+            **self._node_health(),
+        }
+
+    def _node_health(self) -> dict[str, Any]:
+        """Nodes sharing a database: this node's part (absent for a lone hub)."""
+        shared = self.server.shared
+        if shared is None:
+            return {}
+        return {
+            "node": {
+                "node_id": self.server.settings.node_id,
+                "leader": shared.leading,
+                "heartbeat": "failing" if shared.heartbeat_error else "ok",
+                "heartbeat_error": shared.heartbeat_error,
+            }
         }
 
     def _pubsub_health(self) -> dict[str, Any]:

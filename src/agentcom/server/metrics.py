@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from agentcom.hub.hub import Hub
     from agentcom.protocol.outbound import ErrorReply
     from agentcom.pubsub.base import PubSub
+    from agentcom.server.cluster import SharedNode
     from agentcom.server.guard import Guard
     from agentcom.server.output import ReplyBudget
     from agentcom.server.sockets import AcceptFailureLog
@@ -320,6 +321,10 @@ class MetricsSource(Protocol):
     @property
     def waiters(self) -> TaskWaiters:
         """``task_wait`` requests waiting."""
+
+    @property
+    def shared(self) -> SharedNode | None:
+        """This node's part among nodes sharing the database, if it shares it."""
 
     @property
     def guard(self) -> Guard:
@@ -608,6 +613,7 @@ class _StateCollector(Collector):
             dropped.add_metric((topic,), count)
         yield dropped
         yield from _cluster_figures(server)
+        yield from _shared_figures(server)
         yield from _connection_figures(server)
         yield _gauge("agentcom_task_waiters", "task_wait requests waiting.", server.waiters.count())
 
@@ -638,6 +644,37 @@ def _cluster_figures(server: MetricsSource) -> Iterator[Metric]:
     yield _counter(
         "agentcom_cluster_link_losses", "Times the link to the other nodes went down.", link.losses
     )
+
+
+def _shared_figures(server: MetricsSource) -> Iterator[Metric]:
+    """This node's part among nodes sharing the database (server/cluster.py)."""
+    shared = server.shared
+    if shared is None:
+        return
+    yield _gauge("agentcom_node_leader", "1 while this node leads the cluster's sweeps.",
+                 int(shared.leading))  # fmt: skip
+    yield _counter(
+        "agentcom_task_write_conflicts",
+        "Task writes of this node that lost to another node's (re-read, not applied).",
+        server.hub.conflicts.seq,
+    )
+    yield _counter(
+        "agentcom_tasks_refreshed", "Tasks re-read because another node changed them.",
+        shared.refreshed,
+    )  # fmt: skip
+    yield _counter(
+        "agentcom_tasks_missed_wakeups",
+        "Tasks another node changed that the slow poll found (their wake-up was lost).",
+        shared.missed,
+    )
+    yield _counter(
+        "agentcom_tasks_reclaimed_from_gone_agents",
+        "Tasks given back to the queue, while leading, after their agent stayed away from "
+        "every live node for the reconnect grace.",
+        shared.reclaimed,
+    )
+    yield _gauge("agentcom_node_heartbeat_failing", "1 while this node's heartbeats fail.",
+                 int(shared.heartbeat_error is not None))  # fmt: skip
 
 
 def _connection_figures(server: MetricsSource) -> Iterator[Metric]:
