@@ -295,7 +295,7 @@ async def test_the_task_of_an_agent_that_does_not_come_back_goes_to_another_afte
             await nodes.token("rescuer"),
             capabilities=["gpu"],
             heartbeat_s=None,
-        ),  # fmt: skip
+        ),
         Completions(),
     )
     await rescuer.start()
