@@ -358,3 +358,35 @@ async def test_with_redis_unreachable_tasks_still_reach_other_nodes_by_the_poll(
         assert (await _health(first))["pubsub"]["state"] == "disconnected"
     finally:
         await worker.close()
+
+
+async def test_a_task_cancelled_on_one_node_stops_its_agent_on_another(
+    nodes: Nodes, closing: list[Any]
+) -> None:
+    # given an agent of the second node running a task
+    first = await nodes.start("n1")
+    second = await nodes.start("n2")
+    ops = await nodes.token("ops", "admin")
+    agent = AgentClient(second.ws_url, "b0", await nodes.token("b0"), heartbeat_s=None)
+    closing.append(agent)
+    await agent.connect()
+    operator = OperatorClient(first.http_url, ops)
+    closing.append(operator)
+    await operator.connect()
+    submitted = await operator.submit("cancel me")
+    assign = await agent.receive_type("task_assign")
+    await agent.send({"type": "task_accepted", "task_id": assign["task_id"]})
+    assert (await agent.receive_type("task_ack"))["status"] == "accepted"
+
+    # when an operator of the first node cancels it
+    await operator.request("task_cancel", task_id=submitted["task_id"])
+
+    # then the agent is told to stop, and its late completion is refused
+    cancelled = await agent.receive_type("task_cancelled")
+    assert cancelled["task_id"] == submitted["task_id"]
+    await agent.send({"type": "task_complete", "task_id": assign["task_id"],
+                      "generation": assign["generation"], "result": METADATA})  # fmt: skip
+    refusal = await agent.receive_type("error")
+    assert refusal["error"] == "task_complete_failed: invalid_state"
+    task = await operator.get_task(submitted["task_id"])
+    assert task["status"] == "cancelled"

@@ -14,7 +14,8 @@ from agentcom.hub.history import MINUTE_MS, QueueHistory
 from agentcom.hub.messaging import Messaging
 from agentcom.hub.queue import TaskQueue
 from agentcom.hub.tails import ExecutionTails
-from agentcom.protocol.common import ACTIVE, TaskStatus
+from agentcom.protocol.common import ACTIVE, Outbound, TaskStatus
+from agentcom.protocol.outbound import TaskCancelled
 from agentcom.protocol.task import Task
 from agentcom.store.base import ChangeKey, Store
 
@@ -41,6 +42,9 @@ class RecoveryHub(Protocol):
     messaging: Messaging
     execution_tails: ExecutionTails
     queue_history: QueueHistory
+
+    def push(self, agent_id: str, frame: Outbound) -> None:
+        """Queue a frame for an agent, sent once the change is committed."""
 
 
 class Recovery:
@@ -163,6 +167,8 @@ class Recovery:
         self, task_id: str, stored: Task | _Unread | None = _UNREAD, refused: bool = True
     ) -> None:
         current = self.hub.queue.get(task_id)
+        if isinstance(stored, _Unread):
+            stored = self.hub.store.get_task(task_id)
         if current is not None and current.assigned_to is not None:
             holder = self.hub.presence.get(current.assigned_to)
             if holder is not None and holder.current_task == task_id:
@@ -170,8 +176,10 @@ class Recovery:
                 holder.task_accepted = False
                 holder.held_since = None
                 self.hub.presence.refresh(holder)
-        if isinstance(stored, _Unread):
-            stored = self.hub.store.get_task(task_id)
+                if not refused and holder.connected and not _still_held(stored, current):
+                    # Another node took it from this node's agent (an operator cancelled
+                    # or requeued it there): the agent stops, as it would here.
+                    self.hub.push(holder.agent_id, TaskCancelled(task_id=task_id))
         stored = self.hub.queue.reload(task_id, stored, refused)
         if stored is not None and stored.status in ACTIVE and stored.assigned_to is not None:
             if self.hub.shared and self.hub.presence.get(stored.assigned_to) is None:
@@ -180,3 +188,13 @@ class Recovery:
             agent.current_task = task_id
             agent.task_accepted = stored.status is TaskStatus.working
             self.hub.presence.refresh(agent)
+
+
+def _still_held(stored: Task | None, current: Task) -> bool:
+    """Whether the stored task is still the attempt ``current`` gave its holder."""
+    return (
+        stored is not None
+        and stored.status in ACTIVE
+        and stored.assigned_to == current.assigned_to
+        and stored.generation == current.generation
+    )

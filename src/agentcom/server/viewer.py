@@ -314,6 +314,9 @@ class OperatorSession:
                 raise HubError("forbidden", "this action needs an admin token")
             try:
                 await self.server.ensure_store_writable()
+                shared = self.server.shared
+                if shared is not None:  # act on the tasks as stored, not as last heard
+                    await shared.refresh(_task_ids_of(request))
             except StoreError as exc:
                 raise HubError("store_unavailable", str(exc)) from None
             data, effects = self.hub.run(mutation, self.hub, request)
@@ -382,6 +385,14 @@ _TAKES_TASK_ID = (ops.TaskGet, ops.TaskCancel, ops.TaskRetry, ops.TaskWait, ops.
 
 Mutation = Callable[[Hub, Any], Any]
 """An operator request that changes the hub: run through ``Hub.run``, then settled."""
+
+
+def _task_ids_of(request: Any) -> list[str]:
+    """The existing tasks an operator's request names."""
+    task_id = getattr(request, "task_id", None)
+    task_ids: list[str] = list(getattr(request, "task_ids", None) or ())
+    return [task_id, *task_ids] if isinstance(task_id, str) else task_ids
+
 
 _MUTATIONS: dict[str, Mutation] = {
     "task_submit": lambda hub, request: dumped_task(hub.task_ops.submit(request.task)),
