@@ -52,6 +52,14 @@ logger = logging.getLogger(__name__)
 _TASK_CHANGE = re.compile(rb'\{"type":"task_event","event":"task_[a-z_]+","task_id":"([^"]+)"')
 
 
+_FULL_POLL_EVERY = 30
+"""One poll in this many reads every unfinished task; the others, recent changes."""
+_RECENT_POLL_MS = 60_000
+"""How far back a poll of recent changes looks: well beyond the poll interval, so that
+clocks of nodes that differ by less than this miss nothing."""
+_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
+
+
 class SharedStore(Protocol):
     """The reads a shared node makes beyond the store interface (``store/sqlbase.py``)."""
 
@@ -60,6 +68,9 @@ class SharedStore(Protocol):
 
     def unfinished_states(self) -> dict[str, StoredState]:
         """``(status, generation, assigned_to)`` of every unfinished task."""
+
+    def states_updated_since(self, since_ms: int) -> dict[str, StoredState]:
+        """The same for every task updated at or after ``since_ms``."""
 
     def active_task_ids_of(self, agent_id: str) -> list[str]:
         """The tasks assigned to ``agent_id`` that it has not finished."""
@@ -122,6 +133,7 @@ class SharedNode:
         self._session_ops: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._resync_sessions = False
         self._orphaned_since: dict[str, int] = {}  # agent id -> database time first seen
+        self._polls = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._settling: set[asyncio.Task[bool]] = set()
         # For /health and /metrics.
@@ -224,13 +236,7 @@ class SharedNode:
         """Before an agent identifies here: its tasks as stored now, whatever this node
         heard (the node it was connected to may have died before its events went out).
         Raises StoreError when the database cannot be read."""
-        task_ids = set(self.store.active_task_ids_of(agent_id))
-        task_ids.update(
-            task.task_id
-            for task in self.host.hub.queue.tasks.values()
-            if task.assigned_to == agent_id
-        )
-        await self.refresh(sorted(task_ids))
+        await self.refresh(self.store.active_task_ids_of(agent_id))
 
     async def _poll_forever(self) -> None:
         while True:
@@ -243,16 +249,29 @@ class SharedNode:
                 logger.exception("polling the queue failed")
 
     def poll(self) -> None:
-        """Compare the unfinished tasks in the database with memory; re-read those that
-        differ (a wake-up was lost)."""
-        stored = self.store.unfinished_states()
+        """Compare the tasks in the database with memory; re-read those that differ (a
+        wake-up was lost). Most polls read only the tasks updated in the last minute
+        (by any node's clock); every ``_FULL_POLL_EVERY``-th, every unfinished one."""
         tasks = self.host.hub.queue.tasks
-        differ = {
+        full = self._polls % _FULL_POLL_EVERY == 0
+        self._polls += 1
+        if full:
+            stored = self.store.unfinished_states()
+            differ = {task_id for task_id in tasks if task_id not in stored}
+        else:
+            since = self.host.hub.clock.now_ms() - _RECENT_POLL_MS
+            stored = self.store.states_updated_since(since)
+            differ = {
+                task_id
+                for task_id, (status, _, _) in stored.items()
+                if status in _TERMINAL_VALUES and task_id in tasks
+            }
+        differ.update(
             task_id
             for task_id, state in stored.items()
-            if (task := tasks.get(task_id)) is None or task.stored_state() != state
-        }
-        differ.update(task_id for task_id in tasks if task_id not in stored)
+            if state[0] not in _TERMINAL_VALUES
+            and ((task := tasks.get(task_id)) is None or task.stored_state() != state)
+        )
         has_unwritten = self.host.hub.store.has_unwritten
         differ = {task_id for task_id in differ if not has_unwritten(task_id)}
         if differ:

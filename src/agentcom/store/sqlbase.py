@@ -160,6 +160,17 @@ class SqlStore(SqlWrites[C]):
             task_id: (status, generation, holder) for task_id, status, generation, holder in rows
         }
 
+    def states_updated_since(self, since_ms: int) -> dict[str, StoredState]:
+        """The same for every task, finished ones included, updated at or after
+        ``since_ms`` (an index range read)."""
+        rows = self._read(
+            "SELECT task_id, status, generation, assigned_to FROM tasks WHERE updated_at >= ?",
+            (since_ms,),
+        )
+        return {
+            task_id: (status, generation, holder) for task_id, status, generation, holder in rows
+        }
+
     def task_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
         """Up to ``limit`` task ids that start with ``prefix``, in order, including tasks
         not written yet.
