@@ -223,6 +223,12 @@ def print_nodes(nodes: list[dict[str, Any]]) -> None:
             f"  {node['node']:<20}{node['agents']} sidecars, {node['submits']} submits; "
             f"CPU {node['hub_cpu_s']} s; frames received {node['frames_received_by_hub']}; "
             f"store commits {node['store_commits']}; peak RSS {node['hub_peak_rss_mib']} MiB"
+            + (
+                f"; write conflicts {node['write_conflicts']}, tasks re-read "
+                f"{node['tasks_refreshed']}"
+                if node.get("write_conflicts") is not None
+                else ""
+            )
         )
 
 

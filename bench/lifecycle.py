@@ -595,6 +595,9 @@ def node_figures(
         "store_commits": reading.metrics.get("agentcom_store_commits_total"),
         "frames_received_by_hub": reading.metrics.get("agentcom_frames_received_total"),
         "progress_coalesced_by_hub": reading.stats.get("progress_dropped"),
+        # Nodes sharing a database: writes that lost to another node's, tasks re-read.
+        "write_conflicts": reading.metrics.get("agentcom_task_write_conflicts_total"),
+        "tasks_refreshed": reading.metrics.get("agentcom_tasks_refreshed_total"),
     }
 
 
@@ -667,6 +670,8 @@ def summarize(
         "database_cpu_ms_per_task": per_task_ms(cpu, ("postgres",), completed),
         "hub_and_database_cpu_ms_per_task": per_task_ms(cpu, with_database, completed),
         "frames_received_by_hub": total([node["frames_received_by_hub"] for node in nodes]),
+        "write_conflicts": total([node["write_conflicts"] for node in nodes]),
+        "tasks_refreshed": total([node["tasks_refreshed"] for node in nodes]),
     }
 
 

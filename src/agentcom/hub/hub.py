@@ -82,6 +82,19 @@ class Effects:
             self.pushes or self.events or self.finished or self.check_endpoints or self.wake_at_ms
         )
 
+    def drop_lost(self, lost: set[str]) -> None:
+        """Remove what concerns tasks in ``lost`` (their writes lost to another node's:
+        what was decided from their old state must not be sent), and record in
+        :attr:`lost` those these effects touched."""
+        touched = {event.get("task_id") for _, event in self.events}
+        touched.update(getattr(frame, "task_id", None) for _, frame in self.pushes)
+        self.lost = frozenset(lost.intersection(touched))
+        if not self.lost:
+            return
+        self.pushes = [(a, f) for a, f in self.pushes if getattr(f, "task_id", None) not in lost]
+        self.events = [(t, e) for t, e in self.events if e.get("task_id") not in lost]
+        self.finished = [task for task in self.finished if task.task_id not in lost]
+
     def extend(self, later: Effects) -> None:
         """Add what ``later`` caused after these effects, in its order."""
         self.pushes += later.pushes
@@ -201,6 +214,14 @@ class Hub:
 
     def push(self, agent_id: str, frame: Outbound) -> None:
         self._outbox.pushes.append((agent_id, frame))
+
+    def writes_lost(self, task_ids: list[str]) -> None:
+        """Nodes sharing a database: these tasks' writes lost to another node's. Recorded
+        (effects made before now drop what concerns them when settled), and what the
+        outbox holds about them goes now: everything added to it later is decided anew."""
+        self.conflicts.record(task_ids)
+        self._outbox.drop_lost(set(task_ids))
+        self._outbox.mark = self.conflicts.seq
 
     def _wake_at(self, at_ms: int) -> None:
         wake = self._outbox.wake_at_ms

@@ -537,8 +537,8 @@ class HubServer:
         say which of their tasks were lost (an operator's request is then refused)."""
         kept: list[Answer] = []
         for part in (outbox, *(effects for _, effects in answers)):
-            if part:
-                _drop_lost_effects(part, self.hub.conflicts.since(part.mark))
+            if part and part.mark != self.hub.conflicts.seq:
+                part.drop_lost(self.hub.conflicts.since(part.mark))
         for reply, effects in answers:
             task_id = getattr(reply, "task_id", None)
             if effects is not None and task_id is not None and task_id in effects.lost:
@@ -709,20 +709,6 @@ class HubServer:
             return
         with self.metrics.connection(path), contextlib.suppress(ConnectionClosed):
             await session_type(self, connection).run()
-
-
-def _drop_lost_effects(effects: Effects, lost: set[str]) -> None:
-    """Remove from ``effects`` what concerns tasks in ``lost``; record those it touched."""
-    if not lost:
-        return
-    touched = {event.get("task_id") for _, event in effects.events}
-    touched.update(getattr(frame, "task_id", None) for _, frame in effects.pushes)
-    effects.lost = frozenset(lost.intersection(touched))
-    if not effects.lost:
-        return
-    effects.pushes = [(a, f) for a, f in effects.pushes if getattr(f, "task_id", None) not in lost]
-    effects.events = [(t, e) for t, e in effects.events if e.get("task_id") not in lost]
-    effects.finished = [task for task in effects.finished if task.task_id not in lost]
 
 
 def _store_error(detail: str) -> Outbound:

@@ -179,7 +179,7 @@ class SharedNode:
         """Writes of these tasks lost to another node's: reload them and schedule again
         (the store calls this before the commit's waiters resume)."""
         hub = self.host.hub
-        hub.conflicts.record(task_ids)
+        hub.writes_lost(task_ids)
 
         def reload() -> None:
             hub.recovery.forget_refused([("task", task_id) for task_id in task_ids])

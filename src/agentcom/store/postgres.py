@@ -122,6 +122,7 @@ class PostgresStore(SqlStore[PgConnection]):
     )
     # StoreError: a connection that had to be opened again could not be.
     _REFUSALS = (psycopg.Error, OSError, StoreError)
+    _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
     def __init__(
         self,

@@ -52,6 +52,9 @@ C = TypeVar("C", bound=Connection)
 Change = tuple[str, tuple[Any, ...]]
 """A staged change: the statement and its parameters."""
 
+_ATTEMPTS = 3
+"""Tries of a transaction the database aborted to break a deadlock."""
+
 _NEVER_STORED = (None, None, None)
 """The expected state of a task never stored: no row may match it, so it is inserted."""
 
@@ -151,6 +154,9 @@ class SqlWrites(Generic[C]):
     """Writes ``(task_id, last_at, events)``; a replaced tail counts as the newest written."""
     _REFUSALS: ClassVar[tuple[type[Exception], ...]]
     """The exceptions by which the database refuses a transaction."""
+    _RETRYABLE: ClassVar[tuple[type[Exception], ...]] = ()
+    """Failures after which the same transaction is written again at once (a deadlock
+    the database broke by aborting this side): nothing of it was written."""
     _WRITE_TASK_IF: ClassVar[str | None] = None
     """Writes the row :meth:`_task_row` makes followed by the ``(status, generation,
     assigned_to)`` the stored row must still have (all None: the row must not exist),
@@ -299,7 +305,7 @@ class SqlWrites(Generic[C]):
                     conflicts: set[str] = set()
                     if rows:
                         started = time.perf_counter()
-                        conflicts = await self._writer.run(self._write_rows, rows)
+                        conflicts = await self._writer.run(self._write_retrying, rows)
                         self.commits += 1
                         if self.on_written is not None:
                             self.on_written(time.perf_counter() - started, len(rows))
@@ -329,17 +335,21 @@ class SqlWrites(Generic[C]):
         row will have."""
         statement_if = self._WRITE_TASK_IF
         assert statement_if is not None
-        rows: list[tuple[ChangeKey, Change]] = []
+        tasks: list[tuple[ChangeKey, Change]] = []
+        others: list[tuple[ChangeKey, Change]] = []
         written: list[tuple[Task, StoredState]] = []
         for key, (statement, params) in self._staged.items():
             if statement is self._UPSERT_TASK:
                 task: Task = params[0]
                 expected = task._stored_as or _NEVER_STORED
-                rows.append((key, (statement_if, (*self._task_row(task), *expected))))
+                tasks.append((key, (statement_if, (*self._task_row(task), *expected))))
                 written.append((task, task.stored_state()))
             else:
-                rows.append((key, (statement, params)))
-        return rows, written
+                others.append((key, (statement, params)))
+        # Every node locks task rows first and in the order of their ids: two nodes'
+        # transactions over the same tasks then wait for each other, never deadlock.
+        tasks.sort(key=lambda row: row[0][1])
+        return tasks + others, written
 
     def _conflicted(self, task_ids: set[str], written: list[tuple[Task, StoredState]]) -> None:
         """Tasks whose write lost to another node's: what was staged on the same objects
@@ -395,6 +405,20 @@ class SqlWrites(Generic[C]):
         connection = self._writer.connection()
         with self._transaction(connection):
             self._execute_many(connection, _WRITE_PROBE, [(time.time_ns() // 1_000_000,)])
+
+    def _write_retrying(self, changes: list[tuple[ChangeKey, Change]]) -> set[str]:
+        """:meth:`_write_rows`, written again (up to twice more) after a failure the
+        database asks to retry."""
+        attempt = 1
+        while True:
+            try:
+                return self._write_rows(changes)
+            except self._RETRYABLE as exc:
+                if attempt == _ATTEMPTS:
+                    raise
+                attempt += 1
+                logger.info("transaction aborted by the database (%s); writing it again",
+                            str(exc).splitlines()[0])  # fmt: skip
 
     def _write_rows(self, changes: list[tuple[ChangeKey, Change]]) -> set[str]:
         """Write every change in one transaction (one durable commit), grouped by
