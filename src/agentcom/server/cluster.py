@@ -58,6 +58,9 @@ _RECENT_POLL_MS = 60_000
 """How far back a poll of recent changes looks: well beyond the poll interval, so that
 clocks of nodes that differ by less than this miss nothing."""
 _TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
+_FORGET_AFTER = 10
+"""The leader forgets nodes silent for this many node timeouts (their agents' tasks were
+given back long before)."""
 
 
 class SharedStore(Protocol):
@@ -95,6 +98,9 @@ class NodeDirectory(Protocol):
 
     async def orphaned_agents(self, node_timeout_ms: int) -> Orphans:
         """The database's time, and the agents holding tasks connected to no live node."""
+
+    async def forget_dead_nodes(self, older_than_ms: int) -> list[str]:
+        """Drop nodes silent for longer than that, with their sessions."""
 
     async def leave(self) -> None:
         """This node stops: its row and sessions go, and its leadership."""
@@ -338,10 +344,17 @@ class SharedNode:
             self._orphaned_since.clear()
         if leading:
             await self._reclaim_orphans()
+            gone = await self.directory.forget_dead_nodes(_FORGET_AFTER * self._node_timeout_ms)
+            if gone:
+                logger.info("forgot nodes silent for long: %s", ", ".join(gone))
+
+    @property
+    def _node_timeout_ms(self) -> int:
+        return int(self.host.settings.node_timeout_s * 1000)
 
     async def _reclaim_orphans(self) -> None:
         settings = self.host.settings
-        now, orphans = await self.directory.orphaned_agents(int(settings.node_timeout_s * 1000))
+        now, orphans = await self.directory.orphaned_agents(self._node_timeout_ms)
         since = {agent_id: self._orphaned_since.get(agent_id, now) for agent_id in orphans}
         grace_ms = int(settings.disconnect_grace_s * 1000)
         due = {agent_id for agent_id, first in since.items() if now - first >= grace_ms}
