@@ -1,9 +1,10 @@
 """Hub nodes sharing one PostgreSQL database: their registry (``store/pgnodes.py``).
 
 Several registries, one per node id, on one real database: one leads at a time and
-another takes over when it goes; agent sessions move between nodes; agents holding
-tasks with no live session are found, staleness judged by the database's clock (moved
-back in SQL, never waited for).
+another takes over when it goes; agent sessions move between nodes, and end leaving the
+agent's last view for the other nodes to list; agents holding tasks with no live session
+are found, staleness judged by the database's clock (moved back in SQL, never waited
+for).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tcpproxy import BlackHoleProxy
 
 from agentcom.errors import StoreError
 from agentcom.store.pgconnection import connect
-from agentcom.store.pgnodes import NodeRegistry, Orphans
+from agentcom.store.pgnodes import AgentElsewhere, NodeRegistry, Orphans
 from agentcom.store.pgschema import LEADER_LOCK, MIGRATIONS, ensure_schema
 
 TIMEOUT_S = 5.0
@@ -100,6 +101,17 @@ def sessions(admin: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object
     return admin.execute(
         "SELECT agent_id, node_id, connected_at FROM agent_sessions ORDER BY agent_id"
     ).fetchall()
+
+
+def session_state(
+    admin: psycopg.Connection[tuple[object, ...]], agent_id: str
+) -> tuple[object, ...]:
+    """Whether the agent's session row is marked ended, and the view it holds."""
+    row = admin.execute(
+        "SELECT ended_at IS NOT NULL, info FROM agent_sessions WHERE agent_id = %s", (agent_id,)
+    ).fetchone()
+    assert row is not None
+    return row
 
 
 def test_a_version_1_schema_migrates_to_version_2_keeping_its_rows(pg_url: str) -> None:
@@ -224,9 +236,12 @@ async def test_an_agent_session_moves_to_its_newest_node_and_a_stale_disconnect_
     assert connected_second > connected_first
     assert sessions(admin) == [("worker", "node-b", connected_second)]
 
-    # and the end of the newest connection ends it
+    assert session_state(admin, "worker") == (False, None)
+
+    # and the end of the newest connection ends it, its row kept for the other nodes
     await second.agent_disconnected("worker", connected_second)
-    assert sessions(admin) == []
+    assert sessions(admin) == [("worker", "node-b", connected_second)]
+    assert session_state(admin, "worker")[0]
 
 
 async def test_a_reconnection_in_the_same_millisecond_is_still_a_newer_session(
@@ -375,3 +390,79 @@ async def test_a_silent_network_path_fails_a_call_within_the_timeout_and_it_reco
         assert not await node.heartbeat()
     finally:
         await proxy.close()
+
+
+async def test_an_ended_session_keeps_the_agents_last_view_and_leaves_it_an_orphan(
+    registries: Registries, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # given an agent connected to a live node, holding a task, its view refreshed
+    node = registries("node-a")
+    await node.heartbeat()
+    began = await node.agent_connected("worker", '{"state":"idle"}')
+    hold_task(admin, "worker", "working")
+    await node.agent_updated("worker", began, '{"state":"working"}')
+    assert session_state(admin, "worker") == (False, '{"state":"working"}')
+    assert (await node.orphaned_agents(NODE_TIMEOUT_MS)).agent_ids == frozenset()
+
+    # when its connection ends
+    await node.agent_disconnected("worker", began, '{"state":"offline"}')
+
+    # then its row says so with its last view, and it is an orphan
+    assert session_state(admin, "worker") == (True, '{"state":"offline"}')
+    assert (await node.orphaned_agents(NODE_TIMEOUT_MS)).agent_ids == {"worker"}
+    # a view changed since is still recorded, the session still ended
+    await node.agent_updated("worker", began, '{"state":"offline","draining":true}')
+    assert session_state(admin, "worker") == (True, '{"state":"offline","draining":true}')
+
+    # and when it connects again, its session goes on with the new view
+    again = await node.agent_connected("worker", '{"state":"idle"}')
+    assert again > began
+    assert session_state(admin, "worker") == (False, '{"state":"idle"}')
+    assert (await node.orphaned_agents(NODE_TIMEOUT_MS)).agent_ids == frozenset()
+
+
+async def test_the_view_of_an_older_session_changes_nothing(
+    registries: Registries, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    first, second = registries("node-a"), registries("node-b")
+    older = await first.agent_connected("worker", '{"on":"a"}')
+    await second.agent_connected("worker", '{"on":"b"}')
+
+    await first.agent_updated("worker", older, '{"on":"a, later"}')
+    await first.agent_disconnected("worker", older, '{"on":"a, gone"}')
+
+    assert session_state(admin, "worker") == (False, '{"on":"b"}')
+
+
+async def test_the_agents_of_other_live_nodes_are_listed_with_their_tasks_as_stored(
+    registries: Registries, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # given this node, another live one and a stale one, each with agents
+    here, live, stale = registries("node-a"), registries("node-b"), registries("node-c")
+    for node in (here, live, stale):
+        await node.heartbeat()
+    await here.agent_connected("on-this-node", "{}")
+    await live.agent_connected("idle", '{"agent_id":"idle"}')
+    await live.agent_connected("working", '{"agent_id":"working"}')
+    gone = await live.agent_connected("gone", '{"agent_id":"gone"}')
+    await live.agent_disconnected("gone", gone)
+    await live.agent_connected("no-view-yet")
+    await stale.agent_connected("on-stale-node", "{}")
+    age_heartbeat(admin, "node-c", NODE_TIMEOUT_MS + 1)
+    # and tasks: one working, one finished
+    hold_task(admin, "working", "working")
+    hold_task(admin, "idle", "completed")
+    [(task_id,)] = admin.execute("SELECT task_id FROM tasks WHERE status = 'working'").fetchall()
+
+    listed = await here.agents_elsewhere(NODE_TIMEOUT_MS)
+
+    # then only the other live node's agents with a view are listed, by id, offline ones too
+    assert listed == [
+        AgentElsewhere("node-b", False, '{"agent_id":"gone"}', None, None),
+        AgentElsewhere("node-b", True, '{"agent_id":"idle"}', None, None),
+        AgentElsewhere("node-b", True, '{"agent_id":"working"}', task_id, "working"),
+    ]
+    # and the other node lists this one's
+    assert await live.agents_elsewhere(NODE_TIMEOUT_MS) == [
+        AgentElsewhere("node-a", True, "{}", None, None)
+    ]

@@ -4,13 +4,17 @@ connected to which, and which one leads.
 Each node keeps a row in ``hub_nodes`` fresh (:meth:`NodeRegistry.heartbeat`) and
 records the agents connected to it in ``agent_sessions``, one row per agent: the newest
 connection wins, and the end of an older one (on this node or another) leaves it alone.
+A session's row carries the agent as its node lists it (its view, refreshed at its
+agent events), and stays, marked ended, when the connection ends: every node lists the
+agents of the others (:meth:`NodeRegistry.agents_elsewhere`), offline ones included,
+until their node leaves or is forgotten.
 The leader, the one node that runs the sweeps and reclaims, is whichever holds the
 session-level advisory lock :data:`agentcom.store.pgschema.LEADER_LOCK` on a connection
 kept for it alone: PostgreSQL drops the lock when that session ends, however the node
 ends, so leadership passes to the next node that tries.
 
-An agent that holds a task (assigned or working) but has no live session (no row, or
-one on a node whose heartbeat is stale) is an orphan: :meth:`NodeRegistry.orphaned_agents`
+An agent that holds a task (assigned or working) but has no live session (no row, one
+ended, or one on a node whose heartbeat is stale) is an orphan: :meth:`NodeRegistry.orphaned_agents`
 finds them, and says when it looked, so the leader can tell how long each has been one
 and reclaim its tasks after a grace, whatever the tasks' age.
 
@@ -40,7 +44,7 @@ from agentcom.store.pgconnection import Deadlines, PgConnection, connect, one_li
 from agentcom.store.pgschema import LEADER_LOCK
 from agentcom.store.sqlwrites import ConnectionThread
 
-__all__ = ["NodeRegistry", "Orphans"]
+__all__ = ["AgentElsewhere", "NodeRegistry", "Orphans"]
 
 _T = TypeVar("_T")
 
@@ -57,20 +61,41 @@ ON CONFLICT (node_id) DO UPDATE SET address = excluded.address,
 # Strictly later than the session it replaces, even within one millisecond: the end of
 # that older connection never matches the newer one.
 _CONNECT_AGENT = f"""
-INSERT INTO agent_sessions (agent_id, node_id, connected_at) VALUES (%s, %s, {_NOW})
+INSERT INTO agent_sessions (agent_id, node_id, connected_at, info) VALUES (%s, %s, {_NOW}, %s)
 ON CONFLICT (agent_id) DO UPDATE SET node_id = excluded.node_id,
-    connected_at = greatest(excluded.connected_at, agent_sessions.connected_at + 1)
+    connected_at = greatest(excluded.connected_at, agent_sessions.connected_at + 1),
+    ended_at = NULL, info = excluded.info
 RETURNING connected_at
 """
-_DISCONNECT_AGENT = (
-    "DELETE FROM agent_sessions WHERE agent_id = %s AND node_id = %s AND connected_at = %s"
-)
+_THIS_SESSION = "WHERE agent_id = %s AND node_id = %s AND connected_at = %s"
+_DISCONNECT_AGENT = f"""
+UPDATE agent_sessions SET ended_at = coalesce(ended_at, {_NOW}), info = coalesce(%s, info)
+{_THIS_SESSION}
+"""
+_UPDATE_AGENT = f"UPDATE agent_sessions SET info = %s {_THIS_SESSION}"
+
+# The literal statuses of the partial index tasks_active_by_agent, so that it serves.
+_ACTIVE_LIST = ", ".join(f"'{status.value}'" for status in sorted(ACTIVE))
+_AGENTS_ELSEWHERE = f"""
+SELECT session.node_id, session.ended_at IS NULL, session.info, task.task_id, task.status
+FROM agent_sessions session
+JOIN hub_nodes node ON node.node_id = session.node_id
+LEFT JOIN LATERAL (
+    SELECT task_id, status FROM tasks
+    WHERE assigned_to = session.agent_id AND status IN ({_ACTIVE_LIST})
+    ORDER BY updated_at DESC LIMIT 1
+) task ON true
+WHERE session.node_id <> %s AND session.info IS NOT NULL
+  AND node.heartbeat_at >= {_NOW} - %s
+ORDER BY session.agent_id
+"""
 
 _ORPHANS = f"""
 WITH clock AS (SELECT {_NOW} AS now_ms)
 SELECT clock.now_ms, ARRAY(
     SELECT DISTINCT task.assigned_to FROM tasks task
-    LEFT JOIN agent_sessions session ON session.agent_id = task.assigned_to
+    LEFT JOIN agent_sessions session
+           ON session.agent_id = task.assigned_to AND session.ended_at IS NULL
     LEFT JOIN hub_nodes node ON node.node_id = session.node_id
     WHERE task.status = ANY(%s) AND task.assigned_to IS NOT NULL
       AND (node.node_id IS NULL OR node.heartbeat_at < clock.now_ms - %s)
@@ -109,6 +134,22 @@ class Orphans(NamedTuple):
     """The database's clock when it looked (ms)."""
     agent_ids: frozenset[str]
     """The agents holding a task with no live session then."""
+
+
+class AgentElsewhere(NamedTuple):
+    """An agent whose session is on another live node
+    (:meth:`NodeRegistry.agents_elsewhere`)."""
+
+    node_id: str
+    """The node its session is on."""
+    connected: bool
+    """Whether that session goes on (else it ended: the agent is offline)."""
+    info: str
+    """The agent as its node lists it (``AgentView`` as JSON), as of its last event."""
+    task_id: str | None
+    """The task it holds as stored now (assigned or working), if any."""
+    task_status: str | None
+    """That task's status."""
 
 
 def _open(connection: PgConnection) -> bool:
@@ -160,22 +201,43 @@ class NodeRegistry:
             connection.execute(_INSERT_NODE, (self.node_id, self.address))
         return True
 
-    async def agent_connected(self, agent_id: str) -> int:
+    async def agent_connected(self, agent_id: str, info: str | None = None) -> int:
         """Record that ``agent_id`` is connected to this node, replacing its session on
-        any node; returns the session's ``connected_at`` (the database's ms, later than
-        that of the session replaced), which :meth:`agent_disconnected` takes."""
+        any node, with ``info`` (its view as JSON, listed by the other nodes); returns the
+        session's ``connected_at`` (the database's ms, later than that of the session
+        replaced), which the other session calls take."""
         row = await self._call(
-            "agent_connected", self._fetch_one, _CONNECT_AGENT, (agent_id, self.node_id)
+            "agent_connected", self._fetch_one, _CONNECT_AGENT, (agent_id, self.node_id, info)
         )
         return int(row[0])
 
-    async def agent_disconnected(self, agent_id: str, connected_at: int) -> None:
-        """Forget the session of ``agent_id`` that began at ``connected_at`` on this
-        node; a newer session of the agent, here or on another node, is kept."""
+    async def agent_updated(self, agent_id: str, connected_at: int, info: str) -> None:
+        """The view of ``agent_id`` whose session began at ``connected_at`` on this node
+        is now ``info``; a newer session of the agent, here or elsewhere, is kept."""
+        await self._call(
+            "agent_updated", self._execute, _UPDATE_AGENT,
+            (info, agent_id, self.node_id, connected_at),
+        )  # fmt: skip
+
+    async def agent_disconnected(
+        self, agent_id: str, connected_at: int, info: str | None = None
+    ) -> None:
+        """The session of ``agent_id`` that began at ``connected_at`` on this node ended,
+        the agent now as ``info`` (None: as last recorded). Its row stays, marked ended
+        (no longer a live session), until this node leaves; a newer session of the
+        agent, here or on another node, is kept."""
         await self._call(
             "agent_disconnected", self._execute, _DISCONNECT_AGENT,
-            (agent_id, self.node_id, connected_at),
+            (info, agent_id, self.node_id, connected_at),
         )  # fmt: skip
+
+    async def agents_elsewhere(self, node_timeout_ms: int) -> list[AgentElsewhere]:
+        """The agents whose session, going on or ended, is on another node alive within
+        ``node_timeout_ms``, by agent id, each with the task it holds as stored now."""
+        rows = await self._call(
+            "agents_elsewhere", self._fetch_all, _AGENTS_ELSEWHERE, (self.node_id, node_timeout_ms)
+        )
+        return [AgentElsewhere(*row) for row in rows]
 
     async def orphaned_agents(self, node_timeout_ms: int) -> Orphans:
         """The agents holding an assigned or working task with no live session: none
@@ -272,6 +334,11 @@ class NodeRegistry:
         connection = self._thread.connection()
         with self._deadlines.bound(connection, self._timeout_s):
             connection.execute(sql, params)
+
+    def _fetch_all(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        connection = self._thread.connection()
+        with self._deadlines.bound(connection, self._timeout_s):
+            return connection.execute(sql, params).fetchall()
 
     def _fetch_one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...]:
         connection = self._thread.connection()

@@ -155,11 +155,17 @@ CREATE TABLE hub_nodes (
     started_at bigint NOT NULL,
     heartbeat_at bigint NOT NULL
 );
--- An agent is connected to one node at most: its newest connection.
+-- An agent is connected to one node at most: its newest connection. Its row stays once
+-- that connection ends (ended_at), so every node lists it offline as its node does,
+-- until that node leaves.
 CREATE TABLE agent_sessions (
     agent_id text COLLATE "C" PRIMARY KEY,
     node_id text COLLATE "C" NOT NULL,
-    connected_at bigint NOT NULL
+    connected_at bigint NOT NULL,
+    ended_at bigint,
+    -- The agent as its node lists it (protocol.events.AgentView) as JSON, as of its last
+    -- agent event; NULL: not known yet.
+    info text
 );
 CREATE INDEX agent_sessions_by_node ON agent_sessions (node_id);
 -- The unfinished tasks of one agent (a node reads them when the agent arrives).
