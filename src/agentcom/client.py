@@ -604,6 +604,12 @@ class OperatorClient:
         result = await self._result("task_list", **fields)
         return result["data"], result.get("next_cursor")
 
+    async def list_agents(self) -> tuple[list[dict[str, Any]], str | None]:
+        """``agents_list``: every agent, and why the list is partial (None when it is
+        not: a hub node that could not read the other nodes' agents says so)."""
+        result = await self._result("agents_list")
+        return result["data"], result.get("warning")
+
     async def submit(self, description: str, **fields: Any) -> dict[str, Any]:
         """Queue a task; returns it."""
         task = {"description": description, **{k: v for k, v in fields.items() if v is not None}}

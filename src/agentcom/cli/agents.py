@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from agentcom.cli.connect import OperatorAction
@@ -16,16 +17,21 @@ __all__ = ["agent_drain", "agent_restart", "agents_list"]
 
 
 async def agents_list(client: OperatorClient, args: argparse.Namespace) -> int:
-    """``agents`` / ``agents list``: every known agent, with notes under it."""
-    agents = await client.request("agents_list")
+    """``agents`` / ``agents list``: every known agent, with notes under it; with hub
+    nodes sharing a database, the node of each. A partial list is said so on stderr."""
+    agents, warning = await client.list_agents()
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(agents))
         return EXIT_OK
+    node_column = ["NODE"] if any("node" in agent for agent in agents) else []
     table(
-        ["AGENT", "STATE", "DRAINING", "TASK", "CAPABILITIES", "LAST SEEN"],
+        ["AGENT", *node_column, "STATE", "DRAINING", "TASK", "CAPABILITIES", "LAST SEEN"],
         [
             [
                 agent["agent_id"],
+                *([agent.get("node")] if node_column else []),
                 agent["state"],
                 agent.get("draining", False),
                 agent.get("current_task"),

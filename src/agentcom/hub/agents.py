@@ -70,8 +70,11 @@ class AgentRecord:
             connected_at=self.connected_at,
         )
 
-    def snapshot(self, held_task: TaskHold | None = None) -> dict[str, Any]:
-        """The dashboard and operator view; ``held_task`` is its task's hold, if any."""
+    def snapshot(
+        self, held_task: TaskHold | None = None, node: str | None = None
+    ) -> dict[str, Any]:
+        """The dashboard and operator view; ``held_task`` is its task's hold, if any, and
+        ``node`` the hub node it is on (nodes sharing a database only)."""
         return agent_view(
             agent_id=self.agent_id,
             name=self.name,
@@ -87,6 +90,7 @@ class AgentRecord:
             pm2_info=self.pm2_info,
             restarting=self.restarting,
             held_task=held_task,
+            node=node,
         )
 
 

@@ -161,9 +161,10 @@ class Hub:
         self._outbox = Effects()
         # Told of every task event (metrics); the hub works the same without it.
         self.task_observer: EventSink | None = None
-        # Told when an agent connects (True) or disconnects (False): nodes sharing a
-        # database record where each agent is (server/cluster.py).
-        self.presence_observer: Callable[[str, bool], None] | None = None
+        # Told of every agent event, by name, with the agent's view (agent_connected and
+        # agent_disconnected among them): nodes sharing a database record where each
+        # agent is, and how it is listed (server/cluster.py).
+        self.presence_observer: Callable[[str, dict[str, Any]], None] | None = None
         self.messaging = Messaging(self.presence, store, clock, settings, self.push)
         self.attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
         self.started_at = clock.now_ms()
@@ -253,10 +254,10 @@ class Hub:
         )  # fmt: skip
 
     def _agent_event(self, name: str, agent: AgentRecord) -> None:
-        self.publish(
-            "agents",
-            agent_event(name, agent.agent_id, self.clock.now_ms(), self.views.agent_view(agent)),
-        )
+        view = self.views.agent_view(agent)
+        self.publish("agents", agent_event(name, agent.agent_id, self.clock.now_ms(), view))
+        if self.presence_observer is not None:
+            self.presence_observer(name, view)
 
     # --- agent presence -------------------------------------------------------------
 
@@ -285,8 +286,6 @@ class Hub:
         self.presence.refresh(agent)
         self._broadcast(agent.agent_id, AgentJoined(agent=agent.info()))
         self._agent_event("agent_connected", agent)
-        if self.presence_observer is not None:
-            self.presence_observer(agent.agent_id, True)
         self.messaging.deliver_inbox(agent.agent_id)
         self.scheduler.schedule()
         return agent
@@ -326,8 +325,6 @@ class Hub:
         self.presence.refresh(agent)
         self._broadcast(agent_id, AgentLeft(agent_id=agent_id))
         self._agent_event("agent_disconnected", agent)
-        if self.presence_observer is not None:
-            self.presence_observer(agent_id, False)
 
     def seen(self, agent_id: str) -> None:
         """Any frame from the agent: it is alive. Dashboards hear of it (``agent_seen``)

@@ -8,6 +8,7 @@ latest load report per host, which only these views and routing read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -80,6 +81,7 @@ class HubViews:
         self.store = hub.store
         self.clock = hub.clock
         self.settings = hub.settings
+        self.shared = hub.settings.shares_database  # other nodes serve the database too
         self.execution_tails = hub.execution_tails
         self.queue_history = hub.queue_history
         # Latest resource report per host (see _host_key), for endpoints no agent reported.
@@ -208,39 +210,66 @@ class HubViews:
             task_filter = replace(task_filter, limit=self.settings.list_limit_max)
         return self.store.list_task_page(task_filter)
 
-    def agents_snapshot(self) -> list[dict[str, Any]]:
-        """Every known agent with its state."""
-        return [self.agent_view(agent) for agent in self.presence.agents.values()]
+    def agents_snapshot(self, elsewhere: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+        """Every known agent with its state.
+
+        Nodes sharing a database: with ``elsewhere``, the views of the agents whose
+        session is on another node (``server/nodeagents.py``), each of which takes the
+        place of this node's record of the agent unless the agent is connected here; the
+        list is in the order of agent ids, the same on every node.
+        """
+        if not self.shared:
+            return [self.agent_view(agent) for agent in self.presence.agents.values()]
+        agents = self.presence.agents
+        listed = {agent_id: self.agent_view(agent) for agent_id, agent in agents.items()}
+        for view in elsewhere:
+            here = self.presence.get(view["agent_id"])
+            if here is None or not here.connected:
+                listed[view["agent_id"]] = view
+        return [listed[agent_id] for agent_id in sorted(listed)]
 
     def agent_view(self, agent: AgentRecord) -> dict[str, Any]:
-        """One agent as dashboards and operators see it, with its task's hold."""
-        return agent.snapshot(self.held_task(agent))
+        """One agent as dashboards and operators see it, with its task's hold (and, nodes
+        sharing a database, this node's id: it is, or was last, connected here)."""
+        return agent.snapshot(self.held_task(agent), self.settings.node_id if self.shared else None)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, agents: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Queue counts and execution totals (the caller commits first). The store's part
-        is read off the event loop: it counts every task ever run."""
+        is read off the event loop: it counts every task ever run. The agents are counted
+        by state from ``agents`` (views, as :meth:`agents_snapshot` lists them) when given,
+        else from this node's."""
         stored = await self.store.read_task_stats(self.clock.now_ms() - THROUGHPUT_WINDOW_S * 1000)
         by_state = dict.fromkeys((state.value for state in AgentState), 0)
-        for agent in self.presence.agents.values():
-            by_state[agent.state.value] += 1
+        if agents is None:
+            for agent in self.presence.agents.values():
+                by_state[agent.state.value] += 1
+        else:
+            for view in agents:
+                by_state[view["state"]] += 1
+        connected = sum(count for state, count in by_state.items() if state != AgentState.offline)
         # The read may be shared with other callers: the reply is a new dict.
         return stats_reply(
             stored,
             queue_depth=self.queue.queued_count(),
-            agents_connected=len(self.presence.connected()),
+            agents_connected=connected,
             progress_dropped=self.hub.progress_dropped,
             window_s=THROUGHPUT_WINDOW_S,
             agents_by_state=by_state,
         )
 
-    async def snapshot(self, recent: int = 50) -> dict[str, Any]:
-        """What a dashboard starts from (the caller commits first)."""
-        stats = await self.stats()
+    async def snapshot(
+        self, recent: int = 50, agents: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """What a dashboard starts from (the caller commits first); ``agents`` as
+        :meth:`agents_snapshot` lists them (default: this node's)."""
+        if agents is None:
+            agents = self.agents_snapshot()
+        stats = await self.stats(agents)
         return {
             "timestamp": self.clock.now_ms(),
             "version": __version__,
             "started_at": self.hub.started_at,
-            "agents": self.agents_snapshot(),
+            "agents": agents,
             "endpoints": self.endpoints_snapshot(),
             "queue": {
                 "depth": stats["queue_depth"],

@@ -85,6 +85,8 @@ class AgentView(_Event):
     pm2_info: dict[str, Any] | None  # its process, as pm2 reported it at identify
     restarting: dict[str, Any] | None  # {reason, since} from agent_restarting until it is back
     held_task: TaskHold | None  # its task, kept for it since its connection ended
+    # Nodes sharing a database: the node it is connected to, or was last (absent otherwise).
+    node: str | None = None
 
 
 class AgentEvent(_Event):
@@ -260,9 +262,11 @@ def agent_view(
     pm2_info: dict[str, Any] | None,
     restarting: dict[str, Any] | None,
     held_task: TaskHold | None,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """An agent as dashboards and operators see it (:class:`AgentView`)."""
-    return {
+    """An agent as dashboards and operators see it (:class:`AgentView`); ``node`` only
+    when given."""
+    view = {
         "agent_id": agent_id,
         "name": name,
         "status": status,
@@ -278,6 +282,9 @@ def agent_view(
         "restarting": restarting,
         "held_task": dumped_or_none(held_task),
     }
+    if node is not None:
+        view["node"] = node
+    return view
 
 
 def endpoint_view(

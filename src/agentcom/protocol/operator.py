@@ -292,6 +292,9 @@ class OperatorResult(Outbound):
     data: Any
     next_cursor: str | None = Field(default=None, exclude_if=lambda cursor: cursor is None)
     """For a page of a list: the ``cursor`` of the next page (absent on the last)."""
+    warning: str | None = Field(default=None, exclude_if=lambda warning: warning is None)
+    """Why ``data`` may be incomplete (absent when it is not): ``agents_list`` on a node
+    that could not read the other nodes' agents."""
 
 
 class OperatorError(Outbound):

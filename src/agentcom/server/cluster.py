@@ -18,20 +18,23 @@ Memory follows the other nodes' changes three ways:
 - **conflicts**: a write that lost re-reads its task at once.
 
 Who is connected where lives in the database too (:class:`agentcom.store.pgnodes.NodeRegistry`):
-each node records its heartbeat and its agents' sessions. One node at a time leads
-(an advisory lock, taken over when its holder's session ends): it gives back to the queue
-the tasks of agents connected to no live node for ``disconnect_grace_s``, whether their
-node died or they did. A node applies the acceptance and no-progress timeouts only to its
-own agents' tasks: they report their progress to it alone.
+each node records its heartbeat and its agents' sessions, each with the agent's view as
+of its last agent event, which the other nodes list (``server/nodeagents.py``). One node
+at a time leads (an advisory lock, taken over when its holder's session ends): it gives
+back to the queue the tasks of agents connected to no live node for
+``disconnect_grace_s``, whether their node died or they did. A node applies the
+acceptance and no-progress timeouts only to its own agents' tasks: they report their
+progress to it alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentcom.errors import StoreError
 from agentcom.hub.hub import Effects, Hub
@@ -40,7 +43,8 @@ from agentcom.protocol.task import StoredState, Task
 
 if TYPE_CHECKING:
     from agentcom.config import Settings
-    from agentcom.store.pgnodes import Orphans
+    from agentcom.hub.agents import AgentRecord
+    from agentcom.store.pgnodes import AgentElsewhere, Orphans
 
 __all__ = ["NodeDirectory", "SharedNode", "SharedStore"]
 
@@ -50,6 +54,11 @@ logger = logging.getLogger(__name__)
 # transitions and state reports name their event before the task; progress does not,
 # and changes nothing stored.
 _TASK_CHANGE = re.compile(rb'\{"type":"task_event","event":"task_[a-z_]+","task_id":"([^"]+)"')
+
+# The agent events that start and end a session here; every other one refreshes its view.
+_CONNECTED = "agent_connected"
+_DISCONNECTED = "agent_disconnected"
+_REFRESHED = "refreshed"
 
 
 _FULL_POLL_EVERY = 30
@@ -87,11 +96,21 @@ class NodeDirectory(Protocol):
         """This node is alive; True when its row was written anew (its sessions too must
         be recorded again)."""
 
-    async def agent_connected(self, agent_id: str) -> int:
-        """The agent's session is this node's now; returns when it began."""
+    async def agent_connected(self, agent_id: str, info: str | None = None) -> int:
+        """The agent's session is this node's now, the agent as ``info`` (its view as
+        JSON); returns when it began."""
 
-    async def agent_disconnected(self, agent_id: str, connected_at: int) -> None:
-        """The agent's session that began at ``connected_at`` here ended."""
+    async def agent_updated(self, agent_id: str, connected_at: int, info: str) -> None:
+        """The agent, whose session began at ``connected_at`` here, is now as ``info``."""
+
+    async def agent_disconnected(
+        self, agent_id: str, connected_at: int, info: str | None = None
+    ) -> None:
+        """The agent's session that began at ``connected_at`` here ended; the agent is
+        now as ``info``."""
+
+    async def agents_elsewhere(self, node_timeout_ms: int) -> list[AgentElsewhere]:
+        """The agents whose session, going on or ended, is on another live node."""
 
     async def try_lead(self) -> bool:
         """Whether this node leads (taking the leadership if it is free)."""
@@ -135,8 +154,10 @@ class SharedNode:
         self.leading = False
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._sessions: dict[str, int] = {}  # agent id -> when its session here began
-        self._session_ops: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._sessions: dict[str, int] = {}  # agent id -> when its last session here began
+        # (agent id, _CONNECTED, _DISCONNECTED or _REFRESHED, its view as JSON or None)
+        self._session_ops: asyncio.Queue[tuple[str, str, str | None]] = asyncio.Queue()
+        self._unstored_views: dict[str, str] = {}  # agent id -> view a _REFRESHED will store
         self._resync_sessions = False
         self._orphaned_since: dict[str, int] = {}  # agent id -> database time first seen
         self._polls = 0
@@ -289,27 +310,52 @@ class SharedNode:
 
     # --- sessions, heartbeats, leadership -----------------------------------------------
 
-    def presence(self, agent_id: str, connected: bool) -> None:
-        """An agent identified here (its session moves to this node), or its connection
-        here ended."""
-        self._session_ops.put_nowait((agent_id, connected))
+    def presence(self, event: str, view: dict[str, Any]) -> None:
+        """An agent event here (``Hub.presence_observer``): the agent identified here (its
+        session moves to this node), its connection here ended, or its view changed (what
+        the other nodes list of it is refreshed: once for changes quicker than a write)."""
+        agent_id = view["agent_id"]
+        info = json.dumps(view, separators=(",", ":"))
+        if event in (_CONNECTED, _DISCONNECTED):
+            self._unstored_views.pop(agent_id, None)  # this change stores a newer view
+            self._session_ops.put_nowait((agent_id, event, info))
+            return
+        if agent_id not in self._unstored_views:
+            self._session_ops.put_nowait((agent_id, _REFRESHED, None))
+        self._unstored_views[agent_id] = info
 
-    def agent_connected(self, agent_id: str) -> None:
+    def agent_connected(self, agent: AgentRecord) -> None:
         """Record again that an agent is connected here."""
-        self._session_ops.put_nowait((agent_id, True))
+        self.presence(_CONNECTED, self.host.hub.views.agent_view(agent))
+
+    async def agents_elsewhere(self) -> list[AgentElsewhere]:
+        """The agents whose session, going on or ended, is on another node alive within
+        ``node_timeout_s``, as that node last recorded them. Raises StoreError when the
+        database does not answer within ``db_timeout_s``."""
+        return await self.directory.agents_elsewhere(int(self.host.settings.node_timeout_s * 1000))
 
     async def _sessions_forever(self) -> None:
         while True:
-            agent_id, connected = await self._session_ops.get()
+            agent_id, change, info = await self._session_ops.get()
             try:
-                if connected:
-                    self._sessions[agent_id] = await self.directory.agent_connected(agent_id)
-                elif agent_id in self._sessions:
-                    began = self._sessions.pop(agent_id)
-                    await self.directory.agent_disconnected(agent_id, began)
+                await self._record_session(agent_id, change, info)
             except StoreError as exc:
                 logger.warning("could not record agent %s's session: %s", agent_id, exc)
                 self._resync_sessions = True
+
+    async def _record_session(self, agent_id: str, change: str, info: str | None) -> None:
+        if change == _CONNECTED:
+            self._sessions[agent_id] = await self.directory.agent_connected(agent_id, info)
+            return
+        began = self._sessions.get(agent_id)  # kept once ended: its row stays, offline
+        if began is None:  # never recorded (the database failed): the next resync does
+            return
+        if change == _DISCONNECTED:
+            await self.directory.agent_disconnected(agent_id, began, info)
+            return
+        info = self._unstored_views.pop(agent_id, None)
+        if info is not None:
+            await self.directory.agent_updated(agent_id, began, info)
 
     async def _beat_forever(self) -> None:
         settings = self.host.settings
@@ -332,7 +378,7 @@ class SharedNode:
         if await self.directory.heartbeat() or self._resync_sessions:
             self._resync_sessions = False
             for agent in self.host.hub.presence.connected():
-                self.agent_connected(agent.agent_id)
+                self.agent_connected(agent)
         try:
             leading = await self.directory.try_lead()
         except StoreError:

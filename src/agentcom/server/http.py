@@ -24,6 +24,7 @@ from agentcom.protocol.task import TASK_CURSOR_PATTERN, dumped_task
 from agentcom.server.guard import single_header
 from agentcom.server.inbound import peer
 from agentcom.server.metrics import CONTENT_TYPE
+from agentcom.server.nodeagents import listed_agents
 from agentcom.store.base import TaskFilter, task_filter
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ DASHBOARD_FILES = {
 }  # fmt: skip
 _HSTS = "max-age=31536000"
 _CURSOR = re.compile(TASK_CURSOR_PATTERN)
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
@@ -260,10 +262,15 @@ class HttpRoutes:
         return await self._tasks(query, TaskStatus.dead_letter.value)
 
     async def _stats(self, query: dict[str, list[str]]) -> Response:
-        return _json(200, await self.server.hub.views.stats())
+        agents = await listed_agents(self.server)  # a partial list is logged
+        return _json(200, await self.server.hub.views.stats(agents.agents))
 
     async def _agents(self, query: dict[str, list[str]]) -> Response:
-        return _json(200, self.server.hub.views.agents_snapshot())
+        agents = await listed_agents(self.server)
+        response = _json(200, agents.agents)
+        if agents.warning is not None:  # a header's value is printable ASCII
+            response.headers["X-Warning"] = _NOT_PRINTABLE.sub("?", agents.warning)
+        return response
 
     async def _endpoints(self, query: dict[str, list[str]]) -> Response:
         return _json(200, self.server.hub.views.endpoints_snapshot())

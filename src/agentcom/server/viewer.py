@@ -21,6 +21,7 @@ from agentcom.protocol.outbound import ErrorReply, ValidationFailed
 from agentcom.protocol.task import dumped_task
 from agentcom.pubsub.link import Notice
 from agentcom.server.inbound import peer, text_of
+from agentcom.server.nodeagents import AgentList, listed_agents
 from agentcom.server.output import ReplyQueue
 from agentcom.server.writes import encode, events_frame, send_frames
 from agentcom.store.base import TaskFilter, TaskPage, task_filter
@@ -110,7 +111,8 @@ class DashboardSession:
     async def _send_snapshot(self) -> None:
         """The state as it stands, read after a commit so that it holds what was announced."""
         await self.server.commit()
-        snapshot = ops.Snapshot(**await self.server.hub.views.snapshot())
+        agents = await listed_agents(self.server)  # a partial list is logged
+        snapshot = ops.Snapshot(**await self.server.hub.views.snapshot(agents=agents.agents))
         self.server.send_replies(self.connection, (snapshot,), self.who)
 
     async def _drain_incoming(self) -> None:
@@ -297,6 +299,13 @@ class OperatorSession:
                 )
             )
             return
+        if isinstance(data, AgentList):
+            self._answer(
+                ops.OperatorResult(
+                    request_id=request.request_id, data=data.agents, warning=data.warning
+                )
+            )
+            return
         self._answer(ops.OperatorResult(request_id=request.request_id, data=data))
 
     async def _perform(self, request: Any) -> Any:
@@ -358,11 +367,12 @@ class OperatorSession:
         return self.hub.views.list_tasks(_task_filter(request, self.hub.clock.now_ms()))
 
     async def _agents_list(self, request: ops.AgentsList) -> Any:
-        return self.hub.views.agents_snapshot()
+        return await listed_agents(self.server)
 
     async def _stats(self, request: ops.Stats) -> Any:
         await self.server.commit()
-        return await self.hub.views.stats()
+        agents = await listed_agents(self.server)  # a partial list is logged
+        return await self.hub.views.stats(agents.agents)
 
     async def _endpoints_list(self, request: ops.EndpointsList) -> Any:
         return self.hub.views.endpoints_snapshot()
