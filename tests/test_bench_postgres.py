@@ -32,6 +32,7 @@ from _lifecycle_report import compare_runs
 from _postgres import ScratchDatabase, backend_cpu_used, database_url
 
 LIFECYCLE_BENCH = Path(__file__).resolve().parents[1] / "bench" / "lifecycle.py"
+CROSS_NODE_BENCH = LIFECYCLE_BENCH.with_name("cross_node.py")
 BENCH_TIMEOUT_S = 180.0
 
 
@@ -101,11 +102,14 @@ def test_comparison_puts_several_nodes_over_one_and_leaves_a_run_that_failed_emp
     assert row["postgresql_2_nodes_over_postgresql"] is None
 
 
-def _run_lifecycle_bench(arguments: list[str]) -> tuple[int, str, str]:
-    """``bench/lifecycle.py`` with ``arguments``: exit code, stdout, stderr. SIGTERM (then
-    SIGKILL) when it outlasts :data:`BENCH_TIMEOUT_S`: it stops its own children then."""
+def _run_lifecycle_bench(
+    arguments: list[str], script: Path = LIFECYCLE_BENCH
+) -> tuple[int, str, str]:
+    """``bench/lifecycle.py`` (or ``script``) with ``arguments``: exit code, stdout,
+    stderr. SIGTERM (then SIGKILL) when it outlasts :data:`BENCH_TIMEOUT_S`: it stops its
+    own children then."""
     bench = subprocess.Popen(
-        [sys.executable, str(LIFECYCLE_BENCH), *arguments],
+        [sys.executable, str(script), *arguments],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -157,3 +161,28 @@ def test_bench_runs_postgresql_on_two_nodes_with_sidecars_and_submits_on_each(
     for run in runs.values():
         if run["database"] == "postgresql":
             assert not _exists(run["database_location"].rpartition("/")[2])
+
+
+def test_the_cross_node_bench_times_each_case_and_drops_its_databases() -> None:
+    # given PostgreSQL and Redis
+    require_redis()
+    with server_connection() as server:
+        before = set(_bench_databases(server))
+    # when the cross-node bench runs, tiny
+    arguments = ["--pg", f"{SERVER_URL}/postgres", "--redis", REDIS_URL, "--tasks", "5",
+                 "--rate", "50", "--json", "--quiet"]  # fmt: skip
+    code, out, err = _run_lifecycle_bench(arguments, CROSS_NODE_BENCH)
+    # then each case timed every task, and no database of its own is left
+    assert code == 0, err[-3000:]
+    cases = json.loads(out)["cases"]
+    assert list(cases) == ["same node", "other node", "other node, no Redis"]
+    assert [case["n"] for case in cases.values()] == [5, 5, 5]
+    assert cases["same node"]["p99_over_same_node"] == 1.0
+    with server_connection() as server:
+        assert set(_bench_databases(server)) <= before
+
+
+def _bench_databases(server: psycopg.Connection[tuple[Any, ...]]) -> list[str]:
+    """The databases a bench made and has not dropped (yet)."""
+    rows = server.execute("SELECT datname FROM pg_database WHERE datname LIKE 'agentcom_bench_%'")
+    return [row[0] for row in rows]
