@@ -390,3 +390,27 @@ async def test_a_task_cancelled_on_one_node_stops_its_agent_on_another(
     assert refusal["error"] == "task_complete_failed: invalid_state"
     task = await operator.get_task(submitted["task_id"])
     assert task["status"] == "cancelled"
+
+
+async def test_a_lone_hub_and_nodes_sharing_the_database_never_serve_it_at_once(
+    nodes: Nodes,
+) -> None:
+    # given a node sharing the database
+    await nodes.start("n1")
+
+    # then a hub that would serve it alone refuses to start (exit 5)
+    alone = await run_cli_async("serve", "--host", "127.0.0.1", "--port", "0", "--db", nodes.url)
+    assert alone.returncode == 5, alone
+    assert "already served by another hub" in alone.stderr
+
+    # and once the nodes are gone, a lone hub serves, and a node is refused in turn
+    nodes.stop()
+    (nodes.directory / "lone").mkdir()
+    lone = HubProcess(nodes.directory / "lone", db=nodes.url)
+    nodes.hubs.append(lone)
+    lone.start()
+    flags = ["--pubsub", REDIS_URL, "--cluster", nodes.cluster, "--node-id", "n2"]
+    refused = await run_cli_async(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--db", nodes.url, *flags
+    )
+    assert refused.returncode == 5, refused
