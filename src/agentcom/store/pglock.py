@@ -97,13 +97,8 @@ class PostgresLock:
             DatabaseInUse: another hub holds it (naming that hub where its row says).
             StoreError: the server cannot be reached, or the schema cannot be made.
         """
-        connection = connect(url)
+        connection = _take(url, "SELECT pg_try_advisory_lock(%s, %s)")
         try:
-            row = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", HUB_LOCK).fetchone()
-            if not (row and row[0]):
-                owner = _holder(connection)
-                raise DatabaseInUse(shown(url), owner.pid, owner.host, owner.address)
-            ensure_schema(connection)
             since = time.time_ns() // 1_000_000
             pid, host = os.getpid(), socket.gethostname()
             connection.execute(_RECORD_OWNER, (pid, host, address, since))
@@ -181,6 +176,30 @@ class PostgresLock:
         connection.close()  # ending the session drops the lock
 
 
+def _take(url: str, try_lock: str) -> PgConnection:
+    """A new session holding the hub's lock, taken by ``try_lock`` without waiting, with
+    the schema created or migrated once it is held.
+
+    Raises:
+        DatabaseInUse: the lock is held in a mode that excludes this one.
+        StoreError: the server cannot be reached, or the schema cannot be made.
+    """
+    connection = connect(url)
+    try:
+        row = connection.execute(try_lock, HUB_LOCK).fetchone()
+        if not (row and row[0]):
+            owner = _holder(connection)
+            raise DatabaseInUse(shown(url), owner.pid, owner.host, owner.address)
+        ensure_schema(connection)
+    except psycopg.Error as exc:
+        connection.close()
+        raise StoreError(one_line(exc)) from None
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 def _holder(connection: PgConnection) -> HubOwner:
     """The hub holding the lock, as far as its row says (nothing known: no row yet)."""
     if not has_schema(connection):
@@ -220,21 +239,7 @@ class SharedLock:
             DatabaseInUse: a hub serves the database alone (naming it where its row says).
             StoreError: the server cannot be reached, or the schema cannot be made.
         """
-        connection = connect(url)
-        try:
-            query = "SELECT pg_try_advisory_lock_shared(%s, %s)"
-            row = connection.execute(query, HUB_LOCK).fetchone()
-            if not (row and row[0]):
-                owner = _holder(connection)
-                raise DatabaseInUse(shown(url), owner.pid, owner.host, owner.address)
-            ensure_schema(connection)
-        except psycopg.Error as exc:
-            connection.close()
-            raise StoreError(one_line(exc)) from None
-        except BaseException:
-            connection.close()
-            raise
-        return cls(connection)
+        return cls(_take(url, "SELECT pg_try_advisory_lock_shared(%s, %s)"))
 
     def check(self) -> bool | None:
         """Always True: see :attr:`can_be_lost`."""
