@@ -20,62 +20,18 @@ from conftest import METADATA
 from gated import GatedSidecar
 from haproxy import HaProxy
 from hubprocess import HubProcess, closed_port, run_cli_async
-from redisnodes import REDIS_URL, new_cluster, require_redis
+from redisnodes import REDIS_URL
+from sharednodes import Nodes, running_nodes
 
 from agentcom.client import AgentClient, OperatorClient
 
 Frame = dict[str, Any]
 
-NODE_ENV = {
-    "AGENTCOM_NODE_HEARTBEAT_S": "0.2",
-    "AGENTCOM_NODE_TIMEOUT_S": "1",
-    "AGENTCOM_PUBSUB_PING_INTERVAL_S": "0.2",
-    "AGENTCOM_PUBSUB_TIMEOUT_S": "0.5",
-    "AGENTCOM_PUBSUB_RECONNECT_MAX_S": "0.2",
-}
-
-
-class Nodes:
-    """Hub processes of one cluster, all on the test's database."""
-
-    def __init__(self, directory: Path, url: str) -> None:
-        self.directory = directory
-        self.url = url
-        self.cluster = new_cluster()
-        self.hubs: list[HubProcess] = []
-
-    async def start(self, node_id: str, redis_url: str = REDIS_URL, **env: str) -> HubProcess:
-        """A node, returned once it serves and its link to Redis is up (if Redis answers
-        at ``redis_url``)."""
-        directory = self.directory / node_id
-        directory.mkdir(exist_ok=True)
-        flags = ["--pubsub", redis_url, "--cluster", self.cluster, "--node-id", node_id]
-        hub = HubProcess(directory, db=self.url, env={**NODE_ENV, **env}, serve_args=flags,
-                         log_pipe=True)  # fmt: skip
-        self.hubs.append(hub)
-        hub.start()
-        if redis_url == REDIS_URL:
-            await hub.await_log("connected to Redis")
-        return hub
-
-    async def token(self, agent_id: str, role: str = "agent") -> str:
-        created = await run_cli_async("token", "create", agent_id, "--role", role, "--db", self.url)
-        assert created.returncode == 0, created
-        return created.stdout.strip()
-
-    def stop(self) -> None:
-        for hub in self.hubs:
-            hub.stop()
-
 
 @pytest.fixture
 def nodes(pg_url: str, tmp_path: Path) -> Iterator[Nodes]:
-    require_redis()
-    started = Nodes(tmp_path, pg_url)
-    try:
+    with running_nodes(tmp_path, pg_url) as started:
         yield started
-    finally:
-        started.stop()
 
 
 class Completions:
