@@ -18,7 +18,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from agentcom.config import Settings
 from agentcom.errors import HubError
@@ -32,6 +32,7 @@ from agentcom.hub.queue import EventSink, TaskQueue
 from agentcom.hub.recovery import Recovery
 from agentcom.hub.routing import Router
 from agentcom.hub.scheduler import Scheduler
+from agentcom.hub.sharedmessaging import SharedMessageStore, SharedMessaging
 from agentcom.hub.tails import ExecutionTails
 from agentcom.hub.task_frames import TaskFrames
 from agentcom.hub.task_ops import TASK_ID_PREFIX_MIN, TaskOperations
@@ -165,7 +166,14 @@ class Hub:
         # agent_disconnected among them): nodes sharing a database record where each
         # agent is, and how it is listed (server/cluster.py).
         self.presence_observer: Callable[[str, dict[str, Any]], None] | None = None
-        self.messaging = Messaging(self.presence, store, clock, settings, self.push)
+        self.messaging: Messaging
+        if self.shared:  # the agents of every node are reached (hub/sharedmessaging.py)
+            shared_store = cast(SharedMessageStore, store)
+            self.messaging = SharedMessaging(
+                self.presence, shared_store, clock, settings, self.push, self.publish
+            )
+        else:
+            self.messaging = Messaging(self.presence, store, clock, settings, self.push)
         self.attempt_errors: dict[str, str] = {}  # task id -> error event of the running attempt
         self.started_at = clock.now_ms()
         self.progress_dropped = 0
@@ -286,7 +294,7 @@ class Hub:
         self.presence.refresh(agent)
         self._broadcast(agent.agent_id, AgentJoined(agent=agent.info()))
         self._agent_event("agent_connected", agent)
-        self.messaging.deliver_inbox(agent.agent_id)
+        self.messaging.agent_arrived(agent.agent_id)
         self.scheduler.schedule()
         return agent
 

@@ -12,7 +12,7 @@ from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import Presence
 from agentcom.hub.bounded import SizedQueue
-from agentcom.hub.channels import ChannelRegistry
+from agentcom.hub.channels import Channel, ChannelMessage, ChannelRegistry
 from agentcom.hub.clock import Clock
 from agentcom.protocol import agent as frames
 from agentcom.protocol.common import Outbound
@@ -29,10 +29,12 @@ from agentcom.protocol.outbound import (
 )
 from agentcom.store.base import Store
 
-__all__ = ["Messaging"]
+__all__ = ["MESSAGE_OVERHEAD", "Messaging", "Push", "channel_push", "kept_size"]
 
 Push = Callable[[str, Outbound], None]
-_MESSAGE_OVERHEAD = 256  # a kept message's fields besides its payload, roughly, in bytes
+MESSAGE_OVERHEAD = 256
+"""A kept message's fields besides its payload, roughly, in bytes (counted against an
+inbox's bytes)."""
 
 
 class Messaging:
@@ -87,7 +89,7 @@ class Messaging:
     def send(self, sender: str, frame: frames.Message) -> MessageSent:
         """Deliver a direct or broadcast message; keep direct ones for an offline recipient
         that holds an agent token."""
-        size = self._payload_size(frame.payload) + _MESSAGE_OVERHEAD
+        size = self._payload_size(frame.payload) + MESSAGE_OVERHEAD
         message = MessagePush(
             id=secrets.token_hex(12),
             sender=sender,
@@ -98,25 +100,43 @@ class Messaging:
             timestamp=self._clock.now_ms(),
         )
         if frame.to is None:
-            for agent_id in self._others(sender):
-                self._push(agent_id, message)
+            self._broadcast(message)
+        elif self._is_connected(frame.to):
+            self._push(frame.to, message)
+        elif not self._store.has_token(frame.to, role="agent"):
+            # Only real agents get an inbox: made-up ids, operators' ids and revoked
+            # agents must not grow memory.
+            raise HubError("unknown_recipient", f"no agent {frame.to}")
         else:
-            recipient = self._presence.get(frame.to)
-            if recipient is not None and recipient.connected:
-                self._push(frame.to, message)
-            elif not self._store.has_token(frame.to, role="agent"):
-                # Only real agents get an inbox: made-up ids, operators' ids and revoked
-                # agents must not grow memory.
-                raise HubError("unknown_recipient", f"no agent {frame.to}")
-            elif self._settings.offline_message_cap:
-                inbox = self._inboxes.get(frame.to)
-                if inbox is None:
-                    settings = self._settings
-                    inbox = self._inboxes[frame.to] = SizedQueue(
-                        settings.offline_message_cap, settings.offline_inbox_bytes
-                    )
-                inbox.append(message, size)
+            self._keep(frame.to, message, size)
         return MessageSent(id=message.id)
+
+    def _is_connected(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is connected here."""
+        agent = self._presence.get(agent_id)
+        return agent is not None and agent.connected
+
+    def _broadcast(self, message: MessagePush) -> None:
+        """Push ``message`` to every connected agent but its sender."""
+        for agent_id in self._others(message.sender):
+            self._push(agent_id, message)
+
+    def _keep(self, recipient: str, message: MessagePush, size: int) -> None:
+        """Keep ``message`` (of ``size`` as counted against the inbox's bytes) for an
+        agent that is not connected."""
+        if not self._settings.offline_message_cap:
+            return
+        inbox = self._inboxes.get(recipient)
+        if inbox is None:
+            settings = self._settings
+            inbox = self._inboxes[recipient] = SizedQueue(
+                settings.offline_message_cap, settings.offline_inbox_bytes
+            )
+        inbox.append(message, size)
+
+    def agent_arrived(self, agent_id: str) -> None:
+        """An agent identified: the messages kept for it are delivered."""
+        self.deliver_inbox(agent_id)
 
     def deliver_inbox(self, agent_id: str) -> int:
         """Push an agent's kept messages that have not expired; returns how many."""
@@ -145,22 +165,29 @@ class Messaging:
         """Every channel."""
         return ChannelList(channels=[c.summary() for c in self.channels.channels.values()])
 
+    def _channel(self, name: str) -> Channel:
+        """A channel; raises ``channel_not_found``."""
+        return self.channels.get(name)
+
+    def _push_to_subscribers(self, channel: Channel, frame: Outbound, sender: str) -> None:
+        """Push ``frame`` to every connected subscriber of ``channel`` but ``sender``."""
+        for subscriber in channel.subscribers:
+            if subscriber != sender and self._is_connected(subscriber):
+                self._push(subscriber, frame)
+
     def subscribe(self, agent_id: str, name: str) -> ChannelSubscribed:
         """Subscribe; other connected subscribers hear of it."""
-        channel = self.channels.get(name)
+        channel = self._channel(name)
         if agent_id not in channel.subscribers:
             channel.subscribers.add(agent_id)
             self._store.stage_subscription(name, agent_id, subscribed=True)
             joined = ChannelAgentJoined(channel=name, agent_id=agent_id)
-            for subscriber in channel.subscribers:
-                member = self._presence.get(subscriber)
-                if subscriber != agent_id and member is not None and member.connected:
-                    self._push(subscriber, joined)
+            self._push_to_subscribers(channel, joined, agent_id)
         return ChannelSubscribed(channel=name)
 
     def unsubscribe(self, agent_id: str, name: str) -> ChannelUnsubscribed:
         """Unsubscribe (idempotent)."""
-        channel = self.channels.get(name)
+        channel = self._channel(name)
         if agent_id in channel.subscribers:
             channel.subscribers.discard(agent_id)
             self._store.stage_subscription(name, agent_id, subscribed=False)
@@ -178,15 +205,7 @@ class Messaging:
             channel.name, channel.description, channel.created_at, channel.seq
         )
         self._store.stage_channel_message(message.as_dict(), self._settings.channel_history_cap)
-        push = ChannelMessagePush(
-            channel=message.channel, seq=message.seq, id=message.id, sender=agent_id,
-            payload=message.payload, message_type=message.message_type,
-            reply_to=message.reply_to, timestamp=message.timestamp,
-        )  # fmt: skip
-        for subscriber in channel.subscribers:
-            member = self._presence.get(subscriber)
-            if subscriber != agent_id and member is not None and member.connected:
-                self._push(subscriber, push)
+        self._push_to_subscribers(channel, channel_push(message), agent_id)
         return ChannelPublished(channel=message.channel, seq=message.seq, id=message.id)
 
     def history(self, frame: frames.ChannelHistory) -> ChannelHistoryReply:
@@ -195,3 +214,17 @@ class Messaging:
         return ChannelHistoryReply(
             channel=frame.channel, messages=[message.as_dict() for message in messages]
         )
+
+
+def channel_push(message: ChannelMessage) -> ChannelMessagePush:
+    """The push of a channel message to its subscribers."""
+    return ChannelMessagePush(
+        channel=message.channel, seq=message.seq, id=message.id, sender=message.sender,
+        payload=message.payload, message_type=message.message_type,
+        reply_to=message.reply_to, timestamp=message.timestamp,
+    )  # fmt: skip
+
+
+def kept_size(message: MessagePush) -> int:
+    """What a kept message counts against its inbox's bytes."""
+    return len(to_json(message.payload)) + MESSAGE_OVERHEAD

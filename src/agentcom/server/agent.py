@@ -395,7 +395,11 @@ class AgentSession:
 
     async def on_channel_publish(self, frame: frames.ChannelPublish) -> None:
         assert self.agent_id is not None
-        reply, effects = self.hub.run(self.hub.messaging.publish, self.agent_id, frame)
+        shared = self.server.shared_messages
+        if shared is not None:  # numbered by the database the nodes share
+            reply, effects = await shared.publish(self.agent_id, frame)
+        else:
+            reply, effects = self.hub.run(self.hub.messaging.publish, self.agent_id, frame)
         await self.settle(reply, effects)
 
     async def on_channel_history(self, frame: frames.ChannelHistory) -> None:

@@ -53,6 +53,7 @@ from agentcom.wirelog import library_logger
 
 if TYPE_CHECKING:
     from agentcom.server.host import Answer
+    from agentcom.server.sharedmessages import SharedMessages
 
 __all__ = ["HubServer"]
 
@@ -125,6 +126,7 @@ class HubServer:
         self._wake_at_ms: int | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.shared: SharedNode | None = None  # nodes sharing the database: this one's part
+        self.shared_messages: SharedMessages | None = None  # ... in messages and channels
         self._stopping = False
         self._open_files = 0
 
@@ -288,6 +290,8 @@ class HubServer:
         await self.pubsub.start()  # connects in the background: a Redis outage delays nothing
         if self.shared is not None:
             self.shared.start()
+        if self.shared_messages is not None:
+            self.shared_messages.start()
         self._restored = True
         self._ready.set()
         if self._run_sweeps:
@@ -329,6 +333,8 @@ class HubServer:
 
     def _join_nodes(self) -> None:
         """Serve the database with the other nodes that share it (server/cluster.py)."""
+        from agentcom.server.sharedmessages import SharedMessages
+        from agentcom.store.pgmessages import MessageTables
         from agentcom.store.pgnodes import NodeRegistry
 
         directory = NodeRegistry(
@@ -338,7 +344,9 @@ class HubServer:
         self.shared = SharedNode(self, cast(SharedStore, self.store), directory)
         self.store.on_conflict = self.shared.conflicted
         self.hub.presence_observer = self.shared.presence
-        self.pubsub.on_remote = self.shared.remote_event
+        tables = MessageTables(str(self.settings.db), self.settings.db_timeout_s)
+        self.shared_messages = SharedMessages(self, tables)
+        self.pubsub.on_remote = self.shared_messages.follow(self.shared.remote_event)
 
     async def _abandon_start(self) -> None:
         """Undo a start that failed after binding: stop listening, let go of the database.
@@ -418,6 +426,8 @@ class HubServer:
         self.accept_failures.uninstall()
         if self.shared is not None:
             await self.shared.stop()
+        if self.shared_messages is not None:
+            await self.shared_messages.stop()
         await self.pubsub.stop()  # after the sessions: their last events go out first
         if not self._database_open:  # never served (a standby): nothing to flush
             if self.serving_elsewhere is not None:

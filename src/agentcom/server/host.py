@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from agentcom.server.metrics import HubMetrics
     from agentcom.server.output import ReplyBudget
     from agentcom.server.revocation import RevocationWatch
+    from agentcom.server.sharedmessages import SharedMessages
     from agentcom.server.waiters import TaskWaiters
 
     Answer = tuple[Outbound | None, Effects | None]
@@ -92,6 +93,11 @@ class SessionHost(Protocol):
     @property
     def shared(self) -> SharedNode | None:
         """This node's part among nodes sharing the database; None for a lone hub."""
+
+    @property
+    def shared_messages(self) -> SharedMessages | None:
+        """This node's part in the messages of nodes sharing the database; None for a
+        lone hub."""
 
     @property
     def tls(self) -> bool:

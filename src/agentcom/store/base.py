@@ -11,6 +11,7 @@ from agentcom.protocol.task import Task, parse_task_cursor
 
 __all__ = [
     "ChangeKey",
+    "ChannelRow",
     "EndpointRow",
     "ObservedStore",
     "Store",
@@ -24,7 +25,11 @@ ChangeKey = tuple[str, str]
 """What a staged change is about: ``("task", task_id)``, ``("endpoint", endpoint_id)``,
 ``("channel", name)``, ``("subscription", ...)``, ``("message", ...)``, ``("trim", channel)``,
 ``("dependency", ...)``, ``("tail", task_id)``, ``("minute", str(minute))`` or
-``("minute_trim", "")``."""
+``("minute_trim", "")``; nodes sharing a database also stage ``("inbox", message_id)``,
+``("inbox_trim", agent_id)`` and ``("inbox_forget", agent_id)``."""
+
+ChannelRow = tuple[str, str | None, int, int]
+"""A stored channel: ``(name, description, created_at, seq)``."""
 
 EndpointRow = tuple[str, str, str, str | None, bool]
 """A stored endpoint: ``(endpoint_id, url, source, agent_id, approved)``."""
@@ -148,7 +153,7 @@ class Store(Protocol):
 
     def load_channels(
         self, history_bytes: int | None = None
-    ) -> tuple[list[tuple[str, str | None, int, int]], list[tuple[str, str]], list[dict[str, Any]]]:
+    ) -> tuple[list[ChannelRow], list[tuple[str, str]], list[dict[str, Any]]]:
         """Channels, subscriptions and stored history, oldest message first (with
         ``history_bytes``, only each channel's newest messages up to that size)."""
 

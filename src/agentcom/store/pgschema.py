@@ -170,6 +170,18 @@ CREATE TABLE agent_sessions (
 CREATE INDEX agent_sessions_by_node ON agent_sessions (node_id);
 -- The unfinished tasks of one agent (a node reads them when the agent arrives).
 CREATE INDEX tasks_active_by_agent ON tasks (assigned_to) WHERE status IN ('assigned', 'working');
+-- Direct messages between nodes (store/pgmessages.py): each waits here for the node its
+-- recipient is connected to, now or next, which deletes it as it delivers it. sent_at is
+-- the sender's time (ms), size its payload's bytes plus a fixed overhead, body the
+-- message as pushed (JSON).
+CREATE TABLE agent_inbox (
+    position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    recipient text COLLATE "C" NOT NULL,
+    sent_at bigint NOT NULL,
+    size bigint NOT NULL,
+    body text NOT NULL
+);
+CREATE INDEX agent_inbox_by_recipient ON agent_inbox (recipient, position);
 """
 
 MIGRATIONS: tuple[str, ...] = (_VERSION_1, _VERSION_2)

@@ -23,6 +23,7 @@ the server cannot be reached, reads cost the event loop almost nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as Pending
@@ -33,6 +34,7 @@ import psycopg
 
 from agentcom.errors import StoreError
 from agentcom.protocol.task import LISTED_WITHOUT, ResultSummary, Task
+from agentcom.store.base import ChannelRow
 from agentcom.store.columns import task_fields
 from agentcom.store.pgconnection import (
     Deadlines,
@@ -41,6 +43,16 @@ from agentcom.store.pgconnection import (
     native,
     one_line,
     scrubbed,
+)
+from agentcom.store.pgmessages import (
+    CHANNEL_HISTORY,
+    CHANNEL_MESSAGES_BETWEEN,
+    CHANNEL_SUMMARIES,
+    FORGET_INBOX,
+    INSERT_CHANNEL,
+    INSERT_INBOX,
+    SUBSCRIBED_CHANNELS,
+    TRIM_INBOX,
 )
 from agentcom.store.pgschema import ensure_schema
 from agentcom.store.sqlbase import SqlStore
@@ -265,6 +277,67 @@ class PostgresStore(SqlStore[PgConnection]):
         attempt = self._reconnecting
         if attempt is not None:  # a connection that came too late: nobody will use it
             attempt.add_done_callback(_close_opened)
+
+    # --- nodes sharing the database: messages (store/pgmessages.py) ---------------------
+
+    def stage_inbox_message(
+        self, message_id: str, recipient: str, sent_at: int, size: int, body: str
+    ) -> None:
+        """Queue a direct message kept for ``recipient`` (``body``: as pushed, JSON;
+        ``size``: as counted against the inbox's bytes) for the next commit."""
+        self._staged["inbox", message_id] = (INSERT_INBOX, (recipient, sent_at, size, body))
+
+    def stage_inbox_trim(
+        self, recipient: str, oldest_ms: int, max_messages: int, max_bytes: int,
+        node_timeout_ms: int,
+    ) -> None:  # fmt: skip
+        """Queue the trimming of ``recipient``'s inbox to what a lone hub keeps (sent at
+        or after ``oldest_ms``, the newest ``max_messages`` within ``max_bytes``), unless
+        it is connected to a node whose heartbeat is younger than ``node_timeout_ms``."""
+        self._staged["inbox_trim", recipient] = (
+            TRIM_INBOX,
+            (recipient, oldest_ms, max_messages, max_bytes, recipient, node_timeout_ms),
+        )
+
+    def stage_inbox_removal(self, recipient: str) -> None:
+        """Queue the removal of every message kept for ``recipient``."""
+        self._staged["inbox_forget", recipient] = (FORGET_INBOX, (recipient,))
+
+    def stage_new_channel(self, name: str, description: str | None, created_at: int) -> None:
+        """Queue a new channel (numbered from 0; left alone if another node made it)."""
+        self._staged["channel", name] = (INSERT_CHANNEL, (name, description, created_at))
+
+    def channel_summary(self, name: str) -> tuple[ChannelRow, int] | None:
+        """A channel as stored and its subscribers' count, or None."""
+        rows = self._read(CHANNEL_SUMMARIES.format(where="WHERE channel.name = ?"), (name,))
+        return ((rows[0][0], rows[0][1], rows[0][2], rows[0][3]), rows[0][4]) if rows else None
+
+    def channel_summaries(self) -> list[tuple[ChannelRow, int]]:
+        """Every channel as stored with its subscribers' count, by name."""
+        rows = self._read(CHANNEL_SUMMARIES.format(where=""))
+        return [((row[0], row[1], row[2], row[3]), row[4]) for row in rows]
+
+    def subscribed_channels(self, agent_id: str) -> list[ChannelRow]:
+        """The channels ``agent_id`` is subscribed to, as stored, by name."""
+        rows = self._read(SUBSCRIBED_CHANNELS, (agent_id,))
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    def channel_messages_between(
+        self, channel: str, after: int, before: int
+    ) -> list[dict[str, Any]]:
+        """The stored messages of ``channel`` numbered after ``after`` and before
+        ``before``, in order (those trimmed from the history are missing)."""
+        rows = self._read(CHANNEL_MESSAGES_BETWEEN, (channel, after, before))
+        return [json.loads(body) for (body,) in rows]
+
+    def channel_history(
+        self, channel: str, since: int, limit: int, max_chars: int
+    ) -> list[dict[str, Any]]:
+        """The newest stored messages of ``channel`` numbered after ``since``: at most
+        ``limit``, and only as many of the newest as add up to ``max_chars`` of stored
+        body (at least one), oldest first."""
+        rows = self._read(CHANNEL_HISTORY, (channel, since, limit, max_chars))
+        return [json.loads(body) for (body,) in rows]
 
     def _task_row(self, task: Task) -> tuple[Any, ...]:
         summary = ResultSummary.of(task.result)
