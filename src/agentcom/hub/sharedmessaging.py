@@ -88,6 +88,9 @@ class SharedMessageStore(Store, Protocol):
     def channel_summaries(self) -> list[tuple[ChannelRow, int]]:
         """Every channel as stored with its subscribers' count."""
 
+    def channel_seqs(self) -> dict[str, int]:
+        """The number of the last message of every channel, by name."""
+
     def subscribed_channels(self, agent_id: str) -> list[ChannelRow]:
         """The channels ``agent_id`` is subscribed to, as stored."""
 
@@ -211,6 +214,12 @@ class SharedMessaging(Messaging):
                 self._push_to_subscribers(channel, joined, event["agent_id"])
 
     # --- channels ---------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load channels and subscriptions from the store; not their history, which is
+        read from the database when asked for."""
+        channels, subscriptions, _ = self._store.load_channels(0)
+        self.channels.restore(channels, subscriptions, [])
 
     def _channel(self, name: str) -> Channel:
         """A channel, read from the database when this node does not know it yet;
@@ -340,7 +349,7 @@ class SharedMessaging(Messaging):
     def catch_up_channels(self) -> None:
         """Deliver what this node missed of every channel it knows (events lost while
         the link between nodes was down)."""
-        for (name, _, _, seq), _ in self._shared_store.channel_summaries():
+        for name, seq in self._shared_store.channel_seqs().items():
             channel = self.channels.channels.get(name)
             if channel is not None:
                 self._catch_up(channel, seq)

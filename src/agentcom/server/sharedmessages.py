@@ -11,6 +11,11 @@
 - **A slow poll** every ``queue_poll_s`` does what a lost event (Redis down) would have
   done: it takes the messages waiting for every agent connected here, and delivers the
   channel messages this node has not.
+
+What the domain decides to push here is settled by one task, in the order it was
+decided: two settles running at once may finish in either order (one may wait for a
+commit under way, the other not), and a subscriber must get a channel's messages in the
+order of their numbers.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import ValidationError
 
 from agentcom.errors import HubError, StoreError
+from agentcom.hub.hub import Effects
 from agentcom.hub.sharedmessaging import MESSAGES_TOPIC, SharedMessaging
 from agentcom.store.pgmessages import ChannelDraft, MessageTables
 
 if TYPE_CHECKING:
     from agentcom.config import Settings
-    from agentcom.hub.hub import Effects, Hub
+    from agentcom.hub.hub import Hub
     from agentcom.protocol import agent as frames
     from agentcom.protocol.outbound import ChannelPublished
 
@@ -70,20 +76,22 @@ class SharedMessages:
         self._due: set[str] = set()  # agents connected here that messages may wait for
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._settling: set[asyncio.Task[bool]] = set()
+        self._unsettled: list[Effects] = []  # in the order the domain decided them
+        self._settle_wake = asyncio.Event()
 
     def start(self) -> None:
         """Start taking waiting messages, and the poll."""
         self._tasks = [
             asyncio.create_task(self._deliver_forever(), name="shared messages"),
             asyncio.create_task(self._poll_forever(), name="shared messages poll"),
+            asyncio.create_task(self._settle_forever(), name="shared messages settle"),
         ]
 
     async def stop(self) -> None:
         """Stop, and release the database connection."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._settling, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.tables.close()
 
@@ -93,7 +101,8 @@ class SharedMessages:
         self, agent_id: str, frame: frames.ChannelPublish
     ) -> tuple[ChannelPublished, Effects]:
         """Publish on a channel: the message is stored and numbered by the database, then
-        delivered here and sent to the other nodes; returns the reply and the effects.
+        delivered here and sent to the other nodes (in order with the other messages
+        delivered here); returns the reply and the effects left to settle with it.
 
         Raises:
             HubError: ``channel_not_found``, ``payload_too_large``.
@@ -106,7 +115,11 @@ class SharedMessages:
         )
         if seq is None:
             raise HubError("channel_not_found", f"no channel {draft.channel}")
-        return hub.run(self.messaging.channel_published, dataclasses.replace(draft, seq=seq))
+        reply, effects = hub.run(
+            self.messaging.channel_published, dataclasses.replace(draft, seq=seq)
+        )
+        self._settle_in_order(effects)
+        return reply, Effects(mark=effects.mark)
 
     # --- what other nodes send ------------------------------------------------------
 
@@ -132,13 +145,29 @@ class SharedMessages:
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             logger.warning("skipped a message event from another node: %s", exc)
             return
-        if effects:
-            self._settle_soon(effects)
+        self._settle_in_order(effects)
 
-    def _settle_soon(self, effects: Effects) -> None:
-        task = asyncio.create_task(self.host.settle(effects=effects))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+    def _settle_in_order(self, effects: Effects) -> None:
+        """Settle ``effects`` after those given before (see the module docstring)."""
+        if effects:
+            self._unsettled.append(effects)
+            self._settle_wake.set()
+
+    async def _settle_forever(self) -> None:
+        while True:
+            await self._settle_wake.wait()
+            self._settle_wake.clear()
+            batch, self._unsettled = self._unsettled, []
+            if not batch:
+                continue
+            effects = batch[0]
+            for later in batch[1:]:
+                effects.extend(later)
+            try:
+                if not await self.host.settle(effects=effects):
+                    logger.warning("messages were not delivered: the commit failed")
+            except Exception:
+                logger.exception("delivering messages failed")
 
     # --- direct messages waiting in the database ------------------------------------
 
@@ -178,9 +207,7 @@ class SharedMessages:
         if not taken:
             return
         _, effects = hub.run(self.messaging.deliver_taken, taken)
-        if not await self.host.settle(effects=effects):
-            logger.warning("%d messages taken from the database were not delivered: the "
-                           "commit failed", len(taken))  # fmt: skip
+        self._settle_in_order(effects)
 
     # --- the poll -------------------------------------------------------------------
 
@@ -202,5 +229,4 @@ class SharedMessages:
         if self._due:
             self._wake.set()
         _, effects = self.host.hub.run(self.messaging.catch_up_channels)
-        if effects:
-            self._settle_soon(effects)
+        self._settle_in_order(effects)

@@ -317,6 +317,10 @@ class PostgresStore(SqlStore[PgConnection]):
         rows = self._read(CHANNEL_SUMMARIES.format(where=""))
         return [((row[0], row[1], row[2], row[3]), row[4]) for row in rows]
 
+    def channel_seqs(self) -> dict[str, int]:
+        """The number of the last message of every channel, by name."""
+        return {name: int(seq) for name, seq in self._read("SELECT name, seq FROM channels")}
+
     def subscribed_channels(self, agent_id: str) -> list[ChannelRow]:
         """The channels ``agent_id`` is subscribed to, as stored, by name."""
         rows = self._read(SUBSCRIBED_CHANNELS, (agent_id,))
