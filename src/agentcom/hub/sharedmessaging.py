@@ -254,7 +254,12 @@ class SharedMessaging(Messaging):
             channel.subscribers.discard(agent_id)
         for row in stored:
             channel = self._known(row)
-            self._catch_up(channel, row[3])
+            try:
+                self._catch_up(channel, row[3])
+            except StoreError as exc:
+                logger.warning("channel %s: messages up to %d could not be read (%s); not "
+                               "delivered here", channel.name, row[3], exc)  # fmt: skip
+                channel.seq = max(channel.seq, row[3])
             channel.subscribers.add(agent_id)
 
     def create_channel(self, name: str, description: str | None) -> dict[str, Any]:

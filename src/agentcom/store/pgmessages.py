@@ -130,9 +130,20 @@ newest as fit a size (at least one), oldest first."""
 
 # --- on the connection of MessageTables (psycopg's placeholders) -------------------------
 
-_NEXT_SEQ = "UPDATE channels SET seq = seq + 1 WHERE name = %s RETURNING seq"
-_INSERT_MESSAGE = "INSERT INTO channel_messages (channel, seq, body) VALUES (%s, %s, %s)"
-_TRIM_MESSAGES = "DELETE FROM channel_messages WHERE channel = %s AND seq <= %s"
+# One statement: the channel's next number, the message stored with it (its body is the
+# JSON object given without "seq", which goes first), the history trimmed.
+_NUMBER_MESSAGE = """
+WITH numbered AS (
+    UPDATE channels SET seq = seq + 1 WHERE name = %(channel)s RETURNING seq
+), stored AS (
+    INSERT INTO channel_messages (channel, seq, body)
+    SELECT %(channel)s, seq, '{"seq":' || seq || ',' || substr(%(body)s, 2) FROM numbered
+), trimmed AS (
+    DELETE FROM channel_messages
+    WHERE channel = %(channel)s AND seq <= (SELECT seq FROM numbered) - %(cap)s
+)
+SELECT seq FROM numbered
+"""
 
 _TAKE_INBOXES = """
 WITH taken AS (
@@ -145,12 +156,18 @@ SELECT recipient, body FROM taken WHERE sent_at >= %s ORDER BY position
 
 @dataclass(frozen=True, slots=True)
 class ChannelDraft:
-    """A channel message waiting for its number: its stored form without ``seq``, and
-    how many messages its channel keeps."""
+    """A channel message waiting for its number: its stored form (whose ``seq`` is
+    replaced by the number), and how many messages its channel keeps."""
 
     channel: str
     body: dict[str, Any]
     history_cap: int
+
+
+def _number_params(draft: ChannelDraft) -> dict[str, Any]:
+    body = json.dumps({key: value for key, value in draft.body.items() if key != "seq"})
+    channel = draft.channel.replace("\x00", "\ufffd")
+    return {"channel": channel, "body": body, "cap": draft.history_cap}
 
 
 @dataclass(slots=True)
@@ -223,21 +240,13 @@ class MessageTables:
 
     def _number(self, drafts: list[ChannelDraft]) -> list[int | None]:
         connection = self._thread.connection()
-        numbers: list[int | None] = []
         with self._deadlines.bound(connection, self._timeout_s), connection.transaction():
-            for draft in drafts:
-                row = connection.execute(_NEXT_SEQ, scrubbed((draft.channel,))).fetchone()
-                if row is None:
-                    numbers.append(None)
-                    continue
-                seq = int(row[0])
-                body = json.dumps({**draft.body, "seq": seq})
-                connection.execute(_INSERT_MESSAGE, scrubbed((draft.channel, seq, body)))
-                connection.execute(
-                    _TRIM_MESSAGES, scrubbed((draft.channel, seq - draft.history_cap))
-                )
-                numbers.append(seq)
-        return numbers
+            with connection.pipeline():  # every statement sent before the first answer
+                cursors = [
+                    connection.execute(_NUMBER_MESSAGE, _number_params(draft)) for draft in drafts
+                ]
+            rows = [cursor.fetchone() for cursor in cursors]
+        return [None if row is None else int(row[0]) for row in rows]
 
     async def take_inboxes(self, agent_ids: list[str], oldest_ms: int) -> list[tuple[str, str]]:
         """Remove every message waiting for ``agent_ids`` and return those sent at or
