@@ -74,7 +74,8 @@ DELETE FROM agent_inbox WHERE position IN (
     WHERE sent_at < ? OR newer_or_same > ? OR (size_up_to_here > ? AND newer_or_same > 1)
 ) AND NOT EXISTS (
     SELECT 1 FROM agent_sessions session JOIN hub_nodes node USING (node_id)
-    WHERE session.agent_id = ? AND node.heartbeat_at >= {_NOW} - ?
+    WHERE session.agent_id = ? AND session.ended_at IS NULL
+      AND node.heartbeat_at >= {_NOW} - ?
 )
 """
 """Drops what a lone hub's inbox would not keep of ``recipient``'s: messages sent before
