@@ -10,12 +10,15 @@ changes in the store and collects what must be sent (pushes to agents, events fo
 subscribers) in an :class:`Effects`, which :meth:`Hub.run` returns with the command's
 result. The caller commits the store and only then sends: so nothing is announced
 before it is durable.
+
+It runs past 450 lines because presence (identify, disconnect, liveness, the sweep) is
+the facade's own job and reads every part; a node sharing its database adds only the
+binding of an arriving agent's task and the reclaim the leader asks for.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
@@ -24,6 +27,7 @@ from agentcom.config import Settings
 from agentcom.errors import HubError
 from agentcom.hub.agents import AgentRecord, Presence
 from agentcom.hub.clock import Clock
+from agentcom.hub.conflicts import ConflictLog
 from agentcom.hub.endpoint_ops import EndpointOperations
 from agentcom.hub.endpoints import EndpointRegistry
 from agentcom.hub.history import QueueHistory
@@ -51,7 +55,7 @@ from agentcom.protocol.task import (
 )
 from agentcom.store.base import Store
 
-__all__ = ["TASK_ID_PREFIX_MIN", "ConflictLog", "Effects", "Hub"]
+__all__ = ["TASK_ID_PREFIX_MIN", "Effects", "Hub"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,30 +109,6 @@ class Effects:
         if later.wake_at_ms is not None:
             wake = self.wake_at_ms
             self.wake_at_ms = later.wake_at_ms if wake is None else min(wake, later.wake_at_ms)
-
-
-class ConflictLog:
-    """Tasks whose writes lost to another node's (nodes sharing a database), in order:
-    what was decided from their earlier state, and not yet sent, must not be sent."""
-
-    def __init__(self, keep: int = 10_000) -> None:
-        self.seq = 0
-        self._log: deque[tuple[int, str]] = deque(maxlen=keep)
-
-    def record(self, task_ids: list[str]) -> None:
-        """Writes of these tasks lost."""
-        for task_id in task_ids:
-            self.seq += 1
-            self._log.append((self.seq, task_id))
-
-    def since(self, mark: int) -> set[str]:
-        """The tasks whose writes lost after ``mark`` (a past :attr:`seq`)."""
-        found = set()
-        for seq, task_id in reversed(self._log):
-            if seq <= mark:
-                break
-            found.add(task_id)
-        return found
 
 
 class Hub:
