@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hubprocess import HubProcess
 from pg import fresh_database
+from sharednodes import Nodes, running_nodes
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.config import Settings
@@ -67,6 +68,14 @@ def pg_url() -> Iterator[str]:
     end; the test fails when PostgreSQL cannot be reached."""
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def nodes(pg_url: str, tmp_path: Path) -> Iterator[Nodes]:
+    """Hub nodes sharing the test's own database (``sharednodes.Nodes``), all stopped at
+    the end; the test fails when Redis does not answer."""
+    with running_nodes(tmp_path, pg_url) as started:
+        yield started
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def test_effects_drop_pushes_events_and_finished_tasks_of_lost_tasks_only() -> N
             ("tasks", {"task_id": "lost"}),
             ("tasks", {"task_id": "kept"}),
             ("agents", {"agent_id": "x"}),
-        ],  # fmt: skip
+        ],
     )
     effects.drop_lost({"lost", "elsewhere"})
     assert effects.lost == frozenset({"lost"})

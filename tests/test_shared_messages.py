@@ -9,26 +9,17 @@ are numbered by the database and delivered by every node to its own subscribers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from hubprocess import HubProcess
-from sharednodes import Nodes, running_nodes
+from sharednodes import Nodes
 
 from agentcom.client import AgentClient, OperatorClient
 
 Frame = dict[str, Any]
 
 TIMEOUT_S = 10
-
-
-@pytest.fixture
-def nodes(pg_url: str, tmp_path: Path) -> Iterator[Nodes]:
-    with running_nodes(tmp_path, pg_url) as started:
-        yield started
 
 
 async def _agent(

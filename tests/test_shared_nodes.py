@@ -10,28 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from conftest import METADATA
 from gated import GatedSidecar
 from haproxy import HaProxy
 from hubprocess import HubProcess, closed_port, run_cli_async
 from redisnodes import REDIS_URL
-from sharednodes import Nodes, running_nodes
+from sharednodes import Nodes
 
 from agentcom.client import AgentClient, OperatorClient
 
 Frame = dict[str, Any]
-
-
-@pytest.fixture
-def nodes(pg_url: str, tmp_path: Path) -> Iterator[Nodes]:
-    with running_nodes(tmp_path, pg_url) as started:
-        yield started
 
 
 class Completions:

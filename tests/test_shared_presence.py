@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from hubprocess import HubProcess, run_cli_async
 from redisnodes import REDIS_URL
+from sharednodes import NODE_ENV, Nodes
 from tcpproxy import BlackHoleProxy
-from test_shared_nodes import NODE_ENV, Nodes, nodes  # noqa: F401
 
 from agentcom.client import AgentClient, OperatorClient
 
@@ -89,7 +89,7 @@ async def _agent(cluster: Nodes, hub: HubProcess, agent_id: str) -> AgentClient:
 
 
 async def test_every_node_lists_the_agents_of_every_node_with_their_node(
-    nodes: Nodes,  # noqa: F811
+    nodes: Nodes,
     closing: list[Any],
 ) -> None:
     # given two nodes, an agent connected to each
@@ -137,7 +137,7 @@ async def test_every_node_lists_the_agents_of_every_node_with_their_node(
 
 
 async def test_the_task_of_an_agent_of_another_node_is_listed_as_stored(
-    nodes: Nodes,  # noqa: F811
+    nodes: Nodes,
     closing: list[Any],
 ) -> None:
     # given two nodes, an agent on the second, and an operator of the first
@@ -162,7 +162,7 @@ async def test_the_task_of_an_agent_of_another_node_is_listed_as_stored(
 
 
 async def test_a_node_that_cannot_read_the_database_lists_its_own_agents_and_says_so(
-    nodes: Nodes,  # noqa: F811
+    nodes: Nodes,
     closing: list[Any],
 ) -> None:
     # given two nodes, the second reaching the database through a proxy, an agent on each
