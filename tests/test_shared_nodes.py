@@ -12,16 +12,19 @@ import contextlib
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import pytest
 from conftest import METADATA
 from gated import GatedSidecar
 from haproxy import HaProxy
 from hubprocess import HubProcess, closed_port, run_cli_async
 from redisnodes import REDIS_URL
-from sharednodes import Nodes
+from sharednodes import NODE_ENV, Nodes
+from tcpproxy import BlackHoleProxy
 
-from agentcom.client import AgentClient, OperatorClient
+from agentcom.client import AgentClient, OperatorClient, RequestFailed
 
 Frame = dict[str, Any]
 
@@ -362,3 +365,48 @@ async def test_a_lone_hub_and_nodes_sharing_the_database_never_serve_it_at_once(
         "serve", "--host", "127.0.0.1", "--port", "0", "--db", nodes.url, *flags
     )
     assert refused.returncode == 5, refused
+
+
+async def test_a_node_that_loses_the_database_refuses_work_and_recovers_by_itself(
+    nodes: Nodes, closing: list[Any]
+) -> None:
+    # given two nodes, the second reaching the database through a proxy, and an agent
+    # on the first
+    first = await nodes.start("n1")
+    proxy = await BlackHoleProxy(urlsplit(nodes.url).port or 5432).start()
+    closing.append(proxy)
+    proxied = urlunsplit(urlsplit(nodes.url)._replace(netloc=f"postgres@127.0.0.1:{proxy.port}"))
+    flags = ["--pubsub", REDIS_URL, "--cluster", nodes.cluster, "--node-id", "n2"]
+    env = {**NODE_ENV, "AGENTCOM_DB_TIMEOUT_S": "0.5", "AGENTCOM_STORE_RETRY_INTERVAL_S": "0.1"}
+    (nodes.directory / "n2").mkdir()
+    second = HubProcess(nodes.directory / "n2", db=proxied, env=env, serve_args=flags,
+                        log_pipe=True)  # fmt: skip
+    nodes.hubs.append(second)
+    await asyncio.to_thread(second.start)  # the proxy relays on this loop meanwhile
+    await second.await_log("connected to Redis")
+    ops = await nodes.token("ops", "admin")
+    [worker] = await _workers(first, nodes, ["a0"])
+    closing.append(worker)
+    operator = OperatorClient(second.http_url, ops)
+    closing.append(operator)
+    await operator.connect()
+
+    # when the second node's path to the database is cut
+    proxy.cut()
+
+    # then it refuses new work, says so on /health, and the first node works on
+    with pytest.raises(RequestFailed) as refused:
+        await operator.submit("not now")
+    assert refused.value.code == "store_unavailable"
+    assert (await _health(second))["status"] == "degraded"
+    async with OperatorClient(first.http_url, ops) as other:
+        task = await other.submit("meanwhile")
+        assert (await other.wait_task(task["task_id"], timeout_s=20))["status"] == "completed"
+
+    # and once the path is back, it recovers by itself: its tasks run on the first's agent
+    proxy.restore()
+    await second.await_log("store recovered", timeout=20)
+    assert (await _health(second))["status"] == "ok"
+    task = await operator.submit("after the outage")
+    done = await operator.wait_task(task["task_id"], timeout_s=20)
+    assert (done["status"], done["assigned_to"]) == ("completed", "a0")
