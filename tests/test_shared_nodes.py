@@ -95,26 +95,28 @@ async def _workers(
     return workers
 
 
-async def test_a_burst_submitted_on_two_nodes_runs_each_task_once_on_agents_of_both(
-    nodes: Nodes,
+@pytest.mark.parametrize("count", [2, 3])
+async def test_a_burst_submitted_on_every_node_runs_each_task_once_on_agents_of_all(
+    nodes: Nodes, count: int
 ) -> None:
-    # given two nodes on one database, four agents on each
-    first = await nodes.start("n1")
-    second = await nodes.start("n2")
+    # given two (three) nodes on one database, four (three) agents on each
+    hubs = [await nodes.start(f"n{number}") for number in range(count)]
     ops = await nodes.token("ops", "admin")
     completed = Completions()
-    workers = await _workers(first, nodes, [f"a{i}" for i in range(4)], completed)
-    workers += await _workers(second, nodes, [f"b{i}" for i in range(4)], completed)
-    operators = [OperatorClient(hub.http_url, ops) for hub in (first, second)]
+    workers: list[Worker] = []
+    for number, hub in enumerate(hubs):
+        names = [f"{'abc'[number]}{i}" for i in range(12 // count)]
+        workers += await _workers(hub, nodes, names, completed)
+    operators = [OperatorClient(hub.http_url, ops) for hub in hubs]
     try:
         for operator in operators:
             await operator.connect()
 
-        # when 200 tasks are submitted alternately on both nodes, 20 at a time
+        # when 200 tasks are submitted on the nodes in turn, 20 at a time
         submitted = []
         for start in range(0, 200, 20):
             submitted += await asyncio.gather(
-                *(operators[i % 2].submit(f"task {i}") for i in range(start, start + 20))
+                *(operators[i % count].submit(f"task {i}") for i in range(start, start + 20))
             )
         task_ids = {task["task_id"] for task in submitted}
         await completed.reach(200, timeout=60)
@@ -131,8 +133,8 @@ async def test_a_burst_submitted_on_two_nodes_runs_each_task_once_on_agents_of_b
     assert {task["status"] for task in finished} == {"completed"}
     by_agent = {frame["task_id"]: w.client.agent_id for w in workers for frame in w.assigned}
     assert {task["task_id"]: task["assigned_to"] for task in finished} == by_agent
-    # ... agents of both nodes ran some, and no agent was refused an acknowledged frame
-    assert {agent[0] for agent in by_agent.values()} == {"a", "b"}
+    # ... agents of every node ran some, and no agent was refused an acknowledged frame
+    assert {agent[0] for agent in by_agent.values()} == set("abc"[:count])
     assert [ack for w in workers for ack in w.acks if ack["type"] == "error"] == []
     assert sorted(completed.task_ids) == sorted(task_ids)
 
