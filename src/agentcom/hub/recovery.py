@@ -167,8 +167,7 @@ class Recovery:
         self, task_id: str, stored: Task | _Unread | None = _UNREAD, refused: bool = True
     ) -> None:
         current = self.hub.queue.get(task_id)
-        if isinstance(stored, _Unread):
-            stored = self.hub.store.get_task(task_id)
+        holder = None
         if current is not None and current.assigned_to is not None:
             holder = self.hub.presence.get(current.assigned_to)
             if holder is not None and holder.current_task == task_id:
@@ -176,10 +175,15 @@ class Recovery:
                 holder.task_accepted = False
                 holder.held_since = None
                 self.hub.presence.refresh(holder)
-                if not refused and holder.connected and not _still_held(stored, current):
-                    # Another node took it from this node's agent (an operator cancelled
-                    # or requeued it there): the agent stops, as it would here.
-                    self.hub.push(holder.agent_id, TaskCancelled(task_id=task_id))
+            else:
+                holder = None
+        if isinstance(stored, _Unread):
+            stored = self.hub.store.get_task(task_id)
+        taken = holder is not None and current is not None and not _still_held(stored, current)
+        if taken and not refused and holder is not None and holder.connected:
+            # Another node took it from this node's agent (an operator cancelled or
+            # requeued it there): the agent stops, as it would here.
+            self.hub.push(holder.agent_id, TaskCancelled(task_id=task_id))
         stored = self.hub.queue.reload(task_id, stored, refused)
         if stored is not None and stored.status in ACTIVE and stored.assigned_to is not None:
             if self.hub.shared and self.hub.presence.get(stored.assigned_to) is None:
