@@ -28,17 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from typing import Any
 
 from agentcom.errors import StoreError
-from agentcom.store.pgconnection import Deadlines, PgConnection, connect, one_line, scrubbed
-from agentcom.store.sqlwrites import ConnectionThread
+from agentcom.store.pgconnection import scrubbed
+from agentcom.store.pgworker import PgWorker
 
 __all__ = [
     "CHANNEL_HISTORY",
@@ -53,7 +48,6 @@ __all__ = [
     "MessageTables",
 ]
 
-_T = TypeVar("_T")
 
 _NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
@@ -177,11 +171,7 @@ class _Waiting:
     numbered: asyncio.Future[int | None]
 
 
-def _open(connection: PgConnection) -> bool:
-    return not connection.closed
-
-
-class MessageTables:
+class MessageTables(PgWorker):
     """Numbers channel messages and takes waiting direct messages, on a connection and
     a thread of its own; see the module docstring.
 
@@ -194,15 +184,9 @@ class MessageTables:
     """
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        parameters = conninfo_to_dict(url)
-        parameters.setdefault("connect_timeout", max(2, math.ceil(timeout_s)))  # libpq's least
-        self._url = make_conninfo("", **parameters)
-        self._deadlines = Deadlines(tick_s=min(timeout_s / 4, 0.5))
-        self._thread = ConnectionThread(self._connect, "pg-messages", alive=_open)
+        super().__init__(url, timeout_s, "pg-messages")
         self._waiting: list[_Waiting] = []
         self._numbering = False
-        self._closed = False
 
     async def number_channel_message(self, draft: ChannelDraft) -> int | None:
         """Store ``draft`` as its channel's next message and trim the channel's history;
@@ -273,27 +257,4 @@ class MessageTables:
         self._closed = True
         await asyncio.to_thread(self._shut_down)
 
-    def _shut_down(self) -> None:
-        self._thread.close()
-        self._deadlines.stop()
-
     # --- on the thread ----------------------------------------------------------------
-
-    def _connect(self) -> PgConnection:
-        return connect(self._url)
-
-    async def _call(self, name: str, function: Callable[..., _T], *args: Any) -> _T:
-        """``function(*args)`` on the thread, bounded by ``timeout_s``; every failure as
-        a one-line StoreError naming the call."""
-        if self._closed:
-            raise StoreError(f"{name}: the database connection is closed")
-        try:
-            return await asyncio.wait_for(self._thread.run(function, *args), self._timeout_s)
-        except TimeoutError:
-            raise StoreError(
-                f"{name}: no answer from the database within {self._timeout_s} s"
-            ) from None
-        except psycopg.Error as exc:
-            raise StoreError(f"{name}: {one_line(exc)}") from None
-        except StoreError as exc:
-            raise StoreError(f"{name}: {exc}") from None

@@ -31,22 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agentcom.errors import StoreError
 from agentcom.protocol.common import ACTIVE
-from agentcom.store.pgconnection import Deadlines, PgConnection, connect, one_line
+from agentcom.store.pgconnection import PgConnection
 from agentcom.store.pgschema import LEADER_LOCK
-from agentcom.store.sqlwrites import ConnectionThread
+from agentcom.store.pgworker import PgWorker
 
 __all__ = ["AgentElsewhere", "NodeRegistry", "Orphans"]
 
-_T = TypeVar("_T")
 
 _NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
@@ -152,11 +148,7 @@ class AgentElsewhere(NamedTuple):
     """That task's status."""
 
 
-def _open(connection: PgConnection) -> bool:
-    return not connection.closed
-
-
-class NodeRegistry:
+class NodeRegistry(PgWorker):
     """This node's presence, its agents' sessions and its bid for leadership, in the
     database shared by the hub nodes; see the module docstring.
 
@@ -171,17 +163,11 @@ class NodeRegistry:
     """
 
     def __init__(self, url: str, node_id: str, address: str | None, timeout_s: float) -> None:
+        super().__init__(url, timeout_s, "pg-nodes", "node registry ")
         self.node_id = node_id
         self.address = address
-        self._timeout_s = timeout_s
-        parameters = conninfo_to_dict(url)
-        parameters.setdefault("connect_timeout", max(2, math.ceil(timeout_s)))  # libpq's least
-        self._url = make_conninfo("", **parameters)
-        self._deadlines = Deadlines(tick_s=min(timeout_s / 4, 0.5))
-        self._thread = ConnectionThread(self._connect, "pg-nodes", alive=_open)
         self._leader: PgConnection | None = None  # kept for the lock alone; used on the thread
         self._leading = False
-        self._closed = False
 
     async def heartbeat(self) -> bool:
         """Mark this node alive now.
@@ -315,14 +301,10 @@ class NodeRegistry:
         await asyncio.to_thread(self._shut_down)
 
     def _shut_down(self) -> None:
-        self._thread.close()
+        super()._shut_down()
         self._drop_leader()  # in case the thread never got to it
-        self._deadlines.stop()
 
     # --- on the thread ----------------------------------------------------------------
-
-    def _connect(self) -> PgConnection:
-        return connect(self._url)
 
     def _drop_leader(self) -> None:
         """Close the leader's connection, which frees the lock if it held it."""
@@ -347,19 +329,3 @@ class NodeRegistry:
         if row is None:  # every statement given returns a row
             raise StoreError("the database returned no row")
         return row
-
-    async def _call(self, name: str, function: Callable[..., _T], *args: Any) -> _T:
-        """``function(*args)`` on the thread, bounded by ``timeout_s``; every failure as
-        a one-line StoreError naming the call."""
-        if self._closed:
-            raise StoreError(f"node registry {name}: the registry is closed")
-        try:
-            return await asyncio.wait_for(self._thread.run(function, *args), self._timeout_s)
-        except TimeoutError:
-            raise StoreError(
-                f"node registry {name}: no answer from the database within {self._timeout_s} s"
-            ) from None
-        except psycopg.Error as exc:
-            raise StoreError(f"node registry {name}: {one_line(exc)}") from None
-        except StoreError as exc:
-            raise StoreError(f"node registry {name}: {exc}") from None
