@@ -13,7 +13,7 @@ from agentcom.errors import HubError
 from agentcom.hub.bounded import SizedQueue
 from agentcom.protocol.outbound import channel_entry, channel_message
 
-__all__ = ["Channel", "ChannelMessage", "ChannelRegistry"]
+__all__ = ["Channel", "ChannelMessage", "ChannelRegistry", "channel_message_of"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
@@ -157,16 +157,18 @@ class ChannelRegistry:
         for body in messages:
             owner = self.channels.get(body["channel"])
             if owner is not None:
-                owner.history.append(
-                    ChannelMessage(
-                        channel=body["channel"],
-                        seq=body["seq"],
-                        id=body["id"],
-                        sender=body["from"],
-                        payload=body["payload"],
-                        message_type=body.get("message_type"),
-                        reply_to=body.get("reply_to"),
-                        timestamp=body["timestamp"],
-                    ),
-                    len(to_json(body["payload"])),
-                )
+                owner.history.append(channel_message_of(body), len(to_json(body["payload"])))
+
+
+def channel_message_of(body: dict[str, Any]) -> ChannelMessage:
+    """A channel message from its stored (and wire) form."""
+    return ChannelMessage(
+        channel=body["channel"],
+        seq=body["seq"],
+        id=body["id"],
+        sender=body["from"],
+        payload=body["payload"],
+        message_type=body.get("message_type"),
+        reply_to=body.get("reply_to"),
+        timestamp=body["timestamp"],
+    )

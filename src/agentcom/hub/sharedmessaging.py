@@ -36,7 +36,7 @@ from pydantic_core import to_json
 from agentcom.config import Settings
 from agentcom.errors import HubError, StoreError
 from agentcom.hub.agents import Presence
-from agentcom.hub.channels import Channel, ChannelMessage
+from agentcom.hub.channels import Channel, ChannelMessage, channel_message_of
 from agentcom.hub.clock import Clock
 from agentcom.hub.messaging import Messaging, Push, channel_push, kept_size
 from agentcom.protocol import agent as frames
@@ -51,7 +51,7 @@ from agentcom.protocol.outbound import (
 )
 from agentcom.store.base import ChannelRow, Store
 
-__all__ = ["MESSAGES_TOPIC", "SharedMessageStore", "SharedMessaging", "channel_message_of"]
+__all__ = ["MESSAGES_TOPIC", "SharedMessageStore", "SharedMessaging"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,20 +103,6 @@ class SharedMessageStore(Store, Protocol):
         self, channel: str, since: int, limit: int, max_chars: int
     ) -> list[dict[str, Any]]:
         """The newest stored messages of ``channel`` after ``since``, oldest first."""
-
-
-def channel_message_of(body: dict[str, Any]) -> ChannelMessage:
-    """A channel message from its stored (and wire) form."""
-    return ChannelMessage(
-        channel=body["channel"],
-        seq=body["seq"],
-        id=body["id"],
-        sender=body["from"],
-        payload=body["payload"],
-        message_type=body.get("message_type"),
-        reply_to=body.get("reply_to"),
-        timestamp=body["timestamp"],
-    )
 
 
 class SharedMessaging(Messaging):

@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentcom.errors import StoreError
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from agentcom.hub.agents import AgentRecord
     from agentcom.store.pgnodes import AgentElsewhere, Orphans
 
-__all__ = ["NodeDirectory", "SharedNode", "SharedStore"]
+__all__ = ["NodeDirectory", "SharedNode", "SharedStore", "every"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,10 @@ class SharedNode:
         """Start following other nodes, heartbeats and sessions."""
         self._tasks = [
             asyncio.create_task(self._refresh_forever(), name="shared refresh"),
-            asyncio.create_task(self._poll_forever(), name="shared poll"),
+            asyncio.create_task(
+                every(self.host.settings.queue_poll_s, self.poll, "polling the queue"),
+                name="shared poll",
+            ),
             asyncio.create_task(self._beat_forever(), name="shared heartbeat"),
             asyncio.create_task(self._sessions_forever(), name="shared sessions"),
         ]
@@ -269,16 +273,6 @@ class SharedNode:
         heard (the node it was connected to may have died before its events went out).
         Raises StoreError when the database cannot be read."""
         await self.refresh(self.store.active_task_ids_of(agent_id))
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.host.settings.queue_poll_s)
-            try:
-                self.poll()
-            except StoreError as exc:
-                logger.warning("could not read the queue's state: %s", exc)
-            except Exception:
-                logger.exception("polling the queue failed")
 
     def poll(self) -> None:
         """Compare the tasks in the database with memory; re-read those that differ (a
@@ -420,3 +414,16 @@ class SharedNode:
             self.reclaimed += reclaimed
             with contextlib.suppress(StoreError):
                 await self.host.settle(effects=effects)
+
+
+async def every(interval_s: float, step: Callable[[], None], what: str) -> None:
+    """Run ``step`` every ``interval_s`` seconds until cancelled: a failure is logged
+    (briefly when the database is away; the next round tries again) and ends nothing."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            step()
+        except StoreError as exc:
+            logger.warning("%s: %s", what, exc)
+        except Exception:
+            logger.exception("%s failed", what)

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from agentcom.errors import HubError, StoreError
 from agentcom.hub.hub import Effects
 from agentcom.hub.sharedmessaging import MESSAGES_TOPIC, SharedMessaging
+from agentcom.server.cluster import every
 from agentcom.store.pgmessages import ChannelDraft, MessageTables
 
 if TYPE_CHECKING:
@@ -83,7 +84,10 @@ class SharedMessages:
         """Start taking waiting messages, and the poll."""
         self._tasks = [
             asyncio.create_task(self._deliver_forever(), name="shared messages"),
-            asyncio.create_task(self._poll_forever(), name="shared messages poll"),
+            asyncio.create_task(
+                every(self.host.settings.queue_poll_s, self.poll, "polling messages"),
+                name="shared messages poll",
+            ),
             asyncio.create_task(self._settle_forever(), name="shared messages settle"),
         ]
 
@@ -210,16 +214,6 @@ class SharedMessages:
         self._settle_in_order(effects)
 
     # --- the poll -------------------------------------------------------------------
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.host.settings.queue_poll_s)
-            try:
-                self.poll()
-            except StoreError as exc:
-                logger.warning("could not read the channels' numbers: %s", exc)
-            except Exception:
-                logger.exception("polling messages failed")
 
     def poll(self) -> None:
         """Take the messages waiting for every agent connected here (soon), and deliver
