@@ -19,7 +19,7 @@ binding of an arriving agent's task and the reclaim the leader asks for.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -249,8 +249,11 @@ class Hub:
 
     # --- agent presence -------------------------------------------------------------
 
-    def identify(self, frame: frames.Identify, remote_host: str | None = None) -> AgentRecord:
-        """An agent identified (its token already checked) from ``remote_host``."""
+    def identify(
+        self, frame: frames.Identify, remote_host: str | None = None, held: Sequence[str] = ()
+    ) -> AgentRecord:
+        """An agent identified (its token already checked) from ``remote_host``; ``held``:
+        nodes sharing a database, the tasks the database says it holds."""
         now = self.clock.now_ms()
         agent = self.presence.record(frame.agent_id)
         agent.name = frame.name
@@ -270,7 +273,7 @@ class Hub:
             except HubError:
                 logger.warning("agent %s reported an invalid ollama_url", agent.agent_id)
         if self.shared and agent.current_task is None:
-            self._bind_held_task(agent)
+            self._bind_held_task(agent, held)
         self.presence.refresh(agent)
         self._broadcast(agent.agent_id, AgentJoined(agent=agent.info()))
         self._agent_event("agent_connected", agent)
@@ -278,10 +281,11 @@ class Hub:
         self.scheduler.schedule()
         return agent
 
-    def _bind_held_task(self, agent: AgentRecord) -> None:
+    def _bind_held_task(self, agent: AgentRecord, held: Sequence[str]) -> None:
         """An agent arriving at this node may hold a task it ran through another node."""
-        for task in self.queue.tasks.values():
-            if task.assigned_to == agent.agent_id and task.status in ACTIVE:
+        for task_id in held:
+            task = self.queue.get(task_id)
+            if task is not None and task.assigned_to == agent.agent_id and task.status in ACTIVE:
                 agent.current_task = task.task_id
                 agent.task_accepted = task.status is TaskStatus.working
                 return

@@ -275,8 +275,9 @@ class AgentSession:
                 CloseCode.POLICY_VIOLATION, f"cooldown: retry in {seconds} s"
             )
             return
+        held: list[str] = []
         if server.shared is not None:  # its tasks as stored, whichever node it came from
-            await server.shared.refresh_agent(frame.agent_id)
+            held = await server.shared.refresh_agent(frame.agent_id)
         self.agent_id = frame.agent_id
         self._token_key = server.revocations.track(frame.token, self.connection)
         server.guard.authenticated(self.connection)
@@ -290,7 +291,7 @@ class AgentSession:
             # Not awaited: an old connection that went dark never answers its closing
             # handshake, and nothing may keep this one waiting for that.
             server.close_in_background(previous, CLOSE_REPLACED, "replaced")
-        _, effects = self.hub.run(self.hub.identify, frame, peer_host(self.connection))
+        _, effects = self.hub.run(self.hub.identify, frame, peer_host(self.connection), held)
         logger.info("agent %s identified from %s", frame.agent_id, peer(self.connection))
         await server.settle(effects=effects)
 

@@ -268,11 +268,13 @@ class SharedNode:
         effects.finished += [task for task in found.values() if task.status in TERMINAL]
         await self.host.settle(effects=effects)
 
-    async def refresh_agent(self, agent_id: str) -> None:
+    async def refresh_agent(self, agent_id: str) -> list[str]:
         """Before an agent identifies here: its tasks as stored now, whatever this node
-        heard (the node it was connected to may have died before its events went out).
-        Raises StoreError when the database cannot be read."""
-        await self.refresh(self.store.active_task_ids_of(agent_id))
+        heard (the node it was connected to may have died before its events went out);
+        returns their ids. Raises StoreError when the database cannot be read."""
+        task_ids = self.store.active_task_ids_of(agent_id)
+        await self.refresh(task_ids)
+        return task_ids
 
     def poll(self) -> None:
         """Compare the tasks in the database with memory; re-read those that differ (a
