@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
-from hubprocess import LineReader, closed_port
+from hubprocess import LineReader, closed_port, stop_process
 
 __all__ = ["HAPROXY", "HaProxy"]
 
@@ -99,12 +99,7 @@ class HaProxy:
     ) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 10)
         if self.stderr is not None:
             self.stderr.join()
 

@@ -44,6 +44,7 @@ __all__ = [
     "run_cli_async",
     "running_hub",
     "start_hub",
+    "stop_process",
 ]
 
 CLI = [sys.executable, "-m", "agentcom.cli"]
@@ -127,7 +128,7 @@ class LineReader:
                 return lines
 
 
-def _stop(process: subprocess.Popen[str], timeout: float) -> int:
+def stop_process(process: subprocess.Popen[str], timeout: float = STOP_TIMEOUT_S) -> int:
     """SIGTERM, then SIGKILL if the process is still there after ``timeout`` s."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -295,7 +296,7 @@ class HubProcess:
         """SIGTERM and wait; SIGKILL after ``timeout`` s. Returns the exit code."""
         if self.process is None:
             return None
-        code = _stop(self.process, timeout)
+        code = stop_process(self.process, timeout)
         self._join_readers()
         return code
 
@@ -440,7 +441,7 @@ class CliProcess:
         """SIGTERM, then SIGKILL; returns the exit code."""
         if self.process is None:
             return None
-        code = _stop(self.process, timeout)
+        code = stop_process(self.process, timeout)
         for reader in (self.stdout, self.stderr):
             if reader is not None:
                 reader.join()

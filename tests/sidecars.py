@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from hubprocess import STOP_TIMEOUT_S, LineReader, clean_env
+from hubprocess import LineReader, clean_env, stop_process
 
 from agentcom.client import AgentClient
 
@@ -207,13 +207,7 @@ class SidecarProcess:
         """SIGTERM, then SIGKILL if that is not enough; reap the process."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         if self.events is not None:
             self.events.join()
 

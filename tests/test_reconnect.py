@@ -24,6 +24,7 @@ import pytest
 from conftest import TokenMaker
 from gated import Frame, GatedSidecar
 from hubprocess import HubProcess, LineReader, clean_env
+from tcpproxy import BlackHoleProxy
 
 from agentcom.client import AgentClient, OperatorClient
 from agentcom.hub.clock import ManualClock
@@ -31,67 +32,6 @@ from agentcom.server.app import HubServer
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo_sidecar.py"
 FAST_SWEEP = {"AGENTCOM_SWEEP_INTERVAL_S": "0.1"}
-
-
-class Relay:
-    """A TCP relay to the hub that the test can cut: :meth:`cut` ends every relayed
-    connection and refuses new ones (accepted, then closed at once) until :meth:`mend`.
-
-    Args:
-        target_port: the hub's port on 127.0.0.1.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.open = True
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._pumps: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> Relay:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        """The agent endpoint, reached through the relay."""
-        assert self._server is not None
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/ws"
-
-    def cut(self) -> None:
-        self.open = False
-        for writer in self._writers:
-            writer.close()
-
-    def mend(self) -> None:
-        self.open = True
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.close()
-            return
-        hub_reader, hub_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers |= {writer, hub_writer}
-        for source, sink in ((reader, hub_writer), (hub_reader, writer)):
-            pump = asyncio.create_task(self._pump(source, sink))
-            self._pumps.add(pump)
-            pump.add_done_callback(self._pumps.discard)
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.close()
-
-    async def close(self) -> None:
-        self.cut()
-        for pump in list(self._pumps):
-            pump.cancel()
-        await asyncio.gather(*self._pumps, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 @pytest.fixture
@@ -128,9 +68,14 @@ async def test_a_task_keeps_running_across_a_reconnect_and_completes_on_the_new_
     hub: HubServer, make_token: TokenMaker, operator: OperatorClient, cleanup: list[Any]
 ) -> None:
     # given an agent on our client running a task through a relay
-    relay = await Relay(hub.port).start()
+    relay = await BlackHoleProxy(hub.port).start()
     cleanup.append(relay)
-    agent = GatedSidecar(relay.url, "worker-1", make_token("worker-1"), backoff_initial_s=0.05)
+    agent = GatedSidecar(
+        f"ws://127.0.0.1:{relay.port}/ws",
+        "worker-1",
+        make_token("worker-1"),
+        backoff_initial_s=0.05,
+    )
     cleanup.append(agent)
     task = await operator.submit("long job", complexity_tier="complex")
     assign = await agent.next_assign()
@@ -138,7 +83,7 @@ async def test_a_task_keeps_running_across_a_reconnect_and_completes_on_the_new_
     # when its connection drops mid-task and the task finishes while it is away
     await left(operator, "worker-1", relay.cut)
     agent.finish(task["task_id"])
-    relay.mend()
+    relay.restore()
 
     # then the completion, with the generation it was assigned, goes out on the new
     # connection and is accepted
@@ -160,9 +105,11 @@ async def test_a_completion_delivered_after_the_grace_ran_out_is_refused_and_cha
 ) -> None:
     # given an agent that lost its connection mid-task and stayed away past the grace,
     # and another agent that connected since
-    relay = await Relay(hub.port).start()
+    relay = await BlackHoleProxy(hub.port).start()
     cleanup.append(relay)
-    late = GatedSidecar(relay.url, "late", make_token("late"), backoff_initial_s=0.05)
+    late = GatedSidecar(
+        f"ws://127.0.0.1:{relay.port}/ws", "late", make_token("late"), backoff_initial_s=0.05
+    )
     cleanup.append(late)
     task = await operator.submit("job", complexity_tier="complex")
     first = await late.next_assign()
@@ -177,7 +124,7 @@ async def test_a_completion_delivered_after_the_grace_ran_out_is_refused_and_cha
 
     # when the late agent finishes its attempt and comes back with the completion
     late.finish(task["task_id"])
-    relay.mend()
+    relay.restore()
 
     # then fencing refuses it cleanly: an error naming the task, nothing changed
     refused = await late.answer(task["task_id"], first["generation"])
@@ -198,9 +145,14 @@ async def test_closing_the_client_ends_a_delivery_waiting_for_a_connection(
     hub: HubServer, make_token: TokenMaker, operator: OperatorClient, cleanup: list[Any]
 ) -> None:
     # given an agent whose completion waits for a connection that does not come back
-    relay = await Relay(hub.port).start()
+    relay = await BlackHoleProxy(hub.port).start()
     cleanup.append(relay)
-    agent = GatedSidecar(relay.url, "worker-1", make_token("worker-1"), backoff_initial_s=0.05)
+    agent = GatedSidecar(
+        f"ws://127.0.0.1:{relay.port}/ws",
+        "worker-1",
+        make_token("worker-1"),
+        backoff_initial_s=0.05,
+    )
     cleanup.append(agent)
     task = await operator.submit("job", complexity_tier="complex")
     await agent.next_assign()
