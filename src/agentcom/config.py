@@ -26,7 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agentcom.store.location import POSTGRES_SCHEMES
+from agentcom.store.location import POSTGRES_SCHEMES, is_postgres_url
 
 __all__ = [
     "NAME_PATTERN",
@@ -483,12 +483,7 @@ class Settings(BaseSettings):
     def shares_database(self) -> bool:
         """Whether this node serves its database together with other nodes: a PostgreSQL
         database and a Redis pubsub, not as a standby."""
-        return (
-            isinstance(self.db, str)
-            and self.db.startswith(POSTGRES_SCHEMES)
-            and self.pubsub != "memory"
-            and not self.standby
-        )
+        return is_postgres_url(self.db) and self.pubsub != "memory" and not self.standby
 
     @classmethod
     def settings_customise_sources(

@@ -490,9 +490,8 @@ class HubServer:
             return False
         if self.store.commits != written:  # a real write went through, not an empty commit
             self.store_watch.written()
-        conflicts = self.hub.conflicts.seq
-        if outbox.mark != conflicts or any(e and e.mark != conflicts for _, e in answers):
-            answers = self._drop_lost(outbox, answers)  # another node's write won
+        if self.shared is not None:  # another node's write may have won meanwhile
+            answers = self._drop_lost(outbox, answers)
         for _, effects in answers:
             if not effects:
                 continue
