@@ -140,7 +140,8 @@ class Settings(BaseSettings):
         "memory",
         description="Where events fan out: memory (within this hub process only) or a "
         "redis:// or rediss:// URL: every hub node of the cluster then sees every node's "
-        "events through that Redis.",
+        "events through that Redis, and with a PostgreSQL db the nodes share the database "
+        "and its queue (unless standby).",
     )
     cluster: str = Field(
         "agentcom",

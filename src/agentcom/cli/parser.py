@@ -159,7 +159,8 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pubsub",
         help="memory (default) or redis://HOST:PORT/DB: share events with the other hub "
-        "nodes of the cluster through Redis ($AGENTCOM_PUBSUB)",
+        "nodes of the cluster through Redis; with a postgresql:// --db, the nodes also "
+        "share the database and its queue ($AGENTCOM_PUBSUB)",
     )
     parser.add_argument(
         "--cluster",
@@ -189,7 +190,8 @@ def _serve_settings_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="when another hub serves the database, wait as its standby and take over "
-        "when it ends, instead of exiting ($AGENTCOM_STANDBY)",
+        "when it ends, instead of exiting; never shares the database with other nodes "
+        "($AGENTCOM_STANDBY)",
     )
 
 
